@@ -1,0 +1,1 @@
+"""jetagent: AI agents as event-sourced microservices on NATS JetStream."""

@@ -1,0 +1,33 @@
+"""Errors of ``jetagent.store``, as subclasses of the eventsourcing library's PEP 249 names.
+
+::
+
+    eventsourcing.persistence.PersistenceError
+     ├── IntegrityError                  a version or tracking conflict (nothing written)
+     ├── OperationalError
+     │    └── StoreUnavailableError       NATS unreachable, or no answer within the deadline
+     ├── ProgrammingError
+     │    └── StreamConfigError          the stream exists with settings the store cannot use
+     └── DataError
+          └── WriteTooLargeError         more records than one atomic write may hold
+
+Raw nats-py errors never leave this package: they are translated where they happen.
+"""
+
+from __future__ import annotations
+
+from eventsourcing.persistence import DataError, OperationalError, ProgrammingError
+
+__all__ = ["StoreUnavailableError", "StreamConfigError", "WriteTooLargeError"]
+
+
+class StoreUnavailableError(OperationalError):
+    """The NATS server could not be reached, or did not answer in time."""
+
+
+class StreamConfigError(ProgrammingError):
+    """The application's stream is missing or has settings the store cannot work with."""
+
+
+class WriteTooLargeError(DataError):
+    """One atomic write holds more messages than the server accepts in a batch."""
