@@ -32,9 +32,7 @@ async def test_server_starts_with_jetstream_and_stops(tmp_path: Path) -> None:
     assert not server.running
 
 
-def test_missing_binary_is_a_clear_error(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_missing_binary_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("JETAGENT_NATS_SERVER", str(tmp_path / "no-such-binary"))
     with pytest.raises(ServerBinaryNotFoundError, match="not an executable"):
         find_server_binary()
@@ -74,5 +72,6 @@ async def test_three_node_cluster_replicates(cluster: EmbeddedCluster) -> None:
     ack = await js.publish("r3.x", b"hello")
     info = await js.stream_info("R3")
     assert ack.seq == 1
-    assert info.cluster is not None and len(info.cluster.replicas or []) == 2
+    assert info.cluster is not None
+    assert len(info.cluster.replicas or []) == 2
     await nc.close()

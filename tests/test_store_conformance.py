@@ -22,6 +22,7 @@ from eventsourcing.persistence import (
 from eventsourcing.tests import application as es_application
 from eventsourcing.tests import persistence as es_persistence
 from eventsourcing.utils import Environment
+
 from jetagent.embedded import EmbeddedServer
 from jetagent.store import (
     NatsAggregateRecorder,

@@ -33,6 +33,7 @@ import logging
 import re
 from typing import Any
 
+import nats
 from eventsourcing.persistence import (
     AggregateRecorder,
     ApplicationRecorder,
@@ -43,8 +44,6 @@ from eventsourcing.persistence import (
 )
 from eventsourcing.utils import Environment, EnvType, resolve_topic, strtobool
 from nats.aio.client import Client as NATS
-
-import nats
 
 from ._async import EVENTS, SNAPSHOTS, AsyncStore, StoreSettings
 from ._errors import StoreUnavailableError, StreamConfigError, WriteTooLargeError
