@@ -95,15 +95,19 @@ async def connect(url: str, *, name: str, creds: str | None = None, timeout: flo
         log.warning("NATS connection %s: %s", name, exc)
 
     try:
-        return await nats.connect(
+        # nats-py retries a first connection forever when reconnects are unlimited:
+        # allow one retry per server to fail fast, then reconnect without limit.
+        nc = await nats.connect(
             servers=[u.strip() for u in url.split(",") if u.strip()],
             name=name,
             connect_timeout=timeout,
             user_credentials=creds,
-            max_reconnect_attempts=-1,
+            max_reconnect_attempts=1,
             reconnect_time_wait=0.5,
             error_cb=on_error,
         )
+        nc.options["max_reconnect_attempts"] = -1
+        return nc
     except Exception as exc:
         raise StoreUnavailableError(
             f"cannot connect to NATS at {url} ({type(exc).__name__}: {exc or 'no answer'}). "

@@ -49,6 +49,7 @@ SNAPSHOTS = "s"
 MAX_BATCH = 1000  # nats-server's default limit on messages in one atomic batch
 TRACKING_HEADER = "Ja-Tracking-Id"
 WRONG_LAST_SEQUENCE = 10071
+DUPLICATE_IN_BATCH = 10201  # "atomic publish batch contains duplicate message id"
 _H_EXPECT_SUBJ_SEQ = "Nats-Expected-Last-Subject-Sequence"
 _H_EXPECT_SUBJ = "Nats-Expected-Last-Subject-Sequence-Subject"
 _H_EXPECT_SEQ = "Nats-Expected-Last-Sequence"
@@ -278,8 +279,9 @@ class AsyncStore:
                 last = ack.seq
                 self._note_seq(last)
                 return list(range(last - len(messages) + 1, last + 1))
-            if ack.error.err_code == WRONG_LAST_SEQUENCE:
-                # A lost ack followed by a retry reports a conflict too: check ours first.
+            if ack.error.err_code in (WRONG_LAST_SEQUENCE, DUPLICATE_IN_BATCH):
+                # A retry of a write that did land (its ack was lost, or the client
+                # resent it after reconnecting) is refused like a conflict: look first.
                 landed = await self._landed(messages)
                 if landed is not None:
                     return landed
