@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 from uuid import UUID, uuid4
@@ -38,7 +38,7 @@ def _mapper() -> TypedMapper[UUID]:
 
 
 def test_typed_fields_are_plain_json_values() -> None:
-    due = datetime(2026, 11, 25, 12, 30, tzinfo=timezone.utc)
+    due = datetime(2026, 11, 25, 12, 30, tzinfo=UTC)
     customer = uuid4()
     order = Order(customer=customer, total=Decimal("12.50"), due=due, lines=["a"])
     stored = _mapper().to_stored_event(order.collect_events()[0])
@@ -52,7 +52,7 @@ def test_typed_fields_are_plain_json_values() -> None:
 
 def test_events_round_trip_with_their_types() -> None:
     mapper = _mapper()
-    order = Order(customer=uuid4(), total=Decimal("1.10"), due=datetime.now(timezone.utc), lines=[])
+    order = Order(customer=uuid4(), total=Decimal("1.10"), due=datetime.now(UTC), lines=[])
     original = order.collect_events()[0]
     copy = mapper.to_domain_event(mapper.to_stored_event(original))
     assert copy == original
@@ -64,9 +64,9 @@ def test_events_round_trip_with_their_types() -> None:
 def test_schemaless_values_keep_their_types() -> None:
     # A field typed Any has no schema, so its decimals and datetimes are tagged.
     mapper = _mapper()
-    order = Order(customer=uuid4(), total=Decimal(1), due=datetime.now(timezone.utc), lines=[])
+    order = Order(customer=uuid4(), total=Decimal(1), due=datetime.now(UTC), lines=[])
     order.collect_events()
-    when = datetime(2026, 1, 2, tzinfo=timezone.utc)
+    when = datetime(2026, 1, 2, tzinfo=UTC)
     order.annotate({"amount": Decimal("3.30"), "when": when, "tags": ("x", "y")})
     annotated = order.collect_events()[0]
     copy = mapper.to_domain_event(mapper.to_stored_event(annotated))
@@ -75,9 +75,7 @@ def test_schemaless_values_keep_their_types() -> None:
 
 def test_snapshot_rebuilds_the_aggregate_exactly() -> None:
     mapper = _mapper()
-    order = Order(
-        customer=uuid4(), total=Decimal("9.99"), due=datetime.now(timezone.utc), lines=["l"]
-    )
+    order = Order(customer=uuid4(), total=Decimal("9.99"), due=datetime.now(UTC), lines=["l"])
     order.collect_events()
     snapshot = Aggregate.Snapshot.take(order)
     rebuilt = mapper.to_domain_event(mapper.to_stored_event(snapshot)).mutate(None)  # type: ignore[attr-defined]
