@@ -1,0 +1,289 @@
+"""The one entry point of the reasoning worker: ``ModelGateway.call`` routes a step to
+a model, calls it through its circuit breaker with a timeout and an optional hedge,
+fails over to the next usable model when a call fails transiently, and returns (or
+raises, with the same records in ``details``) everything that happened.
+
+Failure policy: a PermanentError stops the call at once (the request is wrong; another
+model would only spend more). Transient and rate-limit failures move on to the next
+usable candidate, up to ``max_models_per_call`` models; when all fail the error raised is
+a RateLimitedError if every failure was a rate limit, else a TransientError, with the
+shortest ``retry_after`` any provider gave.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from decimal import Decimal
+from types import TracebackType
+
+import msgspec
+
+from jetagent.errors import (
+    CapabilityError,
+    ConfigError,
+    PermanentError,
+    RateLimitedError,
+    TransientError,
+)
+from jetagent.llm import Message, ToolSpec
+from jetagent.models import ModelCatalog, ModelConfig
+
+from ._race import CallContext, HedgedCaller, HedgeTarget
+from .breakers import BreakerRegistry, BreakerSettings, BreakerState
+from .providers import AnthropicProvider, HttpSettings, OpenAIProvider, Provider
+from .records import Attempt, GatewayResult, RoutingDecision, sum_cost, sum_usage
+from .routing import Candidate, estimate_input_tokens, plan_route
+
+__all__ = ["ModelGateway"]
+
+_HTTP_PROVIDERS: dict[str, Callable[[HttpSettings | None], Provider]] = {
+    "openai": lambda settings: OpenAIProvider(settings=settings),
+    "anthropic": lambda settings: AnthropicProvider(settings=settings),
+}
+
+
+class ModelGateway:
+    """Routes, guards and records the model calls of one worker replica."""
+
+    def __init__(
+        self,
+        catalog: ModelCatalog,
+        *,
+        breaker_settings: BreakerSettings | None = None,
+        hedge_factor: float | None = 2.0,
+        hedge_target: HedgeTarget = "same_model",
+        call_timeout_s: float = 120.0,
+        cheaper_margin: Decimal = Decimal(1),
+        max_models_per_call: int = 2,
+        clock: Callable[[], float] = time.monotonic,
+        providers: Mapping[str, Provider] | None = None,
+        http_settings: HttpSettings | None = None,
+    ) -> None:
+        """
+        - ``breaker_settings``: failure threshold and cool-down of every circuit breaker.
+        - ``hedge_factor``: hedge a call that outlives ``typical_latency_s`` times this;
+          ``None`` never hedges.
+        - ``hedge_target``: ``"same_model"`` hedges with the same model (or, when its
+          circuit is not closed, the first closed fallback); ``"fallback"`` prefers the
+          first fallback whose circuit is closed.
+        - ``call_timeout_s``: the longest one provider call may take, retries included.
+        - ``cheaper_margin``: use a model's ``cheaper`` model when the remaining USD
+          budget is below this many times one call's maximum cost.
+        - ``max_models_per_call``: how many models one call may fail over across.
+        - ``clock``: monotonic seconds for the breakers' cool-downs (tests inject one).
+        - ``providers``: adapters by provider name; the ``offline`` planner must come
+          this way. Missing ``openai``/``anthropic`` adapters are created (and closed by
+          ``aclose``); injected ones belong to the caller.
+        - ``http_settings``: timeouts and pool limits of the created HTTP adapters.
+        """
+        if hedge_factor is not None and hedge_factor <= 0:
+            raise ConfigError("hedge_factor must be positive (or None to never hedge)")
+        if call_timeout_s <= 0:
+            raise ConfigError("call_timeout_s must be positive")
+        if hedge_target not in ("same_model", "fallback"):
+            raise ConfigError(
+                f"hedge_target must be 'same_model' or 'fallback', not {hedge_target!r}"
+            )
+        if max_models_per_call < 1:
+            raise ConfigError("max_models_per_call must be at least 1")
+        if cheaper_margin < 0:
+            raise ConfigError("cheaper_margin must not be negative")
+        self._catalog = catalog
+        self._margin = cheaper_margin
+        self._max_models = max_models_per_call
+        self._providers: dict[str, Provider] = dict(providers or {})
+        self._owned: list[Provider] = []
+        for name in sorted({m.provider for m in catalog.models.values()}):
+            if name not in self._providers and name in _HTTP_PROVIDERS:
+                provider = _HTTP_PROVIDERS[name](http_settings)
+                self._providers[name] = provider
+                self._owned.append(provider)
+        self._breakers = BreakerRegistry(
+            settings=breaker_settings or BreakerSettings(), clock=clock
+        )
+        for model in catalog.models.values():
+            # Every endpoint's breaker exists from the start, so its gauge does too.
+            self._breakers.for_model(model)
+        self._caller = HedgedCaller(
+            catalog=catalog,
+            providers=self._providers,
+            breakers=self._breakers,
+            hedge_factor=hedge_factor,
+            hedge_target=hedge_target,
+            call_timeout_s=call_timeout_s,
+            cheaper_margin=cheaper_margin,
+        )
+
+    async def __aenter__(self) -> ModelGateway:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the HTTP adapters this gateway created; idempotent."""
+        owned, self._owned = self._owned, []
+        for provider in owned:
+            await provider.aclose()
+
+    def breaker_states(self) -> list[BreakerState]:
+        """Every circuit breaker's state, labelled by provider, base_url and models."""
+        return self._breakers.states()
+
+    async def call(
+        self,
+        *,
+        models: Sequence[str],
+        messages: Sequence[Message],
+        tools: Sequence[ToolSpec],
+        max_tokens: int,
+        remaining_tokens: int | None,
+        remaining_usd: Decimal | None,
+    ) -> GatewayResult:
+        """Ask the best usable model in ``models`` (first preferred) for the next turn.
+
+        Raises PermanentError, TransientError or RateLimitedError when no answer came;
+        the error's ``details`` hold ``attempts``, ``decisions`` and ``cost_usd`` and its
+        ``usage`` the tokens billed by the failed attempts (see ``attempts_of``).
+        """
+        if not models:
+            raise PermanentError("no model was requested")
+        if max_tokens < 1:
+            raise PermanentError(f"max_tokens must be at least 1, not {max_tokens}")
+        input_tokens = estimate_input_tokens(messages, tools)
+        plan = plan_route(
+            self._catalog,
+            models=models,
+            max_tokens=max_tokens,
+            input_tokens=input_tokens,
+            remaining_tokens=remaining_tokens,
+            remaining_usd=remaining_usd,
+            cheaper_margin=self._margin,
+            unavailable=self._unavailable,
+        )
+        ctx = CallContext(
+            messages=messages,
+            tools=tools,
+            input_tokens=input_tokens,
+            remaining_tokens=remaining_tokens,
+            remaining_usd=remaining_usd,
+        )
+        attempts: list[Attempt] = []
+        decisions: list[RoutingDecision] = []
+        errors: list[CapabilityError] = []
+        tried: set[str] = set()
+        for candidate in plan.candidates:
+            if len(tried) >= self._max_models:
+                break
+            if candidate.model.name in tried:
+                continue
+            if candidate.model.provider not in self._providers:
+                if not attempts:
+                    self._require_provider(candidate.model)
+                continue  # a failover target this gateway cannot serve
+            permit = self._breakers.for_model(candidate.model).try_acquire()
+            if permit is None:
+                continue  # its circuit opened during this call (a shared endpoint)
+            decisions.extend(candidate.notes)
+            decisions.append(_why(candidate, previous=attempts))
+            race = await self._caller.run(candidate, permit, ctx)
+            attempts.extend(race.attempts)
+            decisions.extend(race.decisions)
+            tried |= race.models
+            if race.completion is not None:
+                return GatewayResult(
+                    completion=race.completion,
+                    attempts=tuple(attempts),
+                    decisions=tuple(decisions),
+                )
+            errors.extend(race.errors)
+            if any(isinstance(e, PermanentError) for e in race.errors):
+                break
+        if not attempts:
+            raise self._no_usable_model(
+                [*plan.skipped, *(c.model for c in plan.candidates)], decisions
+            )
+        raise _failure(errors, attempts, decisions)
+
+    def _unavailable(self, model: ModelConfig) -> str | None:
+        breaker = self._breakers.for_model(model)
+        if breaker.available():
+            return None
+        state = "open" if breaker.state == "open" else "half-open (trial running)"
+        return f"circuit {state} for {model.name}"
+
+    def _require_provider(self, model: ModelConfig) -> None:
+        if model.provider not in self._providers:
+            # A configuration error, loud: the worker was started without the adapter.
+            raise PermanentError(
+                f"model {model.name} needs the {model.provider!r} provider, which this "
+                "gateway was not given (pass it in providers=)"
+            )
+
+    def _no_usable_model(
+        self, skipped: Sequence[ModelConfig], decisions: list[RoutingDecision]
+    ) -> TransientError:
+        waits = [self._breakers.for_model(m).retry_in() for m in skipped]
+        retry_after = min(waits) if waits else None
+        names = ", ".join(m.name for m in skipped)
+        return TransientError(
+            f"no model is usable: every circuit is open ({names})",
+            retry_after=retry_after,
+            details={"attempts": [], "decisions": msgspec.to_builtins(decisions)},
+        )
+
+
+def _why(candidate: Candidate, *, previous: list[Attempt]) -> RoutingDecision:
+    model = candidate.model
+    if previous:
+        last = previous[-1]
+        return RoutingDecision(
+            kind="failover",
+            model=model.name,
+            provider=model.provider,
+            reason=f"failover: {last.model} failed ({_short(last.error or last.outcome)})",
+        )
+    if candidate.skipped_before:
+        return RoutingDecision(
+            kind="fallback",
+            model=model.name,
+            provider=model.provider,
+            reason="fallback: " + "; ".join(candidate.skipped_before),
+        )
+    return RoutingDecision(
+        kind="preferred", model=model.name, provider=model.provider, reason="preferred"
+    )
+
+
+def _failure(
+    errors: list[CapabilityError], attempts: list[Attempt], decisions: list[RoutingDecision]
+) -> CapabilityError:
+    usage = sum_usage(attempts)
+    details = {
+        "attempts": msgspec.to_builtins(attempts),
+        "decisions": msgspec.to_builtins(decisions),
+        "cost_usd": str(sum_cost(attempts)),
+    }
+    billed = usage if any(a.usage is not None for a in attempts) else None
+    summary = "; ".join(f"{a.model}: {a.error}" for a in attempts if a.error)
+    permanent = [e for e in errors if isinstance(e, PermanentError)]
+    if permanent:
+        return PermanentError(permanent[0].message, usage=billed, details=details)
+    waits = [
+        e.retry_after for e in errors if isinstance(e, TransientError) and e.retry_after is not None
+    ]
+    retry_after = min(waits) if waits else None
+    message = f"all {len(attempts)} model call(s) failed: {summary}"
+    if errors and all(isinstance(e, RateLimitedError) for e in errors):
+        return RateLimitedError(message, retry_after=retry_after, usage=billed, details=details)
+    return TransientError(message, retry_after=retry_after, usage=billed, details=details)
+
+
+def _short(text: str, limit: int = 160) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -1,0 +1,285 @@
+"""Shared HTTP plumbing of the adapters: one pooled ``httpx.AsyncClient`` per provider,
+explicit timeouts, and the translation of every httpx failure and HTTP error status into
+jetagent's errors (STYLE.md: dependency errors are translated at the boundary).
+
+Status mapping::
+
+    429                          RateLimitedError (retry_after from the headers)
+    408 409 425, 5xx, 529        TransientError   (529 is Anthropic's "overloaded")
+    other 4xx (400 401 403 …)    PermanentError   with the provider's own message
+    3xx (redirects not followed) PermanentError   the base_url is wrong
+    2xx with an unusable body    TransientError   "malformed response body"
+
+An OpenAI 429 whose error type is ``insufficient_quota`` is a PermanentError: the
+account has no credit left, and a rate-limit retry (which counts as no failure) would
+loop until someone pays.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import httpx
+import msgspec
+
+from jetagent.errors import CapabilityError, PermanentError, RateLimitedError, TransientError
+from jetagent.llm import Completion, Message, ToolSpec, Usage
+from jetagent.models import ModelConfig
+
+from ._ratelimit import retry_after_s
+from ._secrets import read_api_key, redact, secret_forms
+
+__all__ = ["HttpProvider", "HttpSettings", "MalformedResponse", "decode_any"]
+
+UsageStatus = Literal["reported", "not_reported", "unknown"]
+_MAX_MESSAGE = 500
+_PERMANENT_429_TYPES = frozenset({"insufficient_quota"})
+
+
+@dataclass(frozen=True, kw_only=True)
+class HttpSettings:
+    """Timeouts and connection-pool limits of one provider's HTTP client."""
+
+    connect_timeout_s: float = 5.0
+    """Time to open a TCP/TLS connection."""
+    read_timeout_s: float = 120.0
+    """Longest silence while waiting for the answer (a long completion is one silence)."""
+    write_timeout_s: float = 30.0
+    """Time to send the request body."""
+    pool_timeout_s: float = 10.0
+    """Time to wait for a free pooled connection."""
+    max_connections: int = 100
+    """Concurrent connections per provider client, over all hosts."""
+    max_keepalive_connections: int = 20
+    """Idle connections kept open for reuse."""
+    trust_env: bool = True
+    """Honour ``HTTPS_PROXY``/``NO_PROXY`` and ``SSL_CERT_FILE`` from the environment."""
+
+
+class MalformedResponse(Exception):
+    """Raised by a parser when a 2xx body is not the expected shape; internal, never
+    escapes a provider (it becomes a TransientError)."""
+
+    def __init__(self, reason: str, usage: Usage | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.usage = usage
+
+
+class HttpProvider(ABC):
+    """Base of the HTTP adapters: subclasses say how to build a request, parse an
+    answer and read an error body; this class sends it and maps every failure."""
+
+    name: str
+    """Provider name as the catalog spells it."""
+
+    def __init__(
+        self,
+        *,
+        settings: HttpSettings | None = None,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        """``wall_clock`` turns ``retry-after`` HTTP dates into delays (tests inject it)."""
+        self._settings = settings or HttpSettings()
+        self._wall_clock = wall_clock
+        s = self._settings
+        self._client = httpx.AsyncClient(
+            timeout=httpx.Timeout(
+                connect=s.connect_timeout_s,
+                read=s.read_timeout_s,
+                write=s.write_timeout_s,
+                pool=s.pool_timeout_s,
+            ),
+            limits=httpx.Limits(
+                max_connections=s.max_connections,
+                max_keepalive_connections=s.max_keepalive_connections,
+            ),
+            follow_redirects=False,
+            trust_env=s.trust_env,
+        )
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r})"
+
+    async def aclose(self) -> None:
+        """Close the pooled connections; idempotent."""
+        await self._client.aclose()
+
+    async def complete(
+        self,
+        model: ModelConfig,
+        messages: Sequence[Message],
+        *,
+        tools: Sequence[ToolSpec],
+        max_tokens: int,
+    ) -> Completion:
+        """Send one request to ``model``'s endpoint and return its answer."""
+        if not model.base_url:
+            raise PermanentError(f"model {model.name} ({self.name}) has no base_url")
+        key = read_api_key(model)
+        forms = secret_forms(key)
+        try:
+            body = msgspec.json.encode(self.request_body(model, messages, tools, max_tokens))
+        except (TypeError, msgspec.EncodeError) as exc:
+            raise PermanentError(f"cannot encode the request for {model.name}: {exc}") from None
+        response = await self._send(model, self.url(model), self.headers(key), body, forms)
+        return self._handle(model, response, forms)
+
+    # -- what each API defines ----------------------------------------------------------
+
+    @abstractmethod
+    def url(self, model: ModelConfig) -> str:
+        """The endpoint to POST to."""
+
+    @abstractmethod
+    def headers(self, key: str | None) -> dict[str, str]:
+        """Request headers, including the auth header when there is a key."""
+
+    @abstractmethod
+    def request_body(
+        self,
+        model: ModelConfig,
+        messages: Sequence[Message],
+        tools: Sequence[ToolSpec],
+        max_tokens: int,
+    ) -> dict[str, Any]:
+        """The JSON request body; raises PermanentError for messages the API cannot take."""
+
+    @abstractmethod
+    def parse_completion(self, model: ModelConfig, content: bytes) -> Completion:
+        """The answer from a 2xx body; raises MalformedResponse when it is unusable."""
+
+    @abstractmethod
+    def error_info(self, payload: Any) -> tuple[str | None, str | None]:
+        """(message, error type) from a decoded error body, if it has them."""
+
+    @abstractmethod
+    def usage_of(self, payload: Any) -> Usage | None:
+        """Usage reported in a decoded body, if any."""
+
+    # -- sending and mapping ------------------------------------------------------------
+
+    async def _send(
+        self,
+        model: ModelConfig,
+        url: str,
+        headers: dict[str, str],
+        body: bytes,
+        forms: Sequence[str],
+    ) -> httpx.Response:
+        error: CapabilityError
+        try:
+            return await self._client.post(url, content=body, headers=headers)
+        except httpx.HTTPError as exc:
+            error = self._transport_error(model, exc, forms)
+        except (httpx.InvalidURL, UnicodeEncodeError) as exc:
+            # A bad base_url, or a key with characters HTTP headers cannot carry.
+            error = PermanentError(
+                redact(f"cannot send a request for {model.name} to {self.name}: {exc}", forms),
+                details=_details(self.name, usage_status="not_reported"),
+            )
+        # Raised outside the except blocks, so no __context__ keeps the httpx error,
+        # whose request still holds the key in its headers.
+        raise error
+
+    def _transport_error(
+        self, model: ModelConfig, exc: httpx.HTTPError, forms: Sequence[str]
+    ) -> CapabilityError:
+        what = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        where = f"{self.name} at {model.base_url} for {model.name}"
+        s = self._settings
+        if isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout | httpx.ConnectError):
+            # Nothing reached the provider: nothing can have been billed.
+            message = f"{where}: could not connect ({what})"
+            return TransientError(
+                redact(message, forms), details=_details(self.name, usage_status="not_reported")
+            )
+        if isinstance(exc, httpx.ReadTimeout):
+            message = f"{where}: no answer within the read timeout of {s.read_timeout_s} s"
+            return TransientError(
+                redact(message + "; usage unknown", forms),
+                details=_details(self.name, usage_status="unknown"),
+            )
+        if isinstance(exc, httpx.UnsupportedProtocol | httpx.LocalProtocolError):
+            # The request cannot be sent at all (bad scheme, illegal header value).
+            return PermanentError(
+                redact(f"{where}: cannot send the request ({what})", forms),
+                details=_details(self.name, usage_status="not_reported"),
+            )
+        return TransientError(
+            redact(f"{where}: {what}; usage unknown", forms),
+            details=_details(self.name, usage_status="unknown"),
+        )
+
+    def _handle(
+        self, model: ModelConfig, response: httpx.Response, forms: Sequence[str]
+    ) -> Completion:
+        status = response.status_code
+        if 200 <= status < 300:
+            try:
+                return self.parse_completion(model, response.content)
+            except MalformedResponse as bad:
+                usage = bad.usage
+                reason = bad.reason
+            raise TransientError(
+                f"{self.name} returned a malformed response body (HTTP {status}) for "
+                f"{model.name}: {_clip(redact(reason, forms))}",
+                usage=usage,
+                details=_details(
+                    self.name,
+                    status=status,
+                    usage_status="reported" if usage else "unknown",
+                ),
+            )
+        payload = decode_any(response.content)
+        message, error_type = self.error_info(payload)
+        usage = self.usage_of(payload)
+        text = message or response.text.strip() or response.reason_phrase or "no message"
+        # Redact before clipping: a clipped key would no longer match.
+        full = f"{self.name} HTTP {status} for {model.name}: {_clip(redact(text, forms))}"
+        details = _details(
+            self.name,
+            status=status,
+            error_type=error_type,
+            usage_status="reported" if usage else "not_reported",
+        )
+        retry_after = retry_after_s(response.headers, now=self._wall_clock())
+        if status == 429 and error_type not in _PERMANENT_429_TYPES:
+            return_error: CapabilityError = RateLimitedError(
+                full, retry_after=retry_after, usage=usage, details=details
+            )
+        elif status in (408, 409, 425) or status >= 500:
+            return_error = TransientError(
+                full, retry_after=retry_after, usage=usage, details=details
+            )
+        elif 300 <= status < 400:
+            location = redact(response.headers.get("location", "?"), forms)
+            return_error = PermanentError(
+                f"{full} (redirected to {location}; check base_url)", usage=usage, details=details
+            )
+        elif status < 200:
+            return_error = TransientError(full, usage=usage, details=details)
+        else:
+            return_error = PermanentError(full, usage=usage, details=details)
+        raise return_error
+
+
+def _details(provider: str, **fields: Any) -> dict[str, Any]:
+    return {"provider": provider, **{k: v for k, v in fields.items() if v is not None}}
+
+
+def decode_any(content: bytes) -> Any:
+    """The JSON value of ``content``, or ``None`` when it is not JSON."""
+    try:
+        return msgspec.json.decode(content)
+    except msgspec.DecodeError:
+        return None
+
+
+def _clip(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= _MAX_MESSAGE else text[: _MAX_MESSAGE - 1] + "…"

@@ -1,0 +1,66 @@
+"""API keys: read at call time from the variable the catalog names, and kept out of every
+message, log line and repr.
+
+A key is never stored on a provider object (so no repr can show it); it lives in the
+local variables of one call. Any text that may echo it — an httpx error that quotes a
+header, a provider's error body that quotes the key back — passes through ``redact``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from urllib.parse import quote
+
+from jetagent.errors import PermanentError
+from jetagent.models import ModelConfig
+
+REDACTED = "[REDACTED]"
+"""What replaces a key in any text jetagent produces."""
+
+# Shorter "keys" (a placeholder like "x" for a local vLLM) are not secrets, and
+# redacting them would garble every message.
+_MIN_SECRET_LEN = 4
+
+
+def read_api_key(model: ModelConfig) -> str | None:
+    """The key for ``model`` from the environment variable named by ``api_key_env``.
+
+    ``None`` when the model needs no key (a local server). A missing variable is a
+    ``PermanentError`` naming the variable, never a value. Surrounding whitespace is
+    dropped: a key file written with ``echo`` ends in a newline that HTTP forbids.
+    """
+    if not model.api_key_env:
+        return None
+    value = os.environ.get(model.api_key_env, "").strip()
+    if not value:
+        raise PermanentError(
+            f"model {model.name} needs an API key in the environment variable "
+            f"{model.api_key_env}, which is not set",
+            details={"usage_status": "not_reported"},
+        )
+    return value
+
+
+def secret_forms(key: str | None) -> tuple[str, ...]:
+    """Every spelling of ``key`` that may appear in text: as is, escaped as in a Python
+    repr of the str or of its bytes (httpx/h11 quote bad header values that way), JSON
+    escaped, and URL-quoted. Longest first, so a longer form is replaced whole."""
+    if key is None or len(key) < _MIN_SECRET_LEN:
+        return ()
+    forms = {
+        key,
+        repr(key)[1:-1],
+        repr(key.encode("utf-8", "backslashreplace"))[2:-1],
+        json.dumps(key)[1:-1],
+        quote(key, safe=""),
+    }
+    return tuple(sorted((f for f in forms if len(f) >= _MIN_SECRET_LEN), key=len, reverse=True))
+
+
+def redact(text: str, forms: Sequence[str]) -> str:
+    """``text`` with every form of the secret replaced by ``[REDACTED]``."""
+    for form in forms:
+        text = text.replace(form, REDACTED)
+    return text
