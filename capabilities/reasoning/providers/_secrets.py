@@ -28,8 +28,9 @@ def read_api_key(model: ModelConfig) -> str | None:
     """The key for ``model`` from the environment variable named by ``api_key_env``.
 
     ``None`` when the model needs no key (a local server). A missing variable is a
-    ``PermanentError`` naming the variable, never a value. Surrounding whitespace is
-    dropped: a key file written with ``echo`` ends in a newline that HTTP forbids.
+    ``PermanentError`` naming the variable, never a value, and so is a key with
+    characters no HTTP header may carry. Surrounding whitespace is dropped: a key file
+    written with ``echo`` ends in a newline.
     """
     if not model.api_key_env:
         return None
@@ -38,6 +39,14 @@ def read_api_key(model: ModelConfig) -> str | None:
         raise PermanentError(
             f"model {model.name} needs an API key in the environment variable "
             f"{model.api_key_env}, which is not set",
+            details={"usage_status": "not_reported"},
+        )
+    if not all(" " <= c <= "~" for c in value):
+        # Sent anyway, h11 would refuse the header and quote the value in an error that
+        # httpcore logs at DEBUG level, beyond the reach of our redaction.
+        raise PermanentError(
+            f"the API key in {model.api_key_env} contains control or non-ASCII "
+            "characters, which an HTTP header cannot carry",
             details={"usage_status": "not_reported"},
         )
     return value
