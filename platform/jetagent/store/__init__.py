@@ -45,7 +45,9 @@ from eventsourcing.persistence import (
 from eventsourcing.utils import Environment, EnvType, resolve_topic, strtobool
 from nats.aio.client import Client as NATS
 
+from ._aggregates import AggregateStream, Appended, ConcurrencyConflict, NewRecord
 from ._async import EVENTS, SNAPSHOTS, AsyncStore, StoreSettings
+from ._direct import DirectGetter, Record
 from ._errors import StoreUnavailableError, StreamConfigError, WriteTooLargeError
 from ._loop import LoopThread, shared_loop
 from ._recorders import (
@@ -59,7 +61,11 @@ from ._subjects import encode_token
 from ._transcoder import MsgspecTranscoder, TypedMapper
 
 __all__ = [
+    "AggregateStream",
+    "Appended",
     "AsyncStore",
+    "ConcurrencyConflict",
+    "DirectGetter",
     "Factory",
     "MsgspecTranscoder",
     "NatsAggregateRecorder",
@@ -68,6 +74,8 @@ __all__ = [
     "NatsProcessRecorder",
     "NatsSubscription",
     "NatsTrackingRecorder",
+    "NewRecord",
+    "Record",
     "StoreSettings",
     "StoreUnavailableError",
     "StreamConfigError",

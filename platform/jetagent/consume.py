@@ -1,0 +1,118 @@
+"""Continuous pull from a durable JetStream consumer, with bounded messages in flight.
+
+nats-py's ``fetch(batch=n)`` waits for all ``n`` messages (or its timeout) once the
+first has arrived, which puts a whole timeout of latency on a lightly loaded step. This
+keeps standing pull requests instead (as the Go client's ``Consume`` does): the server
+pushes each message the moment it is available, and new requests are issued as handlers
+finish, so at most ``max_in_flight`` messages are ever held by this process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.errors import Error as NatsError
+
+__all__ = ["Puller"]
+
+log = logging.getLogger("jetagent.consume")
+
+_EXPIRES_S = 30.0
+_HEARTBEAT_S = 5.0
+
+
+class Puller:
+    """Messages of one durable pull consumer, as they arrive."""
+
+    def __init__(self, nc: NATS, *, stream: str, consumer: str, max_in_flight: int = 64) -> None:
+        self._nc = nc
+        self._next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"
+        self._max = max(1, max_in_flight)
+        self._queue: asyncio.Queue[Msg | None] = asyncio.Queue()
+        self._requested = 0  # asked for, not yet received or expired
+        self._in_flight = 0  # received, not yet released by done()
+        self._sub: Subscription | None = None
+        self._inbox = ""
+        self._last_activity = time.monotonic()
+        self._closed = False
+        self._pull_lock = asyncio.Lock()
+
+    async def start(self) -> None:
+        self._inbox = self._nc.new_inbox()
+        self._sub = await self._nc.subscribe(self._inbox, cb=self._on_message)
+        await self._top_up()
+
+    async def _on_message(self, msg: Msg) -> None:
+        self._last_activity = time.monotonic()
+        headers = msg.headers or {}
+        status = headers.get("Status")
+        if status is not None:
+            if status in ("404", "408", "409"):
+                # A request ended unfulfilled (expired, or the consumer moved):
+                # the server says how many of its messages were not delivered.
+                pending = int(headers.get("Nats-Pending-Messages", "0") or 0)
+                self._requested = max(0, self._requested - pending) if pending else 0
+                await self._top_up()
+            return  # 100: idle heartbeat
+        self._requested = max(0, self._requested - 1)
+        self._in_flight += 1
+        self._queue.put_nowait(msg)
+
+    async def _top_up(self) -> None:
+        if self._closed:
+            return
+        async with self._pull_lock:
+            want = self._max - self._in_flight - self._requested
+            if want <= 0 or (want < self._max // 2 and self._requested > 0):
+                return  # plenty outstanding; avoid a request per message
+            request = {
+                "batch": want,
+                "expires": int(_EXPIRES_S * 1e9),
+                "idle_heartbeat": int(_HEARTBEAT_S * 1e9),
+            }
+            self._requested += want
+            try:
+                await self._nc.publish(
+                    self._next_subject, json.dumps(request).encode(), reply=self._inbox
+                )
+            except NatsError as exc:
+                self._requested -= want
+                log.warning("pull request on %s failed: %s", self._next_subject, exc)
+
+    async def done(self) -> None:
+        """A message was handled (acked, nak'd or termed): its slot is free again."""
+        self._in_flight = max(0, self._in_flight - 1)
+        await self._top_up()
+
+    async def messages(self) -> AsyncIterator[Msg]:
+        """Yield messages until :meth:`stop`; re-issues requests if the server went quiet."""
+        while True:
+            try:
+                msg = await asyncio.wait_for(self._queue.get(), timeout=_HEARTBEAT_S)
+            except TimeoutError:
+                if time.monotonic() - self._last_activity > 3 * _HEARTBEAT_S:
+                    # No heartbeat: the server lost our requests (restart, failover).
+                    self._requested = 0
+                    self._last_activity = time.monotonic()
+                await self._top_up()
+                continue
+            if msg is None:
+                return
+            yield msg
+
+    async def stop(self) -> None:
+        """Stop receiving; messages already yielded stay the caller's to finish."""
+        self._closed = True
+        if self._sub is not None:
+            with contextlib.suppress(NatsError):
+                await self._sub.unsubscribe()
+            self._sub = None
+        self._queue.put_nowait(None)

@@ -1,0 +1,345 @@
+"""Every event jetagent writes, as frozen msgspec Structs (JSON, tagged by ``type``).
+
+A written event is a contract: its shape changes only with a new schema version ``v``
+and an upcaster from the old one (``UPCASTERS``), so old streams stay readable.
+
+- Workflow aggregate events (``JA_WORKFLOWS``, ``<prefix>.wf.<workflow_id>.<Type>[...]``):
+  Started, StepScheduled, StepCompleted, StepFailed, ApprovalRequested, ApprovalResolved,
+  Finalized, Terminated, Cancelled, and RequestRejected for a request that never started.
+- ``StepResult`` (``JA_STEPS``): what a capability worker produced for one step, with the
+  usage and cost of every provider call it made (recorded there and nowhere else).
+- ``CancelRequested`` and ``SignalSent`` (``JA_REQUESTS``), next to the requests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+import msgspec
+
+from .llm import Usage
+
+__all__ = [
+    "CURRENT_VERSIONS",
+    "UPCASTERS",
+    "ApprovalRequested",
+    "ApprovalResolved",
+    "CallRecord",
+    "CancelRequested",
+    "Cancelled",
+    "Finalized",
+    "Money",
+    "RequestRejected",
+    "RoutingDecision",
+    "SignalSent",
+    "Spend",
+    "Started",
+    "StepCompleted",
+    "StepError",
+    "StepFailed",
+    "StepResult",
+    "StepScheduled",
+    "Terminated",
+    "WorkflowEvent",
+    "decode_event",
+    "decode_step_result",
+    "encode",
+    "event_type",
+    "subject_tail",
+]
+
+Money = Decimal
+"""USD amounts: exact decimals, written as JSON strings."""
+
+
+class Spend(msgspec.Struct, frozen=True, kw_only=True):
+    """Tokens and USD: a reservation when a step is scheduled, a settlement when it ends."""
+
+    tokens: int = 0
+    usd: Money = Decimal(0)
+
+    def __add__(self, other: Spend) -> Spend:
+        return Spend(tokens=self.tokens + other.tokens, usd=self.usd + other.usd)
+
+    def __sub__(self, other: Spend) -> Spend:
+        return Spend(tokens=self.tokens - other.tokens, usd=self.usd - other.usd)
+
+
+class RoutingDecision(msgspec.Struct, frozen=True, kw_only=True):
+    """Which model a call used and why (preferred, fallback, cheaper, hedge)."""
+
+    model: str
+    reason: str
+
+
+class _Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
+    v: int = 1
+    """Schema version of this event's shape."""
+
+
+class _WorkflowEventBase(_Event, frozen=True, kw_only=True):
+    workflow_id: str
+    at: datetime
+    """When the orchestrator decided it (from the input it was processing)."""
+
+
+class Started(_WorkflowEventBase, frozen=True, kw_only=True, tag="Started"):
+    tenant: str
+    request: dict[str, Any]
+    """The validated request, as JSON."""
+    deadline_at: datetime | None = None
+
+
+class StepScheduled(_WorkflowEventBase, frozen=True, kw_only=True, tag="StepScheduled"):
+    v: int = 2
+    step_id: str
+    capability: str
+    tool: str | None = None
+    attempt: int = 1
+    iteration: int
+    """The reasoning turn this step belongs to."""
+    input: dict[str, Any]
+    """What the capability needs; large values travel as claim-check references."""
+    route: RoutingDecision | None = None
+    reservation: Spend
+    """The most this step may spend; held against the budgets until it settles."""
+    tenant: str
+    deadline_at: datetime | None = None
+
+
+class StepCompleted(_WorkflowEventBase, frozen=True, kw_only=True, tag="StepCompleted"):
+    step_id: str
+    capability: str
+    tool: str | None = None
+    output: dict[str, Any]
+    settlement: Spend
+    """What the step actually spent (sum of its StepResult's calls)."""
+    result_seq: int
+    """The StepResult's sequence in JA_STEPS, where its usage is recorded."""
+
+
+class StepFailed(_WorkflowEventBase, frozen=True, kw_only=True, tag="StepFailed"):
+    step_id: str
+    capability: str
+    tool: str | None = None
+    error: str
+    error_type: str
+    retryable: bool
+    settlement: Spend
+    result_seq: int
+
+
+class ApprovalRequested(_WorkflowEventBase, frozen=True, kw_only=True, tag="ApprovalRequested"):
+    step_id: str
+    tool: str
+    arguments: dict[str, Any]
+    call_id: str
+
+
+class ApprovalResolved(_WorkflowEventBase, frozen=True, kw_only=True, tag="ApprovalResolved"):
+    step_id: str
+    approved: bool
+    by: str = ""
+    comment: str = ""
+
+
+class Finalized(_WorkflowEventBase, frozen=True, kw_only=True, tag="Finalized"):
+    output: str
+    spent: Spend
+    iterations: int
+
+
+class Terminated(_WorkflowEventBase, frozen=True, kw_only=True, tag="Terminated"):
+    reason: str
+    """token_cap, cost_cap, max_iterations, deadline, step_failed, invalid_output."""
+    detail: str
+    partial_output: str = ""
+    spent: Spend
+
+
+class Cancelled(_WorkflowEventBase, frozen=True, kw_only=True, tag="Cancelled"):
+    reason: str = ""
+    by: str = ""
+    spent: Spend
+
+
+class RequestRejected(_WorkflowEventBase, frozen=True, kw_only=True, tag="RequestRejected"):
+    reasons: list[str]
+    tenant: str | None = None
+    size: int = 0
+
+
+WorkflowEvent = (
+    Started
+    | StepScheduled
+    | StepCompleted
+    | StepFailed
+    | ApprovalRequested
+    | ApprovalResolved
+    | Finalized
+    | Terminated
+    | Cancelled
+    | RequestRejected
+)
+
+
+class CallRecord(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """One provider call of a step: the single place its usage and cost are recorded."""
+
+    model: str
+    provider: str
+    outcome: str
+    """ok, failed, rate_limited, or cancelled (a hedge that lost)."""
+    usage: Usage | None = None
+    """None when the provider did not report it (a cancelled call)."""
+    cost_usd: Money | None = None
+    latency_s: float = 0.0
+    error: str | None = None
+
+
+class StepError(msgspec.Struct, frozen=True, kw_only=True):
+    type: str
+    message: str
+    retryable: bool
+
+
+class StepResult(_Event, frozen=True, kw_only=True, tag="StepResult"):
+    """A capability's answer for one step; write-once per step."""
+
+    workflow_id: str
+    step_id: str
+    capability: str
+    tool: str | None = None
+    attempt: int = 1
+    tenant: str
+    ok: bool
+    output: dict[str, Any] = msgspec.field(default_factory=dict)
+    error: StepError | None = None
+    calls: list[CallRecord] = msgspec.field(default_factory=list)
+    routing: list[RoutingDecision] = msgspec.field(default_factory=list)
+    started_at: datetime
+    finished_at: datetime
+    worker: str = ""
+    deliveries: int = 1
+
+    def spend(self) -> Spend:
+        """Tokens and USD of every call of this step, billed failures included."""
+        tokens = sum(c.usage.total_tokens for c in self.calls if c.usage)
+        usd = sum((c.cost_usd for c in self.calls if c.cost_usd), Decimal(0))
+        return Spend(tokens=tokens, usd=usd)
+
+
+class CancelRequested(_Event, frozen=True, kw_only=True, tag="CancelRequested"):
+    workflow_id: str
+    reason: str = ""
+    by: str = ""
+
+
+class SignalSent(_Event, frozen=True, kw_only=True, tag="SignalSent"):
+    workflow_id: str
+    name: str
+    payload: dict[str, Any] = msgspec.field(default_factory=dict)
+    by: str = ""
+
+
+# ---------------------------------------------------------------------------- codec
+
+_encoder = msgspec.json.Encoder(decimal_format="string")
+
+
+def encode(event: msgspec.Struct) -> bytes:
+    """JSON bytes of any event."""
+    return _encoder.encode(event)
+
+
+_workflow_decoder = msgspec.json.Decoder(WorkflowEvent)
+_result_decoder = msgspec.json.Decoder(StepResult)
+_EVENT_CLASSES: tuple[type[_Event], ...] = (
+    Started,
+    StepScheduled,
+    StepCompleted,
+    StepFailed,
+    ApprovalRequested,
+    ApprovalResolved,
+    Finalized,
+    Terminated,
+    Cancelled,
+    RequestRejected,
+    StepResult,
+    CancelRequested,
+    SignalSent,
+)
+
+
+def event_type(cls: type[msgspec.Struct]) -> str:
+    """The ``type`` tag of an event class."""
+    return str(cls.__struct_config__.tag)
+
+
+def _current_version(cls: type[msgspec.Struct]) -> int:
+    for field in msgspec.structs.fields(cls):
+        if field.name == "v":
+            return int(field.default)
+    raise TypeError(f"{cls} has no schema version")
+
+
+CURRENT_VERSIONS: dict[str, int] = {event_type(c): _current_version(c) for c in _EVENT_CLASSES}
+"""The schema version each event type is written with today."""
+
+Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
+UPCASTERS: dict[tuple[str, int], Upcaster] = {}
+"""``(type, from_version) -> function`` returning the event one version newer."""
+
+
+def _step_scheduled_v1_v2(data: dict[str, Any]) -> dict[str, Any]:
+    # v1 had no budget reservation and no iteration (written before budgets existed).
+    data.setdefault("reservation", {"tokens": 0, "usd": "0"})
+    data.setdefault("iteration", 1)
+    return data
+
+
+UPCASTERS[("StepScheduled", 1)] = _step_scheduled_v1_v2
+
+
+def _upcast(data: dict[str, Any]) -> dict[str, Any]:
+    kind = data.get("type")
+    if not isinstance(kind, str) or kind not in CURRENT_VERSIONS:
+        raise msgspec.ValidationError(f"unknown event type {kind!r}")
+    version = int(data.get("v", 1))
+    while version < CURRENT_VERSIONS[kind]:
+        step = UPCASTERS.get((kind, version))
+        if step is None:
+            raise msgspec.ValidationError(f"no upcaster for {kind} v{version}")
+        data = step(data)
+        version += 1
+        data["v"] = version
+    return data
+
+
+def decode_event(data: bytes) -> WorkflowEvent:
+    """Decode a workflow event, upcasting an older shape to the current one."""
+    event: WorkflowEvent | None
+    try:
+        event = _workflow_decoder.decode(data)
+    except msgspec.ValidationError:
+        event = None
+    if event is not None and event.v == CURRENT_VERSIONS[event_type(type(event))]:
+        return event
+    raw = _upcast(msgspec.json.decode(data))
+    upcast: WorkflowEvent = msgspec.convert(raw, WorkflowEvent)
+    return upcast
+
+
+def decode_step_result(data: bytes) -> StepResult:
+    return _result_decoder.decode(data)
+
+
+def subject_tail(event: WorkflowEvent) -> str:
+    """The subject tokens after ``<prefix>.wf.<workflow_id>.`` for an event."""
+    name = event_type(type(event))
+    if isinstance(event, StepScheduled):
+        return f"{name}.{event.capability}" + (f".{event.tool}" if event.tool else "")
+    return str(name)

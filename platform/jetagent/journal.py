@@ -1,0 +1,143 @@
+"""The Workflow aggregate's journal: load (cache, snapshot, events) and append events.
+
+A step's cost does not grow with the stream: a cached workflow is appended to with no
+read at all (the cache knows the sequence its last event got); a workflow not in the
+cache is rebuilt from its newest snapshot plus the events after it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import msgspec
+from nats.js.client import JetStreamContext
+from nats.js.errors import KeyNotFoundError, NotFoundError
+from nats.js.kv import KeyValue
+
+from jetagent.config import Names
+from jetagent.events import WorkflowEvent, decode_event, encode, event_type, subject_tail
+from jetagent.store import AggregateStream, NewRecord
+from jetagent.workflow import WorkflowState, evolve
+
+__all__ = ["Journal", "Loaded"]
+
+log = logging.getLogger("jetagent.journal")
+
+
+@dataclass(slots=True)
+class Loaded:
+    """A workflow's state and the stream sequence of its last event (0: none yet)."""
+
+    state: WorkflowState
+    seq: int
+    snapshot_version: int = 0
+
+
+class _Snapshot(msgspec.Struct):
+    seq: int
+    state: WorkflowState
+
+
+_snapshot_decoder = msgspec.json.Decoder(_Snapshot)
+_snapshot_encoder = msgspec.json.Encoder(decimal_format="string")
+
+
+class Journal:
+    """Reads and appends Workflow events; caches states; snapshots long workflows."""
+
+    def __init__(
+        self,
+        js: JetStreamContext,
+        aggregates: AggregateStream,
+        names: Names,
+        *,
+        cache_size: int,
+        snapshot_every: int,
+    ) -> None:
+        self._js = js
+        self.aggregates = aggregates
+        self._names = names
+        self._cache: OrderedDict[str, Loaded] = OrderedDict()
+        self._cache_size = cache_size
+        self._snapshot_every = snapshot_every
+        self._snapshots: KeyValue | None = None
+
+    async def _bucket(self) -> KeyValue:
+        if self._snapshots is None:
+            self._snapshots = await self._js.key_value(self._names.bucket("SNAPSHOTS"))
+        return self._snapshots
+
+    def cached(self) -> list[Loaded]:
+        return list(self._cache.values())
+
+    async def load(self, workflow_id: str) -> Loaded:
+        loaded = self._cache.get(workflow_id)
+        if loaded is not None:
+            self._cache.move_to_end(workflow_id)
+            return loaded
+        loaded = await self._load_snapshot(workflow_id) or Loaded(WorkflowState(), 0)
+        await self.catch_up(workflow_id, loaded)
+        self._remember(workflow_id, loaded)
+        return loaded
+
+    def forget(self, workflow_id: str) -> None:
+        self._cache.pop(workflow_id, None)
+
+    def _remember(self, workflow_id: str, loaded: Loaded) -> None:
+        self._cache[workflow_id] = loaded
+        while len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+
+    async def _load_snapshot(self, workflow_id: str) -> Loaded | None:
+        try:
+            entry = await (await self._bucket()).get(workflow_id)
+        except (KeyNotFoundError, NotFoundError):
+            return None
+        if not entry.value:
+            return None
+        try:
+            snapshot = _snapshot_decoder.decode(entry.value)
+        except msgspec.ValidationError:
+            log.warning("ignoring an unreadable snapshot of %s", workflow_id)
+            return None
+        return Loaded(snapshot.state, snapshot.seq, snapshot.state.version)
+
+    async def catch_up(self, workflow_id: str, loaded: Loaded) -> None:
+        """Fold the events written after ``loaded.seq`` (by another replica, say)."""
+        for record in await self.aggregates.read(workflow_id, after_seq=loaded.seq):
+            loaded.state = evolve(loaded.state, decode_event(record.data))
+            loaded.seq = record.seq
+
+    async def append(
+        self, workflow_id: str, loaded: Loaded, event: WorkflowEvent, headers: dict[str, str]
+    ) -> None:
+        """Append one event if the workflow is still at ``loaded.seq``; fold it in.
+
+        Raises ``ConcurrencyConflict`` when another writer appended first.
+        """
+        record = NewRecord(
+            tail=subject_tail(event),
+            data=encode(event),
+            headers={
+                "Ja-Event": event_type(type(event)),
+                "Ja-Schema": str(event.v),
+                "Ja-Workflow": workflow_id,
+                **headers,
+            },
+        )
+        appended = await self.aggregates.append(workflow_id, [record], expected_seq=loaded.seq)
+        loaded.state = evolve(loaded.state, event)
+        loaded.seq = appended.last
+        self._remember(workflow_id, loaded)
+        if loaded.state.version - loaded.snapshot_version >= self._snapshot_every:
+            await self.snapshot(workflow_id, loaded)
+
+    async def snapshot(self, workflow_id: str, loaded: Loaded) -> None:
+        data = _snapshot_encoder.encode(_Snapshot(seq=loaded.seq, state=loaded.state))
+        try:
+            await (await self._bucket()).put(workflow_id, data)
+            loaded.snapshot_version = loaded.state.version
+        except Exception as exc:  # a snapshot is an optimisation: never fail a step for it
+            log.warning("snapshot of %s failed: %s", workflow_id, exc)

@@ -1,0 +1,36 @@
+"""The Workflow aggregate: pure ``decide`` and ``evolve`` over the events in ``jetagent.events``.
+
+Nothing here does I/O, reads a clock or draws random numbers: everything a decision
+needs arrives in its input or in the static :class:`DecideContext`, so any history
+replays to the same state and the same decisions (``jetagent replay --verify``).
+"""
+
+from ._decide import (
+    Begin,
+    Cancel,
+    DecideContext,
+    FoldResult,
+    Input,
+    Signal,
+    Tick,
+    ToolInfo,
+    decide,
+)
+from ._state import Phase, StepView, WorkflowState, evolve, fold
+
+__all__ = [
+    "Begin",
+    "Cancel",
+    "DecideContext",
+    "FoldResult",
+    "Input",
+    "Phase",
+    "Signal",
+    "StepView",
+    "Tick",
+    "ToolInfo",
+    "WorkflowState",
+    "decide",
+    "evolve",
+    "fold",
+]

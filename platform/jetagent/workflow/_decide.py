@@ -1,0 +1,451 @@
+"""``decide``: the events an input calls for, given the state. Pure: no I/O, clock, random.
+
+``decide(state, input, ctx)`` first reacts to the input (a duplicate input reacts with
+nothing), then advances the state machine as far as the state allows: schedule the
+reasoning turn, the tool calls it asked for, the summary, or end the workflow. Because
+the advance depends on the state alone, a decision interrupted after writing some of its
+events is completed by deciding again on the same input.
+
+Budgets are race-free: a step reserves the most it can spend when it is scheduled, and
+only steps whose reservation fits under every cap (with what is spent and reserved) are
+scheduled. Parallel steps therefore can never overshoot a cap together.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+import msgspec
+
+from jetagent.contract import Status
+from jetagent.events import (
+    ApprovalRequested,
+    ApprovalResolved,
+    Cancelled,
+    Finalized,
+    RoutingDecision,
+    Spend,
+    Started,
+    StepCompleted,
+    StepFailed,
+    StepResult,
+    StepScheduled,
+    Terminated,
+    WorkflowEvent,
+)
+from jetagent.llm import ToolCall, ToolSpec
+from jetagent.models import ModelConfig
+from jetagent.tokens import count_message_tokens, count_tokens
+
+from ._state import REASONING, SUMMARIZE, TOOLS, WorkflowState, evolve
+
+__all__ = [
+    "Begin",
+    "Cancel",
+    "DecideContext",
+    "FoldResult",
+    "Input",
+    "Signal",
+    "Tick",
+    "ToolInfo",
+    "decide",
+]
+
+MIN_OUTPUT_TOKENS = 16
+"""A reasoning call is not worth making with fewer output tokens than this."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ToolInfo:
+    """What the orchestrator knows of a registered tool."""
+
+    spec: ToolSpec
+    requires_approval: bool = False
+    max_tokens: int = 0
+    """Tokens one call may use (an LLM-backed tool); reserved against the token cap."""
+    capability: str = TOOLS
+
+
+@dataclass(frozen=True, kw_only=True)
+class DecideContext:
+    """The static configuration decisions read (passed in, never fetched)."""
+
+    models: Mapping[str, ModelConfig]
+    tools: Mapping[str, ToolInfo] = field(default_factory=dict)
+    max_step_attempts: int = 2
+    estimate_factor: Decimal = Decimal("1.25")
+    """Safety factor on the stated token estimate for providers with other tokenizers."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Begin:
+    workflow_id: str
+    tenant: str
+    request: dict[str, Any]
+    at: datetime
+    deadline_at: datetime | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class FoldResult:
+    result: StepResult
+    result_seq: int
+    at: datetime
+
+
+@dataclass(frozen=True, kw_only=True)
+class Cancel:
+    at: datetime
+    reason: str = ""
+    by: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Signal:
+    name: str
+    payload: dict[str, Any]
+    at: datetime
+    by: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Tick:
+    """Time passed: lets deadlines end idle workflows."""
+
+    at: datetime
+
+
+Input = Begin | FoldResult | Cancel | Signal | Tick
+
+
+def decide(state: WorkflowState, command: Input, ctx: DecideContext) -> list[WorkflowEvent]:
+    """The events ``command`` calls for, in order."""
+    events = _react(state, command, ctx)
+    for event in events:
+        state = evolve(state, event)
+    for _ in range(1000):
+        step = _next(state, command.at, ctx)
+        if step is None:
+            return events
+        events.append(step)
+        state = evolve(state, step)
+    raise RuntimeError("decide did not settle")  # pragma: no cover - a bug guard
+
+
+def _react(state: WorkflowState, command: Input, ctx: DecideContext) -> list[WorkflowEvent]:
+    wid = state.workflow_id
+    match command:
+        case Begin():
+            if state.status is not Status.QUEUED:
+                return []  # the request was already accepted
+            return [
+                Started(
+                    workflow_id=command.workflow_id,
+                    at=command.at,
+                    tenant=command.tenant,
+                    request=command.request,
+                    deadline_at=command.deadline_at,
+                )
+            ]
+        case FoldResult():
+            return _fold_result(state, command, ctx)
+        case Cancel():
+            if state.status.is_final or state.status is Status.QUEUED:
+                return []
+            return [
+                Cancelled(
+                    workflow_id=wid,
+                    at=command.at,
+                    reason=command.reason,
+                    by=command.by,
+                    spent=state.spent,
+                )
+            ]
+        case Signal():
+            return _signal(state, command)
+        case Tick():
+            return []
+
+
+def _fold_result(
+    state: WorkflowState, command: FoldResult, ctx: DecideContext
+) -> list[WorkflowEvent]:
+    result = command.result
+    view = state.steps.get(result.step_id)
+    if state.status.is_final or view is None or view.status != "scheduled":
+        return []  # a duplicate delivery, or a late result of an ended workflow
+    settlement = result.spend()
+    if not result.ok:
+        error = result.error
+        return [
+            StepFailed(
+                workflow_id=state.workflow_id,
+                at=command.at,
+                step_id=result.step_id,
+                capability=view.capability,
+                tool=view.tool,
+                error=error.message if error else "the step failed",
+                error_type=error.type if error else "unknown",
+                retryable=bool(error and error.retryable),
+                settlement=settlement,
+                result_seq=command.result_seq,
+            )
+        ]
+    output = dict(result.output)
+    if view.capability == REASONING:
+        output["rejected_calls"] = _rejected_calls(state, output.get("tool_calls", ()), ctx)
+    return [
+        StepCompleted(
+            workflow_id=state.workflow_id,
+            at=command.at,
+            step_id=result.step_id,
+            capability=view.capability,
+            tool=view.tool,
+            output=output,
+            settlement=settlement,
+            result_seq=command.result_seq,
+        )
+    ]
+
+
+def _rejected_calls(state: WorkflowState, calls: Any, ctx: DecideContext) -> list[dict[str, str]]:
+    rejected = []
+    for raw in calls:
+        call = msgspec.convert(raw, ToolCall)
+        if call.name not in ctx.tools:
+            error = f"unknown tool {call.name!r}; available: {', '.join(sorted(ctx.tools))}"
+        elif state.allowed_tools is not None and call.name not in state.allowed_tools:
+            error = f"tool {call.name!r} is not allowed for this request"
+        else:
+            continue
+        rejected.append({"call_id": call.id, "tool": call.name, "error": error})
+    return rejected
+
+
+def _signal(state: WorkflowState, command: Signal) -> list[WorkflowEvent]:
+    if command.name != "approval" or state.status.is_final:
+        return []
+    step_id = str(command.payload.get("step_id", ""))
+    view = state.steps.get(step_id)
+    if view is None or view.status != "awaiting_approval":
+        return []
+    return [
+        ApprovalResolved(
+            workflow_id=state.workflow_id,
+            at=command.at,
+            step_id=step_id,
+            approved=bool(command.payload.get("approved", False)),
+            by=command.by,
+            comment=str(command.payload.get("comment", "")),
+        )
+    ]
+
+
+# ------------------------------------------------------------------ advancing
+
+
+def _next(state: WorkflowState, at: datetime, ctx: DecideContext) -> WorkflowEvent | None:
+    if state.status.is_final or state.status is Status.QUEUED:
+        return None
+    wid = state.workflow_id
+    if state.deadline_at is not None and at >= state.deadline_at:
+        return _terminate(state, at, "deadline", f"the deadline {state.deadline_at} passed")
+    if state.spent.tokens > state.token_cap:
+        return _terminate(state, at, "token_cap", f"{state.spent.tokens} tokens spent")
+    if state.cost_cap_usd is not None and state.spent.usd > state.cost_cap_usd:
+        return _terminate(state, at, "cost_cap", f"${state.spent.usd} spent")
+    if state.failure is not None:
+        return _terminate(state, at, "step_failed", state.failure)
+    if state.phase == "final" and not state.open_steps:
+        return Finalized(
+            workflow_id=wid,
+            at=at,
+            output=state.final_output or "",
+            spent=state.spent,
+            iterations=state.iterations,
+        )
+    if state.phase == "reasoning":
+        return _next_reasoning(state, at, ctx)
+    if state.phase == "tools":
+        return _next_tool(state, at, ctx)
+    if state.phase == "summarize":
+        return _next_summary(state, at, ctx)
+    return None
+
+
+def _terminate(state: WorkflowState, at: datetime, reason: str, detail: str) -> Terminated:
+    return Terminated(
+        workflow_id=state.workflow_id,
+        at=at,
+        reason=reason,
+        detail=detail,
+        partial_output=state.last_text,
+        spent=state.spent,
+    )
+
+
+def _fits(state: WorkflowState, reservation: Spend) -> bool:
+    held = state.spent + state.reserved + reservation
+    if held.tokens > state.token_cap:
+        return False
+    return state.cost_cap_usd is None or held.usd <= state.cost_cap_usd
+
+
+def _out_of_budget(state: WorkflowState, at: datetime, reservation: Spend) -> WorkflowEvent | None:
+    """Wait if steps in flight may free budget; otherwise end the workflow."""
+    if state.open_steps:
+        return None
+    held = state.spent + reservation
+    if held.tokens > state.token_cap:
+        detail = (
+            f"the next step needs up to {reservation.tokens} tokens; "
+            f"{state.token_cap - state.spent.tokens} of {state.token_cap} are left"
+        )
+        return _terminate(state, at, "token_cap", detail)
+    detail = (
+        f"the next step may cost ${reservation.usd}; "
+        f"${state.spent.usd} of ${state.cost_cap_usd} spent"
+    )
+    return _terminate(state, at, "cost_cap", detail)
+
+
+def _attempt(state: WorkflowState, key: str, ctx: DecideContext) -> int:
+    return state.retries.get(key, 1)
+
+
+def _route_models(state: WorkflowState, ctx: DecideContext) -> list[ModelConfig]:
+    names: list[str] = []
+    for name in state.models:
+        model = ctx.models.get(name)
+        if model is None:
+            continue
+        for candidate in (name, *model.fallbacks, *([model.cheaper] if model.cheaper else [])):
+            if candidate not in names and candidate in ctx.models:
+                names.append(candidate)
+    return [ctx.models[n] for n in names]
+
+
+def _llm_reservation(
+    state: WorkflowState, input_tokens: int, ctx: DecideContext
+) -> tuple[int, Spend]:
+    """(max_tokens, reservation) for an LLM call over this conversation, fitted to budget."""
+    models = _route_models(state, ctx)
+    exact = all(m.provider == "offline" for m in models)
+    estimate = input_tokens if exact else int(Decimal(input_tokens) * ctx.estimate_factor) + 1
+    left = state.token_cap - state.spent.tokens - state.reserved.tokens - estimate
+    max_tokens = max(min(state.max_output_tokens, left), MIN_OUTPUT_TOKENS)
+    usd = max((m.max_cost(estimate, max_tokens) for m in models), default=Decimal(0))
+    return max_tokens, Spend(tokens=estimate + max_tokens, usd=usd)
+
+
+def _tool_specs(state: WorkflowState, ctx: DecideContext) -> list[dict[str, Any]]:
+    names = sorted(ctx.tools) if state.allowed_tools is None else list(state.allowed_tools)
+    return [msgspec.to_builtins(ctx.tools[n].spec) for n in names if n in ctx.tools]
+
+
+def _next_reasoning(state: WorkflowState, at: datetime, ctx: DecideContext) -> WorkflowEvent | None:
+    if state.open_steps:
+        return None
+    attempt = _attempt(state, REASONING, ctx)
+    if attempt > ctx.max_step_attempts:
+        return _terminate(state, at, "step_failed", f"reasoning failed {attempt - 1} times")
+    if attempt == 1 and state.iterations >= state.max_iterations:
+        return _terminate(state, at, "max_iterations", f"{state.iterations} reasoning turns used")
+    tools = _tool_specs(state, ctx)
+    input_tokens = count_message_tokens(state.messages) + sum(count_tokens(str(t)) for t in tools)
+    max_tokens, reservation = _llm_reservation(state, input_tokens, ctx)
+    if not _fits(state, reservation):
+        return _out_of_budget(state, at, reservation)
+    left = state.token_cap - state.spent.tokens - state.reserved.tokens
+    usd_left = None if state.cost_cap_usd is None else state.cost_cap_usd - state.spent.usd
+    iteration = state.iterations + (1 if attempt == 1 else 0)
+    return StepScheduled(
+        workflow_id=state.workflow_id,
+        at=at,
+        step_id=state.next_step_id(),
+        capability=REASONING,
+        attempt=attempt,
+        iteration=iteration,
+        input={
+            "messages": [msgspec.to_builtins(m) for m in state.messages],
+            "tools": tools,
+            "models": list(state.models),
+            "max_tokens": max_tokens,
+            "remaining_tokens": left,
+            "remaining_usd": None if usd_left is None else str(usd_left),
+            "output_type": state.output_type,
+            "json_schema": state.json_schema,
+        },
+        route=RoutingDecision(model=state.models[0], reason="preferred") if state.models else None,
+        reservation=reservation,
+        tenant=state.tenant,
+        deadline_at=state.deadline_at,
+    )
+
+
+def _next_tool(state: WorkflowState, at: datetime, ctx: DecideContext) -> WorkflowEvent | None:
+    for call in state.pending_calls:
+        info = ctx.tools[call.name]
+        attempt = _attempt(state, call.id, ctx)
+        if attempt > ctx.max_step_attempts:
+            return _terminate(
+                state, at, "step_failed", f"tool {call.name} failed {attempt - 1} times"
+            )
+        if info.requires_approval and call.id not in state.approved_calls:
+            return ApprovalRequested(
+                workflow_id=state.workflow_id,
+                at=at,
+                step_id=state.next_step_id(),
+                tool=call.name,
+                arguments=call.arguments,
+                call_id=call.id,
+            )
+        reservation = Spend(tokens=info.max_tokens)
+        if not _fits(state, reservation):
+            return _out_of_budget(state, at, reservation)
+        return StepScheduled(
+            workflow_id=state.workflow_id,
+            at=at,
+            step_id=state.next_step_id(),
+            capability=info.capability,
+            tool=call.name,
+            attempt=attempt,
+            iteration=state.iterations,
+            input={"call_id": call.id, "tool": call.name, "arguments": call.arguments},
+            reservation=reservation,
+            tenant=state.tenant,
+            deadline_at=state.deadline_at,
+        )
+    return None
+
+
+def _next_summary(state: WorkflowState, at: datetime, ctx: DecideContext) -> WorkflowEvent | None:
+    if state.open_steps:
+        return None
+    attempt = _attempt(state, SUMMARIZE, ctx)
+    if attempt > ctx.max_step_attempts:
+        return _terminate(state, at, "step_failed", f"summarisation failed {attempt - 1} times")
+    input_tokens = count_message_tokens(state.messages)
+    max_tokens, reservation = _llm_reservation(state, input_tokens, ctx)
+    if not _fits(state, reservation):
+        return _out_of_budget(state, at, reservation)
+    return StepScheduled(
+        workflow_id=state.workflow_id,
+        at=at,
+        step_id=state.next_step_id(),
+        capability=SUMMARIZE,
+        attempt=attempt,
+        iteration=state.iterations,
+        input={
+            "messages": [msgspec.to_builtins(m) for m in state.messages],
+            "models": list(state.models),
+            "max_tokens": max_tokens,
+        },
+        reservation=reservation,
+        tenant=state.tenant,
+        deadline_at=state.deadline_at,
+    )
