@@ -1,0 +1,1 @@
+"""Built-in tools that capability workers run."""
