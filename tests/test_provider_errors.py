@@ -13,7 +13,7 @@ from urllib.parse import quote
 
 import pytest
 
-from capabilities.reasoning import AnthropicProvider, HttpSettings, OpenAIProvider
+from capabilities.reasoning import AnthropicProvider, HttpSettings, OpenAIProvider, Provider
 from capabilities.reasoning.providers import REDACTED
 from capabilities.reasoning.providers._ratelimit import retry_after_s
 from capabilities.reasoning.providers._secrets import redact, secret_forms
@@ -71,7 +71,7 @@ async def anthropic() -> AsyncIterator[AnthropicProvider]:
     await provider.aclose()
 
 
-async def fail(provider: OpenAIProvider | AnthropicProvider, model: ModelConfig) -> CapabilityError:
+async def fail(provider: Provider, model: ModelConfig) -> CapabilityError:
     with pytest.raises(CapabilityError) as caught:
         await provider.complete(model, HI, tools=[], max_tokens=16)
     return caught.value

@@ -89,6 +89,7 @@ class HedgedCaller:
         """Call ``first`` (its permit already taken), hedging if it is slow."""
         result = RaceResult()
         runs: dict[asyncio.Task[Completion], _Run] = {}
+        settled: dict[asyncio.Task[Completion], Attempt] = {}
 
         def start(candidate: Candidate, permit: Permit, *, hedge: bool) -> None:
             task = asyncio.create_task(
@@ -122,7 +123,7 @@ class HedgedCaller:
                     continue
                 # Collect in start order, so the primary wins a tie.
                 for task in [t for t in runs if t in done]:
-                    self._collect(task, runs[task], result)
+                    settled[task] = self._settle(task, runs[task], result)
         finally:
             for task in pending:
                 task.cancel()
@@ -132,11 +133,13 @@ class HedgedCaller:
             finally:
                 for task in [t for t in runs if t in pending]:
                     if task.done():
-                        self._collect(task, runs[task], result)
+                        settled[task] = self._settle(task, runs[task], result)
                     else:
                         # Only if this wait was itself cancelled: the breaker must not be
                         # left waiting for a trial that will never report.
                         runs[task].permit.release()
+        # Attempts in the order the calls started, however they finished.
+        result.attempts.extend(settled[t] for t in runs if t in settled)
         return result
 
     async def _complete(self, candidate: Candidate, ctx: CallContext) -> Completion:
@@ -219,22 +222,20 @@ class HedgedCaller:
                 )
         return None
 
-    def _collect(self, task: asyncio.Task[Completion], run: _Run, result: RaceResult) -> None:
+    def _settle(self, task: asyncio.Task[Completion], run: _Run, result: RaceResult) -> Attempt:
+        """Report a finished call to its breaker and turn it into an Attempt."""
         latency = round(time.monotonic() - run.started, 4)
         if task.cancelled():
             run.permit.release()
-            result.attempts.append(
-                _attempt(
-                    run,
-                    "cancelled",
-                    latency,
-                    usage=None,
-                    usage_status="unknown",
-                    error="cancelled: another call answered first; usage unknown "
-                    "(the provider may still bill it)",
-                )
+            return _attempt(
+                run,
+                "cancelled",
+                latency,
+                usage=None,
+                usage_status="unknown",
+                error="cancelled: another call answered first; usage unknown "
+                "(the provider may still bill it)",
             )
-            return
         exc = task.exception()
         if exc is None:
             run.permit.succeeded()
@@ -242,17 +243,9 @@ class HedgedCaller:
             won = result.completion is None
             if won:
                 result.completion = completion
-            result.attempts.append(
-                _attempt(
-                    run,
-                    "ok",
-                    latency,
-                    usage=completion.usage,
-                    usage_status="reported",
-                    winner=won,
-                )
+            return _attempt(
+                run, "ok", latency, usage=completion.usage, usage_status="reported", winner=won
             )
-            return
         outcome: AttemptOutcome = "failed"
         error: CapabilityError
         if isinstance(exc, RateLimitedError):
@@ -284,10 +277,8 @@ class HedgedCaller:
             status = "reported"
         elif error.details.get("usage_status") == "unknown":
             status = "unknown"
-        result.attempts.append(
-            _attempt(
-                run, outcome, latency, usage=error.usage, usage_status=status, error=error.message
-            )
+        return _attempt(
+            run, outcome, latency, usage=error.usage, usage_status=status, error=error.message
         )
 
 

@@ -273,16 +273,27 @@ def _failure(
     billed = usage if any(a.usage is not None for a in attempts) else None
     summary = "; ".join(f"{a.model}: {a.error}" for a in attempts if a.error)
     permanent = [e for e in errors if isinstance(e, PermanentError)]
+    error: CapabilityError
     if permanent:
-        return PermanentError(permanent[0].message, usage=billed, details=details)
-    waits = [
-        e.retry_after for e in errors if isinstance(e, TransientError) and e.retry_after is not None
-    ]
-    retry_after = min(waits) if waits else None
-    message = f"all {len(attempts)} model call(s) failed: {summary}"
-    if errors and all(isinstance(e, RateLimitedError) for e in errors):
-        return RateLimitedError(message, retry_after=retry_after, usage=billed, details=details)
-    return TransientError(message, retry_after=retry_after, usage=billed, details=details)
+        error = PermanentError(permanent[0].message, usage=billed, details=details)
+    else:
+        waits = [
+            e.retry_after
+            for e in errors
+            if isinstance(e, TransientError) and e.retry_after is not None
+        ]
+        retry_after = min(waits) if waits else None
+        message = f"all {len(attempts)} model call(s) failed: {summary}"
+        kind = (
+            RateLimitedError
+            if errors and all(isinstance(e, RateLimitedError) for e in errors)
+            else TransientError
+        )
+        error = kind(message, retry_after=retry_after, usage=billed, details=details)
+    # Chain the provider's own error: it is key-free (providers raise theirs with no
+    # cause), and a provider bug's traceback stays reachable behind it.
+    error.__cause__ = permanent[0] if permanent else (errors[-1] if errors else None)
+    return error
 
 
 def _short(text: str, limit: int = 160) -> str:
