@@ -222,15 +222,10 @@ def main(argv: list[str]) -> NoReturn:
     uid = config.uid
     if uid is None:
         status.record("off", "per_run_uid: not running as root")
-    elif not in_view and not reachable_by_others(sys.path):
-        status.record(
-            "off",
-            f"per_run_uid: the Python installation ({sys.prefix}) is not readable by other "
-            "users and no private filesystem view could be built",
-        )
-        uid = None
-    else:
+    elif in_view or reachable_by_others(sys.path):
         status.record("layer", "per_run_uid")
+    elif not layer(status, "per_run_uid", reach_stdlib_through_descriptors):
+        uid = None
     pid_namespace = layer(
         status, "pid_namespace", lambda: kernel.unshare(CLONE_NEWPID, "unshare(NEWPID)")
     )
@@ -332,6 +327,33 @@ def reachable_by_others(paths: list[str]) -> bool:
                 return False
             parent = os.path.dirname(parent)
     return True
+
+
+def reach_stdlib_through_descriptors() -> None:
+    """Let an unprivileged uid import the standard library from a folder it cannot reach
+    (say /root/.pyenv): open its directories while still root and put /proc/self/fd/N on
+    sys.path; the kernel checks permissions from an opened directory downwards only."""
+    if not os.path.isdir("/proc/self/fd"):
+        raise OSError(f"the Python installation ({sys.prefix}) is not readable by other users")
+    moved = {
+        entry: f"/proc/self/fd/{os.open(entry, os.O_RDONLY | os.O_DIRECTORY)}"
+        for entry in sys.path
+        if os.path.isdir(entry)
+    }
+    sys.path[:] = moved.values()
+    # Packages imported at start-up (encodings, say) find their submodules through
+    # __path__, which still names the unreachable folder.
+    for module in list(sys.modules.values()):
+        search = getattr(module, "__path__", None)
+        if isinstance(search, list):
+            search[:] = [relocate(entry, moved) for entry in search]
+
+
+def relocate(path: str, moved: dict[str, str]) -> str:
+    for old, new in moved.items():
+        if within(path, old):
+            return new + path[len(old) :]
+    return path
 
 
 def supervise(

@@ -1,0 +1,379 @@
+"""The sandboxed snippet runner: normal snippets work, hostile ones are stopped or refused
+with a clear error, nothing of a run outlives it, and the service's event loop keeps
+serving meanwhile.
+
+Most tests go through `run_python`, audit hooks included. The "kernel layer" tests turn
+the hooks off (the private `_run`) to show that the layer below holds on its own; each
+is skipped, with the reason `protections()` gives, where this kernel lacks that layer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import glob
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from capabilities.tools import sandbox
+from capabilities.tools.sandbox import SandboxLimits, SandboxResult, protections, run_python
+
+pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="the sandbox needs Linux")
+
+LAYERS = protections() if sys.platform == "linux" else {}
+FAST = SandboxLimits(cpu_seconds=1, wall_seconds=5)
+
+
+def needs(*layers: str) -> pytest.MarkDecorator:
+    missing = [layer for layer in layers if LAYERS.get(layer) is not True]
+    return pytest.mark.skipif(
+        bool(missing), reason=f"not available here: {missing} ({LAYERS.get('notes')})"
+    )
+
+
+def processes_of_sandbox_runs() -> list[str]:
+    """Live processes started by any sandbox run: launched from the child script (forks
+    keep its command line) or owned by a per-run uid (whatever they exec'd)."""
+    found = []
+    first, last = sandbox._UID_FIRST, sandbox._UID_FIRST + sandbox._UID_COUNT
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            state = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            command = Path(f"/proc/{entry}/cmdline").read_bytes()
+            status = Path(f"/proc/{entry}/status").read_text()
+        except OSError:
+            continue  # ended meanwhile
+        uid = int(next(line for line in status.splitlines() if line.startswith("Uid:")).split()[1])
+        if state not in "ZX" and (sandbox._CHILD.encode() in command or first <= uid < last):
+            found.append(f"{entry} {state} uid={uid} {command[:80]!r}")
+    return found
+
+
+@pytest.fixture(autouse=True)
+def nothing_of_a_run_remains() -> Iterator[None]:
+    # Every test, hostile or not: once run_python has returned, no process of it lives.
+    assert processes_of_sandbox_runs() == [], "left over by an earlier test"
+    yield
+    assert processes_of_sandbox_runs() == []
+
+
+async def wait_for(condition: Callable[[], object], *, seconds: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + seconds
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
+def refused(result: SandboxResult, message: str) -> None:
+    assert not result.ok
+    assert result.error == message, (result.error, result.stderr)
+    assert message in result.stderr  # the snippet's own traceback says so too
+
+
+# Normal snippets
+
+
+async def test_prints_and_computes() -> None:
+    result = await run_python("print(sum(range(10)) * 2)")
+    assert result.ok, result
+    assert (result.stdout, result.stderr, result.exit_code, result.error) == ("90\n", "", 0, None)
+    assert result.cpu_s is not None
+    assert not result.truncated
+
+
+async def test_reads_stdin() -> None:
+    result = await run_python("import sys; print(sys.stdin.read().upper())", stdin="hello")
+    assert result.ok, result
+    assert result.stdout == "HELLO\n"
+
+
+async def test_works_with_files_in_its_own_folder_which_is_private_and_deleted() -> None:
+    runs_before = set(glob.glob(os.path.join(tempfile.gettempdir(), "jetagent-sandbox-*")))
+    code = """
+import os, tempfile
+print(sorted(os.listdir(".")))
+with open("notes.txt", "w") as f:
+    f.write("kept")
+os.mkdir("sub")
+with tempfile.NamedTemporaryFile(dir="sub") as tmp:
+    tmp.write(b"x")
+print(open("notes.txt").read(), sorted(os.listdir(".")))
+"""
+    first = await run_python(code)
+    assert first.ok, first
+    assert first.stdout == "[]\nkept ['notes.txt', 'sub']\n"
+    # A second run starts empty: the folder of the first is gone.
+    second = await run_python(code)
+    assert second.stdout.splitlines()[0] == "[]"
+    runs_after = set(glob.glob(os.path.join(tempfile.gettempdir(), "jetagent-sandbox-*")))
+    assert runs_after <= runs_before
+
+
+async def test_reports_the_exception_that_ended_the_snippet() -> None:
+    result = await run_python("x = 1\nprint('before')\nx / 0")
+    assert not result.ok
+    assert result.error == "ZeroDivisionError: division by zero"
+    assert result.exit_code == 1
+    assert result.stdout == "before\n"
+    assert 'File "<snippet>", line 3' in result.stderr
+    assert "x / 0" in result.stderr  # the source line, as python -c would not even show
+
+
+async def test_reports_exit_codes() -> None:
+    assert (await run_python("exit()")).ok
+    result = await run_python("import sys; sys.exit(3)")
+    assert (result.ok, result.exit_code, result.error) == (False, 3, "exited with code 3")
+
+
+async def test_standard_library_including_asyncio_is_usable() -> None:
+    code = "import asyncio, json\nprint(asyncio.run(asyncio.sleep(0, json.dumps([1]))))"
+    result = await run_python(code)
+    assert result.ok, result
+    assert result.stdout == "[1]\n"
+
+
+async def test_output_is_capped_with_a_marker() -> None:
+    result = await run_python("print('x' * 100_000)", limits=SandboxLimits(max_output_bytes=1024))
+    assert result.truncated
+    assert result.error == "output truncated at 1 KiB"
+    assert result.stdout.startswith("x" * 1024)
+    assert result.stdout.endswith("\n[output truncated at 1 KiB]")
+
+
+async def test_endless_output_is_stopped() -> None:
+    result = await run_python("while True: print('y' * 1000)", limits=FAST)
+    assert result.truncated
+    assert result.error == "output truncated at 64 KiB"
+    assert len(result.stdout) < 64 * 1024 + 100
+
+
+async def test_event_loop_keeps_serving_while_a_snippet_burns_cpu() -> None:
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.01)
+            ticks += 1
+
+    other_work = asyncio.create_task(ticker())
+    run = asyncio.create_task(run_python("while True: pass", limits=FAST))
+    try:
+        # The other task keeps making progress while the snippet is still running.
+        await wait_for(lambda: ticks >= 20 and processes_of_sandbox_runs())
+        assert not run.done()
+        result = await run
+    finally:
+        other_work.cancel()
+    assert result.error == "CPU time limit of 1 s exceeded"
+
+
+async def test_runs_concurrently() -> None:
+    results = await asyncio.gather(*(run_python(f"print({n} * {n})") for n in range(6)))
+    assert [r.stdout for r in results] == [f"{n * n}\n" for n in range(6)]
+
+
+async def test_cancelling_the_caller_kills_the_run() -> None:
+    run = asyncio.create_task(run_python("while True: pass", limits=FAST))
+    await wait_for(lambda: processes_of_sandbox_runs() != [])
+    run.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await run
+    assert processes_of_sandbox_runs() == []
+
+
+def test_protections_report_every_layer() -> None:
+    report = protections()
+    assert report["audit_hooks"] is True
+    assert report["resource_limits"] is True
+    for layer in ("network_namespace", "mount_namespace", "pid_namespace", "per_run_uid"):
+        assert isinstance(report[layer], bool)
+    assert isinstance(report["notes"], str)
+
+
+# Hostile snippets, audit hooks on
+
+
+async def test_endless_loop_is_stopped_at_the_cpu_limit() -> None:
+    result = await run_python("while True: pass", limits=FAST)
+    assert not result.ok
+    assert result.error == "CPU time limit of 1 s exceeded"
+    assert result.exit_code is None
+
+
+async def test_wall_clock_timeout_stops_a_sleeping_snippet() -> None:
+    limits = SandboxLimits(wall_seconds=1)
+    result = await run_python("import time\nprint('started')\ntime.sleep(60)", limits=limits)
+    assert result.error == "wall-clock timeout of 1 s exceeded"
+    assert result.stdout == "started\n"  # unbuffered: what it wrote before survives
+
+
+@pytest.mark.parametrize(
+    "code", ["x = bytearray(4 * 2**30)", "blocks = []\nwhile True: blocks.append(bytes(2**24))"]
+)
+async def test_allocating_4_gib_hits_the_memory_limit(code: str) -> None:
+    result = await run_python(code, limits=FAST)
+    assert not result.ok
+    assert result.error == "memory limit of 256 MiB exceeded"
+    assert "MemoryError" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "import os\nwhile True: os.fork()",
+        "import subprocess\nwhile True: subprocess.Popen(['true'])",
+        "import os\nos.system('true')",
+        "import _posixsubprocess\n_posixsubprocess.fork_exec()",
+    ],
+)
+async def test_fork_bomb_is_refused(code: str) -> None:
+    refused(await run_python(code, limits=FAST), "starting processes is not allowed")
+
+
+async def test_grandchild_is_refused_and_nothing_of_the_run_remains() -> None:
+    code = "import subprocess\nsubprocess.Popen(['sleep', '600'], start_new_session=True)"
+    refused(await run_python(code, limits=FAST), "starting processes is not allowed")
+    assert processes_of_sandbox_runs() == []
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "8.8.8.8"])
+async def test_sockets_are_refused(host: str) -> None:
+    connections = 0
+
+    def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        writer.close()
+
+    server = await asyncio.start_server(accept, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1] if host == "127.0.0.1" else 53
+    async with server:
+        code = f"import socket\nsocket.create_connection(({host!r}, {port}), timeout=2)"
+        refused(await run_python(code, limits=FAST), "network access is not allowed")
+        raw = "import socket\ns = socket.socket()"
+        refused(await run_python(raw, limits=FAST), "network access is not allowed")
+    assert connections == 0
+
+
+async def test_reading_etc_passwd_is_refused() -> None:
+    result = await run_python("print(open('/etc/passwd').read())")
+    refused(result, "reading /etc/passwd is not allowed")
+    assert "root:" not in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("code", "message"),
+    [
+        ("import os\nos.listdir('/')", "listing / is not allowed"),
+        ("open('/tmp/planted', 'w')", "writing /tmp/planted is not allowed"),
+        ("import ctypes", "importing ctypes is not allowed"),
+        ("import pwd", "importing pwd is not allowed"),
+        (
+            "import gc\ngc.get_objects()",
+            "inspecting the garbage collector's objects is not allowed",
+        ),
+    ],
+)
+async def test_other_escape_hatches_are_refused(code: str, message: str) -> None:
+    refused(await run_python(code), message)
+
+
+async def test_parent_environment_is_invisible(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("JETAGENT_TEST_SECRET", "s3cr3t-token")
+    code = """
+import os
+print(sorted(os.environ))
+for path in (f"/proc/{os.getppid()}/environ", "/proc/1/environ", f"/proc/{os.getpid()}/environ"):
+    try:
+        print(open(path, "rb").read())
+    except OSError as error:
+        print(type(error).__name__)
+"""
+    result = await run_python(code)
+    assert "s3cr3t-token" not in result.stdout + result.stderr
+    assert result.stdout.splitlines()[0] == "['HOME', 'LANG', 'PATH', 'TMPDIR']"
+
+
+# Kernel layers on their own (audit hooks off)
+
+
+async def unguarded(code: str, limits: SandboxLimits = FAST) -> SandboxResult:
+    return await sandbox._run(code, limits=limits, stdin="", guards=False)
+
+
+@needs("network_namespace")
+async def test_kernel_layer_network_namespace_has_no_route() -> None:
+    connections = 0
+
+    def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        writer.close()
+
+    server = await asyncio.start_server(accept, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server:
+        for host in ("127.0.0.1", "8.8.8.8"):
+            code = f"import socket\nsocket.create_connection(({host!r}, {port}), timeout=2)"
+            result = await unguarded(code)
+            assert result.error == "OSError: [Errno 101] Network is unreachable", result
+    assert connections == 0
+
+
+@needs("mount_namespace")
+async def test_kernel_layer_filesystem_view_hides_the_host(tmp_path: Path) -> None:
+    planted = tmp_path / "host-file.txt"
+    planted.write_text("host data")
+    planted.chmod(0o644)
+    code = f"""
+import os
+for path in ("/etc/passwd", {str(planted)!r}, "/proc/1/environ"):
+    print(os.path.exists(path))
+print(sorted(os.listdir("/")))
+"""
+    result = await unguarded(code)
+    assert result.ok, result
+    assert result.stdout.splitlines()[:3] == ["False"] * 3
+    top_level = set(result.stdout.splitlines()[3].strip("[]").replace("'", "").split(", "))
+    assert not top_level & {"etc", "home", "tmp", "work", "proc"}
+
+
+@needs("per_run_uid")
+async def test_kernel_layer_fork_bomb_meets_the_process_limit() -> None:
+    result = await unguarded("import os\nwhile True: os.fork()")
+    assert result.error == "BlockingIOError: [Errno 11] Resource temporarily unavailable"
+
+
+@needs("per_run_uid")
+async def test_kernel_layer_grandchild_is_killed_when_the_snippet_ends() -> None:
+    # The grandchild leaves the process group and session; the per-run uid (and the PID
+    # namespace, where there is one) still find it.
+    code = """
+import os, time
+if os.fork() == 0:
+    os.setsid()
+    time.sleep(600)
+print("snippet done")
+"""
+    result = await unguarded(code, SandboxLimits(cpu_seconds=1, wall_seconds=5, max_processes=4))
+    assert result.ok, result
+    assert result.stdout == "snippet done\n"
+    assert processes_of_sandbox_runs() == []
+
+
+@needs("per_run_uid")
+async def test_kernel_layer_parent_environment_is_unreadable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("JETAGENT_TEST_SECRET", "s3cr3t-token")
+    code = f"print(open('/proc/{os.getpid()}/environ', 'rb').read())"
+    result = await unguarded(code)
+    assert not result.ok
+    assert "s3cr3t-token" not in result.stdout
