@@ -115,8 +115,7 @@ class HedgedCaller:
                 )
                 if not done:
                     hedge_at = None  # at most one hedge per call
-                    assert hedge_after is not None
-                    second = self._hedge(first, ctx, hedge_after, result)
+                    second = self._hedge(first, ctx, hedge_after or 0.0, result)
                     if second is not None:
                         start(*second, hedge=True)
                         pending = {t for t in runs if not t.done()}

@@ -227,14 +227,13 @@ class ModelGateway:
             )
 
     def _no_usable_model(
-        self, skipped: Sequence[ModelConfig], decisions: list[RoutingDecision]
+        self, models: Sequence[ModelConfig], decisions: list[RoutingDecision]
     ) -> TransientError:
-        waits = [self._breakers.for_model(m).retry_in() for m in skipped]
-        retry_after = min(waits) if waits else None
-        names = ", ".join(m.name for m in skipped)
+        waits = [self._breakers.for_model(m).retry_in() for m in models]
+        reasons = [self._unavailable(m) or f"circuit busy for {m.name}" for m in models]
         return TransientError(
-            f"no model is usable: every circuit is open ({names})",
-            retry_after=retry_after,
+            "no model is usable: " + "; ".join(reasons),
+            retry_after=min(waits) if waits else None,
             details={"attempts": [], "decisions": msgspec.to_builtins(decisions)},
         )
 
