@@ -64,9 +64,9 @@ def main(
     profile: Annotated[
         str | None,
         typer.Option(
-            help="Profile every round of this suite's subjects with cProfile: prints the top "
-            "functions and writes .prof files to bench/profiles/. Timings are skewed, so "
-            "BENCHMARKS.md is not written."
+            help="Profile one round of each of this suite's subjects with cProfile (their "
+            "event-loop threads too): prints the top functions and writes .prof files to "
+            "bench/profiles/. Timings are skewed, so BENCHMARKS.md is not written."
         ),
     ] = None,
     output: Annotated[

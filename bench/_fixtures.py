@@ -21,6 +21,7 @@ from nats.js.api import StorageType, StreamConfig
 from nats.js.client import JetStreamContext
 
 from jetagent.store import NatsFactory
+from jetagent.store._loop import shared_loop
 
 from ._harness import Env
 from ._profile import watch_loop
@@ -34,6 +35,7 @@ __all__ = [
     "nats_factory",
     "raw_nats",
     "sqlite_factory",
+    "watch_store_loop",
 ]
 
 T = TypeVar("T")
@@ -60,6 +62,15 @@ def events_of(
 
 def new_stream() -> str:
     return "BENCH_" + uuid.uuid4().hex[:12]
+
+
+def watch_store_loop() -> None:
+    """Start the sync store's event-loop thread now and have cProfile follow it.
+
+    The store does its work on that thread; it must be watched before a profiled
+    round starts, and the first factory would start it only inside the round.
+    """
+    watch_loop(shared_loop().loop)
 
 
 @contextmanager

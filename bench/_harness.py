@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import gc
 import operator
+import os
 import shutil
 import statistics
 import tempfile
@@ -238,6 +239,8 @@ class Row:
 class SuiteResult:
     suite: Suite
     rows: list[Row]
+    load: float | None = None
+    """1-minute load average when the suite started: other work skews the numbers."""
 
 
 def fmt(value: float) -> str:
@@ -258,18 +261,21 @@ def met_mark(met: bool | None) -> str:
 def run_suite(suite: Suite, config: RunConfig, progress: Progress) -> SuiteResult:
     """Run every benchmark of ``suite``, showing progress; one server for the suite."""
     env = Env(config)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     try:
         benchmarks = list(suite.benchmarks(env))
         total = sum(_rounds(b, config) * (1 + len(b.baselines)) for b in benchmarks)
         task = progress.add_task(f"[bold]{suite.name}[/]", total=total)
         rows = [_run_benchmark(suite, b, env, progress, task) for b in benchmarks]
         progress.update(task, description=f"[bold]{suite.name}[/] done")
-        return SuiteResult(suite=suite, rows=rows)
+        return SuiteResult(suite=suite, rows=rows, load=load)
     finally:
         env.close()
 
 
 def _rounds(benchmark: Benchmark, config: RunConfig) -> int:
+    if config.profile:
+        return 1  # one profiled round says where the time goes; more say it again
     return benchmark.quick_rounds if config.quick else benchmark.rounds
 
 

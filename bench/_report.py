@@ -4,6 +4,7 @@ Each suite's section sits between ``<!-- bench:suite:NAME:start -->`` and
 ``<!-- bench:suite:NAME:end -->`` markers, so a run of some suites (``--only``) rewrites
 their sections and keeps the others as they were. Each section says when and with which
 command it was measured; the machine block at the top describes the latest run.
+A hand-written ``bench/notes/<suite>.md``, when present, is included under its section.
 """
 
 from __future__ import annotations
@@ -32,8 +33,12 @@ _HEADER = """\
 Measured by `make bench` (`python -m bench`; `python -m bench --help` for options). Every
 number is the median of several rounds; each baseline is measured in the same run,
 interleaved with the subject, on the same nats-server. Sections between `bench:` markers
-are rewritten by the harness; a run of some suites (`--only`) keeps the others.
+are rewritten by the harness; a run of some suites (`--only`) keeps the others. When a
+subject misses its target, one more round of it is profiled: a summary follows its suite,
+the `.prof` files are in `bench/profiles/` (not committed).
 """
+NOTES_DIR = Path(__file__).resolve().parent / "notes"
+"""Hand-written analysis per suite (``notes/<suite>.md``), kept under its section."""
 _MACHINE = re.compile(r"<!-- bench:machine:start -->.*?<!-- bench:machine:end -->\n?", re.S)
 _SECTION = re.compile(
     r"<!-- bench:suite:(?P<name>[\w-]+):start -->.*?<!-- bench:suite:(?P=name):end -->\n?", re.S
@@ -170,7 +175,12 @@ def _section(result: SuiteResult, m: Machine, command: str, when: str, quick: bo
         "",
         f"Measured {when} with `{command}` on {m.short}"
         + (" — **quick run: smoke test, not representative**" if quick else "")
-        + f"; {'/'.join(map(str, rounds))} rounds per contender.",
+        + f"; {'/'.join(map(str, rounds))} rounds per contender"
+        + (
+            f"; 1-minute load average at the start {result.load:.2f}."
+            if result.load is not None
+            else "."
+        ),
         "",
         f"| benchmark | subject | median | subject's rounds (min{EN_DASH}max) | baseline "
         "| baseline median | subject vs baseline | target | met |",
@@ -194,6 +204,14 @@ def _section(result: SuiteResult, m: Machine, command: str, when: str, quick: bo
             ]
             if row.cpu is not None:
                 lines.append(f"- CPU during an unprofiled round: {row.cpu.describe()}")
+    notes_file = NOTES_DIR / f"{suite.name}.md"
+    if notes_file.exists():
+        lines += [
+            "",
+            f"### Analysis (hand-written: `bench/notes/{suite.name}.md`)",
+            "",
+            notes_file.read_text().strip(),
+        ]
     lines += [f"<!-- bench:suite:{suite.name}:end -->", ""]
     return "\n".join(lines)
 

@@ -30,6 +30,7 @@ from ._fixtures import (
     nats_factory,
     raw_nats,
     sqlite_factory,
+    watch_store_loop,
 )
 from ._harness import Benchmark, Contenders, Env, Round, Suite, Target
 from ._store_reads import notification_read, one_aggregate_load
@@ -154,7 +155,7 @@ def _all(
 
 @contextmanager
 def _concurrent_contenders(env: Env) -> Iterator[Contenders]:
-    jobs = env.size(80, 12)
+    jobs = env.size(160, 12)
     yield {name: _concurrent_round(env, make, jobs) for name, make in _FACTORIES.items()}
 
 
@@ -183,6 +184,7 @@ def _tracking_contenders(env: Env) -> Iterator[Contenders]:
 
 
 def _benchmarks(env: Env) -> list[Benchmark]:
+    watch_store_loop()
     return [
         Benchmark(
             name="single-event insert",
@@ -215,7 +217,7 @@ def _benchmarks(env: Env) -> list[Benchmark]:
             baselines=(SQLITE,),
             contenders=_concurrent_contenders,
             target=Target(">=", baseline=SQLITE),
-            note=f"as the library's `test_concurrent_throughput`: {env.size(80, 12)} jobs of "
+            note=f"as the library's `test_concurrent_throughput`: {env.size(160, 12)} jobs of "
             f"{EVENTS_PER_JOB}-event batches on {THREADS} threads sharing one recorder, "
             "after a warm-up job per thread.",
         ),
