@@ -250,3 +250,33 @@ def test_format_usd() -> None:
     assert format_usd(Decimal("0.0012")) == "$0.0012"
     assert format_usd(Decimal("0.04000000")) == "$0.04"
     assert format_usd(Decimal("12")) == "$12"
+
+
+def test_public_names_are_pinned() -> None:
+    import capabilities.reasoning as reasoning
+
+    assert sorted(reasoning.__all__) == sorted(
+        [
+            "ARGUMENTS_ERROR_KEY",
+            "RAW_ARGUMENTS_KEY",
+            "STATE_VALUES",
+            "AnthropicProvider",
+            "Attempt",
+            "BreakerSettings",
+            "BreakerState",
+            "CircuitState",
+            "GatewayResult",
+            "HttpSettings",
+            "ModelGateway",
+            "OpenAIProvider",
+            "Provider",
+            "RoutingDecision",
+            "attempts_of",
+            "decisions_of",
+            "invalid_arguments",
+        ]
+    )
+    # Every public class and function documents itself (constants and the Literal alias
+    # are documented where they are defined).
+    for name in set(reasoning.__all__) - {"CircuitState"}:
+        assert getattr(reasoning, name).__doc__ or name.isupper(), name

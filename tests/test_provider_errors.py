@@ -447,3 +447,24 @@ async def test_key_in_a_url_is_redacted(
 
     assert type(error) is TransientError
     assert_no_key(error)
+
+
+@pytest.mark.parametrize("reachable", [True, False])
+async def test_no_traceback_frame_holds_the_key_in_plain_text(
+    openai_server: FakeOpenAI, openai: OpenAIProvider, reachable: bool
+) -> None:
+    # Error reporters (Sentry, rich's show_locals) record every frame's local variables.
+    openai_server.script(openai_error(500, "boom"))
+    model = model_for(openai_server, "gpt-test", api_key_env=KEY_ENV)
+    if not reachable:
+        openai_server.close()  # connection refused: the httpx error path
+    error = await fail(openai, model)
+
+    frames = 0
+    tb = error.__traceback__
+    while tb is not None:
+        for name, value in tb.tb_frame.f_locals.items():
+            assert KEY not in repr(value), f"{tb.tb_frame.f_code.co_name}: {name}"
+        frames += 1
+        tb = tb.tb_next
+    assert frames >= 3  # the test's helper, complete(), and where the error was raised

@@ -42,6 +42,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 CircuitState = Literal["closed", "open", "half_open"]
+"""A breaker's state, as the ``state`` label of the metric shows it."""
 STATE_VALUES: dict[CircuitState, int] = {"closed": 0, "open": 1, "half_open": 2}
 """Gauge value of each state (the usual convention: closed 0, open 1, half-open 2)."""
 

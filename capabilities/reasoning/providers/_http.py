@@ -31,7 +31,7 @@ from jetagent.llm import Completion, Message, ToolSpec, Usage
 from jetagent.models import ModelConfig
 
 from ._ratelimit import retry_after_s
-from ._secrets import read_api_key, redact, secret_forms
+from ._secrets import Redactor, Secret, read_api_key
 
 __all__ = ["HttpProvider", "HttpSettings", "MalformedResponse", "decode_any"]
 
@@ -121,13 +121,13 @@ class HttpProvider(ABC):
         if not model.base_url:
             raise PermanentError(f"model {model.name} ({self.name}) has no base_url")
         key = read_api_key(model)
-        forms = secret_forms(key)
+        redact = Redactor(key)
         try:
             body = msgspec.json.encode(self.request_body(model, messages, tools, max_tokens))
         except (TypeError, msgspec.EncodeError) as exc:
             raise PermanentError(f"cannot encode the request for {model.name}: {exc}") from None
-        response = await self._send(model, self.url(model), self.headers(key), body, forms)
-        return self._handle(model, response, forms)
+        response = await self._send(model, body, key, redact)
+        return self._handle(model, response, redact)
 
     # -- what each API defines ----------------------------------------------------------
 
@@ -164,22 +164,23 @@ class HttpProvider(ABC):
     # -- sending and mapping ------------------------------------------------------------
 
     async def _send(
-        self,
-        model: ModelConfig,
-        url: str,
-        headers: dict[str, str],
-        body: bytes,
-        forms: Sequence[str],
+        self, model: ModelConfig, body: bytes, key: Secret | None, redact: Redactor
     ) -> httpx.Response:
         error: CapabilityError
         try:
-            return await self._client.post(url, content=body, headers=headers)
+            # The headers (with the key in plain text) are built inside this expression
+            # and never bound to a local of ours that a traceback could show.
+            return await self._client.post(
+                self.url(model),
+                content=body,
+                headers=self.headers(key.reveal() if key is not None else None),
+            )
         except httpx.HTTPError as exc:
-            error = self._transport_error(model, exc, forms)
+            error = self._transport_error(model, exc, redact)
         except (httpx.InvalidURL, UnicodeEncodeError) as exc:
-            # A bad base_url, or a key with characters HTTP headers cannot carry.
+            # A bad base_url, or a header value HTTP cannot carry.
             error = PermanentError(
-                redact(f"cannot send a request for {model.name} to {self.name}: {exc}", forms),
+                redact(f"cannot send a request for {model.name} to {self.name}: {exc}"),
                 details=_details(self.name, usage_status="not_reported"),
             )
         # Raised outside the except blocks, so no __context__ keeps the httpx error,
@@ -187,7 +188,7 @@ class HttpProvider(ABC):
         raise error
 
     def _transport_error(
-        self, model: ModelConfig, exc: httpx.HTTPError, forms: Sequence[str]
+        self, model: ModelConfig, exc: httpx.HTTPError, redact: Redactor
     ) -> CapabilityError:
         what = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         where = f"{self.name} at {model.base_url} for {model.name}"
@@ -196,28 +197,26 @@ class HttpProvider(ABC):
             # Nothing reached the provider: nothing can have been billed.
             message = f"{where}: could not connect ({what})"
             return TransientError(
-                redact(message, forms), details=_details(self.name, usage_status="not_reported")
+                redact(message), details=_details(self.name, usage_status="not_reported")
             )
         if isinstance(exc, httpx.ReadTimeout):
             message = f"{where}: no answer within the read timeout of {s.read_timeout_s} s"
             return TransientError(
-                redact(message + "; usage unknown", forms),
+                redact(message + "; usage unknown"),
                 details=_details(self.name, usage_status="unknown"),
             )
         if isinstance(exc, httpx.UnsupportedProtocol | httpx.LocalProtocolError):
             # The request cannot be sent at all (bad scheme, illegal header value).
             return PermanentError(
-                redact(f"{where}: cannot send the request ({what})", forms),
+                redact(f"{where}: cannot send the request ({what})"),
                 details=_details(self.name, usage_status="not_reported"),
             )
         return TransientError(
-            redact(f"{where}: {what}; usage unknown", forms),
+            redact(f"{where}: {what}; usage unknown"),
             details=_details(self.name, usage_status="unknown"),
         )
 
-    def _handle(
-        self, model: ModelConfig, response: httpx.Response, forms: Sequence[str]
-    ) -> Completion:
+    def _handle(self, model: ModelConfig, response: httpx.Response, redact: Redactor) -> Completion:
         status = response.status_code
         if 200 <= status < 300:
             try:
@@ -227,12 +226,12 @@ class HttpProvider(ABC):
                 reason = bad.reason
             raise TransientError(
                 f"{self.name} returned a malformed response body (HTTP {status}) for "
-                f"{model.name}: {_clip(redact(reason, forms))}",
+                f"{model.name}: {_clip(redact(reason))}",
                 usage=usage,
                 details=_details(
                     self.name,
                     status=status,
-                    usage_status="reported" if usage else "unknown",
+                    usage_status="reported" if usage is not None else "unknown",
                 ),
             )
         payload = decode_any(response.content)
@@ -240,12 +239,12 @@ class HttpProvider(ABC):
         usage = self.usage_of(payload)
         text = message or response.text.strip() or response.reason_phrase or "no message"
         # Redact before clipping: a clipped key would no longer match.
-        full = f"{self.name} HTTP {status} for {model.name}: {_clip(redact(text, forms))}"
+        full = f"{self.name} HTTP {status} for {model.name}: {_clip(redact(text))}"
         details = _details(
             self.name,
             status=status,
             error_type=error_type,
-            usage_status="reported" if usage else "not_reported",
+            usage_status="reported" if usage is not None else "not_reported",
         )
         retry_after = retry_after_s(response.headers, now=self._wall_clock())
         if status == 429 and error_type not in _PERMANENT_429_TYPES:
@@ -257,7 +256,7 @@ class HttpProvider(ABC):
                 full, retry_after=retry_after, usage=usage, details=details
             )
         elif 300 <= status < 400:
-            location = redact(response.headers.get("location", "?"), forms)
+            location = redact(response.headers.get("location", "?"))
             return_error = PermanentError(
                 f"{full} (redirected to {location}; check base_url)", usage=usage, details=details
             )

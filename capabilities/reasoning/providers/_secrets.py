@@ -1,9 +1,12 @@
 """API keys: read at call time from the variable the catalog names, and kept out of every
 message, log line and repr.
 
-A key is never stored on a provider object (so no repr can show it); it lives in the
-local variables of one call. Any text that may echo it — an httpx error that quotes a
-header, a provider's error body that quotes the key back — passes through ``redact``.
+A key is never stored on a provider object (so no repr can show it). During a call it is
+a ``Secret``, whose repr is redacted, so even an error reporter that records the local
+variables of every frame in a traceback (Sentry does by default) sees no key; the plain
+text exists only inside the expression that builds the request headers. Any text that
+may echo the key — an httpx error that quotes a header, a provider's error body that
+quotes the key back — passes through a ``Redactor``.
 """
 
 from __future__ import annotations
@@ -24,7 +27,40 @@ REDACTED = "[REDACTED]"
 _MIN_SECRET_LEN = 4
 
 
-def read_api_key(model: ModelConfig) -> str | None:
+class Secret:
+    """A key that never shows itself: ``repr`` and ``str`` are redacted."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        """The key itself; use it only inside the expression that needs it."""
+        return self._value
+
+    def __repr__(self) -> str:
+        return f"Secret({REDACTED!r})"
+
+    __str__ = __repr__
+
+
+class Redactor:
+    """Replaces every spelling of one secret in text; its repr shows none of them."""
+
+    __slots__ = ("_forms",)
+
+    def __init__(self, secret: Secret | None) -> None:
+        self._forms = secret_forms(secret.reveal() if secret is not None else None)
+
+    def __call__(self, text: str) -> str:
+        return redact(text, self._forms)
+
+    def __repr__(self) -> str:
+        return "Redactor(...)"
+
+
+def read_api_key(model: ModelConfig) -> Secret | None:
     """The key for ``model`` from the environment variable named by ``api_key_env``.
 
     ``None`` when the model needs no key (a local server). A missing variable is a
@@ -49,7 +85,7 @@ def read_api_key(model: ModelConfig) -> str | None:
             "characters, which an HTTP header cannot carry",
             details={"usage_status": "not_reported"},
         )
-    return value
+    return Secret(value)
 
 
 def secret_forms(key: str | None) -> tuple[str, ...]:
