@@ -35,8 +35,9 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 from nats.js.client import JetStreamContext
+from nats.js.kv import KeyValue
 
-from jetagent.config import Settings
+from jetagent.config import Names, Settings
 from jetagent.consume import Puller
 from jetagent.errors import CapabilityError, PermanentError, RateLimitedError, TransientError
 from jetagent.events import (
@@ -95,7 +96,12 @@ class StepContext:
     js: JetStreamContext
     """JetStream, for capabilities that keep data in KV or the object store."""
     payloads: PayloadStore
+    names: Names
     _msg: Msg | None = field(default=None, repr=False)
+
+    async def kv(self, bucket: str) -> KeyValue:
+        """A platform KV bucket by its short name (``MEMORY`` → ``JA_MEMORY``)."""
+        return await self.js.key_value(self.names.bucket(bucket))
 
     async def heartbeat(self) -> None:
         """Tell JetStream the step is still running (the runtime also does this itself)."""
@@ -171,7 +177,8 @@ class Worker:
         for spec in self.specs:
             config = consumer_config(self.settings, "capability", capability=spec.name)
             config["durable_name"] = self._consumer_name(spec)
-            config["filter_subjects"] = list(spec.subjects or self.names.step_scheduled(spec.name))
+            subjects = spec.subjects or self.names.step_scheduled(spec.name)
+            config["filter_subjects"] = [s.replace("{p}", self.names.prefix) for s in subjects]
             config["ack_wait"] = int(self.settings.step_ack_wait_s * 1e9)
             config["max_deliver"] = self.settings.step_max_deliver
             backoff = config.get("backoff") or []
@@ -200,9 +207,13 @@ class Worker:
             max_in_flight=concurrency,
         )
         await puller.start()
+
+        async def on_advisory(msg: Msg) -> None:
+            await self._on_max_deliveries(msg, spec)
+
         advisory = await self.nc.subscribe(
             f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{self.names.workflows_stream}.{consumer}",
-            cb=lambda msg: self._on_max_deliveries(msg, spec),
+            cb=on_advisory,
         )
         log.info(
             "worker %s serving %s (consumer %s, concurrency %d)",
@@ -318,6 +329,7 @@ class Worker:
                 deliveries=deliveries,
                 js=self.js,
                 payloads=self.payloads,
+                names=self.names,
                 _msg=msg,
             )
             while True:

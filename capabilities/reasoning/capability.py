@@ -1,0 +1,114 @@
+"""The ``reasoning`` and ``summarize`` capabilities: one model call per step.
+
+Both go through :class:`ModelGateway` (routing, circuit breakers, hedging), with the
+offline planner serving ``provider = "offline"`` models. Every provider call the
+gateway made — the winner, failed and cancelled attempts — becomes a ``CallRecord`` of
+the step's result, the one place its usage and cost are recorded.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+import msgspec
+
+from capabilities.reasoning.gateway import ModelGateway
+from capabilities.reasoning.offline import OfflineProvider
+from capabilities.reasoning.records import GatewayResult
+from jetagent import CapabilitySpec, StepContext, StepOutput
+from jetagent.events import CallRecord, RoutingDecision
+from jetagent.llm import Message, ToolSpec
+from jetagent.models import ModelCatalog
+
+__all__ = ["reasoning_capabilities"]
+
+SUMMARY_PROMPT = (
+    "Summarise the conversation above for the user in a few sentences: what was asked, "
+    "what was done, and the final answer."
+)
+
+
+def _records(result: GatewayResult) -> tuple[list[CallRecord], list[RoutingDecision]]:
+    calls = [
+        CallRecord(
+            model=a.model,
+            provider=a.provider,
+            outcome=a.outcome,
+            usage=a.usage,
+            cost_usd=None if a.cost_usd is None else Decimal(a.cost_usd),
+            latency_s=a.latency_s,
+            error=a.error,
+        )
+        for a in result.attempts
+    ]
+    routing = [RoutingDecision(model=d.model, reason=d.reason) for d in result.decisions]
+    return calls, routing
+
+
+def _budget(value: Any) -> Decimal | None:
+    return None if value is None else Decimal(str(value))
+
+
+def reasoning_capabilities(
+    catalog: ModelCatalog, gateway: ModelGateway | None = None
+) -> tuple[CapabilitySpec, CapabilitySpec, ModelGateway]:
+    """The reasoning and summarize capabilities, sharing one gateway."""
+    gw = gateway or ModelGateway(catalog, providers={"offline": OfflineProvider()})
+
+    async def reason(step: StepContext) -> StepOutput:
+        data = step.input
+        messages = [msgspec.convert(m, Message) for m in data["messages"]]
+        tools = [msgspec.convert(t, ToolSpec) for t in data.get("tools") or []]
+        result = await gw.call(
+            models=data["models"],
+            messages=messages,
+            tools=tools,
+            max_tokens=int(data["max_tokens"]),
+            remaining_tokens=data.get("remaining_tokens"),
+            remaining_usd=_budget(data.get("remaining_usd")),
+        )
+        completion = result.completion
+        calls, routing = _records(result)
+        return StepOutput(
+            output={
+                "text": completion.text,
+                "tool_calls": [msgspec.to_builtins(c) for c in completion.tool_calls],
+                "model": completion.model,
+                "provider": completion.provider,
+                "finish_reason": completion.finish_reason,
+            },
+            calls=calls,
+            routing=routing,
+        )
+
+    async def summarize(step: StepContext) -> StepOutput:
+        data = step.input
+        messages = [msgspec.convert(m, Message) for m in data["messages"]]
+        models = list(data["models"])
+        if all(catalog.get(m).provider == "offline" for m in models if m in catalog):
+            # The offline planner is not a language model: it summarises by extraction.
+            final = next((m.content for m in reversed(messages) if m.role == "assistant"), "")
+            request = next((m.content for m in messages if m.role == "user"), "")
+            text = f"Asked: {request.strip()[:300]} Answer: {final.strip()}"
+            return StepOutput(output={"text": text, "model": "offline-extractive"})
+        result = await gw.call(
+            models=models,
+            messages=[*messages, Message(role="user", content=SUMMARY_PROMPT)],
+            tools=[],
+            max_tokens=int(data["max_tokens"]),
+            remaining_tokens=None,
+            remaining_usd=None,
+        )
+        calls, routing = _records(result)
+        return StepOutput(
+            output={"text": result.completion.text, "model": result.completion.model},
+            calls=calls,
+            routing=routing,
+        )
+
+    return (
+        CapabilitySpec(name="reasoning", handler=reason),
+        CapabilitySpec(name="summarize", handler=summarize),
+        gw,
+    )

@@ -1,0 +1,354 @@
+"""The client SDK: submit requests and follow their workflows.
+
+Submission is separate from retrieval (the seed article's contract): ``submit()``
+returns the workflow id at once; ``result()``, ``watch()`` and ``session()`` give the
+outcome. Everything about a request appears under ``<prefix>.wf.<request_id>.>``.
+
+``SyncClient`` is the same API for code without an event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Iterator
+from decimal import Decimal
+from typing import Any, TypeVar
+
+import msgspec
+from nats.aio.client import Client as NATS
+from nats.errors import Error as NatsError
+from nats.js.api import ConsumerConfig, DeliverPolicy
+
+from jetagent.config import Settings
+from jetagent.contract import Status, WorkflowRequest
+from jetagent.errors import ConfigError, RequestRejectedError
+from jetagent.events import (
+    ApprovalRequested,
+    Cancelled,
+    CancelRequested,
+    Finalized,
+    RequestRejected,
+    SignalSent,
+    Spend,
+    StepCompleted,
+    StepFailed,
+    StepScheduled,
+    Terminated,
+    WorkflowEvent,
+    decode_event,
+    encode,
+)
+
+__all__ = ["Client", "SessionView", "StepSummary", "SyncClient", "WorkflowResult"]
+
+T = TypeVar("T")
+_FINAL = (Finalized, Terminated, Cancelled, RequestRejected)
+
+
+class WorkflowResult(msgspec.Struct, frozen=True, kw_only=True):
+    """How a workflow ended."""
+
+    workflow_id: str
+    status: Status
+    output: str = ""
+    reason: str = ""
+    """Why it ended without a final answer (token_cap, deadline, cancelled, ...)."""
+    detail: str = ""
+    tokens: int = 0
+    cost_usd: Decimal = Decimal(0)
+
+    @property
+    def ok(self) -> bool:
+        return self.status is Status.FINALIZED
+
+
+class StepSummary(msgspec.Struct, kw_only=True):
+    step_id: str
+    capability: str
+    tool: str | None = None
+    attempt: int = 1
+    status: str = "scheduled"
+    tokens: int = 0
+    cost_usd: Decimal = Decimal(0)
+    error: str | None = None
+
+
+class SessionView(msgspec.Struct, kw_only=True):
+    """One workflow's story so far, folded from its events."""
+
+    workflow_id: str
+    status: Status = Status.QUEUED
+    tenant: str = ""
+    steps: list[StepSummary] = msgspec.field(default_factory=list)
+    tokens: int = 0
+    cost_usd: Decimal = Decimal(0)
+    output: str = ""
+    reason: str = ""
+    events: int = 0
+
+
+def result_of(event: WorkflowEvent) -> WorkflowResult | None:
+    """The result a final event stands for (None for other events)."""
+    wid = event.workflow_id
+    if isinstance(event, Finalized):
+        return WorkflowResult(
+            workflow_id=wid,
+            status=Status.FINALIZED,
+            output=event.output,
+            tokens=event.spent.tokens,
+            cost_usd=event.spent.usd,
+        )
+    if isinstance(event, Terminated):
+        return WorkflowResult(
+            workflow_id=wid,
+            status=Status.TERMINATED,
+            output=event.partial_output,
+            reason=event.reason,
+            detail=event.detail,
+            tokens=event.spent.tokens,
+            cost_usd=event.spent.usd,
+        )
+    if isinstance(event, Cancelled):
+        return WorkflowResult(
+            workflow_id=wid,
+            status=Status.CANCELLED,
+            reason="cancelled",
+            detail=event.reason,
+            tokens=event.spent.tokens,
+            cost_usd=event.spent.usd,
+        )
+    if isinstance(event, RequestRejected):
+        return WorkflowResult(
+            workflow_id=wid,
+            status=Status.REJECTED,
+            reason="rejected",
+            detail="; ".join(event.reasons),
+        )
+    return None
+
+
+def fold_session(view: SessionView, event: WorkflowEvent) -> SessionView:
+    """Fold one event into a session view."""
+    view.events += 1
+    steps = {s.step_id: s for s in view.steps}
+    match event:
+        case StepScheduled():
+            view.status = Status.PROCESSING
+            view.tenant = event.tenant
+            view.steps.append(
+                StepSummary(
+                    step_id=event.step_id,
+                    capability=event.capability,
+                    tool=event.tool,
+                    attempt=event.attempt,
+                )
+            )
+        case StepCompleted() | StepFailed():
+            step = steps.get(event.step_id)
+            if step is not None:
+                step.status = "completed" if isinstance(event, StepCompleted) else "failed"
+                step.tokens, step.cost_usd = event.settlement.tokens, event.settlement.usd
+                if isinstance(event, StepFailed):
+                    step.error = event.error
+            view.tokens += event.settlement.tokens
+            view.cost_usd += event.settlement.usd
+        case ApprovalRequested():
+            view.status = Status.WAITING_APPROVAL
+            view.steps.append(
+                StepSummary(
+                    step_id=event.step_id,
+                    capability="tools",
+                    tool=event.tool,
+                    status="awaiting_approval",
+                )
+            )
+        case _:
+            result = result_of(event)
+            if result is not None:
+                view.status, view.output, view.reason = result.status, result.output, result.reason
+    return view
+
+
+class Client:
+    """An async jetagent client over one NATS connection."""
+
+    def __init__(self, nc: NATS, settings: Settings | None = None) -> None:
+        self.nc = nc
+        self.settings = settings or Settings()
+        self.names = self.settings.names
+        self.js = nc.jetstream()
+
+    @classmethod
+    async def connect(cls, url: str | None = None, *, settings: Settings | None = None) -> Client:
+        """Connect to NATS (``url``, else ``NATS_URL``)."""
+        from jetagent.store import connect
+
+        settings = settings or Settings()
+        target = url or settings.nats_url
+        if not target:
+            raise ConfigError("no NATS URL: pass one, or set NATS_URL (see `jetagent up`)")
+        nc = await connect(target, name="jetagent.client", creds=settings.nats_creds)
+        return cls(nc, settings)
+
+    async def close(self) -> None:
+        if not self.nc.is_closed:
+            await self.nc.close()
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def submit(
+        self,
+        request: WorkflowRequest | None = None,
+        /,
+        *,
+        instruction: str | None = None,
+        tenant: str = "default",
+        **fields: Any,
+    ) -> str:
+        """Publish a request and return its workflow id at once.
+
+        Publishing the same ``request_id`` again starts no second workflow.
+        """
+        if request is None:
+            if instruction is None:
+                raise ValueError("submit() needs a WorkflowRequest or an instruction")
+            request = WorkflowRequest(instruction=instruction, tenant=tenant, **fields)
+        body = request.model_dump_json(exclude_none=True).encode()
+        await self.js.publish(
+            self.names.request(request.tenant),
+            body,
+            headers={"Nats-Msg-Id": request.request_id},
+        )
+        return request.request_id
+
+    async def watch(self, workflow_id: str) -> AsyncIterator[WorkflowEvent]:
+        """Every event of a workflow, from its first, as they happen; ends after the last."""
+        sub = await self.js.subscribe(
+            self.names.workflow(workflow_id),
+            ordered_consumer=True,
+            config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL),
+        )
+        try:
+            while True:
+                msg = await sub.next_msg(timeout=None)
+                event = decode_event(msg.data)
+                yield event
+                if isinstance(event, _FINAL):
+                    return
+        finally:
+            with contextlib.suppress(NatsError):
+                await sub.unsubscribe()
+
+    async def result(self, workflow_id: str, timeout: float | None = 60.0) -> WorkflowResult:
+        """Wait for the workflow's end. Raises ``RequestRejectedError`` for a rejected request
+        and ``TimeoutError`` if it has not ended within ``timeout`` seconds."""
+        async with asyncio.timeout(timeout):
+            async for event in self.watch(workflow_id):
+                if isinstance(event, RequestRejected):
+                    raise RequestRejectedError(workflow_id, list(event.reasons))
+                result = result_of(event)
+                if result is not None:
+                    return result
+        raise RuntimeError("the event stream ended without a final event")  # pragma: no cover
+
+    async def cancel(self, workflow_id: str, *, reason: str = "", by: str = "") -> None:
+        """Ask for the workflow to be cancelled (recorded as ``Cancelled``)."""
+        event = CancelRequested(workflow_id=workflow_id, reason=reason, by=by)
+        await self.js.publish(self.names.cancel(workflow_id), encode(event))
+
+    async def signal(
+        self, workflow_id: str, name: str, payload: dict[str, Any] | None = None, *, by: str = ""
+    ) -> None:
+        """Send a named signal (``approval`` resolves an ``ApprovalRequested``)."""
+        event = SignalSent(workflow_id=workflow_id, name=name, payload=payload or {}, by=by)
+        await self.js.publish(self.names.signal(workflow_id, name), encode(event))
+
+    async def approve(
+        self,
+        workflow_id: str,
+        step_id: str,
+        *,
+        approved: bool = True,
+        comment: str = "",
+        by: str = "",
+    ) -> None:
+        """Approve (or deny) a tool call waiting in ``ApprovalRequested``."""
+        payload = {"step_id": step_id, "approved": approved, "comment": comment}
+        await self.signal(workflow_id, "approval", payload, by=by)
+
+    async def events(self, workflow_id: str) -> list[WorkflowEvent]:
+        """The workflow's events so far (no waiting)."""
+        from jetagent.store import DirectGetter
+
+        reader = DirectGetter(self.nc, self.names.workflows_stream, timeout=5.0)
+        await reader.open()
+        try:
+            records = await reader.scan(self.names.workflow(workflow_id))
+        finally:
+            await reader.close()
+        return [decode_event(r.data) for r in records]
+
+    async def session(self, workflow_id: str) -> SessionView:
+        """The workflow's session view: status, steps, usage, cost, output."""
+        view = SessionView(workflow_id=workflow_id)
+        for event in await self.events(workflow_id):
+            view = fold_session(view, event)
+        return view
+
+
+class SyncClient:
+    """``Client`` for synchronous code (runs the async client on a private loop thread)."""
+
+    def __init__(self, url: str | None = None, *, settings: Settings | None = None) -> None:
+        from jetagent.store._loop import LoopThread
+
+        self._loop = LoopThread(name="jetagent-client-loop")
+        self._client = self._loop.run(Client.connect(url, settings=settings))
+
+    def _run(self, coro: Any) -> Any:
+        return self._loop.run(coro)
+
+    def submit(self, request: WorkflowRequest | None = None, /, **kwargs: Any) -> str:
+        result: str = self._run(self._client.submit(request, **kwargs))
+        return result
+
+    def result(self, workflow_id: str, timeout: float | None = 60.0) -> WorkflowResult:
+        result: WorkflowResult = self._run(self._client.result(workflow_id, timeout))
+        return result
+
+    def cancel(self, workflow_id: str, *, reason: str = "") -> None:
+        self._run(self._client.cancel(workflow_id, reason=reason))
+
+    def signal(self, workflow_id: str, name: str, payload: dict[str, Any] | None = None) -> None:
+        self._run(self._client.signal(workflow_id, name, payload))
+
+    def session(self, workflow_id: str) -> SessionView:
+        view: SessionView = self._run(self._client.session(workflow_id))
+        return view
+
+    def watch(self, workflow_id: str) -> Iterator[WorkflowEvent]:
+        """Events as they happen (each ``next`` waits on the private loop)."""
+        events = self._client.watch(workflow_id).__aiter__()
+        while True:
+            try:
+                yield self._run(events.__anext__())
+            except StopAsyncIteration:
+                return
+
+    def close(self) -> None:
+        self._run(self._client.close())
+        self._loop.stop()
+
+    def __enter__(self) -> SyncClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+_ = Spend

@@ -1,0 +1,58 @@
+"""Build the services `jetagent up`, `jetagent worker` and tests run.
+
+The platform knows its built-in capabilities by name; a deployment may add its own with
+``JETAGENT_CAPABILITIES=module:function`` entries (each returning CapabilitySpecs).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from jetagent.errors import ConfigError
+from jetagent.models import ModelCatalog
+from jetagent.worker import CapabilitySpec
+
+__all__ = ["BUILTIN_CAPABILITIES", "capability_specs"]
+
+BUILTIN_CAPABILITIES = ("reasoning", "tools", "summarize")
+
+
+def _plugins() -> dict[str, CapabilitySpec]:
+    found: dict[str, CapabilitySpec] = {}
+    for entry in filter(None, os.environ.get("JETAGENT_CAPABILITIES", "").split(",")):
+        module, _, attr = entry.strip().partition(":")
+        try:
+            factory: Any = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as exc:
+            raise ConfigError(f"JETAGENT_CAPABILITIES entry {entry!r}: {exc}") from exc
+        for spec in factory():
+            found[spec.name] = spec
+    return found
+
+
+def capability_specs(
+    names: Sequence[str], catalog: ModelCatalog, *, only_tools: Sequence[str] | None = None
+) -> list[CapabilitySpec]:
+    """CapabilitySpecs for the capability names given (built in or plugged in)."""
+    from capabilities.reasoning.capability import reasoning_capabilities
+    from capabilities.tools.capability import tools_capability
+
+    plugins = _plugins()
+    specs: list[CapabilitySpec] = []
+    reasoning = None
+    for name in names:
+        if name in ("reasoning", "summarize"):
+            if reasoning is None:
+                reasoning = reasoning_capabilities(catalog)
+            specs.append(reasoning[0] if name == "reasoning" else reasoning[1])
+        elif name == "tools":
+            specs.append(tools_capability(only=only_tools))
+        elif name in plugins:
+            specs.append(plugins[name])
+        else:
+            known = ", ".join([*BUILTIN_CAPABILITIES, *plugins])
+            raise ConfigError(f"unknown capability {name!r} (known: {known})")
+    return specs
