@@ -153,6 +153,20 @@ async def test_endless_output_is_stopped() -> None:
     assert len(result.stdout) < 64 * 1024 + 100
 
 
+async def test_file_size_is_limited() -> None:
+    code = "open('big.bin', 'wb').write(bytes(2 * 2**20))"
+    result = await run_python(code, limits=SandboxLimits(disk_bytes=2**20))
+    assert result.error == "file size limit of 1 MiB exceeded"
+
+
+async def test_threads_need_max_processes() -> None:
+    code = "import threading\nt = threading.Thread(target=print, args=('hi',))\nt.start(); t.join()"
+    assert (await run_python(code)).error == "RuntimeError: can't start new thread"
+    result = await run_python(code, limits=SandboxLimits(max_processes=4))
+    assert result.ok, result
+    assert result.stdout == "hi\n"
+
+
 async def test_event_loop_keeps_serving_while_a_snippet_burns_cpu() -> None:
     ticks = 0
 

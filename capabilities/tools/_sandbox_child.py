@@ -10,8 +10,10 @@ avoids them). Three roles, one process tree::
        └─ snippet resource limits, per-run uid, audit hooks, then the user's code
 
 Every layer is tried on its own; one the kernel refuses is reported ("off <name> <why>"),
-never fatal. Records go to an inherited status file, one "key value" line each, which
-`sandbox.py` parses: layer, off, refused, memory, exception, exit, signal, cpu.
+never fatal. Records are "key value" lines in two files that `sandbox.py` reads: `status`
+from the launcher and supervisor (layer, off, exit, signal, cpu, clean), closed to the
+snippet before its code runs so it cannot forge them, and `report` from the snippet
+process (refused, memory, disk, exception).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ if TYPE_CHECKING:
     from typing import Any, NoReturn
 
 SIGKILL = 9  # the same number everywhere (POSIX)
+FULL = (27, 28)  # EFBIG, ENOSPC on Linux
 
 # <linux/sched.h>, <sys/mount.h>, <linux/prctl.h>
 CLONE_NEWNS = 0x00020000
@@ -205,6 +208,7 @@ def main(argv: list[str]) -> NoReturn:
     """Launcher: set up what the kernel allows, then start the supervisor."""
     config = Config(argv)
     status = Status(os.path.join(config.run_dir, "status"))
+    report = Status(os.path.join(config.run_dir, "report"))
     with open(os.path.join(config.run_dir, "snippet.py"), "rb") as file:
         code = file.read().decode("utf-8", "replace")
     kernel = Kernel()
@@ -234,12 +238,12 @@ def main(argv: list[str]) -> NoReturn:
         supervisor = os.fork()  # the first child is pid 1 of the new namespace
         if supervisor == 0:
             kernel.prctl(PR_SET_PDEATHSIG, SIGKILL)
-            supervise(config, status, kernel, code, work, uid, pid_namespace=True)
+            supervise(config, status, report, kernel, code, work, uid, pid_namespace=True)
         os.close(0)
         os.waitpid(supervisor, 0)
         os._exit(0)
     layer(status, "subreaper", lambda: kernel.prctl(PR_SET_CHILD_SUBREAPER, 1), quiet=True)
-    supervise(config, status, kernel, code, work, uid, pid_namespace=False)
+    supervise(config, status, report, kernel, code, work, uid, pid_namespace=False)
 
 
 def layer(status: Status, name: str, setup: Callable[[], object], *, quiet: bool = False) -> bool:
@@ -298,7 +302,7 @@ def build_view(kernel: Kernel, config: Config) -> None:
         work,
         "tmpfs",
         MS_NOSUID | MS_NODEV | MS_NOEXEC,  # noexec: a .so written there cannot be loaded
-        f"mode=0700,size={config.disk_bytes}{owner}",
+        f"mode=0700,size={config.disk_bytes},nr_inodes=10000{owner}",
     )
     kernel.mount_with(None, root, None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV, "size=1m")
     kernel.enter_root(root)
@@ -359,6 +363,7 @@ def relocate(path: str, moved: dict[str, str]) -> str:
 def supervise(
     config: Config,
     status: Status,
+    report: Status,
     kernel: Kernel,
     code: str,
     work: str,
@@ -369,18 +374,20 @@ def supervise(
     """Start the snippet process, reap everything, kill what it leaves behind."""
     snippet = os.fork()
     if snippet == 0:
-        run_snippet(config, status, kernel, code, work, uid)
+        run_snippet(config, status, report, kernel, code, work, uid)
     os.close(0)  # so a writer of stdin sees the pipe close when the snippet is gone
     del kernel
     me = os.getpid()
     exit_status: int | None = None
     deadline = float("inf")
+    clean = False
     while True:
         if exit_status is not None:
             kill_leftovers(uid, me, pid_namespace=pid_namespace)
         try:
             pid, wait_status, _ = os.wait4(-1, 0 if exit_status is None else os.WNOHANG)
         except ChildProcessError:
+            clean = True  # a subreaper or pid 1 with no children: nothing of the run is left
             break
         if pid == snippet:
             exit_status = wait_status
@@ -396,6 +403,8 @@ def supervise(
             status.record("exit", os.waitstatus_to_exitcode(exit_status))
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     status.record("cpu", round(usage.ru_utime + usage.ru_stime, 4))
+    if clean:
+        status.record("clean")
     os._exit(0)
 
 
@@ -447,7 +456,13 @@ def children_of(parent: int) -> list[int]:
 
 
 def run_snippet(
-    config: Config, status: Status, kernel: Kernel, code: str, work: str, uid: int | None
+    config: Config,
+    status: Status,
+    report: Status,
+    kernel: Kernel,
+    code: str,
+    work: str,
+    uid: int | None,
 ) -> NoReturn:
     """The snippet process: limits, identity, guards, then the user's code."""
     limits = [
@@ -476,6 +491,7 @@ def run_snippet(
     for name in [name for name in sys.modules if name == "ctypes" or name.startswith("ctypes.")]:
         del sys.modules[name]
     sys.modules.pop("_ctypes", None)
+    os.close(status.fd)
     refusals: list[BaseException] = []
     if config.guards:
         install_guards(work, refusals)
@@ -486,7 +502,7 @@ def run_snippet(
     main_module = type(sys)("__main__")
     main_module.__dict__["__builtins__"] = builtins
     sys.modules["__main__"] = main_module
-    exit_code = execute(code, main_module.__dict__, status, refusals)
+    exit_code = execute(code, main_module.__dict__, report, refusals)
     for stream in (sys.stdout, sys.stderr):
         try:  # noqa: SIM105 - see Status.record
             stream.flush()
@@ -496,7 +512,7 @@ def run_snippet(
 
 
 def execute(
-    code: str, namespace: dict[str, object], status: Status, refusals: list[BaseException]
+    code: str, namespace: dict[str, object], report: Status, refusals: list[BaseException]
 ) -> int:
     """Run the snippet as `python -c` would and return its exit code."""
     try:
@@ -507,13 +523,13 @@ def execute(
         print(stop.code, file=sys.stderr)
         return 1
     except BaseException as error:
-        report_exception(code, error, status, refusals)
+        report_exception(code, error, report, refusals)
         return 1
     return 0
 
 
 def report_exception(
-    code: str, error: BaseException, status: Status, refusals: list[BaseException]
+    code: str, error: BaseException, report: Status, refusals: list[BaseException]
 ) -> None:
     chain: list[BaseException] = []
     current: BaseException | None = error
@@ -521,11 +537,13 @@ def report_exception(
         chain.append(current)
         current = current.__cause__ or current.__context__
     if any(isinstance(link, MemoryError) for link in chain):
-        status.record("memory")
+        report.record("memory")
+    elif full := next((x for x in chain if isinstance(x, OSError) and x.errno in FULL), None):
+        report.record("disk", full.errno)
     elif refused := next((link for link in chain if any(link is r for r in refusals)), None):
-        status.record("refused", refused)
+        report.record("refused", refused)
     else:
-        status.record("exception", f"{type(error).__name__}: {error}"[:300])
+        report.record("exception", f"{type(error).__name__}: {error}"[:300])
     try:
         import linecache
         import traceback

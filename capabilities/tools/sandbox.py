@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import functools
 import math
 import os
@@ -75,7 +76,7 @@ class SandboxLimits:
     """stdout and stderr together; a snippet that writes more is stopped."""
     disk_bytes: int = 16 * 2**20
     """Largest file the snippet may write (RLIMIT_FSIZE), and the size of its working
-    folder when it is a private tmpfs."""
+    folder when that is a private tmpfs (which also holds at most 10,000 files)."""
     max_open_files: int = 64
     """Open file descriptors (RLIMIT_NOFILE)."""
     max_processes: int = 1
@@ -88,8 +89,10 @@ class SandboxLimits:
         for name in ("cpu_seconds", "wall_seconds", "memory_bytes", "max_output_bytes"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"SandboxLimits.{name} must be positive")
-        if self.disk_bytes < 1 or self.max_open_files < 8 or self.max_processes < 1:
-            raise ValueError("SandboxLimits: disk_bytes >= 1, max_open_files >= 8, processes >= 1")
+        if self.disk_bytes < 1 or self.max_open_files < 16 or self.max_processes < 1:
+            raise ValueError(
+                "SandboxLimits needs disk_bytes >= 1, max_open_files >= 16 and max_processes >= 1"
+            )
 
 
 _DEFAULT_LIMITS = SandboxLimits()
@@ -144,6 +147,7 @@ async def _run(code: str, *, limits: SandboxLimits, stdin: str, guards: bool) ->
     proc: asyncio.subprocess.Process | None = None
     tasks: list[asyncio.Task[Any]] = []
     stopped: str | None = None
+    records: _Records | None = None
     try:
         proc = await asyncio.create_subprocess_exec(
             *run.command(limits, guards=guards),
@@ -171,7 +175,7 @@ async def _run(code: str, *, limits: SandboxLimits, stdin: str, guards: bool) ->
             stopped = "output" if full.done() else "timeout"
             _kill_group(proc.pid)
             await exited
-        await asyncio.to_thread(_sweep, proc.pid, run.uid)
+        records = await asyncio.to_thread(run.settle, proc.pid, killed=stopped is not None)
         # Nothing of the run is left, so the pipes have reached their end.
         await asyncio.wait(readers, timeout=1.0)
         duration = loop.time() - started
@@ -179,10 +183,11 @@ async def _run(code: str, *, limits: SandboxLimits, stdin: str, guards: bool) ->
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        if proc is not None and proc.returncode is None:
-            _kill_group(proc.pid)  # cancelled: the run goes with the caller
-            await asyncio.to_thread(_sweep, proc.pid, run.uid)
-        records = await asyncio.to_thread(run.finish)
+        if records is None:
+            # failed to start, or cancelled: the run goes with the caller
+            if proc is not None and proc.returncode is None:
+                _kill_group(proc.pid)
+            await asyncio.to_thread(run.settle, proc.pid if proc else None, killed=True)
     return _result(
         records,
         capture,
@@ -243,15 +248,23 @@ class _Run:
         flags = ["-I", "-S", "-B", "-u", "-X", "utf8"]
         return [_interpreter(), *flags, _CHILD, *(f"{k}={v}" for k, v in settings.items())]
 
-    def finish(self) -> _Records:
-        """Read the status records and delete the run's folder."""
-        try:
-            with open(os.path.join(self.path, "status"), encoding="utf-8") as file:
-                records = _Records.parse(file.read())
-        except FileNotFoundError:
-            records = _Records()
+    def settle(self, group: int | None, *, killed: bool) -> _Records:
+        """After the launcher has exited: read the records, make sure nothing of the run
+        is left, delete the run's folder."""
+        records = _Records.parse(self._read("status"), self._read("report"))
+        # The supervisor's "clean" means it reaped every process of the run itself; the
+        # sweep is for when it could not (killed, or out of time).
+        if group is not None and (killed or "clean" not in records.values):
+            _sweep(group, self.uid)
         _remove_tree(self.path)
         return records
+
+    def _read(self, name: str) -> str:
+        try:
+            with open(os.path.join(self.path, name), encoding="utf-8", errors="replace") as file:
+                return file.read(1 << 20)
+        except FileNotFoundError:
+            return ""
 
 
 @dataclass
@@ -261,17 +274,21 @@ class _Records:
     values: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def parse(cls, text: str) -> _Records:
+    def parse(cls, status: str, report: str) -> _Records:
         records = cls()
-        for line in text.splitlines():
+        for line in status.splitlines():
             key, _, value = line.partition(" ")
             if key == "layer":
                 records.layers.add(value)
             elif key == "off":
                 records.off.append(value)
             else:
-                records.values.setdefault(key, value)  # first word wins: the snippet's
-        return records  # own writes to the file could only come after ours
+                records.values[key] = value
+        for line in report.splitlines():
+            key, _, value = line.partition(" ")
+            if key in ("refused", "memory", "disk", "exception"):  # all the snippet may say
+                records.values.setdefault(key, value)
+        return records
 
 
 class _Capture:
@@ -405,6 +422,10 @@ def _result(
         error = f"CPU time limit of {limits.cpu_seconds:g} s exceeded"
     elif "memory" in values:
         error = f"memory limit of {_size(limits.memory_bytes)} exceeded"
+    elif values.get("disk") == str(errno.EFBIG):
+        error = f"file size limit of {_size(limits.disk_bytes)} exceeded"
+    elif "disk" in values:
+        error = f"the working folder is full ({_size(limits.disk_bytes)}, 10,000 files)"
     elif "refused" in values:
         error = values["refused"]
     elif "exception" in values:
@@ -439,6 +460,7 @@ def _size(count: int) -> str:
 @functools.cache
 def _probe() -> tuple[tuple[str, bool | str], ...]:
     run = _Run.prepare("pass")
+    proc = None
     try:
         proc = subprocess.Popen(
             run.command(_DEFAULT_LIMITS, guards=True),
@@ -454,9 +476,8 @@ def _probe() -> tuple[tuple[str, bool | str], ...]:
         except subprocess.TimeoutExpired:
             _kill_group(proc.pid)
             proc.wait()
-        _sweep(proc.pid, run.uid)
     finally:
-        records = run.finish()
+        records = run.settle(proc.pid if proc else None, killed=True)
     rlimits_off = [note for note in records.off if note.startswith("rlimit")]
     report: list[tuple[str, bool | str]] = [
         ("isolated_interpreter", True),
