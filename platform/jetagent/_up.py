@@ -1,0 +1,197 @@
+"""``jetagent up``: the embedded platform — nats-server plus every service as a process.
+
+Each service is its own process (its own failure domain, as in production), started
+with the same ``jetagent`` command a deployment would run; their output is prefixed with
+the service's name. Ctrl-C (or SIGTERM) stops the services first (SIGTERM, so workers
+finish their steps), then the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.console import Console
+
+from jetagent.config import Settings
+from jetagent.embedded import EmbeddedServer
+
+__all__ = ["Platform", "ServiceProcess", "default_services"]
+
+_COLORS = ["cyan", "magenta", "green", "yellow", "blue", "red", "bright_cyan", "bright_magenta"]
+
+
+@dataclass
+class ServiceProcess:
+    """One service, run as ``python -m jetagent.cli <args>``."""
+
+    name: str
+    args: list[str]
+    color: str = "white"
+    process: asyncio.subprocess.Process | None = field(default=None, repr=False)
+
+    async def start(
+        self, env: dict[str, str], console: Console, log_dir: Path | None = None
+    ) -> None:
+        self._console = console
+        self._log = (log_dir / f"{self.name}.log").open("ab") if log_dir else None
+        self.process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "jetagent.cli",
+            *self.args,
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    async def pump(self) -> int:
+        """Copy the service's output (prefixed, or to its log file) until it exits."""
+        assert self.process is not None and self.process.stdout is not None
+        width = 14
+        try:
+            async for line in self.process.stdout:
+                if self._log is not None:
+                    self._log.write(line)
+                    continue
+                text = line.decode(errors="replace").rstrip()
+                self._console.print(
+                    f"[{self.color}]{self.name:<{width}}[/]| {text}", markup=True, highlight=False
+                )
+            return await self.process.wait()
+        finally:
+            if self._log is not None:
+                self._log.close()
+
+    def terminate(self) -> None:
+        if self.process is not None and self.process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.process.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.process.kill()
+
+
+def default_services(*, replicas: int = 1, projections: bool = True) -> list[ServiceProcess]:
+    services = [ServiceProcess("orchestrator", ["orchestrator"])]
+    for capability in ("reasoning", "tools", "summarize"):
+        for i in range(replicas):
+            suffix = f"-{i + 1}" if replicas > 1 else ""
+            services.append(ServiceProcess(f"{capability}{suffix}", ["worker", capability]))
+    if projections:
+        services.append(ServiceProcess("projections", ["projections", "run"]))
+    for i, service in enumerate(services):
+        service.color = _COLORS[i % len(_COLORS)]
+    return services
+
+
+@dataclass
+class Platform:
+    """The embedded server and the service processes, started and stopped together."""
+
+    settings: Settings
+    services: list[ServiceProcess]
+    console: Console = field(default_factory=Console)
+    log_dir: Path | None = None
+    """Write each service's output to ``<log_dir>/<service>.log`` instead of the console."""
+    server: EmbeddedServer | None = None
+    url: str = ""
+
+    async def start(self) -> None:
+        if self.settings.nats_url:
+            self.url = self.settings.nats_url
+            self.console.print(f"using NATS at [bold]{self.url}[/] (NATS_URL)")
+        else:
+            data_dir = Path(self.settings.data_dir).resolve()
+            self.server = await asyncio.to_thread(EmbeddedServer(data_dir / "nats").start)
+            self.url = self.server.url
+            self.console.print(
+                f"embedded nats-server: [bold]{self.url}[/]  "
+                f"(monitoring {self.server.monitor_url}, data {data_dir / 'nats'})"
+            )
+        await self._provision()
+        env = {**os.environ, "NATS_URL": self.url, "PYTHONUNBUFFERED": "1"}
+        if self.log_dir is not None:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+        for service in self.services:
+            await service.start(env, self.console, self.log_dir)
+            pid = service.process.pid if service.process else "?"
+            self.console.print(f"started [{service.color}]{service.name}[/] (pid {pid})")
+        if any(s.args[0] == "projections" for s in self.services):
+            self.console.print(f"metrics: http://127.0.0.1:{self.settings.metrics_port}/metrics")
+
+    async def _provision(self) -> None:
+        from jetagent.provision import provision
+        from jetagent.store import connect
+
+        nc = await connect(self.url, name="jetagent.up", creds=self.settings.nats_creds)
+        try:
+            done = await provision(nc, self.settings)
+        finally:
+            await nc.close()
+        self.console.print(f"provisioned {len(done)} streams, buckets and consumers")
+
+    async def wait_ready(self, timeout: float = 30.0) -> None:
+        """Wait until every worker's consumer exists and its tools are registered."""
+        from jetagent.store import connect
+
+        workers = [s.args[1] for s in self.services if s.args[0] == "worker"]
+        nc = await connect(self.url, name="jetagent.up", creds=self.settings.nats_creds)
+        js = nc.jetstream()
+        names = self.settings.names
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    try:
+                        for capability in workers:
+                            await js.consumer_info(names.workflows_stream, f"cap-{capability}")
+                        if "tools" in workers:
+                            registry = await js.key_value(names.bucket("REGISTRY"))
+                            await registry.get("tool.calculator")
+                        return
+                    except Exception:
+                        await asyncio.sleep(0.1)
+        finally:
+            await nc.close()
+
+    def pump(self) -> dict[asyncio.Task[int], ServiceProcess]:
+        """Start copying every service's output; the tasks end when the services exit."""
+        return {asyncio.create_task(s.pump()): s for s in self.services}
+
+    async def run(self, stop: asyncio.Event) -> int:
+        """Run until ``stop`` or a service exits; then stop everything. Returns 0 on a
+        requested stop, else the failed service's exit code."""
+        pumps = self.pump()
+        stopper = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait([*pumps, stopper], return_when=asyncio.FIRST_COMPLETED)
+        code = 0
+        for task in done:
+            if task in pumps:
+                service = pumps[task]
+                code = task.result() or 1
+                self.console.print(f"[red]{service.name} exited with status {code}; stopping[/]")
+        await self.stop(pumps)
+        stopper.cancel()
+        return code
+
+    async def stop(self, pumps: dict[asyncio.Task[int], ServiceProcess] | None = None) -> None:
+        self.console.print("stopping services…")
+        for service in self.services:
+            service.terminate()
+        if pumps:
+            _, late = await asyncio.wait(pumps, timeout=self.settings.shutdown_grace_s + 5)
+            for task in late:
+                pumps[task].kill()
+            if late:
+                await asyncio.wait(late)
+        if self.server is not None:
+            await asyncio.to_thread(self.server.stop)
+            self.console.print("nats-server stopped")
