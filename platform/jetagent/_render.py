@@ -56,7 +56,10 @@ def describe(event: WorkflowEvent) -> str:
         case StepFailed():
             return f"step {event.step_id} [red]failed[/]: {event.error}"
         case ApprovalRequested():
-            return f"[yellow]waiting for approval[/] of {event.tool} {event.arguments} (step {event.step_id})"
+            return (
+                f"[yellow]waiting for approval[/] of {event.tool} {event.arguments} "
+                f"(step {event.step_id})"
+            )
         case ApprovalResolved():
             return f"approval of step {event.step_id}: {'granted' if event.approved else 'denied'}"
         case Finalized():

@@ -53,7 +53,8 @@ class ServiceProcess:
 
     async def pump(self) -> int:
         """Copy the service's output (prefixed, or to its log file) until it exits."""
-        assert self.process is not None and self.process.stdout is not None
+        assert self.process is not None
+        assert self.process.stdout is not None
         width = 14
         try:
             async for line in self.process.stdout:
@@ -110,7 +111,7 @@ class Platform:
             self.url = self.settings.nats_url
             self.console.print(f"using NATS at [bold]{self.url}[/] (NATS_URL)")
         else:
-            data_dir = Path(self.settings.data_dir).resolve()
+            data_dir = Path(os.path.abspath(self.settings.data_dir))
             self.server = await asyncio.to_thread(EmbeddedServer(data_dir / "nats").start)
             self.url = self.server.url
             self.console.print(
