@@ -111,7 +111,7 @@ class Platform:
             self.url = self.settings.nats_url
             self.console.print(f"using NATS at [bold]{self.url}[/] (NATS_URL)")
         else:
-            data_dir = Path(os.path.abspath(self.settings.data_dir))
+            data_dir = _absolute(self.settings.data_dir)
             self.server = await asyncio.to_thread(EmbeddedServer(data_dir / "nats").start)
             self.url = self.server.url
             self.console.print(
@@ -196,3 +196,7 @@ class Platform:
         if self.server is not None:
             await asyncio.to_thread(self.server.stop)
             self.console.print("nats-server stopped")
+
+
+def _absolute(path: Path) -> Path:
+    return Path(os.path.abspath(path))
