@@ -159,12 +159,18 @@ async def test_file_size_is_limited() -> None:
     assert result.error == "file size limit of 1 MiB exceeded"
 
 
-async def test_threads_need_max_processes() -> None:
-    code = "import threading\nt = threading.Thread(target=print, args=('hi',))\nt.start(); t.join()"
-    assert (await run_python(code)).error == "RuntimeError: can't start new thread"
-    result = await run_python(code, limits=SandboxLimits(max_processes=4))
+THREAD = "import threading\nt = threading.Thread(target=print, args=('hi',))\nt.start(); t.join()"
+
+
+async def test_threads_run_when_max_processes_allows() -> None:
+    result = await run_python(THREAD, limits=SandboxLimits(max_processes=4))
     assert result.ok, result
     assert result.stdout == "hi\n"
+
+
+@needs("per_run_uid")  # RLIMIT_NPROC does not bind root
+async def test_threads_count_against_max_processes() -> None:
+    assert (await run_python(THREAD)).error == "RuntimeError: can't start new thread"
 
 
 async def test_event_loop_keeps_serving_while_a_snippet_burns_cpu() -> None:

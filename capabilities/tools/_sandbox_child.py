@@ -381,9 +381,13 @@ def supervise(
     exit_status: int | None = None
     deadline = float("inf")
     clean = False
+    rounds = 0
     while True:
         if exit_status is not None:
-            kill_leftovers(uid, me, pid_namespace=pid_namespace)
+            # Should anything outlive the first, atomic round (the per-run uid could not
+            # be taken, say), later rounds also kill children one by one.
+            kill_leftovers(uid, me, pid_namespace=pid_namespace, one_by_one=rounds > 0)
+            rounds += 1
         try:
             pid, wait_status, _ = os.wait4(-1, 0 if exit_status is None else os.WNOHANG)
         except ChildProcessError:
@@ -408,7 +412,7 @@ def supervise(
     os._exit(0)
 
 
-def kill_leftovers(uid: int | None, me: int, *, pid_namespace: bool) -> None:
+def kill_leftovers(uid: int | None, me: int, *, pid_namespace: bool, one_by_one: bool) -> None:
     """Kill every other process of this run, with the strongest means available."""
     if pid_namespace:
         # pid 1's kill(-1) reaches exactly the processes of its own namespace
@@ -427,7 +431,8 @@ def kill_leftovers(uid: int | None, me: int, *, pid_namespace: bool) -> None:
             finally:
                 os._exit(0)
         os.waitpid(helper, 0)
-        return
+        if not one_by_one:
+            return
     # A subreaper inherits orphans, so its children are all that is left.
     for pid in children_of(me):
         try:  # noqa: SIM105 - see Status.record
@@ -481,9 +486,12 @@ def run_snippet(
         except (OSError, ValueError) as error:
             status.record("off", f"rlimit {which}: {error}")
     if uid is not None:
-        os.setgroups([])
-        os.setgid(uid)
-        os.setuid(uid)
+        try:
+            os.setgroups([])
+            os.setgid(uid)
+            os.setuid(uid)
+        except OSError as error:  # no CAP_SETUID, or a user namespace without this uid
+            status.record("off", f"per_run_uid: {error.strerror or error}")
     kernel.prctl(PR_SET_PDEATHSIG, SIGKILL)
     # The launcher's frames still reference the kernel object, and a snippet can walk
     # frames; Python 3.11 audits no foreign call, so the handle itself must go.
@@ -638,7 +646,8 @@ def install_guards(work: str, refusals: list[BaseException]) -> None:
         caller = sys._getframe(2).f_code.co_filename
         if caller.startswith("<frozen importlib"):
             return True
-        return any(within(caller, root) for root in readable)
+        full = os.path.realpath(caller)  # /proc/self/fd/N/... when reached by descriptor
+        return any(within(full, root) for root in readable)
 
     def hook(event: str, args: tuple[object, ...]) -> None:
         if event == "open":

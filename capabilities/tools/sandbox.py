@@ -282,6 +282,7 @@ class _Records:
                 records.layers.add(value)
             elif key == "off":
                 records.off.append(value)
+                records.layers.discard(value.partition(":")[0])  # tried, then failed
             else:
                 records.values[key] = value
         for line in report.splitlines():
