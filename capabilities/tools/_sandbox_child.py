@@ -4,7 +4,7 @@ It runs as `python -I -S -B -u -X utf8 _sandbox_child.py key=value ...` and uses
 standard library only (json, re and traceback cost milliseconds to import, so the hot path
 avoids them). Three roles, one process tree::
 
-    launcher      unshares namespaces, builds the filesystem view, chroots (still root)
+    launcher      unshares namespaces, builds the filesystem view, pivots into it
     └─ supervisor pid 1 of the new PID namespace, or the launcher itself without one;
        │          reaps everything and kills what the snippet leaves behind
        └─ snippet resource limits, per-run uid, audit hooks, then the user's code

@@ -9,10 +9,13 @@ each one is used where the kernel allows it, and `protections()` says which are 
 
 - resource limits (setrlimit): CPU time, address space, file size, open files, processes;
 - a per-run unprivileged uid when the service runs as root, so RLIMIT_NPROC holds (it
-  does not apply to root) and everything the run started can be found and killed;
-- namespaces: network (no interfaces but a downed loopback), mount (a read-only view of
-  the Python installation and system libraries, a size-limited tmpfs working folder,
-  chroot), PID (the run's pid 1 takes every process with it), IPC and UTS;
+  does not apply to root) and everything the run started can be found and killed (an
+  installation that uid cannot reach, say under /root, is read through descriptors
+  opened beforehand);
+- namespaces: network (no interfaces but a downed loopback), mount (pivot_root into a
+  read-only view of the standard library and system libraries, four devices and a
+  size-limited tmpfs working folder; no /etc, /proc or home), PID (the run's pid 1 takes
+  every process with it), IPC and UTS;
 - no_new_privs, and parent-death signals so a dying service takes its runs along;
 - audit hooks (PEP 578) inside the snippet's interpreter refusing files outside the
   working folder and the standard library, sockets, new processes, ctypes and similar
@@ -22,7 +25,8 @@ each one is used where the kernel allows it, and `protections()` says which are 
 The service side never blocks its event loop: it feeds stdin, reads stdout and stderr
 incrementally up to the output cap, enforces the wall-clock timeout, then kills the whole
 process tree (process group, per-run uid, PID namespace) and waits until it is gone.
-`run_python` reports every outcome in a `SandboxResult`; it raises only for bad arguments.
+`run_python` reports every outcome of a snippet in a `SandboxResult`; it raises (OSError)
+only when the host cannot start a run at all, such as without a temporary folder.
 """
 
 from __future__ import annotations
@@ -221,7 +225,7 @@ class _Run:
                 except FileExistsError:
                     continue
             else:
-                raise RuntimeError(f"no free sandbox uid; clean up {base}/jetagent-sandbox-*")
+                raise OSError(f"no free sandbox uid; clean up {base}/jetagent-sandbox-*")
             # the snippet's uid must be able to pass through to its working folder
             os.chmod(path, 0o711)
         else:
