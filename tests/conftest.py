@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from jetagent.embedded import EmbeddedCluster, EmbeddedServer
+
+if TYPE_CHECKING:
+    from jetagent.config import Settings
+    from tests.support.platform import InProcessPlatform
 
 
 @pytest.fixture(scope="session")
@@ -41,3 +46,29 @@ def cluster(tmp_path: Path) -> Iterator[EmbeddedCluster]:
 def unique() -> str:
     """A short unique name for streams, subjects and consumers of one test."""
     return "T" + uuid.uuid4().hex[:10]
+
+
+@pytest.fixture
+def settings(nats_url: str, unique: str) -> Settings:
+    """Settings with a prefix of this test's own: its own streams on the shared server."""
+    from jetagent.config import Settings
+
+    return Settings(
+        nats_url=nats_url,
+        prefix=unique.lower()[:12],
+        tenants="*",
+        step_ack_wait_s=5.0,
+        shutdown_grace_s=5.0,
+    )
+
+
+@pytest.fixture
+async def engine(settings: Settings) -> AsyncIterator[InProcessPlatform]:
+    """Orchestrator and workers running in this test's event loop, plus a client."""
+    from tests.support.platform import InProcessPlatform
+
+    platform = await InProcessPlatform(settings).start()
+    try:
+        yield platform
+    finally:
+        await platform.stop()

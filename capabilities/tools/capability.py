@@ -16,6 +16,8 @@ from jetagent.tools import Tool, ToolBox
 
 __all__ = ["tools_capability"]
 
+_INLINE_RESULT_BYTES = 4096
+
 
 def tools_capability(
     extra: Iterable[Tool] = (), *, only: Iterable[str] | None = None, name: str = "tools"
@@ -35,7 +37,14 @@ def tools_capability(
     async def run(step: StepContext) -> StepOutput:
         data = step.input
         answer = await box.run(str(data.get("tool", step.tool)), data.get("arguments"), step)
-        return StepOutput(output={"content": json.dumps(answer), **answer})
+        calls = answer.pop("_calls", [])
+        content = json.dumps(answer)
+        output: dict[str, object] = {"content": content}
+        if len(content) <= _INLINE_RESULT_BYTES:
+            output.update(answer)  # small results stay readable in the event as well
+        else:
+            output["ok"] = "error" not in answer
+        return StepOutput(output=output, calls=list(calls))
 
     served = [t for t in box.tools.values() if t.capability == name]
     return CapabilitySpec(

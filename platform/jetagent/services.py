@@ -33,6 +33,24 @@ def _plugins() -> dict[str, CapabilitySpec]:
     return found
 
 
+def _plugin_tools() -> list[Any]:
+    """Tools named by ``JETAGENT_TOOLS=module:attr,...`` (each a Tool or a list of them)."""
+    from jetagent.tools import Tool
+
+    tools: list[Tool] = []
+    for entry in filter(None, os.environ.get("JETAGENT_TOOLS", "").split(",")):
+        module, _, attr = entry.strip().partition(":")
+        try:
+            found: Any = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as exc:
+            raise ConfigError(f"JETAGENT_TOOLS entry {entry!r}: {exc}") from exc
+        tools.extend(found if isinstance(found, list | tuple) else [found])
+    for item in tools:
+        if not isinstance(item, Tool):
+            raise ConfigError(f"JETAGENT_TOOLS: {item!r} is not a jetagent Tool")
+    return tools
+
+
 def capability_specs(
     names: Sequence[str], catalog: ModelCatalog, *, only_tools: Sequence[str] | None = None
 ) -> list[CapabilitySpec]:
@@ -49,7 +67,7 @@ def capability_specs(
                 reasoning = reasoning_capabilities(catalog)
             specs.append(reasoning[0] if name == "reasoning" else reasoning[1])
         elif name == "tools":
-            specs.append(tools_capability(only=only_tools))
+            specs.append(tools_capability(_plugin_tools(), only=only_tools))
         elif name in plugins:
             specs.append(plugins[name])
         else:

@@ -131,7 +131,11 @@ class ToolBox:
         self.tools[new.name] = new
 
     async def run(self, name: str, arguments: Any, ctx: Any = None) -> dict[str, Any]:
-        """Run a tool; the answer is ``{"result": ...}`` or a model-visible ``{"error": ...}``."""
+        """Run a tool; the answer is ``{"result": ...}`` or a model-visible ``{"error": ...}``.
+
+        A tool that calls a model itself returns a ``StepOutput``: its ``calls`` (usage
+        and cost) are kept under ``"_calls"`` for the runtime to record.
+        """
         found = self.tools.get(name)
         if found is None:
             known = ", ".join(sorted(self.tools)) or "none"
@@ -153,6 +157,9 @@ class ToolBox:
             return {"error": f"{name} did not finish within {found.timeout_s:g} s"}
         except Exception as exc:  # a tool's failure is the model's information, not a crash
             return {"error": f"{name} failed: {type(exc).__name__}: {exc}"}
+        calls = getattr(result, "calls", None)
+        if calls is not None and hasattr(result, "output"):
+            return {"result": msgspec.to_builtins(result.output), "_calls": calls}
         return {"result": msgspec.to_builtins(result)}
 
     async def _call(self, found: Tool, kwargs: dict[str, Any], ctx: Any) -> Any:

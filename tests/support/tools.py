@@ -1,0 +1,39 @@
+"""Tools the tests add to the tools worker (``JETAGENT_TOOLS=tests.support.tools:TEST_TOOLS``)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from jetagent import StepContext, StepOutput, tool
+from jetagent.events import CallRecord
+from jetagent.llm import Usage
+
+BIG_OUTPUT_BYTES = 5 * 1024 * 1024
+
+
+@tool(description="Spend up to `tokens` tokens (an LLM-backed tool, say).", max_tokens=100)
+async def burn(ctx: StepContext, tokens: int) -> StepOutput:
+    used = min(tokens, 100)
+    call = CallRecord(
+        model="burn-model", provider="test", outcome="ok", usage=Usage(output_tokens=used)
+    )
+    return StepOutput(output={"burned": used}, calls=[call])
+
+
+@tool(description="Return a very large output.")
+def big(size: int = BIG_OUTPUT_BYTES) -> str:
+    return "x" * size
+
+
+@tool(description="Sleep for a while, then answer.")
+async def slow(seconds: float) -> str:
+    await asyncio.sleep(seconds)
+    return f"slept {seconds}"
+
+
+@tool(description="Delete everything (needs a human's approval).", requires_approval=True)
+def dangerous(target: str) -> str:
+    return f"deleted {target}"
+
+
+TEST_TOOLS = [burn, big, slow, dangerous]
