@@ -285,6 +285,14 @@ class Orchestrator:
         self, workflow_id: str, loaded: Loaded, command: Input, headers: dict[str, str]
     ) -> None:
         events = decide(loaded.state, command, self.context())
+        if not events:
+            # "Nothing to do" from a cached state may only mean the cache is behind
+            # (another replica scheduled the step this result is for): look, then decide
+            # again. Appends need no such look: their concurrency check catches staleness.
+            seq = loaded.seq
+            await self.journal.catch_up(workflow_id, loaded)
+            if loaded.seq != seq:
+                events = decide(loaded.state, command, self.context())
         for event in events:
             event = await self._claim_check(event)
             await self.journal.append(workflow_id, loaded, event, headers)

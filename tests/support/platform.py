@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from nats.js.errors import NoKeysError
+
 from jetagent.client import Client
 from jetagent.config import Settings
 from jetagent.models import ModelCatalog
@@ -78,8 +80,10 @@ class InProcessPlatform:
 
     async def _tools_known(self) -> bool:
         kv = await self.client.js.key_value(self.settings.names.bucket("REGISTRY"))
-        keys = await kv.keys()
-        return "tool.calculator" in keys
+        try:
+            return "tool.calculator" in await kv.keys()
+        except NoKeysError:
+            return False
 
     async def stop(self) -> None:
         self._stop.set()
