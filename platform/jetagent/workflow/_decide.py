@@ -56,6 +56,13 @@ __all__ = [
 ]
 
 MIN_OUTPUT_TOKENS = 16
+
+
+def _plain(value: Any) -> Any:
+    """``value`` exactly as it reads back from the event's JSON (lists, not tuples)."""
+    return msgspec.json.decode(msgspec.json.encode(value))
+
+
 """A reasoning call is not worth making with fewer output tokens than this."""
 
 
@@ -344,7 +351,8 @@ def _llm_reservation(
 
 def _tool_specs(state: WorkflowState, ctx: DecideContext) -> list[dict[str, Any]]:
     names = sorted(ctx.tools) if state.allowed_tools is None else list(state.allowed_tools)
-    return [msgspec.to_builtins(ctx.tools[n].spec) for n in names if n in ctx.tools]
+    specs: list[dict[str, Any]] = _plain([ctx.tools[n].spec for n in names if n in ctx.tools])
+    return specs
 
 
 def _next_reasoning(state: WorkflowState, at: datetime, ctx: DecideContext) -> WorkflowEvent | None:
@@ -371,7 +379,7 @@ def _next_reasoning(state: WorkflowState, at: datetime, ctx: DecideContext) -> W
         attempt=attempt,
         iteration=iteration,
         input={
-            "messages": [msgspec.to_builtins(m) for m in state.messages],
+            "messages": _plain(state.messages),
             "tools": tools,
             "models": list(state.models),
             "max_tokens": max_tokens,
@@ -441,7 +449,7 @@ def _next_summary(state: WorkflowState, at: datetime, ctx: DecideContext) -> Wor
         attempt=attempt,
         iteration=state.iterations,
         input={
-            "messages": [msgspec.to_builtins(m) for m in state.messages],
+            "messages": _plain(state.messages),
             "models": list(state.models),
             "max_tokens": max_tokens,
         },
