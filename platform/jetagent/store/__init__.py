@@ -33,7 +33,6 @@ import logging
 import re
 from typing import Any
 
-import nats
 from eventsourcing.persistence import (
     AggregateRecorder,
     ApplicationRecorder,
@@ -47,6 +46,7 @@ from nats.aio.client import Client as NATS
 
 from ._aggregates import AggregateStream, Appended, ConcurrencyConflict, NewRecord
 from ._async import EVENTS, SNAPSHOTS, AsyncStore, StoreSettings
+from ._client import FastHeaderClient
 from ._direct import DirectGetter, Record
 from ._errors import StoreUnavailableError, StreamConfigError, WriteTooLargeError
 from ._loop import LoopThread, shared_loop
@@ -105,13 +105,15 @@ async def connect(url: str, *, name: str, creds: str | None = None, timeout: flo
     try:
         # nats-py retries a first connection forever when reconnects are unlimited:
         # allow one retry per server to fail fast, then reconnect without limit.
-        nc = await nats.connect(
+        nc = FastHeaderClient()
+        await nc.connect(
             servers=[u.strip() for u in url.split(",") if u.strip()],
             name=name,
-            connect_timeout=timeout,
+            # nats-py annotates these as int but uses them as seconds of any kind.
+            connect_timeout=timeout,  # type: ignore[arg-type]
             user_credentials=creds,
             max_reconnect_attempts=1,
-            reconnect_time_wait=0.5,
+            reconnect_time_wait=0.5,  # type: ignore[arg-type]
             error_cb=on_error,
         )
         nc.options["max_reconnect_attempts"] = -1

@@ -7,6 +7,7 @@ callers hand it coroutines (STYLE.md: a deliberate bridge, never ``asyncio.run``
 
 from __future__ import annotations
 
+import _thread
 import asyncio
 import atexit
 import threading
@@ -41,7 +42,22 @@ class LoopThread:
                 "a synchronous jetagent.store method was called from the store's own "
                 "event-loop thread; use the async API (AsyncStore) there"
             )
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+        # A bare lock is the cheapest cross-thread wake-up; run_coroutine_threadsafe's
+        # chained futures and condition variable cost ~30 µs more per call (bench/).
+        finished = _thread.allocate_lock()
+        finished.acquire()
+        tasks: list[asyncio.Task[T]] = []
+
+        def start() -> None:
+            task = self.loop.create_task(coro)
+            task.add_done_callback(lambda _: finished.release())
+            tasks.append(task)
+
+        self.loop.call_soon_threadsafe(start)
+        if not finished.acquire(timeout=-1 if timeout is None else timeout):
+            self.loop.call_soon_threadsafe(lambda: tasks and tasks[0].cancel())
+            raise TimeoutError(f"the store did not answer within {timeout} s")
+        return tasks[0].result()
 
     def stop(self) -> None:
         if self.loop.is_running():
