@@ -1,0 +1,81 @@
+"""Deployment files: docker-compose.yml, nats-server configs, Prometheus. (No Docker engine
+here, so compose is checked structurally; nats configs are checked by nats-server itself.)"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from jetagent.cli import app
+from jetagent.embedded import find_server_binary
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _compose() -> dict[str, Any]:
+    data: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    return data
+
+
+def test_compose_describes_the_whole_topology() -> None:
+    services = _compose()["services"]
+    expected = {"nats-1", "nats-2", "nats-3", "provision", "orchestrator", "reasoning"}
+    expected |= {"tools", "summarize", "projections", "prometheus", "grafana", "jaeger"}
+    assert expected <= set(services)
+
+
+def test_compose_services_run_real_commands() -> None:
+    commands = {c.name for c in app.registered_commands} | {g.name for g in app.registered_groups}
+    for name, service in _compose()["services"].items():
+        if service.get("image") == "jetagent:latest":
+            assert service["command"][0] in commands, f"{name}: unknown command"
+            env = service["environment"]
+            assert env["JETAGENT_REPLICAS"] == "3"
+            assert all(u.startswith("nats://") for u in env["NATS_URL"].split(","))
+
+
+def test_compose_mounts_exist() -> None:
+    for name, service in _compose()["services"].items():
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0]
+            if source.startswith("./"):
+                assert (ROOT / source).exists(), f"{name} mounts missing {source}"
+    assert (ROOT / "Dockerfile").exists()
+
+
+@pytest.mark.parametrize(
+    "config", ["single.conf", "cluster/n1.conf", "cluster/n2.conf", "cluster/n3.conf"]
+)
+def test_nats_configs_are_valid(config: str) -> None:
+    env = {
+        **os.environ,
+        "JETAGENT_CLIENT_PASSWORD": "a",
+        "JETAGENT_ORCHESTRATOR_PASSWORD": "b",
+        "JETAGENT_WORKER_PASSWORD": "c",
+        "JETAGENT_PROJECTIONS_PASSWORD": "d",
+    }
+    result = subprocess.run(
+        [str(find_server_binary()), "-t", "-c", str(ROOT / "nats" / config)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_prometheus_scrapes_the_metrics_port() -> None:
+    prometheus = yaml.safe_load((ROOT / "deploy" / "prometheus.yml").read_text())
+    targets = [
+        t
+        for job in prometheus["scrape_configs"]
+        for s in job["static_configs"]
+        for t in s["targets"]
+    ]
+    port = _compose()["services"]["projections"]["environment"]["JETAGENT_METRICS_PORT"]
+    assert f"projections:{port}" in targets
