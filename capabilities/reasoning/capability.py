@@ -107,8 +107,11 @@ def reasoning_capabilities(
             routing=routing,
         )
 
+    def report() -> dict[str, Any]:
+        return {"circuits": [msgspec.to_builtins(b) for b in gw.breaker_states()]}
+
     return (
-        CapabilitySpec(name="reasoning", handler=reason),
+        CapabilitySpec(name="reasoning", handler=reason, report=report),
         CapabilitySpec(name="summarize", handler=summarize),
         gw,
     )

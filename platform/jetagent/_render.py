@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from rich.console import Console
+from rich.table import Table
 
 from jetagent.client import Client, result_of
 from jetagent.events import (
@@ -20,8 +21,9 @@ from jetagent.events import (
     Terminated,
     WorkflowEvent,
 )
+from jetagent.sessions import SessionView
 
-__all__ = ["describe", "follow"]
+__all__ = ["describe", "follow", "session_table"]
 
 
 def describe(event: WorkflowEvent) -> str:
@@ -91,3 +93,42 @@ async def follow(client: Client, workflow_id: str, console: Console, *, prefix: 
             )
             return result.ok
     return False
+
+
+def session_table(view: SessionView, console: Console) -> None:
+    """Print a session view: the workflow, then one row per step."""
+    console.print(
+        f"[bold]{view.workflow_id}[/]  tenant {view.tenant}  status [bold]{view.status.value}[/]"
+        + (f" ({view.reason}: {view.detail})" if view.reason else "")
+    )
+    console.print(f"instruction: {view.instruction}", highlight=False)
+    table = Table()
+    for column in (
+        "step",
+        "capability",
+        "model",
+        "attempt",
+        "status",
+        "latency",
+        "tokens",
+        "cost",
+        "output / error",
+    ):
+        table.add_column(column)
+    for step in view.steps:
+        latency = f"{step.turnaround_s * 1000:.1f} ms" if step.turnaround_s is not None else "-"
+        table.add_row(
+            step.step_id,
+            step.capability + (f" → {step.tool}" if step.tool else ""),
+            step.model or "-",
+            str(step.attempt),
+            step.status,
+            latency,
+            str(step.input_tokens + step.output_tokens),
+            f"${step.cost_usd}",
+            (step.error or step.output)[:80],
+        )
+    console.print(table)
+    console.print(
+        f"total: {view.tokens} tokens, ${view.cost_usd}; output: {view.output}", highlight=False
+    )

@@ -13,6 +13,7 @@ import json
 import logging
 import signal
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Any
@@ -266,6 +267,100 @@ def schemas(
         return
     for path in write_schemas(out):
         console.print(f"wrote {path}")
+
+
+projections_app = typer.Typer(help="The projection service: session views and metrics.")
+app.add_typer(projections_app, name="projections")
+
+
+@projections_app.command("run")
+def projections_run(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
+    """Follow the streams: session views in JA_SESSIONS, Prometheus metrics on /metrics."""
+    from projections.service import ProjectionService
+
+    _logging(verbose)
+    settings = _settings()
+
+    async def main(stop: asyncio.Event) -> None:
+        nc = await _connect(settings, "jetagent.projections")
+        try:
+            await ProjectionService(nc, settings).run(stop)
+        finally:
+            await nc.close()
+
+    _run(main)
+
+
+@projections_app.command("rebuild")
+def projections_rebuild() -> None:
+    """Replay every stream from sequence 0 into fresh session views and metric totals.
+
+    Stop the running projection service first; it resumes from the rebuilt checkpoint.
+    """
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from projections.service import ProjectionService
+
+    settings = _settings()
+
+    async def main(stop: asyncio.Event) -> None:
+        nc = await _connect(settings, "jetagent.projections")
+        try:
+            with Progress(
+                TextColumn("[bold]rebuilding[/]"),
+                BarColumn(),
+                TextColumn("{task.completed:,} of {task.total:,} events"),
+                TimeRemainingColumn(),
+                console=console,
+            ) as bar:
+                task = bar.add_task("rebuild", total=None)
+
+                def progress(done: int, total: int) -> None:
+                    bar.update(task, completed=done, total=total)
+
+                started = time.monotonic()
+                service = ProjectionService(nc, settings)
+                await service.rebuild(progress)
+            elapsed = time.monotonic() - started
+            console.print(
+                f"rebuilt {len(service.views):,} session views from stream positions "
+                f"{service.positions} in {elapsed:.1f} s"
+            )
+        finally:
+            await nc.close()
+
+    _run(main)
+
+
+@app.command()
+def inspect(
+    workflow_id: str,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the raw view.")] = False,
+) -> None:
+    """Show a workflow's session view: status, steps, models, latency, tokens, cost."""
+    from jetagent._render import session_table
+    from jetagent.client import Client
+
+    settings = _settings()
+
+    async def main(stop: asyncio.Event) -> int:
+        client = Client(await _connect(settings, "jetagent.cli"), settings)
+        try:
+            view = await client.session(workflow_id)
+        finally:
+            await client.close()
+        if view.last_workflow_seq == 0:
+            err.print(f"[red]no workflow {workflow_id}[/]")
+            return 1
+        if as_json:
+            import msgspec
+
+            console.print_json(msgspec.json.encode(view).decode())
+        else:
+            session_table(view, console)
+        return 0
+
+    _run(main)
 
 
 @app.command()

@@ -24,23 +24,20 @@ from jetagent.config import Settings
 from jetagent.contract import Status, WorkflowRequest
 from jetagent.errors import ConfigError, RequestRejectedError
 from jetagent.events import (
-    ApprovalRequested,
     Cancelled,
     CancelRequested,
     Finalized,
     RequestRejected,
     SignalSent,
-    Spend,
-    StepCompleted,
-    StepFailed,
-    StepScheduled,
     Terminated,
     WorkflowEvent,
     decode_event,
+    decode_step_result,
     encode,
 )
+from jetagent.sessions import SessionView, apply_step_result, apply_workflow_event
 
-__all__ = ["Client", "SessionView", "StepSummary", "SyncClient", "WorkflowResult"]
+__all__ = ["Client", "SessionView", "SyncClient", "WorkflowResult"]
 
 T = TypeVar("T")
 _FINAL = (Finalized, Terminated, Cancelled, RequestRejected)
@@ -61,31 +58,6 @@ class WorkflowResult(msgspec.Struct, frozen=True, kw_only=True):
     @property
     def ok(self) -> bool:
         return self.status is Status.FINALIZED
-
-
-class StepSummary(msgspec.Struct, kw_only=True):
-    step_id: str
-    capability: str
-    tool: str | None = None
-    attempt: int = 1
-    status: str = "scheduled"
-    tokens: int = 0
-    cost_usd: Decimal = Decimal(0)
-    error: str | None = None
-
-
-class SessionView(msgspec.Struct, kw_only=True):
-    """One workflow's story so far, folded from its events."""
-
-    workflow_id: str
-    status: Status = Status.QUEUED
-    tenant: str = ""
-    steps: list[StepSummary] = msgspec.field(default_factory=list)
-    tokens: int = 0
-    cost_usd: Decimal = Decimal(0)
-    output: str = ""
-    reason: str = ""
-    events: int = 0
 
 
 def result_of(event: WorkflowEvent) -> WorkflowResult | None:
@@ -126,48 +98,6 @@ def result_of(event: WorkflowEvent) -> WorkflowResult | None:
             detail="; ".join(event.reasons),
         )
     return None
-
-
-def fold_session(view: SessionView, event: WorkflowEvent) -> SessionView:
-    """Fold one event into a session view."""
-    view.events += 1
-    steps = {s.step_id: s for s in view.steps}
-    match event:
-        case StepScheduled():
-            view.status = Status.PROCESSING
-            view.tenant = event.tenant
-            view.steps.append(
-                StepSummary(
-                    step_id=event.step_id,
-                    capability=event.capability,
-                    tool=event.tool,
-                    attempt=event.attempt,
-                )
-            )
-        case StepCompleted() | StepFailed():
-            step = steps.get(event.step_id)
-            if step is not None:
-                step.status = "completed" if isinstance(event, StepCompleted) else "failed"
-                step.tokens, step.cost_usd = event.settlement.tokens, event.settlement.usd
-                if isinstance(event, StepFailed):
-                    step.error = event.error
-            view.tokens += event.settlement.tokens
-            view.cost_usd += event.settlement.usd
-        case ApprovalRequested():
-            view.status = Status.WAITING_APPROVAL
-            view.steps.append(
-                StepSummary(
-                    step_id=event.step_id,
-                    capability="tools",
-                    tool=event.tool,
-                    status="awaiting_approval",
-                )
-            )
-        case _:
-            result = result_of(event)
-            if result is not None:
-                view.status, view.output, view.reason = result.status, result.output, result.reason
-    return view
 
 
 class Client:
@@ -294,10 +224,43 @@ class Client:
         return [decode_event(r.data) for r in records]
 
     async def session(self, workflow_id: str) -> SessionView:
-        """The workflow's session view: status, steps, usage, cost, output."""
+        """The workflow's session view: status, each step with its model, attempt,
+        latency, tokens and cost, the output or error.
+
+        Read from the ``JA_SESSIONS`` bucket that the projection service maintains; a
+        workflow it has not reached yet is folded here from its events.
+        """
+        from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NotFoundError
+
+        try:
+            kv = await self.js.key_value(self.names.bucket("SESSIONS"))
+            entry = await kv.get(workflow_id)
+            if entry.value:
+                return msgspec.json.decode(entry.value, type=SessionView)
+        except (BucketNotFoundError, KeyNotFoundError, NotFoundError):
+            pass
+        return await self.fold_session(workflow_id)
+
+    async def fold_session(self, workflow_id: str) -> SessionView:
+        """The session view computed from the streams now (no projection involved)."""
+        from jetagent.store import DirectGetter
+
         view = SessionView(workflow_id=workflow_id)
-        for event in await self.events(workflow_id):
-            view = fold_session(view, event)
+        for stream, subject in (
+            (self.names.workflows_stream, self.names.workflow(workflow_id)),
+            (self.names.steps_stream, f"{self.names.prefix}.step.{workflow_id}.>"),
+        ):
+            reader = DirectGetter(self.nc, stream, timeout=5.0)
+            await reader.open()
+            try:
+                records = await reader.scan(subject)
+            finally:
+                await reader.close()
+            for record in records:
+                if stream == self.names.steps_stream:
+                    apply_step_result(view, decode_step_result(record.data), record.seq)
+                else:
+                    apply_workflow_event(view, decode_event(record.data), record.seq)
         return view
 
 
@@ -349,6 +312,3 @@ class SyncClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-_ = Spend

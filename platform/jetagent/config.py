@@ -49,6 +49,7 @@ class Settings(BaseSettings):
     worker_concurrency: int = Field(16, ge=1, description="Steps one worker runs at once.")
     shutdown_grace_s: float = Field(20.0, ge=0, description="Seconds to finish steps on stop.")
     metrics_port: int = Field(9464, ge=0, le=65535, description="Prometheus /metrics port.")
+    metrics_addr: str = Field("127.0.0.1", description="Address /metrics listens on.")
     models: str | None = Field(None, description="Model catalog TOML (default: built in).")
 
     @field_validator("prefix")

@@ -22,7 +22,9 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import socket
+import time
 import traceback
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -124,6 +126,8 @@ class CapabilitySpec:
     subjects: Sequence[str] | None = None
     """Override the consumer's filter subjects (a pool serving some tools only)."""
     consumer: str | None = None
+    report: Callable[[], dict[str, Any]] | None = None
+    """Status to publish every few seconds (circuit breakers), for the metrics."""
 
 
 def capability(
@@ -194,6 +198,8 @@ class Worker:
         async with asyncio.TaskGroup() as tasks:
             for spec in self.specs:
                 tasks.create_task(self._serve(spec, stop))
+            if any(spec.report for spec in self.specs):
+                tasks.create_task(self._report(stop))
         await self._results.close()
         await self._workflows.close()
 
@@ -252,6 +258,23 @@ class Worker:
                     task.cancel()  # its message is nak'd and redelivered elsewhere
                 if late:
                     await asyncio.wait(late)
+
+    async def _report(self, stop: asyncio.Event) -> None:
+        """Publish each capability's status (breaker states) to the registry bucket."""
+        registry = ToolRegistry(self.js, self.names)
+        worker = re.sub(r"[^A-Za-z0-9_-]", "-", self.worker_id)
+        while not stop.is_set():
+            for spec in self.specs:
+                if spec.report is None:
+                    continue
+                try:
+                    status = {"at": time.time(), "worker": self.worker_id, **spec.report()}
+                    kv = await registry.kv()
+                    await kv.put(f"status.{spec.name}.{worker}", msgspec.json.encode(status))
+                except Exception as exc:
+                    log.warning("could not publish %s status: %s", spec.name, exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=5.0)
 
     # -------------------------------------------------------------------- steps
 

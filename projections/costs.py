@@ -1,0 +1,289 @@
+"""Cost and operations metrics, derived from events (``projections.costs``).
+
+:class:`MetricsState` folds events into totals — tokens, cost, calls, steps, latencies,
+workflow outcomes — and is checkpointed whole, so a restart neither resets nor doubles
+a total and a rebuild from sequence 0 reproduces them exactly. :class:`MetricsCollector`
+renders the state (plus live gauges: consumer backlog, circuit states, projection lag)
+for prometheus-client. Labels are bounded: capability, model, provider, tenant, kind,
+outcome, reason, stream, consumer — never a workflow or request id.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import datetime
+from decimal import Decimal
+
+import msgspec
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.registry import Collector
+
+from jetagent.events import (
+    Cancelled,
+    Finalized,
+    RequestRejected,
+    Started,
+    StepCompleted,
+    StepFailed,
+    StepResult,
+    StepScheduled,
+    Terminated,
+    WorkflowEvent,
+)
+
+__all__ = ["BUCKETS", "Histogram", "LiveGauges", "MetricsCollector", "MetricsState"]
+
+BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    120.0,
+)
+_SEP = "\x1f"
+
+
+def _key(*labels: str | None) -> str:
+    return _SEP.join(label or "" for label in labels)
+
+
+class Histogram(msgspec.Struct):
+    """Cumulative-at-render bucket counts, their sum and count."""
+
+    counts: list[int] = msgspec.field(default_factory=lambda: [0] * (len(BUCKETS) + 1))
+    total: float = 0.0
+    count: int = 0
+
+    def observe(self, value: float) -> None:
+        for i, bound in enumerate(BUCKETS):
+            if value <= bound:
+                self.counts[i] += 1
+                break
+        else:
+            self.counts[-1] += 1
+        self.total += value
+        self.count += 1
+
+
+class MetricsState(msgspec.Struct):
+    """Every total the metrics show, as a pure function of the events applied."""
+
+    tokens: dict[str, int] = msgspec.field(default_factory=dict)
+    cost_usd: dict[str, Decimal] = msgspec.field(default_factory=dict)
+    calls: dict[str, int] = msgspec.field(default_factory=dict)
+    steps: dict[str, int] = msgspec.field(default_factory=dict)
+    retries: dict[str, int] = msgspec.field(default_factory=dict)
+    duration: dict[str, Histogram] = msgspec.field(default_factory=dict)
+    turnaround: dict[str, Histogram] = msgspec.field(default_factory=dict)
+    workflows: dict[str, int] = msgspec.field(default_factory=dict)
+    terminations: dict[str, int] = msgspec.field(default_factory=dict)
+    active: dict[str, int] = msgspec.field(default_factory=dict)
+    dead_letters: dict[str, int] = msgspec.field(default_factory=dict)
+    open_workflows: dict[str, str] = msgspec.field(default_factory=dict)
+    """workflow id → tenant, while it runs (final events carry no tenant)."""
+    open_steps: dict[str, datetime] = msgspec.field(default_factory=dict)
+    """``<workflow>/<step>`` → when it was scheduled, until it completes."""
+
+    def apply_workflow_event(self, event: WorkflowEvent) -> None:
+        match event:
+            case Started():
+                self.open_workflows[event.workflow_id] = event.tenant
+                _add(self.active, event.tenant, 1)
+            case StepScheduled():
+                self.open_steps[f"{event.workflow_id}/{event.step_id}"] = event.at
+            case StepCompleted() | StepFailed():
+                started = self.open_steps.pop(f"{event.workflow_id}/{event.step_id}", None)
+                if started is not None:
+                    seconds = max((event.at - started).total_seconds(), 0.0)
+                    self.turnaround.setdefault(event.capability, Histogram()).observe(seconds)
+            case Finalized() | Terminated() | Cancelled():
+                tenant = self.open_workflows.pop(event.workflow_id, None)
+                if tenant is None:
+                    return  # an end without a start (impossible), or already counted
+                _add(self.active, tenant, -1)
+                outcome = type(event).__name__.lower()
+                _add(self.workflows, _key(tenant, outcome), 1)
+                if isinstance(event, Terminated):
+                    _add(self.terminations, event.reason, 1)
+                prefix = f"{event.workflow_id}/"
+                for step in [k for k in self.open_steps if k.startswith(prefix)]:
+                    del self.open_steps[step]
+            case RequestRejected():
+                _add(self.workflows, _key(event.tenant or "unknown", "rejected"), 1)
+
+    def apply_step_result(self, result: StepResult) -> None:
+        cap = result.capability
+        _add(self.steps, _key(cap, "ok" if result.ok else "failed"), 1)
+        retries = max(result.deliveries - 1, 0) + max(result.attempt - 1, 0)
+        if retries:
+            _add(self.retries, cap, retries)
+        seconds = max((result.finished_at - result.started_at).total_seconds(), 0.0)
+        self.duration.setdefault(cap, Histogram()).observe(seconds)
+        for call in result.calls:
+            _add(self.calls, _key(cap, call.model, call.provider, call.outcome), 1)
+            if call.usage is not None:
+                base = (cap, call.model, call.provider, result.tenant)
+                fresh = max(call.usage.input_tokens - call.usage.cached_tokens, 0)
+                _add(self.tokens, _key(*base, "input"), fresh)
+                _add(self.tokens, _key(*base, "cached"), call.usage.cached_tokens)
+                _add(self.tokens, _key(*base, "output"), call.usage.output_tokens)
+            if call.cost_usd is not None:
+                key = _key(cap, call.model, call.provider, result.tenant)
+                self.cost_usd[key] = self.cost_usd.get(key, Decimal(0)) + call.cost_usd
+
+    def apply_dead_letter(self, source: str) -> None:
+        _add(self.dead_letters, source, 1)
+
+    def totals(self) -> dict[str, object]:
+        """The comparable totals (what must match between a live run and a rebuild)."""
+        data: dict[str, object] = msgspec.to_builtins(self)
+        data.pop("open_steps")
+        return data
+
+
+def _add(counter: dict[str, int], key: str, amount: int) -> None:
+    counter[key] = counter.get(key, 0) + amount
+
+
+class LiveGauges(msgspec.Struct):
+    """Gauges read from the server, not derived from events."""
+
+    pending: dict[str, int] = msgspec.field(default_factory=dict)
+    ack_pending: dict[str, int] = msgspec.field(default_factory=dict)
+    circuits: dict[str, int] = msgspec.field(default_factory=dict)
+    lag: dict[str, int] = msgspec.field(default_factory=dict)
+    applied: dict[str, int] = msgspec.field(default_factory=dict)
+
+
+def _split(key: str) -> list[str]:
+    return key.split(_SEP)
+
+
+class MetricsCollector(Collector):
+    """Renders a :class:`MetricsState` and :class:`LiveGauges` for prometheus-client."""
+
+    def __init__(self, state: MetricsState, live: LiveGauges) -> None:
+        self.state = state
+        self.live = live
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily]:
+        s, live = self.state, self.live
+        yield _counter(
+            "jetagent_tokens",
+            "Tokens billed by providers.",
+            ["capability", "model", "provider", "tenant", "kind"],
+            s.tokens,
+        )
+        yield _counter(
+            "jetagent_cost_usd",
+            "USD billed by providers (catalog prices).",
+            ["capability", "model", "provider", "tenant"],
+            s.cost_usd,
+        )
+        yield _counter(
+            "jetagent_provider_calls",
+            "Provider calls by outcome.",
+            ["capability", "model", "provider", "outcome"],
+            s.calls,
+        )
+        yield _counter(
+            "jetagent_steps", "Step results by outcome.", ["capability", "outcome"], s.steps
+        )
+        yield _counter(
+            "jetagent_step_retries",
+            "Redeliveries and re-attempts of steps.",
+            ["capability"],
+            s.retries,
+        )
+        yield _histogram(
+            "jetagent_step_duration_seconds", "How long capability handlers ran.", s.duration
+        )
+        yield _histogram(
+            "jetagent_step_turnaround_seconds",
+            "From a step's scheduling to its completion, platform included.",
+            s.turnaround,
+        )
+        yield _counter(
+            "jetagent_workflows",
+            "Workflows that ended, by outcome.",
+            ["tenant", "outcome"],
+            s.workflows,
+        )
+        yield _counter(
+            "jetagent_workflow_terminations",
+            "Terminated workflows by reason.",
+            ["reason"],
+            s.terminations,
+        )
+        yield _gauge("jetagent_workflows_active", "Workflows running now.", ["tenant"], s.active)
+        yield _counter(
+            "jetagent_dead_letters",
+            "Messages sent to the dead-letter stream.",
+            ["source"],
+            s.dead_letters,
+        )
+        yield _gauge(
+            "jetagent_consumer_pending_messages",
+            "Messages not yet delivered to a consumer.",
+            ["stream", "consumer"],
+            live.pending,
+        )
+        yield _gauge(
+            "jetagent_consumer_ack_pending_messages",
+            "Messages delivered but not yet acknowledged.",
+            ["stream", "consumer"],
+            live.ack_pending,
+        )
+        yield _gauge(
+            "jetagent_circuit_state",
+            "Circuit breaker state (0 closed, 1 open, 2 half-open).",
+            ["provider", "base_url"],
+            live.circuits,
+        )
+        yield _gauge(
+            "jetagent_projection_lag_events", "Events not yet projected.", ["stream"], live.lag
+        )
+        yield _gauge(
+            "jetagent_projection_applied_sequence",
+            "Last stream sequence projected.",
+            ["stream"],
+            live.applied,
+        )
+
+
+def _counter(
+    name: str, doc: str, labels: list[str], values: dict[str, int] | dict[str, Decimal]
+) -> CounterMetricFamily:
+    family = CounterMetricFamily(name, doc, labels=labels)
+    for key, value in sorted(values.items()):
+        family.add_metric(_split(key), float(value))  # type: ignore[arg-type]
+    return family
+
+
+def _gauge(name: str, doc: str, labels: list[str], values: dict[str, int]) -> GaugeMetricFamily:
+    family = GaugeMetricFamily(name, doc, labels=labels)
+    for key, value in sorted(values.items()):
+        family.add_metric(_split(key), float(value))
+    return family
+
+
+def _histogram(name: str, doc: str, values: dict[str, Histogram]) -> HistogramMetricFamily:
+    family = HistogramMetricFamily(name, doc, labels=["capability"])
+    for capability, histogram in sorted(values.items()):
+        cumulative, buckets = 0, []
+        for bound, count in zip([*map(str, BUCKETS), "+Inf"], histogram.counts, strict=True):
+            cumulative += count
+            buckets.append((bound, float(cumulative)))
+        family.add_metric([capability], buckets, histogram.total)
+    return family

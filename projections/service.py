@@ -1,0 +1,354 @@
+"""The projection service: session views and metrics, live, checkpointed, rebuildable.
+
+It reads ``JA_WORKFLOWS``, ``JA_STEPS`` and ``JA_DLQ`` with ordered consumers from its
+checkpoint, folds every event into the session views (``JA_SESSIONS``) and the metric
+totals, and every second (or 5,000 events) writes the changed views, then one
+checkpoint (``JA_PROJECTIONS``) holding the stream positions and the metric totals
+together. Restarting resumes from the checkpoint: views ignore events they applied (each
+remembers its last sequence per stream) and totals were saved at exactly the checkpoint's
+positions, so nothing is reset or counted twice. ``rebuild()`` replays from sequence 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.errors import Error as NatsError
+from nats.js.api import ConsumerConfig, DeliverPolicy
+from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NotFoundError
+from nats.js.kv import KeyValue
+from prometheus_client import CollectorRegistry, start_http_server
+
+from jetagent.config import Settings
+from jetagent.events import decode_event, decode_step_result
+from jetagent.provision import provision
+from jetagent.sessions import SessionView, apply_step_result, apply_workflow_event
+from projections.costs import LiveGauges, MetricsCollector, MetricsState
+
+__all__ = ["Checkpoint", "ProjectionService"]
+
+log = logging.getLogger("jetagent.projections")
+
+CHECKPOINT_KEY = "projection"
+_FINAL_VIEWS_KEPT = 20_000
+
+
+class Checkpoint(msgspec.Struct):
+    positions: dict[str, int] = msgspec.field(default_factory=dict)
+    metrics: MetricsState = msgspec.field(default_factory=MetricsState)
+
+
+_checkpoint_decoder = msgspec.json.Decoder(Checkpoint)
+_encoder = msgspec.json.Encoder(decimal_format="string")
+_view_decoder = msgspec.json.Decoder(SessionView)
+Progress = Callable[[int, int], None]
+
+
+@dataclass
+class _Inbox:
+    """Messages of every followed stream, in arrival order."""
+
+    items: deque[tuple[str, Msg]] = field(default_factory=deque)
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class ProjectionService:
+    """One projection replica (run one; a second would only duplicate the writes)."""
+
+    def __init__(
+        self,
+        nc: NATS,
+        settings: Settings,
+        *,
+        checkpoint_events: int = 5000,
+        checkpoint_interval_s: float = 1.0,
+    ) -> None:
+        self.nc = nc
+        self.settings = settings
+        self.names = settings.names
+        self.js = nc.jetstream()
+        self.checkpoint_events = checkpoint_events
+        self.checkpoint_interval_s = checkpoint_interval_s
+        self.metrics = MetricsState()
+        self.live = LiveGauges()
+        self.positions: dict[str, int] = {}
+        self.views: OrderedDict[str, SessionView] = OrderedDict()
+        self._dirty: set[str] = set()
+        self._since_checkpoint = 0
+        self._sessions: KeyValue | None = None
+        self._checkpoints: KeyValue | None = None
+        self._rebuilding = False
+        self._rebuilt: set[str] = set()
+        self.registry = CollectorRegistry()
+        self.registry.register(MetricsCollector(self.metrics, self.live))
+
+    @property
+    def streams(self) -> dict[str, str]:
+        names = self.names
+        return {
+            names.workflows_stream: f"{names.prefix}.wf.>",
+            names.steps_stream: f"{names.prefix}.step.>",
+            names.dlq_stream: f"{names.prefix}.dlq.>",
+        }
+
+    async def _buckets(self) -> tuple[KeyValue, KeyValue]:
+        if self._sessions is None or self._checkpoints is None:
+            self._sessions = await self.js.key_value(self.names.bucket("SESSIONS"))
+            self._checkpoints = await self.js.key_value(self.names.bucket("PROJECTIONS"))
+        return self._sessions, self._checkpoints
+
+    # --------------------------------------------------------------- applying
+
+    async def _view(self, workflow_id: str) -> SessionView:
+        view = self.views.get(workflow_id)
+        if view is None:
+            # While rebuilding, the stored view is stale unless this rebuild wrote it.
+            if not self._rebuilding or workflow_id in self._rebuilt:
+                view = await self._stored_view(workflow_id)
+            view = view or SessionView(workflow_id=workflow_id)
+            self.views[workflow_id] = view
+            self._evict()
+        else:
+            self.views.move_to_end(workflow_id)
+        return view
+
+    async def _stored_view(self, workflow_id: str) -> SessionView | None:
+        sessions, _ = await self._buckets()
+        try:
+            entry = await sessions.get(workflow_id)
+        except (KeyNotFoundError, NotFoundError):
+            return None
+        return _view_decoder.decode(entry.value) if entry.value else None
+
+    def _evict(self) -> None:
+        # Running workflows stay; finished ones are kept up to a bound, oldest out first
+        # (only once flushed, so nothing unsaved is dropped).
+        if len(self.views) <= _FINAL_VIEWS_KEPT:
+            return
+        for workflow_id in list(self.views)[: len(self.views) - _FINAL_VIEWS_KEPT]:
+            view = self.views[workflow_id]
+            if view.status.is_final and workflow_id not in self._dirty:
+                del self.views[workflow_id]
+
+    async def apply(self, stream: str, seq: int, subject: str, data: bytes) -> None:
+        """Fold one stored message of ``stream`` into views and totals."""
+        if seq <= self.positions.get(stream, 0):
+            return
+        names = self.names
+        try:
+            if stream == names.workflows_stream:
+                event = decode_event(data)
+                view = await self._view(event.workflow_id)
+                if apply_workflow_event(view, event, seq):
+                    self._dirty.add(event.workflow_id)
+                self.metrics.apply_workflow_event(event)
+            elif stream == names.steps_stream:
+                result = decode_step_result(data)
+                view = await self._view(result.workflow_id)
+                if apply_step_result(view, result, seq):
+                    self._dirty.add(result.workflow_id)
+                self.metrics.apply_step_result(result)
+            else:
+                self.metrics.apply_dead_letter(subject.rsplit(".", 1)[-1])
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            log.warning("skipping unreadable message %s:%d (%s)", stream, seq, exc)
+        self.positions[stream] = seq
+        self._since_checkpoint += 1
+
+    # ------------------------------------------------------------ checkpoints
+
+    async def load_checkpoint(self) -> None:
+        _, checkpoints = await self._buckets()
+        try:
+            entry = await checkpoints.get(CHECKPOINT_KEY)
+        except (KeyNotFoundError, NotFoundError):
+            return
+        if entry.value:
+            saved = _checkpoint_decoder.decode(entry.value)
+            self.positions = saved.positions
+            self._replace_metrics(saved.metrics)
+
+    def _replace_metrics(self, metrics: MetricsState) -> None:
+        for item in msgspec.structs.fields(MetricsState):
+            setattr(self.metrics, item.name, getattr(metrics, item.name))
+
+    async def checkpoint(self) -> None:
+        """Write the changed views, then the positions and totals (in that order)."""
+        sessions, checkpoints = await self._buckets()
+        dirty, self._dirty = list(self._dirty), set()
+        if self._rebuilding:
+            self._rebuilt.update(dirty)
+        for start in range(0, len(dirty), 512):
+            window = dirty[start : start + 512]
+            await asyncio.gather(
+                *(sessions.put(wid, _encoder.encode(self.views[wid])) for wid in window)
+            )
+        saved = Checkpoint(positions=dict(self.positions), metrics=self.metrics)
+        await checkpoints.put(CHECKPOINT_KEY, _encoder.encode(saved))
+        self._since_checkpoint = 0
+
+    # -------------------------------------------------------------- following
+
+    async def _follow(self, stream: str, subject: str, inbox: _Inbox) -> Any:
+        async def on_message(msg: Msg) -> None:
+            inbox.items.append((stream, msg))
+            inbox.arrived.set()
+
+        return await self.js.subscribe(
+            subject,
+            stream=stream,
+            ordered_consumer=True,
+            cb=on_message,
+            config=ConsumerConfig(
+                deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+                opt_start_seq=self.positions.get(stream, 0) + 1,
+            ),
+        )
+
+    async def _last_sequences(self) -> dict[str, int]:
+        last = {}
+        for stream in self.streams:
+            info = await self.js.stream_info(stream)
+            last[stream] = info.state.last_seq
+        return last
+
+    async def process(
+        self,
+        stop: asyncio.Event,
+        *,
+        until_caught_up: bool = False,
+        progress: Progress | None = None,
+    ) -> None:
+        """Apply messages as they arrive until ``stop`` (or, for a rebuild, the end)."""
+        inbox = _Inbox()
+        targets = await self._last_sequences()
+        total = sum(max(targets[s] - self.positions.get(s, 0), 0) for s in targets)
+        subscriptions = [await self._follow(s, subj, inbox) for s, subj in self.streams.items()]
+        done = 0
+        last_checkpoint = time.monotonic()
+        try:
+            while not stop.is_set():
+                if inbox.items:
+                    stream, msg = inbox.items.popleft()
+                    await self.apply(stream, msg.metadata.sequence.stream, msg.subject, msg.data)
+                    done += 1
+                    if progress is not None and done % 5000 == 0:
+                        progress(done, total)
+                    if self._since_checkpoint < self.checkpoint_events:
+                        continue
+                else:
+                    if until_caught_up and all(
+                        self.positions.get(s, 0) >= t for s, t in targets.items()
+                    ):
+                        break
+                    inbox.arrived.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(inbox.arrived.wait(), timeout=0.25)
+                now = time.monotonic()
+                if self._since_checkpoint >= self.checkpoint_events or (
+                    self._since_checkpoint and now - last_checkpoint >= self.checkpoint_interval_s
+                ):
+                    await self.checkpoint()
+                    last_checkpoint = now
+        finally:
+            for subscription in subscriptions:
+                with contextlib.suppress(NatsError):
+                    await subscription.unsubscribe()
+        await self.checkpoint()
+        if progress is not None:
+            progress(done, total)
+
+    async def refresh_live_gauges(self) -> None:
+        """Consumer backlog, projection lag and circuit states, read from the server."""
+        names = self.names
+        pending: dict[str, int] = {}
+        ack_pending: dict[str, int] = {}
+        for stream in (names.requests_stream, names.workflows_stream, names.steps_stream):
+            with contextlib.suppress(NatsError, NotFoundError):
+                for info in await self.js.consumers_info(stream):
+                    if info.config.durable_name:
+                        key = f"{stream}\x1f{info.config.durable_name}"
+                        pending[key] = info.num_pending or 0
+                        ack_pending[key] = info.num_ack_pending or 0
+        self.live.pending, self.live.ack_pending = pending, ack_pending
+        with contextlib.suppress(NatsError, NotFoundError):
+            last = await self._last_sequences()
+            self.live.lag = {s: max(last[s] - self.positions.get(s, 0), 0) for s in last}
+            self.live.applied = {s: self.positions.get(s, 0) for s in last}
+        self.live.circuits = await self._circuits()
+
+    async def _circuits(self) -> dict[str, int]:
+        circuits: dict[str, int] = {}
+        try:
+            registry = await self.js.key_value(self.names.bucket("REGISTRY"))
+            keys = await registry.keys(filters=["status.>"])
+        except (NatsError, NotFoundError, BucketNotFoundError):
+            return circuits
+        now = time.time()
+        for key in keys:
+            with contextlib.suppress(KeyNotFoundError, NotFoundError, msgspec.DecodeError):
+                report = msgspec.json.decode((await registry.get(key)).value or b"{}")
+                if now - float(report.get("at", 0)) > 60:
+                    continue  # a worker that stopped reporting
+                for breaker in report.get("circuits", []):
+                    label = f"{breaker['provider']}\x1f{breaker['base_url']}"
+                    circuits[label] = max(circuits.get(label, 0), int(breaker["state_value"]))
+        return circuits
+
+    # ------------------------------------------------------------------ modes
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Serve: resume from the checkpoint, follow the streams, expose /metrics."""
+        await provision(self.nc, self.settings)
+        await self.load_checkpoint()
+        server, thread = start_http_server(
+            self.settings.metrics_port, addr=self.settings.metrics_addr, registry=self.registry
+        )
+        log.info(
+            "projections serving http://%s:%d/metrics from positions %s",
+            self.settings.metrics_addr,
+            self.settings.metrics_port,
+            self.positions,
+        )
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(self.process(stop))
+                tasks.create_task(self._gauges_loop(stop))
+        finally:
+            server.shutdown()
+            server.server_close()
+            thread.join(timeout=5)
+
+    async def _gauges_loop(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await self.refresh_live_gauges()
+            except Exception:
+                log.exception("refreshing live gauges failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=2.0)
+
+    async def rebuild(self, progress: Progress | None = None) -> int:
+        """Replay every stream from sequence 0 into fresh views and totals; return events."""
+        await provision(self.nc, self.settings)
+        self._rebuilding = True
+        self._rebuilt = set()
+        self.positions = {}
+        self.views.clear()
+        self._dirty.clear()
+        self._replace_metrics(MetricsState())
+        try:
+            await self.process(asyncio.Event(), until_caught_up=True, progress=progress)
+        finally:
+            self._rebuilding = False
+        return sum(self.positions.values())
