@@ -8,6 +8,7 @@ the step's result, the one place its usage and cost are recorded.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -16,7 +17,7 @@ import msgspec
 from capabilities.reasoning.gateway import ModelGateway
 from capabilities.reasoning.offline import OfflineProvider
 from capabilities.reasoning.records import GatewayResult
-from jetagent import CapabilitySpec, StepContext, StepOutput
+from jetagent import CapabilitySpec, StepContext, StepOutput, telemetry
 from jetagent.events import CallRecord, RoutingDecision
 from jetagent.llm import Message, ToolSpec
 from jetagent.models import ModelCatalog
@@ -27,6 +28,24 @@ SUMMARY_PROMPT = (
     "Summarise the conversation above for the user in a few sentences: what was asked, "
     "what was done, and the final answer."
 )
+
+
+def _trace_calls(result: GatewayResult, max_tokens: int) -> None:
+    """One GenAI span per provider call of the step (children of the step's span)."""
+    ended = datetime.now(UTC)
+    for attempt in result.attempts:
+        telemetry.model_call_span(
+            provider=attempt.provider,
+            request_model=attempt.model,
+            response_model=result.completion.model if attempt.winner else None,
+            input_tokens=attempt.usage.input_tokens if attempt.usage else None,
+            output_tokens=attempt.usage.output_tokens if attempt.usage else None,
+            max_tokens=attempt.max_tokens or max_tokens,
+            outcome=attempt.outcome,
+            started=ended - timedelta(seconds=attempt.latency_s),
+            ended=ended,
+            error=attempt.error,
+        )
 
 
 def _records(result: GatewayResult) -> tuple[list[CallRecord], list[RoutingDecision]]:
@@ -69,6 +88,7 @@ def reasoning_capabilities(
             remaining_usd=_budget(data.get("remaining_usd")),
         )
         completion = result.completion
+        _trace_calls(result, int(data["max_tokens"]))
         calls, routing = _records(result)
         return StepOutput(
             output={

@@ -62,8 +62,11 @@ def _logging(verbose: bool = False) -> None:
     logging.getLogger("nats").setLevel(logging.WARNING)
 
 
-def _run(main: Callable[[asyncio.Event], Awaitable[int | None]]) -> None:
+def _run(main: Callable[[asyncio.Event], Awaitable[int | None]], *, service: str = "cli") -> None:
     """Run ``main(stop)`` on a fresh loop; SIGINT/SIGTERM set ``stop``."""
+    from jetagent.telemetry import setup_from_environment
+
+    provider = setup_from_environment(service)
 
     async def runner() -> int | None:
         stop = asyncio.Event()
@@ -77,6 +80,9 @@ def _run(main: Callable[[asyncio.Event], Awaitable[int | None]]) -> None:
     except JetagentError as exc:
         err.print(f"[red]error:[/] {exc}")
         raise typer.Exit(2) from None
+    finally:
+        if provider is not None:
+            provider.shutdown()  # flush spans still batched
     raise typer.Exit(code or 0)
 
 
@@ -108,7 +114,7 @@ def up(
         console.print("[bold green]jetagent is up[/] — Ctrl-C stops everything")
         return await platform.run(stop)
 
-    _run(main)
+    _run(main, service="up")
 
 
 def _has_projections() -> bool:
@@ -132,7 +138,7 @@ def orchestrator(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = Fal
         finally:
             await nc.close()
 
-    _run(main)
+    _run(main, service="orchestrator")
 
 
 @app.command()
@@ -162,7 +168,7 @@ def worker(
         finally:
             await nc.drain()
 
-    _run(main)
+    _run(main, service="worker")
 
 
 @app.command()
@@ -229,7 +235,7 @@ def submit(
         finally:
             await client.close()
 
-    _run(main)
+    _run(main, service="submit")
 
 
 @app.command()
@@ -247,7 +253,7 @@ def watch(workflow_id: str) -> None:
         finally:
             await client.close()
 
-    _run(main)
+    _run(main, service="watch")
 
 
 @app.command()
@@ -288,7 +294,7 @@ def projections_run(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = 
         finally:
             await nc.close()
 
-    _run(main)
+    _run(main, service="projections")
 
 
 @projections_app.command("rebuild")

@@ -19,7 +19,9 @@ import msgspec
 from nats.aio.client import Client as NATS
 from nats.errors import Error as NatsError
 from nats.js.api import ConsumerConfig, DeliverPolicy
+from opentelemetry.trace import SpanKind
 
+from jetagent import telemetry
 from jetagent.config import Settings
 from jetagent.contract import Status, WorkflowRequest
 from jetagent.errors import ConfigError, RequestRejectedError
@@ -149,11 +151,13 @@ class Client:
                 raise ValueError("submit() needs a WorkflowRequest or an instruction")
             request = WorkflowRequest(instruction=instruction, tenant=tenant, **fields)
         body = request.model_dump_json(exclude_none=True).encode()
-        await self.js.publish(
-            self.names.request(request.tenant),
-            body,
-            headers={"Nats-Msg-Id": request.request_id},
-        )
+        attributes = {"jetagent.workflow_id": request.request_id, "jetagent.tenant": request.tenant}
+        with telemetry.span("jetagent submit", kind=SpanKind.PRODUCER, attributes=attributes):
+            await self.js.publish(
+                self.names.request(request.tenant),
+                body,
+                headers=telemetry.inject({"Nats-Msg-Id": request.request_id}),
+            )
         return request.request_id
 
     async def watch(self, workflow_id: str) -> AsyncIterator[WorkflowEvent]:

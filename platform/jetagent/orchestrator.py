@@ -28,10 +28,12 @@ import msgspec
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
+from opentelemetry.trace import SpanKind
 
+from jetagent import telemetry
 from jetagent.config import Settings
 from jetagent.consume import Puller
-from jetagent.contract import Status, validate_request
+from jetagent.contract import validate_request
 from jetagent.errors import JetagentError
 from jetagent.events import (
     CancelRequested,
@@ -40,7 +42,6 @@ from jetagent.events import (
     StepScheduled,
     WorkflowEvent,
     decode_step_result,
-    encode,
 )
 from jetagent.journal import Journal, Loaded
 from jetagent.models import ModelCatalog
@@ -149,7 +150,11 @@ class Orchestrator:
         self, msg: Msg, handle: Callable[[Msg], Awaitable[None]], puller: Puller
     ) -> None:
         try:
-            await handle(msg)
+            kind = msg.subject.split(".", 2)[1]
+            with telemetry.span(
+                f"jetagent orchestrate {kind}", parent=msg.headers, kind=SpanKind.CONSUMER
+            ):
+                await handle(msg)
             await msg.ack()
             self.processed += 1
         except (StoreUnavailableError, NatsError) as exc:
@@ -256,11 +261,8 @@ class Orchestrator:
         if msg is None:
             return {}
         meta = msg.metadata
-        headers = {"Ja-Causation": f"{meta.stream}:{meta.sequence.stream}"}
-        trace = (msg.headers or {}).get("traceparent")
-        if trace:
-            headers["traceparent"] = trace
-        return headers
+        # The events continue this decision's trace: workers' spans become its children.
+        return telemetry.inject({"Ja-Causation": f"{meta.stream}:{meta.sequence.stream}"})
 
     # ---------------------------------------------------------------- deciding
 
@@ -340,6 +342,3 @@ def _safe_token(value: object) -> str | None:
     if isinstance(value, str) and fullmatch(r"[A-Za-z0-9_-]{1,64}", value):
         return value
     return None
-
-
-_ = (Status, encode)

@@ -76,6 +76,8 @@ class ToolRegistry:
                 if entry is None:  # the initial values are all delivered
                     self._ready.set()
                     continue
+                if not entry.key.startswith("tool."):
+                    continue  # worker status reports share the bucket
                 name = entry.key.removeprefix("tool.")
                 if entry.operation in ("DEL", "PURGE") or not entry.value:
                     self.tools.pop(name, None)

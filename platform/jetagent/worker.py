@@ -38,7 +38,9 @@ from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 from nats.js.client import JetStreamContext
 from nats.js.kv import KeyValue
+from opentelemetry.trace import SpanKind
 
+from jetagent import telemetry
 from jetagent.config import Names, Settings
 from jetagent.consume import Puller
 from jetagent.errors import CapabilityError, PermanentError, RateLimitedError, TransientError
@@ -280,7 +282,13 @@ class Worker:
 
     async def _run_step(self, spec: CapabilitySpec, msg: Msg, puller: Puller) -> None:
         try:
-            await self._step(spec, msg)
+            with telemetry.span(
+                f"jetagent step {spec.name}",
+                parent=msg.headers,
+                kind=SpanKind.CONSUMER,
+                attributes={"jetagent.capability": spec.name},
+            ):
+                await self._step(spec, msg)
         except asyncio.CancelledError:
             with contextlib.suppress(NatsError):
                 await msg.nak()
@@ -440,12 +448,14 @@ class Worker:
         return self._result(event, started, deliveries, ok=False, error=error, calls=calls)
 
     async def _publish_result(self, subject: str, result: StepResult) -> None:
-        headers = {
-            "Nats-Expected-Last-Subject-Sequence": "0",
-            "Nats-Msg-Id": f"{result.workflow_id}.{result.step_id}",
-            "Ja-Event": "StepResult",
-            "Ja-Workflow": result.workflow_id,
-        }
+        headers = telemetry.inject(
+            {
+                "Nats-Expected-Last-Subject-Sequence": "0",
+                "Nats-Msg-Id": f"{result.workflow_id}.{result.step_id}",
+                "Ja-Event": "StepResult",
+                "Ja-Workflow": result.workflow_id,
+            }
+        )
         reply = await self.nc.request(subject, encode(result), timeout=5.0, headers=headers)
         ack = msgspec.json.decode(reply.data)
         error = ack.get("error") if isinstance(ack, dict) else None
