@@ -119,7 +119,8 @@ class Platform:
                 f"(monitoring {self.server.monitor_url}, data {data_dir / 'nats'})"
             )
         await self._provision()
-        env = {**os.environ, "NATS_URL": self.url, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, **self.settings.to_env(), "NATS_URL": self.url}
+        env["PYTHONUNBUFFERED"] = "1"
         if self.log_dir is not None:
             self.log_dir.mkdir(parents=True, exist_ok=True)
         for service in self.services:

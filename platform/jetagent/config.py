@@ -65,6 +65,18 @@ class Settings(BaseSettings):
         items = {t.strip() for t in self.tenants.split(",") if t.strip()}
         return None if "*" in items else frozenset(items)
 
+    def to_env(self) -> dict[str, str]:
+        """These settings as environment variables, for the processes a command starts."""
+        env = {}
+        for name, value in self.model_dump().items():
+            if value is None:
+                continue
+            key = "NATS_URL" if name == "nats_url" else f"JETAGENT_{name.upper()}"
+            if name == "nats_creds":
+                key = "NATS_CREDS"
+            env[key] = str(value)
+        return env
+
     @property
     def names(self) -> Names:
         return Names(self.prefix)

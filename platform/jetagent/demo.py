@@ -13,9 +13,12 @@ from __future__ import annotations
 import asyncio
 import tempfile
 import time
+import urllib.request
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
+from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 from rich.table import Table
 
@@ -24,6 +27,7 @@ from jetagent._up import Platform, default_services
 from jetagent.client import Client, WorkflowResult
 from jetagent.config import Settings
 from jetagent.contract import WorkflowRequest
+from jetagent.embedded import free_port
 
 __all__ = ["EXAMPLES", "main"]
 
@@ -52,10 +56,10 @@ EXAMPLES: list[tuple[str, dict[str, object]]] = [
 
 async def run_demo(console: Console, data_dir: Path) -> int:
     started = time.monotonic()
-    settings = Settings(nats_url="", data_dir=data_dir, tenants="demo")
+    settings = Settings(nats_url="", data_dir=data_dir, tenants="demo", metrics_port=free_port())
     platform = Platform(
         settings,
-        default_services(projections=False),
+        default_services(projections=True),
         console=console,
         log_dir=data_dir / "logs",
     )
@@ -84,6 +88,7 @@ async def run_demo(console: Console, data_dir: Path) -> int:
 
         async with asyncio.timeout(45):
             await asyncio.gather(*(show(label, r) for label, r in requests.items()))
+        metrics = await _metrics(settings.metrics_port, expected_workflows=len(requests))
     finally:
         await client.close()
         await platform.stop(pumps)
@@ -105,9 +110,66 @@ async def run_demo(console: Console, data_dir: Path) -> int:
         f"total: {sum(r.tokens for r in results.values())} tokens, ${total:.6f}; "
         f"demo took {time.monotonic() - started:.1f} s; service logs in {data_dir / 'logs'}"
     )
+    _print_metrics(console, metrics, settings.metrics_port)
     expected = {"arithmetic", "memory", "summary"}
     ok = all(results[k].ok for k in expected) and results["over-budget"].reason == "token_cap"
     return 0 if ok else 1
+
+
+async def _metrics(port: int, *, expected_workflows: int) -> dict[str, list[Any]]:
+    """Scrape /metrics once the projection has counted every workflow."""
+    url = f"http://127.0.0.1:{port}/metrics"
+    families: dict[str, list[Any]] = {}
+    for _ in range(100):
+        try:
+            text = await asyncio.to_thread(_get, url)
+        except OSError:
+            await asyncio.sleep(0.1)
+            continue
+        families = {f.name: f.samples for f in text_string_to_metric_families(text)}
+        ended = sum(s.value for s in families.get("jetagent_workflows", []))
+        if ended >= expected_workflows:
+            break
+        await asyncio.sleep(0.1)
+    return families
+
+
+def _get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=2) as reply:
+        return str(reply.read().decode())
+
+
+def _print_metrics(console: Console, families: dict[str, list[Any]], port: int) -> None:
+    table = Table(title=f"metrics (projections, http://127.0.0.1:{port}/metrics)")
+    for column in (
+        "capability",
+        "model",
+        "provider",
+        "input tokens",
+        "output tokens",
+        "cost (USD)",
+    ):
+        table.add_column(column)
+    rows: dict[tuple[str, str, str], list[float]] = {}
+    for sample in families.get("jetagent_tokens", []):
+        labels = sample.labels
+        row = rows.setdefault(
+            (labels["capability"], labels["model"], labels["provider"]), [0, 0, 0]
+        )
+        row[0 if labels["kind"] in ("input", "cached") else 1] += sample.value
+    for sample in families.get("jetagent_cost_usd", []):
+        labels = sample.labels
+        key = (labels["capability"], labels["model"], labels["provider"])
+        rows.setdefault(key, [0, 0, 0])[2] += sample.value
+    for (capability, model, provider), (tokens_in, tokens_out, cost) in sorted(rows.items()):
+        table.add_row(
+            capability, model, provider, f"{tokens_in:.0f}", f"{tokens_out:.0f}", f"{cost:.6f}"
+        )
+    console.print(table)
+    outcomes = ", ".join(
+        f"{s.labels['outcome']} {s.value:.0f}" for s in families.get("jetagent_workflows", [])
+    )
+    console.print(f"workflows by outcome: {outcomes}")
 
 
 def main() -> int:
