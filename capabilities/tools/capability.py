@@ -24,15 +24,28 @@ def tools_capability(
 ) -> CapabilitySpec:
     """The tools capability serving the built-in tools plus ``extra``.
 
-    ``only`` restricts this worker to some tools (a pool of its own for a heavy tool).
+    Without ``only`` it serves every tool of the capability that is not ``dedicated``;
+    ``only`` names dedicated tools to serve instead — a pool of their own, on a consumer
+    of their own, so a slow or heavy tool scales without holding up the others.
     """
-    box = ToolBox.of([*BUILTIN_TOOLS, *extra])
-    if only is not None:
-        wanted = set(only)
-        unknown = wanted - set(box.tools)
+    tools = {t.name: t for t in [*BUILTIN_TOOLS, *extra] if t.capability == name}
+    box = ToolBox(tools=tools)
+    if only is None:
+        served = [t for t in tools.values() if not t.dedicated]
+        consumer = None
+    else:
+        wanted = sorted(set(only))
+        unknown = [t for t in wanted if t not in tools]
         if unknown:
-            raise ValueError(f"unknown tools for --only: {', '.join(sorted(unknown))}")
-        box = ToolBox.of(t for t in box.tools.values() if t.name in wanted)
+            raise ValueError(f"unknown tools for --only: {', '.join(unknown)}")
+        shared = [t for t in wanted if not tools[t].dedicated]
+        if shared:
+            raise ValueError(
+                f"{', '.join(shared)} {'is' if len(shared) == 1 else 'are'} served by every "
+                f"{name} worker; mark a tool @tool(dedicated=True) to give it a pool of its own"
+            )
+        served = [tools[t] for t in wanted]
+        consumer = f"cap-{name}-" + "-".join(wanted)
 
     async def run(step: StepContext) -> StepOutput:
         data = step.input
@@ -46,15 +59,11 @@ def tools_capability(
             output["ok"] = "error" not in answer
         return StepOutput(output=output, calls=list(calls))
 
-    served = [t for t in box.tools.values() if t.capability == name]
     return CapabilitySpec(
         name=name,
         handler=run,
-        tools=[t.registration() for t in box.tools.values()],
-        subjects=None
-        if only is None
-        else [f"{{p}}.wf.*.StepScheduled.{name}.{t.name}" for t in served],
-        consumer=None
-        if only is None
-        else f"cap-{name}-" + "-".join(sorted(t.name for t in served)),
+        # Every tool is announced (dedicated ones too), so the orchestrator knows them all.
+        tools=[t.registration() for t in tools.values()],
+        subjects=[f"{{p}}.wf.*.StepScheduled.{name}.{t.name}" for t in served],
+        consumer=consumer,
     )

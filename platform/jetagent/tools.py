@@ -1,4 +1,4 @@
-"""Tools: type-hinted functions the model may call, with JSON Schemas derived from hints.
+"""Tools: functions the model may call, each with a JSON Schema for its arguments.
 
 ::
 
@@ -6,22 +6,33 @@
     def add(a: float, b: float) -> float:
         return a + b
 
-Arguments are validated against the schema before the function runs; invalid
-arguments, an unknown tool, a timeout or an exception become a *tool error* — an
-output the model sees (``{"error": ...}``) — never a crash of the worker. A tool may
-take a ``StepContext`` as its first parameter (``ctx``) to reach JetStream or the tenant.
-Sync tools run in a thread, so they never block the worker's event loop.
+The schema comes from the type hints (or is given, for tools served by MCP servers).
+Arguments are validated before the function runs; invalid arguments, an unknown tool,
+a timeout or an exception become a *tool error* — an output the model sees
+(``{"error": ...}``) — never a crash of the worker. A tool may take a ``StepContext`` as
+its first parameter (``ctx``) to reach JetStream or the tenant.
+
+Where a tool runs, so that no tool stalls the worker's other steps:
+``runs_in="loop"`` (async tools; the default for coroutine functions), ``"thread"``
+(blocking sync tools; the default for plain functions) or ``"process"`` (CPU-bound
+tools: a process pool, so they never hold the worker's GIL). A tool marked
+``dedicated=True`` is served only by its own pool of workers
+(``jetagent worker tools --only NAME``), so a slow or heavy tool scales on its own.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
+import os
 import re
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, get_type_hints
+from typing import Any, Literal, get_type_hints
 
+import jsonschema
 import msgspec
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
@@ -31,6 +42,7 @@ from jetagent.registry import RegisteredTool
 __all__ = ["Tool", "ToolBox", "tool"]
 
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,63}")
+RunsIn = Literal["loop", "thread", "process"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -40,20 +52,28 @@ class Tool:
     name: str
     description: str
     function: Callable[..., Any]
-    arguments: type[BaseModel]
+    parameters: dict[str, Any]
+    """JSON Schema of the arguments (what the model is shown)."""
+    arguments: type[BaseModel] | None = None
+    """A pydantic model of the arguments, for tools declared with type hints."""
     takes_context: bool = False
     requires_approval: bool = False
     timeout_s: float = 30.0
     max_tokens: int = 0
+    """Tokens one call may use (an LLM-backed tool); reserved against the token cap."""
     capability: str = "tools"
-    pool: str | None = None
-    """Run in a process pool of this name (CPU-bound tools), or None for the worker."""
+    dedicated: bool = False
+    runs_in: RunsIn = "thread"
+
+    def __post_init__(self) -> None:
+        if not _NAME.fullmatch(self.name):
+            raise ValueError(
+                f"tool name {self.name!r}: use letters, digits, '_' or '-' (a subject token)"
+            )
 
     @property
     def spec(self) -> ToolSpec:
-        schema = self.arguments.model_json_schema()
-        schema.pop("title", None)
-        return ToolSpec(name=self.name, description=self.description, parameters=schema)
+        return ToolSpec(name=self.name, description=self.description, parameters=self.parameters)
 
     def registration(self) -> RegisteredTool:
         return RegisteredTool(
@@ -64,6 +84,29 @@ class Tool:
             timeout_s=self.timeout_s,
         )
 
+    def validate(self, arguments: Any) -> dict[str, Any] | str:
+        """The keyword arguments to call with, or a message saying what is wrong."""
+        if not isinstance(arguments, dict):
+            return f"arguments of {self.name} must be a JSON object"
+        if self.arguments is not None:
+            try:
+                parsed = self.arguments.model_validate(arguments)
+            except ValidationError as exc:
+                return f"invalid arguments for {self.name}: " + "; ".join(
+                    f"{'.'.join(str(p) for p in e['loc']) or 'arguments'}: {e['msg']}"
+                    for e in exc.errors()
+                )
+            return {k: getattr(parsed, k) for k in self.arguments.model_fields}
+        errors = sorted(
+            jsonschema.Draft202012Validator(self.parameters).iter_errors(arguments),
+            key=lambda e: list(e.path),
+        )
+        if errors:
+            return f"invalid arguments for {self.name}: " + "; ".join(
+                f"{'.'.join(str(p) for p in e.path) or 'arguments'}: {e.message}" for e in errors
+            )
+        return dict(arguments)
+
 
 def tool(
     name: str | None = None,
@@ -73,16 +116,13 @@ def tool(
     timeout_s: float = 30.0,
     max_tokens: int = 0,
     capability: str = "tools",
-    pool: str | None = None,
+    dedicated: bool = False,
+    runs_in: RunsIn | None = None,
 ) -> Callable[[Callable[..., Any]], Tool]:
     """Declare a function as a tool; its JSON Schema comes from its type hints."""
 
     def wrap(function: Callable[..., Any]) -> Tool:
         tool_name = name or function.__name__
-        if not _NAME.fullmatch(tool_name):
-            raise ValueError(
-                f"tool name {tool_name!r}: use letters, digits, '_' or '-' (it is a subject token)"
-            )
         hints = get_type_hints(function)
         params = list(inspect.signature(function).parameters.values())
         takes_context = bool(params) and params[0].name == "ctx"
@@ -90,24 +130,33 @@ def tool(
         for param in params[1:] if takes_context else params:
             if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
                 raise TypeError(f"tool {tool_name}: *args/**kwargs cannot have a schema")
-            hint = hints.get(param.name, Any)
             default = ... if param.default is param.empty else param.default
-            fields[param.name] = (hint, default)
+            fields[param.name] = (hints.get(param.name, Any), default)
         model = create_model(
             f"{tool_name}_arguments", __config__=ConfigDict(extra="forbid"), **fields
         )
+        schema = model.model_json_schema()
+        schema.pop("title", None)
         doc = inspect.getdoc(function) or ""
+        is_async = inspect.iscoroutinefunction(function)
+        where: RunsIn = runs_in or ("loop" if is_async else "thread")
+        if where == "process" and (is_async or takes_context):
+            raise TypeError(
+                f"tool {tool_name}: a process-pool tool is a plain function of its arguments"
+            )
         return Tool(
             name=tool_name,
             description=description or doc.split("\n\n")[0] or tool_name,
             function=function,
+            parameters=schema,
             arguments=model,
             takes_context=takes_context,
             requires_approval=requires_approval,
             timeout_s=timeout_s,
             max_tokens=max_tokens,
             capability=capability,
-            pool=pool,
+            dedicated=dedicated,
+            runs_in=where,
         )
 
     return wrap
@@ -118,10 +167,8 @@ class ToolBox:
     """A set of tools, run by name with validated arguments."""
 
     tools: dict[str, Tool] = field(default_factory=dict)
-    runners: Mapping[str, Callable[[Tool, dict[str, Any]], Awaitable[Any]]] = field(
-        default_factory=dict
-    )
-    """Per-pool runners (a process pool) for tools declared with ``pool=``."""
+    processes: int = field(default_factory=lambda: os.cpu_count() or 2)
+    _pool: ProcessPoolExecutor | None = field(default=None, init=False, repr=False)
 
     @classmethod
     def of(cls, tools: Iterable[Tool]) -> ToolBox:
@@ -140,17 +187,9 @@ class ToolBox:
         if found is None:
             known = ", ".join(sorted(self.tools)) or "none"
             return {"error": f"unknown tool {name!r}; available tools: {known}"}
-        if not isinstance(arguments, dict):
-            return {"error": f"arguments of {name} must be a JSON object"}
-        try:
-            parsed = found.arguments.model_validate(arguments)
-        except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in e['loc']) or 'arguments'}: {e['msg']}"
-                for e in exc.errors()
-            )
-            return {"error": f"invalid arguments for {name}: {problems}"}
-        kwargs = {k: getattr(parsed, k) for k in found.arguments.model_fields}
+        kwargs = found.validate(arguments)
+        if isinstance(kwargs, str):
+            return {"error": kwargs}
         try:
             result = await asyncio.wait_for(self._call(found, kwargs, ctx), found.timeout_s)
         except TimeoutError:
@@ -163,9 +202,21 @@ class ToolBox:
         return {"result": msgspec.to_builtins(result)}
 
     async def _call(self, found: Tool, kwargs: dict[str, Any], ctx: Any) -> Any:
-        if found.pool is not None and found.pool in self.runners:
-            return await self.runners[found.pool](found, kwargs)
         args = (ctx,) if found.takes_context else ()
+        if found.runs_in == "process":
+            if self._pool is None:
+                self._pool = ProcessPoolExecutor(max_workers=self.processes)
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(
+                self._pool, functools.partial(found.function, **kwargs)
+            )
         if inspect.iscoroutinefunction(found.function):
             return await found.function(*args, **kwargs)
+        if found.runs_in == "loop":
+            return found.function(*args, **kwargs)
         return await asyncio.to_thread(found.function, *args, **kwargs)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
