@@ -1,4 +1,5 @@
-"""The built-in tools: calculator and a per-tenant key-value memory."""
+"""The built-in tools: calculator, a per-tenant key-value memory, HTTP fetch, JSON query and
+sandboxed Python."""
 
 from __future__ import annotations
 
@@ -8,9 +9,18 @@ import re
 from nats.js.errors import KeyNotFoundError, NotFoundError
 
 from capabilities.tools.calculator import evaluate
+from capabilities.tools.web import http_fetch, json_query, python
 from jetagent import StepContext, tool
 
-__all__ = ["BUILTIN_TOOLS", "calculator", "memory_lookup", "memory_store"]
+__all__ = [
+    "BUILTIN_TOOLS",
+    "calculator",
+    "http_fetch",
+    "json_query",
+    "memory_lookup",
+    "memory_store",
+    "python",
+]
 
 MEMORY_BUCKET = "MEMORY"
 _MAX_VALUE = 4096
@@ -48,4 +58,4 @@ async def memory_lookup(ctx: StepContext, key: str) -> str:
     return (entry.value or b"").decode()
 
 
-BUILTIN_TOOLS = (calculator, memory_store, memory_lookup)
+BUILTIN_TOOLS = (calculator, memory_store, memory_lookup, http_fetch, json_query, python)

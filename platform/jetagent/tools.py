@@ -207,9 +207,9 @@ class ToolBox:
             if self._pool is None:
                 self._pool = ProcessPoolExecutor(max_workers=self.processes)
             loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(
-                self._pool, functools.partial(found.function, **kwargs)
-            )
+            target = (found.function.__module__, found.function.__qualname__)
+            call = functools.partial(_call_in_process, target, kwargs)
+            return await loop.run_in_executor(self._pool, call)
         if inspect.iscoroutinefunction(found.function):
             return await found.function(*args, **kwargs)
         if found.runs_in == "loop":
@@ -220,3 +220,16 @@ class ToolBox:
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
+
+
+def _call_in_process(target: tuple[str, str], kwargs: dict[str, Any]) -> Any:
+    """Run a process-pool tool by name: ``@tool`` replaced the module's function with the
+    Tool, so the function itself cannot be pickled by reference."""
+    import importlib
+
+    module, qualname = target
+    found: Any = importlib.import_module(module)
+    for part in qualname.split("."):
+        found = getattr(found, part)
+    function = found.function if isinstance(found, Tool) else found
+    return function(**kwargs)

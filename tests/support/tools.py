@@ -37,3 +37,24 @@ def dangerous(target: str) -> str:
 
 
 TEST_TOOLS = [burn, big, slow, dangerous]
+
+
+def _spin(seconds: float) -> float:
+    import time
+
+    end = time.process_time() + seconds
+    x = 0.0
+    while time.process_time() < end:
+        x += 1.0
+    return x
+
+
+@tool(
+    description="Burn CPU for a while (a CPU-bound tool, run in a process pool).", runs_in="process"
+)
+def crunch(seconds: float) -> str:
+    _spin(seconds)
+    return f"crunched {seconds}"
+
+
+TEST_TOOLS.append(crunch)
