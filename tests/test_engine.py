@@ -80,6 +80,7 @@ async def test_token_budget_exhaustion_terminates_with_the_reason(
         instruction="Compute 1 + 1 then 2 + 2 then 3 + 3 then 4 + 4 then 5 + 5",
         tenant="acme",
         capability_limits={"token_cap": 700},
+        allowed_tools=["calculator"],
     )
     result = await engine.client.result(wid, timeout=20)
     assert result.status is Status.TERMINATED

@@ -35,9 +35,10 @@ async def _run_workflows(platform: InProcessPlatform) -> list[str]:
         )
     ids.append(
         await client.submit(
-            instruction="Compute 1 + 1 then 2 + 2 then 3 + 3 then 4 + 4",
+            instruction="Compute 1 + 1 then 2 + 2 then 3 + 3 then 4 + 4 then 5 + 5",
             tenant="beta",
             capability_limits={"token_cap": 700},
+            allowed_tools=["calculator"],
         )
     )
     ids.append(

@@ -15,7 +15,7 @@ from typing import Any
 import msgspec
 
 from capabilities.reasoning.gateway import ModelGateway
-from capabilities.reasoning.offline import OfflineProvider
+from capabilities.reasoning.offline import OfflineProvider, compact_rounds
 from capabilities.reasoning.records import GatewayResult
 from jetagent import CapabilitySpec, StepContext, StepOutput, telemetry
 from jetagent.events import CallRecord, RoutingDecision
@@ -24,6 +24,10 @@ from jetagent.models import ModelCatalog
 
 __all__ = ["reasoning_capabilities"]
 
+COMPACT_PROMPT = (
+    "Summarise the conversation above so far for your own later use: the results of every "
+    "tool call and every fact you will still need. Be complete and terse."
+)
 SUMMARY_PROMPT = (
     "Summarise the conversation above for the user in a few sentences: what was asked, "
     "what was done, and the final answer."
@@ -65,6 +69,10 @@ def _records(result: GatewayResult) -> tuple[list[CallRecord], list[RoutingDecis
     return calls, routing
 
 
+def _all_offline(catalog: ModelCatalog, models: list[str]) -> bool:
+    return all(catalog.get(m).provider == "offline" for m in models if m in catalog)
+
+
 def _budget(value: Any) -> Decimal | None:
     return None if value is None else Decimal(str(value))
 
@@ -84,7 +92,11 @@ def reasoning_capabilities(
             messages=messages,
             tools=tools,
             max_tokens=int(data["max_tokens"]),
-            remaining_tokens=data.get("remaining_tokens"),
+            # The orchestrator sized this call to its reservation; with the offline planner
+            # that accounting is exact, so the gateway's rougher estimate must not veto it.
+            remaining_tokens=None
+            if _all_offline(catalog, data["models"])
+            else data.get("remaining_tokens"),
             remaining_usd=_budget(data.get("remaining_usd")),
         )
         completion = result.completion
@@ -106,7 +118,10 @@ def reasoning_capabilities(
         data = step.input
         messages = [msgspec.convert(m, Message) for m in data["messages"]]
         models = list(data["models"])
-        if all(catalog.get(m).provider == "offline" for m in models if m in catalog):
+        offline = _all_offline(catalog, models)
+        if data.get("mode") == "compact":
+            return await compact(data, messages, models, offline=offline)
+        if offline:
             # The offline planner is not a language model: it summarises by extraction.
             final = next((m.content for m in reversed(messages) if m.role == "assistant"), "")
             request = next((m.content for m in messages if m.role == "user"), "")
@@ -125,6 +140,26 @@ def reasoning_capabilities(
             output={"text": result.completion.text, "model": result.completion.model},
             calls=calls,
             routing=routing,
+        )
+
+    async def compact(
+        data: dict[str, Any], messages: list[Message], models: list[str], *, offline: bool
+    ) -> StepOutput:
+        """Summarise older turns so the conversation fits the context window."""
+        extra = {"mode": "compact", "covers": data.get("covers", len(messages))}
+        if offline:
+            return StepOutput(output={"text": compact_rounds(messages), **extra})
+        result = await gw.call(
+            models=models,
+            messages=[*messages, Message(role="user", content=COMPACT_PROMPT)],
+            tools=[],
+            max_tokens=int(data["max_tokens"]),
+            remaining_tokens=None,
+            remaining_usd=None,
+        )
+        calls, routing = _records(result)
+        return StepOutput(
+            output={"text": result.completion.text, **extra}, calls=calls, routing=routing
         )
 
     def report() -> dict[str, Any]:

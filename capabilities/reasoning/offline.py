@@ -17,6 +17,7 @@ conversation; output: its text and tool calls) and never writes more than ``max_
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from collections.abc import Sequence
@@ -25,10 +26,12 @@ from dataclasses import dataclass
 from jetagent.llm import Completion, Message, ToolCall, ToolSpec, Usage
 from jetagent.models import ModelConfig
 from jetagent.tokens import count_message_tokens, count_tokens
+from jetagent.workflow import COMPACTION_PREFIX, JSON_INSTRUCTION, REPAIR_INSTRUCTION
 
-__all__ = ["OfflinePlanner", "OfflineProvider"]
+__all__ = ["OfflinePlanner", "OfflineProvider", "compact_rounds"]
 
 PROVIDER = "offline"
+ROUNDS_PREFIX = "earlier rounds: "
 _STAGE_SPLIT = re.compile(r"\bthen\b|;", re.IGNORECASE)
 _EXPRESSION = re.compile(r"[-+]?[\d(][\d\s.()+\-*/%^]*[\d)]")
 _OPERATOR = re.compile(r"[\d)]\s*(?:\*\*|[-+*/%^])\s*[\d(]")
@@ -128,13 +131,22 @@ class OfflinePlanner:
     ) -> Completion:
         usage_in = count_message_tokens(messages)
         tool_names = {t.name for t in tools}
-        last_user = max((i for i, m in enumerate(messages) if m.role == "user"), default=-1)
-        instruction = messages[last_user].content if last_user >= 0 else ""
-        after = messages[last_user + 1 :]
+        instruction_at = max(
+            (
+                i
+                for i, m in enumerate(messages)
+                if m.role == "user" and not m.content.startswith(REPAIR_INSTRUCTION)
+            ),
+            default=-1,
+        )
+        instruction = messages[instruction_at].content if instruction_at >= 0 else ""
+        after = messages[instruction_at + 1 :]
         rounds = [m for m in after if m.role == "assistant" and m.tool_calls]
         results = {m.tool_call_id: m.content for m in after if m.role == "tool"}
         # Results per finished round, in order; round k answered the k-th stage with tasks.
-        finished: list[list[tuple[str, str]]] = [
+        # Rounds summarised away by a compaction come first, from its summary.
+        finished: list[list[tuple[str, str]]] = [*_compacted_rounds(messages)]
+        finished += [
             [
                 (_label(c), _tool_result_value(results.get(c.id, "(no result)")))
                 for c in r.tool_calls
@@ -161,7 +173,13 @@ class OfflinePlanner:
                 t.tool for t in tasks
             )
             return self._answer(model, text, calls, usage_in, max_tokens, "tool_calls")
-        return self._answer(model, _final_text(instruction, done), (), usage_in, max_tokens, "stop")
+        schema = _json_schema(messages)
+        if schema is not None:
+            repairing = bool(messages) and messages[-1].content.startswith(REPAIR_INSTRUCTION)
+            text = _json_answer(done, schema, repairing=repairing)
+        else:
+            text = _final_text(instruction, done)
+        return self._answer(model, text, (), usage_in, max_tokens, "stop")
 
     def _answer(
         self,
@@ -184,6 +202,63 @@ class OfflinePlanner:
             provider=PROVIDER,
             finish_reason="length" if truncated else finish,
         )
+
+
+def _compacted_rounds(messages: Sequence[Message]) -> list[list[tuple[str, str]]]:
+    marker = COMPACTION_PREFIX + ROUNDS_PREFIX
+    rounds: list[list[tuple[str, str]]] = []
+    for message in messages:
+        if message.role == "system" and message.content.startswith(marker):
+            with contextlib.suppress(json.JSONDecodeError, TypeError, ValueError):
+                for round_ in json.loads(message.content[len(marker) :]):
+                    rounds.append([(str(label), str(value)) for label, value in round_])
+    return rounds
+
+
+def compact_rounds(messages: Sequence[Message]) -> str:
+    """The planner's summary of older turns: every finished round's results, as JSON."""
+    results = {m.tool_call_id: m.content for m in messages if m.role == "tool"}
+    rounds = [*_compacted_rounds(messages)]
+    for message in messages:
+        if message.role == "assistant" and message.tool_calls:
+            rounds.append(
+                [
+                    (_label(c), _tool_result_value(results.get(c.id, "(no result)")))
+                    for c in message.tool_calls
+                ]
+            )
+    return ROUNDS_PREFIX + json.dumps(rounds)
+
+
+def _json_schema(messages: Sequence[Message]) -> dict[str, object] | None:
+    for message in messages:
+        if message.role == "system" and message.content.startswith(JSON_INSTRUCTION):
+            try:
+                schema = json.loads(message.content[len(JSON_INSTRUCTION) :])
+            except json.JSONDecodeError:
+                return {}
+            return schema if isinstance(schema, dict) else {}
+    return None
+
+
+def _value(text: str) -> object:
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, TypeError):
+        return text
+
+
+def _json_answer(done: list[tuple[str, str]], schema: dict[str, object], *, repairing: bool) -> str:
+    """A JSON answer; asked to repair, it also fills the schema's required properties."""
+    answer: dict[str, object] = {
+        "answer": _value(done[-1][1]) if done else None,
+        "steps": [{"step": label, "result": _value(value)} for label, value in done],
+    }
+    required = schema.get("required")
+    if repairing and isinstance(required, list):
+        for name in required:
+            answer.setdefault(str(name), answer["answer"])
+    return json.dumps(answer)
 
 
 def _label(call: ToolCall) -> str:

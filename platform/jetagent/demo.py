@@ -34,13 +34,23 @@ __all__ = ["EXAMPLES", "main"]
 EXAMPLES: list[tuple[str, dict[str, object]]] = [
     (
         "arithmetic",
-        {"instruction": "What is (17 * 23) + 4 and 2 ** 10? Then multiply the result by 2"},
+        {
+            "instruction": "What is (17 * 23) + 4 and 2 ** 10? Then multiply the result by 2",
+            "allowed_tools": ["calculator"],
+        },
     ),
-    ("memory", {"instruction": "Remember that my city is Lisbon, then recall city"}),
+    (
+        "memory",
+        {
+            "instruction": "Remember that my city is Lisbon, then recall city",
+            "allowed_tools": ["memory_store", "memory_lookup"],
+        },
+    ),
     (
         "summary",
         {
             "instruction": "What is 12.5 * 8? Then divide the result by 4",
+            "allowed_tools": ["calculator"],
             "output": {"summarize": True},
         },
     ),
@@ -49,6 +59,7 @@ EXAMPLES: list[tuple[str, dict[str, object]]] = [
         {
             "instruction": "Compute 1 + 1 then 2 + 2 then 3 + 3 then 4 + 4 then 5 + 5",
             "capability_limits": {"token_cap": 700},
+            "allowed_tools": ["calculator"],
         },
     ),
 ]

@@ -56,13 +56,14 @@ class InProcessPlatform:
     settings: Settings
     orchestrators: int = 1
     workers: int = 1
+    catalog: ModelCatalog | None = None
     client: Client = field(init=False)
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _connections: list[Any] = field(default_factory=list)
 
     async def start(self) -> InProcessPlatform:
-        catalog = ModelCatalog.load()
+        catalog = self.catalog or ModelCatalog.load()
         for _ in range(self.orchestrators):
             nc = await connect(self.settings.nats_url, name="test-orchestrator")
             self._connections.append(nc)

@@ -16,9 +16,21 @@ from ._decide import (
     ToolInfo,
     decide,
 )
-from ._state import Phase, StepView, WorkflowState, evolve, fold
+from ._state import (
+    COMPACTION_PREFIX,
+    JSON_INSTRUCTION,
+    REPAIR_INSTRUCTION,
+    Phase,
+    StepView,
+    WorkflowState,
+    evolve,
+    fold,
+)
 
 __all__ = [
+    "COMPACTION_PREFIX",
+    "JSON_INSTRUCTION",
+    "REPAIR_INSTRUCTION",
     "Begin",
     "Cancel",
     "DecideContext",

@@ -13,12 +13,14 @@ scheduled. Parallel steps therefore can never overshoot a cap together.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+import jsonschema
 import msgspec
 
 from jetagent.contract import Status
@@ -41,7 +43,7 @@ from jetagent.llm import ToolCall, ToolSpec
 from jetagent.models import ModelConfig
 from jetagent.tokens import count_message_tokens, count_tokens
 
-from ._state import REASONING, SUMMARIZE, TOOLS, WorkflowState, evolve
+from ._state import REASONING, SUMMARIZE, TOOLS, WorkflowState, compactable, evolve
 
 __all__ = [
     "Begin",
@@ -205,6 +207,8 @@ def _fold_result(
     output = dict(result.output)
     if view.capability == REASONING:
         output["rejected_calls"] = _rejected_calls(state, output.get("tool_calls", ()), ctx)
+        if state.output_type == "json" and not output.get("tool_calls"):
+            output["output_check"] = _check_json(str(output.get("text", "")), state.json_schema)
     return [
         StepCompleted(
             workflow_id=state.workflow_id,
@@ -217,6 +221,19 @@ def _fold_result(
             result_seq=command.result_seq,
         )
     ]
+
+
+def _check_json(text: str, schema: dict[str, Any] | None) -> dict[str, Any]:
+    """Whether a final answer is one JSON value satisfying ``schema`` (and why not)."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        return {"valid": False, "errors": [f"not JSON: {exc.msg} at position {exc.pos}"]}
+    errors = [
+        f"{'/'.join(str(p) for p in e.path) or 'answer'}: {e.message}"
+        for e in jsonschema.Draft202012Validator(schema or {}).iter_errors(value)
+    ]
+    return {"valid": not errors, "errors": errors[:10]}
 
 
 def _rejected_calls(state: WorkflowState, calls: Any, ctx: DecideContext) -> list[dict[str, str]]:
@@ -267,6 +284,8 @@ def _next(state: WorkflowState, at: datetime, ctx: DecideContext) -> WorkflowEve
         return _terminate(state, at, "cost_cap", f"${state.spent.usd} spent")
     if state.failure is not None:
         return _terminate(state, at, "step_failed", state.failure)
+    if state.invalid_output is not None:
+        return _terminate(state, at, "invalid_output", state.invalid_output)
     if state.phase == "final" and not state.open_steps:
         return Finalized(
             workflow_id=wid,
@@ -365,6 +384,9 @@ def _next_reasoning(state: WorkflowState, at: datetime, ctx: DecideContext) -> W
         return _terminate(state, at, "max_iterations", f"{state.iterations} reasoning turns used")
     tools = _tool_specs(state, ctx)
     input_tokens = count_message_tokens(state.messages) + sum(count_tokens(str(t)) for t in tools)
+    compaction = _compaction(state, at, input_tokens, ctx)
+    if compaction is not None:
+        return compaction
     max_tokens, reservation = _llm_reservation(state, input_tokens, ctx)
     if not _fits(state, reservation):
         return _out_of_budget(state, at, reservation)
@@ -389,6 +411,46 @@ def _next_reasoning(state: WorkflowState, at: datetime, ctx: DecideContext) -> W
             "json_schema": state.json_schema,
         },
         route=RoutingDecision(model=state.models[0], reason="preferred") if state.models else None,
+        reservation=reservation,
+        tenant=state.tenant,
+        deadline_at=state.deadline_at,
+    )
+
+
+COMPACT_AT = Decimal("0.75")
+"""Summarise older turns when a call would fill this share of the context window."""
+
+
+def _compaction(
+    state: WorkflowState, at: datetime, input_tokens: int, ctx: DecideContext
+) -> WorkflowEvent | None:
+    """A summarisation step over older turns when the conversation nears the window."""
+    models = _route_models(state, ctx)
+    if not models:
+        return None
+    window = min(m.context_window for m in models)
+    needed = input_tokens + min(state.max_output_tokens, window // 4)
+    start, end = compactable(state.messages)
+    if needed <= window * COMPACT_AT or end - start < 2:
+        return None
+    older = state.messages[start:end]
+    max_tokens, reservation = _llm_reservation(state, count_message_tokens(older), ctx)
+    if not _fits(state, reservation):
+        return _out_of_budget(state, at, reservation)
+    return StepScheduled(
+        workflow_id=state.workflow_id,
+        at=at,
+        step_id=state.next_step_id(),
+        capability=SUMMARIZE,
+        attempt=_attempt(state, SUMMARIZE, ctx),
+        iteration=state.iterations,
+        input={
+            "mode": "compact",
+            "messages": _plain(older),
+            "covers": len(older),
+            "models": list(state.models),
+            "max_tokens": max_tokens,
+        },
         reservation=reservation,
         tenant=state.tenant,
         deadline_at=state.deadline_at,

@@ -5,6 +5,7 @@ The state is a frozen msgspec Struct (cheap to snapshot); ``evolve`` returns a n
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from decimal import Decimal
 from typing import Any, Literal
@@ -32,6 +33,12 @@ __all__ = ["Phase", "StepView", "WorkflowState", "evolve", "fold"]
 
 Phase = Literal["reasoning", "tools", "summarize", "final", "done"]
 StepStatus = Literal["scheduled", "completed", "failed", "awaiting_approval", "denied"]
+JSON_INSTRUCTION = "Answer with JSON only: one JSON value that satisfies this JSON Schema: "
+REPAIR_INSTRUCTION = (
+    "Your answer is not valid JSON for the requested schema. "
+    "Reply with only the corrected JSON. Problems: "
+)
+COMPACTION_PREFIX = "Summary of the earlier conversation: "
 REASONING = "reasoning"
 TOOLS = "tools"
 SUMMARIZE = "summarize"
@@ -84,7 +91,10 @@ class WorkflowState(msgspec.Struct, frozen=True, kw_only=True):
     final_output: str | None = None
     last_text: str = ""
     summarized: bool = False
+    compactions: int = 0
     failure: str | None = None
+    invalid_output: str | None = None
+    """Why the final answer does not satisfy the requested format (after its repair)."""
     """Why the workflow cannot go on (a step that failed for good)."""
     version: int = 0
     """How many events were folded."""
@@ -117,6 +127,9 @@ def _start(state: WorkflowState, event: Started) -> WorkflowState:
     if facts:
         known = "\n".join(f"- {k}: {v}" for k, v in sorted(facts.items()))
         messages.insert(0, Message(role="system", content=f"Known facts:\n{known}"))
+    if output.get("type") == "json":
+        schema = json.dumps(output.get("json_schema") or {}, sort_keys=True)
+        messages.append(Message(role="system", content=JSON_INSTRUCTION + schema))
     messages.append(Message(role="user", content=request["instruction"]))
     cost_cap = limits.get("cost_cap_usd")
     allowed = request.get("allowed_tools")
@@ -206,16 +219,28 @@ def _completed(state: WorkflowState, event: StepCompleted) -> WorkflowState:
         valid = tuple(c for c in calls if c.id not in {b["call_id"] for b in rejected})
         phase: Phase
         final = None
+        check = output.get("output_check")
+        repairs, invalid = state.repairs, state.invalid_output
         if valid:
             phase = "tools"
         elif rejected:
             phase = "reasoning"
+        elif check is not None and not check.get("valid", False):
+            problems = "; ".join(check.get("errors", [])) or "not valid"
+            if state.repairs < 1:
+                # One repair attempt: the model sees what was wrong and answers again.
+                messages.append(Message(role="user", content=REPAIR_INSTRUCTION + problems))
+                phase, repairs = "reasoning", state.repairs + 1
+            else:
+                phase, invalid = "done", problems
         elif state.summarize and not state.summarized:
             phase = "summarize"
         else:
             phase, final = "final", text
         return _replace(
             state,
+            repairs=repairs,
+            invalid_output=invalid,
             retries={k: v for k, v in state.retries.items() if k != REASONING},
             messages=tuple(messages),
             pending_calls=valid,
@@ -223,6 +248,8 @@ def _completed(state: WorkflowState, event: StepCompleted) -> WorkflowState:
             final_output=final,
             last_text=text or state.last_text,
         )
+    if event.capability == SUMMARIZE and output.get("mode") == "compact":
+        return _compacted(state, str(output.get("text", "")), int(output.get("covers", 0)))
     if event.capability == SUMMARIZE:
         summary = str(output.get("text", ""))
         return _replace(
@@ -240,6 +267,26 @@ def _completed(state: WorkflowState, event: StepCompleted) -> WorkflowState:
     )
     state = _replace(state, messages=(*state.messages, message))
     return _maybe_next_turn(state)
+
+
+def compactable(messages: tuple[Message, ...]) -> tuple[int, int]:
+    """``(start, end)``: the older turns a compaction may summarise, between the
+    instruction (kept) and the last turn (an assistant message and its tool results,
+    kept whole so tool calls stay paired with their results)."""
+    try:
+        start = next(i for i, m in enumerate(messages) if m.role == "user") + 1
+    except StopIteration:
+        return 0, 0
+    end = max((i for i, m in enumerate(messages) if m.role == "assistant"), default=start)
+    return start, max(end, start)
+
+
+def _compacted(state: WorkflowState, summary: str, covers: int) -> WorkflowState:
+    start, _ = compactable(state.messages)
+    end = min(start + covers, len(state.messages))
+    note = Message(role="system", content=f"{COMPACTION_PREFIX}{summary}")
+    messages = (*state.messages[:start], note, *state.messages[end:])
+    return _replace(state, messages=messages, phase="reasoning", compactions=state.compactions + 1)
 
 
 def _maybe_next_turn(state: WorkflowState) -> WorkflowState:
