@@ -49,6 +49,7 @@ from jetagent.payloads import PayloadStore
 from jetagent.provision import provision
 from jetagent.registry import ToolRegistry
 from jetagent.store import AggregateStream, ConcurrencyConflict, StoreUnavailableError
+from jetagent.tokens import openai_tokenizer
 from jetagent.workflow import Begin, Cancel, DecideContext, FoldResult, Input, Signal, Tick, decide
 
 __all__ = ["Orchestrator"]
@@ -93,12 +94,16 @@ class Orchestrator:
         self._deadlines: list[tuple[datetime, str]] = []
         self._slots = asyncio.Semaphore(settings.orchestrator_concurrency)
         self.processed = 0
+        # Loaded once, outside the pure decisions (it may read a file or the network).
+        uses_openai = any(m.provider == "openai" for m in self.catalog.models.values())
+        self._tokenizer = openai_tokenizer() if uses_openai else None
 
     def context(self) -> DecideContext:
         return DecideContext(
             models=self.catalog.models,
             tools=self.registry.tools,
             max_step_attempts=self.settings.max_step_attempts,
+            openai_tokenizer=self._tokenizer,
         )
 
     async def run(self, stop: asyncio.Event) -> None:

@@ -41,7 +41,7 @@ from jetagent.events import (
 )
 from jetagent.llm import ToolCall, ToolSpec
 from jetagent.models import ModelConfig
-from jetagent.tokens import count_message_tokens, count_tokens
+from jetagent.tokens import Tokenizer, count_message_tokens, count_tokens
 
 from ._state import REASONING, SUMMARIZE, TOOLS, WorkflowState, compactable, evolve
 
@@ -88,6 +88,8 @@ class DecideContext:
     max_step_attempts: int = 2
     estimate_factor: Decimal = Decimal("1.25")
     """Safety factor on the stated token estimate for providers with other tokenizers."""
+    openai_tokenizer: Tokenizer | None = None
+    """tiktoken's count for OpenAI-style routes (loaded by the caller; None: estimate)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -360,12 +362,21 @@ def _llm_reservation(
 ) -> tuple[int, Spend]:
     """(max_tokens, reservation) for an LLM call over this conversation, fitted to budget."""
     models = _route_models(state, ctx)
-    exact = all(m.provider == "offline" for m in models)
+    exact = all(m.provider == "offline" for m in models) or (
+        ctx.openai_tokenizer is not None and all(m.provider == "openai" for m in models)
+    )
     estimate = input_tokens if exact else int(Decimal(input_tokens) * ctx.estimate_factor) + 1
     left = state.token_cap - state.spent.tokens - state.reserved.tokens - estimate
     max_tokens = max(min(state.max_output_tokens, left), MIN_OUTPUT_TOKENS)
     usd = max((m.max_cost(estimate, max_tokens) for m in models), default=Decimal(0))
     return max_tokens, Spend(tokens=estimate + max_tokens, usd=usd)
+
+
+def _tokenizer(state: WorkflowState, ctx: DecideContext) -> Tokenizer | None:
+    models = _route_models(state, ctx)
+    if ctx.openai_tokenizer is not None and models and all(m.provider == "openai" for m in models):
+        return ctx.openai_tokenizer
+    return None
 
 
 def _tool_specs(state: WorkflowState, ctx: DecideContext) -> list[dict[str, Any]]:
@@ -383,7 +394,11 @@ def _next_reasoning(state: WorkflowState, at: datetime, ctx: DecideContext) -> W
     if attempt == 1 and state.iterations >= state.max_iterations:
         return _terminate(state, at, "max_iterations", f"{state.iterations} reasoning turns used")
     tools = _tool_specs(state, ctx)
-    input_tokens = count_message_tokens(state.messages) + sum(count_tokens(str(t)) for t in tools)
+    tokenizer = _tokenizer(state, ctx)
+    count = tokenizer or count_tokens
+    input_tokens = count_message_tokens(state.messages, tokenizer) + sum(
+        count(str(t)) for t in tools
+    )
     compaction = _compaction(state, at, input_tokens, ctx)
     if compaction is not None:
         return compaction
