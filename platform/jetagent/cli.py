@@ -339,42 +339,16 @@ def projections_rebuild() -> None:
 
 
 @app.command()
-def inspect(
-    workflow_id: str,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the raw view.")] = False,
-) -> None:
-    """Show a workflow's session view: status, steps, models, latency, tokens, cost."""
-    from jetagent._render import session_table
-    from jetagent.client import Client
-
-    settings = _settings()
-
-    async def main(stop: asyncio.Event) -> int:
-        client = Client(await _connect(settings, "jetagent.cli"), settings)
-        try:
-            view = await client.session(workflow_id)
-        finally:
-            await client.close()
-        if view.last_workflow_seq == 0:
-            err.print(f"[red]no workflow {workflow_id}[/]")
-            return 1
-        if as_json:
-            import msgspec
-
-            console.print_json(msgspec.json.encode(view).decode())
-        else:
-            session_table(view, console)
-        return 0
-
-    _run(main)
-
-
-@app.command()
 def demo() -> None:
     """Run the demo (what `make demo` runs)."""
     from jetagent.demo import main as demo_main
 
     raise typer.Exit(demo_main())
+
+
+# The SRE commands (inspect, replay, tail, dlq) live in their own module; importing it
+# registers them on ``app``.
+import jetagent._cli_ops  # noqa: E402, F401
 
 
 def main() -> None:
@@ -386,6 +360,10 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # Run through the imported module: the commands of jetagent._cli_ops are registered
+    # on its ``app``, not on this ``__main__`` copy's.
+    from jetagent.cli import main as _main
+
+    _main()
 
 _ = json

@@ -1,0 +1,169 @@
+"""The ``jetagent`` commands for operating and debugging: inspect, replay, tail, dlq."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated
+
+import typer
+
+from jetagent.cli import _connect, _run, _settings, app, console, err
+
+__all__ = ["dlq", "inspect", "replay", "tail"]
+
+
+@app.command()
+def inspect(
+    workflow_id: str,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the raw view.")] = False,
+) -> None:
+    """Show a workflow's session view: status, steps, models, latency, tokens, cost."""
+    from jetagent._render import session_table
+    from jetagent.client import Client
+
+    settings = _settings()
+
+    async def main(stop: asyncio.Event) -> int:
+        client = Client(await _connect(settings, "jetagent.cli"), settings)
+        try:
+            view = await client.session(workflow_id)
+        finally:
+            await client.close()
+        if view.last_workflow_seq == 0:
+            err.print(f"[red]no workflow {workflow_id}[/]")
+            return 1
+        if as_json:
+            import msgspec
+
+            console.print_json(msgspec.json.encode(view).decode())
+        else:
+            session_table(view, console)
+        return 0
+
+    _run(main)
+
+
+@app.command()
+def replay(
+    workflow_id: str,
+    verify: Annotated[
+        bool, typer.Option("--verify", help="Re-decide every input and compare.")
+    ] = False,
+) -> None:
+    """Replay a workflow's history (from the log: no model or tool is called again)."""
+    from jetagent._render import describe
+    from jetagent.models import ModelCatalog
+    from jetagent.registry import ToolRegistry
+    from jetagent.replay import replay_workflow
+    from jetagent.workflow import DecideContext
+
+    settings = _settings()
+
+    async def main(stop: asyncio.Event) -> int:
+        nc = await _connect(settings, "jetagent.replay")
+        try:
+            registry = ToolRegistry(nc.jetstream(), settings.names)
+            await registry.start()
+            await registry.stop()
+            ctx = DecideContext(
+                models=ModelCatalog.load(settings.models).models,
+                tools=registry.tools,
+                max_step_attempts=settings.max_step_attempts,
+            )
+            report = await replay_workflow(nc, settings.names, workflow_id, ctx, verify=verify)
+        finally:
+            await nc.close()
+        if not report.events:
+            err.print(f"[red]no workflow {workflow_id}[/]")
+            return 1
+        for event in report.events:
+            console.print(f"{event.at:%H:%M:%S.%f} {describe(event)}", highlight=False)
+        if verify:
+            if report.ok:
+                console.print(
+                    f"[green]verified:[/] {report.groups} decisions replay to the recorded events"
+                )
+            for mismatch in report.mismatches:
+                console.print(
+                    f"[red]mismatch[/] after {mismatch.cause}: recorded {mismatch.recorded}, "
+                    f"decided {mismatch.decided} ({mismatch.detail})"
+                )
+        return 0 if report.ok else 1
+
+    _run(main)
+
+
+@app.command()
+def tail(
+    tenant: Annotated[str | None, typer.Option(help="Only this tenant's workflows.")] = None,
+) -> None:
+    """Print every workflow event as it happens, across all workflows."""
+    from nats.js.api import ConsumerConfig, DeliverPolicy
+
+    from jetagent._render import describe
+    from jetagent.events import decode_event
+
+    settings = _settings()
+
+    async def main(stop: asyncio.Event) -> int:
+        nc = await _connect(settings, "jetagent.tail")
+        tenants: dict[str, str] = {}
+        try:
+            sub = await nc.jetstream().subscribe(
+                f"{settings.names.workflow_root}.>",
+                ordered_consumer=True,
+                config=ConsumerConfig(deliver_policy=DeliverPolicy.NEW),
+            )
+            while not stop.is_set():
+                try:
+                    msg = await sub.next_msg(timeout=0.5)
+                except Exception:
+                    continue
+                event = decode_event(msg.data)
+                who = getattr(event, "tenant", None)
+                if who:
+                    tenants[event.workflow_id] = who
+                if tenant and tenants.get(event.workflow_id) != tenant:
+                    continue
+                console.print(f"[dim]{event.workflow_id}[/] {describe(event)}", highlight=False)
+        finally:
+            await nc.close()
+        return 0
+
+    _run(main)
+
+
+@app.command()
+def dlq(
+    limit: Annotated[int, typer.Option(help="How many of the newest entries.")] = 20,
+) -> None:
+    """List the newest dead letters (messages that could not be processed)."""
+    import msgspec
+
+    from jetagent.store import DirectGetter
+
+    settings = _settings()
+
+    async def main(stop: asyncio.Event) -> int:
+        nc = await _connect(settings, "jetagent.dlq")
+        try:
+            info = await nc.jetstream().stream_info(settings.names.dlq_stream)
+            first = max(info.state.last_seq - limit + 1, 1)
+            reader = DirectGetter(nc, settings.names.dlq_stream, timeout=5.0)
+            await reader.open()
+            records = await reader.scan(f"{settings.names.prefix}.dlq.>", start_seq=first)
+            await reader.close()
+        finally:
+            await nc.close()
+        if not records:
+            console.print("no dead letters")
+        for record in records:
+            body = msgspec.json.decode(record.data)
+            console.print(
+                f"[bold]#{record.seq}[/] {record.subject}: {body.get('subject', '')} "
+                f"(stream seq {body.get('stream_seq')}, {body.get('deliveries', '?')} deliveries)"
+            )
+            console.print(f"  {str(body.get('error', '')).strip()}", highlight=False)
+        return 0
+
+    _run(main)

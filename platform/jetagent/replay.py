@@ -1,0 +1,180 @@
+"""Replay a workflow's history and verify that its decisions replay to the same events.
+
+Every event carries its cause (``Ja-Causation: <stream>:<seq>``): the request, step
+result, cancel or signal that the orchestrator was deciding on (none for a deadline
+check). Replaying regroups the events by cause, rebuilds each input from the stored
+message, asks the pure ``decide`` again from the state before the group, and compares.
+No model or tool is called again: their answers are in the log. A difference means the
+code or the configuration (model catalog, registered tools) changed since — or a bug.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+from nats.aio.client import Client as NATS
+
+from jetagent.config import Names
+from jetagent.events import (
+    CancelRequested,
+    SignalSent,
+    Started,
+    StepScheduled,
+    WorkflowEvent,
+    decode_event,
+    decode_step_result,
+)
+from jetagent.payloads import is_ref
+from jetagent.store import DirectGetter, Record
+from jetagent.workflow import (
+    Begin,
+    Cancel,
+    DecideContext,
+    FoldResult,
+    Input,
+    Signal,
+    Tick,
+    WorkflowState,
+    decide,
+    evolve,
+)
+
+__all__ = ["Mismatch", "ReplayReport", "replay_workflow"]
+
+_encoder = msgspec.json.Encoder(decimal_format="string")
+
+
+@dataclass(frozen=True)
+class Mismatch:
+    cause: str
+    recorded: list[str]
+    decided: list[str]
+    detail: str
+
+
+@dataclass
+class ReplayReport:
+    workflow_id: str
+    events: list[WorkflowEvent] = field(default_factory=list)
+    groups: int = 0
+    mismatches: list[Mismatch] = field(default_factory=list)
+    state: WorkflowState = field(default_factory=WorkflowState)
+
+    @property
+    def ok(self) -> bool:
+        return not self.mismatches
+
+
+def _comparable(event: WorkflowEvent) -> Any:
+    """An event as JSON, with a claim-checked input compared by its digest."""
+    data = msgspec.to_builtins(event, builtin_types=None)
+    if isinstance(event, StepScheduled):
+        value = event.input
+        data["input"] = (
+            value["sha256"] if is_ref(value) else hashlib.sha256(_encoder.encode(value)).hexdigest()
+        )
+    return msgspec.json.decode(_encoder.encode(data))
+
+
+async def _message(reader: DirectGetter, seq: int) -> Record | None:
+    records = await reader.scan(">", start_seq=seq, page=1, until=lambda r: True)
+    return records[0] if records and records[0].seq == seq else None
+
+
+async def replay_workflow(
+    nc: NATS, names: Names, workflow_id: str, ctx: DecideContext, *, verify: bool = True
+) -> ReplayReport:
+    """Fold a workflow's history; with ``verify``, re-decide every input and compare."""
+    workflows = DirectGetter(nc, names.workflows_stream, timeout=5.0)
+    sources = {
+        names.requests_stream: DirectGetter(nc, names.requests_stream, timeout=5.0),
+        names.steps_stream: DirectGetter(nc, names.steps_stream, timeout=5.0),
+    }
+    for reader in (workflows, *sources.values()):
+        await reader.open()
+    report = ReplayReport(workflow_id)
+    try:
+        records = await workflows.scan(names.workflow(workflow_id))
+        groups: list[tuple[str, list[WorkflowEvent]]] = []
+        for record in records:
+            event = decode_event(record.data)
+            report.events.append(event)
+            cause = record.headers.get("Ja-Causation", "")
+            if groups and groups[-1][0] == cause and cause:
+                groups[-1][1].append(event)
+            else:
+                groups.append((cause, [event]))
+        for cause, recorded in groups:
+            report.groups += 1
+            if verify:
+                command = await _input(cause, recorded, sources, report.state)
+                if command is not None:
+                    decided = decide(report.state, command, ctx)
+                    want = [_comparable(e) for e in recorded]
+                    got = [_comparable(e) for e in decided]
+                    if want != got:
+                        detail = _first_difference(want, got)
+                        report.mismatches.append(
+                            Mismatch(
+                                cause=cause or "deadline check",
+                                recorded=[type(e).__name__ for e in recorded],
+                                decided=[type(e).__name__ for e in decided],
+                                detail=detail,
+                            )
+                        )
+            for event in recorded:
+                report.state = evolve(report.state, event)
+    finally:
+        for reader in (workflows, *sources.values()):
+            await reader.close()
+    return report
+
+
+async def _input(
+    cause: str,
+    recorded: list[WorkflowEvent],
+    sources: dict[str, DirectGetter],
+    state: WorkflowState,
+) -> Input | None:
+    at = recorded[0].at
+    if not cause:
+        return Tick(at=at)
+    stream, _, seq = cause.rpartition(":")
+    reader = sources.get(stream)
+    if reader is None:
+        return None
+    message = await _message(reader, int(seq))
+    if message is None:
+        return None  # the cause is gone (a limit, a purge): nothing to compare against
+    if stream.endswith("_STEPS"):
+        return FoldResult(result=decode_step_result(message.data), result_seq=message.seq, at=at)
+    kind = message.subject.split(".")[1]
+    if kind == "cancel":
+        cancel = msgspec.json.decode(message.data, type=CancelRequested)
+        return Cancel(at=at, reason=cancel.reason, by=cancel.by)
+    if kind == "signal":
+        signal = msgspec.json.decode(message.data, type=SignalSent)
+        return Signal(name=signal.name, payload=signal.payload, by=signal.by, at=at)
+    started = next((e for e in recorded if isinstance(e, Started)), None)
+    if started is None:
+        if state.status.value == "queued":
+            return None  # a rejection: decided by validation, not by decide()
+        return Begin(workflow_id=state.workflow_id, tenant=state.tenant, request={}, at=at)
+    return Begin(
+        workflow_id=started.workflow_id,
+        tenant=started.tenant,
+        request=started.request,
+        at=at,
+        deadline_at=started.deadline_at,
+    )
+
+
+def _first_difference(want: list[Any], got: list[Any]) -> str:
+    for i, (a, b) in enumerate(zip(want, got, strict=False)):
+        if a != b:
+            keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+            return f"event {i + 1} ({a.get('type')}) differs in {', '.join(keys)}"
+    return f"{len(want)} events recorded, {len(got)} decided"
