@@ -1,0 +1,108 @@
+"""The ``memory`` capability: the ``remember`` and ``recall`` tools on a worker of their own.
+
+Built like the tools capability (a ``ToolBox`` runs the tool a step names, with validated
+arguments; a tool's failure is an output the model reads, never a failed step) but not
+by importing it: a capability imports only jetagent (DESIGN.md).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from capabilities.memory._retrieval import RetrieverFactory, load_retriever_factory
+from capabilities.memory._store import (
+    MAX_LIMIT,
+    MAX_QUERY_CHARS,
+    MAX_TAG_CHARS,
+    MAX_TAGS,
+    MAX_TEXT_BYTES,
+    MemoryStore,
+    Recalled,
+    Remembered,
+)
+from jetagent import CapabilitySpec, StepContext, StepOutput, tool
+from jetagent.tools import Tool, ToolBox
+
+__all__ = ["CAPABILITY", "memory_capability", "memory_tools"]
+
+CAPABILITY = "memory"
+"""The capability's name: its tools' ``capability`` and its consumer's (``cap-memory``)."""
+
+_INLINE_RESULT_BYTES = 4096
+
+# The argument bounds, for the schema the model is shown. (jetagent.tools reads hints
+# without their Annotated extras today, so MemoryStore checks the same bounds itself.)
+Text = Annotated[str, Field(min_length=1, max_length=MAX_TEXT_BYTES)]
+Query = Annotated[str, Field(min_length=1, max_length=MAX_QUERY_CHARS)]
+Tag = Annotated[str, Field(min_length=1, max_length=MAX_TAG_CHARS)]
+Tags = Annotated[Sequence[Tag], Field(max_length=MAX_TAGS)]
+Limit = Annotated[int, Field(ge=1, le=MAX_LIMIT)]
+
+
+def memory_tools(store: MemoryStore) -> list[Tool]:
+    """The ``remember`` and ``recall`` tools, keeping their memories in ``store``."""
+
+    @tool(capability=CAPABILITY)
+    async def remember(
+        ctx: StepContext,
+        text: Text,
+        scope: Literal["session", "tenant"] = "session",
+        tags: Tags = (),
+    ) -> Remembered:
+        """Remember a piece of text for later: scope "session" (the default) keeps it for
+        this conversation's session, "tenant" for every session of the tenant.
+
+        Tags are extra words to find it by.
+        """
+        return await store.remember(ctx, text=text, scope=scope, tags=tags)
+
+    @tool(capability=CAPABILITY)
+    async def recall(
+        ctx: StepContext,
+        query: Query,
+        scope: Literal["session", "tenant", "both"] = "both",
+        limit: Limit = 5,
+    ) -> list[Recalled]:
+        """Find remembered texts that match a query, best first, each with its score, scope,
+        tags and when it was remembered; scope "both" (the default) searches this session's
+        memories and the tenant's.
+        """
+        return await store.recall(ctx, query=query, scope=scope, limit=limit)
+
+    return [remember, recall]
+
+
+def memory_capability(
+    *, retriever: RetrieverFactory | None = None, concurrency: int | None = None
+) -> CapabilitySpec:
+    """The memory capability (``jetagent worker memory``).
+
+    ``retriever`` makes the ranking model; by default the one
+    ``JETAGENT_MEMORY_RETRIEVER=module:factory`` names, else BM25. Each call makes a
+    capability with a cache of its own (one per worker).
+    """
+    store = MemoryStore(retriever=retriever or load_retriever_factory())
+    tools = memory_tools(store)
+    box = ToolBox.of(tools)
+
+    async def run(step: StepContext) -> StepOutput:
+        data = step.input
+        answer = await box.run(str(data.get("tool", step.tool)), data.get("arguments"), step)
+        content = json.dumps(answer)
+        output: dict[str, object] = {"content": content}
+        if len(content) <= _INLINE_RESULT_BYTES:
+            output.update(answer)  # small results stay readable in the event as well
+        else:
+            output["ok"] = "error" not in answer
+        return StepOutput(output=output)
+
+    return CapabilitySpec(
+        name=CAPABILITY,
+        handler=run,
+        concurrency=concurrency,
+        tools=[t.registration() for t in tools],
+    )
