@@ -502,3 +502,13 @@ def _spec_with(store: MemoryStore) -> CapabilitySpec:
         return await box.run(str(step.tool), step.input["arguments"], step)
 
     return CapabilitySpec(name="memory", handler=run)
+
+
+def test_the_capability_loads_as_a_plugin(monkeypatch: pytest.MonkeyPatch) -> None:
+    from jetagent.models import ModelCatalog
+    from jetagent.services import capability_specs
+
+    monkeypatch.setenv("JETAGENT_CAPABILITIES", "capabilities.memory:memory_capabilities")
+    (spec,) = capability_specs(["memory"], ModelCatalog.load())
+    assert spec.name == "memory"
+    assert sorted(t.spec.name for t in spec.tools) == ["recall", "remember"]

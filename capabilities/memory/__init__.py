@@ -30,6 +30,7 @@ than the one it has seen (a revision check per ``recall``).
 """
 
 from capabilities.memory._capability import CAPABILITY as CAPABILITY
+from capabilities.memory._capability import memory_capabilities as memory_capabilities
 from capabilities.memory._capability import memory_capability as memory_capability
 from capabilities.memory._capability import memory_tools as memory_tools
 from capabilities.memory._retrieval import RETRIEVER_ENV as RETRIEVER_ENV
@@ -55,6 +56,7 @@ __all__ = [
     "Retriever",
     "RetrieverFactory",
     "load_retriever_factory",
+    "memory_capabilities",
     "memory_capability",
     "memory_id",
     "memory_key",

@@ -27,7 +27,7 @@ from capabilities.memory._store import (
 from jetagent import CapabilitySpec, StepContext, StepOutput, tool
 from jetagent.tools import Tool, ToolBox
 
-__all__ = ["CAPABILITY", "memory_capability", "memory_tools"]
+__all__ = ["CAPABILITY", "memory_capabilities", "memory_capability", "memory_tools"]
 
 CAPABILITY = "memory"
 """The capability's name: its tools' ``capability`` and its consumer's (``cap-memory``)."""
@@ -106,3 +106,9 @@ def memory_capability(
         concurrency=concurrency,
         tools=[t.registration() for t in tools],
     )
+
+
+def memory_capabilities() -> list[CapabilitySpec]:
+    """``[memory_capability()]``, the shape ``JETAGENT_CAPABILITIES=module:function`` loads
+    (``JETAGENT_CAPABILITIES=capabilities.memory:memory_capabilities``)."""
+    return [memory_capability()]
