@@ -26,7 +26,7 @@ def _compose() -> dict[str, Any]:
 def test_compose_describes_the_whole_topology() -> None:
     services = _compose()["services"]
     expected = {"nats-1", "nats-2", "nats-3", "provision", "orchestrator", "reasoning"}
-    expected |= {"tools", "summarize", "projections", "prometheus", "grafana", "jaeger"}
+    expected |= {"tools", "summarize", "memory", "projections", "prometheus", "grafana", "jaeger"}
     assert expected <= set(services)
 
 

@@ -38,3 +38,21 @@ def test_stream_definitions_ship_with_the_package() -> None:
 
     streams = resources.files("jetagent").joinpath("definitions", "streams")
     assert streams.joinpath("eventstore.json").is_file()
+
+
+def test_every_package_is_distributed() -> None:
+    # A non-editable install ships only the packages pyproject lists.
+    import tomllib
+
+    listed = set(
+        tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    )
+    found = set()
+    for init in [
+        *ROOT.glob("platform/**/__init__.py"),
+        *ROOT.glob("capabilities/**/__init__.py"),
+        *ROOT.glob("projections/**/__init__.py"),
+    ]:
+        parts = init.parent.relative_to(ROOT).parts
+        found.add(".".join(parts[1:] if parts[0] == "platform" else parts))
+    assert found == listed

@@ -83,7 +83,7 @@ class ServiceProcess:
 
 def default_services(*, replicas: int = 1, projections: bool = True) -> list[ServiceProcess]:
     services = [ServiceProcess("orchestrator", ["orchestrator"])]
-    for capability in ("reasoning", "tools", "summarize"):
+    for capability in ("reasoning", "tools", "summarize", "memory"):
         for i in range(replicas):
             suffix = f"-{i + 1}" if replicas > 1 else ""
             services.append(ServiceProcess(f"{capability}{suffix}", ["worker", capability]))

@@ -17,7 +17,7 @@ from jetagent.worker import CapabilitySpec
 
 __all__ = ["BUILTIN_CAPABILITIES", "capability_specs"]
 
-BUILTIN_CAPABILITIES = ("reasoning", "tools", "summarize")
+BUILTIN_CAPABILITIES = ("reasoning", "tools", "summarize", "memory")
 
 
 def _plugins() -> dict[str, CapabilitySpec]:
@@ -55,6 +55,7 @@ def capability_specs(
     names: Sequence[str], catalog: ModelCatalog, *, only_tools: Sequence[str] | None = None
 ) -> list[CapabilitySpec]:
     """CapabilitySpecs for the capability names given (built in or plugged in)."""
+    from capabilities.memory import memory_capability
     from capabilities.reasoning.capability import reasoning_capabilities
     from capabilities.tools.capability import tools_capability
 
@@ -66,6 +67,8 @@ def capability_specs(
             if reasoning is None:
                 reasoning = reasoning_capabilities(catalog)
             specs.append(reasoning[0] if name == "reasoning" else reasoning[1])
+        elif name == "memory":
+            specs.append(memory_capability())
         elif name == "tools":
             specs.append(tools_capability(_plugin_tools(), only=only_tools))
         elif name in plugins:

@@ -123,7 +123,7 @@ def tool(
 
     def wrap(function: Callable[..., Any]) -> Tool:
         tool_name = name or function.__name__
-        hints = get_type_hints(function)
+        hints = get_type_hints(function, include_extras=True)
         params = list(inspect.signature(function).parameters.values())
         takes_context = bool(params) and params[0].name == "ctx"
         fields: dict[str, Any] = {}
