@@ -161,12 +161,23 @@ def worker(
         settings = settings.model_copy(update={"worker_concurrency": concurrency})
 
     async def main(stop: asyncio.Event) -> None:
-        specs = capability_specs(capabilities, ModelCatalog.load(settings.models), only_tools=only)
-        nc = await _connect(settings, "jetagent.worker:" + ",".join(capabilities))
+        served: list[Any] = []
+        mcp = None
+        if settings.mcp and "tools" in capabilities:
+            from capabilities.tools.mcp import mcp_tools  # the MCP SDK only when configured
+
+            served, mcp = await mcp_tools(settings.mcp)
         try:
-            await Worker(nc, settings, specs).run(stop)
+            catalog = ModelCatalog.load(settings.models)
+            specs = capability_specs(capabilities, catalog, only_tools=only, extra_tools=served)
+            nc = await _connect(settings, "jetagent.worker:" + ",".join(capabilities))
+            try:
+                await Worker(nc, settings, specs).run(stop)
+            finally:
+                await nc.drain()
         finally:
-            await nc.drain()
+            if mcp is not None:
+                await mcp.aclose()
 
     _run(main, service="worker")
 

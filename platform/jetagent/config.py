@@ -51,6 +51,9 @@ class Settings(BaseSettings):
     metrics_port: int = Field(9464, ge=0, le=65535, description="Prometheus /metrics port.")
     metrics_addr: str = Field("127.0.0.1", description="Address /metrics listens on.")
     models: str | None = Field(None, description="Model catalog TOML (default: built in).")
+    mcp: str | None = Field(
+        None, description="MCP servers TOML; their tools join the tools worker."
+    )
 
     @field_validator("prefix")
     @classmethod

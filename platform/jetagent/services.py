@@ -52,7 +52,11 @@ def _plugin_tools() -> list[Any]:
 
 
 def capability_specs(
-    names: Sequence[str], catalog: ModelCatalog, *, only_tools: Sequence[str] | None = None
+    names: Sequence[str],
+    catalog: ModelCatalog,
+    *,
+    only_tools: Sequence[str] | None = None,
+    extra_tools: Sequence[Any] = (),
 ) -> list[CapabilitySpec]:
     """CapabilitySpecs for the capability names given (built in or plugged in)."""
     from capabilities.memory import memory_capability
@@ -70,7 +74,7 @@ def capability_specs(
         elif name == "memory":
             specs.append(memory_capability())
         elif name == "tools":
-            specs.append(tools_capability(_plugin_tools(), only=only_tools))
+            specs.append(tools_capability([*_plugin_tools(), *extra_tools], only=only_tools))
         elif name in plugins:
             specs.append(plugins[name])
         else:

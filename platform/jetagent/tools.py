@@ -187,7 +187,10 @@ class ToolBox:
         if found is None:
             known = ", ".join(sorted(self.tools)) or "none"
             return {"error": f"unknown tool {name!r}; available tools: {known}"}
-        kwargs = found.validate(arguments)
+        try:
+            kwargs = found.validate(arguments)
+        except Exception as exc:  # a schema the validator cannot use (say, a remote $ref)
+            return {"error": f"arguments of {name} could not be checked: {exc}"}
         if isinstance(kwargs, str):
             return {"error": kwargs}
         try:
