@@ -52,6 +52,7 @@ BUCKETS = (
     120.0,
 )
 _SEP = "\x1f"
+_ZERO = Decimal(0)
 
 
 def _key(*labels: str | None) -> str:
@@ -123,24 +124,30 @@ class MetricsState(msgspec.Struct):
                 _add(self.workflows, _key(event.tenant or "unknown", "rejected"), 1)
 
     def apply_step_result(self, result: StepResult) -> None:
+        # A hot path of rebuilds: label keys are formatted once per call record.
         cap = result.capability
-        _add(self.steps, _key(cap, "ok" if result.ok else "failed"), 1)
+        _add(self.steps, f"{cap}{_SEP}{'ok' if result.ok else 'failed'}", 1)
         retries = max(result.deliveries - 1, 0) + max(result.attempt - 1, 0)
         if retries:
             _add(self.retries, cap, retries)
         seconds = max((result.finished_at - result.started_at).total_seconds(), 0.0)
-        self.duration.setdefault(cap, Histogram()).observe(seconds)
+        histogram = self.duration.get(cap)
+        if histogram is None:
+            histogram = self.duration[cap] = Histogram()
+        histogram.observe(seconds)
+        tokens, cost = self.tokens, self.cost_usd
         for call in result.calls:
-            _add(self.calls, _key(cap, call.model, call.provider, call.outcome), 1)
-            if call.usage is not None:
-                base = (cap, call.model, call.provider, result.tenant)
-                fresh = max(call.usage.input_tokens - call.usage.cached_tokens, 0)
-                _add(self.tokens, _key(*base, "input"), fresh)
-                _add(self.tokens, _key(*base, "cached"), call.usage.cached_tokens)
-                _add(self.tokens, _key(*base, "output"), call.usage.output_tokens)
+            route = f"{cap}{_SEP}{call.model}{_SEP}{call.provider}"
+            _add(self.calls, f"{route}{_SEP}{call.outcome}", 1)
+            base = f"{route}{_SEP}{result.tenant}{_SEP}"
+            usage = call.usage
+            if usage is not None:
+                _add(tokens, base + "input", max(usage.input_tokens - usage.cached_tokens, 0))
+                _add(tokens, base + "cached", usage.cached_tokens)
+                _add(tokens, base + "output", usage.output_tokens)
             if call.cost_usd is not None:
-                key = _key(cap, call.model, call.provider, result.tenant)
-                self.cost_usd[key] = self.cost_usd.get(key, Decimal(0)) + call.cost_usd
+                key = base[: -len(_SEP)]
+                cost[key] = cost.get(key, _ZERO) + call.cost_usd
 
     def apply_dead_letter(self, source: str) -> None:
         _add(self.dead_letters, source, 1)

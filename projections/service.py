@@ -41,6 +41,7 @@ log = logging.getLogger("jetagent.projections")
 
 CHECKPOINT_KEY = "projection"
 _FINAL_VIEWS_KEPT = 20_000
+_PUT_WINDOW = 4096  # KV puts in flight at once when views are written
 
 
 class Checkpoint(msgspec.Struct):
@@ -83,6 +84,8 @@ class ProjectionService:
         self.live = LiveGauges()
         self.positions: dict[str, int] = {}
         self.views: OrderedDict[str, SessionView] = OrderedDict()
+        self._workflows_stream = self.names.workflows_stream
+        self._steps_stream = self.names.steps_stream
         self._dirty: set[str] = set()
         self._since_checkpoint = 0
         self._sessions: KeyValue | None = None
@@ -109,17 +112,23 @@ class ProjectionService:
 
     # --------------------------------------------------------------- applying
 
-    async def _view(self, workflow_id: str) -> SessionView:
+    def _view_now(self, workflow_id: str) -> SessionView | None:
+        """The view in memory, a new one, or None if it must be read from the bucket."""
         view = self.views.get(workflow_id)
-        if view is None:
-            # While rebuilding, the stored view is stale unless this rebuild wrote it.
-            if not self._rebuilding or workflow_id in self._rebuilt:
-                view = await self._stored_view(workflow_id)
-            view = view or SessionView(workflow_id=workflow_id)
-            self.views[workflow_id] = view
+        if view is not None:
+            if not self._rebuilding:  # recency matters for eviction only when live
+                self.views.move_to_end(workflow_id)
+            return view
+        # While rebuilding, the stored view is stale unless this rebuild wrote it.
+        if self._rebuilding and workflow_id not in self._rebuilt:
+            view = self.views[workflow_id] = SessionView(workflow_id=workflow_id)
             self._evict()
-        else:
-            self.views.move_to_end(workflow_id)
+            return view
+        return None
+
+    async def _load_view(self, workflow_id: str) -> SessionView:
+        view = await self._stored_view(workflow_id) or SessionView(workflow_id=workflow_id)
+        self._evict()
         return view
 
     async def _stored_view(self, workflow_id: str) -> SessionView | None:
@@ -142,19 +151,30 @@ class ProjectionService:
 
     async def apply(self, stream: str, seq: int, subject: str, data: bytes) -> None:
         """Fold one stored message of ``stream`` into views and totals."""
-        if seq <= self.positions.get(stream, 0):
-            return
-        names = self.names
+        missing = self._apply_now(stream, seq, subject, data)
+        if missing is not None:
+            self.views[missing] = await self._load_view(missing)
+            self._apply_now(stream, seq, subject, data)
+
+    def _apply_now(self, stream: str, seq: int, subject: str, data: bytes) -> str | None:
+        """Apply without waiting; or the id of a view that must be loaded first."""
+        positions = self.positions
+        if seq <= positions.get(stream, 0):
+            return None
         try:
-            if stream == names.workflows_stream:
+            if stream == self._workflows_stream:
                 event = decode_event(data)
-                view = await self._view(event.workflow_id)
+                view = self._view_now(event.workflow_id)
+                if view is None:
+                    return event.workflow_id
                 if apply_workflow_event(view, event, seq):
                     self._dirty.add(event.workflow_id)
                 self.metrics.apply_workflow_event(event)
-            elif stream == names.steps_stream:
+            elif stream == self._steps_stream:
                 result = decode_step_result(data)
-                view = await self._view(result.workflow_id)
+                view = self._view_now(result.workflow_id)
+                if view is None:
+                    return result.workflow_id
                 if apply_step_result(view, result, seq):
                     self._dirty.add(result.workflow_id)
                 self.metrics.apply_step_result(result)
@@ -162,8 +182,9 @@ class ProjectionService:
                 self.metrics.apply_dead_letter(subject.rsplit(".", 1)[-1])
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             log.warning("skipping unreadable message %s:%d (%s)", stream, seq, exc)
-        self.positions[stream] = seq
+        positions[stream] = seq
         self._since_checkpoint += 1
+        return None
 
     # ------------------------------------------------------------ checkpoints
 
@@ -184,15 +205,18 @@ class ProjectionService:
 
     async def checkpoint(self) -> None:
         """Write the changed views, then the positions and totals (in that order)."""
-        sessions, checkpoints = await self._buckets()
+        _, checkpoints = await self._buckets()
         dirty, self._dirty = list(self._dirty), set()
         if self._rebuilding:
             self._rebuilt.update(dirty)
-        for start in range(0, len(dirty), 512):
-            window = dirty[start : start + 512]
-            await asyncio.gather(
-                *(sessions.put(wid, _encoder.encode(self.views[wid])) for wid in window)
-            )
+        # Pipelined puts (a KV put is a publish to $KV.<bucket>.<key>), every ack checked.
+        subject = f"$KV.{self.names.bucket('SESSIONS')}."
+        for start in range(0, len(dirty), _PUT_WINDOW):
+            acks = [
+                await self.js.publish_async(subject + wid, _encoder.encode(self.views[wid]))
+                for wid in dirty[start : start + _PUT_WINDOW]
+            ]
+            await asyncio.gather(*acks)
         saved = Checkpoint(positions=dict(self.positions), metrics=self.metrics)
         await checkpoints.put(CHECKPOINT_KEY, _encoder.encode(saved))
         self._since_checkpoint = 0
@@ -237,15 +261,28 @@ class ProjectionService:
         done = 0
         last_checkpoint = time.monotonic()
         try:
+            items = inbox.items
             while not stop.is_set():
-                if inbox.items:
-                    stream, msg = inbox.items.popleft()
-                    await self.apply(stream, msg.metadata.sequence.stream, msg.subject, msg.data)
-                    done += 1
-                    if progress is not None and done % 5000 == 0:
+                if items:
+                    # A tight synchronous loop: no await per event unless a view must be
+                    # read from the bucket (a workflow started before a restart).
+                    budget = self.checkpoint_events - self._since_checkpoint
+                    while items and budget > 0:
+                        stream, msg = items.popleft()
+                        args = (stream, _stream_seq(msg.reply), msg.subject, msg.data)
+                        missing = self._apply_now(*args)
+                        if missing is not None:
+                            self.views[missing] = await self._load_view(missing)
+                            self._apply_now(*args)
+                        done += 1
+                        budget -= 1
+                    if progress is not None:
                         progress(done, total)
                     if self._since_checkpoint < self.checkpoint_events:
-                        continue
+                        await asyncio.sleep(0)  # let the client read more messages
+                        now = time.monotonic()
+                        if now - last_checkpoint < self.checkpoint_interval_s:
+                            continue
                 else:
                     if until_caught_up and all(
                         self.positions.get(s, 0) >= t for s, t in targets.items()
@@ -347,8 +384,20 @@ class ProjectionService:
         self.views.clear()
         self._dirty.clear()
         self._replace_metrics(MetricsState())
+        # A rebuild writes views rarely: a view written once at the end, not per second.
+        saved = self.checkpoint_events, self.checkpoint_interval_s
+        self.checkpoint_events, self.checkpoint_interval_s = 200_000, 10.0
         try:
             await self.process(asyncio.Event(), until_caught_up=True, progress=progress)
         finally:
             self._rebuilding = False
+            self.checkpoint_events, self.checkpoint_interval_s = saved
         return sum(self.positions.values())
+
+
+def _stream_seq(reply: str) -> int:
+    """The stream sequence in a JetStream ack subject (``$JS.ACK.<stream>.<consumer>.
+    <delivered>.<stream_seq>...``, or the domain-and-hash form with two more tokens);
+    cheaper than building nats-py's full metadata for every message."""
+    tokens = reply.split(".")
+    return int(tokens[5] if len(tokens) == 9 else tokens[7])

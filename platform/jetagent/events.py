@@ -288,6 +288,9 @@ def _current_version(cls: type[msgspec.Struct]) -> int:
 
 CURRENT_VERSIONS: dict[str, int] = {event_type(c): _current_version(c) for c in _EVENT_CLASSES}
 """The schema version each event type is written with today."""
+_CURRENT_BY_CLASS: dict[type[msgspec.Struct], int] = {
+    c: _current_version(c) for c in _EVENT_CLASSES
+}
 
 Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
 UPCASTERS: dict[tuple[str, int], Upcaster] = {}
@@ -326,7 +329,7 @@ def decode_event(data: bytes) -> WorkflowEvent:
         event = _workflow_decoder.decode(data)
     except msgspec.ValidationError:
         event = None
-    if event is not None and event.v == CURRENT_VERSIONS[event_type(type(event))]:
+    if event is not None and event.v == _CURRENT_BY_CLASS[type(event)]:
         return event
     raw = _upcast(msgspec.json.decode(data))
     upcast: WorkflowEvent = msgspec.convert(raw, WorkflowEvent)
