@@ -13,12 +13,13 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markdown import Markdown
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from ._harness import RunConfig, Suite, SuiteResult, rich_table, run_suite
 from ._report import command_line, write_report
 
-SUITE_MODULES = ["bench.store", "bench.transcoder"]
+SUITE_MODULES = ["bench.store", "bench.transcoder", "bench.engine"]
 """Every suite, in report order. Add a module exposing ``SUITE: Suite`` to add one."""
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -107,6 +108,8 @@ def main(
             result = run_suite(suite, config, progress)
             results.append(result)
             progress.console.print(rich_table(result))
+            if result.appendix:
+                progress.console.print(Markdown(result.appendix))
     console.print(f"ran {len(results)} suite(s) in {time.monotonic() - started:.0f} s")
     to_write = write and not config.profile and (not quick or output is not None)
     if to_write:

@@ -9,8 +9,10 @@ the order rotated each round, so drift of the machine hits all of them alike) an
 the median of the rounds.
 
 A :class:`Target` is absolute (``< 500 µs``) or relative to a baseline measured in the
-same run (``< SQLite``). When a subject misses its target the harness profiles one more
-round of it (see ``_profile``) and keeps a short "where the time goes" note.
+same run (``< SQLite``, ``<= 2.5x bare loop``). When a subject misses its target the
+harness profiles one more round of it (see ``_profile``) and keeps a short "where the
+time goes" note. A suite may add an *appendix*: markdown it measures after its
+benchmarks (the ``engine`` suite's per-process profile), written under its table.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
 from rich.progress import Progress, TaskID
 from rich.table import Table
@@ -55,6 +57,8 @@ __all__ = [
     "rich_table",
     "run_suite",
 ]
+
+T = TypeVar("T")
 
 Round = Callable[[], float]
 """One round of one contender: runs the workload and returns its value in the unit."""
@@ -93,11 +97,15 @@ class Env:
 
     The server starts on first use of :attr:`nats_url`, on loopback with a free port and
     its store in the temp folder; :meth:`close` stops it and deletes the folder.
+    Resources that several benchmarks use (running services, say) come from
+    :meth:`shared` and are closed with the suite.
     """
 
     config: RunConfig
     tmp: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="jetagent-bench-")))
     _server: EmbeddedServer | None = field(default=None, init=False, repr=False)
+    _stack: ExitStack = field(default_factory=ExitStack, init=False, repr=False)
+    _shared: dict[str, Any] = field(default_factory=dict, init=False, repr=False)
 
     @property
     def quick(self) -> bool:
@@ -115,11 +123,31 @@ class Env:
             watch_process("nats-server", self._server.pid)
         return self._server.url
 
+    @property
+    def server_pid(self) -> int | None:
+        """The nats-server's process id (``None`` before :attr:`nats_url` is used)."""
+        return None if self._server is None else self._server.pid
+
     def path(self, name: str) -> Path:
         """A fresh path in the temp folder."""
         return Path(tempfile.mkdtemp(dir=self.tmp)) / name
 
+    def shared(self, key: str, make: Callable[[], AbstractContextManager[T]]) -> T:
+        """The suite's one ``key`` resource: ``make()`` is entered on first use and
+        exited when the suite ends (before the server stops)."""
+        if key not in self._shared:
+            self._shared[key] = self._stack.enter_context(make())
+        value: T = self._shared[key]
+        return value
+
     def close(self) -> None:
+        try:
+            self._stack.close()
+        finally:
+            self._shared.clear()
+            self._close_server()
+
+    def _close_server(self) -> None:
         if self._server is not None:
             unwatch_process("nats-server")
             self._server.stop()
@@ -129,25 +157,35 @@ class Env:
 
 @dataclass(frozen=True)
 class Target:
-    """What the subject should reach: ``op`` against a value or a baseline's median."""
+    """What the subject should reach: ``op`` against a value, or ``factor`` times a
+    baseline's median."""
 
     op: Literal["<", "<=", ">", ">="]
     value: float | None = None
     baseline: str | None = None
+    factor: float = 1.0
+    """With a baseline: compare with this multiple of it (``<= 2.5x bare loop``)."""
 
     def __post_init__(self) -> None:
         if (self.value is None) == (self.baseline is None):
             raise ValueError("a target compares with either a value or a baseline")
+        if self.factor != 1.0 and self.baseline is None:
+            raise ValueError("a factor applies to a baseline")
 
     def describe(self, unit: str) -> str:
         if self.baseline is not None:
-            return f"{self.op} {self.baseline}"
+            times = "" if self.factor == 1.0 else f"{self.factor:g}{TIMES} "
+            return f"{self.op} {times}{self.baseline}"
         assert self.value is not None
         return f"{self.op} {fmt(self.value)} {unit}"
 
     def met(self, value: float, baselines: Mapping[str, float]) -> bool | None:
         """Whether ``value`` meets the target (``None``: its baseline was not measured)."""
-        other = self.value if self.baseline is None else baselines.get(self.baseline)
+        if self.baseline is None:
+            other = self.value
+        else:
+            base = baselines.get(self.baseline)
+            other = None if base is None else base * self.factor
         if other is None:
             return None
         return _OPS[self.op](value, other)
@@ -168,6 +206,9 @@ class Benchmark:
     quick_rounds: int = 1
     note: str = ""
     """Said under the suite's table (what exactly is measured, sizes)."""
+    profile_miss: bool = True
+    """Profile one more round of the subject when it misses its target (off when the
+    suite's appendix already profiles that workload)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -179,6 +220,9 @@ class Suite:
     description: str
     benchmarks: Callable[[Env], Sequence[Benchmark]]
     """The benchmarks; a function so that sizes can depend on the run (quick or not)."""
+    appendix: Callable[[Env], str] | None = None
+    """Run after the benchmarks, on the same ``Env``: markdown written under the suite's
+    table (for findings a table of medians cannot hold, such as a profile per process)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -241,6 +285,8 @@ class SuiteResult:
     rows: list[Row]
     load: float | None = None
     """1-minute load average when the suite started: other work skews the numbers."""
+    appendix: str = ""
+    """The suite's appendix (markdown), if it has one."""
 
 
 def fmt(value: float) -> str:
@@ -267,8 +313,12 @@ def run_suite(suite: Suite, config: RunConfig, progress: Progress) -> SuiteResul
         total = sum(_rounds(b, config) * (1 + len(b.baselines)) for b in benchmarks)
         task = progress.add_task(f"[bold]{suite.name}[/]", total=total)
         rows = [_run_benchmark(suite, b, env, progress, task) for b in benchmarks]
+        appendix = ""
+        if suite.appendix is not None:
+            progress.update(task, description=f"[bold]{suite.name}[/] appendix")
+            appendix = suite.appendix(env)
         progress.update(task, description=f"[bold]{suite.name}[/] done")
-        return SuiteResult(suite=suite, rows=rows, load=load)
+        return SuiteResult(suite=suite, rows=rows, load=load, appendix=appendix)
     finally:
         env.close()
 
@@ -305,7 +355,8 @@ def _run_benchmark(
                     cpu = used
                 progress.advance(task)
         row = Row(benchmark=benchmark, rounds=rounds, cpu=cpu)
-        if row.met is False and config.profile_misses and not config.profile:
+        miss = row.met is False and benchmark.profile_miss
+        if miss and config.profile_misses and not config.profile:
             progress.update(
                 task, description=f"[bold]{suite.name}[/] {benchmark.name}: profiling the miss"
             )

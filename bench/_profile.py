@@ -5,8 +5,10 @@ event-loop thread, so a profile of the calling thread alone shows nothing but a 
 Suites register such loops with :func:`watch_loop`; :func:`profile_call` then profiles the
 calling thread and every registered loop's thread for the duration of one call, and
 summarises each thread by where its time went (own time by package) and its top
-functions. Profiling inflates the cost of Python-level calls, so read the shares, not
-the absolute times.
+functions. Work done by other processes (the engine's services) is followed with
+:func:`watch_remote`: a pair of callables that start cProfile in those processes and stop
+it, returning their ``.prof`` files. Profiling inflates the cost of Python-level calls,
+so read the shares, not the absolute times.
 """
 
 from __future__ import annotations
@@ -17,11 +19,12 @@ import os
 import pstats
 import re
 import resource
+import shutil
 import sysconfig
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,14 +37,25 @@ __all__ = [
     "ProfileSummary",
     "ThreadProfile",
     "measure_cpu",
+    "process_cpu",
     "profile_call",
+    "summarise",
     "unwatch_process",
+    "unwatch_remote",
     "watch_loop",
     "watch_process",
+    "watch_remote",
 ]
+
+RemoteStart = Callable[[], None]
+RemoteStop = Callable[[], Mapping[str, Path]]
+"""Stops the remote profilers; returns their ``.prof`` files by process name."""
 
 _loops: list[asyncio.AbstractEventLoop] = []
 _processes: dict[str, int] = {}
+_remotes: dict[str, tuple[RemoteStart, RemoteStop]] = {}
+_REMOTE_IDLE = 0.02
+"""A remote process busy less than this share of the profiled call did no work in it."""
 _C_BUILTINS = "C builtins"
 _Key = tuple[str, int, str]
 _STDLIB = sysconfig.get_paths()["stdlib"].rstrip("/") + "/"
@@ -51,6 +65,16 @@ def watch_loop(loop: asyncio.AbstractEventLoop) -> None:
     """Profile ``loop``'s thread too whenever :func:`profile_call` runs."""
     if loop not in _loops:
         _loops.append(loop)
+
+
+def watch_remote(key: str, start: RemoteStart, stop: RemoteStop) -> None:
+    """Profile other processes too whenever :func:`profile_call` runs: ``start()`` before
+    the call, ``stop()`` after it (it returns their ``.prof`` files)."""
+    _remotes[key] = (start, stop)
+
+
+def unwatch_remote(key: str) -> None:
+    _remotes.pop(key, None)
 
 
 def watch_process(name: str, pid: int) -> None:
@@ -77,7 +101,7 @@ class CpuUse:
         return ", ".join(parts) + f" (of {os.cpu_count()})"
 
 
-def _process_cpu(pid: int) -> float | None:
+def process_cpu(pid: int) -> float | None:
     """CPU seconds (user + system) of a process, from /proc (Linux only)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
@@ -94,7 +118,7 @@ def _own_cpu() -> float:
 
 def measure_cpu(fn: Callable[[], float]) -> tuple[float, CpuUse]:
     """Call ``fn``; return its value and the CPU time used meanwhile."""
-    before = {name: _process_cpu(pid) for name, pid in _processes.items()}
+    before = {name: process_cpu(pid) for name, pid in _processes.items()}
     own = _own_cpu()
     started = time.perf_counter()
     value = fn()
@@ -102,7 +126,7 @@ def measure_cpu(fn: Callable[[], float]) -> tuple[float, CpuUse]:
     own = _own_cpu() - own
     others = {}
     for name, pid in _processes.items():
-        start, end = before.get(name), _process_cpu(pid)
+        start, end = before.get(name), process_cpu(pid)
         if start is not None and end is not None:
             others[name] = end - start
     return value, CpuUse(wall=wall, own=own, others=others)
@@ -119,6 +143,11 @@ class ThreadProfile:
     """Own time by package or activity, largest first."""
     top: list[tuple[str, float, float, int]]
     """``(function, own seconds, cumulative seconds, calls)`` by own time, largest first."""
+
+    @property
+    def busy(self) -> float:
+        """Own time not spent waiting for I/O or on a lock (seconds)."""
+        return self.seconds - sum(t for name, t in self.categories if name.startswith("waiting"))
 
     def shares(self, limit: int = 7) -> str:
         total = self.seconds or 1.0
@@ -194,9 +223,13 @@ def profile_call(
     loops = [loop for loop in _loops if loop.is_running()]
     profiles = [(loop, cProfile.Profile()) for loop in loops]
     names = [_on_loop(loop, _enable(p)) for loop, p in profiles]
+    remotes = list(_remotes.values())
+    for start, _ in remotes:
+        start()
     main = cProfile.Profile()
     started = time.perf_counter()
     main.enable()
+    remote_files: dict[str, Path] = {}
     try:
         value = fn()
     finally:
@@ -204,10 +237,29 @@ def profile_call(
         wall = time.perf_counter() - started
         for loop, p in profiles:
             _on_loop(loop, _disable(p))
-    threads = [_summarise(threading.current_thread().name, main)]
-    threads += [_summarise(name, p) for name, (_, p) in zip(names, profiles, strict=True)]
+        for _, stop in remotes:
+            remote_files.update(stop())
+    threads = [summarise(threading.current_thread().name, main)]
+    threads += [summarise(name, p) for name, (_, p) in zip(names, profiles, strict=True)]
     files = _dump(label, out_dir, [threads[0].thread, *names], [main, *(p for _, p in profiles)])
+    for name, path in remote_files.items():
+        thread = summarise(f"{name} process", path)
+        if thread.busy < _REMOTE_IDLE * wall:
+            continue  # an idle service (another benchmark's): nothing to say
+        threads.append(thread)
+        files += _keep(label, out_dir, name, path)
     return ProfileSummary(label=label, value=value, wall=wall, threads=threads, files=files)
+
+
+def _keep(label: str, out_dir: Path | None, name: str, path: Path) -> list[Path]:
+    """Copy a remote process's ``.prof`` file next to the others."""
+    if out_dir is None:
+        return []
+    out_dir.mkdir(parents=True, exist_ok=True)
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", label).strip("-").lower()
+    target = out_dir / f"{slug}.{re.sub(r'[^A-Za-z0-9]+', '-', name).lower()}-process.prof"
+    shutil.copyfile(path, target)
+    return [target]
 
 
 def _enable(profile: cProfile.Profile) -> Callable[[], str]:
@@ -248,8 +300,9 @@ def _dump(
     return files
 
 
-def _summarise(thread: str, profile: cProfile.Profile) -> ThreadProfile:
-    stats = pstats.Stats(profile)
+def summarise(thread: str, profile: cProfile.Profile | Path) -> ThreadProfile:
+    """Where one thread's time went (a live profile, or a ``.prof`` file of a process)."""
+    stats = pstats.Stats(profile if isinstance(profile, cProfile.Profile) else str(profile))
     raw: dict[_Key, tuple[int, int, float, float, dict[_Key, tuple[Any, ...]]]]
     raw = stats.stats  # type: ignore[attr-defined]
     by_category: dict[str, float] = defaultdict(float)

@@ -193,6 +193,8 @@ def _section(result: SuiteResult, m: Machine, command: str, when: str, quick: bo
     ]
     if notes:
         lines += ["", *notes]
+    if result.appendix:
+        lines += ["", result.appendix.strip()]
     missed = [r for r in result.rows if r.profile is not None]
     if missed:
         lines += ["", "### Where the time goes (targets missed)"]

@@ -1,0 +1,584 @@
+"""The workflow engine as the ``engine`` suite runs it: real service processes, one client.
+
+:class:`EnginePlatform` starts ``k`` orchestrator and ``m`` worker processes (through
+``bench._engine_service``, i.e. the ``jetagent`` CLI) under a prefix of their own on the
+suite's nats-server, and a :class:`jetagent.client.Client` on an event loop owned by the
+calling thread. Workflows are submitted with ``Client.submit``; their ends are noticed by
+one core-NATS subscription on ``<prefix>.wf.*.*`` (every event but ``StepScheduled``),
+which is lighter for the server than ``Client.result``'s ordered consumer per workflow.
+Step timings are read back from the stream after a run, so the measured window has no
+client-side decoding in it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.js.errors import NoKeysError, NotFoundError
+
+from jetagent.client import Client
+from jetagent.config import Settings
+from jetagent.contract import WorkflowRequest
+from jetagent.events import (
+    Finalized,
+    Started,
+    StepCompleted,
+    StepResult,
+    StepScheduled,
+    decode_event,
+    decode_step_result,
+)
+from jetagent.store import DirectGetter, Record
+
+from ._engine_service import PROFILE_ENV
+from ._profile import process_cpu
+
+__all__ = [
+    "INSTRUCTION",
+    "SEGMENTS",
+    "STEPS_PER_WORKFLOW",
+    "EnginePlatform",
+    "StepTiming",
+    "ThroughputRun",
+    "engine_platform",
+    "percentile",
+]
+
+T = TypeVar("T")
+ROOT = Path(__file__).resolve().parent.parent
+INSTRUCTION = "What is 3 * 4? Then add 2 to the result then add 5 to the result"
+"""reasoning → calculator → reasoning → calculator → reasoning → calculator → reasoning."""
+STEPS_PER_WORKFLOW = 7
+ANSWER = "Final answer: 19"
+_FINAL_EVENTS = frozenset({"Finalized", "Terminated", "Cancelled", "RequestRejected"})
+
+
+SEGMENTS = (
+    "orchestrator: take the input, decide, append the 1st event (StepCompleted or Started)",
+    "orchestrator: append StepScheduled (a 2nd round trip to the server)",
+    "server → worker: deliver StepScheduled; the worker decodes it, starts the step",
+    "worker: the handler (offline planner or calculator); StepResult built",
+    "worker: publish StepResult until the server stored it",
+    "server → orchestrator: deliver StepResult; the orchestrator takes it",
+)
+"""A step's round trip, cut at each time recorded in the streams (in order)."""
+
+
+def _server_time(record: Record) -> dt.datetime:
+    """The time the server stored a record (``Nats-Time-Stamp``, ns → µs)."""
+    stamp = record.headers["Nats-Time-Stamp"].removesuffix("Z")
+    whole, _, fraction = stamp.partition(".")
+    return dt.datetime.fromisoformat(f"{whole}.{(fraction + '000000')[:6]}+00:00")
+
+
+def _ms(a: dt.datetime, b: dt.datetime) -> float:
+    return (b - a).total_seconds() * 1000
+
+
+@dataclass(frozen=True)
+class StepTiming:
+    """One step's timeline: orchestrator decision times, server store times, handler times."""
+
+    capability: str
+    first: bool
+    """The workflow's first step: its decision also loaded the new workflow."""
+    scheduled_at: dt.datetime
+    """``StepScheduled.at``: when the orchestrator took the input that scheduled it."""
+    previous_stored: dt.datetime
+    """When the server stored the workflow's event before ``StepScheduled`` (the
+    ``StepCompleted`` of the step before, or ``Started``): the decision's first append."""
+    scheduled_stored: dt.datetime
+    """When the server stored ``StepScheduled``."""
+    started_at: dt.datetime
+    """``StepResult.started_at``: the worker began the step (decoded, before the handler)."""
+    finished_at: dt.datetime
+    """``StepResult.finished_at``: the handler's result was built."""
+    result_stored: dt.datetime
+    """When the server stored the ``StepResult``."""
+    completed_at: dt.datetime
+    """``StepCompleted.at``: when the orchestrator took the result."""
+
+    @property
+    def total_ms(self) -> float:
+        return _ms(self.scheduled_at, self.completed_at)
+
+    def segments(self) -> dict[str, float]:
+        """The step's round trip cut at each recorded time (ms)."""
+        return {
+            SEGMENTS[0]: _ms(self.scheduled_at, self.previous_stored),
+            SEGMENTS[1]: _ms(self.previous_stored, self.scheduled_stored),
+            SEGMENTS[2]: _ms(self.scheduled_stored, self.started_at),
+            SEGMENTS[3]: _ms(self.started_at, self.finished_at),
+            SEGMENTS[4]: _ms(self.finished_at, self.result_stored),
+            SEGMENTS[5]: _ms(self.result_stored, self.completed_at),
+        }
+
+
+@dataclass(frozen=True)
+class ThroughputRun:
+    steps: int
+    wall: float
+
+    @property
+    def rate(self) -> float:
+        return self.steps / self.wall
+
+
+@dataclass
+class _Round:
+    """What the core subscription saw during one run."""
+
+    expected: set[str]
+    finals: dict[str, str] = field(default_factory=dict)
+    """Workflow id → its final event's name."""
+    completed_steps: int = 0
+    waiter: asyncio.Future[None] | None = None
+    awaited: str | None = None
+
+
+class EnginePlatform:
+    """Orchestrator and worker processes on their own prefix, and a client for them."""
+
+    def __init__(
+        self,
+        url: str,
+        prefix: str,
+        log_dir: Path,
+        *,
+        orchestrators: int = 1,
+        workers: int = 1,
+        profile_dir: Path | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.url = url
+        self.settings = Settings(nats_url=url, prefix=prefix, tenants="*")
+        self.names = self.settings.names
+        self.log_dir = log_dir
+        self.profile_dir = profile_dir
+        self.extra_env = dict(env or {})
+        self.loop = asyncio.new_event_loop()
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self._profile_files: dict[str, Path] = {}
+        self._round: _Round | None = None
+        self._subs: list[Subscription] = []
+        self._dead_letters: list[str] = []
+        self.client: Client | None = None
+        log_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            for i in range(orchestrators):
+                self._start(f"orchestrator-{i + 1}", "orchestrator")
+            for i in range(workers):
+                self._start(f"worker-{i + 1}", "worker", "reasoning", "tools")
+            self.run(self._connect())
+        except BaseException:
+            self.close()
+            raise
+
+    # ---------------------------------------------------------------- processes
+
+    def _start(self, name: str, *args: str) -> None:
+        env = {
+            **os.environ,
+            "NATS_URL": self.url,
+            "JETAGENT_PREFIX": self.settings.prefix,
+            "JETAGENT_TENANTS": "*",
+            "PYTHONUNBUFFERED": "1",
+            **self.extra_env,
+        }
+        if self.profile_dir is not None:
+            self.profile_dir.mkdir(parents=True, exist_ok=True)
+            path = self.profile_dir / f"{self.settings.prefix}-{name}.prof"
+            self._profile_files[name] = path
+            env[PROFILE_ENV] = str(path)
+        log = (self.log_dir / f"{self.settings.prefix}-{name}.log").open("ab")
+        try:
+            self.processes[name] = subprocess.Popen(
+                [sys.executable, "-m", "bench._engine_service", *args],
+                cwd=ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        finally:
+            log.close()
+
+    @property
+    def pids(self) -> dict[str, int]:
+        return {name: p.pid for name, p in self.processes.items()}
+
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU seconds used so far by each service process."""
+        out = {}
+        for name, pid in self.pids.items():
+            used = process_cpu(pid)
+            if used is not None:
+                out[name] = used
+        return out
+
+    def log(self, name: str) -> str:
+        path = self.log_dir / f"{self.settings.prefix}-{name}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def _check_alive(self) -> None:
+        for name, process in self.processes.items():
+            if process.poll() is not None:
+                tail = "\n".join(self.log(name).splitlines()[-20:])
+                raise RuntimeError(f"{name} exited with {process.returncode}:\n{tail}")
+
+    # ---------------------------------------------------------------- profiling
+
+    @property
+    def profilable(self) -> bool:
+        return bool(self._profile_files)
+
+    def profile_start(self) -> None:
+        """Start cProfile in every service process (and wait until each has)."""
+        for name, path in self._profile_files.items():
+            for stale in (path, path.with_name(path.name + ".on")):
+                stale.unlink(missing_ok=True)
+            self.processes[name].send_signal(signal.SIGUSR1)
+        for path in self._profile_files.values():
+            _wait_for(path.with_name(path.name + ".on"))
+
+    def profile_stop(self) -> dict[str, Path]:
+        """Stop cProfile in every service process; their ``.prof`` files by process name."""
+        for name in self._profile_files:
+            self.processes[name].send_signal(signal.SIGUSR2)
+        for path in self._profile_files.values():
+            _wait_for(path)
+            path.with_name(path.name + ".on").unlink(missing_ok=True)
+        return dict(self._profile_files)
+
+    # ------------------------------------------------------------------- client
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return self.loop.run_until_complete(coro)
+
+    async def _connect(self) -> None:
+        self.client = await Client.connect(self.url, settings=self.settings)
+        nc = self.client.nc
+        self._subs = [
+            await nc.subscribe(f"{self.names.workflow_root}.*.*", cb=self._on_event),
+            await nc.subscribe(f"{self.names.prefix}.dlq.>", cb=self._on_dead_letter),
+        ]
+        deadline = time.monotonic() + 60
+        while not await self._tools_known():
+            self._check_alive()
+            if time.monotonic() > deadline:
+                raise RuntimeError("the workers did not register the calculator within 60 s")
+            await asyncio.sleep(0.05)
+
+    async def _tools_known(self) -> bool:
+        assert self.client is not None
+        try:
+            kv = await self.client.js.key_value(self.names.bucket("REGISTRY"))
+            return "tool.calculator" in await kv.keys()
+        except (NoKeysError, NotFoundError):
+            return False
+
+    async def _on_dead_letter(self, msg: Msg) -> None:
+        """A service gave up on a message: the run cannot be right; say why at once."""
+        self._dead_letters.append(msg.data.decode(errors="replace")[:2000])
+        current = self._round
+        if current is not None and current.waiter is not None and not current.waiter.done():
+            current.waiter.set_result(None)
+
+    async def _diagnose(self, workflow_ids: Sequence[str]) -> str:
+        """What the streams and consumers say about workflows that did not end."""
+        assert self.client is not None
+        lines = []
+        reader = DirectGetter(self.client.nc, self.names.workflows_stream, timeout=5)
+        steps = DirectGetter(self.client.nc, self.names.steps_stream, timeout=5)
+        try:
+            for workflow_id in workflow_ids:
+                events = await reader.scan(self.names.workflow(workflow_id))
+                results = await steps.scan(f"{self.names.prefix}.step.{workflow_id}.>")
+                tails = [r.subject.split(".", 3)[-1] for r in events]
+                lines.append(f"workflow {workflow_id}: events {tails}; step results {len(results)}")
+            consumers = [
+                (self.names.requests_stream, "orchestrator-requests"),
+                (self.names.steps_stream, "orchestrator-steps"),
+                (self.names.workflows_stream, "cap-reasoning"),
+                (self.names.workflows_stream, "cap-tools"),
+            ]
+            for stream, consumer in consumers:
+                info = await self.client.js.consumer_info(stream, consumer)
+                lines.append(
+                    f"consumer {consumer}: pending {info.num_pending}, ack pending "
+                    f"{info.num_ack_pending}, redelivered {info.num_redelivered}, "
+                    f"waiting pulls {info.num_waiting}"
+                )
+        except Exception as exc:
+            lines.append(f"(diagnosis failed: {exc!r})")
+        finally:
+            await reader.close()
+            await steps.close()
+        return "\n".join(lines)
+
+    def _problems(self) -> str:
+        tails = []
+        for name in self.processes:
+            tail = "\n".join(self.log(name).splitlines()[-15:])
+            tails.append(f"--- {name} log (last lines):\n{tail}")
+        return "\n".join(tails)
+
+    async def _on_event(self, msg: Msg) -> None:
+        current = self._round
+        if current is None:
+            return
+        _, _, workflow_id, kind = msg.subject.rsplit(".", 3)
+        if kind == "StepCompleted":
+            current.completed_steps += 1
+        elif kind in _FINAL_EVENTS and workflow_id in current.expected:
+            event = decode_event(msg.data)
+            ok = isinstance(event, Finalized) and event.output.endswith(ANSWER)
+            current.finals[workflow_id] = kind if ok else f"{kind}: {event!r}"
+            done = len(current.finals) == len(current.expected)
+            waiter = current.waiter
+            wanted = done or current.awaited == workflow_id
+            if waiter is not None and wanted and not waiter.done():
+                waiter.set_result(None)
+
+    async def _await(self, current: _Round, workflow_id: str | None, timeout: float) -> None:
+        while True:
+            if self._dead_letters:
+                raise RuntimeError(
+                    f"a message was dead-lettered: {self._dead_letters[0]}\n{self._problems()}"
+                )
+            if workflow_id is not None and workflow_id in current.finals:
+                return
+            if workflow_id is None and len(current.finals) == len(current.expected):
+                return
+            current.waiter = self.loop.create_future()
+            current.awaited = workflow_id
+            try:
+                await asyncio.wait_for(current.waiter, timeout)
+            except TimeoutError:
+                self._check_alive()
+                missing = [w for w in current.expected if w not in current.finals]
+                state = await self._diagnose(missing[:3])
+                raise RuntimeError(
+                    f"{len(missing)} workflow(s) did not end within {timeout} s\n"
+                    f"{state}\n{self._problems()}"
+                ) from None
+
+    @staticmethod
+    def _check_outcomes(current: _Round) -> None:
+        bad = {wid: how for wid, how in current.finals.items() if how != "Finalized"}
+        if bad:
+            wid, how = next(iter(bad.items()))
+            raise RuntimeError(f"{len(bad)} workflow(s) did not finalize as expected: {wid} {how}")
+
+    async def _submit(self, current: _Round) -> str:
+        """Submit one workflow, expected before it is published: under load its final
+        event can reach this process in the same read as the publish's acknowledgement."""
+        assert self.client is not None
+        request = WorkflowRequest(instruction=INSTRUCTION, tenant="bench")
+        current.expected.add(request.request_id)
+        return await self.client.submit(request)
+
+    # ----------------------------------------------------------------- workloads
+
+    def warm_up(self, workflows: int = 10) -> None:
+        self.sequential(workflows)
+
+    def sequential(
+        self, workflows: int, *, ended: Callable[[], object] | None = None
+    ) -> list[StepTiming]:
+        """Run ``workflows`` workflows one after another; every step's timeline.
+
+        ``ended`` is called when the last workflow has ended, before the timelines are
+        read back from the streams (to stop a meter there).
+        """
+        return self.run(self._sequential(workflows, ended))
+
+    async def _sequential(
+        self, workflows: int, ended: Callable[[], object] | None = None
+    ) -> list[StepTiming]:
+        start_wf, start_steps = await self._last_seqs()
+        current = _Round(expected=set())
+        self._round = current
+        try:
+            for _ in range(workflows):
+                # The id is known only once submitted; the final event comes much later.
+                workflow_id = await self._submit(current)
+                await self._await(current, workflow_id, 30)
+        finally:
+            self._round = None
+        if ended is not None:
+            ended()
+        self._check_outcomes(current)
+        timings = await self._timings(start_wf, start_steps, current.expected)
+        if len(timings) != workflows * STEPS_PER_WORKFLOW:
+            expected = workflows * STEPS_PER_WORKFLOW
+            raise RuntimeError(f"expected {expected} steps, read {len(timings)}")
+        return timings
+
+    def concurrent(self, workflows: int) -> ThroughputRun:
+        """Submit ``workflows`` workflows at once; steps done until the last one ends."""
+        return self.run(self._concurrent(workflows))
+
+    async def _concurrent(self, workflows: int) -> ThroughputRun:
+        current = _Round(expected=set())
+        self._round = current
+        try:
+            started = time.perf_counter()
+            await asyncio.gather(*(self._submit(current) for _ in range(workflows)))
+            await self._await(current, None, 60)
+            wall = time.perf_counter() - started
+        finally:
+            self._round = None
+        self._check_outcomes(current)
+        steps = current.completed_steps
+        if steps != workflows * STEPS_PER_WORKFLOW:
+            raise RuntimeError(f"expected {workflows * STEPS_PER_WORKFLOW} steps, saw {steps}")
+        return ThroughputRun(steps=steps, wall=wall)
+
+    async def _last_seqs(self) -> tuple[int, int]:
+        assert self.client is not None
+        js = self.client.js
+        wf = await js.stream_info(self.names.workflows_stream)
+        steps = await js.stream_info(self.names.steps_stream)
+        return wf.state.last_seq, steps.state.last_seq
+
+    async def _timings(
+        self, start_wf: int, start_steps: int, workflow_ids: set[str]
+    ) -> list[StepTiming]:
+        assert self.client is not None
+        nc = self.client.nc
+        wf_reader = DirectGetter(nc, self.names.workflows_stream, timeout=10)
+        step_reader = DirectGetter(nc, self.names.steps_stream, timeout=10)
+        await wf_reader.open()
+        await step_reader.open()
+        try:
+            root = self.names.workflow_root
+            events = await wf_reader.scan(f"{root}.>", start_seq=start_wf + 1)
+            step_root = f"{self.names.prefix}.step"
+            results = await step_reader.scan(f"{step_root}.>", start_seq=start_steps + 1)
+        finally:
+            await wf_reader.close()
+            await step_reader.close()
+        scheduled: dict[tuple[str, str], tuple[StepScheduled, dt.datetime, dt.datetime, bool]]
+        scheduled = {}
+        completed: dict[tuple[str, str], StepCompleted] = {}
+        last: dict[str, tuple[dt.datetime, bool]] = {}
+        for record in events:
+            event = decode_event(record.data)
+            if event.workflow_id not in workflow_ids:
+                continue
+            stored = _server_time(record)
+            previous, after_start = last.get(event.workflow_id, (stored, False))
+            last[event.workflow_id] = (stored, isinstance(event, Started))
+            if isinstance(event, StepScheduled):
+                key = (event.workflow_id, event.step_id)
+                scheduled[key] = (event, previous, stored, after_start)
+            elif isinstance(event, StepCompleted):
+                completed[event.workflow_id, event.step_id] = event
+        step_results: dict[tuple[str, str], tuple[StepResult, dt.datetime]] = {}
+        for record in results:
+            result = decode_step_result(record.data)
+            step_results[result.workflow_id, result.step_id] = (result, _server_time(record))
+        timings = []
+        for key, (step, previous, step_stored, first) in scheduled.items():
+            if key not in completed or key not in step_results:
+                continue
+            result, result_stored = step_results[key]
+            timings.append(
+                StepTiming(
+                    capability=step.capability,
+                    first=first,
+                    scheduled_at=step.at,
+                    previous_stored=previous,
+                    scheduled_stored=step_stored,
+                    started_at=result.started_at,
+                    finished_at=result.finished_at,
+                    result_stored=result_stored,
+                    completed_at=completed[key].at,
+                )
+            )
+        return timings
+
+    # ------------------------------------------------------------------ closing
+
+    def close(self) -> None:
+        try:
+            if self.client is not None and not self.loop.is_closed():
+                client, self.client = self.client, None
+                with contextlib.suppress(Exception):
+                    self.run(client.close())
+        finally:
+            self._stop_processes()
+            if not self.loop.is_closed():
+                self.loop.close()
+
+    def _stop_processes(self) -> None:
+        for process in self.processes.values():
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in self.processes.values():
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        self.processes.clear()
+
+
+def _wait_for(path: Path, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{path} did not appear within {timeout:.0f} s")
+        time.sleep(0.01)
+
+
+@contextlib.contextmanager
+def engine_platform(
+    url: str,
+    prefix: str,
+    log_dir: Path,
+    *,
+    orchestrators: int = 1,
+    workers: int = 1,
+    profile_dir: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    warm_up: int = 10,
+) -> Iterator[EnginePlatform]:
+    platform = EnginePlatform(
+        url,
+        prefix,
+        log_dir,
+        orchestrators=orchestrators,
+        workers=workers,
+        profile_dir=profile_dir,
+        env=env,
+    )
+    try:
+        platform.warm_up(warm_up)
+        yield platform
+    finally:
+        platform.close()
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The ``q``-quantile (0..1) by the nearest-rank method."""
+    ordered = sorted(values)
+    if not ordered:
+        raise ValueError("no values")
+    rank = max(1, min(len(ordered), math.ceil(q * len(ordered))))
+    return ordered[rank - 1]
