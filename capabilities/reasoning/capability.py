@@ -19,8 +19,8 @@ from capabilities.reasoning.offline import OfflineProvider, compact_rounds
 from capabilities.reasoning.records import GatewayResult
 from jetagent import CapabilitySpec, StepContext, StepOutput, telemetry
 from jetagent.events import CallRecord, RoutingDecision
-from jetagent.llm import Message, ToolSpec
-from jetagent.models import ModelCatalog
+from jetagent.llm import Completion, Message, ToolSpec
+from jetagent.models import ModelCatalog, ModelConfig
 
 __all__ = ["reasoning_capabilities"]
 
@@ -50,6 +50,37 @@ def _trace_calls(result: GatewayResult, max_tokens: int) -> None:
             ended=ended,
             error=attempt.error,
         )
+
+
+_OFFLINE = OfflineProvider()
+
+
+async def _offline_call(
+    model: ModelConfig, messages: list[Message], tools: list[ToolSpec], max_tokens: int
+) -> tuple[Completion, list[CallRecord], list[RoutingDecision]]:
+    started = datetime.now(UTC)
+    completion = await _OFFLINE.complete(model, messages, tools=tools, max_tokens=max_tokens)
+    ended = datetime.now(UTC)
+    telemetry.model_call_span(
+        provider=completion.provider,
+        request_model=model.name,
+        response_model=completion.model,
+        input_tokens=completion.usage.input_tokens,
+        output_tokens=completion.usage.output_tokens,
+        max_tokens=max_tokens,
+        outcome="ok",
+        started=started,
+        ended=ended,
+    )
+    call = CallRecord(
+        model=model.name,
+        provider=completion.provider,
+        outcome="ok",
+        usage=completion.usage,
+        cost_usd=model.cost(completion.usage),
+        latency_s=(ended - started).total_seconds(),
+    )
+    return completion, [call], [RoutingDecision(model=model.name, reason="preferred")]
 
 
 def _records(result: GatewayResult) -> tuple[list[CallRecord], list[RoutingDecision]]:
@@ -87,21 +118,25 @@ def reasoning_capabilities(
         data = step.input
         messages = [msgspec.convert(m, Message) for m in data["messages"]]
         tools = [msgspec.convert(t, ToolSpec) for t in data.get("tools") or []]
-        result = await gw.call(
-            models=data["models"],
-            messages=messages,
-            tools=tools,
-            max_tokens=int(data["max_tokens"]),
-            # The orchestrator sized this call to its reservation; with the offline planner
-            # that accounting is exact, so the gateway's rougher estimate must not veto it.
-            remaining_tokens=None
-            if _all_offline(catalog, data["models"])
-            else data.get("remaining_tokens"),
-            remaining_usd=_budget(data.get("remaining_usd")),
-        )
-        completion = result.completion
-        _trace_calls(result, int(data["max_tokens"]))
-        calls, routing = _records(result)
+        max_tokens = int(data["max_tokens"])
+        if _all_offline(catalog, data["models"]):
+            # The planner is local and instant: no breaker, hedge or failover can help,
+            # so it is called directly (its call is recorded the same way).
+            completion, calls, routing = await _offline_call(
+                catalog.get(data["models"][0]), messages, tools, max_tokens
+            )
+        else:
+            result = await gw.call(
+                models=data["models"],
+                messages=messages,
+                tools=tools,
+                max_tokens=max_tokens,
+                remaining_tokens=data.get("remaining_tokens"),
+                remaining_usd=_budget(data.get("remaining_usd")),
+            )
+            completion = result.completion
+            _trace_calls(result, max_tokens)
+            calls, routing = _records(result)
         return StepOutput(
             output={
                 "text": completion.text,

@@ -26,7 +26,11 @@ MEMORY_BUCKET = "MEMORY"
 _MAX_VALUE = 4096
 
 
-@tool(description="Evaluate an arithmetic expression (+ - * / // % ** ^, sqrt, log, pi).")
+# Microseconds of pure computation (its size is bounded): runs on the loop, no thread hop.
+@tool(
+    description="Evaluate an arithmetic expression (+ - * / // % ** ^, sqrt, log, pi).",
+    runs_in="loop",
+)
 def calculator(expression: str) -> int | float:
     return evaluate(expression)
 

@@ -69,6 +69,9 @@ class Journal:
             self._snapshots = await self._js.key_value(self._names.bucket("SNAPSHOTS"))
         return self._snapshots
 
+    def is_cached(self, workflow_id: str) -> bool:
+        return workflow_id in self._cache
+
     def cached(self) -> list[Loaded]:
         return list(self._cache.values())
 

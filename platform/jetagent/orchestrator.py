@@ -50,7 +50,17 @@ from jetagent.provision import provision
 from jetagent.registry import ToolRegistry
 from jetagent.store import AggregateStream, ConcurrencyConflict, StoreUnavailableError
 from jetagent.tokens import openai_tokenizer
-from jetagent.workflow import Begin, Cancel, DecideContext, FoldResult, Input, Signal, Tick, decide
+from jetagent.workflow import (
+    Begin,
+    Cancel,
+    DecideContext,
+    FoldResult,
+    Input,
+    Signal,
+    Tick,
+    WorkflowState,
+    decide,
+)
 
 __all__ = ["Orchestrator"]
 
@@ -251,11 +261,12 @@ class Orchestrator:
         )
         log.info("rejected request %s: %s", workflow_id, "; ".join(problems))
         async with self._locks[workflow_id]:
-            loaded = await self.journal.load(workflow_id)
-            if loaded.seq != 0:
-                return  # that id already names a workflow (or an earlier rejection)
+            # Expected sequence 0: if the id already names a workflow (or an earlier
+            # rejection), the append is refused and the rejection is not recorded again.
             with contextlib.suppress(ConcurrencyConflict):
-                await self.journal.append(workflow_id, loaded, event, self._causation(msg))
+                await self.journal.append(
+                    workflow_id, Loaded(WorkflowState(), 0), event, self._causation(msg)
+                )
 
     async def _on_step_result(self, msg: Msg) -> None:
         result = decode_step_result(msg.data)
@@ -275,7 +286,12 @@ class Orchestrator:
         """Decide on ``command`` and record the events, retrying on conflicts."""
         headers = self._causation(msg)
         async with self._locks[workflow_id]:
-            loaded = await self.journal.load(workflow_id)
+            if isinstance(command, Begin) and not self.journal.is_cached(workflow_id):
+                # A new request names a new workflow: no read before its first append.
+                # If it exists after all (a redelivery), the append's check says so.
+                loaded = Loaded(WorkflowState(), 0)
+            else:
+                loaded = await self.journal.load(workflow_id)
             for _ in range(_MAX_CONFLICT_RETRIES):
                 try:
                     await self._decide_and_append(workflow_id, loaded, command, headers)

@@ -13,7 +13,7 @@ import logging
 import os
 import re
 from collections.abc import Callable, Iterable
-from functools import cache
+from functools import cache, lru_cache
 
 from jetagent.llm import Message
 
@@ -60,6 +60,7 @@ def openai_tokenizer() -> Tokenizer | None:
     return lambda text: len(encoding.encode(text, disallowed_special=()))
 
 
+@lru_cache(maxsize=65536)
 def count_tokens(text: str) -> int:
     """Tokens in ``text`` by the stated rule."""
     return len(_TOKEN.findall(text))

@@ -316,25 +316,18 @@ class Worker:
             await msg.ack()  # done before a crash or a lost ack: nothing to do again
             return
         started = _now()
-        heartbeat = asyncio.create_task(self._heartbeat(msg))
+        # In-progress acks only for steps that outlive a third of the ack wait: most steps
+        # end long before, and need no timer task of their own.
+        heartbeat = _Heartbeat(msg, max(self.settings.step_ack_wait_s / 3, 0.5))
         try:
             result = await self._execute(spec, event, msg, deliveries, started)
         finally:
-            heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await heartbeat
+            heartbeat.stop()
         if result is None:
             return  # nak'd for a retry
         await self._publish_result(result_subject, result)
         await msg.ack()
         self.completed += 1
-
-    async def _heartbeat(self, msg: Msg) -> None:
-        interval = max(self.settings.step_ack_wait_s / 3, 0.5)
-        while True:
-            await asyncio.sleep(interval)
-            with contextlib.suppress(NatsError):
-                await msg.in_progress()
 
     async def _execute(
         self,
@@ -354,7 +347,10 @@ class Worker:
                 attempt=event.attempt,
                 iteration=event.iteration,
                 tenant=event.tenant,
-                input=await self.payloads.expand(event.input),
+                # Walk the input for claim checks only when the message holds one.
+                input=await self.payloads.expand(event.input)
+                if b'"$ref"' in msg.data or b"ja-ref:" in msg.data
+                else event.input,
                 reservation=event.reservation,
                 deadline_at=event.deadline_at,
                 deliveries=deliveries,
@@ -533,3 +529,29 @@ def _billed(exc: CapabilityError) -> list[CallRecord]:
             error=str(exc),
         )
     ]
+
+
+class _Heartbeat:
+    """Sends ``in_progress()`` every ``interval`` seconds until stopped (timer, no task)."""
+
+    def __init__(self, msg: Msg, interval: float) -> None:
+        self._msg = msg
+        self._interval = interval
+        self._loop = asyncio.get_running_loop()
+        self._sending: asyncio.Task[None] | None = None
+        self._handle: asyncio.TimerHandle | None = self._loop.call_later(interval, self._beat)
+
+    def _beat(self) -> None:
+        self._sending = self._loop.create_task(self._send())
+        self._handle = self._loop.call_later(self._interval, self._beat)
+
+    async def _send(self) -> None:
+        with contextlib.suppress(NatsError):
+            await self._msg.in_progress()
+
+    def stop(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        if self._sending is not None and not self._sending.done():
+            self._sending.cancel()
