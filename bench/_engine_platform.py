@@ -39,7 +39,7 @@ from jetagent.events import (
     StepCompleted,
     StepResult,
     StepScheduled,
-    decode_event,
+    decode_events,
     decode_step_result,
 )
 from jetagent.store import DirectGetter, Record
@@ -341,18 +341,20 @@ class EnginePlatform:
         current = self._round
         if current is None:
             return
-        _, _, workflow_id, kind = msg.subject.rsplit(".", 3)
-        if kind == "StepCompleted":
-            current.completed_steps += 1
-        elif kind in _FINAL_EVENTS and workflow_id in current.expected:
-            event = decode_event(msg.data)
-            ok = isinstance(event, Finalized) and event.output.endswith(ANSWER)
-            current.finals[workflow_id] = kind if ok else f"{kind}: {event!r}"
-            done = len(current.finals) == len(current.expected)
-            waiter = current.waiter
-            wanted = done or current.awaited == workflow_id
-            if waiter is not None and wanted and not waiter.done():
-                waiter.set_result(None)
+        # A message holds one decision's events (e.g. StepCompleted + Finalized).
+        for event in decode_events(msg.data):
+            kind = type(event).__name__
+            workflow_id = event.workflow_id
+            if kind == "StepCompleted":
+                current.completed_steps += 1
+            elif kind in _FINAL_EVENTS and workflow_id in current.expected:
+                ok = isinstance(event, Finalized) and event.output.endswith(ANSWER)
+                current.finals[workflow_id] = kind if ok else f"{kind}: {event!r}"
+                done = len(current.finals) == len(current.expected)
+                waiter = current.waiter
+                wanted = done or current.awaited == workflow_id
+                if waiter is not None and wanted and not waiter.done():
+                    waiter.set_result(None)
 
     async def _await(self, current: _Round, workflow_id: str | None, timeout: float) -> None:
         while True:
@@ -478,17 +480,19 @@ class EnginePlatform:
         completed: dict[tuple[str, str], StepCompleted] = {}
         last: dict[str, tuple[dt.datetime, bool]] = {}
         for record in events:
-            event = decode_event(record.data)
-            if event.workflow_id not in workflow_ids:
+            decoded = decode_events(record.data)
+            if decoded[0].workflow_id not in workflow_ids:
                 continue
             stored = _server_time(record)
-            previous, after_start = last.get(event.workflow_id, (stored, False))
-            last[event.workflow_id] = (stored, isinstance(event, Started))
-            if isinstance(event, StepScheduled):
-                key = (event.workflow_id, event.step_id)
-                scheduled[key] = (event, previous, stored, after_start)
-            elif isinstance(event, StepCompleted):
-                completed[event.workflow_id, event.step_id] = event
+            wid = decoded[0].workflow_id
+            previous, after_start = last.get(wid, (stored, False))
+            last[wid] = (stored, any(isinstance(e, Started) for e in decoded))
+            for event in decoded:
+                if isinstance(event, StepScheduled):
+                    key = (event.workflow_id, event.step_id)
+                    scheduled[key] = (event, previous, stored, after_start)
+                elif isinstance(event, StepCompleted):
+                    completed[event.workflow_id, event.step_id] = event
         step_results: dict[tuple[str, str], tuple[StepResult, dt.datetime]] = {}
         for record in results:
             result = decode_step_result(record.data)

@@ -30,9 +30,9 @@ from nats.js.kv import KeyValue
 from prometheus_client import CollectorRegistry, start_http_server
 
 from jetagent.config import Settings
-from jetagent.events import decode_event, decode_step_result
+from jetagent.events import decode_events, decode_step_result
 from jetagent.provision import provision
-from jetagent.sessions import SessionView, apply_step_result, apply_workflow_event
+from jetagent.sessions import SessionView, apply_step_result, apply_workflow_message
 from projections.costs import LiveGauges, MetricsCollector, MetricsState
 
 __all__ = ["Checkpoint", "ProjectionService"]
@@ -163,13 +163,15 @@ class ProjectionService:
             return None
         try:
             if stream == self._workflows_stream:
-                event = decode_event(data)
-                view = self._view_now(event.workflow_id)
+                events = decode_events(data)
+                workflow_id = events[0].workflow_id
+                view = self._view_now(workflow_id)
                 if view is None:
-                    return event.workflow_id
-                if apply_workflow_event(view, event, seq):
-                    self._dirty.add(event.workflow_id)
-                self.metrics.apply_workflow_event(event)
+                    return workflow_id
+                if apply_workflow_message(view, events, seq):
+                    self._dirty.add(workflow_id)
+                for event in events:
+                    self.metrics.apply_workflow_event(event)
             elif stream == self._steps_stream:
                 result = decode_step_result(data)
                 view = self._view_now(result.workflow_id)

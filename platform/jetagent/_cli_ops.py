@@ -101,7 +101,7 @@ def tail(
     from nats.js.api import ConsumerConfig, DeliverPolicy
 
     from jetagent._render import describe
-    from jetagent.events import decode_event
+    from jetagent.events import decode_events
 
     settings = _settings()
 
@@ -119,13 +119,13 @@ def tail(
                     msg = await sub.next_msg(timeout=0.5)
                 except Exception:
                     continue
-                event = decode_event(msg.data)
-                who = getattr(event, "tenant", None)
-                if who:
-                    tenants[event.workflow_id] = who
-                if tenant and tenants.get(event.workflow_id) != tenant:
-                    continue
-                console.print(f"[dim]{event.workflow_id}[/] {describe(event)}", highlight=False)
+                for event in decode_events(msg.data):
+                    who = getattr(event, "tenant", None)
+                    if who:
+                        tenants[event.workflow_id] = who
+                    if tenant and tenants.get(event.workflow_id) != tenant:
+                        continue
+                    console.print(f"[dim]{event.workflow_id}[/] {describe(event)}", highlight=False)
         finally:
             await nc.close()
         return 0

@@ -33,11 +33,11 @@ from jetagent.events import (
     SignalSent,
     Terminated,
     WorkflowEvent,
-    decode_event,
+    decode_events,
     decode_step_result,
     encode,
 )
-from jetagent.sessions import SessionView, apply_step_result, apply_workflow_event
+from jetagent.sessions import SessionView, apply_step_result, apply_workflow_message
 
 __all__ = ["Client", "SessionView", "SyncClient", "WorkflowResult"]
 
@@ -170,10 +170,10 @@ class Client:
         try:
             while True:
                 msg = await sub.next_msg(timeout=None)
-                event = decode_event(msg.data)
-                yield event
-                if isinstance(event, _FINAL):
-                    return
+                for event in decode_events(msg.data):
+                    yield event
+                    if isinstance(event, _FINAL):
+                        return
         finally:
             with contextlib.suppress(NatsError):
                 await sub.unsubscribe()
@@ -225,7 +225,7 @@ class Client:
             records = await reader.scan(self.names.workflow(workflow_id))
         finally:
             await reader.close()
-        return [decode_event(r.data) for r in records]
+        return [event for r in records for event in decode_events(r.data)]
 
     async def session(self, workflow_id: str) -> SessionView:
         """The workflow's session view: status, each step with its model, attempt,
@@ -264,7 +264,7 @@ class Client:
                 if stream == self.names.steps_stream:
                     apply_step_result(view, decode_step_result(record.data), record.seq)
                 else:
-                    apply_workflow_event(view, decode_event(record.data), record.seq)
+                    apply_workflow_message(view, decode_events(record.data), record.seq)
         return view
 
 

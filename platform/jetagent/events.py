@@ -45,9 +45,12 @@ __all__ = [
     "Terminated",
     "WorkflowEvent",
     "decode_event",
+    "decode_events",
     "decode_step_result",
     "encode",
+    "encode_events",
     "event_type",
+    "group_for_messages",
     "subject_tail",
 ]
 
@@ -334,6 +337,52 @@ def decode_event(data: bytes) -> WorkflowEvent:
     raw = _upcast(msgspec.json.decode(data))
     upcast: WorkflowEvent = msgspec.convert(raw, WorkflowEvent)
     return upcast
+
+
+_batch_decoder = msgspec.json.Decoder(list[WorkflowEvent])
+
+
+def encode_events(events: list[WorkflowEvent]) -> bytes:
+    """One message's body: the event itself, or a JSON array of a decision's events."""
+    if len(events) == 1:
+        return encode(events[0])
+    return _encoder.encode(events)
+
+
+def decode_events(data: bytes) -> list[WorkflowEvent]:
+    """The events of one ``JA_WORKFLOWS`` message (one event, or an array of them)."""
+    if data.lstrip()[:1] != b"[":
+        return [decode_event(data)]
+    try:
+        events: list[WorkflowEvent] = _batch_decoder.decode(data)
+    except msgspec.ValidationError:
+        events = []
+    if events and all(e.v == _CURRENT_BY_CLASS[type(e)] for e in events):
+        return events
+    return [decode_event(msgspec.json.encode(item)) for item in msgspec.json.decode(data)]
+
+
+def group_for_messages(events: list[WorkflowEvent]) -> list[list[WorkflowEvent]]:
+    """A decision's events cut into messages: each ``StepScheduled`` ends a message (its
+    subject names the capability workers filter on) and ``Started`` stands alone (the
+    subject that names a workflow's creation); everything else rides along, so a usual
+    step's ``StepCompleted`` and next ``StepScheduled`` are one write."""
+    groups: list[list[WorkflowEvent]] = []
+    current: list[WorkflowEvent] = []
+    for event in events:
+        if isinstance(event, Started):
+            if current:
+                groups.append(current)
+            groups.append([event])
+            current = []
+            continue
+        current.append(event)
+        if isinstance(event, StepScheduled):
+            groups.append(current)
+            current = []
+    if current:
+        groups.append(current)
+    return groups
 
 
 def decode_step_result(data: bytes) -> StepResult:

@@ -17,7 +17,13 @@ from nats.js.errors import KeyNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 
 from jetagent.config import Names
-from jetagent.events import WorkflowEvent, decode_event, encode, event_type, subject_tail
+from jetagent.events import (
+    WorkflowEvent,
+    decode_events,
+    encode_events,
+    event_type,
+    subject_tail,
+)
 from jetagent.store import AggregateStream, NewRecord
 from jetagent.workflow import WorkflowState, evolve
 
@@ -110,28 +116,34 @@ class Journal:
     async def catch_up(self, workflow_id: str, loaded: Loaded) -> None:
         """Fold the events written after ``loaded.seq`` (by another replica, say)."""
         for record in await self.aggregates.read(workflow_id, after_seq=loaded.seq):
-            loaded.state = evolve(loaded.state, decode_event(record.data))
+            for event in decode_events(record.data):
+                loaded.state = evolve(loaded.state, event)
             loaded.seq = record.seq
 
     async def append(
-        self, workflow_id: str, loaded: Loaded, event: WorkflowEvent, headers: dict[str, str]
+        self,
+        workflow_id: str,
+        loaded: Loaded,
+        events: list[WorkflowEvent],
+        headers: dict[str, str],
     ) -> None:
-        """Append one event if the workflow is still at ``loaded.seq``; fold it in.
+        """Append events as one message if the workflow is still at ``loaded.seq``.
 
         Raises ``ConcurrencyConflict`` when another writer appended first.
         """
+        last = events[-1]
         record = NewRecord(
-            tail=subject_tail(event),
-            data=encode(event),
+            tail=subject_tail(last),
+            data=encode_events(events),
             headers={
-                "Ja-Event": event_type(type(event)),
-                "Ja-Schema": str(event.v),
+                "Ja-Event": ",".join(event_type(type(e)) for e in events),
                 "Ja-Workflow": workflow_id,
                 **headers,
             },
         )
         appended = await self.aggregates.append(workflow_id, [record], expected_seq=loaded.seq)
-        loaded.state = evolve(loaded.state, event)
+        for event in events:
+            loaded.state = evolve(loaded.state, event)
         loaded.seq = appended.last
         self._remember(workflow_id, loaded)
         if loaded.state.version - loaded.snapshot_version >= self._snapshot_every:

@@ -42,6 +42,7 @@ from jetagent.events import (
     StepScheduled,
     WorkflowEvent,
     decode_step_result,
+    group_for_messages,
 )
 from jetagent.journal import Journal, Loaded
 from jetagent.models import ModelCatalog
@@ -265,7 +266,7 @@ class Orchestrator:
             # rejection), the append is refused and the rejection is not recorded again.
             with contextlib.suppress(ConcurrencyConflict):
                 await self.journal.append(
-                    workflow_id, Loaded(WorkflowState(), 0), event, self._causation(msg)
+                    workflow_id, Loaded(WorkflowState(), 0), [event], self._causation(msg)
                 )
 
     async def _on_step_result(self, msg: Msg) -> None:
@@ -316,9 +317,11 @@ class Orchestrator:
             await self.journal.catch_up(workflow_id, loaded)
             if loaded.seq != seq:
                 events = decide(loaded.state, command, self.context())
-        for event in events:
-            event = await self._claim_check(event)
-            await self.journal.append(workflow_id, loaded, event, headers)
+        # One message per group: a usual step's StepCompleted + next StepScheduled is one
+        # write (one acknowledged round trip), each group still checked against the last.
+        for group in group_for_messages(events):
+            checked = [await self._claim_check(e) for e in group]
+            await self.journal.append(workflow_id, loaded, checked, headers)
 
     async def _claim_check(self, event: WorkflowEvent) -> WorkflowEvent:
         if isinstance(event, StepScheduled):

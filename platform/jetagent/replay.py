@@ -24,7 +24,7 @@ from jetagent.events import (
     Started,
     StepScheduled,
     WorkflowEvent,
-    decode_event,
+    decode_events,
     decode_step_result,
 )
 from jetagent.payloads import is_ref
@@ -100,13 +100,13 @@ async def replay_workflow(
         records = await workflows.scan(names.workflow(workflow_id))
         groups: list[tuple[str, list[WorkflowEvent]]] = []
         for record in records:
-            event = decode_event(record.data)
-            report.events.append(event)
+            events = decode_events(record.data)
+            report.events.extend(events)
             cause = record.headers.get("Ja-Causation", "")
             if groups and groups[-1][0] == cause and cause:
-                groups[-1][1].append(event)
+                groups[-1][1].extend(events)
             else:
-                groups.append((cause, [event]))
+                groups.append((cause, list(events)))
         for cause, recorded in groups:
             report.groups += 1
             if verify:

@@ -30,7 +30,13 @@ from jetagent.events import (
     WorkflowEvent,
 )
 
-__all__ = ["SessionView", "StepView", "apply_step_result", "apply_workflow_event"]
+__all__ = [
+    "SessionView",
+    "StepView",
+    "apply_step_result",
+    "apply_workflow_event",
+    "apply_workflow_message",
+]
 
 PREVIEW = 500
 """Characters of an output or instruction kept in a view (events hold the rest)."""
@@ -160,6 +166,16 @@ def apply_workflow_event(view: SessionView, event: WorkflowEvent, seq: int) -> b
             view.status, view.ended_at = Status.REJECTED, event.at
             view.reason, view.detail = "rejected", "; ".join(event.reasons)
             view.tenant = event.tenant or view.tenant
+    return True
+
+
+def apply_workflow_message(view: SessionView, events: list[WorkflowEvent], seq: int) -> bool:
+    """Fold every event of one ``JA_WORKFLOWS`` message (they share its sequence)."""
+    if seq <= view.last_workflow_seq:
+        return False
+    for event in events:
+        view.last_workflow_seq = seq - 1  # let each event of the message through
+        apply_workflow_event(view, event, seq)
     return True
 
 

@@ -51,7 +51,7 @@ from jetagent.events import (
     StepError,
     StepResult,
     StepScheduled,
-    decode_event,
+    decode_events,
     encode,
 )
 from jetagent.payloads import PayloadStore
@@ -302,8 +302,9 @@ class Worker:
 
     async def _step(self, spec: CapabilitySpec, msg: Msg) -> None:
         try:
-            event = decode_event(msg.data)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            # A StepScheduled ends its message (it may carry the decision's other events).
+            event = decode_events(msg.data)[-1]
+        except (msgspec.DecodeError, msgspec.ValidationError, IndexError) as exc:
             await self._dead_letter(spec.name, msg, f"undecodable StepScheduled: {exc}")
             await msg.term()
             return
@@ -483,7 +484,7 @@ class Worker:
             )
             if not record or record[0].seq != seq:
                 return
-            event = decode_event(record[0].data)
+            event = decode_events(record[0].data)[-1]
             if not isinstance(event, StepScheduled):
                 return
             error = StepError(
