@@ -273,7 +273,7 @@ class EnginePlatform:
         self.client = await Client.connect(self.url, settings=self.settings)
         nc = self.client.nc
         self._subs = [
-            await nc.subscribe(f"{self.names.workflow_root}.*.*", cb=self._on_event),
+            await nc.subscribe(f"{self.names.workflow_root}.>", cb=self._on_event),
             await nc.subscribe(f"{self.names.prefix}.dlq.>", cb=self._on_dead_letter),
         ]
         deadline = time.monotonic() + 60
@@ -490,7 +490,10 @@ class EnginePlatform:
             for event in decoded:
                 if isinstance(event, StepScheduled):
                     key = (event.workflow_id, event.step_id)
-                    scheduled[key] = (event, previous, stored, after_start)
+                    # Written with the decision's other events in one message: there is
+                    # no separate earlier append to measure against.
+                    before = stored if len(decoded) > 1 else previous
+                    scheduled[key] = (event, before, stored, after_start)
                 elif isinstance(event, StepCompleted):
                     completed[event.workflow_id, event.step_id] = event
         step_results: dict[tuple[str, str], tuple[StepResult, dt.datetime]] = {}
