@@ -90,7 +90,9 @@ class Puller:
     async def done(self) -> None:
         """A message was handled (acked, nak'd or termed): its slot is free again."""
         self._in_flight = max(0, self._in_flight - 1)
-        await self._top_up()
+        want = self._max - self._in_flight - self._requested
+        if want >= self._max // 2 or (want > 0 and self._requested == 0):
+            await self._top_up()
 
     async def messages(self) -> AsyncIterator[Msg]:
         """Yield messages until :meth:`stop`; re-issues requests if the server went quiet."""

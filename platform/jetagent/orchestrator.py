@@ -105,17 +105,23 @@ class Orchestrator:
         self._deadlines: list[tuple[datetime, str]] = []
         self._slots = asyncio.Semaphore(settings.orchestrator_concurrency)
         self.processed = 0
+        self._context: DecideContext | None = None
+        self._context_version = -1
         # Loaded once, outside the pure decisions (it may read a file or the network).
         uses_openai = any(m.provider == "openai" for m in self.catalog.models.values())
         self._tokenizer = openai_tokenizer() if uses_openai else None
 
     def context(self) -> DecideContext:
-        return DecideContext(
-            models=self.catalog.models,
-            tools=self.registry.tools,
-            max_step_attempts=self.settings.max_step_attempts,
-            openai_tokenizer=self._tokenizer,
-        )
+        """The decisions' static configuration; rebuilt only when the tools change."""
+        if self._context is None or self._context_version != self.registry.version:
+            self._context_version = self.registry.version
+            self._context = DecideContext(
+                models=self.catalog.models,
+                tools=dict(self.registry.tools),
+                max_step_attempts=self.settings.max_step_attempts,
+                openai_tokenizer=self._tokenizer,
+            )
+        return self._context
 
     async def run(self, stop: asyncio.Event) -> None:
         await provision(self.nc, self.settings)
@@ -279,7 +285,9 @@ class Orchestrator:
             return {}
         meta = msg.metadata
         # The events continue this decision's trace: workers' spans become its children.
-        return telemetry.inject({"Ja-Causation": f"{meta.stream}:{meta.sequence.stream}"})
+        return telemetry.inject(
+            {"Ja-Causation": f"{meta.stream}:{meta.sequence.stream}"}, parent=msg.headers
+        )
 
     # ---------------------------------------------------------------- deciding
 

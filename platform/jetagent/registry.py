@@ -48,6 +48,8 @@ class ToolRegistry:
         self._js = js
         self._bucket_name = names.bucket("REGISTRY")
         self.tools: dict[str, ToolInfo] = {}
+        self.version = 0
+        """Counts changes of ``tools``."""
         self._kv: KeyValue | None = None
         self._task: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
@@ -81,6 +83,7 @@ class ToolRegistry:
                 name = entry.key.removeprefix("tool.")
                 if entry.operation in ("DEL", "PURGE") or not entry.value:
                     self.tools.pop(name, None)
+                    self.version += 1
                     continue
                 try:
                     tool = msgspec.json.decode(entry.value, type=RegisteredTool)
@@ -88,6 +91,7 @@ class ToolRegistry:
                     log.warning("ignoring registry entry %s: %s", entry.key, exc)
                     continue
                 self.tools[name] = tool.info()
+                self.version += 1
         finally:
             with contextlib.suppress(Exception):
                 await watcher.stop()  # type: ignore[no-untyped-call]

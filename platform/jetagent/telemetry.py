@@ -48,6 +48,11 @@ def configure(provider: trace.TracerProvider | None) -> None:
     _provider = provider
 
 
+def enabled() -> bool:
+    """Whether spans are recorded (a provider is configured)."""
+    return _provider is not None
+
+
 def tracer() -> Tracer:
     return trace.get_tracer("jetagent", tracer_provider=_provider)
 
@@ -70,8 +75,13 @@ def setup_from_environment(service: str) -> TracerProvider | None:
     return provider
 
 
-def inject(headers: dict[str, str]) -> dict[str, str]:
-    """Add the current span's ``traceparent`` (if any) to message headers."""
+def inject(headers: dict[str, str], *, parent: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Add the current span's ``traceparent`` to message headers; with tracing off, pass
+    the ``parent`` message's along, so a trace stays connected through this service."""
+    if _provider is None:
+        if parent is not None and "traceparent" in parent:
+            headers["traceparent"] = parent["traceparent"]
+        return headers
     _propagator.inject(headers)
     return headers
 
@@ -92,6 +102,9 @@ def span(
     attributes: Mapping[str, str | int | float | bool] | None = None,
 ) -> Iterator[Span]:
     """A span, continuing the trace of ``parent`` message headers when given."""
+    if _provider is None:  # tracing off: not even the API's no-op span (a hot path)
+        yield trace.INVALID_SPAN
+        return
     with tracer().start_as_current_span(
         name, context=extract(parent), kind=kind, attributes=dict(attributes or {})
     ) as current:
@@ -112,6 +125,8 @@ def model_call_span(
     error: str | None = None,
 ) -> None:
     """Record one provider call as a span with the GenAI semantic-convention attributes."""
+    if _provider is None:
+        return
     attributes: dict[str, str | int] = {
         "gen_ai.operation.name": "chat",
         "gen_ai.system": provider,

@@ -326,7 +326,7 @@ class Worker:
             heartbeat.stop()
         if result is None:
             return  # nak'd for a retry
-        await self._publish_result(result_subject, result)
+        await self._publish_result(result_subject, result, parent=msg.headers)
         await msg.ack()
         self.completed += 1
 
@@ -444,14 +444,17 @@ class Worker:
         error = StepError(type=type(exc).__name__, message=str(exc), retryable=retryable)
         return self._result(event, started, deliveries, ok=False, error=error, calls=calls)
 
-    async def _publish_result(self, subject: str, result: StepResult) -> None:
+    async def _publish_result(
+        self, subject: str, result: StepResult, *, parent: dict[str, str] | None = None
+    ) -> None:
         headers = telemetry.inject(
             {
                 "Nats-Expected-Last-Subject-Sequence": "0",
                 "Nats-Msg-Id": f"{result.workflow_id}.{result.step_id}",
                 "Ja-Event": "StepResult",
                 "Ja-Workflow": result.workflow_id,
-            }
+            },
+            parent=parent,
         )
         reply = await self.nc.request(subject, encode(result), timeout=5.0, headers=headers)
         ack = msgspec.json.decode(reply.data)
