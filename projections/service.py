@@ -348,7 +348,7 @@ class ProjectionService:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve: resume from the checkpoint, follow the streams, expose /metrics."""
-        await provision(self.nc, self.settings)
+        await provision(self.nc, self.settings, consumers=False)
         await self.load_checkpoint()
         server, thread = start_http_server(
             self.settings.metrics_port, addr=self.settings.metrics_addr, registry=self.registry
@@ -379,7 +379,7 @@ class ProjectionService:
 
     async def rebuild(self, progress: Progress | None = None) -> int:
         """Replay every stream from sequence 0 into fresh views and totals; return events."""
-        await provision(self.nc, self.settings)
+        await provision(self.nc, self.settings, consumers=False)
         self._rebuilding = True
         self._rebuilt = set()
         self.positions = {}

@@ -55,6 +55,7 @@ def test_compose_mounts_exist() -> None:
 def test_nats_configs_are_valid(config: str) -> None:
     env = {
         **os.environ,
+        "JETAGENT_ADMIN_PASSWORD": "z",
         "JETAGENT_CLIENT_PASSWORD": "a",
         "JETAGENT_ORCHESTRATOR_PASSWORD": "b",
         "JETAGENT_WORKER_PASSWORD": "c",

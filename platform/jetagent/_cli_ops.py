@@ -111,6 +111,7 @@ def tail(
         try:
             sub = await nc.jetstream().subscribe(
                 f"{settings.names.workflow_root}.>",
+                stream=settings.names.workflows_stream,
                 ordered_consumer=True,
                 config=ConsumerConfig(deliver_policy=DeliverPolicy.NEW),
             )

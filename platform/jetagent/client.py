@@ -164,6 +164,7 @@ class Client:
         """Every event of a workflow, from its first, as they happen; ends after the last."""
         sub = await self.js.subscribe(
             self.names.workflow(workflow_id),
+            stream=self.names.workflows_stream,
             ordered_consumer=True,
             config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL),
         )

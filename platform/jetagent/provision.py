@@ -90,8 +90,12 @@ async def ensure_consumer(nc: NATS, config: dict[str, Any], *, timeout: float = 
         raise ConfigError(f"cannot create consumer {name} on {stream}: {answer.error.description}")
 
 
-async def provision(nc: NATS, settings: Settings, *, timeout: float = 5.0) -> list[str]:
-    """Create or check every stream, bucket and orchestrator consumer; return what exists."""
+async def provision(
+    nc: NATS, settings: Settings, *, timeout: float = 5.0, consumers: bool = True
+) -> list[str]:
+    """Create or check every stream, bucket and (with ``consumers``) the orchestrator's
+    consumers; return what exists. A service without the right to create a stream only
+    checks it (least privilege: an operator runs ``jetagent provision``)."""
     done = []
     for config in stream_configs(settings):
         await ensure_stream(nc, config, timeout=timeout)
@@ -127,7 +131,8 @@ async def provision(nc: NATS, settings: Settings, *, timeout: float = 5.0) -> li
                 ),
             )
         done.append(f"object store {obs['bucket']}")
-    for kind in ("orchestrator-requests", "orchestrator-steps"):
-        await ensure_consumer(nc, consumer_config(settings, kind), timeout=timeout)
-        done.append(f"consumer {kind}")
+    if consumers:
+        for kind in ("orchestrator-requests", "orchestrator-steps"):
+            await ensure_consumer(nc, consumer_config(settings, kind), timeout=timeout)
+            done.append(f"consumer {kind}")
     return done

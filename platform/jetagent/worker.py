@@ -178,7 +178,7 @@ class Worker:
 
     async def setup(self) -> None:
         """Provision, create the consumers and announce the tools (idempotent)."""
-        await provision(self.nc, self.settings)
+        await provision(self.nc, self.settings, consumers=False)
         registry = ToolRegistry(self.js, self.names)
         for spec in self.specs:
             config = consumer_config(self.settings, "capability", capability=spec.name)

@@ -1,0 +1,131 @@
+"""Each service's NATS credentials allow exactly the subjects it needs (DESIGN.md).
+
+A server runs with nats/accounts.conf; the platform runs under its per-service users
+(an operator provisions with the admin user); a workflow completes with no permission
+violation in the server's log, and each user is refused what belongs to another.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import nats
+import pytest
+
+from jetagent.config import Settings
+from jetagent.embedded import EmbeddedServer
+from jetagent.store import connect
+from tests.support.platform import ROOT, ServiceProcesses
+
+PASSWORDS = {
+    "admin": "admin-pw",
+    "client": "client-pw",
+    "orchestrator": "orchestrator-pw",
+    "worker": "worker-pw",
+    "projections": "projections-pw",
+}
+
+
+@pytest.fixture
+def secured(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[EmbeddedServer]:
+    for user, password in PASSWORDS.items():
+        monkeypatch.setenv(f"JETAGENT_{user.upper()}_PASSWORD", password)
+    accounts = (ROOT / "nats" / "accounts.conf").read_text()
+    with EmbeddedServer(tmp_path / "nats", extra_config=accounts) as server:
+        yield server
+
+
+def _url(server: EmbeddedServer, user: str) -> str:
+    return f"nats://{user}:{PASSWORDS[user]}@127.0.0.1:{server.port}"
+
+
+async def _refused(url: str, subject: str) -> bool:
+    """Whether publishing to ``subject`` is refused (the server reports a violation)."""
+    errors: list[Exception] = []
+
+    async def on_error(exc: Exception) -> None:
+        errors.append(exc)
+
+    nc = await nats.connect(url, error_cb=on_error)
+    try:
+        await nc.publish(subject, b"{}")
+        await nc.flush()
+        for _ in range(50):
+            if errors:
+                break
+            await asyncio.sleep(0.02)
+    finally:
+        await nc.close()
+    return any("permissions violation" in str(e).lower() for e in errors)
+
+
+async def test_services_run_with_exactly_their_permissions(
+    secured: EmbeddedServer, tmp_path: Path
+) -> None:
+    settings = Settings(nats_url=_url(secured, "admin"), tenants="*")
+    # An operator provisions; the services only check what exists.
+    result = subprocess.run(
+        [sys.executable, "-m", "jetagent.cli", "provision"],
+        cwd=ROOT,
+        env={**os.environ, "NATS_URL": settings.nats_url},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    procs = ServiceProcesses(_url(secured, "orchestrator"), "ja", tmp_path)
+    procs.start("orchestrator", "orchestrator")
+    procs.url = _url(secured, "worker")
+    procs.start("workers", "worker", "reasoning", "tools", "summarize", "memory")
+    procs.url = _url(secured, "projections")
+    procs.env["JETAGENT_METRICS_PORT"] = "0"
+    procs.start("projections", "projections", "run")
+    from jetagent.client import Client
+
+    client = await Client.connect(_url(secured, "client"), settings=settings)
+    try:
+        from tests.support.platform import eventually
+
+        async def tools_known() -> bool:
+            admin = await connect(settings.nats_url, name="check")
+            try:
+                kv = await admin.jetstream().key_value("JA_REGISTRY")
+                return "tool.calculator" in await kv.keys()
+            except Exception:
+                return False
+            finally:
+                await admin.close()
+
+        await eventually(tools_known, timeout=30)
+        wid = await client.submit(
+            instruction='What is 6 * 7? Then call remember {"text": "the answer is 42"}',
+            tenant="acme",
+            output={"summarize": True},
+        )
+        result = await client.result(wid, timeout=60)
+        assert result.ok, procs.log("orchestrator") + procs.log("workers")
+
+        async def projected() -> bool:  # the projection service (its own user) caught up
+            return (await client.session(wid)).status.value == "finalized"
+
+        await eventually(projected, timeout=30)
+    finally:
+        await client.close()
+        procs.stop_all()
+    log = secured.log_file.read_text()
+    violations = [line for line in log.splitlines() if "Violation" in line]
+    assert not violations, "\n".join(violations[:10])
+
+    # And each user is refused what is not its own.
+    assert await _refused(_url(secured, "worker"), "ja.wf.x.Started")  # only the orchestrator
+    assert await _refused(_url(secured, "client"), "ja.step.x.1")  # only workers
+    assert await _refused(_url(secured, "client"), "ja.wf.x.Finalized")
+    assert await _refused(_url(secured, "projections"), "ja.request.acme")
+    assert await _refused(_url(secured, "worker"), "$JS.API.STREAM.DELETE.JA_WORKFLOWS")
+    assert await _refused(_url(secured, "orchestrator"), "$JS.API.STREAM.PURGE.JA_STEPS")
+    assert not await _refused(_url(secured, "client"), "ja.request.acme")
