@@ -69,7 +69,8 @@ async def test_services_run_with_exactly_their_permissions(
 ) -> None:
     settings = Settings(nats_url=_url(secured, "admin"), tenants="*")
     # An operator provisions; the services only check what exists.
-    result = subprocess.run(
+    result = await asyncio.to_thread(
+        subprocess.run,
         [sys.executable, "-m", "jetagent.cli", "provision"],
         cwd=ROOT,
         env={**os.environ, "NATS_URL": settings.nats_url},
