@@ -20,6 +20,7 @@ from jetagent.store import (
     StoreUnavailableError,
     StreamConfigError,
     WriteTooLargeError,
+    _writes,
 )
 
 
@@ -97,25 +98,23 @@ def test_a_write_waits_through_a_server_restart(tmp_path: Path) -> None:
             s.stop()
 
 
-class _AckLost(Exception):
-    pass
-
-
-async def test_a_lost_ack_is_resolved_without_a_false_conflict(nats_url: str) -> None:
+async def test_a_lost_ack_is_resolved_without_a_false_conflict(
+    nats_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     nc = await nats.connect(nats_url)
     store = AsyncStore(nc, StoreSettings(stream="LOSTACK_" + uuid.uuid4().hex[:8], root="lostack"))
-    publish = store._publish
+    publish = _writes._publish
     lost = {"count": 0}
 
-    async def publish_then_lose_the_ack(messages):  # type: ignore[no-untyped-def]
+    async def publish_then_lose_the_ack(*args):  # type: ignore[no-untyped-def]
         # The server stores the write, but its acknowledgement never arrives.
-        ack = await publish(messages)
+        ack = await publish(*args)
         if lost["count"] < 2:
             lost["count"] += 1
             raise NatsTimeoutError
         return ack
 
-    store._publish = publish_then_lose_the_ack  # type: ignore[method-assign]
+    monkeypatch.setattr(_writes, "_publish", publish_then_lose_the_ack)
     one, batch = uuid.uuid4(), uuid.uuid4()
     assert await store.insert_events(_events(one, range(1, 2))) == [1]
     assert await store.insert_events(_events(batch, range(1, 4))) == [2, 3, 4]
@@ -132,20 +131,22 @@ async def test_a_lost_ack_is_resolved_without_a_false_conflict(nats_url: str) ->
     await nc.close()
 
 
-async def test_a_lost_ack_on_a_tracked_write(nats_url: str) -> None:
+async def test_a_lost_ack_on_a_tracked_write(
+    nats_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     nc = await nats.connect(nats_url)
     store = AsyncStore(nc, StoreSettings(stream="LOSTTRK_" + uuid.uuid4().hex[:8], root="losttrk"))
-    publish = store._publish
+    publish = _writes._publish
     calls = {"n": 0}
 
-    async def lose_first_ack(messages):  # type: ignore[no-untyped-def]
-        ack = await publish(messages)
+    async def lose_first_ack(*args):  # type: ignore[no-untyped-def]
+        ack = await publish(*args)
         calls["n"] += 1
         if calls["n"] == 1:
             raise NatsTimeoutError
         return ack
 
-    store._publish = lose_first_ack  # type: ignore[method-assign]
+    monkeypatch.setattr(_writes, "_publish", lose_first_ack)
     ids = await store.insert_events(_events(uuid.uuid4(), range(1, 2)), tracking=Tracking("up", 7))
     assert ids == [1]
     assert await store.max_tracking_id("up") == 7
@@ -202,3 +203,46 @@ def test_a_write_larger_than_one_batch_is_refused_whole(nats_url: str) -> None:
         recorder.insert_events(_events(originator, range(1001)))
     assert recorder.select_events(originator) == []
     factory.close()
+
+
+async def test_an_aggregate_append_with_a_lost_ack_is_resolved(
+    nats_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from jetagent.store import AggregateStream, ConcurrencyConflict, NewRecord
+    from jetagent.store._streams import ensure_stream
+
+    nc = await nats.connect(nats_url)
+    name = "AGG_" + uuid.uuid4().hex[:8]
+    await ensure_stream(
+        nc,
+        {
+            "name": name,
+            "subjects": [f"{name.lower()}.>"],
+            "allow_direct": True,
+            "allow_atomic": True,
+        },
+    )
+    stream = AggregateStream(nc, stream=name, root=name.lower())
+    await stream.open()
+    publish = _writes._publish
+    lost = {"count": 0}
+
+    async def lose_first_ack(*args):  # type: ignore[no-untyped-def]
+        ack = await publish(*args)
+        if lost["count"] == 0:
+            lost["count"] += 1
+            raise NatsTimeoutError
+        return ack
+
+    monkeypatch.setattr(_writes, "_publish", lose_first_ack)
+    first = await stream.append("w1", [NewRecord("Started", b"{}")], expected_seq=0)
+    assert first.seqs == [1]
+    # The lost ack was recognised: one message stored, and the CAS chain goes on from it.
+    second = await stream.append("w1", [NewRecord("Finalized", b"{}")], expected_seq=1)
+    assert second.seqs == [2]
+    with pytest.raises(ConcurrencyConflict) as info:
+        await stream.append("w1", [NewRecord("Finalized", b"{}")], expected_seq=1)
+    assert info.value.actual == 2
+    assert [r.seq for r in await stream.read("w1")] == [1, 2]
+    await stream.close()
+    await nc.close()

@@ -15,28 +15,27 @@ atomic batch only when asked.
 
 from __future__ import annotations
 
-import asyncio
-import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import msgspec
 from nats.aio.client import Client as NATS
-from nats.errors import ConnectionClosedError, NoRespondersError
-from nats.errors import Error as NatsError
-from nats.errors import TimeoutError as NatsTimeoutError
 
 from ._direct import DirectGetter, Record
 from ._errors import StoreUnavailableError, WriteTooLargeError
+from ._writes import (
+    DUPLICATE_IN_BATCH,
+    MSG_ID,
+    WRONG_LAST_SEQUENCE,
+    Message,
+    actual_sequence,
+    write,
+)
 
 __all__ = ["AggregateStream", "Appended", "ConcurrencyConflict", "NewRecord"]
 
 _H_EXPECT_SUBJ_SEQ = "Nats-Expected-Last-Subject-Sequence"
 _H_EXPECT_SUBJ = "Nats-Expected-Last-Subject-Sequence-Subject"
-_H_MSG_ID = "Nats-Msg-Id"
-_WRONG_LAST_SEQUENCE = 10071
-_DUPLICATE_IN_BATCH = 10201
 _MAX_BATCH = 1000
 
 
@@ -69,20 +68,6 @@ class Appended:
     @property
     def last(self) -> int:
         return self.seqs[-1]
-
-
-class _ApiError(msgspec.Struct):
-    err_code: int = 0
-    description: str = ""
-
-
-class _PubAck(msgspec.Struct):
-    seq: int = 0
-    duplicate: bool = False
-    error: _ApiError | None = None
-
-
-_decode_ack = msgspec.json.Decoder(_PubAck).decode
 
 
 class AggregateStream:
@@ -137,59 +122,35 @@ class AggregateStream:
             if i == 0:
                 headers[_H_EXPECT_SUBJ_SEQ] = str(expected_seq)
                 headers[_H_EXPECT_SUBJ] = f"{self.root}.{aggregate_id}.>"
-                headers[_H_MSG_ID] = write_id
-            messages.append((self.subject(aggregate_id, record.tail), record.data, headers))
-        deadline = time.monotonic() + self._deadline
-        while True:
-            try:
-                ack = await self._publish(messages)
-            except (NatsTimeoutError, NoRespondersError, ConnectionClosedError, OSError) as exc:
-                landed = await self._landed(aggregate_id, first.tail, write_id, len(messages))
-                if landed is not None:
-                    return landed
-                if time.monotonic() > deadline:
-                    raise StoreUnavailableError(
-                        f"could not append to {aggregate_id} on stream {self.stream!r} "
-                        f"within {self._deadline:.0f} s ({type(exc).__name__})"
-                    ) from exc
-                await asyncio.sleep(0.05)
-                continue
-            except NatsError as exc:
-                raise StoreUnavailableError(f"append to {aggregate_id} failed: {exc}") from exc
-            if ack.error is None:
-                return Appended(list(range(ack.seq - len(messages) + 1, ack.seq + 1)))
-            if ack.error.err_code in (_WRONG_LAST_SEQUENCE, _DUPLICATE_IN_BATCH):
-                landed = await self._landed(aggregate_id, first.tail, write_id, len(messages))
-                if landed is not None:
-                    return landed
-                actual = _actual_sequence(ack.error.description)
-                raise ConcurrencyConflict(aggregate_id, expected_seq, actual)
-            raise StoreUnavailableError(
-                f"stream {self.stream!r} refused an append to {aggregate_id}: "
-                f"{ack.error.description} (error {ack.error.err_code})"
-            )
+                headers[MSG_ID] = write_id
+            messages.append(Message(self.subject(aggregate_id, record.tail), record.data, headers))
 
-    async def _publish(self, messages: list[tuple[str, bytes, dict[str, str]]]) -> _PubAck:
-        nc = self.nc
-        if len(messages) == 1:
-            subject, data, headers = messages[0]
-            reply = await nc.request(subject, data, timeout=self._timeout, headers=headers)
-            return _decode_ack(reply.data)
-        batch_id = uuid.uuid4().hex
-        for i, (subject, data, headers) in enumerate(messages[:-1], start=1):
-            headers["Nats-Batch-Id"] = batch_id
-            headers["Nats-Batch-Sequence"] = str(i)
-            await nc.publish(subject, data, headers=headers)
-        subject, data, headers = messages[-1]
-        headers.update(
-            {
-                "Nats-Batch-Id": batch_id,
-                "Nats-Batch-Sequence": str(len(messages)),
-                "Nats-Batch-Commit": "1",
-            }
+        async def landed() -> Appended | None:
+            return await self._landed(aggregate_id, first.tail, write_id, len(messages))
+
+        outcome = await write(
+            self.nc,
+            messages,
+            timeout=self._timeout,
+            deadline_s=self._deadline,
+            landed=landed,
+            what=f"append to {aggregate_id} on stream {self.stream!r}",
         )
-        reply = await nc.request(subject, data, timeout=self._timeout, headers=headers)
-        return _decode_ack(reply.data)
+        if isinstance(outcome, Appended):
+            return outcome
+        if outcome.error is None:
+            return Appended(list(range(outcome.seq - len(messages) + 1, outcome.seq + 1)))
+        if outcome.error.err_code in (WRONG_LAST_SEQUENCE, DUPLICATE_IN_BATCH):
+            # A retry of a write that did land is refused like a conflict: look first.
+            found = await landed()
+            if found is not None:
+                return found
+            actual = actual_sequence(outcome.error.description)
+            raise ConcurrencyConflict(aggregate_id, expected_seq, actual)
+        raise StoreUnavailableError(
+            f"stream {self.stream!r} refused an append to {aggregate_id}: "
+            f"{outcome.error.description} (error {outcome.error.err_code})"
+        )
 
     async def _landed(
         self, aggregate_id: str, tail: str, write_id: str, count: int
@@ -198,7 +159,7 @@ class AggregateStream:
             record = await self.reader.last(self.subject(aggregate_id, tail))
         except StoreUnavailableError:
             return None
-        if record is None or record.headers.get(_H_MSG_ID) != write_id:
+        if record is None or record.headers.get(MSG_ID) != write_id:
             return None
         return Appended(list(range(record.seq, record.seq + count)))
 
@@ -208,11 +169,3 @@ class AggregateStream:
 
     async def last(self, aggregate_id: str) -> Record | None:
         return await self.reader.last(f"{self.root}.{aggregate_id}.>")
-
-
-def _actual_sequence(description: str) -> int | None:
-    # "wrong last sequence: 16001"
-    try:
-        return int(description.rsplit(":", 1)[1])
-    except (IndexError, ValueError):
-        return None

@@ -32,15 +32,20 @@ from typing import Any
 import msgspec
 from eventsourcing.persistence import IntegrityError, Notification, StoredEvent, Tracking
 from nats.aio.client import Client as NATS
-from nats.errors import ConnectionClosedError, NoRespondersError
 from nats.errors import Error as NatsError
-from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from ._direct import DirectGetter, Record
 from ._errors import StoreUnavailableError, WriteTooLargeError
 from ._streams import ensure_stream, load_definition
-from ._subjects import SubjectLayout, decode_token
+from ._subjects import SubjectLayout
+from ._writes import (
+    DUPLICATE_IN_BATCH,
+    MSG_ID,
+    WRONG_LAST_SEQUENCE,
+    Message,
+    write,
+)
 
 __all__ = ["AsyncStore", "StoreSettings"]
 
@@ -48,12 +53,9 @@ EVENTS = "e"
 SNAPSHOTS = "s"
 MAX_BATCH = 1000  # nats-server's default limit on messages in one atomic batch
 TRACKING_HEADER = "Ja-Tracking-Id"
-WRONG_LAST_SEQUENCE = 10071
-DUPLICATE_IN_BATCH = 10201  # "atomic publish batch contains duplicate message id"
 _H_EXPECT_SUBJ_SEQ = "Nats-Expected-Last-Subject-Sequence"
 _H_EXPECT_SUBJ = "Nats-Expected-Last-Subject-Sequence-Subject"
 _H_EXPECT_SEQ = "Nats-Expected-Last-Sequence"
-_H_MSG_ID = "Nats-Msg-Id"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -77,34 +79,6 @@ class StoreSettings:
         config = load_definition("eventstore")
         config.update(name=self.stream, subjects=[f"{self.root}.>"], num_replicas=self.replicas)
         return config
-
-
-class _ApiError(msgspec.Struct):
-    code: int = 0
-    err_code: int = 0
-    description: str = ""
-
-
-class _PubAck(msgspec.Struct):
-    stream: str = ""
-    seq: int = 0
-    duplicate: bool = False
-    count: int = 0
-    error: _ApiError | None = None
-
-
-_decode_ack = msgspec.json.Decoder(_PubAck).decode
-
-
-@dataclass(slots=True)
-class _Message:
-    subject: str
-    data: bytes
-    headers: dict[str, str]
-
-
-class _Conflict(Exception):
-    """The server refused a write's expected-sequence check."""
 
 
 class AsyncStore:
@@ -183,7 +157,7 @@ class AsyncStore:
 
     def _messages(
         self, stored_events: Sequence[StoredEvent], tracking: Tracking | None, kind: str
-    ) -> list[_Message]:
+    ) -> list[Message]:
         layout = self.layout
         messages = []
         last = len(stored_events) - 1
@@ -200,21 +174,21 @@ class AsyncStore:
             subject = layout.record(
                 kind, event.originator_id, event.originator_version, event.topic, upstream
             )
-            messages.append(_Message(subject, event.state, headers))
+            messages.append(Message(subject, event.state, headers))
         if tracking is not None and not stored_events:
             messages.append(
-                _Message(
+                Message(
                     layout.tracking_marker(tracking.application_name),
                     b"",
                     {TRACKING_HEADER: str(tracking.notification_id)},
                 )
             )
-        messages[0].headers[_H_MSG_ID] = uuid.uuid4().hex
+        messages[0].headers[MSG_ID] = uuid.uuid4().hex
         return messages
 
     async def _write_tracked(
         self,
-        messages: list[_Message],
+        messages: list[Message],
         stored_events: Sequence[StoredEvent],
         tracking: Tracking,
         kind: str,
@@ -252,78 +226,51 @@ class AsyncStore:
 
     async def _write(
         self,
-        messages: list[_Message],
+        messages: list[Message],
         stored_events: Sequence[StoredEvent],
         tracking: Tracking | None,
         kind: str,
     ) -> list[int]:
-        deadline = time.monotonic() + self.settings.write_deadline
-        while True:
-            try:
-                ack = await self._publish(messages)
-            except (NatsTimeoutError, NoRespondersError, ConnectionClosedError, OSError) as exc:
-                # The write may or may not have landed: look before trying again.
-                landed = await self._landed(messages)
-                if landed is not None:
-                    return landed
-                if time.monotonic() > deadline:
-                    raise StoreUnavailableError(
-                        f"could not write to stream {self.settings.stream!r} within "
-                        f"{self.settings.write_deadline:.0f} s: {type(exc).__name__}"
-                    ) from exc
-                await asyncio.sleep(0.05)
-                continue
-            except NatsError as exc:
-                raise StoreUnavailableError(f"write failed: {exc}") from exc
-            if ack.error is None:
-                last = ack.seq
-                self._note_seq(last)
-                return list(range(last - len(messages) + 1, last + 1))
-            if ack.error.err_code in (WRONG_LAST_SEQUENCE, DUPLICATE_IN_BATCH):
-                # A retry of a write that did land (its ack was lost, or the client
-                # resent it after reconnecting) is refused like a conflict: look first.
-                landed = await self._landed(messages)
-                if landed is not None:
-                    return landed
-                await self._raise_conflict(stored_events, tracking, kind)
-            raise IntegrityError(
-                f"stream {self.settings.stream!r} refused the write: "
-                f"{ack.error.description} (error {ack.error.err_code})"
-            )
+        async def landed() -> list[int] | None:
+            return await self._landed(messages)
+
+        outcome = await write(
+            self.nc,
+            messages,
+            timeout=self.settings.request_timeout,
+            deadline_s=self.settings.write_deadline,
+            landed=landed,
+            what=f"write to stream {self.settings.stream!r}",
+        )
+        if isinstance(outcome, list):
+            return outcome
+        if outcome.error is None:
+            self._note_seq(outcome.seq)
+            return list(range(outcome.seq - len(messages) + 1, outcome.seq + 1))
+        if outcome.error.err_code in (WRONG_LAST_SEQUENCE, DUPLICATE_IN_BATCH):
+            # A retry of a write that did land (its ack was lost, or the client resent
+            # it after reconnecting) is refused like a conflict: look first.
+            found = await landed()
+            if found is not None:
+                return found
+            await self._raise_conflict(stored_events, tracking, kind)
+        raise IntegrityError(
+            f"stream {self.settings.stream!r} refused the write: "
+            f"{outcome.error.description} (error {outcome.error.err_code})"
+        )
 
     def _note_seq(self, seq: int) -> None:
         if self._last_seq is None or seq > self._last_seq:
             self._last_seq = seq
 
-    async def _publish(self, messages: list[_Message]) -> _PubAck:
-        nc = self.nc
-        timeout = self.settings.request_timeout
-        if len(messages) == 1:
-            m = messages[0]
-            reply = await nc.request(m.subject, m.data, timeout=timeout, headers=m.headers)
-            return _decode_ack(reply.data)
-        # JetStream atomic batch: publish 1..n-1, request the commit (JETSTREAM-FACTS.md).
-        batch_id = uuid.uuid4().hex
-        last = len(messages)
-        for i, m in enumerate(messages[:-1], start=1):
-            m.headers["Nats-Batch-Id"] = batch_id
-            m.headers["Nats-Batch-Sequence"] = str(i)
-            await nc.publish(m.subject, m.data, headers=m.headers)
-        m = messages[-1]
-        m.headers["Nats-Batch-Id"] = batch_id
-        m.headers["Nats-Batch-Sequence"] = str(last)
-        m.headers["Nats-Batch-Commit"] = "1"
-        reply = await nc.request(m.subject, m.data, timeout=timeout, headers=m.headers)
-        return _decode_ack(reply.data)
-
-    async def _landed(self, messages: list[_Message]) -> list[int] | None:
+    async def _landed(self, messages: list[Message]) -> list[int] | None:
         """Sequences of this write if it is in the stream (its first message's msg id)."""
         first = messages[0]
         try:
-            record = await self._reader.last(_exact(first.subject))
+            record = await self._reader.last(first.subject)
         except StoreUnavailableError:
             return None
-        if record is None or record.headers.get(_H_MSG_ID) != first.headers[_H_MSG_ID]:
+        if record is None or record.headers.get(MSG_ID) != first.headers[MSG_ID]:
             return None
         self._note_seq(record.seq + len(messages) - 1)
         return list(range(record.seq, record.seq + len(messages)))
@@ -518,13 +465,5 @@ class _StreamInfo(msgspec.Struct):
     state: _StreamState = msgspec.field(default_factory=_StreamState)
 
 
-def _exact(subject: str) -> str:
-    return subject
-
-
 def _version(event: StoredEvent) -> int:
     return event.originator_version
-
-
-def topic_of(subject: str, root: str) -> str:
-    return decode_token(subject[len(root) + 1 :].split(".")[3])

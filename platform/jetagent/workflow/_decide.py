@@ -408,10 +408,9 @@ def _next_reasoning(state: WorkflowState, at: datetime, ctx: DecideContext) -> W
     left = state.token_cap - state.spent.tokens - state.reserved.tokens
     usd_left = None if state.cost_cap_usd is None else state.cost_cap_usd - state.spent.usd
     iteration = state.iterations + (1 if attempt == 1 else 0)
-    return StepScheduled(
-        workflow_id=state.workflow_id,
-        at=at,
-        step_id=state.next_step_id(),
+    return _schedule(
+        state,
+        at,
         capability=REASONING,
         attempt=attempt,
         iteration=iteration,
@@ -427,8 +426,6 @@ def _next_reasoning(state: WorkflowState, at: datetime, ctx: DecideContext) -> W
         },
         route=RoutingDecision(model=state.models[0], reason="preferred") if state.models else None,
         reservation=reservation,
-        tenant=state.tenant,
-        deadline_at=state.deadline_at,
     )
 
 
@@ -452,10 +449,9 @@ def _compaction(
     max_tokens, reservation = _llm_reservation(state, count_message_tokens(older), ctx)
     if not _fits(state, reservation):
         return _out_of_budget(state, at, reservation)
-    return StepScheduled(
-        workflow_id=state.workflow_id,
-        at=at,
-        step_id=state.next_step_id(),
+    return _schedule(
+        state,
+        at,
         capability=SUMMARIZE,
         attempt=_attempt(state, SUMMARIZE, ctx),
         iteration=state.iterations,
@@ -467,8 +463,18 @@ def _compaction(
             "max_tokens": max_tokens,
         },
         reservation=reservation,
+    )
+
+
+def _schedule(state: WorkflowState, at: datetime, **step: Any) -> StepScheduled:
+    """A step of this workflow, numbered next, for its tenant, under its deadline."""
+    return StepScheduled(
+        workflow_id=state.workflow_id,
+        at=at,
+        step_id=state.next_step_id(),
         tenant=state.tenant,
         deadline_at=state.deadline_at,
+        **step,
     )
 
 
@@ -492,18 +498,15 @@ def _next_tool(state: WorkflowState, at: datetime, ctx: DecideContext) -> Workfl
         reservation = Spend(tokens=info.max_tokens)
         if not _fits(state, reservation):
             return _out_of_budget(state, at, reservation)
-        return StepScheduled(
-            workflow_id=state.workflow_id,
-            at=at,
-            step_id=state.next_step_id(),
+        return _schedule(
+            state,
+            at,
             capability=info.capability,
             tool=call.name,
             attempt=attempt,
             iteration=state.iterations,
             input={"call_id": call.id, "tool": call.name, "arguments": call.arguments},
             reservation=reservation,
-            tenant=state.tenant,
-            deadline_at=state.deadline_at,
         )
     return None
 
@@ -518,10 +521,9 @@ def _next_summary(state: WorkflowState, at: datetime, ctx: DecideContext) -> Wor
     max_tokens, reservation = _llm_reservation(state, input_tokens, ctx)
     if not _fits(state, reservation):
         return _out_of_budget(state, at, reservation)
-    return StepScheduled(
-        workflow_id=state.workflow_id,
-        at=at,
-        step_id=state.next_step_id(),
+    return _schedule(
+        state,
+        at,
         capability=SUMMARIZE,
         attempt=attempt,
         iteration=state.iterations,
@@ -531,6 +533,4 @@ def _next_summary(state: WorkflowState, at: datetime, ctx: DecideContext) -> Wor
             "max_tokens": max_tokens,
         },
         reservation=reservation,
-        tenant=state.tenant,
-        deadline_at=state.deadline_at,
     )
