@@ -302,3 +302,73 @@ def test_terminated_and_finalized_are_final_statuses() -> None:
     assert not Status.PROCESSING.is_final
     assert msgspec.json.decode(b'"terminated"', type=Status) is Status.TERMINATED
     assert Terminated.__struct_config__.tag == "Terminated"
+
+
+async def test_garbage_inputs_go_to_the_dead_letter_stream(engine: InProcessPlatform) -> None:
+    client = engine.client
+    names = engine.settings.names
+    # An undecodable step result and cancel, and a step for a worker that is not JSON.
+    await client.js.publish(names.step_result("nope", "1"), b"\x00not json")
+    await client.js.publish(names.cancel("nope"), b"[1, 2")
+    await client.js.publish(f"{names.workflow_root}.x.StepScheduled.tools.calculator", b"{}")
+
+    async def dead_letters() -> int:
+        info = await client.js.stream_info(names.dlq_stream)
+        return int(info.state.messages) if info.state.messages >= 3 else 0
+
+    await eventually(dead_letters, timeout=20)
+    reader = DirectGetter(client.nc, names.dlq_stream, timeout=5)
+    await reader.open()
+    records = await reader.scan(f"{names.prefix}.dlq.>")
+    await reader.close()
+    bodies = [json.loads(r.data) for r in records]
+    assert {b["source"] for b in bodies} >= {"orchestrator", "tools"}
+    assert all(b["error"] for b in bodies)
+    # Every service kept serving.
+    wid = await client.submit(instruction="What is 2 + 2?", tenant="acme")
+    assert (await client.result(wid, timeout=20)).output.endswith("4")
+
+
+def test_hostile_tool_names_never_reach_a_subject() -> None:
+    # A model asking for a tool whose name would inject subject tokens gets a tool error
+    # it can read, and no step is scheduled on a subject built from that name.
+    from datetime import UTC, datetime
+
+    from jetagent.events import StepResult
+    from jetagent.llm import ToolSpec
+    from jetagent.models import ModelCatalog
+    from jetagent.workflow import (
+        Begin,
+        DecideContext,
+        FoldResult,
+        ToolInfo,
+        WorkflowState,
+        decide,
+        fold,
+    )
+
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    ctx = DecideContext(
+        models=ModelCatalog.load().models,
+        tools={"calculator": ToolInfo(spec=ToolSpec(name="calculator", description="math"))},
+    )
+    request = WorkflowRequest(request_id="w", tenant="t", instruction="x").model_dump(mode="json")
+    state = fold(
+        WorkflowState(),
+        decide(WorkflowState(), Begin(workflow_id="w", tenant="t", request=request, at=at), ctx),
+    )
+    hostile = {"id": "c1", "name": "calc.>.x", "arguments": {"expression": "1+1"}}
+    result = StepResult(
+        workflow_id="w", step_id="1", capability="reasoning", tenant="t", ok=True,
+        output={"text": "", "tool_calls": [hostile]}, started_at=at, finished_at=at,
+    )  # fmt: skip
+    events = decide(state, FoldResult(result=result, result_seq=1, at=at), ctx)
+    completed = events[0]
+    assert isinstance(completed, StepCompleted)
+    assert completed.output["rejected_calls"][0]["tool"] == "calc.>.x"
+    assert "unknown tool" in completed.output["rejected_calls"][0]["error"]
+    scheduled = [e for e in events if isinstance(e, StepScheduled)]
+    assert [e.capability for e in scheduled] == ["reasoning"]  # the model sees the error
+    tool_messages = fold(state, events).messages[-1]
+    assert tool_messages.role == "tool"
+    assert "unknown tool 'calc.>.x'" in tool_messages.content

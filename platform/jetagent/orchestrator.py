@@ -68,6 +68,8 @@ __all__ = ["Orchestrator"]
 log = logging.getLogger("jetagent.orchestrator")
 
 _MAX_CONFLICT_RETRIES = 50
+_MAX_ATTEMPTS = 5
+"""Deliveries of an input that fails unexpectedly before it is dead-lettered."""
 
 
 def _now() -> datetime:
@@ -183,9 +185,23 @@ class Orchestrator:
             log.warning("will retry %s: %s", msg.subject, exc)
             with contextlib.suppress(NatsError):
                 await msg.nak(delay=1.0)
-        except Exception:
-            log.exception("failed to process %s; it goes to the dead-letter queue", msg.subject)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            # Unreadable: no retry can help.
+            log.exception("unreadable message %s goes to the dead-letter queue", msg.subject)
             await self._dead_letter(msg, "orchestrator")
+        except Exception:
+            # A bug, or a dependency in a bad state: retried a few times with backoff
+            # (maybe another replica, or a restart, gets past it), then dead-lettered.
+            deliveries = msg.metadata.num_delivered
+            if deliveries < _MAX_ATTEMPTS:
+                log.exception(
+                    "failed to process %s (attempt %d); retrying", msg.subject, deliveries
+                )
+                with contextlib.suppress(NatsError):
+                    await msg.nak(delay=min(2.0**deliveries, 30.0))
+            else:
+                log.exception("failed to process %s; it goes to the dead-letter queue", msg.subject)
+                await self._dead_letter(msg, "orchestrator")
         finally:
             self._slots.release()
             await puller.done()
