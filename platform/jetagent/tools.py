@@ -9,8 +9,11 @@
 The schema comes from the type hints (or is given, for tools served by MCP servers).
 Arguments are validated before the function runs; invalid arguments, an unknown tool,
 a timeout or an exception become a *tool error* — an output the model sees
-(``{"error": ...}``) — never a crash of the worker. A tool may take a ``StepContext`` as
-its first parameter (``ctx``) to reach JetStream or the tenant.
+(``{"error": ...}``) — never a crash of the worker. The one exception is a tool that
+raises ``TransientError`` (an upstream that is down for now): that is the runtime's to
+retry — the step is redelivered after ``retry_after`` — not the model's to reason about.
+A tool may take a ``StepContext`` as its first parameter (``ctx``) to reach JetStream
+or the tenant.
 
 Where a tool runs, so that no tool stalls the worker's other steps:
 ``runs_in="loop"`` (async tools; the default for coroutine functions), ``"thread"``
@@ -36,6 +39,7 @@ import jsonschema
 import msgspec
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
+from jetagent.errors import TransientError
 from jetagent.llm import ToolSpec
 from jetagent.registry import RegisteredTool
 
@@ -197,6 +201,8 @@ class ToolBox:
             result = await asyncio.wait_for(self._call(found, kwargs, ctx), found.timeout_s)
         except TimeoutError:
             return {"error": f"{name} did not finish within {found.timeout_s:g} s"}
+        except TransientError:
+            raise
         except Exception as exc:  # a tool's failure is the model's information, not a crash
             return {"error": f"{name} failed: {type(exc).__name__}: {exc}"}
         calls = getattr(result, "calls", None)

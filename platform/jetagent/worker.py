@@ -380,6 +380,7 @@ class Worker:
                 log.info("step %s: %s; retry in %.1f s", event.step_id, exc, delay)
                 await msg.nak(delay=delay)
                 return None
+            await self._dead_letter(spec.name, msg, f"{type(exc).__name__}: {exc}")
             return self._failed(event, started, deliveries, exc, calls, retryable=True)
         except PermanentError as exc:
             calls.extend(_billed(exc))

@@ -58,3 +58,13 @@ def crunch(seconds: float) -> str:
 
 
 TEST_TOOLS.append(crunch)
+
+
+@tool(description="Always fails with a transient error (a provider that stays down).")
+async def flaky(note: str = "") -> str:
+    from jetagent import TransientError
+
+    raise TransientError("the upstream is still down", retry_after=0.05)
+
+
+TEST_TOOLS.append(flaky)

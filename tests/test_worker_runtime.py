@@ -1,0 +1,109 @@
+"""The worker runtime: retries, dead letters, graceful shutdown; the sync client."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+from collections import Counter
+from pathlib import Path
+
+from jetagent import Status, SyncClient
+from jetagent.client import Client
+from jetagent.config import Settings
+from jetagent.events import StepFailed, StepScheduled
+from jetagent.store import DirectGetter
+from tests.support.platform import InProcessPlatform, ServiceProcesses, eventually
+
+
+async def _records(client: Client, stream: str, subject: str) -> list[dict[str, object]]:
+    reader = DirectGetter(client.nc, stream, timeout=5)
+    await reader.open()
+    try:
+        return [json.loads(r.data) for r in await reader.scan(subject)]
+    finally:
+        await reader.close()
+
+
+async def test_a_step_failing_after_max_deliver_is_recorded_and_dead_lettered(
+    settings: Settings,
+) -> None:
+    config = settings.model_copy(update={"step_max_deliver": 2, "max_step_attempts": 2})
+    platform = await InProcessPlatform(config).start()
+    try:
+        client = platform.client
+        wid = await client.submit(
+            instruction='call flaky {"note": "x"}', tenant="acme", allowed_tools=["flaky"]
+        )
+        result = await client.result(wid, timeout=30)
+        assert result.status is Status.TERMINATED
+        assert result.reason == "step_failed"
+        events = await client.events(wid)
+        failed = [e for e in events if isinstance(e, StepFailed)]
+        # Each attempt was delivered twice, failed for good, and was recorded as failed.
+        assert len(failed) == 2
+        assert all("still down" in e.error for e in failed)
+        tries = [e for e in events if isinstance(e, StepScheduled) and e.tool == "flaky"]
+        assert [e.attempt for e in tries] == [1, 2]
+        names = config.names
+        results = await _records(client, names.steps_stream, f"{names.prefix}.step.{wid}.>")
+        assert [r["deliveries"] for r in results if r["tool"] == "flaky"] == [2, 2]
+        letters = await _records(client, names.dlq_stream, f"{names.prefix}.dlq.tools")
+        assert len(letters) == 2
+        assert all("still down" in str(letter["error"]) for letter in letters)
+    finally:
+        await platform.stop()
+
+
+async def test_sigterm_lets_a_running_step_finish(settings: Settings, tmp_path: Path) -> None:
+    procs = ServiceProcesses(settings.nats_url, settings.prefix, tmp_path)
+    procs.start("orchestrator", "orchestrator")
+    procs.start("reasoning", "worker", "reasoning")
+    tools = procs.start("tools", "worker", "tools")
+    client = await Client.connect(settings.nats_url, settings=settings)
+    try:
+
+        async def registered() -> bool:
+            try:
+                kv = await client.js.key_value(settings.names.bucket("REGISTRY"))
+                return "tool.slow" in await kv.keys()
+            except Exception:
+                return False
+
+        await eventually(registered, timeout=30)
+        wid = await client.submit(
+            instruction='call slow {"seconds": 2}', tenant="acme", allowed_tools=["slow"]
+        )
+
+        async def running() -> bool:
+            info = await client.js.consumer_info(settings.names.workflows_stream, "cap-tools")
+            return info.num_ack_pending > 0
+
+        await eventually(running, timeout=30)
+        tools.send_signal(signal.SIGTERM)  # a deploy stops the only tools worker mid-step
+        code = await asyncio.to_thread(tools.wait, 30)
+        assert code == 0, procs.log("tools")
+        # It finished the step before leaving: the workflow completes with no other worker.
+        result = await client.result(wid, timeout=30)
+        assert result.output.endswith("slept 2.0")
+        names = settings.names
+        results = await _records(client, names.steps_stream, f"{names.prefix}.step.{wid}.>")
+        assert set(Counter(str(r["step_id"]) for r in results).values()) == {1}
+    finally:
+        await client.close()
+        procs.stop_all()
+
+
+async def test_the_sync_client(engine: InProcessPlatform) -> None:
+    def use_it() -> tuple[str, list[str], str]:
+        with SyncClient(engine.settings.nats_url, settings=engine.settings) as client:
+            wid = client.submit(instruction="What is 5 * 5?", tenant="acme")
+            result = client.result(wid, timeout=20)
+            kinds = [type(e).__name__ for e in client.watch(wid)]
+            return result.output, kinds, client.session(wid).status.value
+
+    output, kinds, status = await asyncio.to_thread(use_it)
+    assert output.endswith("Final answer: 25")
+    assert kinds[0] == "Started"
+    assert kinds[-1] == "Finalized"
+    assert status == "finalized"
