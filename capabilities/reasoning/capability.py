@@ -201,7 +201,7 @@ def reasoning_capabilities(
         return {"circuits": [msgspec.to_builtins(b) for b in gw.breaker_states()]}
 
     return (
-        CapabilitySpec(name="reasoning", handler=reason, report=report),
-        CapabilitySpec(name="summarize", handler=summarize),
+        CapabilitySpec(name="reasoning", handler=reason, report=report, close=gw.aclose),
+        CapabilitySpec(name="summarize", handler=summarize, close=gw.aclose),
         gw,
     )

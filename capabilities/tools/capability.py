@@ -59,6 +59,9 @@ def tools_capability(
             output["ok"] = "error" not in answer
         return StepOutput(output=output, calls=list(calls))
 
+    async def close() -> None:
+        box.close()
+
     return CapabilitySpec(
         name=name,
         handler=run,
@@ -66,4 +69,5 @@ def tools_capability(
         tools=[t.registration() for t in tools.values()],
         subjects=[f"{{p}}.wf.*.StepScheduled.{name}.{t.name}" for t in served],
         consumer=consumer,
+        close=close,
     )

@@ -31,6 +31,7 @@ from jetagent.events import (
     Finalized,
     RequestRejected,
     SignalSent,
+    StepResult,
     Terminated,
     WorkflowEvent,
     decode_events,
@@ -218,15 +219,25 @@ class Client:
 
     async def events(self, workflow_id: str) -> list[WorkflowEvent]:
         """The workflow's events so far (no waiting)."""
+        records = await self._scan(self.names.workflows_stream, self.names.workflow(workflow_id))
+        return [event for r in records for event in decode_events(r.data)]
+
+    async def step_results(self, workflow_id: str) -> list[StepResult]:
+        """Every step's result so far: its output or error, each provider call with its
+        usage and cost, and the routing decisions (which model answered, and why)."""
+        subject = f"{self.names.prefix}.step.{workflow_id}.>"
+        records = await self._scan(self.names.steps_stream, subject)
+        return [decode_step_result(r.data) for r in records]
+
+    async def _scan(self, stream: str, subject: str) -> list[Any]:
         from jetagent.store import DirectGetter
 
-        reader = DirectGetter(self.nc, self.names.workflows_stream, timeout=5.0)
+        reader = DirectGetter(self.nc, stream, timeout=5.0)
         await reader.open()
         try:
-            records = await reader.scan(self.names.workflow(workflow_id))
+            return await reader.scan(subject)
         finally:
             await reader.close()
-        return [event for r in records for event in decode_events(r.data)]
 
     async def session(self, workflow_id: str) -> SessionView:
         """The workflow's session view: status, each step with its model, attempt,
@@ -248,24 +259,14 @@ class Client:
 
     async def fold_session(self, workflow_id: str) -> SessionView:
         """The session view computed from the streams now (no projection involved)."""
-        from jetagent.store import DirectGetter
-
         view = SessionView(workflow_id=workflow_id)
-        for stream, subject in (
-            (self.names.workflows_stream, self.names.workflow(workflow_id)),
-            (self.names.steps_stream, f"{self.names.prefix}.step.{workflow_id}.>"),
+        for record in await self._scan(
+            self.names.workflows_stream, self.names.workflow(workflow_id)
         ):
-            reader = DirectGetter(self.nc, stream, timeout=5.0)
-            await reader.open()
-            try:
-                records = await reader.scan(subject)
-            finally:
-                await reader.close()
-            for record in records:
-                if stream == self.names.steps_stream:
-                    apply_step_result(view, decode_step_result(record.data), record.seq)
-                else:
-                    apply_workflow_message(view, decode_events(record.data), record.seq)
+            apply_workflow_message(view, decode_events(record.data), record.seq)
+        subject = f"{self.names.prefix}.step.{workflow_id}.>"
+        for record in await self._scan(self.names.steps_stream, subject):
+            apply_step_result(view, decode_step_result(record.data), record.seq)
         return view
 
 
@@ -298,6 +299,14 @@ class SyncClient:
     def session(self, workflow_id: str) -> SessionView:
         view: SessionView = self._run(self._client.session(workflow_id))
         return view
+
+    def events(self, workflow_id: str) -> list[WorkflowEvent]:
+        found: list[WorkflowEvent] = self._run(self._client.events(workflow_id))
+        return found
+
+    def step_results(self, workflow_id: str) -> list[StepResult]:
+        found: list[StepResult] = self._run(self._client.step_results(workflow_id))
+        return found
 
     def watch(self, workflow_id: str) -> Iterator[WorkflowEvent]:
         """Events as they happen (each ``next`` waits on the private loop)."""

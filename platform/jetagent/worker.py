@@ -130,6 +130,9 @@ class CapabilitySpec:
     consumer: str | None = None
     report: Callable[[], dict[str, Any]] | None = None
     """Status to publish every few seconds (circuit breakers), for the metrics."""
+    close: Callable[[], Awaitable[None]] | None = None
+    """Release what the handler holds (HTTP pools, process pools) when the worker stops;
+    specs sharing one resource may share one ``close`` (it is called once)."""
 
 
 def capability(
@@ -204,6 +207,11 @@ class Worker:
                 tasks.create_task(self._report(stop))
         await self._results.close()
         await self._workflows.close()
+        for close in dict.fromkeys(s.close for s in self.specs if s.close):
+            try:
+                await close()
+            except Exception:  # one resource failing to close must not keep the others
+                log.exception("closing a capability's resources failed")
 
     async def _serve(self, spec: CapabilitySpec, stop: asyncio.Event) -> None:
         concurrency = spec.concurrency or self.settings.worker_concurrency
