@@ -33,6 +33,7 @@ from jetagent.config import Settings
 from jetagent.events import decode_events, decode_step_result
 from jetagent.provision import provision
 from jetagent.sessions import SessionView, apply_step_result, apply_workflow_message
+from projections.checkpoints import CheckpointStore
 from projections.costs import LiveGauges, MetricsCollector, MetricsState
 
 __all__ = ["Checkpoint", "ProjectionService"]
@@ -89,7 +90,7 @@ class ProjectionService:
         self._dirty: set[str] = set()
         self._since_checkpoint = 0
         self._sessions: KeyValue | None = None
-        self._checkpoints: KeyValue | None = None
+        self._checkpoints: CheckpointStore | None = None
         self._rebuilding = False
         self._rebuilt: set[str] = set()
         self.registry = CollectorRegistry()
@@ -104,10 +105,11 @@ class ProjectionService:
             names.dlq_stream: f"{names.prefix}.dlq.>",
         }
 
-    async def _buckets(self) -> tuple[KeyValue, KeyValue]:
+    async def _buckets(self) -> tuple[KeyValue, CheckpointStore]:
         if self._sessions is None or self._checkpoints is None:
             self._sessions = await self.js.key_value(self.names.bucket("SESSIONS"))
-            self._checkpoints = await self.js.key_value(self.names.bucket("PROJECTIONS"))
+            kv = await self.js.key_value(self.names.bucket("PROJECTIONS"))
+            self._checkpoints = CheckpointStore(kv, CHECKPOINT_KEY)
         return self._sessions, self._checkpoints
 
     # --------------------------------------------------------------- applying
@@ -192,12 +194,9 @@ class ProjectionService:
 
     async def load_checkpoint(self) -> None:
         _, checkpoints = await self._buckets()
-        try:
-            entry = await checkpoints.get(CHECKPOINT_KEY)
-        except (KeyNotFoundError, NotFoundError):
-            return
-        if entry.value:
-            saved = _checkpoint_decoder.decode(entry.value)
+        value = await checkpoints.load()
+        if value:
+            saved = _checkpoint_decoder.decode(value)
             self.positions = saved.positions
             self._replace_metrics(saved.metrics)
 
@@ -220,7 +219,7 @@ class ProjectionService:
             ]
             await asyncio.gather(*acks)
         saved = Checkpoint(positions=dict(self.positions), metrics=self.metrics)
-        await checkpoints.put(CHECKPOINT_KEY, _encoder.encode(saved))
+        await checkpoints.save(_encoder.encode(saved))
         self._since_checkpoint = 0
 
     # -------------------------------------------------------------- following

@@ -17,6 +17,7 @@ from jetagent.config import Settings
 from jetagent.embedded import free_port
 from jetagent.sessions import SessionView
 from jetagent.store import connect
+from projections.checkpoints import CheckpointStore
 from projections.service import CHECKPOINT_KEY, Checkpoint, ProjectionService
 from tests.support.platform import InProcessPlatform, ServiceProcesses, eventually
 
@@ -175,11 +176,8 @@ async def test_a_projection_killed_and_restarted_keeps_its_totals(
 
 async def _checkpoint(settings: Settings, nc: Any) -> Checkpoint | None:
     kv = await nc.jetstream().key_value(settings.names.bucket("PROJECTIONS"))
-    try:
-        entry = await kv.get(CHECKPOINT_KEY)
-    except Exception:
-        return None
-    return msgspec.json.decode(entry.value, type=Checkpoint) if entry.value else None
+    value = await CheckpointStore(kv, CHECKPOINT_KEY).load()
+    return msgspec.json.decode(value, type=Checkpoint) if value else None
 
 
 async def _stream_ends(settings: Settings, nc: Any) -> dict[str, int]:
