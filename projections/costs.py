@@ -93,8 +93,9 @@ class MetricsState(msgspec.Struct):
     dead_letters: dict[str, int] = msgspec.field(default_factory=dict)
     open_workflows: dict[str, str] = msgspec.field(default_factory=dict)
     """workflow id → tenant, while it runs (final events carry no tenant)."""
-    open_steps: dict[str, datetime] = msgspec.field(default_factory=dict)
-    """``<workflow>/<step>`` → when it was scheduled, until it completes."""
+    open_steps: dict[str, dict[str, datetime]] = msgspec.field(default_factory=dict)
+    """workflow id → step id → when it was scheduled, until it completes (keyed by
+    workflow so that a workflow's end drops its steps without scanning the others)."""
 
     def apply_workflow_event(self, event: WorkflowEvent) -> None:
         match event:
@@ -102,9 +103,13 @@ class MetricsState(msgspec.Struct):
                 self.open_workflows[event.workflow_id] = event.tenant
                 _add(self.active, event.tenant, 1)
             case StepScheduled():
-                self.open_steps[f"{event.workflow_id}/{event.step_id}"] = event.at
+                steps = self.open_steps.get(event.workflow_id)
+                if steps is None:
+                    steps = self.open_steps[event.workflow_id] = {}
+                steps[event.step_id] = event.at
             case StepCompleted() | StepFailed():
-                started = self.open_steps.pop(f"{event.workflow_id}/{event.step_id}", None)
+                steps = self.open_steps.get(event.workflow_id)
+                started = steps.pop(event.step_id, None) if steps else None
                 if started is not None:
                     seconds = max((event.at - started).total_seconds(), 0.0)
                     self.turnaround.setdefault(event.capability, Histogram()).observe(seconds)
@@ -117,9 +122,7 @@ class MetricsState(msgspec.Struct):
                 _add(self.workflows, _key(tenant, outcome), 1)
                 if isinstance(event, Terminated):
                     _add(self.terminations, event.reason, 1)
-                prefix = f"{event.workflow_id}/"
-                for step in [k for k in self.open_steps if k.startswith(prefix)]:
-                    del self.open_steps[step]
+                self.open_steps.pop(event.workflow_id, None)
             case RequestRejected():
                 _add(self.workflows, _key(event.tenant or "unknown", "rejected"), 1)
 

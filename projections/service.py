@@ -30,7 +30,7 @@ from nats.js.kv import KeyValue
 from prometheus_client import CollectorRegistry, start_http_server
 
 from jetagent.config import Settings
-from jetagent.events import decode_events, decode_step_result
+from jetagent.events import Started, decode_events, decode_step_result
 from jetagent.provision import provision
 from jetagent.sessions import SessionView, apply_step_result, apply_workflow_message
 from projections.checkpoints import CheckpointStore
@@ -93,6 +93,7 @@ class ProjectionService:
         self._checkpoints: CheckpointStore | None = None
         self._rebuilding = False
         self._rebuilt: set[str] = set()
+        self._stored_until = 1 << 63  # a JA_WORKFLOWS sequence; set when processing starts
         self.registry = CollectorRegistry()
         self.registry.register(MetricsCollector(self.metrics, self.live))
 
@@ -114,15 +115,16 @@ class ProjectionService:
 
     # --------------------------------------------------------------- applying
 
-    def _view_now(self, workflow_id: str) -> SessionView | None:
+    def _view_now(self, workflow_id: str, *, new: bool = False) -> SessionView | None:
         """The view in memory, a new one, or None if it must be read from the bucket."""
         view = self.views.get(workflow_id)
         if view is not None:
             if not self._rebuilding:  # recency matters for eviction only when live
                 self.views.move_to_end(workflow_id)
             return view
-        # While rebuilding, the stored view is stale unless this rebuild wrote it.
-        if self._rebuilding and workflow_id not in self._rebuilt:
+        # While rebuilding, the stored view is stale unless this rebuild wrote it; a
+        # workflow that started after this service did has no stored view to read.
+        if new or (self._rebuilding and workflow_id not in self._rebuilt):
             view = self.views[workflow_id] = SessionView(workflow_id=workflow_id)
             self._evict()
             return view
@@ -167,7 +169,8 @@ class ProjectionService:
             if stream == self._workflows_stream:
                 events = decode_events(data)
                 workflow_id = events[0].workflow_id
-                view = self._view_now(workflow_id)
+                new = seq > self._stored_until and isinstance(events[0], Started)
+                view = self._view_now(workflow_id, new=new)
                 if view is None:
                     return workflow_id
                 if apply_workflow_message(view, events, seq):
@@ -257,6 +260,8 @@ class ProjectionService:
         """Apply messages as they arrive until ``stop`` (or, for a rebuild, the end)."""
         inbox = _Inbox()
         targets = await self._last_sequences()
+        # Only what was in the stream before this run can have a stored view.
+        self._stored_until = targets.get(self._workflows_stream, 0)
         total = sum(max(targets[s] - self.positions.get(s, 0), 0) for s in targets)
         subscriptions = [await self._follow(s, subj, inbox) for s, subj in self.streams.items()]
         done = 0

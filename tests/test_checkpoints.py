@@ -68,7 +68,7 @@ async def test_a_service_with_ten_thousand_live_sessions_checkpoints_and_resumes
     for i in range(10_000):
         wid = f"workflow-{i:05d}-{'x' * 30}"
         service.metrics.open_workflows[wid] = f"tenant-{i % 20}"
-        service.metrics.open_steps[f"{wid}/step-0001"] = now
+        service.metrics.open_steps[wid] = {"step-0001": now}
     service.positions = {settings.names.workflows_stream: 50_000}
     await service.checkpoint()  # over 1 MiB encoded: one KV value would be refused
 

@@ -9,6 +9,7 @@ service (``projections.sessions``) keeps these views in the ``JA_SESSIONS`` buck
 
 from __future__ import annotations
 
+import bisect
 from datetime import datetime
 from decimal import Decimal
 
@@ -104,9 +105,12 @@ class SessionView(msgspec.Struct, kw_only=True):
             if step.step_id == step_id:
                 return step
         step = StepView(step_id=step_id)
-        self.steps.append(step)
-        self.steps.sort(key=lambda s: (len(s.step_id), s.step_id))
+        bisect.insort(self.steps, step, key=_step_order)
         return step
+
+
+def _step_order(step: StepView) -> tuple[int, str]:
+    return len(step.step_id), step.step_id
 
 
 def apply_workflow_event(view: SessionView, event: WorkflowEvent, seq: int) -> bool:
