@@ -1,13 +1,12 @@
 """The ``memory`` capability: the ``remember`` and ``recall`` tools on a worker of their own.
 
-Built like the tools capability (a ``ToolBox`` runs the tool a step names, with validated
-arguments; a tool's failure is an output the model reads, never a failed step) but not
-by importing it: a capability imports only jetagent (DESIGN.md).
+Served like the tools capability — ``ToolBox.serve`` runs the tool a step names, with
+validated arguments, and a tool's failure is an output the model reads, never a failed
+step — but not by importing it: a capability imports only jetagent (DESIGN.md).
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from typing import Annotated, Literal
 
@@ -24,7 +23,7 @@ from capabilities.memory._store import (
     Recalled,
     Remembered,
 )
-from jetagent import CapabilitySpec, StepContext, StepOutput, tool
+from jetagent import CapabilitySpec, StepContext, tool
 from jetagent.tools import Tool, ToolBox
 
 __all__ = ["CAPABILITY", "memory_capabilities", "memory_capability", "memory_tools"]
@@ -32,7 +31,6 @@ __all__ = ["CAPABILITY", "memory_capabilities", "memory_capability", "memory_too
 CAPABILITY = "memory"
 """The capability's name: its tools' ``capability`` and its consumer's (``cap-memory``)."""
 
-_INLINE_RESULT_BYTES = 4096
 
 # The argument bounds, for the schema the model is shown. (jetagent.tools reads hints
 # without their Annotated extras today, so MemoryStore checks the same bounds itself.)
@@ -89,20 +87,9 @@ def memory_capability(
     tools = memory_tools(store)
     box = ToolBox.of(tools)
 
-    async def run(step: StepContext) -> StepOutput:
-        data = step.input
-        answer = await box.run(str(data.get("tool", step.tool)), data.get("arguments"), step)
-        content = json.dumps(answer)
-        output: dict[str, object] = {"content": content}
-        if len(content) <= _INLINE_RESULT_BYTES:
-            output.update(answer)  # small results stay readable in the event as well
-        else:
-            output["ok"] = "error" not in answer
-        return StepOutput(output=output)
-
     return CapabilitySpec(
         name=CAPABILITY,
-        handler=run,
+        handler=box.serve,
         concurrency=concurrency,
         tools=[t.registration() for t in tools],
     )

@@ -162,17 +162,9 @@ def reasoning_capabilities(
             request = next((m.content for m in messages if m.role == "user"), "")
             text = f"Asked: {request.strip()[:300]} Answer: {final.strip()}"
             return StepOutput(output={"text": text, "model": "offline-extractive"})
-        result = await gw.call(
-            models=models,
-            messages=[*messages, Message(role="user", content=SUMMARY_PROMPT)],
-            tools=[],
-            max_tokens=int(data["max_tokens"]),
-            remaining_tokens=None,
-            remaining_usd=None,
-        )
-        calls, routing = _records(result)
+        completion, calls, routing = await ask(data, messages, models, SUMMARY_PROMPT)
         return StepOutput(
-            output={"text": result.completion.text, "model": result.completion.model},
+            output={"text": completion.text, "model": completion.model},
             calls=calls,
             routing=routing,
         )
@@ -184,18 +176,23 @@ def reasoning_capabilities(
         extra = {"mode": "compact", "covers": data.get("covers", len(messages))}
         if offline:
             return StepOutput(output={"text": compact_rounds(messages), **extra})
+        completion, calls, routing = await ask(data, messages, models, COMPACT_PROMPT)
+        return StepOutput(output={"text": completion.text, **extra}, calls=calls, routing=routing)
+
+    async def ask(
+        data: dict[str, Any], messages: list[Message], models: list[str], prompt: str
+    ) -> tuple[Completion, list[CallRecord], list[RoutingDecision]]:
+        """One tool-less call with ``prompt`` appended: a summary or a compaction."""
         result = await gw.call(
             models=models,
-            messages=[*messages, Message(role="user", content=COMPACT_PROMPT)],
+            messages=[*messages, Message(role="user", content=prompt)],
             tools=[],
             max_tokens=int(data["max_tokens"]),
             remaining_tokens=None,
             remaining_usd=None,
         )
         calls, routing = _records(result)
-        return StepOutput(
-            output={"text": result.completion.text, **extra}, calls=calls, routing=routing
-        )
+        return result.completion, calls, routing
 
     def report() -> dict[str, Any]:
         return {"circuits": [msgspec.to_builtins(b) for b in gw.breaker_states()]}

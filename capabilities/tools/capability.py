@@ -7,16 +7,13 @@ cannot run it at all.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 
 from capabilities.tools.builtin import BUILTIN_TOOLS
-from jetagent import CapabilitySpec, StepContext, StepOutput
+from jetagent import CapabilitySpec
 from jetagent.tools import Tool, ToolBox
 
 __all__ = ["tools_capability"]
-
-_INLINE_RESULT_BYTES = 4096
 
 
 def tools_capability(
@@ -47,24 +44,12 @@ def tools_capability(
         served = [tools[t] for t in wanted]
         consumer = f"cap-{name}-" + "-".join(wanted)
 
-    async def run(step: StepContext) -> StepOutput:
-        data = step.input
-        answer = await box.run(str(data.get("tool", step.tool)), data.get("arguments"), step)
-        calls = answer.pop("_calls", [])
-        content = json.dumps(answer)
-        output: dict[str, object] = {"content": content}
-        if len(content) <= _INLINE_RESULT_BYTES:
-            output.update(answer)  # small results stay readable in the event as well
-        else:
-            output["ok"] = "error" not in answer
-        return StepOutput(output=output, calls=list(calls))
-
     async def close() -> None:
         box.close()
 
     return CapabilitySpec(
         name=name,
-        handler=run,
+        handler=box.serve,
         # Every tool is announced (dedicated ones too), so the orchestrator knows them all.
         tools=[t.registration() for t in tools.values()],
         subjects=[f"{{p}}.wf.*.StepScheduled.{name}.{t.name}" for t in served],

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
+import json
 import os
 import re
 from collections.abc import Callable, Iterable
@@ -42,6 +43,11 @@ from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 from jetagent.errors import TransientError
 from jetagent.llm import ToolSpec
 from jetagent.registry import RegisteredTool
+from jetagent.worker import StepContext, StepOutput
+
+INLINE_RESULT_BYTES = 4096
+"""A tool answer up to this size is also spread into the step's output, not only
+``content`` (larger ones stay in ``content``, claim-checked when big)."""
 
 __all__ = ["Tool", "ToolBox", "tool"]
 
@@ -209,6 +215,21 @@ class ToolBox:
         if calls is not None and hasattr(result, "output"):
             return {"result": msgspec.to_builtins(result.output), "_calls": calls}
         return {"result": msgspec.to_builtins(result)}
+
+    async def serve(self, step: StepContext) -> StepOutput:
+        """A capability handler running the tool the step names (``input.tool``, else the
+        step's tool) with ``input.arguments``: the answer becomes the step's output, whole
+        as ``content`` and, when small, also spread out to stay readable in the event."""
+        data = step.input
+        answer = await self.run(str(data.get("tool", step.tool)), data.get("arguments"), step)
+        calls = answer.pop("_calls", [])
+        content = json.dumps(answer)
+        output: dict[str, object] = {"content": content}
+        if len(content) <= INLINE_RESULT_BYTES:
+            output.update(answer)
+        else:
+            output["ok"] = "error" not in answer
+        return StepOutput(output=output, calls=list(calls))
 
     async def _call(self, found: Tool, kwargs: dict[str, Any], ctx: Any) -> Any:
         args = (ctx,) if found.takes_context else ()
