@@ -19,7 +19,13 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 from ._harness import RunConfig, Suite, SuiteResult, rich_table, run_suite
 from ._report import command_line, write_report
 
-SUITE_MODULES = ["bench.store", "bench.transcoder", "bench.engine"]
+SUITE_MODULES = [
+    "bench.store",
+    "bench.transcoder",
+    "bench.engine",
+    "bench.projections",
+    "bench.capabilities",
+]
 """Every suite, in report order. Add a module exposing ``SUITE: Suite`` to add one."""
 
 ROOT = Path(__file__).resolve().parent.parent

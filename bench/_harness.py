@@ -209,6 +209,9 @@ class Benchmark:
     profile_miss: bool = True
     """Profile one more round of the subject when it misses its target (off when the
     suite's appendix already profiles that workload)."""
+    words: tuple[str, str] = ("faster", "slower")
+    """How "subject vs baseline" reads when the subject is better / worse (a size:
+    ``("smaller", "larger")``)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -268,7 +271,8 @@ class Row:
         ratio = self.value / other
         if self.benchmark.better == "lower":
             ratio = 1 / ratio
-        word = "faster" if ratio >= 1 else "slower"
+        better, worse = self.benchmark.words
+        word = better if ratio >= 1 else worse
         factor = ratio if ratio >= 1 else 1 / ratio
         return f"{factor:.2f}{TIMES} {word}"
 

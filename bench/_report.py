@@ -25,7 +25,7 @@ from jetagent.embedded import find_server_binary
 
 from ._harness import EN_DASH, Row, Suite, SuiteResult, fmt, met_mark
 
-__all__ = ["Machine", "command_line", "machine", "write_report"]
+__all__ = ["Machine", "code_state", "command_line", "machine", "write_report"]
 
 _HEADER = """\
 # Benchmarks
@@ -105,6 +105,32 @@ def _nats_server_version() -> str:
     except Exception as exc:
         return f"unknown ({type(exc).__name__})"
     return out.stdout.strip() or out.stderr.strip() or "unknown"
+
+
+def code_state(*paths: str) -> str:
+    """Which code a suite measured: the commit, and whether ``paths`` had local changes
+    (others may be editing the tree while benchmarks run)."""
+    root = Path(__file__).resolve().parent.parent
+
+    def git(*args: str) -> str:
+        try:
+            out = subprocess.run(
+                ["git", *args], cwd=root, capture_output=True, text=True, timeout=10, check=False
+            )
+        except OSError:
+            return ""
+        return out.stdout.strip()
+
+    commit = git("rev-parse", "--short", "HEAD") or "unknown"
+    dirty = git("status", "--porcelain", "--", *paths)
+    changed = len(dirty.splitlines()) if dirty else 0
+    where = ", ".join(f"`{p}/`" for p in paths)
+    state = (
+        f"with uncommitted changes in {changed} file(s) of {where}"
+        if changed
+        else f"with no uncommitted changes in {where}"
+    )
+    return f"Code measured: commit `{commit}`, {state}."
 
 
 def command_line(argv: Sequence[str]) -> str:
