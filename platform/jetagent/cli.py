@@ -59,7 +59,10 @@ def _logging(verbose: bool = False) -> None:
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
         stream=sys.stdout,
     )
-    logging.getLogger("nats").setLevel(logging.WARNING)
+    # One INFO line per provider call and per NATS reconnect attempt would bury the
+    # services' own log; their warnings still show (and everything with --verbose).
+    for noisy in ("nats", "httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.DEBUG if verbose else logging.WARNING)
 
 
 def _run(main: Callable[[asyncio.Event], Awaitable[int | None]], *, service: str = "cli") -> None:
