@@ -112,13 +112,13 @@ async def run_demo(console: Console, data_dir: Path) -> int:
             result.status.value,
             result.reason or "-",
             str(result.tokens),
-            f"{result.cost_usd:.6f}",
+            f"{result.cost_usd:.7f}",
             result.output or "",
         )
     console.print(table)
     total = sum((r.cost_usd for r in results.values()), start=Decimal(0))
     console.print(
-        f"total: {sum(r.tokens for r in results.values())} tokens, ${total:.6f}; "
+        f"total: {sum(r.tokens for r in results.values())} tokens, ${total:.7f}; "
         f"demo took {time.monotonic() - started:.1f} s; service logs in {data_dir / 'logs'}"
     )
     _print_metrics(console, metrics, settings.metrics_port)
@@ -174,7 +174,7 @@ def _print_metrics(console: Console, families: dict[str, list[Any]], port: int) 
         rows.setdefault(key, [0, 0, 0])[2] += sample.value
     for (capability, model, provider), (tokens_in, tokens_out, cost) in sorted(rows.items()):
         table.add_row(
-            capability, model, provider, f"{tokens_in:.0f}", f"{tokens_out:.0f}", f"{cost:.6f}"
+            capability, model, provider, f"{tokens_in:.0f}", f"{tokens_out:.0f}", f"{cost:.7f}"
         )
     console.print(table)
     outcomes = ", ".join(
