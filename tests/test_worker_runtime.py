@@ -8,9 +8,12 @@ import signal
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 from jetagent import Status, SyncClient
 from jetagent.client import Client
 from jetagent.config import Settings
+from jetagent.errors import RequestRejectedError
 from jetagent.events import StepFailed, StepScheduled
 from jetagent.store import DirectGetter
 from tests.support.platform import InProcessPlatform, ServiceProcesses, eventually
@@ -107,3 +110,24 @@ async def test_the_sync_client(engine: InProcessPlatform) -> None:
     assert kinds[0] == "Started"
     assert kinds[-1] == "Finalized"
     assert status == "finalized"
+
+
+async def test_waiting_on_results_leaves_no_consumers_behind(engine: InProcessPlatform) -> None:
+    # Thousands of quick result() / watch() calls once reached the server's consumer
+    # limit per stream ("maximum consumers limit reached", found by `make soak`).
+    client = engine.client
+    stream = engine.settings.names.workflows_stream
+    wid = await client.submit(instruction="What is 2 + 2?", tenant="acme")
+    await client.result(wid, timeout=20)
+    before = (await client.js.stream_info(stream)).state.consumer_count
+    for _ in range(50):
+        result = await client.result(wid, timeout=20)  # ended: read directly
+        assert result.output.endswith("Final answer: 4")
+        assert [type(e).__name__ async for e in client.watch(wid)][-1] == "Finalized"
+    assert (await client.js.stream_info(stream)).state.consumer_count == before
+    with pytest.raises(RequestRejectedError):
+        await client.result(
+            await client.submit(instruction="x", tenant="acme", allowed_tools=["nope"]),
+            timeout=20,
+        )
+    assert (await client.js.stream_info(stream)).state.consumer_count == before

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, Iterator
 from decimal import Decimal
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 from nats.aio.client import Client as NATS
@@ -39,6 +39,9 @@ from jetagent.events import (
     encode,
 )
 from jetagent.sessions import SessionView, apply_step_result, apply_workflow_message
+
+if TYPE_CHECKING:
+    from jetagent.store import DirectGetter
 
 __all__ = ["Client", "SessionView", "SyncClient", "WorkflowResult"]
 
@@ -111,6 +114,7 @@ class Client:
         self.settings = settings or Settings()
         self.names = self.settings.names
         self.js = nc.jetstream()
+        self._readers: dict[str, DirectGetter] = {}
 
     @classmethod
     async def connect(cls, url: str | None = None, *, settings: Settings | None = None) -> Client:
@@ -125,8 +129,21 @@ class Client:
         return cls(nc, settings)
 
     async def close(self) -> None:
+        for reader in self._readers.values():
+            await reader.close()
+        self._readers.clear()
         if not self.nc.is_closed:
             await self.nc.close()
+
+    async def _reader(self, stream: str) -> DirectGetter:
+        """A direct-get reader of ``stream``, opened once and kept (one inbox each)."""
+        from jetagent.store import DirectGetter
+
+        reader = self._readers.get(stream)
+        if reader is None:
+            reader = self._readers[stream] = DirectGetter(self.nc, stream, timeout=5.0)
+            await reader.open()
+        return reader
 
     async def __aenter__(self) -> Client:
         return self
@@ -161,7 +178,7 @@ class Client:
             )
         return request.request_id
 
-    async def watch(self, workflow_id: str) -> AsyncIterator[WorkflowEvent]:
+    async def watch(self, workflow_id: str) -> AsyncGenerator[WorkflowEvent, None]:
         """Every event of a workflow, from its first, as they happen; ends after the last."""
         sub = await self.js.subscribe(
             self.names.workflow(workflow_id),
@@ -179,12 +196,27 @@ class Client:
         finally:
             with contextlib.suppress(NatsError):
                 await sub.unsubscribe()
+            # nats-py leaves the ordered consumer on the server until its inactivity
+            # threshold; thousands of quick watches would reach the server's consumer
+            # limit per stream ("maximum consumers limit reached", found by `make soak`).
+            consumer = getattr(sub, "_consumer", None)
+            if consumer:
+                with contextlib.suppress(NatsError, TimeoutError):
+                    await self.js.delete_consumer(self.names.workflows_stream, consumer)
 
     async def result(self, workflow_id: str, timeout: float | None = 60.0) -> WorkflowResult:
         """Wait for the workflow's end. Raises ``RequestRejectedError`` for a rejected request
         and ``TimeoutError`` if it has not ended within ``timeout`` seconds."""
-        async with asyncio.timeout(timeout):
-            async for event in self.watch(workflow_id):
+        last = await self._last_event(workflow_id)
+        if last is not None:  # already ended: one direct get, no consumer
+            if isinstance(last, RequestRejected):
+                raise RequestRejectedError(workflow_id, list(last.reasons))
+            ended = result_of(last)
+            if ended is not None:
+                return ended
+        # aclosing: the watch's consumer is removed now, not when the generator is collected.
+        async with asyncio.timeout(timeout), contextlib.aclosing(self.watch(workflow_id)) as events:
+            async for event in events:
                 if isinstance(event, RequestRejected):
                     raise RequestRejectedError(workflow_id, list(event.reasons))
                 result = result_of(event)
@@ -217,6 +249,11 @@ class Client:
         payload = {"step_id": step_id, "approved": approved, "comment": comment}
         await self.signal(workflow_id, "approval", payload, by=by)
 
+    async def _last_event(self, workflow_id: str) -> WorkflowEvent | None:
+        reader = await self._reader(self.names.workflows_stream)
+        record = await reader.last(self.names.workflow(workflow_id))
+        return decode_events(record.data)[-1] if record is not None else None
+
     async def events(self, workflow_id: str) -> list[WorkflowEvent]:
         """The workflow's events so far (no waiting)."""
         records = await self._scan(self.names.workflows_stream, self.names.workflow(workflow_id))
@@ -230,14 +267,7 @@ class Client:
         return [decode_step_result(r.data) for r in records]
 
     async def _scan(self, stream: str, subject: str) -> list[Any]:
-        from jetagent.store import DirectGetter
-
-        reader = DirectGetter(self.nc, stream, timeout=5.0)
-        await reader.open()
-        try:
-            return await reader.scan(subject)
-        finally:
-            await reader.close()
+        return await (await self._reader(stream)).scan(subject)
 
     async def session(self, workflow_id: str) -> SessionView:
         """The workflow's session view: status, each step with its model, attempt,
