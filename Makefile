@@ -33,7 +33,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench
 
 soak: $(STAMP)
-	$(BIN)/pytest -m soak --timeout 3600
+	$(BIN)/pytest -m soak -s --timeout 3600
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
