@@ -106,6 +106,13 @@ def result_of(event: WorkflowEvent) -> WorkflowResult | None:
     return None
 
 
+def _ended(event: WorkflowEvent) -> WorkflowResult | None:
+    """The result of a final event; a rejection raises ``RequestRejectedError``."""
+    if isinstance(event, RequestRejected):
+        raise RequestRejectedError(event.workflow_id, list(event.reasons))
+    return result_of(event)
+
+
 class Client:
     """An async jetagent client over one NATS connection."""
 
@@ -208,20 +215,13 @@ class Client:
         """Wait for the workflow's end. Raises ``RequestRejectedError`` for a rejected request
         and ``TimeoutError`` if it has not ended within ``timeout`` seconds."""
         last = await self._last_event(workflow_id)
-        if last is not None:  # already ended: one direct get, no consumer
-            if isinstance(last, RequestRejected):
-                raise RequestRejectedError(workflow_id, list(last.reasons))
-            ended = result_of(last)
-            if ended is not None:
-                return ended
+        if last is not None and (ended := _ended(last)) is not None:
+            return ended  # already ended: one direct get, no consumer
         # aclosing: the watch's consumer is removed now, not when the generator is collected.
         async with asyncio.timeout(timeout), contextlib.aclosing(self.watch(workflow_id)) as events:
             async for event in events:
-                if isinstance(event, RequestRejected):
-                    raise RequestRejectedError(workflow_id, list(event.reasons))
-                result = result_of(event)
-                if result is not None:
-                    return result
+                if (ended := _ended(event)) is not None:
+                    return ended
         raise RuntimeError("the event stream ended without a final event")  # pragma: no cover
 
     async def cancel(self, workflow_id: str, *, reason: str = "", by: str = "") -> None:
