@@ -44,6 +44,13 @@ class Settings(BaseSettings):
     snapshot_every: int = Field(100, ge=10, description="Events between aggregate snapshots.")
     cache_size: int = Field(10_000, ge=10, description="Workflows cached per orchestrator.")
     orchestrator_concurrency: int = Field(256, ge=1, description="Inputs processed at once.")
+    early_input_wait_s: float = Field(
+        300.0,
+        gt=0,
+        le=7 * 86400,
+        description="Seconds a cancel or signal for a workflow not started yet is kept "
+        "before it is answered with InputRejected.",
+    )
     step_ack_wait_s: float = Field(30.0, gt=0, description="Seconds before redelivery.")
     step_max_deliver: int = Field(5, ge=2, description="Deliveries before a step fails.")
     worker_concurrency: int = Field(16, ge=1, description="Steps one worker runs at once.")
@@ -110,6 +117,18 @@ class Names:
     @property
     def dlq_stream(self) -> str:
         return f"{self.upper}_DLQ"
+
+    @property
+    def timers_stream(self) -> str:
+        return f"{self.upper}_TIMERS"
+
+    def timer_schedule(self, workflow_id: str, kind: str) -> str:
+        """Where a workflow's timer of one kind is held (one schedule per subject)."""
+        return f"{self.prefix}.timer.at.{workflow_id}.{kind}"
+
+    def timer_due(self, workflow_id: str, kind: str) -> str:
+        """Where nats-server puts the timer's message when it is due."""
+        return f"{self.prefix}.timer.due.{workflow_id}.{kind}"
 
     def request(self, tenant: str) -> str:
         return f"{self.prefix}.request.{tenant}"

@@ -1,7 +1,8 @@
 """The orchestrator: a process application over the Workflow aggregate.
 
-It follows ``JA_REQUESTS`` (requests, cancels, signals) and ``JA_STEPS`` (step results)
-through durable pull consumers shared by every replica. For each message it loads the
+It follows ``JA_REQUESTS`` (requests, cancels, signals), ``JA_STEPS`` (step results) and
+``JA_TIMERS`` (deadlines and other durable timers, see ``jetagent.timers``) through
+durable pull consumers shared by every replica. For each message it loads the
 workflow, asks the pure ``decide`` what to record, appends those events one by one with
 an aggregate-wide concurrency check, and only then acknowledges the message.
 
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import heapq
 import logging
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
@@ -33,7 +33,7 @@ from opentelemetry.trace import SpanKind
 from jetagent import telemetry
 from jetagent.config import Settings
 from jetagent.consume import Puller
-from jetagent.contract import validate_request
+from jetagent.contract import Status, validate_request
 from jetagent.errors import JetagentError
 from jetagent.events import (
     CancelRequested,
@@ -49,7 +49,9 @@ from jetagent.models import ModelCatalog
 from jetagent.payloads import PayloadStore
 from jetagent.provision import provision
 from jetagent.registry import ToolRegistry
+from jetagent.request_ids import derived_request_id, sequence_id
 from jetagent.store import AggregateStream, ConcurrencyConflict, StoreUnavailableError
+from jetagent.timers import Timers, due_timer
 from jetagent.tokens import openai_tokenizer
 from jetagent.workflow import (
     Begin,
@@ -104,7 +106,7 @@ class Orchestrator:
         )
         self.registry = ToolRegistry(self.js, self.names)
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
-        self._deadlines: list[tuple[datetime, str]] = []
+        self.timers = Timers(self.js, self.names)
         self._slots = asyncio.Semaphore(settings.orchestrator_concurrency)
         self.processed = 0
         self._context: DecideContext | None = None
@@ -141,8 +143,15 @@ class Orchestrator:
             consumer="orchestrator-steps",
             max_in_flight=self.settings.orchestrator_concurrency,
         )
+        timers = Puller(
+            self.nc,
+            stream=self.names.timers_stream,
+            consumer="orchestrator-timers",
+            max_in_flight=self.settings.orchestrator_concurrency,
+        )
         await requests.start()
         await steps.start()
+        await timers.start()
         log.info(
             "orchestrator ready (streams %s, %s)",
             self.names.requests_stream,
@@ -152,10 +161,11 @@ class Orchestrator:
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(self._serve(requests, self._on_request, stop))
                 tasks.create_task(self._serve(steps, self._on_step_result, stop))
-                tasks.create_task(self._deadline_ticker(stop))
+                tasks.create_task(self._serve(timers, self._on_timer, stop))
                 await stop.wait()
                 await requests.stop()
                 await steps.stop()
+                await timers.stop()
         finally:
             await self.registry.stop()
             await self.aggregates.close()
@@ -228,24 +238,53 @@ class Orchestrator:
         tokens = msg.subject.split(".")
         kind = tokens[1]
         at = _now()
+        # A cancel or signal for a workflow not started yet is kept until then (it may be
+        # starting on another replica right now), or answered after this long.
+        keep_until = at + timedelta(seconds=self.settings.early_input_wait_s)
         if kind == "request":
             await self._on_workflow_request(msg, tokens[2] if len(tokens) > 2 else None, at)
         elif kind == "cancel":
             cancel = msgspec.json.decode(msg.data, type=CancelRequested)
-            await self.process(
-                cancel.workflow_id, Cancel(at=at, reason=cancel.reason, by=cancel.by), msg
+            command: Input = Cancel(
+                at=at,
+                reason=cancel.reason,
+                by=cancel.by,
+                workflow_id=cancel.workflow_id,
+                expires_at=keep_until,
+            )
+            await self._timed(
+                cancel.workflow_id, await self.process(cancel.workflow_id, command, msg)
             )
         elif kind == "signal":
             signal = msgspec.json.decode(msg.data, type=SignalSent)
-            await self.process(
-                signal.workflow_id,
-                Signal(name=signal.name, payload=signal.payload, by=signal.by, at=at),
-                msg,
+            command = Signal(
+                name=signal.name,
+                payload=signal.payload,
+                by=signal.by,
+                at=at,
+                workflow_id=signal.workflow_id,
+                expires_at=keep_until,
             )
+            await self._timed(
+                signal.workflow_id, await self.process(signal.workflow_id, command, msg)
+            )
+
+    async def _timed(self, workflow_id: str, state: WorkflowState) -> None:
+        # Armed after every request-stream input, before its ack: a crash in between is
+        # repaired by the redelivery (re-arming replaces a schedule, never doubles it).
+        await self.timers.arm_for(workflow_id, state)
+
+    async def _on_timer(self, msg: Msg) -> None:
+        timer = due_timer(msg)
+        # The server's clock said it is due; never decide "not yet" on a clock behind it.
+        await self.process(timer.workflow_id, Tick(at=max(_now(), timer.due)), msg)
 
     async def _on_workflow_request(self, msg: Msg, tenant: str | None, at: datetime) -> None:
         headers = msg.headers or {}
         msg_id = headers.get("Nats-Msg-Id")
+        derived = derived_request_id(
+            msg.data, msg_id=msg_id, stream_seq=msg.metadata.sequence.stream
+        )
         request, problems = validate_request(
             msg.data,
             subject_tenant=tenant,
@@ -254,6 +293,9 @@ class Orchestrator:
             models=set(self.catalog.models),
             max_bytes=self.settings.max_request_bytes,
         )
+        if request is not None and derived is not None:
+            # No request_id in the body: every delivery must name the same workflow.
+            request = request.model_copy(update={"request_id": derived})
         if request is not None and msg_id and msg_id != request.request_id:
             problems = [f"Nats-Msg-Id {msg_id!r} differs from request_id {request.request_id!r}"]
             request = None
@@ -269,7 +311,7 @@ class Orchestrator:
             at=at,
             deadline_at=deadline_at,
         )
-        await self.process(request.request_id, begin, msg)
+        await self._timed(request.request_id, await self.process(request.request_id, begin, msg))
 
     async def _reject(
         self, msg: Msg, msg_id: str | None, tenant: str | None, problems: list[str], at: datetime
@@ -278,7 +320,7 @@ class Orchestrator:
         # be read, else the Nats-Msg-Id, else the stream sequence.
         workflow_id = _readable_request_id(msg.data) or _safe_token(msg_id)
         if workflow_id is None:
-            workflow_id = f"seq-{msg.metadata.sequence.stream}"
+            workflow_id = sequence_id(msg.metadata.sequence.stream)
         event = RequestRejected(
             workflow_id=workflow_id, at=at, reasons=problems, tenant=tenant, size=len(msg.data)
         )
@@ -287,9 +329,16 @@ class Orchestrator:
             # Expected sequence 0: if the id already names a workflow (or an earlier
             # rejection), the append is refused and the rejection is not recorded again.
             with contextlib.suppress(ConcurrencyConflict):
-                await self.journal.append(
-                    workflow_id, Loaded(WorkflowState(), 0), [event], self._causation(msg)
-                )
+                try:
+                    await self.journal.append(
+                        workflow_id, Loaded(WorkflowState(), 0), [event], self._causation(msg)
+                    )
+                except ConcurrencyConflict:
+                    # Only cancels or signals kept for it so far: it still never started.
+                    loaded = await self.journal.load(workflow_id)
+                    if loaded.state.status is not Status.QUEUED:
+                        raise
+                    await self.journal.append(workflow_id, loaded, [event], self._causation(msg))
 
     async def _on_step_result(self, msg: Msg) -> None:
         result = decode_step_result(msg.data)
@@ -307,8 +356,11 @@ class Orchestrator:
 
     # ---------------------------------------------------------------- deciding
 
-    async def process(self, workflow_id: str, command: Input, msg: Msg | None = None) -> None:
-        """Decide on ``command`` and record the events, retrying on conflicts."""
+    async def process(
+        self, workflow_id: str, command: Input, msg: Msg | None = None
+    ) -> WorkflowState:
+        """Decide on ``command`` and record the events, retrying on conflicts; return the
+        workflow's state after them."""
         headers = self._causation(msg)
         async with self._locks[workflow_id]:
             if isinstance(command, Begin) and not self.journal.is_cached(workflow_id):
@@ -325,9 +377,9 @@ class Orchestrator:
                     await self.journal.catch_up(workflow_id, loaded)
             else:
                 raise JetagentError(f"workflow {workflow_id}: too many concurrent writers")
-            self._track_deadline(workflow_id, loaded)
             if loaded.state.status.is_final:
                 self._locks.pop(workflow_id, None)
+            return loaded.state
 
     async def _decide_and_append(
         self, workflow_id: str, loaded: Loaded, command: Input, headers: dict[str, str]
@@ -353,25 +405,6 @@ class Orchestrator:
             if shrunk is not event.input:
                 return msgspec.structs.replace(event, input=shrunk)
         return event
-
-    def _track_deadline(self, workflow_id: str, loaded: Loaded) -> None:
-        state = loaded.state
-        if state.deadline_at is not None and not state.status.is_final:
-            heapq.heappush(self._deadlines, (state.deadline_at, workflow_id))
-
-    async def _deadline_ticker(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=0.5)
-            now = _now()
-            due = []
-            while self._deadlines and self._deadlines[0][0] <= now:
-                due.append(heapq.heappop(self._deadlines)[1])
-            for workflow_id in set(due):
-                try:
-                    await self.process(workflow_id, Tick(at=now))
-                except Exception:
-                    log.exception("deadline check of %s failed", workflow_id)
 
 
 def _readable_request_id(data: bytes) -> str | None:

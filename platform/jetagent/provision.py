@@ -23,7 +23,7 @@ from jetagent.store._streams import ensure_stream
 
 __all__ = ["STREAM_FILES", "consumer_config", "ensure_consumer", "provision", "stream_configs"]
 
-STREAM_FILES = ("requests", "workflows", "steps", "dlq")
+STREAM_FILES = ("requests", "workflows", "steps", "dlq", "timers")
 
 
 def _definitions() -> Any:
@@ -132,7 +132,7 @@ async def provision(
             )
         done.append(f"object store {obs['bucket']}")
     if consumers:
-        for kind in ("orchestrator-requests", "orchestrator-steps"):
+        for kind in ("orchestrator-requests", "orchestrator-steps", "orchestrator-timers"):
             await ensure_consumer(nc, consumer_config(settings, kind), timeout=timeout)
             done.append(f"consumer {kind}")
     return done

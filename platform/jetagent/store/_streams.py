@@ -35,7 +35,7 @@ def stream_problems(actual: dict[str, Any], wanted: dict[str, Any]) -> list[str]
     for subject in wanted.get("subjects", []):
         if subject not in subjects and ">" not in subjects:
             problems.append(f"its subjects {sorted(subjects)} do not include {subject!r}")
-    for flag in ("allow_direct", "allow_atomic"):
+    for flag in ("allow_direct", "allow_atomic", "allow_msg_schedules"):
         if wanted.get(flag) and not actual.get(flag):
             problems.append(f"{flag} is off (it must be true)")
     if actual.get("retention", "limits") != wanted.get("retention", "limits"):

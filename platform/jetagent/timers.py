@@ -1,0 +1,89 @@
+"""Durable timers of the orchestrator, held by nats-server's message scheduler (ADR-51).
+
+A timer belongs to one workflow and has a kind: ``deadline`` (its ``deadline_at``) or
+``inputs`` (when the cancels and signals kept for a workflow that has not started are
+answered). Arming publishes a schedule ``@at <due>`` on
+``<prefix>.timer.at.<workflow_id>.<kind>`` in ``JA_TIMERS``; a subject holds one schedule,
+so arming again replaces it, and re-arming after a redelivery is harmless. When it is
+due, the server itself writes the message to ``<prefix>.timer.due.<workflow_id>.<kind>``
+and removes the schedule; the ``orchestrator-timers`` consumer reads it — at once if an
+orchestrator runs, or as soon as one starts: the due message is stored, not lost.
+
+The orchestrator turns a due timer into a ``Tick`` for the workflow: the pure decisions
+see that time has passed and end a workflow whose deadline passed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import msgspec
+from nats.aio.msg import Msg
+from nats.js.client import JetStreamContext
+
+from jetagent.config import Names
+from jetagent.contract import Status
+from jetagent.workflow import WorkflowState
+
+__all__ = ["DEADLINE", "INPUTS", "DueTimer", "Timers", "timers_for"]
+
+DEADLINE = "deadline"
+INPUTS = "inputs"
+
+
+class DueTimer(msgspec.Struct, frozen=True, kw_only=True):
+    """The body of a timer's message: whose timer, which kind, when it was due."""
+
+    workflow_id: str
+    kind: str
+    due: datetime
+
+
+_decoder = msgspec.json.Decoder(DueTimer)
+
+
+def due_timer(msg: Msg) -> DueTimer:
+    """The timer a message of ``<prefix>.timer.due.>`` stands for."""
+    return _decoder.decode(msg.data)
+
+
+def timers_for(state: WorkflowState) -> dict[str, datetime]:
+    """The timers a workflow in ``state`` needs, by kind (none once it has ended)."""
+    if state.status.is_final:
+        return {}
+    timers: dict[str, datetime] = {}
+    if state.deadline_at is not None:
+        timers[DEADLINE] = state.deadline_at
+    if state.status is Status.QUEUED and state.deferred:
+        timers[INPUTS] = max(d.expires_at for d in state.deferred)
+    return timers
+
+
+@dataclass
+class Timers:
+    """Arms the timers of workflows on ``JA_TIMERS``."""
+
+    js: JetStreamContext
+    names: Names
+
+    async def arm(self, workflow_id: str, kind: str, due: datetime) -> None:
+        """Have ``kind`` fire for ``workflow_id`` at ``due`` (a past ``due`` fires at once)."""
+        due = due.astimezone(UTC)
+        body = msgspec.json.encode(DueTimer(workflow_id=workflow_id, kind=kind, due=due))
+        # RFC 3339 with microseconds: the scheduler fires at the instant, not the second.
+        at = due.isoformat(timespec="microseconds").replace("+00:00", "Z")
+        await self.js.publish(
+            self.names.timer_schedule(workflow_id, kind),
+            body,
+            headers={
+                "Nats-Schedule": f"@at {at}",
+                "Nats-Schedule-Target": self.names.timer_due(workflow_id, kind),
+                "Ja-Workflow": workflow_id,
+            },
+        )
+
+    async def arm_for(self, workflow_id: str, state: WorkflowState) -> None:
+        """Arm every timer the workflow's state needs."""
+        for kind, due in timers_for(state).items():
+            await self.arm(workflow_id, kind, due)

@@ -1,0 +1,106 @@
+"""Deadlines are durable timers: a workflow ends by its deadline with nothing else happening,
+even after every orchestrator was killed (SIGKILL) and replaced."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from jetagent.client import Client
+from jetagent.config import Settings
+from jetagent.events import ApprovalRequested, Started, StepScheduled, Terminated
+from tests.support.platform import ServiceProcesses, eventually
+
+
+async def _tool_registered(client: Client, settings: Settings, name: str) -> bool:
+    try:
+        kv = await client.js.key_value(settings.names.bucket("REGISTRY"))
+        return f"tool.{name}" in await kv.keys()
+    except Exception:  # not provisioned yet, or no keys yet
+        return False
+
+
+async def _assert_ended_by_its_deadline(client: Client, wid: str, log: str) -> None:
+    result = await client.result(wid, timeout=60)
+    assert (result.status.value, result.reason) == ("terminated", "deadline"), log
+    events = await client.events(wid)
+    started = next(e for e in events if isinstance(e, Started))
+    ended = [e for e in events if isinstance(e, Terminated)]
+    assert len(ended) == 1
+    assert started.deadline_at is not None
+    assert ended[0].at >= started.deadline_at  # never before it
+
+
+async def test_a_workflow_waiting_on_approval_ends_at_its_deadline_after_a_restart(
+    settings: Settings, tmp_path: Path
+) -> None:
+    procs = ServiceProcesses(settings.nats_url, settings.prefix, tmp_path)
+    procs.start("orchestrator-1", "orchestrator")
+    procs.start("workers", "worker", "reasoning", "tools")
+    client = await Client.connect(settings.nats_url, settings=settings)
+    try:
+        await eventually(lambda: _tool_registered(client, settings, "dangerous"), timeout=30)
+        wid = await client.submit(
+            instruction='call dangerous {"target": "prod"}',
+            tenant="acme",
+            allowed_tools=["dangerous"],
+            capability_limits={"deadline_s": 2},
+        )
+
+        async def waiting() -> bool:
+            return any(isinstance(e, ApprovalRequested) for e in await client.events(wid))
+
+        await eventually(waiting, timeout=30)
+        procs.kill("orchestrator-1")  # the replica that knew the deadline is gone
+        procs.start("orchestrator-2", "orchestrator")  # a fresh one, empty cache
+        await _assert_ended_by_its_deadline(client, wid, procs.log("orchestrator-2"))
+    finally:
+        await client.close()
+        procs.stop_all()
+
+
+async def test_a_workflow_on_a_hung_step_ends_at_its_deadline_with_every_orchestrator_restarted(
+    settings: Settings, tmp_path: Path
+) -> None:
+    procs = ServiceProcesses(
+        settings.nats_url, settings.prefix, tmp_path, env={"JETAGENT_SHUTDOWN_GRACE_S": "1"}
+    )
+    procs.start("orchestrator-1", "orchestrator")
+    procs.start("orchestrator-2", "orchestrator")
+    procs.start("workers", "worker", "reasoning", "tools")
+    client = await Client.connect(settings.nats_url, settings=settings)
+    try:
+        await eventually(lambda: _tool_registered(client, settings, "slow"), timeout=30)
+        wid = await client.submit(
+            instruction='call slow {"seconds": 300}',
+            tenant="acme",
+            allowed_tools=["slow"],
+            capability_limits={"deadline_s": 2},
+        )
+
+        async def hung() -> bool:
+            events = await client.events(wid)
+            return any(isinstance(e, StepScheduled) and e.tool == "slow" for e in events)
+
+        await eventually(hung, timeout=30)
+        procs.kill("orchestrator-1")
+        procs.kill("orchestrator-2")
+        # The deadline passes while no orchestrator runs at all; nothing else happens.
+        passed_at = datetime.now(UTC) + timedelta(seconds=3)
+
+        async def deadline_passed() -> bool:
+            return datetime.now(UTC) >= passed_at
+
+        await eventually(deadline_passed, timeout=10)
+        procs.start("orchestrator-3", "orchestrator")
+        began = time.monotonic()
+        await _assert_ended_by_its_deadline(client, wid, procs.log("orchestrator-3"))
+        # The step is still hung: the deadline, not a step result, ended the workflow.
+        slow = [r for r in await client.step_results(wid) if r.tool == "slow"]
+        assert slow == [], [(r.ok, r.error, r.output) for r in slow]
+        # Once an orchestrator is back, the overdue deadline is enforced at once.
+        assert time.monotonic() - began < 30
+    finally:
+        await client.close()
+        procs.stop_all()
