@@ -10,7 +10,11 @@ from pathlib import Path
 from jetagent.client import Client
 from jetagent.config import Settings
 from jetagent.events import ApprovalRequested, Started, StepScheduled, Terminated
-from tests.support.platform import ServiceProcesses, eventually
+from jetagent.models import ModelCatalog
+from jetagent.replay import replay_workflow
+from jetagent.store import DirectGetter
+from jetagent.workflow import DecideContext
+from tests.support.platform import InProcessPlatform, ServiceProcesses, eventually
 
 
 async def _tool_registered(client: Client, settings: Settings, name: str) -> bool:
@@ -30,6 +34,37 @@ async def _assert_ended_by_its_deadline(client: Client, wid: str, log: str) -> N
     assert len(ended) == 1
     assert started.deadline_at is not None
     assert ended[0].at >= started.deadline_at  # never before it
+
+
+async def test_a_deadline_ends_a_waiting_workflow_and_replays(engine: InProcessPlatform) -> None:
+    client = engine.client
+    wid = await client.submit(
+        instruction='call dangerous {"target": "prod"}',
+        tenant="acme",
+        allowed_tools=["dangerous"],
+        capability_limits={"deadline_s": 1},
+    )
+    await _assert_ended_by_its_deadline(client, wid, "")
+    # The due timer is the decision's recorded cause; replay --verify re-decides it.
+    names = engine.settings.names
+    reader = DirectGetter(client.nc, names.workflows_stream, timeout=5)
+    await reader.open()
+    try:
+        records = await reader.scan(f"{names.workflow_root}.{wid}.Terminated")
+    finally:
+        await reader.close()
+    assert [r.headers["Ja-Causation"].split(":")[0] for r in records] == [names.timers_stream]
+    report = await replay_workflow(client.nc, names, wid, await _context(engine))
+    assert report.ok, report.mismatches
+
+
+async def _context(platform: InProcessPlatform) -> DecideContext:
+    from jetagent.registry import ToolRegistry
+
+    registry = ToolRegistry(platform.client.js, platform.settings.names)
+    await registry.start()
+    await registry.stop()
+    return DecideContext(models=ModelCatalog.load().models, tools=registry.tools)
 
 
 async def test_a_workflow_waiting_on_approval_ends_at_its_deadline_after_a_restart(

@@ -13,8 +13,11 @@ from jetagent import Status
 from jetagent.config import Settings
 from jetagent.events import Cancelled, Started, WorkflowEvent, decode_events
 from jetagent.journal import Journal
+from jetagent.models import ModelCatalog
 from jetagent.orchestrator import Orchestrator
+from jetagent.replay import replay_workflow
 from jetagent.store import DirectGetter, connect
+from jetagent.workflow import DecideContext
 from tests.support.platform import InProcessPlatform, eventually
 
 WAITS_FOR_APPROVAL = {
@@ -54,7 +57,8 @@ async def test_a_cancel_right_after_submit_always_cancels(settings: Settings) ->
         assert cancels_handled == set(ids)
         for wid in ids:
             kinds = Counter(type(e).__name__ for e in await client.events(wid))
-            assert kinds["Started"] == 1 and kinds["Cancelled"] == 1
+            assert kinds["Started"] == 1
+            assert kinds["Cancelled"] == 1
     finally:
         await replicas.stop()
         await platform.stop()
@@ -125,7 +129,9 @@ async def test_a_cancel_before_the_request_is_applied_when_it_starts(
     events = await client.events("early-bird")
     assert [type(e).__name__ for e in events] == ["InputDeferred", "Started", "Cancelled"]
     cancelled = events[-1]
-    assert isinstance(cancelled, Cancelled) and cancelled.by == "ops"
+    assert isinstance(cancelled, Cancelled)
+    assert cancelled.by == "ops"
+    await _replays(engine, "early-bird")
 
 
 async def test_a_cancel_or_signal_for_an_id_that_never_starts_is_answered(
@@ -146,11 +152,15 @@ async def test_a_cancel_or_signal_for_an_id_that_never_starts_is_answered(
         assert kinds == ["InputDeferred", "InputDeferred", "InputRejected"]
         rejected = (await client.events("nobody"))[-1]
         reasons = getattr(rejected, "reasons", [])
-        assert len(reasons) == 2 and all("did not start" in r for r in reasons), reasons
+        assert len(reasons) == 2
+        assert all("did not start" in r for r in reasons), reasons
+        await _replays(platform, "nobody")
         # A request that comes later still starts normally (nothing pending any more).
         await client.submit(request_id="nobody", instruction="What is 6 * 7?", tenant="acme")
         result = await client.result("nobody", timeout=20)
-        assert result.ok and result.output.endswith("Final answer: 42")
+        assert result.ok
+        assert result.output.endswith("Final answer: 42")
+        await _replays(platform, "nobody")
     finally:
         await platform.stop()
 
@@ -189,18 +199,33 @@ async def test_a_request_without_any_id_starts_one_workflow_when_redelivered(
         body = msgspec.json.encode({"instruction": "What is 6 * 7?", "tenant": "acme"})
         ack = await client.js.publish(settings.names.request("acme"), body)
         await eventually(lambda: _requests_settled(client.js, settings), timeout=30)
-        assert crashes == 1 and deliveries == 2  # one crash, one redelivery
+        assert crashes == 1
+        assert deliveries == 2
         started = await _started_workflows(client.nc, settings)
         assert len(started) == 1, started
         # The id is derived from the request's stream sequence (the publisher's ack).
         assert started == [f"seq-{ack.seq}"]
         result = await client.result(started[0], timeout=20)
-        assert result.ok and result.output.endswith("Final answer: 42")
+        assert result.ok
+        assert result.output.endswith("Final answer: 42")
     finally:
         stop.set()
         await asyncio.wait_for(task, 30)
         await nc.close()
         await platform.stop()
+
+
+async def _replays(platform: InProcessPlatform, wid: str) -> None:
+    """``jetagent replay --verify``: every decision replays to the recorded events."""
+    from jetagent.registry import ToolRegistry
+
+    registry = ToolRegistry(platform.client.js, platform.settings.names)
+    await registry.start()
+    await registry.stop()
+    ctx = DecideContext(models=ModelCatalog.load().models, tools=registry.tools)
+    report = await replay_workflow(platform.client.nc, platform.settings.names, wid, ctx)
+    assert report.ok, report.mismatches
+    assert report.groups >= 1
 
 
 async def _requests_settled(js: Any, settings: Settings) -> bool:

@@ -1,11 +1,12 @@
 """Replay a workflow's history and verify that its decisions replay to the same events.
 
 Every event carries its cause (``Ja-Causation: <stream>:<seq>``): the request, step
-result, cancel, signal or due timer (``JA_TIMERS``, a deadline check) that the
-orchestrator was deciding on (none for a deadline check of older versions). Replaying regroups the events by cause, rebuilds each input from the stored
-message, asks the pure ``decide`` again from the state before the group, and compares.
-No model or tool is called again: their answers are in the log. A difference means the
-code or the configuration (model catalog, registered tools) changed since — or a bug.
+result, cancel, signal or due timer (``JA_TIMERS``: a deadline check) that the
+orchestrator was deciding on (none for a deadline check of older versions). Replaying
+regroups the events by cause, rebuilds each input from the stored message, asks the pure
+``decide`` again from the state before the group, and compares. No model or tool is
+called again: their answers are in the log. A difference means the code or the
+configuration (model catalog, registered tools) changed since — or a bug.
 """
 
 from __future__ import annotations
