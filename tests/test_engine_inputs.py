@@ -215,6 +215,16 @@ async def test_a_request_without_any_id_starts_one_workflow_when_redelivered(
         await platform.stop()
 
 
+async def test_a_request_without_request_id_is_named_by_its_msg_id(
+    engine: InProcessPlatform,
+) -> None:
+    body = msgspec.json.encode({"instruction": "What is 6 * 7?", "tenant": "acme"})
+    subject = engine.settings.names.request("acme")
+    await engine.client.js.publish(subject, body, headers={"Nats-Msg-Id": "from-header"})
+    result = await engine.client.result("from-header", timeout=20)
+    assert result.output.endswith("Final answer: 42")
+
+
 async def _replays(platform: InProcessPlatform, wid: str) -> None:
     """``jetagent replay --verify``: every decision replays to the recorded events."""
     from jetagent.registry import ToolRegistry
