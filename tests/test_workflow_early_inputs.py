@@ -111,3 +111,9 @@ def test_a_deadline_tick_ends_a_waiting_workflow_only_once_it_is_due() -> None:
     assert [(type(e).__name__, getattr(e, "reason", "")) for e in events] == [
         ("Terminated", "deadline")
     ]
+
+
+def test_nothing_is_kept_for_an_id_that_cannot_name_a_workflow() -> None:
+    for bad in ("a.b", "x.>", "*", "", "é"):
+        cancel = Cancel(at=T0, workflow_id=bad, expires_at=T0 + KEEP)
+        assert decide(WorkflowState(), cancel, CTX) == []

@@ -14,6 +14,7 @@ scheduled. Parallel steps therefore can never overshoot a cap together.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -23,7 +24,7 @@ from typing import Any
 import jsonschema
 import msgspec
 
-from jetagent.contract import Status
+from jetagent.contract import ID_PATTERN, Status
 from jetagent.events import (
     ApprovalRequested,
     ApprovalResolved,
@@ -266,8 +267,8 @@ def _defer(state: WorkflowState, command: Cancel | Signal) -> list[WorkflowEvent
     """Keep a cancel or signal that arrived before its workflow's start (another replica
     may be starting it right now): it applies when the workflow starts."""
     workflow_id = command.workflow_id or state.workflow_id
-    if command.expires_at is None or not workflow_id:
-        return []
+    if command.expires_at is None or not re.fullmatch(ID_PATTERN, workflow_id):
+        return []  # not kept: nothing is recorded under an id that cannot be a workflow's
     signal = isinstance(command, Signal)
     return [
         InputDeferred(
