@@ -4,6 +4,7 @@ re-arming replaces, and a timer survives a SIGKILL of the server."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -12,7 +13,7 @@ import pytest
 from nats.js.client import JetStreamContext
 
 from jetagent.config import Settings
-from jetagent.embedded import EmbeddedServer, find_server_binary
+from jetagent.embedded import EmbeddedCluster, EmbeddedServer, find_server_binary
 from jetagent.provision import provision
 from jetagent.timers import DEADLINE, INPUTS, DueTimer, Timers, due_timer
 from tests.support.platform import eventually
@@ -102,3 +103,30 @@ async def test_a_timer_survives_a_server_kill(
 
 async def _true(value: bool) -> bool:
     return value
+
+
+@pytest.mark.cluster
+async def test_a_timer_fires_on_a_replicated_stream_after_its_leader_is_killed(
+    cluster: EmbeddedCluster, unique: str
+) -> None:
+    settings = Settings(
+        nats_url=",".join(cluster.urls), prefix=unique.lower()[:12], tenants="*", replicas=3
+    )
+    nc = await nats.connect(cluster.urls)
+    try:
+        await provision(nc, settings, timeout=15)
+        js = nc.jetstream(timeout=15)
+        due = datetime.now(UTC) + timedelta(seconds=3)
+        await Timers(js, settings.names).arm("wf-r3", DEADLINE, due)
+        info = await js.stream_info(settings.names.timers_stream)
+        assert info.cluster is not None
+        leader = next(s for s in cluster.servers if s.server_name == info.cluster.leader)
+        leader.kill()  # the schedule is replicated: a new leader fires it
+        fired: list[DueTimer] = []
+        deadline = time.monotonic() + 60
+        while not fired and time.monotonic() < deadline:
+            with contextlib.suppress(nats.errors.Error):
+                fired = await _due(js, settings, timeout=2)
+        assert [(t.workflow_id, t.kind) for t in fired] == [("wf-r3", DEADLINE)]
+    finally:
+        await nc.close()
