@@ -41,9 +41,6 @@ class Settings(BaseSettings):
         64 * 1024, ge=1024, description="Larger payloads go to the object store by reference."
     )
     max_step_attempts: int = Field(2, ge=1, le=10, description="Attempts of one logical step.")
-    snapshot_every: int = Field(100, ge=10, description="Events between aggregate snapshots.")
-    cache_size: int = Field(10_000, ge=10, description="Workflows cached per orchestrator.")
-    orchestrator_concurrency: int = Field(256, ge=1, description="Inputs processed at once.")
     early_input_wait_s: float = Field(
         300.0,
         gt=0,
@@ -51,6 +48,9 @@ class Settings(BaseSettings):
         description="Seconds a cancel or signal for a workflow not started yet is kept "
         "before it is answered with InputRejected.",
     )
+    snapshot_every: int = Field(100, ge=10, description="Events between aggregate snapshots.")
+    cache_size: int = Field(10_000, ge=10, description="Workflows cached per orchestrator.")
+    orchestrator_concurrency: int = Field(256, ge=1, description="Inputs processed at once.")
     step_ack_wait_s: float = Field(30.0, gt=0, description="Seconds before redelivery.")
     step_max_deliver: int = Field(5, ge=2, description="Deliveries before a step fails.")
     worker_concurrency: int = Field(16, ge=1, description="Steps one worker runs at once.")

@@ -49,9 +49,9 @@ from jetagent.models import ModelCatalog
 from jetagent.payloads import PayloadStore
 from jetagent.provision import provision
 from jetagent.registry import ToolRegistry
-from jetagent.request_ids import derived_request_id, sequence_id
+from jetagent.request_ids import derived_request_id
 from jetagent.store import AggregateStream, ConcurrencyConflict, StoreUnavailableError
-from jetagent.timers import Timers, due_timer
+from jetagent.timers import Timers, due_timer, keep_early
 from jetagent.tokens import openai_tokenizer
 from jetagent.workflow import (
     Begin,
@@ -238,41 +238,20 @@ class Orchestrator:
         tokens = msg.subject.split(".")
         kind = tokens[1]
         at = _now()
-        # A cancel or signal for a workflow not started yet is kept until then (it may be
-        # starting on another replica right now), or answered after this long.
-        keep_until = at + timedelta(seconds=self.settings.early_input_wait_s)
         if kind == "request":
             await self._on_workflow_request(msg, tokens[2] if len(tokens) > 2 else None, at)
         elif kind == "cancel":
             cancel = msgspec.json.decode(msg.data, type=CancelRequested)
-            command: Input = Cancel(
-                at=at,
-                reason=cancel.reason,
-                by=cancel.by,
-                workflow_id=cancel.workflow_id,
-                expires_at=keep_until,
-            )
-            await self._timed(
-                cancel.workflow_id, await self.process(cancel.workflow_id, command, msg)
+            await self.process(
+                cancel.workflow_id, Cancel(at=at, reason=cancel.reason, by=cancel.by), msg
             )
         elif kind == "signal":
             signal = msgspec.json.decode(msg.data, type=SignalSent)
-            command = Signal(
-                name=signal.name,
-                payload=signal.payload,
-                by=signal.by,
-                at=at,
-                workflow_id=signal.workflow_id,
-                expires_at=keep_until,
+            await self.process(
+                signal.workflow_id,
+                Signal(name=signal.name, payload=signal.payload, by=signal.by, at=at),
+                msg,
             )
-            await self._timed(
-                signal.workflow_id, await self.process(signal.workflow_id, command, msg)
-            )
-
-    async def _timed(self, workflow_id: str, state: WorkflowState) -> None:
-        # Armed after every request-stream input, before its ack: a crash in between is
-        # repaired by the redelivery (re-arming replaces a schedule, never doubles it).
-        await self.timers.arm_for(workflow_id, state)
 
     async def _on_timer(self, msg: Msg) -> None:
         timer = due_timer(msg)
@@ -311,7 +290,7 @@ class Orchestrator:
             at=at,
             deadline_at=deadline_at,
         )
-        await self._timed(request.request_id, await self.process(request.request_id, begin, msg))
+        await self.process(request.request_id, begin, msg)
 
     async def _reject(
         self, msg: Msg, msg_id: str | None, tenant: str | None, problems: list[str], at: datetime
@@ -320,7 +299,7 @@ class Orchestrator:
         # be read, else the Nats-Msg-Id, else the stream sequence.
         workflow_id = _readable_request_id(msg.data) or _safe_token(msg_id)
         if workflow_id is None:
-            workflow_id = sequence_id(msg.metadata.sequence.stream)
+            workflow_id = f"seq-{msg.metadata.sequence.stream}"
         event = RequestRejected(
             workflow_id=workflow_id, at=at, reasons=problems, tenant=tenant, size=len(msg.data)
         )
@@ -356,12 +335,10 @@ class Orchestrator:
 
     # ---------------------------------------------------------------- deciding
 
-    async def process(
-        self, workflow_id: str, command: Input, msg: Msg | None = None
-    ) -> WorkflowState:
-        """Decide on ``command`` and record the events, retrying on conflicts; return the
-        workflow's state after them."""
+    async def process(self, workflow_id: str, command: Input, msg: Msg | None = None) -> None:
+        """Decide on ``command`` and record the events, retrying on conflicts."""
         headers = self._causation(msg)
+        command = keep_early(command, workflow_id, self.settings.early_input_wait_s)
         async with self._locks[workflow_id]:
             if isinstance(command, Begin) and not self.journal.is_cached(workflow_id):
                 # A new request names a new workflow: no read before its first append.
@@ -377,9 +354,12 @@ class Orchestrator:
                     await self.journal.catch_up(workflow_id, loaded)
             else:
                 raise JetagentError(f"workflow {workflow_id}: too many concurrent writers")
+            if isinstance(command, Begin | Cancel | Signal):
+                # Armed before the input is acknowledged: a crash in between is repaired
+                # by the redelivery (re-arming replaces a schedule, never doubles it).
+                await self.timers.arm_for(workflow_id, loaded.state)
             if loaded.state.status.is_final:
                 self._locks.pop(workflow_id, None)
-            return loaded.state
 
     async def _decide_and_append(
         self, workflow_id: str, loaded: Loaded, command: Input, headers: dict[str, str]

@@ -15,8 +15,8 @@ see that time has passed and end a workflow whose deadline passed.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
 
 import msgspec
 from nats.aio.msg import Msg
@@ -24,9 +24,9 @@ from nats.js.client import JetStreamContext
 
 from jetagent.config import Names
 from jetagent.contract import Status
-from jetagent.workflow import WorkflowState
+from jetagent.workflow import Cancel, Input, Signal, WorkflowState
 
-__all__ = ["DEADLINE", "INPUTS", "DueTimer", "Timers", "timers_for"]
+__all__ = ["DEADLINE", "INPUTS", "DueTimer", "Timers", "due_timer", "keep_early", "timers_for"]
 
 DEADLINE = "deadline"
 INPUTS = "inputs"
@@ -46,6 +46,16 @@ _decoder = msgspec.json.Decoder(DueTimer)
 def due_timer(msg: Msg) -> DueTimer:
     """The timer a message of ``<prefix>.timer.due.>`` stands for."""
     return _decoder.decode(msg.data)
+
+
+def keep_early(command: Input, workflow_id: str, wait_s: float) -> Input:
+    """A cancel or signal that is kept for ``wait_s`` if its workflow has not started
+    (it may be starting on another replica at this very moment); other inputs as they are.
+    The ``inputs`` timer answers it when the wait is over."""
+    if isinstance(command, Cancel | Signal) and command.expires_at is None:
+        expires_at = command.at + timedelta(seconds=wait_s)
+        return replace(command, workflow_id=workflow_id, expires_at=expires_at)
+    return command
 
 
 def timers_for(state: WorkflowState) -> dict[str, datetime]:
