@@ -113,4 +113,11 @@ async def ensure_stream(
             return await ensure_stream(nc, config, create=False, timeout=timeout)
         raise StreamConfigError(f"cannot create stream {name!r}: {created.error.description}")
     assert created.config is not None
+    # A server too old for a feature drops its flag silently: check what it made.
+    problems = stream_problems(created.config, config)
+    if problems:
+        raise StreamConfigError(
+            f"stream {name!r} was created without what it needs (is nats-server too old? "
+            "message schedules need 2.12): " + "; ".join(problems)
+        )
     return created.config
