@@ -130,3 +130,14 @@ async def test_a_timer_fires_on_a_replicated_stream_after_its_leader_is_killed(
         assert [(t.workflow_id, t.kind) for t in fired] == [("wf-r3", DEADLINE)]
     finally:
         await nc.close()
+
+
+def test_a_timers_stream_without_message_schedules_is_refused() -> None:
+    from jetagent.provision import stream_configs
+    from jetagent.store._streams import stream_problems
+
+    wanted = next(c for c in stream_configs(Settings()) if c["name"] == "JA_TIMERS")
+    assert wanted["allow_msg_schedules"] is True
+    # What a server older than 2.12 creates from the same definition: the flag dropped.
+    made = {k: v for k, v in wanted.items() if k != "allow_msg_schedules"}
+    assert stream_problems(made, wanted) == ["allow_msg_schedules is off (it must be true)"]
