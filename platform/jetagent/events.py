@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
@@ -184,8 +184,7 @@ class InputDeferred(_WorkflowEventBase, frozen=True, kw_only=True, tag="InputDef
     when it starts (a cancel ends it at once), or answered by ``InputRejected`` if it has
     not started by ``expires_at``."""
 
-    kind: str
-    """cancel or signal."""
+    kind: Literal["cancel", "signal"]
     name: str = ""
     """The signal's name (empty for a cancel)."""
     payload: dict[str, Any] = msgspec.field(default_factory=dict)

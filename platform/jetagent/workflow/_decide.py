@@ -269,19 +269,27 @@ def _defer(state: WorkflowState, command: Cancel | Signal) -> list[WorkflowEvent
     workflow_id = command.workflow_id or state.workflow_id
     if command.expires_at is None or not re.fullmatch(ID_PATTERN, workflow_id):
         return []  # not kept: nothing is recorded under an id that cannot be a workflow's
-    signal = isinstance(command, Signal)
-    return [
-        InputDeferred(
+    at, by, expires_at = command.at, command.by, command.expires_at
+    if isinstance(command, Signal):
+        kept = InputDeferred(
             workflow_id=workflow_id,
-            at=command.at,
-            kind="signal" if signal else "cancel",
-            name=command.name if isinstance(command, Signal) else "",
-            payload=command.payload if isinstance(command, Signal) else {},
-            reason=command.reason if isinstance(command, Cancel) else "",
-            by=command.by,
-            expires_at=command.expires_at,
+            at=at,
+            kind="signal",
+            name=command.name,
+            payload=command.payload,
+            by=by,
+            expires_at=expires_at,
         )
-    ]
+    else:
+        kept = InputDeferred(
+            workflow_id=workflow_id,
+            at=at,
+            kind="cancel",
+            reason=command.reason,
+            by=by,
+            expires_at=expires_at,
+        )
+    return [kept]
 
 
 def _signal(state: WorkflowState, command: Signal) -> list[WorkflowEvent]:
