@@ -4,6 +4,7 @@ even after every orchestrator was killed (SIGKILL) and replaced."""
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -56,6 +57,35 @@ async def test_a_deadline_ends_a_waiting_workflow_and_replays(engine: InProcessP
     assert [r.headers["Ja-Causation"].split(":")[0] for r in records] == [names.timers_stream]
     report = await replay_workflow(client.nc, names, wid, await _context(engine))
     assert report.ok, report.mismatches
+
+
+async def test_a_workflow_that_ends_first_leaves_no_timer_behind(
+    engine: InProcessPlatform,
+) -> None:
+    client, names = engine.client, engine.settings.names
+    wid = await client.submit(
+        instruction='call dangerous {"target": "prod"}',
+        tenant="acme",
+        allowed_tools=["dangerous"],
+        capability_limits={"deadline_s": 600},
+    )
+    schedule = names.timer_schedule(wid, "deadline")
+
+    async def armed() -> bool:
+        info = await client.js.stream_info(names.timers_stream, subjects_filter=schedule)
+        return bool(info.state.subjects)
+
+    await eventually(armed)  # its deadline is held by the server while it waits
+    await client.cancel(wid, reason="done with it")
+    assert (await client.result(wid, timeout=20)).status.value == "cancelled"
+    # Ended long before its deadline: the timer is removed, JA_TIMERS holds nothing.
+    await eventually(lambda: _not(armed()), timeout=10)
+    info = await client.js.stream_info(names.timers_stream)
+    assert info.state.messages == 0
+
+
+async def _not(check: Awaitable[bool]) -> bool:
+    return not await check
 
 
 async def _context(platform: InProcessPlatform) -> DecideContext:

@@ -346,6 +346,7 @@ class Orchestrator:
                 loaded = Loaded(WorkflowState(), 0)
             else:
                 loaded = await self.journal.load(workflow_id)
+            before = loaded.state.status
             for _ in range(_MAX_CONFLICT_RETRIES):
                 try:
                     await self._decide_and_append(workflow_id, loaded, command, headers)
@@ -354,10 +355,7 @@ class Orchestrator:
                     await self.journal.catch_up(workflow_id, loaded)
             else:
                 raise JetagentError(f"workflow {workflow_id}: too many concurrent writers")
-            if isinstance(command, Begin | Cancel | Signal):
-                # Armed before the input is acknowledged: a crash in between is repaired
-                # by the redelivery (re-arming replaces a schedule, never doubles it).
-                await self.timers.arm_for(workflow_id, loaded.state)
+            await self.timers.follow(workflow_id, command, before, loaded.state)
             if loaded.state.status.is_final:
                 self._locks.pop(workflow_id, None)
 

@@ -15,18 +15,22 @@ see that time has passed and end a workflow whose deadline passed.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
 import msgspec
 from nats.aio.msg import Msg
+from nats.errors import Error as NatsError
 from nats.js.client import JetStreamContext
 
 from jetagent.config import Names
 from jetagent.contract import Status
-from jetagent.workflow import Cancel, Input, Signal, WorkflowState
+from jetagent.workflow import Begin, Cancel, Input, Signal, Tick, WorkflowState
 
 __all__ = ["DEADLINE", "INPUTS", "DueTimer", "Timers", "due_timer", "keep_early", "timers_for"]
+
+log = logging.getLogger("jetagent.timers")
 
 DEADLINE = "deadline"
 INPUTS = "inputs"
@@ -97,3 +101,29 @@ class Timers:
         """Arm every timer the workflow's state needs."""
         for kind, due in timers_for(state).items():
             await self.arm(workflow_id, kind, due)
+
+    async def disarm(self, workflow_id: str, kind: str) -> None:
+        """Remove a timer that is no longer needed (its workflow ended before it was due).
+
+        Best effort: a timer left behind fires into a workflow that has ended, which
+        decides nothing; removing it only keeps ``JA_TIMERS`` small."""
+        subject = self.names.timer_schedule(workflow_id, kind)
+        try:
+            await self.js.purge_stream(self.names.timers_stream, subject=subject)
+        except NatsError as exc:
+            log.warning("could not remove the %s timer of %s: %s", kind, workflow_id, exc)
+
+    async def follow(
+        self, workflow_id: str, command: Input, before: Status, after: WorkflowState
+    ) -> None:
+        """Keep a workflow's timers in step with a decision on ``command``.
+
+        After a request, cancel or signal, the timers its state needs are armed — before
+        the input is acknowledged, so a crash in between is repaired by the redelivery
+        (re-arming replaces a schedule, never doubles it). A workflow that has just ended
+        before its deadline has that timer removed."""
+        if isinstance(command, Begin | Cancel | Signal):
+            await self.arm_for(workflow_id, after)
+        ended_now = after.status.is_final and not before.is_final
+        if ended_now and after.deadline_at is not None and not isinstance(command, Tick):
+            await self.disarm(workflow_id, DEADLINE)
