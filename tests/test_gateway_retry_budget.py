@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from capabilities.reasoning import HttpSettings, ModelGateway, decisions_of
-from jetagent.client import Status
+from jetagent import Status
 from jetagent.config import Settings
 from jetagent.errors import PermanentError
 from jetagent.llm import Message
@@ -19,6 +19,7 @@ from jetagent.models import ModelCatalog, ModelConfig
 from tests.fakes.llm_servers import (
     FakeAnthropic,
     FakeOpenAI,
+    Reply,
     anthropic_message,
     model_for,
     openai_error,
@@ -30,7 +31,7 @@ FAST = HttpSettings(read_timeout_s=5.0, trust_env=False)
 HI = [Message(role="user", content="hi")]
 
 
-def rate_limited(retry_after_s: float = 0.2) -> object:
+def rate_limited(retry_after_s: float = 0.2) -> Reply:
     return openai_error(
         429,
         "Rate limit reached for requests",

@@ -9,7 +9,13 @@ from collections.abc import Iterator
 
 import pytest
 
-from capabilities.reasoning import HttpSettings, ModelGateway, attempts_of, decisions_of
+from capabilities.reasoning import (
+    GatewayResult,
+    HttpSettings,
+    ModelGateway,
+    attempts_of,
+    decisions_of,
+)
 from jetagent.errors import ConfigError, TransientError
 from jetagent.llm import Message
 from jetagent.models import ModelCatalog
@@ -79,7 +85,7 @@ typical_latency_s = 5.0
     )
 
 
-async def ask(gateway: ModelGateway, model: str = "gpt-local") -> object:
+async def ask(gateway: ModelGateway, model: str = "gpt-local") -> GatewayResult:
     return await gateway.call(
         models=[model],
         messages=HI,
@@ -198,8 +204,8 @@ async def test_a_hedge_goes_out_after_the_configured_delay(server: FakeOpenAI) -
         result = await ask(gateway)
     _, second = server.requests
     assert 0.3 <= second.at - started < 1.5
-    assert result.completion.text == "the hedge"  # type: ignore[attr-defined]
-    [hedge] = [d for d in result.decisions if d.kind == "hedge"]  # type: ignore[attr-defined]
+    assert result.completion.text == "the hedge"
+    [hedge] = [d for d in result.decisions if d.kind == "hedge"]
     assert hedge.reason == "hedge: gpt-local exceeded 0.3 s (hedge.delay_s)"
 
 
@@ -215,8 +221,8 @@ async def test_a_hedge_after_the_observed_p95(server: FakeOpenAI) -> None:
         started = time.monotonic()
         result = await ask(gateway)
     assert time.monotonic() - started < 2.5
-    assert result.completion.text == "the hedge"  # type: ignore[attr-defined]
-    [hedge] = [d for d in result.decisions if d.kind == "hedge"]  # type: ignore[attr-defined]
+    assert result.completion.text == "the hedge"
+    [hedge] = [d for d in result.decisions if d.kind == "hedge"]
     assert "p95 of the last 5 calls" in hedge.reason
 
 
@@ -258,3 +264,30 @@ async def test_extra_headers_arrive_at_the_server(
     # The adapter's own headers are still there.
     assert request.headers["authorization"] == "Bearer sk-header-test"
     assert request.headers["content-type"] == "application/json"
+
+
+async def test_a_hedge_goes_to_the_configured_candidates(server: FakeOpenAI) -> None:
+    with FakeOpenAI() as other:
+        extra = (
+            '[models.gpt-local.hedge]\ndelay_s = 0.2\nmodels = ["gpt-other"]\n'
+            f'[models.gpt-other]\nprovider = "openai"\nbase_url = "{other.base_url}"\n'
+            "context_window = 8192\nmax_output_tokens = 512\n"
+            "input_per_mtok = 1\noutput_per_mtok = 2\n"
+        )
+        catalog = ModelCatalog.parse(catalog_text(server, extra))
+        server.script(hang())
+        other.script(openai_completion("from the other one"))
+        async with ModelGateway(catalog, http_settings=LOOSE, clock=ManualClock()) as gateway:
+            result = await ask(gateway)
+    assert result.completion.text == "from the other one"
+    assert len(server.requests) == 1  # gpt-local was not hedged with itself
+    assert [(d.kind, d.model) for d in result.decisions] == [
+        ("preferred", "gpt-local"),
+        ("hedge", "gpt-other"),
+    ]
+
+
+def test_hedge_candidates_must_exist(server: FakeOpenAI) -> None:
+    extra = '[models.gpt-local.hedge]\nmodels = ["gpt-nowhere"]\n'
+    with pytest.raises(ConfigError, match="unknown model 'gpt-nowhere'"):
+        ModelCatalog.parse(catalog_text(server, extra))

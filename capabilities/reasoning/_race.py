@@ -214,6 +214,8 @@ class HedgedCaller:
         )
 
     def _options(self, first: ModelConfig) -> list[ModelConfig]:
+        if first.hedge.models is not None:
+            return [self._catalog.get(name) for name in first.hedge.models]
         same = [first]
         fallbacks = [self._catalog.get(name) for name in first.fallbacks]
         if self._defaults.hedge_target_of(first) == "same_model":

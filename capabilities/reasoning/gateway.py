@@ -36,12 +36,15 @@ from jetagent.errors import (
 from jetagent.llm import Message, ToolSpec
 from jetagent.models import ModelCatalog, ModelConfig
 
+from ._failures import exhausted as _exhausted
+from ._failures import failure as _failure
+from ._failures import short as _short
 from ._policy import GatewayDefaults, HedgeTarget, LatencyWindow
 from ._race import CallContext, HedgedCaller, RaceResult
 from ._retry import REPORT_RESERVE_S, RetryBudget
 from .breakers import BreakerRegistry, BreakerSettings, BreakerState
 from .providers import AnthropicProvider, HttpSettings, OpenAIProvider, Provider
-from .records import Attempt, GatewayResult, RoutingDecision, sum_cost, sum_usage
+from .records import Attempt, GatewayResult, RoutingDecision
 from .routing import Candidate, estimate_input_tokens, plan_route
 
 __all__ = ["ModelGateway"]
@@ -289,6 +292,16 @@ class ModelGateway:
                 attempts,
                 decisions,
             )
+        if errors and all(isinstance(e, RateLimitedError) for e in errors):
+            # No model was usable for another round (their circuits closed on us): the
+            # call ends here, for good, rather than as a rate limit the worker waits out.
+            raise _exhausted(
+                "no model was usable for another attempt",
+                errors[-1],
+                errors,
+                attempts,
+                decisions,
+            )
         raise _failure(errors, attempts, decisions)
 
     async def _round(
@@ -381,67 +394,3 @@ def _why(candidate: Candidate, *, previous: list[Attempt]) -> RoutingDecision:
     return RoutingDecision(
         kind="preferred", model=model.name, provider=model.provider, reason="preferred"
     )
-
-
-def _failure(
-    errors: list[CapabilityError], attempts: list[Attempt], decisions: list[RoutingDecision]
-) -> CapabilityError:
-    usage = sum_usage(attempts)
-    details = {
-        "attempts": msgspec.to_builtins(attempts),
-        "decisions": msgspec.to_builtins(decisions),
-        "cost_usd": str(sum_cost(attempts)),
-    }
-    billed = usage if any(a.usage is not None for a in attempts) else None
-    summary = "; ".join(f"{a.model}: {a.error}" for a in attempts if a.error)
-    permanent = [e for e in errors if isinstance(e, PermanentError)]
-    error: CapabilityError
-    if permanent:
-        error = PermanentError(permanent[0].message, usage=billed, details=details)
-    else:
-        waits = [
-            e.retry_after
-            for e in errors
-            if isinstance(e, TransientError) and e.retry_after is not None
-        ]
-        retry_after = min(waits) if waits else None
-        message = f"all {len(attempts)} model call(s) failed: {summary}"
-        kind = (
-            RateLimitedError
-            if errors and all(isinstance(e, RateLimitedError) for e in errors)
-            else TransientError
-        )
-        error = kind(message, retry_after=retry_after, usage=billed, details=details)
-    # Chain the provider's own error: it is key-free (providers raise theirs with no
-    # cause), and a provider bug's traceback stays reachable behind it.
-    error.__cause__ = permanent[0] if permanent else (errors[-1] if errors else None)
-    return error
-
-
-def _short(text: str, limit: int = 160) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def _exhausted(
-    why: str,
-    last: CapabilityError,
-    errors: list[CapabilityError],
-    attempts: list[Attempt],
-    decisions: list[RoutingDecision],
-) -> PermanentError:
-    """The call gave up for good: a reason the model and the user can read."""
-    failed = sorted({a.model for a in attempts if a.outcome != "ok"})
-    limited = all(isinstance(e, RateLimitedError) for e in errors)
-    what = "was rate limited on every attempt" if limited else "did not answer"
-    billed = sum_usage(attempts) if any(a.usage is not None for a in attempts) else None
-    error = PermanentError(
-        f"{', '.join(failed)} {what}: {why}; last error: {_short(last.message)}",
-        usage=billed,
-        details={
-            "attempts": msgspec.to_builtins(attempts),
-            "decisions": msgspec.to_builtins(decisions),
-            "cost_usd": str(sum_cost(attempts)),
-        },
-    )
-    error.__cause__ = last
-    return error

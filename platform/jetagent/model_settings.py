@@ -76,6 +76,9 @@ class HedgeConfig(_Table):
     """``same_model``: hedge with this model first, then its fallbacks; ``fallback``:
     its fallbacks first (default: the gateway's, ``same_model``). Candidates whose
     circuit is not closed, or that the budget cannot pay for, are skipped."""
+    models: tuple[str, ...] | None = None
+    """The candidates to hedge with, in order, instead of what ``target`` says (this
+    model may be one of them)."""
 
 
 class BreakerConfig(_Table):

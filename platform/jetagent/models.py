@@ -157,7 +157,8 @@ class ModelCatalog:
                 problems.append(f"models.{name}: {exc}")
         problems.extend(_breaker_conflicts(models))
         for model in models.values():
-            for other in (*model.fallbacks, *([model.cheaper] if model.cheaper else [])):
+            cheaper = [model.cheaper] if model.cheaper else []
+            for other in (*model.fallbacks, *cheaper, *(model.hedge.models or ())):
                 if other not in models:
                     problems.append(f"models.{model.name} refers to unknown model {other!r}")
         if problems:
