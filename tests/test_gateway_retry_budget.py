@@ -22,6 +22,7 @@ from tests.fakes.llm_servers import (
     Reply,
     anthropic_message,
     model_for,
+    openai_completion,
     openai_error,
 )
 from tests.support.platform import InProcessPlatform, eventually
@@ -229,3 +230,29 @@ async def test_a_retry_after_beyond_the_budget_fails_at_once(
     # Waiting 60 s only to fail would waste the step's time: it gives up at once.
     assert time.monotonic() - started < 1.5
     assert len(openai.requests) == 1
+
+
+async def test_a_rate_limit_that_clears_is_retried_and_the_retries_are_recorded(
+    servers: tuple[FakeOpenAI, FakeAnthropic],
+) -> None:
+    openai, _ = servers
+    openai.script(rate_limited(0.1), rate_limited(0.1), openai_completion("at last"))
+    model = model_for(openai, "gpt-limited", api_key_env=KEY_ENV)
+    catalog = ModelCatalog(models={model.name: model}, source="test")
+    async with ModelGateway(catalog, http_settings=FAST, hedge_factor=None) as gateway:
+        result = await gateway.call(
+            models=["gpt-limited"],
+            messages=HI,
+            tools=[],
+            max_tokens=50,
+            remaining_tokens=None,
+            remaining_usd=None,
+        )
+
+    assert result.completion.text == "at last"
+    assert [a.outcome for a in result.attempts] == ["rate_limited", "rate_limited", "ok"]
+    retries = [d for d in result.decisions if d.kind == "retry"]
+    assert [d.reason for d in retries] == [
+        "retry: every model was rate limited (attempt 1 of 5); waiting 0.10 s",
+        "retry: every model was rate limited (attempt 2 of 5); waiting 0.10 s",
+    ]

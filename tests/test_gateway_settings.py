@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from importlib import resources
+from pathlib import Path
 
 import pytest
 
@@ -291,3 +293,17 @@ def test_hedge_candidates_must_exist(server: FakeOpenAI) -> None:
     extra = '[models.gpt-local.hedge]\nmodels = ["gpt-nowhere"]\n'
     with pytest.raises(ConfigError, match="unknown model 'gpt-nowhere'"):
         ModelCatalog.parse(catalog_text(server, extra))
+
+
+def test_the_readme_worked_example_parses() -> None:
+    # The README's example is what users copy: it must stay a valid catalog entry.
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme[readme.index("### Resilience settings") :]
+    example = section[section.index("```toml\n") + 8 :]
+    example = example[: example.index("```")]
+    shipped = resources.files("jetagent").joinpath("models.toml").read_text()
+    catalog = ModelCatalog.parse(shipped + example, source="README")
+    model = catalog.get("gpt-proxy")
+    assert model.hedge.after == "p95"
+    assert model.breaker.failure_threshold == 3
+    assert dict(model.headers)["X-Route"] == "eu-west"
