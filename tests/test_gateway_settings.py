@@ -15,6 +15,7 @@ from capabilities.reasoning import (
     GatewayResult,
     HttpSettings,
     ModelGateway,
+    OpenAIProvider,
     attempts_of,
     decisions_of,
 )
@@ -307,3 +308,16 @@ def test_the_readme_worked_example_parses() -> None:
     assert model.hedge.after == "p95"
     assert model.breaker.failure_threshold == 3
     assert dict(model.headers)["X-Route"] == "eu-west"
+
+
+def test_connect_and_read_timeouts_reach_the_http_client(server: FakeOpenAI) -> None:
+    extra = "[models.gpt-local.timeouts]\nconnect_s = 0.7\nread_s = 9\n"
+    model = ModelCatalog.parse(catalog_text(server, extra)).get("gpt-local")
+    plain = ModelCatalog.parse(catalog_text(server)).get("gpt-local")
+    provider = OpenAIProvider(settings=LOOSE)
+    # A connect timeout cannot be provoked on loopback (a closed port refuses at once),
+    # so this checks the timeouts each request is sent with.
+    configured = provider._timeout(model)
+    assert (configured.connect, configured.read) == (0.7, 9.0)
+    default = provider._timeout(plain)
+    assert (default.connect, default.read) == (30.0, 30.0)
