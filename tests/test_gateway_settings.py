@@ -19,11 +19,20 @@ from capabilities.reasoning import (
     attempts_of,
     decisions_of,
 )
+from jetagent.config import Settings
 from jetagent.errors import ConfigError, TransientError
 from jetagent.llm import Message
 from jetagent.models import ModelCatalog
 from tests.fakes.clock import ManualClock
-from tests.fakes.llm_servers import FakeOpenAI, hang, openai_completion, openai_error
+from tests.fakes.llm_servers import (
+    FakeAnthropic,
+    FakeOpenAI,
+    anthropic_message,
+    hang,
+    openai_completion,
+    openai_error,
+)
+from tests.support.platform import InProcessPlatform
 
 HI = [Message(role="user", content="hi")]
 # Generous transport defaults: the per-model settings must be what fires.
@@ -321,3 +330,54 @@ def test_connect_and_read_timeouts_reach_the_http_client(server: FakeOpenAI) -> 
     assert (configured.connect, configured.read) == (0.7, 9.0)
     default = provider._timeout(plain)
     assert (default.connect, default.read) == (30.0, 30.0)
+
+
+async def test_settings_from_the_catalog_decide_in_a_running_platform(
+    settings: Settings, server: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Through the real worker: the catalog's timeout fires, the header arrives, and the
+    # step's routing says which setting decided.
+    monkeypatch.setenv("JA_TEST_HEADERS_KEY", "sk-header-test")
+    with FakeAnthropic() as anthropic:
+        extra = (
+            'api_key_env = "JA_TEST_HEADERS_KEY"\n'
+            'fallbacks = ["claude-local"]\n'
+            "[models.gpt-local.timeouts]\ntotal_s = 0.5\n"
+            '[models.gpt-local.headers]\nX-Route = "eu-west"\n'
+            f'[models.claude-local]\nprovider = "anthropic"\nbase_url = "{anthropic.url}"\n'
+            'api_key_env = "JA_TEST_HEADERS_KEY"\n'
+            "context_window = 8192\nmax_output_tokens = 512\n"
+            "input_per_mtok = 1\noutput_per_mtok = 2\n"
+        )
+        shipped = resources.files("jetagent").joinpath("models.toml").read_text()
+        catalog = ModelCatalog.parse(shipped + catalog_text(server, extra))
+        server.script(hang())
+        anthropic.script(anthropic_message("Oslo."))
+        platform = await InProcessPlatform(settings, catalog=catalog).start()
+        try:
+            client = platform.client
+            wid = await client.submit(
+                instruction="What is the capital of Norway?",
+                model_preferences={"models": ["gpt-local"]},
+            )
+            result = await client.result(wid, timeout=30)
+            [step] = await client.step_results(wid)
+        finally:
+            await platform.stop()
+
+    assert result.output == "Oslo."
+    assert [(d.model, d.reason.split(":")[0]) for d in step.routing] == [
+        ("gpt-local", "preferred"),
+        ("gpt-local", "timeout"),
+        ("claude-local", "failover"),
+    ]
+    assert step.routing[1].reason == (
+        "timeout: gpt-local gave no answer within 0.5 s (timeouts.total_s of gpt-local)"
+    )
+    assert [(c.model, c.outcome) for c in step.calls] == [
+        ("gpt-local", "failed"),
+        ("claude-local", "ok"),
+    ]
+    [request] = server.requests
+    assert request.headers["x-route"] == "eu-west"
+    assert "x-route" not in anthropic.requests[0].headers  # headers are per endpoint
