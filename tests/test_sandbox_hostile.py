@@ -57,6 +57,8 @@ class RTLD_DEFAULT:
     _handle = 0
 def libc(name, *args):
     result = Fn((name, RTLD_DEFAULT()))(*args)
+    if name != "syscall":  # these return a C int: the upper half of the register is junk
+        result = (result + 2**31) % 2**32 - 2**31
     return "ok" if result >= 0 else errno.errorcode[_c.get_errno()]
 """
 
@@ -170,7 +172,6 @@ here = os.open(".", os.O_RDONLY | os.O_DIRECTORY)
 up = "../" * 16 + "etc/passwd"
 print(json.dumps({"passwd": attempt(lambda: os.open(up, os.O_RDONLY, dir_fd=here))}))
 """
-    assert host.outcomes(code, guards=True) == {"passwd": "EACCES"}
     assert host.outcomes(code) == {"passwd": "EACCES"}
 
 
@@ -220,7 +221,7 @@ def test_writing_to_the_hosts_tmp_is_refused(host: Host) -> None:
 def plant():
     with open({str(planted)!r}, "wb") as file:
         file.write(bytes(8 * 2**20))
-print(json.dumps({{"plant": attempt(plant), "mkdir": attempt(lambda: os.mkdir("/tmp/x"))}}))
+print(json.dumps({{"plant": attempt(plant), "mkdir": attempt(lambda: os.mkdir({str(planted)!r}))}}))
 """
     assert host.outcomes(code) == {"plant": "EACCES", "mkdir": "EACCES"}
     assert not planted.exists()
@@ -284,18 +285,22 @@ print(json.dumps(outcome))
 
 
 def test_frame_walking_past_the_hooks_then_execv_is_refused(host: Host) -> None:
-    # The hooks' tables are found by walking up from the snippet's frame and emptied;
-    # execv of a fresh interpreter (which would have no hooks at all) must still fail.
+    # A refusal's traceback holds the hook's frames; their globals are the hook's
+    # tables, which the snippet empties. execv of a fresh interpreter (which would have
+    # no hooks at all) must still fail.
     code = """
-frame = sys._getframe()
+try:
+    os.system("true")
+except PermissionError as refusal:
+    trace = refusal.__traceback__
 emptied = []
-while frame is not None:
-    tables = frame.f_globals
+while trace is not None:
+    tables = trace.tb_frame.f_globals
     for name, value in list(tables.items()):
         if name.isupper() and isinstance(value, (frozenset, set, dict, tuple)) and value:
             tables[name] = type(value)()
             emptied.append(name)
-    frame = frame.f_back
+    trace = trace.tb_next
 python = "/usr/bin/python3"
 outcome = {"execv": attempt(lambda: os.execv(python, [python, "-c", "print('escaped')"]))}
 outcome["hooks_defeated"] = "PROCESS_EVENTS" in emptied
@@ -465,16 +470,19 @@ print(json.dumps({"open": attempt(fill)}))
 
 
 def test_a_c_module_loaded_under_another_name_is_still_confined(host: Host) -> None:
-    # The hooks refuse `import _ctypes` by name; the snippet copies the extension into
-    # its folder and loads it under another name, then calls libc directly.
+    # The hooks refuse `import _ctypes` by name; the snippet loads the extension under a
+    # name that compares equal to nothing, then calls libc directly.
     code = f"""
-import importlib.machinery, importlib.util, shutil
+import importlib.machinery, importlib.util
+class Alias(str):
+    def __hash__(self):
+        return 0
+    def __eq__(self, other):
+        return False
 dynload = next(p for p in sys.path if p.endswith("lib-dynload"))
 so = next(n for n in os.listdir(dynload) if n.startswith("_ctypes.") and n.endswith(".so"))
-shutil.copy(os.path.join(dynload, so), "harmless.so")
-loader = importlib.machinery.ExtensionFileLoader("_ctypes", "./harmless.so")
-_c = importlib.util.module_from_spec(importlib.util.spec_from_loader("_ctypes", loader))
-sys.modules["harmless"] = _c
+loader = importlib.machinery.ExtensionFileLoader(Alias("_ctypes"), os.path.join(dynload, so))
+_c = importlib.util.module_from_spec(importlib.util.spec_from_loader(loader.name, loader))
 {LIBC}
 outcome = {{
     "open_passwd": libc("open", b"/etc/passwd", 0),

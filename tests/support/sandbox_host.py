@@ -28,8 +28,9 @@ def main() -> None:
     sys.path[:0] = [root, os.path.join(root, "platform"), site_packages]
     from capabilities.tools import sandbox
 
-    secret_fd = os.open(secret_file, os.O_RDONLY)
-    os.set_inheritable(secret_fd, True)  # as a careless library might leave one
+    opened = os.open(secret_file, os.O_RDONLY)
+    secret_fd = os.dup2(opened, 100)  # inheritable, as a careless library might leave one
+    os.close(opened)
 
     async def serve() -> None:
         loop = asyncio.get_running_loop()
