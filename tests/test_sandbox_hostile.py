@@ -11,9 +11,7 @@ hook-bypass tests keep them on and defeat them first, as an attacker would.
 
 from __future__ import annotations
 
-import errno
 import json
-import os
 import shutil
 import socket
 import subprocess
@@ -75,7 +73,8 @@ class Host:
         self.secret_fd: int = me["secret_fd"]
 
     def ask(self, request: dict[str, Any]) -> Any:
-        assert self.process.stdin is not None and self.process.stdout is not None
+        assert self.process.stdin is not None
+        assert self.process.stdout is not None
         self.process.stdin.write(json.dumps(request) + "\n")
         self.process.stdin.flush()
         line = self.process.stdout.readline()
@@ -123,7 +122,8 @@ def host() -> Iterator[Host]:
         assert served.uid == NOBODY
         yield served
     finally:
-        assert process.stdin is not None and process.stdout is not None
+        assert process.stdin is not None
+        assert process.stdout is not None
         process.stdin.close()
         try:
             process.wait(timeout=10)
@@ -138,7 +138,8 @@ def test_the_host_runs_unprivileged_with_every_required_layer(host: Host) -> Non
     report = host.ask({"protections": True})
     for layer in ("landlock_filesystem", "seccomp_filter", "no_new_privs", "resource_limits"):
         assert report[layer] is True, report
-    assert report["landlock_network"] is True and report["landlock_scopes"] is True, report
+    assert report["landlock_network"] is True, report
+    assert report["landlock_scopes"] is True, report
     assert report["python_tool"] == "served", report
 
 
@@ -211,8 +212,10 @@ print(json.dumps(outcome))
     outcomes = host.outcomes(code)
     # Landlock refuses a link that would move a file into another hierarchy (EXDEV);
     # fs.protected_hardlinks refuses files the user does not own (EPERM).
-    assert outcomes["passwd"] in ("EXDEV", "EPERM") and outcomes["secret"] in ("EXDEV", "EPERM")
-    assert outcomes["passwd_exists"] is False and outcomes["secret_exists"] is False
+    assert outcomes["passwd"] in ("EXDEV", "EPERM")
+    assert outcomes["secret"] in ("EXDEV", "EPERM")
+    assert outcomes["passwd_exists"] is False
+    assert outcomes["secret_exists"] is False
 
 
 def test_writing_to_the_hosts_tmp_is_refused(host: Host) -> None:
@@ -408,7 +411,8 @@ os._exit(3)
 def test_cpu_is_limited_by_the_kernel(host: Host) -> None:
     result = host.run("while True: pass", cpu_seconds=1)
     assert result["error"] == "CPU time limit of 1 s exceeded"
-    assert result["exit_code"] is None and result["signal"] in (9, 24)
+    assert result["exit_code"] is None
+    assert result["signal"] in (9, 24)
 
 
 def test_memory_is_limited_by_the_kernel(host: Host) -> None:

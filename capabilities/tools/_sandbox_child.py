@@ -81,15 +81,15 @@ DEVICES |= {"/dev/urandom": FS_READ_FILE, "/dev/random": FS_READ_FILE}
 REQUIRED = ("resource_limits", "no_new_privs", "landlock_filesystem", "seccomp_filter")
 
 
-class c_long(_ctypes._SimpleCData):  # type: ignore[misc,name-defined]
+class c_long(_ctypes._SimpleCData):  # type: ignore[type-arg]
     _type_ = "l"
 
 
-class c_char(_ctypes._SimpleCData):  # type: ignore[misc,name-defined]
+class c_char(_ctypes._SimpleCData):  # type: ignore[type-arg]
     _type_ = "c"
 
 
-class LibcCall(_ctypes.CFuncPtr):  # type: ignore[misc,name-defined]
+class LibcCall(_ctypes.CFuncPtr):
     _flags_ = _ctypes.FUNCFLAG_CDECL | _ctypes.FUNCFLAG_USE_ERRNO
     _restype_ = c_long
 
@@ -104,8 +104,8 @@ class Kernel:
     """The syscalls Python's standard library lacks, through the raw `_ctypes` module."""
 
     def __init__(self) -> None:
-        self._syscall: Any = LibcCall(("syscall", DefaultLibrary()))
-        self._prctl: Any = LibcCall(("prctl", DefaultLibrary()))
+        self._syscall: Any = LibcCall(("syscall", DefaultLibrary()))  # type: ignore[arg-type]
+        self._prctl: Any = LibcCall(("prctl", DefaultLibrary()))  # type: ignore[arg-type]
 
     def call(self, what: str, number: int, *args: object) -> int:
         # Every integer as a C long: a variadic int would leave a register's upper half
@@ -174,12 +174,17 @@ def main(argv: list[str]) -> NoReturn:
     restrict_filesystem_and_more(kernel, setup, readable)
     program = _ctypes_buffer(seccomp_program)
     fprog = struct.pack("HxxxxxxQ", len(seccomp_program) // 8, _ctypes.addressof(program))
-    error = attempt(lambda: kernel.call("seccomp", SYS_SECCOMP, SECCOMP_SET_MODE_FILTER, 0, fprog))
+    if seccomp_program:
+        error = attempt(
+            lambda: kernel.call("seccomp", SYS_SECCOMP, SECCOMP_SET_MODE_FILTER, 0, fprog)
+        )
+    else:
+        error = OSError(0, "the service sent no filter (is libseccomp installed?)")
     setup.layer("seccomp_filter", error)
     kernel.close()
     missing = [name for name in REQUIRED if name not in setup.active]
     if missing and not setup.weaker:
-        record("refused " + "; ".join(setup.off))
+        record(f"refused {','.join(setup.active)}|{'; '.join(setup.off)}")
         os._exit(EXIT_REFUSED)
     record(f"layers {','.join(setup.active)}|{'; '.join(setup.off)}")
     run_snippet(setup, code, readable, guards)
@@ -188,11 +193,11 @@ def main(argv: list[str]) -> NoReturn:
 def load_guards() -> Any:
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     try:
-        import _sandbox_guards
+        guards = __import__("_sandbox_guards")
     finally:
         del sys.path[0]
     del sys.modules["_sandbox_guards"]
-    return _sandbox_guards
+    return guards
 
 
 def attempt(action: Any) -> BaseException | None:
@@ -250,7 +255,9 @@ def drop_capabilities(kernel: Kernel) -> None:
 
 def restrict_filesystem_and_more(kernel: Kernel, setup: Setup, readable: list[str]) -> None:
     try:
-        abi = kernel.call("landlock", SYS_LANDLOCK_CREATE_RULESET, 0, 0, LANDLOCK_CREATE_RULESET_VERSION)
+        abi = kernel.call(
+            "landlock", SYS_LANDLOCK_CREATE_RULESET, 0, 0, LANDLOCK_CREATE_RULESET_VERSION
+        )
     except OSError as error:
         for name in ("landlock_filesystem", "landlock_network", "landlock_scopes"):
             setup.layer(name, error)
@@ -275,7 +282,14 @@ def restrict_filesystem_and_more(kernel: Kernel, setup: Setup, readable: list[st
                 continue  # not on this system
             try:
                 beneath = struct.pack("=Qi", access & handled, fd)
-                kernel.call("landlock", SYS_LANDLOCK_ADD_RULE, ruleset, LANDLOCK_RULE_PATH_BENEATH, beneath, 0)
+                kernel.call(
+                    "landlock",
+                    SYS_LANDLOCK_ADD_RULE,
+                    ruleset,
+                    LANDLOCK_RULE_PATH_BENEATH,
+                    beneath,
+                    0,
+                )
             finally:
                 os.close(fd)
         kernel.call("landlock", SYS_LANDLOCK_RESTRICT_SELF, ruleset, 0)
@@ -289,7 +303,7 @@ def restrict_filesystem_and_more(kernel: Kernel, setup: Setup, readable: list[st
 
 
 def _ctypes_buffer(data: bytes) -> Any:
-    class Buffer(_ctypes.Array):  # type: ignore[misc,name-defined]
+    class Buffer(_ctypes.Array):  # type: ignore[type-arg]
         _type_ = c_char
         _length_ = max(len(data), 1)
 
