@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 from nats.js.errors import NoKeysError
 
 from jetagent.client import Client
@@ -199,3 +200,21 @@ print(out)
         except subprocess.TimeoutExpired:
             tools.kill()
             tools.wait()
+
+
+def test_compose_hands_credentials_over_as_files_only() -> None:
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    for name, service in compose["services"].items():
+        env = service.get("environment", {})
+        for key, value in env.items():
+            assert "PASSWORD" not in key or key == "NATS_PASSWORD_FILE", (name, key)
+            assert "@" not in str(value), (name, key, value)  # no user:password@host
+        if service.get("image") == "jetagent:latest":
+            assert env["NATS_PASSWORD_FILE"] == "/run/secrets/nats-password", name
+            (secret,) = service["secrets"]
+            assert secret["target"] == "nats-password", name
+            assert secret["source"] == f"nats-{env['NATS_USER']}-password", name
+    tools = compose["services"]["tools"]
+    assert tools["cap_drop"] == ["ALL"]
+    assert "no-new-privileges:true" in tools["security_opt"]
+    assert "OPENAI_API_KEY" not in tools["environment"]
