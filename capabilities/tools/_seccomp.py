@@ -15,7 +15,9 @@ short and well known. Every denial answers EPERM (never kills), so a snippet get
 from __future__ import annotations
 
 import errno
+import functools
 import os
+import struct
 
 import pyseccomp as seccomp  # type: ignore[import-untyped]
 
@@ -106,7 +108,36 @@ _ONLY_ITSELF = ("sched_setaffinity", "sched_setscheduler", "sched_setparam", "sc
 
 
 def filter_program(*, pid: int, threads: bool) -> bytes:
-    """The BPF program for the snippet process `pid`; `threads` allows clone(CLONE_THREAD)."""
+    """The BPF program for the snippet process `pid`; `threads` allows clone(CLONE_THREAD).
+
+    Compiled once per `threads` with a placeholder pid, then the placeholder's 32-bit
+    constants are replaced by `pid` (each BPF instruction is code:u16 jt:u8 jf:u8 k:u32):
+    ~20 µs instead of ~0.8 ms a run.
+    """
+    template, places = _template(threads)
+    program = bytearray(template)
+    for offset in places:
+        struct.pack_into("=I", program, offset, pid)
+    return bytes(program)
+
+
+_PLACEHOLDER = 0x7E5A_1D00  # above any pid (pid_max <= 2**22) and any constant we use
+
+
+@functools.cache
+def _template(threads: bool) -> tuple[bytes, tuple[int, ...]]:
+    program = _compile(pid=_PLACEHOLDER, threads=threads)
+    places = tuple(
+        offset + 4
+        for offset in range(0, len(program), 8)
+        if struct.unpack_from("=I", program, offset + 4)[0] == _PLACEHOLDER
+    )
+    if not places:
+        raise RuntimeError("libseccomp's program does not name the pid as expected")
+    return program, places
+
+
+def _compile(*, pid: int, threads: bool) -> bytes:
     deny = seccomp.ERRNO(errno.EPERM)
     rules = seccomp.SyscallFilter(seccomp.ALLOW)
     rules.set_attr(seccomp.Attr.ACT_BADARCH, seccomp.KILL_PROCESS)
