@@ -10,6 +10,7 @@ worker runs as `nobody` with the system's Python, as the Dockerfile's user would
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -30,10 +31,10 @@ from jetagent.errors import ConfigError
 from jetagent.events import StepCompleted
 from jetagent.store import connect
 from tests.support.platform import ROOT, ServiceProcesses, eventually
+from tests.support.unprivileged import NOBODY, SYSTEM_PYTHON, reachable_code
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="the sandbox needs Linux")
 
-NOBODY = 65534
 USERS = ("admin", "client", "orchestrator", "worker", "projections")
 
 
@@ -109,14 +110,15 @@ async def test_the_unprivileged_tools_worker_keeps_its_credentials_from_snippets
     procs.start("orchestrator", "orchestrator")
     procs.env.update(login(secrets_dir, "worker"))
     procs.start("reasoning", "worker", "reasoning")
-    site_packages = next((ROOT / ".venv" / "lib").glob("python3*/site-packages"))
+    code_copy = contextlib.ExitStack()
+    root, site_packages = code_copy.enter_context(reachable_code(full_site_packages=True))
     tools_log = (tmp_path / "tools.log").open("wb")
     tools = subprocess.Popen(  # noqa: ASYNC220 - started once, waited for in `finally`
-        ["/usr/bin/python3", "-m", "jetagent.cli", "worker", "tools"],
+        [SYSTEM_PYTHON, "-m", "jetagent.cli", "worker", "tools"],
         cwd="/",
         env={
             "PATH": "/usr/bin:/bin",
-            "PYTHONPATH": f"{ROOT / 'platform'}:{ROOT}:{site_packages}",
+            "PYTHONPATH": f"{root / 'platform'}:{root}:{site_packages}",
             "PYTHONDONTWRITEBYTECODE": "1",
             "NATS_URL": url,
             "JETAGENT_PREFIX": "ja",
@@ -200,6 +202,7 @@ print(out)
         except subprocess.TimeoutExpired:
             tools.kill()
             tools.wait()
+        code_copy.close()
 
 
 def test_compose_hands_credentials_over_as_files_only() -> None:

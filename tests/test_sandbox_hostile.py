@@ -11,6 +11,7 @@ hook-bypass tests keep them on and defeat them first, as an attacker would.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import socket
@@ -24,10 +25,7 @@ from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-HOST = ROOT / "tests" / "support" / "sandbox_host.py"
-NOBODY = 65534
-SYSTEM_PYTHON = "/usr/bin/python3"
+from tests.support.unprivileged import NOBODY, SYSTEM_PYTHON, reachable_code
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="the sandbox needs Linux")
 
@@ -105,9 +103,11 @@ def host() -> Iterator[Host]:
     secret_file = folder / "worker-credentials"
     secret_file.write_text("nats-password-s3cr3t")
     secret_file.chmod(0o644)  # the worker must read it; the snippet must not
-    site_packages = next((ROOT / ".venv" / "lib").glob("python3*/site-packages"))
+    code = contextlib.ExitStack()
+    root, site_packages = code.enter_context(reachable_code(full_site_packages=False))
+    host_script = root / "tests" / "support" / "sandbox_host.py"
     process = subprocess.Popen(
-        [SYSTEM_PYTHON, "-B", str(HOST), str(ROOT), str(site_packages), str(secret_file)],
+        [SYSTEM_PYTHON, "-B", str(host_script), str(root), str(site_packages), str(secret_file)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -132,6 +132,7 @@ def host() -> Iterator[Host]:
             process.wait()
         process.stdout.close()
         shutil.rmtree(folder)
+        code.close()
 
 
 def test_the_host_runs_unprivileged_with_every_required_layer(host: Host) -> None:

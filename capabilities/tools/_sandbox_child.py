@@ -124,8 +124,9 @@ class Kernel:
             raise OSError(code, f"prctl({option}): {os.strerror(code)}")
 
     def close(self) -> None:
-        """Drop the function pointers, so code that finds this object cannot call them
-        (the kernel layers confine such calls anyway; this keeps them out of reach)."""
+        """Drop the function pointers before the snippet runs. Tidiness, not a barrier:
+        a snippet can make its own (`_ctypes` is a module like any other), and the
+        kernel layers confine whatever it calls."""
         self._syscall = None
         self._prctl = None
 
@@ -171,7 +172,7 @@ def main(argv: list[str]) -> NoReturn:
     setup.layer("no_new_privs", attempt(lambda: kernel.prctl(PR_SET_NO_NEW_PRIVS, 1)))
     readable = [os.path.realpath(entry) for entry in sys.path if os.path.isdir(entry)]
     guards = load_guards() if setup.guards else None  # its file is out of reach after this
-    restrict_filesystem_and_more(kernel, setup, readable)
+    apply_landlock(kernel, setup, readable)
     program = _ctypes_buffer(seccomp_program)
     fprog = struct.pack("HxxxxxxQ", len(seccomp_program) // 8, _ctypes.addressof(program))
     if seccomp_program:
@@ -253,7 +254,7 @@ def drop_capabilities(kernel: Kernel) -> None:
     kernel.call("capset", SYS_CAPSET, header, bytes(24))
 
 
-def restrict_filesystem_and_more(kernel: Kernel, setup: Setup, readable: list[str]) -> None:
+def apply_landlock(kernel: Kernel, setup: Setup, readable: list[str]) -> None:
     try:
         abi = kernel.call(
             "landlock", SYS_LANDLOCK_CREATE_RULESET, 0, 0, LANDLOCK_CREATE_RULESET_VERSION
@@ -269,6 +270,7 @@ def restrict_filesystem_and_more(kernel: Kernel, setup: Setup, readable: list[st
     network = NET_BIND_TCP | NET_CONNECT_TCP if abi >= 4 else 0
     scoped = SCOPE_ABSTRACT_UNIX_SOCKET | SCOPE_SIGNAL if abi >= 6 else 0
     attr = struct.pack("QQQ", handled, network, scoped)[: 8 if abi < 4 else 16 if abi < 6 else 24]
+    ruleset = -1
     try:
         ruleset = kernel.call("landlock", SYS_LANDLOCK_CREATE_RULESET, attr, len(attr), 0)
         rules = [(path, READ) for path in [*readable, *LIBRARY_DIRS]]
@@ -293,10 +295,12 @@ def restrict_filesystem_and_more(kernel: Kernel, setup: Setup, readable: list[st
             finally:
                 os.close(fd)
         kernel.call("landlock", SYS_LANDLOCK_RESTRICT_SELF, ruleset, 0)
-        os.close(ruleset)
     except OSError as error:
         setup.layer("landlock_filesystem", error)
         return
+    finally:
+        if ruleset >= 0:
+            os.close(ruleset)
     setup.layer("landlock_filesystem", None)
     setup.layer("landlock_network", None if network else OSError(0, f"Landlock ABI {abi} < 4"))
     setup.layer("landlock_scopes", None if scoped else OSError(0, f"Landlock ABI {abi} < 6"))
