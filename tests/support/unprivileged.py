@@ -19,7 +19,8 @@ NOBODY = 65534
 SYSTEM_PYTHON = "/usr/bin/python3"
 ROOT = Path(__file__).resolve().parents[2]
 SITE_PACKAGES = next((ROOT / ".venv" / "lib").glob("python3*/site-packages"))
-_REPO_PARTS = ("platform", "nats", "capabilities", "projections", "tests/support", "tests/__init__.py")
+_REPO_PARTS = ("platform", "nats", "capabilities", "projections", "tests/support")
+_REPO_FILES = ("tests/__init__.py",)
 
 
 def _reachable(path: Path) -> bool:
@@ -48,7 +49,7 @@ def reachable_code(*, full_site_packages: bool) -> Iterator[tuple[Path, Path]]:
         return
     folder = Path(tempfile.mkdtemp(prefix="jetagent-unprivileged-"))
     try:
-        for part in _REPO_PARTS:
+        for part in (*_REPO_PARTS, *_REPO_FILES):
             _copy(ROOT / part, folder / "repo" / part)
         if full_site_packages:
             _copy(SITE_PACKAGES, folder / "site")
