@@ -419,9 +419,12 @@ def test_cpu_is_limited_by_the_kernel(host: Host) -> None:
 def test_memory_is_limited_by_the_kernel(host: Host) -> None:
     code = """
 import mmap
-print(json.dumps({"mmap": attempt(lambda: mmap.mmap(-1, 2**30))}))
+print(json.dumps({
+    "mmap": attempt(lambda: mmap.mmap(-1, 2**30)),
+    "memfd": attempt(lambda: os.memfd_create("outside-the-limit")),  # RAM not in RLIMIT_AS
+}))
 """
-    assert host.outcomes(code, memory_bytes=256 * 2**20) == {"mmap": "ENOMEM"}
+    assert host.outcomes(code, memory_bytes=256 * 2**20) == {"mmap": "ENOMEM", "memfd": "EPERM"}
     result = host.run("x = bytearray(2**30)", memory_bytes=256 * 2**20)
     assert result["error"] == "memory limit of 256 MiB exceeded"
 

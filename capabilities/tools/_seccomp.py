@@ -59,6 +59,8 @@ _DENIED = (
     "bpf",
     "perf_event_open",
     "userfaultfd",
+    "memfd_create",  # memory outside the address-space limit, up to open files x file size
+    "memfd_secret",
     "fanotify_init",
     "keyctl",
     "add_key",
