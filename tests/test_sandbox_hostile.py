@@ -456,14 +456,17 @@ print(json.dumps({"big": attempt(write)}))
     # holds more than disk_bytes (the parent watches it; the kernel has no per-folder
     # quota for an unprivileged user).
     many = """
+import time
 for n in range(300):
     with open(f"part-{n}", "wb") as file:
         file.write(bytes(100_000))
 print("wrote 30 MB")
+time.sleep(30)
 """
-    result = host.run(many, disk_bytes=2**20)
+    result = host.run(many, disk_bytes=2**20, wall_seconds=20)
     assert result["error"] == "the working folder is full (1 MiB, 10,000 files)", result
-    assert result["signal"] == 9
+    assert result["signal"] == 9  # stopped by the service, long before the wall clock
+    assert result["duration_s"] < 15
     opened = """
 files = []
 def fill():

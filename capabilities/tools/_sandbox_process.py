@@ -146,7 +146,10 @@ class SnippetProcess:
                     return self.kill("output")
                 if not self.exited.done() and self.folder_is_full():
                     return self.kill("disk")
-            return "output" if self.capture.truncated is not None else None
+            if self.capture.truncated is not None:
+                return "output"
+            # A snippet that filled its folder faster than the watch looks still did.
+            return "disk" if self.folder_is_full() else None
         finally:
             full.cancel()
 
