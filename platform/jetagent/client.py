@@ -132,7 +132,13 @@ class Client:
         target = url or settings.nats_url
         if not target:
             raise ConfigError("no NATS URL: pass one, or set NATS_URL (see `jetagent up`)")
-        nc = await connect(target, name="jetagent.client", creds=settings.nats_creds)
+        nc = await connect(
+            target,
+            name="jetagent.client",
+            creds=settings.nats_creds,
+            user=settings.nats_user,
+            password=settings.nats_password(),
+        )
         return cls(nc, settings)
 
     async def close(self) -> None:
