@@ -125,7 +125,8 @@ async def test_an_invalid_output_schema_is_rejected_at_ingress(
     with pytest.raises(RequestRejectedError) as rejected:
         await client.result(wid, timeout=20)
     reasons = " ".join(rejected.value.reasons)
-    assert "output.json_schema" in reasons and hint in reasons, reasons
+    assert "output.json_schema" in reasons, reasons
+    assert hint in reasons, reasons
 
 
 # ------------------------------------------------------------------ item 6: bad ids
@@ -271,12 +272,9 @@ async def test_a_forged_step_result_is_dead_lettered_and_the_real_one_counts(
         f"{p}.step.tools.{wid}.{step.step_id}": _forged(step),
         f"{p}.step.tools.{wid}.{step.step_id}x": _forged(step, capability="tools"),
     }
-    for subject, body in forgeries.items():
-        await client.js.publish(
-            subject,
-            json.dumps(body).encode(),
-            headers={"Nats-Msg-Id": f"{wid}.{step.step_id}"},
-        )
+    for n, (subject, body) in enumerate(forgeries.items()):
+        msg_id = f"{wid}.{step.step_id}" if n == 0 else f"forged-{n}"
+        await client.js.publish(subject, json.dumps(body).encode(), headers={"Nats-Msg-Id": msg_id})
     for subject in forgeries:
         letter = await dead_letter_for(client, settings, subject)
         assert letter["workflow_id"] == wid
@@ -284,7 +282,8 @@ async def test_a_forged_step_result_is_dead_lettered_and_the_real_one_counts(
     # The real worker's answer is recorded and decides the outcome.
     await _start_reasoning_worker(platform)
     result = await client.result(wid, timeout=30)
-    assert result.ok and "FORGED" not in result.output, result
+    assert result.ok, result
+    assert "FORGED" not in result.output, result
     report = await replay_workflow(client.nc, settings.names, wid, await _context(platform))
     assert report.ok, report.mismatches
     assert len(report.untrusted) == len(forgeries), report.untrusted
@@ -321,7 +320,7 @@ async def test_replay_verify_flags_a_forged_result_that_was_folded(
     # StepCompleted. `replay --verify` must not call that history verified.
     from datetime import UTC, datetime
 
-    from jetagent.events import StepCompleted, Spend
+    from jetagent.events import Spend, StepCompleted
     from jetagent.journal import Journal
     from jetagent.replay import replay_workflow
     from jetagent.store import AggregateStream

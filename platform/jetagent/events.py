@@ -310,11 +310,16 @@ def _step_scheduled_v1_v2(data: dict[str, Any]) -> dict[str, Any]:
 UPCASTERS[("StepScheduled", 1)] = _step_scheduled_v1_v2
 
 
-def _upcast(data: dict[str, Any]) -> dict[str, Any]:
+def _upcast(raw: Any) -> dict[str, Any]:
+    if not isinstance(raw, dict):
+        raise msgspec.ValidationError(f"an event is a JSON object, not {type(raw).__name__}")
+    data: dict[str, Any] = raw
     kind = data.get("type")
     if not isinstance(kind, str) or kind not in CURRENT_VERSIONS:
         raise msgspec.ValidationError(f"unknown event type {kind!r}")
-    version = int(data.get("v", 1))
+    version = data.get("v", 1)
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise msgspec.ValidationError(f"schema version {version!r} is not a version")
     while version < CURRENT_VERSIONS[kind]:
         step = UPCASTERS.get((kind, version))
         if step is None:
@@ -325,8 +330,32 @@ def _upcast(data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
+MAX_EVENT_DEPTH = 256
+"""Deepest JSON nesting read from a stream: above what inputs may nest (requests 64,
+step results 200, ``jetagent.decoding``) plus the events' own wrapping.
+
+Parsers recurse: deeper input would raise ``RecursionError`` rather than a decode error.
+"""
+
+
+def _check_depth(data: bytes) -> None:
+    # Lazily: jetagent.decoding imports this module.
+    from jetagent.decoding import nesting_depth
+
+    if nesting_depth(data, stop_above=MAX_EVENT_DEPTH) > MAX_EVENT_DEPTH:
+        raise msgspec.DecodeError(f"JSON nested more than {MAX_EVENT_DEPTH} levels deep")
+
+
 def decode_event(data: bytes) -> WorkflowEvent:
-    """Decode a workflow event, upcasting an older shape to the current one."""
+    """Decode a workflow event, upcasting an older shape to the current one.
+
+    Anything that is not an event raises ``msgspec.DecodeError`` or ``ValidationError``.
+    """
+    _check_depth(data)
+    return _decode_event(data)
+
+
+def _decode_event(data: bytes) -> WorkflowEvent:
     event: WorkflowEvent | None
     try:
         event = _workflow_decoder.decode(data)
@@ -350,16 +379,24 @@ def encode_events(events: list[WorkflowEvent]) -> bytes:
 
 
 def decode_events(data: bytes) -> list[WorkflowEvent]:
-    """The events of one ``JA_WORKFLOWS`` message (one event, or an array of them)."""
+    """The events of one ``JA_WORKFLOWS`` message (one event, or an array of them).
+
+    Never empty; anything else (``[]`` included) raises ``msgspec.DecodeError`` or
+    ``msgspec.ValidationError``.
+    """
+    _check_depth(data)
     if data.lstrip()[:1] != b"[":
-        return [decode_event(data)]
+        return [_decode_event(data)]
     try:
         events: list[WorkflowEvent] = _batch_decoder.decode(data)
     except msgspec.ValidationError:
         events = []
     if events and all(e.v == _CURRENT_BY_CLASS[type(e)] for e in events):
         return events
-    return [decode_event(msgspec.json.encode(item)) for item in msgspec.json.decode(data)]
+    items = msgspec.json.decode(data)
+    if not isinstance(items, list) or not items:
+        raise msgspec.ValidationError("a message holds one event or a non-empty array of them")
+    return [_decode_event(msgspec.json.encode(item)) for item in items]
 
 
 def group_for_messages(events: list[WorkflowEvent]) -> list[list[WorkflowEvent]]:
@@ -386,6 +423,8 @@ def group_for_messages(events: list[WorkflowEvent]) -> list[list[WorkflowEvent]]
 
 
 def decode_step_result(data: bytes) -> StepResult:
+    """A ``StepResult`` (``msgspec.DecodeError`` / ``ValidationError`` if it is not one)."""
+    _check_depth(data)
     return _result_decoder.decode(data)
 
 

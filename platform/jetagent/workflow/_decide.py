@@ -20,7 +20,6 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-import jsonschema
 import msgspec
 
 from jetagent.contract import Status
@@ -41,6 +40,7 @@ from jetagent.events import (
 )
 from jetagent.llm import ToolCall, ToolSpec
 from jetagent.models import ModelConfig
+from jetagent.output_schema import InvalidOutputSchema, compile_output_schema
 from jetagent.tokens import Tokenizer, count_message_tokens, count_tokens
 
 from ._state import REASONING, SUMMARIZE, TOOLS, WorkflowState, compactable, evolve
@@ -231,9 +231,15 @@ def _check_json(text: str, schema: dict[str, Any] | None) -> dict[str, Any]:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
         return {"valid": False, "errors": [f"not JSON: {exc.msg} at position {exc.pos}"]}
+    try:
+        # Compiled once per schema; checked at ingress, so this refuses only schemas
+        # accepted before that check existed.
+        validator = compile_output_schema(schema or {})
+    except InvalidOutputSchema as exc:
+        return {"valid": False, "errors": exc.problems[:10]}
     errors = [
         f"{'/'.join(str(p) for p in e.path) or 'answer'}: {e.message}"
-        for e in jsonschema.Draft202012Validator(schema or {}).iter_errors(value)
+        for e in validator.iter_errors(value)
     ]
     return {"valid": not errors, "errors": errors[:10]}
 
