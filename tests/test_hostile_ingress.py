@@ -142,6 +142,16 @@ async def test_inputs_naming_an_impossible_workflow_id_are_dead_lettered(
     sends = {
         f"{p}.cancel.bad": {"type": "CancelRequested", "workflow_id": bad_id},
         f"{p}.signal.bad.approval": {"type": "SignalSent", "workflow_id": bad_id, "name": "x"},
+        f"{p}.step.tools.bad.1": {
+            "type": "StepResult",
+            "workflow_id": bad_id,
+            "step_id": "1",
+            "capability": "tools",
+            "tenant": "acme",
+            "ok": True,
+            "started_at": "2026-01-01T00:00:00Z",
+            "finished_at": "2026-01-01T00:00:01Z",
+        },
     }
     for subject, body in sends.items():
         await client.js.publish(subject, json.dumps(body).encode())
@@ -149,8 +159,12 @@ async def test_inputs_naming_an_impossible_workflow_id_are_dead_lettered(
         letter = await dead_letter_for(client, settings, subject)
         assert "workflow id" in letter["reason"], letter
         assert letter["deliveries"] == 1
-    await eventually(lambda: drained(client, names.requests_stream, "orchestrator-requests"))
-    assert await redeliveries(client, settings, names.requests_stream, "orchestrator-requests") == 0
+    for stream, consumer in (
+        (names.requests_stream, "orchestrator-requests"),
+        (names.steps_stream, "orchestrator-steps"),
+    ):
+        await eventually(lambda s=stream, c=consumer: drained(client, s, c))
+        assert await redeliveries(client, settings, stream, consumer) == 0
 
 
 # ------------------------------------------------------------------ item 7: rejection ids
