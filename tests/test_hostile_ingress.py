@@ -369,3 +369,37 @@ async def test_replay_verify_flags_a_forged_result_that_was_folded(
     report = await replay_workflow(client.nc, names, wid, await _context(platform))
     assert not report.ok
     assert any("capability" in m.detail for m in report.mismatches), report.mismatches
+
+
+def test_a_trusted_result_with_unreadable_tool_calls_fails_its_step() -> None:
+    # Today a worker's malformed output stopped every decision on the workflow (the
+    # orchestrator raised on it, retried and dead-lettered it, and the workflow waited).
+    from datetime import UTC, datetime
+
+    from jetagent.events import StepFailed, StepResult
+    from jetagent.models import ModelCatalog
+    from jetagent.workflow import Begin, DecideContext, FoldResult, WorkflowState, decide, evolve
+
+    ctx = DecideContext(models=ModelCatalog.load().models)
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    begin = Begin(workflow_id="w", tenant="acme", request={"instruction": "Say hello"}, at=at)
+    state = WorkflowState()
+    for event in decide(state, begin, ctx):
+        state = evolve(state, event)
+    [step] = state.steps.values()
+    for calls in ("not a list", [{"id": 1}], [None]):
+        result = StepResult(
+            workflow_id="w",
+            step_id=step.step_id,
+            capability=step.capability,
+            tenant="acme",
+            ok=True,
+            output={"text": "", "tool_calls": calls},
+            started_at=at,
+            finished_at=at,
+        )
+        events = decide(state, FoldResult(result=result, result_seq=9, at=at), ctx)
+        failed = events[0]
+        assert isinstance(failed, StepFailed), events
+        assert failed.error_type == "MalformedOutput"
+        assert failed.retryable

@@ -307,6 +307,8 @@ class Orchestrator:
                 await self.journal.append(
                     workflow_id, Loaded(WorkflowState(), 0), [event], self._causation(msg)
                 )
+            # A rejection is final: no lock to keep for it (anyone can send rejections).
+            self._locks.pop(workflow_id, None)
 
     async def _on_step_result(self, msg: Msg) -> None:
         result = decode_step_result(msg.data)
@@ -324,6 +326,10 @@ class Orchestrator:
             await self.journal.catch_up(workflow_id, loaded)
             problem = result_problem(subject, result, loaded.state, prefix=prefix)
         if problem is not None:
+            if loaded.seq == 0:
+                # No such workflow: keep no lock or cache entry for an id anyone can invent.
+                self._locks.pop(workflow_id, None)
+                self.journal.forget(workflow_id)
             raise UntrustedResult(f"untrusted step result: {problem}", workflow_id=workflow_id)
 
     def _causation(self, msg: Msg | None) -> dict[str, str]:

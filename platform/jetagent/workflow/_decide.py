@@ -32,6 +32,7 @@ from jetagent.events import (
     Spend,
     Started,
     StepCompleted,
+    StepError,
     StepFailed,
     StepResult,
     StepScheduled,
@@ -190,8 +191,8 @@ def _fold_result(
     if state.status.is_final or view is None or view.status != "scheduled":
         return []  # a duplicate delivery, or a late result of an ended workflow
     settlement = result.spend()
-    if not result.ok:
-        error = result.error
+    error = result.error if not result.ok else _malformed(view.capability, result.output)
+    if not result.ok or error is not None:
         return [
             StepFailed(
                 workflow_id=state.workflow_id,
@@ -223,6 +224,24 @@ def _fold_result(
             result_seq=command.result_seq,
         )
     ]
+
+
+def _malformed(capability: str, output: dict[str, Any]) -> StepError | None:
+    """A reasoning output whose tool calls cannot be read fails the step (it is retried),
+    rather than stopping every decision on it."""
+    if capability != REASONING:
+        return None
+    calls = output.get("tool_calls", ())
+    try:
+        if not isinstance(calls, list | tuple):
+            raise msgspec.ValidationError(f"tool_calls is {type(calls).__name__}, not a list")
+        for call in calls:
+            msgspec.convert(call, ToolCall)
+    except msgspec.ValidationError as exc:
+        return StepError(
+            type="MalformedOutput", message=f"unreadable tool calls: {exc}", retryable=True
+        )
+    return None
 
 
 def _check_json(text: str, schema: dict[str, Any] | None) -> dict[str, Any]:
