@@ -403,3 +403,49 @@ def test_a_trusted_result_with_unreadable_tool_calls_fails_its_step() -> None:
         assert isinstance(failed, StepFailed), events
         assert failed.error_type == "MalformedOutput"
         assert failed.retryable
+
+
+def test_a_result_is_trusted_only_for_the_step_as_scheduled() -> None:
+    from datetime import UTC, datetime
+
+    import msgspec
+
+    from jetagent.events import StepResult
+    from jetagent.models import ModelCatalog
+    from jetagent.result_check import result_problem
+    from jetagent.workflow import Begin, DecideContext, WorkflowState, decide, evolve
+
+    ctx = DecideContext(models=ModelCatalog.load().models)
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    begin = Begin(workflow_id="w", tenant="acme", request={"instruction": "Say hello"}, at=at)
+    state = WorkflowState()
+    for event in decide(state, begin, ctx):
+        state = evolve(state, event)
+    [step] = state.steps.values()
+    real = StepResult(
+        workflow_id="w",
+        step_id=step.step_id,
+        capability=step.capability,
+        attempt=step.attempt,
+        tenant="acme",
+        ok=True,
+        started_at=at,
+        finished_at=at,
+    )
+    subject = f"ja.step.{step.capability}.w.{step.step_id}"
+    assert result_problem(subject, real, state, prefix="ja") is None
+    wrong = {
+        "attempt": msgspec.structs.replace(real, attempt=step.attempt + 1),
+        "tool": msgspec.structs.replace(real, tool="calculator"),
+        "capability": msgspec.structs.replace(real, capability="tools"),
+        "no step": msgspec.structs.replace(real, step_id="99"),
+        "no workflow": msgspec.structs.replace(real, workflow_id="other"),
+    }
+    for hint, forged in wrong.items():
+        forged_subject = f"ja.step.{forged.capability}.{forged.workflow_id}.{forged.step_id}"
+        problem = result_problem(forged_subject, forged, state, prefix="ja")
+        assert problem is not None, hint
+        assert hint.split()[-1] in problem, (hint, problem)
+    # The body right, the subject another capability's (or the old layout): refused.
+    assert result_problem(f"ja.step.tools.w.{step.step_id}", real, state, prefix="ja")
+    assert result_problem(f"ja.step.w.{step.step_id}", real, state, prefix="ja")

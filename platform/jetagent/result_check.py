@@ -44,7 +44,7 @@ def step_problem(state: WorkflowState, result: StepResult) -> str | None:
     A matching result for a step that already ended is no problem here: it is a
     redelivery, and deciding on it does nothing.
     """
-    if state.status is Status.QUEUED or not state.workflow_id:
+    if state.status is Status.QUEUED or state.workflow_id != result.workflow_id:
         return f"there is no workflow {result.workflow_id!r}"
     view = state.steps.get(result.step_id)
     if view is None:
