@@ -210,18 +210,21 @@ async def test_a_request_id_that_is_no_subject_token_is_rejected_where_the_sende
 
 
 @pytest.fixture
-async def orchestrator_only(settings: Settings) -> AsyncIterator[InProcessPlatform]:
+async def orchestrator_only(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[InProcessPlatform]:
     """An orchestrator and a tools worker; no reasoning worker until a test starts one."""
-    platform = InProcessPlatform(settings)
-    # Only the tools worker at first: reasoning steps stay pending for the test to forge.
     import tests.support.platform as support
 
-    original = support.specs_for_tests
-    support.specs_for_tests = lambda catalog: [s for s in original(catalog) if s.name == "tools"]
-    try:
-        await platform.start()
-    finally:
-        support.specs_for_tests = original
+    # Only the tools worker at first: reasoning steps stay pending for the test to forge.
+    every = support.specs_for_tests
+    with monkeypatch.context() as patch:
+        patch.setattr(
+            support,
+            "specs_for_tests",
+            lambda catalog: [s for s in every(catalog) if s.name == "tools"],
+        )
+        platform = await InProcessPlatform(settings).start()
     try:
         yield platform
     finally:
