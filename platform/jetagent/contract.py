@@ -160,9 +160,10 @@ def validate_request(
     problems: list[str] = []
     if len(raw) > max_bytes:
         return None, [f"the request is {len(raw)} bytes; the limit is {max_bytes} bytes"]
-    from jetagent.decoding import MAX_DEPTH, nesting_depth
+    from jetagent._depth import nests_deeper_than
+    from jetagent.decoding import MAX_DEPTH
 
-    if nesting_depth(raw, stop_above=MAX_DEPTH) > MAX_DEPTH:
+    if nests_deeper_than(raw, MAX_DEPTH):
         return None, [f"the request is nested more than {MAX_DEPTH} levels deep"]
     try:
         request = WorkflowRequest.model_validate_json(raw)

@@ -19,6 +19,7 @@ from typing import Any, Literal, TypeVar
 
 import msgspec
 
+from jetagent._depth import nests_deeper_than
 from jetagent.contract import ID_PATTERN
 from jetagent.errors import JetagentError
 from jetagent.events import CancelRequested, SignalSent, StepResult
@@ -35,7 +36,7 @@ __all__ = [
     "decode_signal",
     "decode_step_result",
     "is_token",
-    "nesting_depth",
+    "nests_deeper_than",
     "shown",
 ]
 
@@ -48,10 +49,6 @@ MAX_MESSAGE_BYTES = 1024 * 1024
 """Largest cancel, signal or step result read (the streams' ``max_msg_size``)."""
 
 _TOKEN = re.compile(ID_PATTERN)
-# A JSON string: escapes are pairs, so the alternatives never overlap (linear time).
-_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
-_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
-_OPEN = frozenset(b"[{")
 
 T = TypeVar("T")
 
@@ -88,33 +85,13 @@ def shown(value: object, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def nesting_depth(data: bytes, *, stop_above: int = MAX_DEPTH) -> int:
-    """How deep the JSON in ``data`` nests (counting stops once above ``stop_above``).
-
-    Brackets inside strings do not count; malformed input gives some number, and the
-    parser that runs next says what is wrong with it.
-    """
-    brackets = _STRING.sub(b"", data).translate(None, _NOT_BRACKETS)
-    depth = deepest = 0
-    for byte in brackets:
-        if byte in _OPEN:
-            depth += 1
-            if depth > deepest:
-                deepest = depth
-                if deepest > stop_above:
-                    break
-        elif depth:
-            depth -= 1
-    return deepest
-
-
 def check_limits(
     data: bytes, *, max_bytes: int = MAX_MESSAGE_BYTES, max_depth: int = MAX_DEPTH
 ) -> None:
     """Raise ``PoisonMessage`` if ``data`` is larger or nests deeper than allowed."""
     if len(data) > max_bytes:
         raise PoisonMessage(f"the message is {len(data)} bytes; the limit is {max_bytes} bytes")
-    if nesting_depth(data, stop_above=max_depth) > max_depth:
+    if nests_deeper_than(data, max_depth):
         raise PoisonMessage(f"the JSON is nested more than {max_depth} levels deep")
 
 

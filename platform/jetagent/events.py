@@ -330,20 +330,10 @@ def _upcast(raw: Any) -> dict[str, Any]:
     return data
 
 
-MAX_EVENT_DEPTH = 256
-"""Deepest JSON nesting read from a stream: above what inputs may nest (requests 64,
-step results 200, ``jetagent.decoding``) plus the events' own wrapping.
-
-Parsers recurse: deeper input would raise ``RecursionError`` rather than a decode error.
-"""
-
-
-def _check_depth(data: bytes) -> None:
-    # Lazily: jetagent.decoding imports this module.
-    from jetagent.decoding import nesting_depth
-
-    if nesting_depth(data, stop_above=MAX_EVENT_DEPTH) > MAX_EVENT_DEPTH:
-        raise msgspec.DecodeError(f"JSON nested more than {MAX_EVENT_DEPTH} levels deep")
+def _too_deep() -> msgspec.DecodeError:
+    # msgspec recurses and raises RecursionError on JSON nested ~1000 levels deep; that
+    # is a decode error like any other here (no reader should treat it as a bug).
+    return msgspec.DecodeError("the JSON is nested too deep to read")
 
 
 def decode_event(data: bytes) -> WorkflowEvent:
@@ -351,8 +341,10 @@ def decode_event(data: bytes) -> WorkflowEvent:
 
     Anything that is not an event raises ``msgspec.DecodeError`` or ``ValidationError``.
     """
-    _check_depth(data)
-    return _decode_event(data)
+    try:
+        return _decode_event(data)
+    except RecursionError:
+        raise _too_deep() from None
 
 
 def _decode_event(data: bytes) -> WorkflowEvent:
@@ -384,7 +376,13 @@ def decode_events(data: bytes) -> list[WorkflowEvent]:
     Never empty; anything else (``[]`` included) raises ``msgspec.DecodeError`` or
     ``msgspec.ValidationError``.
     """
-    _check_depth(data)
+    try:
+        return _decode_events(data)
+    except RecursionError:
+        raise _too_deep() from None
+
+
+def _decode_events(data: bytes) -> list[WorkflowEvent]:
     if data.lstrip()[:1] != b"[":
         return [_decode_event(data)]
     try:
@@ -424,8 +422,10 @@ def group_for_messages(events: list[WorkflowEvent]) -> list[list[WorkflowEvent]]
 
 def decode_step_result(data: bytes) -> StepResult:
     """A ``StepResult`` (``msgspec.DecodeError`` / ``ValidationError`` if it is not one)."""
-    _check_depth(data)
-    return _result_decoder.decode(data)
+    try:
+        return _result_decoder.decode(data)
+    except RecursionError:
+        raise _too_deep() from None
 
 
 def subject_tail(event: WorkflowEvent) -> str:
