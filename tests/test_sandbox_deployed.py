@@ -35,7 +35,7 @@ from tests.support.unprivileged import NOBODY, SYSTEM_PYTHON, reachable_code
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="the sandbox needs Linux")
 
-USERS = ("admin", "client", "orchestrator", "worker", "projections")
+USERS = ("admin", "client", "orchestrator", "worker-reasoning", "worker-tools", "projections")
 
 
 @pytest.fixture
@@ -58,10 +58,10 @@ def secured(
         file = secrets_dir / f"nats-{user}-password"
         file.write_text(password + "\n")
         file.chmod(0o400)  # only its own user reads it
-        if user == "worker":
+        if user == "worker-tools":
             os.chown(file, NOBODY, NOBODY)
         # The server side still takes them from its environment (its own container).
-        monkeypatch.setenv(f"JETAGENT_{user.upper()}_PASSWORD", password)
+        monkeypatch.setenv(f"JETAGENT_{user.upper().replace('-', '_')}_PASSWORD", password)
     accounts = (ROOT / "nats" / "accounts.conf").read_text()
     with EmbeddedServer(tmp_path / "nats", extra_config=accounts) as server:
         yield server
@@ -108,7 +108,7 @@ async def test_the_unprivileged_tools_worker_keeps_its_credentials_from_snippets
     procs = ServiceProcesses(url, "ja", tmp_path)
     procs.env.update(login(secrets_dir, "orchestrator"))
     procs.start("orchestrator", "orchestrator")
-    procs.env.update(login(secrets_dir, "worker"))
+    procs.env.update(login(secrets_dir, "worker-reasoning"))
     procs.start("reasoning", "worker", "reasoning")
     code_copy = contextlib.ExitStack()
     root, site_packages = code_copy.enter_context(reachable_code(full_site_packages=True))
@@ -123,7 +123,7 @@ async def test_the_unprivileged_tools_worker_keeps_its_credentials_from_snippets
             "NATS_URL": url,
             "JETAGENT_PREFIX": "ja",
             "JETAGENT_TENANTS": "*",
-            **login(secrets_dir, "worker"),
+            **login(secrets_dir, "worker-tools"),
         },
         stdout=tools_log,
         stderr=subprocess.STDOUT,
@@ -133,7 +133,7 @@ async def test_the_unprivileged_tools_worker_keeps_its_credentials_from_snippets
         start_new_session=True,
     )
     tools_log.close()
-    password_file = secrets_dir / "nats-worker-password"
+    password_file = secrets_dir / "nats-worker-tools-password"
     password = password_file.read_text().strip()
     settings = Settings(nats_url=url, tenants="*", **login(secrets_dir, "client"))  # type: ignore[arg-type]
     client = await Client.connect(settings=settings)

@@ -191,8 +191,14 @@ class Names:
             f"{self.prefix}.wf.*.StepScheduled.{capability}.*",
         ]
 
-    def step_result(self, workflow_id: str, step_id: str) -> str:
-        return f"{self.prefix}.step.{workflow_id}.{step_id}"
+    def step_result(self, capability: str, workflow_id: str, step_id: str) -> str:
+        """Where a step's one result goes: the capability first, so that NATS permissions
+        confine each worker's user to its own capability's results."""
+        return f"{self.prefix}.step.{capability}.{workflow_id}.{step_id}"
+
+    def step_results(self, workflow_id: str) -> str:
+        """Every step result of one workflow, of any capability."""
+        return f"{self.prefix}.step.*.{workflow_id}.>"
 
     def dlq(self, source: str) -> str:
         return f"{self.prefix}.dlq.{source}"
