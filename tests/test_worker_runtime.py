@@ -49,7 +49,7 @@ async def test_a_step_failing_after_max_deliver_is_recorded_and_dead_lettered(
         tries = [e for e in events if isinstance(e, StepScheduled) and e.tool == "flaky"]
         assert [e.attempt for e in tries] == [1, 2]
         names = config.names
-        results = await _records(client, names.steps_stream, f"{names.prefix}.step.{wid}.>")
+        results = await _records(client, names.steps_stream, names.step_results(wid))
         assert [r["deliveries"] for r in results if r["tool"] == "flaky"] == [2, 2]
         letters = await _records(client, names.dlq_stream, f"{names.prefix}.dlq.tools")
         assert len(letters) == 2
@@ -90,7 +90,7 @@ async def test_sigterm_lets_a_running_step_finish(settings: Settings, tmp_path: 
         result = await client.result(wid, timeout=30)
         assert result.output.endswith("slept 2.0")
         names = settings.names
-        results = await _records(client, names.steps_stream, f"{names.prefix}.step.{wid}.>")
+        results = await _records(client, names.steps_stream, names.step_results(wid))
         assert set(Counter(str(r["step_id"]) for r in results).values()) == {1}
     finally:
         await client.close()

@@ -107,7 +107,13 @@ def _fast_event_loop() -> None:
 async def _connect(settings: Settings, name: str) -> Any:
     from jetagent.store import connect
 
-    return await connect(_need_url(settings), name=name, creds=settings.nats_creds)
+    return await connect(
+        _need_url(settings),
+        name=name,
+        creds=settings.nats_creds,
+        user=settings.nats_user,
+        password=settings.nats_password(),
+    )
 
 
 @app.command()

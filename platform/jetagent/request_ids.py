@@ -39,8 +39,8 @@ def derived_request_id(data: bytes, *, msg_id: str | None, stream_seq: int) -> s
     """
     try:
         named = _decoder.decode(data).request_id
-    except (msgspec.DecodeError, msgspec.ValidationError):
-        return None  # not a JSON object: validation says why
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+        return None  # not a JSON object (validation says why)
     if named is not msgspec.UNSET:
         return None
     if msg_id:

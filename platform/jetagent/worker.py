@@ -320,7 +320,7 @@ class Worker:
             await msg.term()
             return
         deliveries = msg.metadata.num_delivered
-        result_subject = self.names.step_result(event.workflow_id, event.step_id)
+        result_subject = self.names.step_result(event.capability, event.workflow_id, event.step_id)
         if deliveries > 1 and await self._results.last(result_subject) is not None:
             await msg.ack()  # done before a crash or a lost ack: nothing to do again
             return
@@ -458,8 +458,9 @@ class Worker:
     ) -> None:
         headers = telemetry.inject(
             {
+                # Write-once by subject alone; no Nats-Msg-Id: anyone may set any id, and a
+                # forged message with this result's id would have it dropped as a duplicate.
                 "Nats-Expected-Last-Subject-Sequence": "0",
-                "Nats-Msg-Id": f"{result.workflow_id}.{result.step_id}",
                 "Ja-Event": "StepResult",
                 "Ja-Workflow": result.workflow_id,
             },
@@ -511,7 +512,7 @@ class Worker:
                 event, _now(), int(info.get("deliveries", 0)), ok=False, error=error
             )
             await self._publish_result(
-                self.names.step_result(event.workflow_id, event.step_id), result
+                self.names.step_result(event.capability, event.workflow_id, event.step_id), result
             )
             body = {"source": spec.name, "stream_seq": seq, "error": error.message}
             await self.js.publish(self.names.dlq(spec.name), msgspec.json.encode(body))
