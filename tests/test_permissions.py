@@ -144,5 +144,6 @@ async def test_services_run_with_exactly_their_permissions(
     assert await _refused(_url(secured, "worker-reasoning"), "$JS.API.STREAM.DELETE.JA_WORKFLOWS")
     assert await _refused(_url(secured, "orchestrator"), "$JS.API.STREAM.PURGE.JA_STEPS")
     assert await _refused(_url(secured, "client"), "ja.timer.at.x.deadline")  # orchestrator's
-    assert await _refused(_url(secured, "worker"), "ja.timer.due.x.deadline")
+    assert await _refused(_url(secured, "worker-tools"), "ja.timer.due.x.deadline")
+    assert await _refused(_url(secured, "worker-tools"), "$JS.API.STREAM.PURGE.JA_TIMERS")
     assert not await _refused(_url(secured, "client"), "ja.request.acme")
