@@ -23,7 +23,7 @@ from jetagent.store._streams import ensure_stream
 
 __all__ = ["STREAM_FILES", "consumer_config", "ensure_consumer", "provision", "stream_configs"]
 
-STREAM_FILES = ("requests", "workflows", "steps", "dlq")
+STREAM_FILES = ("requests", "workflows", "steps", "dlq", "calls")
 
 
 def _definitions() -> Any:

@@ -68,3 +68,30 @@ async def flaky(note: str = "") -> str:
 
 
 TEST_TOOLS.append(flaky)
+
+
+@tool(description="Note this run in the file `log`, record a provider call, then sleep.")
+async def logged_sleep(ctx: StepContext, seconds: float, log: str, tokens: int = 0) -> str:
+    import os
+
+    def note() -> None:
+        with open(log, "a") as runs:
+            runs.write(f"{os.getpid()} {ctx.deliveries}\n")
+
+    await asyncio.to_thread(note)  # one line per run: which process, which delivery
+    if tokens:
+        # A call made (and billed) before the long wait: its usage must be recorded
+        # even if this run dies during the sleep.
+        await ctx.record_call(
+            CallRecord(
+                model="sleep-model",
+                provider="test",
+                outcome="ok",
+                usage=Usage(output_tokens=tokens),
+            )
+        )
+    await asyncio.sleep(seconds)
+    return f"slept {seconds}"
+
+
+TEST_TOOLS.append(logged_sleep)
