@@ -25,7 +25,13 @@ from jetagent.worker import Worker
 from projections.service import ProjectionService
 from tests.fakes.llm_servers import FakeOpenAI, model_for, openai_completion
 from tests.support.checks import assert_no_decision_recorded_twice, assert_one_result_per_step
-from tests.support.platform import InProcessPlatform, ServiceProcesses, eventually, specs_for_tests
+from tests.support.platform import (
+    InProcessPlatform,
+    ServiceProcesses,
+    eventually,
+    specs_for_tests,
+    tool_registered,
+)
 
 KEY_ENV = "JA_TEST_DELIVERY_KEY"
 
@@ -104,14 +110,6 @@ async def test_slow_steps_run_once_on_two_replicas(
         await platform.stop()
 
 
-async def _tool_registered(client: Client, settings: Settings, name: str) -> bool:
-    try:
-        kv = await client.js.key_value(settings.names.bucket("REGISTRY"))
-        return f"tool.{name}" in await kv.keys()
-    except Exception:  # not provisioned yet, or no keys yet
-        return False
-
-
 @pytest.mark.timeout(120)
 async def test_sigkill_mid_tool_runs_it_again_and_records_both_runs(
     settings: Settings, tmp_path: Path
@@ -129,7 +127,7 @@ async def test_sigkill_mid_tool_runs_it_again_and_records_both_runs(
     client = await Client.connect(settings.nats_url, settings=settings)
     log = tmp_path / "runs.log"
     try:
-        await eventually(lambda: _tool_registered(client, settings, "logged_sleep"), timeout=30)
+        await eventually(lambda: tool_registered(client, settings, "logged_sleep"), timeout=30)
         args = json.dumps({"seconds": 5, "log": str(log), "tokens": 7})
         wid = await client.submit(
             instruction=f"call logged_sleep {args}", tenant="acme", allowed_tools=["logged_sleep"]
@@ -190,7 +188,7 @@ async def test_deliveries_exhausted_give_one_dead_letter_and_one_result(
     client = await Client.connect(settings.nats_url, settings=settings)
     log = tmp_path / "runs.log"
     try:
-        await eventually(lambda: _tool_registered(client, settings, "logged_sleep"), timeout=30)
+        await eventually(lambda: tool_registered(client, settings, "logged_sleep"), timeout=30)
         if connected:
             pulling = 2 + connected
             await eventually(lambda: _consumers_waiting(client, settings, pulling), timeout=60)
