@@ -95,3 +95,13 @@ async def logged_sleep(ctx: StepContext, seconds: float, log: str, tokens: int =
 
 
 TEST_TOOLS.append(logged_sleep)
+
+
+@tool(description="Always rate limited (a provider that keeps answering 429).")
+async def throttled(note: str = "") -> str:
+    from jetagent import RateLimitedError
+
+    raise RateLimitedError("the provider answered 429", retry_after=0.05)
+
+
+TEST_TOOLS.append(throttled)
