@@ -38,38 +38,33 @@ import re
 import socket
 import time
 import traceback
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from datetime import UTC, datetime
-from decimal import Decimal
 from typing import Any
 
 import msgspec
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
-from nats.js.client import JetStreamContext
-from nats.js.kv import KeyValue
 from opentelemetry.trace import SpanKind
 
 from jetagent import telemetry
+from jetagent._delivery import Heartbeat, billed, dead_letter, error_of, publish_result, what
 from jetagent.calls import CallJournal
-from jetagent.config import Names, Settings
+from jetagent.config import Settings
 from jetagent.consume import Puller
 from jetagent.errors import CapabilityError, PermanentError, RateLimitedError, TransientError
 from jetagent.events import (
     CallRecord,
-    RoutingDecision,
-    Spend,
     StepError,
     StepResult,
     StepScheduled,
     decode_events,
-    encode,
 )
+from jetagent.handlers import CapabilitySpec, Handler, StepContext, StepOutput, capability
 from jetagent.payloads import PayloadStore
 from jetagent.provision import consumer_config, ensure_consumer, provision
-from jetagent.registry import RegisteredTool, ToolRegistry
+from jetagent.registry import ToolRegistry
 from jetagent.retry import RetryPolicy
 from jetagent.store import DirectGetter
 
@@ -83,96 +78,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("jetagent.worker")
-
-_WRONG_LAST_SEQUENCE = 10071
-_RESULT_PUBLISH_S = 30.0
-"""How long a finished step keeps trying to record its result (a server restart, a
-cluster election) before its message is left to be redelivered."""
-
-
-class StepOutput(msgspec.Struct, kw_only=True):
-    """What a handler returns: the output, and the provider calls it made."""
-
-    output: dict[str, Any] = msgspec.field(default_factory=dict)
-    calls: list[CallRecord] = msgspec.field(default_factory=list)
-    routing: list[RoutingDecision] = msgspec.field(default_factory=list)
-
-
-@dataclass(kw_only=True)
-class StepContext:
-    """One step, as a handler sees it."""
-
-    workflow_id: str
-    step_id: str
-    capability: str
-    tool: str | None
-    attempt: int
-    iteration: int
-    tenant: str
-    input: dict[str, Any]
-    reservation: Spend
-    deadline_at: datetime | None
-    deliveries: int
-    js: JetStreamContext
-    """JetStream, for capabilities that keep data in KV or the object store."""
-    payloads: PayloadStore
-    names: Names
-    _msg: Msg | None = field(default=None, repr=False)
-    _journal: CallJournal | None = field(default=None, repr=False)
-    _recorded: list[CallRecord] = field(default_factory=list, repr=False)
-
-    async def record_call(self, call: CallRecord) -> None:
-        """Report a provider call the moment it completes (succeeded, failed or
-        cancelled), so its usage is recorded against this step even if this run dies
-        before the step ends. A call reported here need not be returned in
-        ``StepOutput.calls`` as well; if the same object is, it is counted once."""
-        if any(c is call for c in self._recorded):
-            return
-        self._recorded.append(call)
-        if self._journal is not None:
-            await self._journal.record(self.workflow_id, self.step_id, self.deliveries, call)
-
-    async def kv(self, bucket: str) -> KeyValue:
-        """A platform KV bucket by its short name (``MEMORY`` → ``JA_MEMORY``)."""
-        return await self.js.key_value(self.names.bucket(bucket))
-
-    async def heartbeat(self) -> None:
-        """Tell JetStream the step is still running (the runtime also does this itself)."""
-        if self._msg is not None:
-            with contextlib.suppress(NatsError):
-                await self._msg.in_progress()
-
-
-Handler = Callable[[StepContext], Awaitable[StepOutput | dict[str, Any]]]
-
-
-@dataclass(frozen=True, kw_only=True)
-class CapabilitySpec:
-    """A registered capability: its name, handler, concurrency and the tools it serves."""
-
-    name: str
-    handler: Handler
-    concurrency: int | None = None
-    tools: Sequence[RegisteredTool] = ()
-    subjects: Sequence[str] | None = None
-    """Override the consumer's filter subjects (a pool serving some tools only)."""
-    consumer: str | None = None
-    report: Callable[[], dict[str, Any]] | None = None
-    """Status to publish every few seconds (circuit breakers), for the metrics."""
-    close: Callable[[], Awaitable[None]] | None = None
-    """Release what the handler holds (HTTP pools, process pools) when the worker stops;
-    specs sharing one resource may share one ``close`` (it is called once)."""
-
-
-def capability(
-    name: str, *, concurrency: int | None = None, tools: Sequence[RegisteredTool] = ()
-) -> Callable[[Handler], CapabilitySpec]:
-    """Declare an async handler as the capability ``name``."""
-
-    def wrap(handler: Handler) -> CapabilitySpec:
-        return CapabilitySpec(name=name, handler=handler, concurrency=concurrency, tools=tools)
-
-    return wrap
 
 
 def _now() -> datetime:
@@ -354,7 +259,7 @@ class Worker:
         # In-progress acks well inside the ack wait, from the start of the run until its
         # result is recorded; the first only after a quarter of the ack wait (most steps
         # end long before, and need no timer task of their own).
-        heartbeat = _Heartbeat(msg, max(self.settings.step_ack_wait_s / 4, 0.1))
+        heartbeat = Heartbeat(msg, max(self.settings.step_ack_wait_s / 4, 0.1))
         result: StepResult | None
         try:
             if deliveries > self.settings.step_max_deliver:
@@ -427,7 +332,7 @@ class Worker:
             output.output = await self._shrink(output.output)
             result = self._result(event, started, deliveries, ok=True, output=output)
         except TransientError as exc:
-            calls.extend(_billed(exc))
+            calls.extend(billed(exc))
             retry = self.retry.next(
                 run=deliveries,
                 now=_now(),
@@ -440,7 +345,7 @@ class Worker:
                     "step %s/%s (%s): %s; run %d again in %.1f s",
                     event.workflow_id,
                     event.step_id,
-                    _what(event),
+                    what(event),
                     exc,
                     deliveries + 1,
                     retry.delay_s,
@@ -448,12 +353,12 @@ class Worker:
                 await self._retry_later(ctx, calls, msg, retry.delay_s, str(exc))
                 return None
             await self._dead_letter(spec.name, msg, f"{type(exc).__name__}: {exc}")
-            failed = _error(exc, retryable=True, why=retry.reason)
+            failed = error_of(exc, retryable=True, why=retry.reason)
             result = self._result(event, started, deliveries, ok=False, error=failed)
         except CapabilityError as exc:  # PermanentError, or a bad input or output
-            calls.extend(_billed(exc))
+            calls.extend(billed(exc))
             result = self._result(
-                event, started, deliveries, ok=False, error=_error(exc, retryable=False)
+                event, started, deliveries, ok=False, error=error_of(exc, retryable=False)
             )
         except Exception as exc:
             # A bug in a handler: retried like a transient error, then failed for good.
@@ -465,7 +370,7 @@ class Worker:
                 await self._retry_later(ctx, calls, msg, retry.delay_s, repr(exc))
                 return None
             await self._dead_letter(spec.name, msg, traceback.format_exc(limit=5))
-            failed = _error(exc, retryable=False, why=retry.reason)
+            failed = error_of(exc, retryable=False, why=retry.reason)
             result = self._result(event, started, deliveries, ok=False, error=failed)
         return await self._with_every_call(result, ctx, calls)
 
@@ -483,9 +388,9 @@ class Worker:
             try:
                 return await spec.handler(ctx)
             except RateLimitedError as exc:
-                billed = _billed(exc)
-                calls.extend(billed)
-                for call in billed:
+                charged = billed(exc)
+                calls.extend(charged)
+                for call in charged:
                     await ctx.record_call(call)
                 retry = self.retry.next(
                     run=1,  # waits within a run are not failed runs
@@ -505,7 +410,7 @@ class Worker:
                     "step %s/%s (%s) rate limited; retrying in %.1f s (wait %d of %d)",
                     event.workflow_id,
                     event.step_id,
-                    _what(event),
+                    what(event),
                     retry.delay_s,
                     waits,
                     self.settings.step_rate_limit_retries,
@@ -576,116 +481,9 @@ class Worker:
     async def _publish_result(
         self, subject: str, result: StepResult, *, parent: dict[str, str] | None = None
     ) -> None:
-        """Record the result (write-once), retrying through a server restart or an
-        election with the same ``Nats-Msg-Id``, so a finished step is not run again."""
-        headers = telemetry.inject(
-            {
-                "Nats-Expected-Last-Subject-Sequence": "0",
-                "Nats-Msg-Id": f"{result.workflow_id}.{result.step_id}",
-                "Ja-Event": "StepResult",
-                "Ja-Workflow": result.workflow_id,
-            },
-            parent=parent,
-        )
-        body = encode(result)
-        deadline = time.monotonic() + _RESULT_PUBLISH_S
-        pause = 0.05
-        while True:
-            try:
-                reply = await self.nc.request(subject, body, timeout=2.0, headers=headers)
-                ack = msgspec.json.decode(reply.data)
-                break
-            except (NatsError, TimeoutError, msgspec.DecodeError) as exc:
-                if time.monotonic() + pause > deadline:
-                    raise TransientError(f"could not record the step result: {exc}") from exc
-                await asyncio.sleep(pause)
-                pause = min(pause * 2, 1.0)
-        error = ack.get("error") if isinstance(ack, dict) else None
-        if error and error.get("err_code") != _WRONG_LAST_SEQUENCE:
-            raise TransientError(f"could not record the step result: {error.get('description')}")
-        # 10071: a result for this step exists already (this run's earlier try landed,
-        # or another replica finished it).
+        await publish_result(self.nc, subject, result, parent=parent)
 
     async def _dead_letter(self, source: str, msg: Msg, error: str) -> None:
-        meta = msg.metadata
-        body = {
-            "source": source,
-            "subject": msg.subject,
-            "stream": meta.stream,
-            "stream_seq": meta.sequence.stream,
-            "deliveries": meta.num_delivered,
-            "error": error,
-            "worker": self.worker_id,
-        }
-        # One entry per message, whichever delivery (or replica) writes it.
-        headers = {"Nats-Msg-Id": f"dlq.{meta.stream}.{meta.sequence.stream}"}
-        with contextlib.suppress(NatsError):
-            await self.js.publish(
-                self.names.dlq(source), msgspec.json.encode(body), headers=headers
-            )
-
-
-def _what(event: StepScheduled) -> str:
-    """The step in log lines: its tool or model."""
-    if event.tool:
-        return f"tool {event.tool}"
-    models = event.input.get("models") if isinstance(event.input, dict) else None
-    if isinstance(models, list) and models:
-        return f"model {models[0]}"
-    return event.capability
-
-
-def _error(exc: BaseException, *, retryable: bool, why: str = "") -> StepError:
-    message = str(exc) if not why else f"{exc} (not retried: {why})"
-    return StepError(type=type(exc).__name__, message=message, retryable=retryable)
-
-
-def _billed(exc: CapabilityError) -> list[CallRecord]:
-    """What a failed step's provider calls were billed: the attempts the error carries,
-    or else its usage, so the cost of a failure is recorded too."""
-    attempts = exc.details.get("attempts")
-    if isinstance(attempts, list) and attempts:
-        records = []
-        for attempt in attempts:
-            with contextlib.suppress(msgspec.ValidationError, TypeError):
-                records.append(msgspec.convert(attempt, CallRecord, strict=False))
-        return records
-    if exc.usage is None:
-        return []
-    cost = exc.details.get("cost_usd")
-    return [
-        CallRecord(
-            model=str(exc.details.get("model", "unknown")),
-            provider=str(exc.details.get("provider", "unknown")),
-            outcome="rate_limited" if isinstance(exc, RateLimitedError) else "failed",
-            usage=exc.usage,
-            cost_usd=None if cost is None else Decimal(str(cost)),
-            error=str(exc),
+        await dead_letter(
+            self.js, self.names.dlq(source), msg, source=source, error=error, worker=self.worker_id
         )
-    ]
-
-
-class _Heartbeat:
-    """Sends ``in_progress()`` every ``interval`` seconds until stopped (timer, no task)."""
-
-    def __init__(self, msg: Msg, interval: float) -> None:
-        self._msg = msg
-        self._interval = interval
-        self._loop = asyncio.get_running_loop()
-        self._sending: asyncio.Task[None] | None = None
-        self._handle: asyncio.TimerHandle | None = self._loop.call_later(interval, self._beat)
-
-    def _beat(self) -> None:
-        self._sending = self._loop.create_task(self._send())
-        self._handle = self._loop.call_later(self._interval, self._beat)
-
-    async def _send(self) -> None:
-        with contextlib.suppress(NatsError):
-            await self._msg.in_progress()
-
-    def stop(self) -> None:
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
-        if self._sending is not None and not self._sending.done():
-            self._sending.cancel()
