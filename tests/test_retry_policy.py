@@ -65,3 +65,24 @@ async def test_a_step_rate_limited_forever_fails_with_the_reason(settings: Setti
         assert await assert_one_result_per_step(client, config, [wid]) == 2
     finally:
         await platform.stop()
+
+
+async def test_a_retried_runs_calls_are_recorded_and_it_is_no_repeated_run(
+    settings: Settings,
+) -> None:
+    platform = await InProcessPlatform(settings).start()
+    try:
+        client = platform.client
+        wid = await client.submit(
+            instruction='call flaky_once {"note": "x"}', tenant="acme", allowed_tools=["flaky_once"]
+        )
+        result = await client.result(wid, timeout=30)
+        assert result.ok, result
+        [step] = [r for r in await client.step_results(wid) if r.tool == "flaky_once"]
+        assert step.deliveries == 2
+        # The failed run's billed call is in the result with the second run's.
+        assert [c.model for c in step.calls] == ["flaky-model", "flaky-model"]
+        assert step.spend().tokens == 10
+        assert step.interrupted_runs == 0  # it ended with a retry, it did not die
+    finally:
+        await platform.stop()

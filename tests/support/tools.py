@@ -105,3 +105,18 @@ async def throttled(note: str = "") -> str:
 
 
 TEST_TOOLS.append(throttled)
+
+
+@tool(description="Bill a provider call, then fail for now on the first run only.")
+async def flaky_once(ctx: StepContext, note: str = "") -> str:
+    from jetagent import TransientError
+
+    await ctx.record_call(
+        CallRecord(model="flaky-model", provider="test", outcome="ok", usage=Usage(output_tokens=5))
+    )
+    if ctx.deliveries == 1:
+        raise TransientError("the upstream blinked", retry_after=0.05)
+    return f"worked on run {ctx.deliveries}"
+
+
+TEST_TOOLS.append(flaky_once)
