@@ -19,7 +19,12 @@ from jetagent.config import Settings
 from jetagent.embedded import EmbeddedServer
 from jetagent.events import StepScheduled
 from jetagent.models import ModelCatalog
-from jetagent.provision import consumer_config, ensure_consumer, provision
+from jetagent.provision import (
+    consumer_config,
+    ensure_consumer,
+    provision,
+    repair_capability_consumers,
+)
 from jetagent.store import DirectGetter
 from jetagent.worker import Worker
 from projections.service import ProjectionService
@@ -59,12 +64,19 @@ async def test_the_consumer_uses_the_configured_ack_wait(settings: Settings) -> 
         before = await nc.jetstream().consumer_info(config.names.workflows_stream, "cap-tools")
         assert before.config.ack_wait == 1.0  # the trap: backoff[0] replaced 30 s
 
+        # `jetagent provision` repairs it; a worker at start does too; both idempotent.
+        assert await repair_capability_consumers(nc, config)
+        assert not await repair_capability_consumers(nc, config)
+        info = await nc.jetstream().consumer_info(config.names.workflows_stream, "cap-tools")
+        assert (info.config.ack_wait, info.config.backoff) == (30.0, None)
+        await ensure_consumer(nc, old)
         worker = Worker(nc, config, specs_for_tests(ModelCatalog.load()))
         await worker.setup()
-        await worker.setup()  # idempotent
+        await worker.setup()
         info = await nc.jetstream().consumer_info(config.names.workflows_stream, "cap-tools")
         assert info.config.ack_wait == 30.0
         assert not info.config.backoff
+        assert info.config.max_deliver == -1
     finally:
         await nc.close()
 
