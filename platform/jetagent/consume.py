@@ -32,7 +32,10 @@ __all__ = ["Puller", "on_reconnect"]
 log = logging.getLogger("jetagent.consume")
 
 _EXPIRES_S = 30.0
-_HEARTBEAT_S = 5.0
+_HEARTBEAT_S = 2.0
+"""Idle heartbeat of a standing request; three missed ones mean the server lost it (a
+cluster's consumer leader moved without our connection dropping): about an election's
+length, so requests are re-issued once a new leader can answer them."""
 _NOT_READY_RETRY_S = 0.2
 """Pause before asking again when JetStream answered 503 (restarting, electing)."""
 
