@@ -35,7 +35,16 @@ from tests.support.unprivileged import NOBODY, SYSTEM_PYTHON, reachable_code
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="the sandbox needs Linux")
 
-USERS = ("admin", "client", "orchestrator", "worker-reasoning", "worker-tools", "projections")
+USERS = (
+    "admin",
+    "client",
+    "orchestrator",
+    "worker-reasoning",
+    "worker-tools",
+    "worker-summarize",
+    "worker-memory",
+    "projections",
+)
 
 
 @pytest.fixture

@@ -210,6 +210,7 @@ def worker(
 def provision() -> None:
     """Create (or check) every stream, consumer and bucket the platform needs."""
     from jetagent.provision import provision as apply
+    from jetagent.provision import repair_capability_consumers
 
     settings = _settings()
 
@@ -218,6 +219,8 @@ def provision() -> None:
         try:
             for line in await apply(nc, settings):
                 console.print(f"[green]✓[/] {line}")
+            for line in await repair_capability_consumers(nc, settings):
+                console.print(f"[green]✓[/] updated {line}")
         finally:
             await nc.close()
 

@@ -72,8 +72,30 @@ class Settings(BaseSettings):
     snapshot_every: int = Field(100, ge=10, description="Events between aggregate snapshots.")
     cache_size: int = Field(10_000, ge=10, description="Workflows cached per orchestrator.")
     orchestrator_concurrency: int = Field(256, ge=1, description="Inputs processed at once.")
-    step_ack_wait_s: float = Field(30.0, gt=0, description="Seconds before redelivery.")
-    step_max_deliver: int = Field(5, ge=2, description="Deliveries before a step fails.")
+    step_ack_wait_s: float = Field(
+        30.0,
+        gt=0,
+        description="Seconds without an ack or heartbeat before a step goes to another "
+        "worker (the server's ack wait; heartbeats run at a quarter of it).",
+    )
+    step_max_deliver: int = Field(
+        5, ge=2, description="Runs of a step (deliveries) before it fails for good."
+    )
+    step_retry_base_s: float = Field(
+        1.0, gt=0, description="First retry delay of a transient failure; doubles per run."
+    )
+    step_retry_max_delay_s: float = Field(
+        30.0, gt=0, description="Longest delay between two runs of a step."
+    )
+    step_retry_budget_s: float = Field(
+        300.0,
+        gt=0,
+        description="Seconds from a step's scheduling after which it is not retried again "
+        "(also never past the workflow's deadline).",
+    )
+    step_rate_limit_retries: int = Field(
+        5, ge=0, description="Rate-limit waits within one run of a step before it fails."
+    )
     worker_concurrency: int = Field(16, ge=1, description="Steps one worker runs at once.")
     shutdown_grace_s: float = Field(20.0, ge=0, description="Seconds to finish steps on stop.")
     metrics_port: int = Field(9464, ge=0, le=65535, description="Prometheus /metrics port.")
@@ -218,6 +240,14 @@ class Names:
     def step_results(self, workflow_id: str) -> str:
         """Every step result of one workflow, of any capability."""
         return f"{self.prefix}.step.*.{workflow_id}.>"
+
+    @property
+    def calls_stream(self) -> str:
+        return f"{self.upper}_CALLS"
+
+    def step_calls(self, workflow_id: str, step_id: str, delivery: int | str) -> str:
+        """The call journal of one run (delivery) of a step; ``*`` for every run."""
+        return f"{self.prefix}.call.{workflow_id}.{step_id}.{delivery}"
 
     def dlq(self, source: str) -> str:
         return f"{self.prefix}.dlq.{source}"

@@ -253,6 +253,9 @@ class StepResult(_Event, frozen=True, kw_only=True, tag="StepResult"):
     finished_at: datetime
     worker: str = ""
     deliveries: int = 1
+    interrupted_runs: int = 0
+    """Earlier runs of this step that died mid-way (their worker stopped or was lost);
+    ``calls`` holds their provider calls too."""
 
     def spend(self) -> Spend:
         """Tokens and USD of every call of this step, billed failures included."""
