@@ -11,18 +11,22 @@ from decimal import Decimal
 from importlib import resources
 from pathlib import Path
 
+import msgspec
 import pytest
 from nats.errors import Error as NatsError
 
 from capabilities.reasoning import Attempt, HttpSettings, ModelGateway
+from jetagent.calls import JournalEntry
 from jetagent.client import Client
 from jetagent.config import Settings
+from jetagent.events import CallRecord
 from jetagent.llm import Message
 from jetagent.models import ModelCatalog
+from jetagent.store import DirectGetter
 from projections.service import ProjectionService
 from tests.fakes.llm_servers import FakeOpenAI, hang, model_for, openai_completion, openai_error
 from tests.support.checks import assert_no_decision_recorded_twice, assert_one_result_per_step
-from tests.support.platform import ServiceProcesses, eventually
+from tests.support.platform import InProcessPlatform, ServiceProcesses, eventually
 
 KEY_ENV = "JA_TEST_RECORDED_KEY"
 HI = [Message(role="user", content="hi")]
@@ -63,6 +67,68 @@ async def test_the_gateway_reports_every_attempt_as_it_completes(openai: FakeOpe
     # Each attempt exactly once, the very objects of the result.
     assert sorted(map(id, reported)) == sorted(map(id, result.attempts))
     assert {(a.outcome, a.hedge) for a in reported} == {("ok", True), ("cancelled", False)}
+
+
+# -- in a running platform: each call is in the journal and in the result, once -------
+
+
+async def test_reasoning_and_summarize_journal_each_call_as_it_settles(
+    settings: Settings, openai: FakeOpenAI
+) -> None:
+    # The reasoning step is rate limited once (billed) before it is answered; the
+    # summarize step is answered at once.
+    openai.script(
+        openai_error(
+            429,
+            "Rate limit reached for tokens",
+            type="tokens",
+            code="rate_limit_exceeded",
+            headers={"retry-after-ms": "100"},
+            usage={"prompt_tokens": 30, "completion_tokens": 0},
+        ),
+        openai_completion("Oslo."),
+        openai_completion("You asked for the capital of Norway: Oslo."),
+    )
+    model = model_for(openai, "gpt-billed", api_key_env=KEY_ENV)
+    base = ModelCatalog.load()
+    catalog = ModelCatalog(models={**base.models, model.name: model}, source="test")
+    platform = await InProcessPlatform(settings, catalog=catalog).start()
+    try:
+        client = platform.client
+        wid = await client.submit(
+            instruction="What is the capital of Norway?",
+            tenant="acme",
+            model_preferences={"models": ["gpt-billed"]},
+            output={"summarize": True},
+        )
+        result = await client.result(wid, timeout=30)
+        assert result.ok, result
+        steps = {r.capability: r for r in await client.step_results(wid)}
+        assert set(steps) == {"reasoning", "summarize"}
+        assert [c.outcome for c in steps["reasoning"].calls] == ["rate_limited", "ok"]
+        assert [c.outcome for c in steps["summarize"].calls] == ["ok"]
+        recorded = [c for r in steps.values() for c in r.calls]
+        assert len(recorded) == len(openai.requests) == 3  # each call counted once
+        # Each call was journaled by the run that made it, as it settled.
+        for step in steps.values():
+            journaled = await _journaled(client, settings, wid, step.step_id)
+            assert journaled == [(1, c) for c in step.calls], journaled
+    finally:
+        await platform.stop()
+
+
+async def _journaled(
+    client: Client, settings: Settings, wid: str, step_id: str
+) -> list[tuple[int, CallRecord]]:
+    """(delivery, call) of each call in a step's journal."""
+    reader = DirectGetter(client.nc, settings.names.calls_stream, timeout=5)
+    await reader.open()
+    try:
+        records = await reader.scan(settings.names.step_calls(wid, step_id, "*"))
+    finally:
+        await reader.close()
+    entries = [msgspec.json.decode(r.data, type=JournalEntry) for r in records]
+    return [(e.delivery, e.call) for e in entries if e.call is not None]
 
 
 # -- end to end: a reasoning worker killed between two calls of one step --------------

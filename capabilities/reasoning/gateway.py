@@ -180,8 +180,8 @@ class ModelGateway:
         runs past it. ``origin`` names the caller in log lines ("workflow W step S").
         ``on_call`` is awaited with each ``Attempt`` (answered, failed, rate limited,
         cancelled) once, as soon as that provider call has settled, before the call goes
-        on (a retry wait, a failover); the attempts it is given are the very objects of
-        the result, or of the raised error's ``details["attempts"]``.
+        on (a retry wait, a failover); it is given the very objects of the result's
+        ``attempts`` (the raised error's ``details["attempts"]`` are the same, as builtins).
 
         Raises PermanentError, TransientError or RateLimitedError when no answer came;
         the error's ``details`` hold ``attempts``, ``decisions`` and ``cost_usd`` and its
