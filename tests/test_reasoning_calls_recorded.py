@@ -30,6 +30,7 @@ from tests.support.platform import InProcessPlatform, ServiceProcesses, eventual
 
 KEY_ENV = "JA_TEST_RECORDED_KEY"
 HI = [Message(role="user", content="hi")]
+USAGE_30 = {"prompt_tokens": 30, "completion_tokens": 0}
 
 
 @pytest.fixture
@@ -113,6 +114,42 @@ async def test_reasoning_and_summarize_journal_each_call_as_it_settles(
         for step in steps.values():
             journaled = await _journaled(client, settings, wid, step.step_id)
             assert journaled == [(1, c) for c in step.calls], journaled
+    finally:
+        await platform.stop()
+
+
+async def test_a_billed_failure_retried_by_the_worker_is_counted_once(
+    settings: Settings, openai: FakeOpenAI
+) -> None:
+    # A 500 that was billed fails the run (a transient error: the worker runs the step
+    # again later); the next run is answered. The billed call was journaled as it
+    # settled and must be neither lost nor counted again from the error.
+    openai.script(
+        openai_error(500, "The server had an error", type="server_error", usage=USAGE_30),
+        openai_completion("Oslo."),
+    )
+    model = model_for(openai, "gpt-billed", api_key_env=KEY_ENV)
+    base = ModelCatalog.load()
+    catalog = ModelCatalog(models={**base.models, model.name: model}, source="test")
+    config = settings.model_copy(update={"step_retry_base_s": 0.2})
+    platform = await InProcessPlatform(config, catalog=catalog).start()
+    try:
+        client = platform.client
+        wid = await client.submit(
+            instruction="What is the capital of Norway?",
+            tenant="acme",
+            model_preferences={"models": ["gpt-billed"]},
+        )
+        result = await client.result(wid, timeout=30)
+        assert result.output == "Oslo.", result
+        [step] = await client.step_results(wid)
+        assert step.deliveries == 2
+        assert step.interrupted_runs == 0  # the first run ended, and said so
+        assert [(c.outcome, c.usage is not None) for c in step.calls] == [
+            ("failed", True),
+            ("ok", True),
+        ]
+        assert len(step.calls) == len(openai.requests) == 2
     finally:
         await platform.stop()
 
