@@ -25,13 +25,20 @@ from jetagent.models import ModelCatalog
 from jetagent.orchestrator import Orchestrator
 from jetagent.services import capability_specs
 from jetagent.store import connect
-from jetagent.worker import Worker
+from jetagent.tools import ToolBox
+from jetagent.worker import CapabilitySpec, Worker
 from tests.support.dedicated_tools import TOOLS, heavy
 from tests.support.platform import eventually
 
 ROOT = Path(__file__).resolve().parents[1]
 JETAGENT = Path(sys.executable).with_name("jetagent")
 """The installed console script, as a user runs it."""
+
+
+def _box(spec: CapabilitySpec) -> ToolBox:
+    box = getattr(spec.handler, "__self__", None)  # the handler is ToolBox.serve
+    assert isinstance(box, ToolBox)
+    return box
 
 
 def test_the_tools_pool_size_is_a_setting(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -41,9 +48,9 @@ def test_the_tools_pool_size_is_a_setting(monkeypatch: pytest.MonkeyPatch) -> No
     [spec] = capability_specs(
         ["tools"], ModelCatalog.load(), tool_processes=settings.tool_processes
     )
-    assert spec.pool_processes == 3
+    assert _box(spec).processes == 3
     # Unset: one process per CPU, as before.
-    assert tools_capability().pool_processes == (os.cpu_count() or 2)
+    assert _box(tools_capability()).processes == (os.cpu_count() or 2)
     monkeypatch.setenv("JETAGENT_TOOL_PROCESSES", "0")
     with pytest.raises(ValueError, match="tool_processes"):
         Settings()
@@ -105,9 +112,7 @@ def test_up_starts_a_worker_for_each_dedicated_tool(tmp_path: Path) -> None:
         url = re.search(r"nats://127\.0\.0\.1:\d+", output)
         assert url is not None, output
         # ...and it serves: its own durable consumer exists.
-        asyncio.run(
-            eventually(lambda: _consumer_exists(url[0], "cap-tools-heavy"), timeout=60)
-        )
+        asyncio.run(eventually(lambda: _consumer_exists(url[0], "cap-tools-heavy"), timeout=60))
         os.killpg(process.pid, signal.SIGINT)
         rest, _ = process.communicate(timeout=60)
     finally:
@@ -156,7 +161,8 @@ async def test_a_request_naming_an_unserved_dedicated_tool_says_which_worker_to_
         with pytest.raises(RequestRejectedError) as rejected:
             await client.result(first, timeout=30)
         reasons = " ".join(rejected.value.reasons)
-        assert "heavy" in reasons and "jetagent worker tools --only heavy" in reasons, reasons
+        assert "tool 'heavy' is known but no running worker serves it" in reasons, reasons
+        assert "start `jetagent worker tools --only heavy`" in reasons, reasons
 
         # Its worker starts: the same request is now served.
         dedicated = Worker(connections[2], settings, [tools_capability(TOOLS, only=["heavy"])])
@@ -178,3 +184,35 @@ async def test_a_request_naming_an_unserved_dedicated_tool_says_which_worker_to_
         for nc in connections:
             await nc.close()
     assert heavy.dedicated
+
+
+async def test_with_a_tool_wait_a_request_waits_for_its_tools_worker(settings: Settings) -> None:
+    settings = settings.model_copy(update={"tool_wait_s": 30.0})
+    catalog = ModelCatalog.load()
+    stop = asyncio.Event()
+    connections = [await connect(settings.nats_url, name="t") for _ in range(3)]
+    reasoning, _, _ = reasoning_capabilities(catalog)
+    shared = Worker(connections[1], settings, [reasoning, tools_capability(TOOLS)])
+    await shared.setup()
+    tasks = [
+        asyncio.create_task(Orchestrator(connections[0], settings, catalog=catalog).run(stop)),
+        asyncio.create_task(shared.run(stop)),
+    ]
+    client = await Client.connect(settings.nats_url, settings=settings)
+    try:
+        # Submitted before the dedicated tool's worker runs: held, not refused...
+        workflow = await _submit_heavy(client)
+        with pytest.raises(TimeoutError):
+            await client.result(workflow, timeout=2)
+        # ...and served once the worker is up.
+        dedicated = Worker(connections[2], settings, [tools_capability(TOOLS, only=["heavy"])])
+        tasks.append(asyncio.create_task(dedicated.run(stop)))
+        result = await client.result(workflow, timeout=40)
+        assert result.ok, result
+        assert "42" in result.output, result
+    finally:
+        stop.set()
+        await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 30)
+        await client.close()
+        for nc in connections:
+            await nc.close()
