@@ -88,6 +88,7 @@ class Monolith:
         self.pool = ProcessPoolExecutor(max_workers=int(config["processes"]))
         self.cost_usd: Counter[str] = Counter()
         self.provider_calls: Counter[str] = Counter()
+        self.tool_errors: Counter[str] = Counter()
 
     async def close(self) -> None:
         await self.http.aclose()
@@ -160,6 +161,9 @@ class Monolith:
                 return_exceptions=True,
             )
             for call, result in zip(calls, results, strict=True):
+                if isinstance(result, BaseException):
+                    name = call["function"]["name"]
+                    self.tool_errors[f"{name}: {type(result).__name__}: {result}"[:160]] += 1
                 content = (
                     json.dumps({"error": repr(result)})
                     if isinstance(result, BaseException)
@@ -194,6 +198,7 @@ class Monolith:
             "sessions": outcomes,
             "cost_usd": dict(self.cost_usd),
             "provider_calls": dict(self.provider_calls),
+            "tool_errors": dict(self.tool_errors),
         }
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import time
 from collections import Counter
 from collections.abc import Iterator, Mapping
@@ -92,6 +93,8 @@ class PlatformRun:
     """Provider calls recorded in StepResults, by outcome."""
     step_results: dict[str, int] = field(default_factory=dict)
     """StepResults per capability."""
+    tool_errors: dict[str, int] = field(default_factory=dict)
+    """Tool errors recorded in StepResults, by tool and message (digits elided)."""
 
 
 @dataclass
@@ -238,11 +241,17 @@ class ComparisonPlatform:
         cost: dict[str, Decimal] = {}
         calls: Counter[str] = Counter()
         steps: Counter[str] = Counter()
+        errors: Counter[str] = Counter()
         for record in records:
             result = decode_step_result(record.data)
             if result.workflow_id not in sids:
                 continue
             steps[result.capability] += 1
+            error = result.output.get("error") if result.capability == "tools" else None
+            if error is not None or not result.ok:
+                # A tool error the model was shown (or a failed step): why an answer is off.
+                text = str(error) if error is not None else repr(result.error)
+                errors[f"{result.tool}: {_shape(text)}"] += 1
             for call in result.calls:
                 calls[call.outcome] += 1
                 cost[result.capability] = cost.get(result.capability, Decimal(0)) + (
@@ -252,6 +261,7 @@ class ComparisonPlatform:
         run.cost_usd = {k: float(v) for k, v in cost.items()}
         run.call_outcomes = dict(calls)
         run.step_results = dict(steps)
+        run.tool_errors = dict(errors)
 
     def close(self) -> None:
         try:
@@ -263,6 +273,11 @@ class ComparisonPlatform:
             self.services.close()
             if not self.loop.is_closed():
                 self.loop.close()
+
+
+def _shape(text: str) -> str:
+    """A message with its numbers elided, so errors group by kind."""
+    return re.sub(r"\d+(\.\d+)?", "N", text)[:160]
 
 
 def _why(event: Any) -> str:

@@ -57,6 +57,8 @@ class RunStats:
     sessions: int
     answers: dict[str, str | None] = field(default_factory=dict)
     """Per session id: its answer (``None``: failed)."""
+    latencies: dict[str, float] = field(default_factory=dict)
+    """Per answered session id: seconds from its scheduled arrival to its answer."""
     failed: int = 0
     corrupted: int = 0
     errors: list[str] = field(default_factory=list)
@@ -74,6 +76,8 @@ class RunStats:
     """USD the provider billed (its ledger: every answered call)."""
     recorded_calls: dict[str, int] = field(default_factory=dict)
     """jetagent: provider calls recorded in StepResults, by outcome."""
+    tool_errors: dict[str, int] = field(default_factory=dict)
+    """Tool errors the model was shown, by tool and message."""
 
     @property
     def label(self) -> str:
@@ -205,18 +209,20 @@ class Comparison:
         self.server.configure(params)
         self.ledger_path.write_text("")
         if arch == MONOLITH:
-            outcomes, cost, _ = self._monolith(sessions, params)
-            recorded: dict[str, int] = {}
+            out = self._monolith(sessions, params)
+            outcomes, cost, recorded = out["sessions"], out["cost_usd"], {}
+            tool_errors = out["tool_errors"]
         else:
             platform = self._platform()
             timeout = 120.0 * max(params.time_scale, 0.25)
             result = platform.run(sessions, timeout_s=timeout)
             outcomes, cost, recorded = result.outcomes, result.cost_usd, result.call_outcomes
-        return self._stats(arch, rate, faults, params, sessions, outcomes, cost, recorded)
+            tool_errors = result.tool_errors
+        stats = self._stats(arch, rate, faults, params, sessions, outcomes, cost, recorded)
+        stats.tool_errors = tool_errors
+        return stats
 
-    def _monolith(
-        self, sessions: list[Session], params: Params
-    ) -> tuple[dict[str, dict[str, Any]], dict[str, float], dict[str, int]]:
+    def _monolith(self, sessions: list[Session], params: Params) -> dict[str, Any]:
         config = {
             "server": self.server.url,
             "params": params.describe(),
@@ -248,8 +254,8 @@ class Comparison:
             )
         finally:
             log.close()
-        out = json.loads(out_path.read_text())
-        return out["sessions"], out["cost_usd"], out["provider_calls"]
+        out: dict[str, Any] = json.loads(out_path.read_text())
+        return out
 
     def _stats(
         self,
@@ -281,6 +287,7 @@ class Comparison:
                         f"{expected_answer(session.seed, params)!r}"
                     )
             latencies.append(float(outcome["latency_s"]))
+            stats.latencies[session.sid] = latencies[-1]
             ends.append(float(outcome["done_s"]))
         if latencies:
             stats.p50_s = percentile(latencies, 0.50)

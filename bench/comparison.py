@@ -208,6 +208,11 @@ def _appendix(env: Env) -> str:
     ]
     runs = [results.runs[k] for k in order if k in results.runs]
     problems = [f"- {r.label} at {r.rate:g}/s: {e}" for r in runs for e in r.errors]
+    tool_errors = [
+        f"- {r.label} at {r.rate:g}/s: {n}{TIMES} {what}"
+        for r in runs
+        for what, n in sorted(r.tool_errors.items(), key=lambda item: -item[1])[:3]
+    ]
     lines = [
         code_state("bench", "platform", "capabilities"),
         "",
@@ -247,6 +252,13 @@ def _appendix(env: Env) -> str:
     ]
     if problems:
         lines += ["", "### Failed or corrupted sessions (first few per run)", "", *problems]
+    if tool_errors:
+        lines += [
+            "",
+            "### Tool errors the model was shown (why an answer is off; commonest per run)",
+            "",
+            *tool_errors,
+        ]
     return "\n".join(lines)
 
 
