@@ -25,6 +25,7 @@ SUITE_MODULES = [
     "bench.engine",
     "bench.projections",
     "bench.capabilities",
+    "bench.delivery",
     "bench.comparison",
 ]
 """Every suite, in report order. Add a module exposing ``SUITE: Suite`` to add one."""
@@ -58,9 +59,11 @@ def _select(suites: list[Suite], only: list[str]) -> list[Suite]:
 
 @app.command()
 def main(
-    suites: Annotated[
+    suites_named: Annotated[
         list[str] | None,
-        typer.Argument(help="Suites to run (the same as --only): `python -m bench comparison`."),
+        typer.Argument(
+            metavar="[SUITE]...", help="Suites to run (same as --only): `python -m bench delivery`."
+        ),
     ] = None,
     only: Annotated[
         list[str] | None,
@@ -96,8 +99,8 @@ def main(
     console = Console()
     if not console.is_terminal:
         console = Console(width=160)  # a log file gets the whole table
-    registered = registered_suites()
-    selected = _select(registered, [profile] if profile else [*(suites or []), *(only or [])])
+    suites = registered_suites()
+    selected = _select(suites, [profile] if profile else [*(suites_named or []), *(only or [])])
     config = RunConfig(
         quick=quick,
         profile=profile is not None,
@@ -125,7 +128,7 @@ def main(
     to_write = write and not config.profile and (not quick or output is not None)
     if to_write:
         path = output or ROOT / "BENCHMARKS.md"
-        write_report(path, results, registered, command=command_line(sys.argv[1:]), quick=quick)
+        write_report(path, results, suites, command=command_line(sys.argv[1:]), quick=quick)
         console.print(f"wrote {path}")
     else:
         console.print("BENCHMARKS.md not written (quick, profile or --no-write run)")

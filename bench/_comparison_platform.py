@@ -67,7 +67,9 @@ class Deployment:
         )
 
 
-def catalog_toml(port: int, typical_latency_s: float) -> str:
+def catalog_toml(port: int, typical_latency_s: float, timeout_s: float) -> str:
+    """The scripted model: hedged after 2 x ``typical_latency_s`` (the default), and the
+    same per-call timeout as the monolith's per-attempt one (``timeout_s``)."""
     return f"""
 [models.{MODEL}]
 provider = "openai"
@@ -78,6 +80,10 @@ input_per_mtok = 0.15
 output_per_mtok = 0.60
 cached_per_mtok = 0.075
 typical_latency_s = {typical_latency_s}
+
+[models.{MODEL}.timeouts]
+read_s = {timeout_s}
+total_s = {timeout_s}
 """
 
 

@@ -38,9 +38,9 @@ __all__ = ["Comparison", "RunStats", "calibrate_crunch", "comparison"]
 MONOLITH = "monolith"
 JETAGENT = "jetagent"
 MONOLITH_TIMEOUT_S = 10.0
-"""The monolith's per-attempt timeout: what a careful developer sets (the OpenAI SDK's
-default is 600 s); jetagent's per-call timeout is the gateway's, 120 s, but a hung call
-is hedged long before it."""
+"""The per-attempt timeout: what a careful developer sets for the monolith (the OpenAI
+SDK's default is 600 s), and the scripted model's ``timeouts.read_s`` / ``total_s`` in
+jetagent's catalog — the same for both."""
 MONOLITH_ATTEMPTS = 5
 TYPICAL_LATENCY_S = 0.4
 """The catalog's ``typical_latency_s`` for the scripted model (≈ p83 of the latency
@@ -181,8 +181,13 @@ class Comparison:
     def _platform(self) -> ComparisonPlatform:
         if self.platform is None:
             catalog = self.folder / "models.toml"
+            scale = self.params.time_scale
             catalog.write_text(
-                catalog_toml(self.server.port, TYPICAL_LATENCY_S * self.params.time_scale)
+                catalog_toml(
+                    self.server.port,
+                    TYPICAL_LATENCY_S * scale,
+                    MONOLITH_TIMEOUT_S * max(scale, 0.1),
+                )
             )
             env = {
                 **self.env,
