@@ -248,7 +248,8 @@ def _appendix(env: Env) -> str:
         "timeout, up to 5 attempts (429: wait `retry-after`; timeout: retry at once; 5xx: "
         f"backoff), `crunch` in a {runner.processes}-process pool;",
         f"- jetagent: {runner.deployment.describe()}; the scripted model's "
-        f"`typical_latency_s` {TYPICAL_LATENCY_S:g} (a call is hedged after twice that).",
+        f"`typical_latency_s` {TYPICAL_LATENCY_S:g} (a call is hedged after twice that), "
+        f"`timeouts.total_s` {MONOLITH_TIMEOUT_S:g} s (the monolith's per-attempt timeout).",
     ]
     if problems:
         lines += ["", "### Failed or corrupted sessions (first few per run)", "", *problems]
