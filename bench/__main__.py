@@ -26,6 +26,7 @@ SUITE_MODULES = [
     "bench.projections",
     "bench.capabilities",
     "bench.delivery",
+    "bench.comparison",
 ]
 """Every suite, in report order. Add a module exposing ``SUITE: Suite`` to add one."""
 
