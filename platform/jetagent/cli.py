@@ -344,11 +344,13 @@ def projections_rebuild() -> None:
             with Progress(
                 TextColumn("[bold]rebuilding[/]"),
                 BarColumn(),
-                TextColumn("{task.completed:,} of {task.total:,} events"),
+                TextColumn("{task.completed:,} of {task.total:,.0f} events"),
                 TimeRemainingColumn(),
                 console=console,
             ) as bar:
-                task = bar.add_task("rebuild", total=None)
+                # The total is known once the streams are asked; 0 until then (a None
+                # total cannot be formatted by the column above).
+                task = bar.add_task("rebuild", total=0)
 
                 def progress(done: int, total: int) -> None:
                     bar.update(task, completed=done, total=total)
@@ -361,6 +363,12 @@ def projections_rebuild() -> None:
                 f"rebuilt {len(service.views):,} session views from stream positions "
                 f"{service.positions} in {elapsed:.1f} s"
             )
+            poison = sum(service.metrics.poison.values())
+            if poison:
+                console.print(
+                    f"skipped {poison:,} poison messages (not valid events); "
+                    "`jetagent dlq` lists them"
+                )
         finally:
             await nc.close()
 
