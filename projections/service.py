@@ -346,14 +346,28 @@ class ProjectionService:
 
     async def _circuits(self) -> dict[str, int]:
         circuits: dict[str, int] = {}
+        bucket = self.names.bucket("REGISTRY")
+        # The status keys are read from the bucket's stream (one request that lists the
+        # subjects), not with ``kv.keys(filters=…)``: in nats-py 2.16 that raises
+        # NoKeysError when nothing matches and logs a warning on every call.
+        prefix = f"$KV.{bucket}."
         try:
-            registry = await self.js.key_value(self.names.bucket("REGISTRY"))
-            keys = await registry.keys(filters=["status.>"])
+            registry = await self.js.key_value(bucket)
+            info = await self.js.stream_info(f"KV_{bucket}", subjects_filter=prefix + "status.>")
         except (NatsError, NotFoundError, BucketNotFoundError):
             return circuits
+        keys = [subject[len(prefix) :] for subject in info.state.subjects or {}]
         now = time.time()
         for key in keys:
-            with contextlib.suppress(KeyNotFoundError, NotFoundError, msgspec.DecodeError):
+            # A report that cannot be read (a foreign or old writer) is left out.
+            with contextlib.suppress(
+                KeyNotFoundError,
+                NotFoundError,
+                msgspec.DecodeError,
+                KeyError,
+                TypeError,
+                ValueError,
+            ):
                 report = msgspec.json.decode((await registry.get(key)).value or b"{}")
                 if now - float(report.get("at", 0)) > 60:
                     continue  # a worker that stopped reporting
