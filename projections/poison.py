@@ -21,6 +21,7 @@ from nats.errors import Error as NatsError
 from nats.js.client import JetStreamContext
 
 from jetagent.config import Names
+from jetagent.errors import JetagentError
 from jetagent.events import StepResult, WorkflowEvent
 
 __all__ = ["PoisonMessage", "PoisonReporter", "checked_result", "workflow_of"]
@@ -33,7 +34,7 @@ _KEY = re.compile(r"[A-Za-z0-9_=-]{1,128}")
 and one KV key, so a view can be stored under it."""
 
 
-class PoisonMessage(Exception):
+class PoisonMessage(JetagentError):
     """A stored message that is not a valid event; the message says why."""
 
 

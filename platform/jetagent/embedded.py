@@ -32,6 +32,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from jetagent.errors import JetagentError
+
 __all__ = [
     "EmbeddedCluster",
     "EmbeddedServer",
@@ -47,7 +49,7 @@ __all__ = [
 LOOPBACK = "127.0.0.1"
 
 
-class EmbeddedServerError(RuntimeError):
+class EmbeddedServerError(JetagentError, RuntimeError):
     """Base class of the errors raised while running an embedded nats-server."""
 
 

@@ -48,7 +48,12 @@ from ._aggregates import AggregateStream, Appended, ConcurrencyConflict, NewReco
 from ._async import EVENTS, SNAPSHOTS, AsyncStore, StoreSettings
 from ._client import FastHeaderClient
 from ._direct import DirectGetter, Record
-from ._errors import StoreUnavailableError, StreamConfigError, WriteTooLargeError
+from ._errors import (
+    StoreConflictError,
+    StoreUnavailableError,
+    StreamConfigError,
+    WriteTooLargeError,
+)
 from ._loop import LoopThread, shared_loop
 from ._recorders import (
     NatsAggregateRecorder,
@@ -76,6 +81,7 @@ __all__ = [
     "NatsTrackingRecorder",
     "NewRecord",
     "Record",
+    "StoreConflictError",
     "StoreSettings",
     "StoreUnavailableError",
     "StreamConfigError",
