@@ -8,6 +8,7 @@ services raise on purpose is a ``JetagentError``::
      │    └── StoreUnavailableError  (jetagent.store; also eventsourcing's OperationalError)
      ├── NotProvisionedError         a stream or bucket the platform needs does not exist
      ├── WorkflowNotFoundError       no workflow has this id
+     ├── WorkflowTimeoutError        ``Client.result()`` waited ``timeout`` (also TimeoutError)
      ├── CapabilityError             raised by a capability handler; decides the retry
      │    ├── TransientError         try again (after ``retry_after`` seconds, if given)
      │    │    └── RateLimitedError  the provider said "slow down": retried, not a failure
@@ -47,6 +48,7 @@ __all__ = [
     "UnavailableError",
     "WorkflowFailedError",
     "WorkflowNotFoundError",
+    "WorkflowTimeoutError",
 ]
 
 
@@ -83,6 +85,15 @@ class WorkflowNotFoundError(JetagentError, LookupError):
     def __init__(self, workflow_id: str) -> None:
         super().__init__(f"no workflow {workflow_id}")
         self.workflow_id = workflow_id
+
+
+class WorkflowTimeoutError(JetagentError, TimeoutError):
+    """The workflow did not end within the time waited (it may still end later)."""
+
+    def __init__(self, workflow_id: str, timeout: float | None) -> None:
+        super().__init__(f"workflow {workflow_id} did not end within {timeout} s")
+        self.workflow_id = workflow_id
+        self.timeout = timeout
 
 
 class CapabilityError(JetagentError):

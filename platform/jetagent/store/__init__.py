@@ -105,8 +105,13 @@ def stream_name_for(application_name: str) -> str:
 async def connect(url: str, *, name: str, creds: str | None = None, timeout: float = 2.0) -> NATS:
     """Connect to NATS, failing fast with a message a person can act on."""
 
+    connected = False
+
     async def on_error(exc: Exception) -> None:
-        log.warning("NATS connection %s: %s", name, exc)
+        # Before the first connection the raised StoreUnavailableError says it all; a
+        # warning per attempt would only repeat it.
+        if connected:
+            log.warning("NATS connection %s: %s", name, exc)
 
     try:
         # nats-py retries a first connection forever when reconnects are unlimited:
@@ -123,6 +128,7 @@ async def connect(url: str, *, name: str, creds: str | None = None, timeout: flo
             error_cb=on_error,
         )
         nc.options["max_reconnect_attempts"] = -1
+        connected = True
         return nc
     except Exception as exc:
         raise StoreUnavailableError(
