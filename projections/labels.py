@@ -3,7 +3,7 @@
 Label values come from events, and events come from publishers: a request on
 ``ja.request.<anything>`` is rejected, but its rejection names the tenant it was sent
 for. Without a bound every such name would be a new Prometheus series. So (README,
-"Metrics"):
+"Session views, metrics, dashboards, traces"):
 
 - a ``tenant`` label is a configured tenant (``JETAGENT_TENANTS``), ``unknown`` (a request
   that named none), or ``other``;

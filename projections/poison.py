@@ -6,7 +6,7 @@ are not an event, an empty batch, or an event whose workflow id cannot be a key 
 service must step over it, every time it reads it (live and in a rebuild). It counts it
 (``jetagent_projection_poison_messages_total{stream}``, part of the checkpointed totals)
 and writes one dead letter with the reason to ``<prefix>.dlq.projections``, which
-``jetagent dlq`` lists (README, "Operating it").
+``jetagent dlq`` lists (README, "Session views, metrics, dashboards, traces").
 """
 
 from __future__ import annotations

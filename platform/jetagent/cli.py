@@ -7,7 +7,7 @@ Ctrl-C / SIGTERM.
 
 An expected failure (no server, a bad URL, an unknown id, a platform not provisioned,
 bad arguments) ends a command with one line on stderr and a non-zero status (README,
-"Errors"): every ``JetagentError``, and nats-py / pydantic errors translated by
+"Command line"): every ``JetagentError``, and nats-py / pydantic errors translated by
 ``jetagent._translate``. A traceback means a bug.
 """
 
