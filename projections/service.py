@@ -31,6 +31,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from jetagent.config import Settings
 from jetagent.events import Started, decode_events, decode_step_result
+from jetagent.models import ModelCatalog
 from jetagent.provision import provision
 from jetagent.sessions import SessionView, apply_step_result, apply_workflow_message
 from projections.checkpoints import CheckpointStore
@@ -76,7 +77,10 @@ class ProjectionService:
         *,
         checkpoint_events: int = 5000,
         checkpoint_interval_s: float = 1.0,
+        catalog: ModelCatalog | None = None,
     ) -> None:
+        """``catalog``: the models whose names are label values (default: the one
+        ``settings.models`` names, as the workers load it)."""
         self.nc = nc
         self.settings = settings
         self.names = settings.names
@@ -96,7 +100,7 @@ class ProjectionService:
         self._rebuilding = False
         self._rebuilt: set[str] = set()
         self._stored_until = 1 << 63  # a JA_WORKFLOWS sequence; set when processing starts
-        self.labels = _label_policy(settings)
+        self.labels = _label_policy(settings, catalog)
         self.poison = PoisonReporter(self.js, self.names)
         known = known_label_sets(tenants=self.labels.tenants, streams=list(self.streams))
         self.registry = CollectorRegistry()
@@ -435,11 +439,10 @@ class ProjectionService:
         return sum(self.positions.values())
 
 
-def _label_policy(settings: Settings) -> LabelPolicy:
-    from jetagent.models import ModelCatalog
-
+def _label_policy(settings: Settings, catalog: ModelCatalog | None) -> LabelPolicy:
     try:
-        models: frozenset[str] | None = frozenset(ModelCatalog.load(settings.models).models)
+        catalog = catalog or ModelCatalog.load(settings.models)
+        models: frozenset[str] | None = frozenset(catalog.models)
     except Exception:  # the services that route already refuse a bad catalog at start
         models = None
     return LabelPolicy(tenants=settings.tenant_set, models=models)
