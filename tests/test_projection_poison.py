@@ -154,3 +154,20 @@ async def test_rebuild_of_a_poisoned_stream_as_the_installed_cli(settings: Setti
 
 
 _ = msgspec
+
+
+async def test_replay_skips_and_reports_poison_under_a_workflow(engine: InProcessPlatform) -> None:
+    """`jetagent replay` of a history with garbage stored under its subjects."""
+    settings = engine.settings
+    workflow_id = await engine.client.submit(instruction="What is 6 * 7?", tenant="acme")
+    await engine.client.result(workflow_id, timeout=30)
+    for data in (b"\xff garbage", b"[]", b"null"):
+        await engine.client.js.publish(f"{settings.names.prefix}.wf.{workflow_id}.Garbage", data)
+    replayed = await arun_cli(
+        "replay", workflow_id, "--verify", env=cli_env(settings.nats_url, settings.prefix)
+    )
+    output = replayed.stdout + replayed.stderr
+    assert "Traceback" not in output, output
+    assert replayed.returncode == 1, output  # a tampered history does not verify
+    assert "finalized" in replayed.stdout
+    assert replayed.stdout.count("skipped") == 3, output

@@ -73,9 +73,16 @@ def replay(
         finally:
             await nc.close()
         if not report.events:
-            raise fail(f"no workflow {workflow_id}", 1)
+            invalid = f" ({len(report.poison)} messages there are not valid events)"
+            raise fail(f"no workflow {workflow_id}" + (invalid if report.poison else ""), 1)
         for event in report.events:
             console.print(f"{event.at:%H:%M:%S.%f} {describe(event)}", highlight=False)
+        for seq, why in report.poison:
+            console.print(
+                f"[red]skipped[/] message {seq} of {settings.names.workflows_stream}: "
+                f"not a valid event of this workflow ({why})",
+                highlight=False,
+            )
         if verify:
             if report.ok:
                 console.print(

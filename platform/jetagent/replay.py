@@ -62,10 +62,13 @@ class ReplayReport:
     groups: int = 0
     mismatches: list[Mismatch] = field(default_factory=list)
     state: WorkflowState = field(default_factory=WorkflowState)
+    poison: list[tuple[int, str]] = field(default_factory=list)
+    """Messages under the workflow's subjects that are not valid events: (sequence,
+    why), skipped; a history holding any does not verify."""
 
     @property
     def ok(self) -> bool:
-        return not self.mismatches
+        return not self.mismatches and not self.poison
 
 
 def _comparable(event: WorkflowEvent) -> Any:
@@ -100,7 +103,13 @@ async def replay_workflow(
         records = await workflows.scan(names.workflow(workflow_id))
         groups: list[tuple[str, list[WorkflowEvent]]] = []
         for record in records:
-            events = decode_events(record.data)
+            try:
+                events = decode_events(record.data)
+                if not events or any(e.workflow_id != workflow_id for e in events):
+                    raise ValueError("no events of this workflow in the message")
+            except Exception as exc:  # anyone may store anything there: skip, and say so
+                report.poison.append((record.seq, f"{type(exc).__name__}: {exc}"[:200]))
+                continue
             report.events.extend(events)
             cause = record.headers.get("Ja-Causation", "")
             if groups and groups[-1][0] == cause and cause:
