@@ -161,11 +161,19 @@ async def test_replay_skips_and_reports_poison_under_a_workflow(engine: InProces
     settings = engine.settings
     workflow_id = await engine.client.submit(instruction="What is 6 * 7?", tenant="acme")
     await engine.client.result(workflow_id, timeout=30)
+    events = await engine.client.events(workflow_id)
     for data in (b"\xff garbage", b"[]", b"null"):
         await engine.client.js.publish(f"{settings.names.prefix}.wf.{workflow_id}.Garbage", data)
-    replayed = await arun_cli(
-        "replay", workflow_id, "--verify", env=cli_env(settings.nats_url, settings.prefix)
-    )
+    await engine.client.js.publish(f"{settings.names.prefix}.step.{workflow_id}.s9", b"{}")
+    # The client reads past them: the same events, the same view.
+    assert await engine.client.events(workflow_id) == events
+    assert (await engine.client.fold_session(workflow_id)).status.value == "finalized"
+    env = cli_env(settings.nats_url, settings.prefix)
+    for command in (["watch", workflow_id], ["inspect", workflow_id]):
+        shown = await arun_cli(*command, env=env)
+        assert shown.returncode == 0, shown.stdout + shown.stderr
+        assert "finalized" in shown.stdout
+    replayed = await arun_cli("replay", workflow_id, "--verify", env=env)
     output = replayed.stdout + replayed.stderr
     assert "Traceback" not in output, output
     assert replayed.returncode == 1, output  # a tampered history does not verify

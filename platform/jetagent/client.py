@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncGenerator, Iterator
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -56,6 +57,7 @@ if TYPE_CHECKING:
 __all__ = ["Client", "SessionView", "SyncClient", "WorkflowResult"]
 
 T = TypeVar("T")
+log = logging.getLogger("jetagent.client")
 _FINAL = (Finalized, Terminated, Cancelled, RequestRejected)
 
 
@@ -121,6 +123,27 @@ def _ended(event: WorkflowEvent) -> WorkflowResult | None:
     if isinstance(event, RequestRejected):
         raise RequestRejectedError(event.workflow_id, list(event.reasons))
     return result_of(event)
+
+
+def _events_of(workflow_id: str, data: bytes) -> list[WorkflowEvent]:
+    """The workflow's events in one stored message; nothing for a message that is not
+    (anyone allowed to publish under ``<prefix>.wf.<id>.`` can store anything there)."""
+    try:
+        events = decode_events(data)
+    except Exception:
+        log.info("skipping a message under workflow %s that is not an event", workflow_id)
+        return []
+    return [event for event in events if event.workflow_id == workflow_id]
+
+
+def _result_of(workflow_id: str, data: bytes) -> StepResult | None:
+    """The step result in one stored message, or None if it is not this workflow's."""
+    try:
+        result = decode_step_result(data)
+    except Exception:
+        log.info("skipping a message under workflow %s that is not a result", workflow_id)
+        return None
+    return result if result.workflow_id == workflow_id else None
 
 
 class Client:
@@ -217,7 +240,7 @@ class Client:
             while True:
                 with nats_errors(prefix=self.names.prefix):
                     msg = await sub.next_msg(timeout=None)
-                for event in decode_events(msg.data):
+                for event in _events_of(workflow_id, msg.data):
                     yield event
                     if isinstance(event, _FINAL):
                         return
@@ -289,14 +312,14 @@ class Client:
     async def events(self, workflow_id: str) -> list[WorkflowEvent]:
         """The workflow's events so far (no waiting)."""
         records = await self._scan(self.names.workflows_stream, self.names.workflow(workflow_id))
-        return [event for r in records for event in decode_events(r.data)]
+        return [event for r in records for event in _events_of(workflow_id, r.data)]
 
     async def step_results(self, workflow_id: str) -> list[StepResult]:
         """Every step's result so far: its output or error, each provider call with its
         usage and cost, and the routing decisions (which model answered, and why)."""
         subject = f"{self.names.prefix}.step.{workflow_id}.>"
         records = await self._scan(self.names.steps_stream, subject)
-        return [decode_step_result(r.data) for r in records]
+        return [result for r in records if (result := _result_of(workflow_id, r.data))]
 
     async def _scan(self, stream: str, subject: str) -> list[Any]:
         return await (await self._reader(stream)).scan(subject)
@@ -328,10 +351,14 @@ class Client:
         for record in await self._scan(
             self.names.workflows_stream, self.names.workflow(workflow_id)
         ):
-            apply_workflow_message(view, decode_events(record.data), record.seq)
+            events = _events_of(workflow_id, record.data)
+            if events:
+                apply_workflow_message(view, events, record.seq)
         subject = f"{self.names.prefix}.step.{workflow_id}.>"
         for record in await self._scan(self.names.steps_stream, subject):
-            apply_step_result(view, decode_step_result(record.data), record.seq)
+            result = _result_of(workflow_id, record.data)
+            if result is not None:
+                apply_step_result(view, result, record.seq)
         return view
 
 
