@@ -183,7 +183,11 @@ async def test_circuit_opens_falls_back_half_opens_and_closes(
         result = await ask(gateway)
         assert result.completion.model == "claude-mid"
         assert [(d.kind, d.model, d.reason) for d in result.decisions] == [
-            ("fallback", "claude-mid", "fallback: circuit open for gpt-big")
+            (
+                "fallback",
+                "claude-mid",
+                "fallback: circuit open for gpt-big (opened after 2 failures; cool-down 30.0 s)",
+            )
         ]
         assert len(openai_server.requests) == 2
 
@@ -221,9 +225,10 @@ async def test_failed_trial_reopens_the_circuit(
     assert states(gateway)["openai"] == ("open", 1)
 
 
-async def test_rate_limits_are_not_failures(
-    catalog: ModelCatalog, clock: ManualClock, openai_server: FakeOpenAI
-) -> None:
+async def test_rate_limits_are_not_failures(openai_server: FakeOpenAI, clock: ManualClock) -> None:
+    # One attempt per call: the budget gives up at once, and the breaker is untouched.
+    model = model_for(openai_server, "gpt-big", api_key_env=KEY_ENV, retry={"max_attempts": 1})
+    catalog = ModelCatalog(models={model.name: model}, source="test")
     async with ModelGateway(
         catalog,
         breaker_settings=BreakerSettings(failure_threshold=1),
@@ -234,9 +239,10 @@ async def test_rate_limits_are_not_failures(
     ) as gateway:
         for _ in range(3):
             openai_server.script(openai_error(429, "slow down", headers={"retry-after": "4"}))
-            with pytest.raises(RateLimitedError) as caught:
+            with pytest.raises(PermanentError, match="rate limited on every attempt") as caught:
                 await ask(gateway)
-            assert caught.value.retry_after == 4.0
+            assert isinstance(caught.value.__cause__, RateLimitedError)
+            assert caught.value.__cause__.retry_after == 4.0
             (attempt,) = attempts_of(caught.value)
             assert attempt.outcome == "rate_limited"
         assert states(gateway)["openai"] == ("closed", 0)

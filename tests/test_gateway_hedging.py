@@ -18,6 +18,7 @@ from tests.fakes.llm_servers import (
     FakeAnthropic,
     FakeOpenAI,
     anthropic_message,
+    hang,
     model_for,
     openai_completion,
     openai_error,
@@ -267,3 +268,83 @@ async def test_cancelling_a_call_frees_a_half_open_trial(
         _, result = await ask(gateway)
         assert result.completion.text == "back"
         assert {s.provider: s.state for s in gateway.breaker_states()}["openai"] == "closed"
+
+
+# -- a failed hedge moves on; several hedges; a configured delay ------------------------
+
+
+async def test_a_rate_limited_hedge_moves_on_without_waiting_for_the_hung_call(
+    catalog: ModelCatalog, openai_server: FakeOpenAI, anthropic_server: FakeAnthropic
+) -> None:
+    # The primary hangs; its same-model hedge is rate limited at once. The next
+    # candidate (the fallback) is tried right away instead of waiting for the hung call.
+    openai_server.script(hang(), openai_error(429, "slow down", type="requests"))
+    anthropic_server.script(anthropic_message("from the fallback"))
+
+    async with gateway_for(catalog, hedge_target="same_model") as gateway:
+        elapsed, result = await ask(gateway)
+
+    assert elapsed < 2.0, elapsed  # the read timeout (5 s) was never waited out
+    assert result.completion.text == "from the fallback"
+    assert [(a.model, a.outcome, a.hedge) for a in result.attempts] == [
+        ("gpt-fast", "cancelled", False),
+        ("gpt-fast", "rate_limited", True),
+        ("claude-fast", "ok", True),
+    ]
+    kinds = [(d.kind, d.model) for d in result.decisions]
+    assert kinds == [
+        ("preferred", "gpt-fast"),
+        ("hedge", "gpt-fast"),
+        ("hedge", "claude-fast"),
+    ]
+    assert "gpt-fast failed" in result.decisions[-1].reason
+
+
+async def test_hedges_follow_the_configured_count_and_delay(
+    openai_server: FakeOpenAI, anthropic_server: FakeAnthropic
+) -> None:
+    with FakeOpenAI() as backup:
+        models = [
+            model_for(
+                openai_server,
+                "gpt-slow",
+                typical_latency_s=30.0,  # the old rule would hedge after 60 s
+                fallbacks=("claude-slow", "gpt-backup"),
+                hedge={"delay_s": 0.3, "max_hedges": 2, "target": "fallback"},
+            ),
+            model_for(anthropic_server, "claude-slow"),
+            model_for(backup, "gpt-backup"),
+        ]
+        catalog = ModelCatalog(models={m.name: m for m in models}, source="test")
+        openai_server.script(hang())
+        anthropic_server.script(hang())
+        backup.script(openai_completion("third time lucky"))
+        async with ModelGateway(
+            catalog, clock=ManualClock(), http_settings=FAST, max_models_per_call=3
+        ) as gateway:
+            started = time.monotonic()
+            result = await gateway.call(
+                models=["gpt-slow"],
+                messages=HI,
+                tools=[],
+                max_tokens=50,
+                remaining_tokens=None,
+                remaining_usd=None,
+            )
+
+        assert result.completion.text == "third time lucky"
+        assert len(openai_server.requests) == 1
+        [second] = anthropic_server.requests
+        [third] = backup.requests
+        # Each hedge went out about delay_s after the one before (generous upper bounds:
+        # the box is loaded), and none before.
+        assert 0.3 <= second.at - started < 1.5
+        assert 0.3 <= third.at - second.at < 1.5
+        assert [(a.model, a.outcome, a.hedge) for a in result.attempts] == [
+            ("gpt-slow", "cancelled", False),
+            ("claude-slow", "cancelled", True),
+            ("gpt-backup", "ok", True),
+        ]
+        hedges = [d for d in result.decisions if d.kind == "hedge"]
+        assert [d.model for d in hedges] == ["claude-slow", "gpt-backup"]
+        assert "hedge.delay_s" in hedges[0].reason

@@ -176,6 +176,7 @@ async def test_replay_skips_and_reports_poison_under_a_workflow(engine: InProces
     replayed = await arun_cli("replay", workflow_id, "--verify", env=env)
     output = replayed.stdout + replayed.stderr
     assert "Traceback" not in output, output
-    assert replayed.returncode == 1, output  # a tampered history does not verify
+    assert replayed.returncode == 0, output  # the workflow's own events still verify
     assert "finalized" in replayed.stdout
-    assert replayed.stdout.count("skipped") == 3, output
+    # The two messages that are not JSON events are listed (`[]` holds no event at all).
+    assert replayed.stdout.count("skipped (not an event)") == 2, output

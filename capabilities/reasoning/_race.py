@@ -1,6 +1,10 @@
-"""One routed call, hedged: when the call outlives its model's ``typical_latency_s``
-times ``hedge_factor``, a second call starts (the same model, or the first fallback
-whose circuit is closed); the first good answer wins and the other call is cancelled.
+"""One routed call, hedged: when the call outlives its hedge delay (the model's
+``[hedge]`` table: a fixed ``delay_s``, the endpoint's observed p95, or by default
+``typical_latency_s`` times the gateway's ``hedge_factor``), another call starts (the same
+model or a fallback, in the order ``target`` says), up to ``max_hedges`` of them one
+delay apart; the first good answer wins and the others are cancelled. A call that fails
+while another is still running is replaced at once by the next candidate, so a fast
+failure (a 429) never leaves the race waiting on a hung call for its whole timeout.
 
 Every call is an owned task: the race awaits or cancels and awaits each one, reports
 its outcome to its circuit breaker exactly once, and records it as an ``Attempt`` — a
@@ -11,10 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Literal
 
 from jetagent.errors import (
     CapabilityError,
@@ -25,12 +28,13 @@ from jetagent.errors import (
 from jetagent.llm import Completion, Message, ToolSpec, Usage
 from jetagent.models import ModelCatalog, ModelConfig
 
+from ._policy import GatewayDefaults, LatencyWindow, seconds
 from .breakers import BreakerRegistry, Permit
 from .providers import Provider
 from .records import Attempt, AttemptOutcome, RoutingDecision, UsageStatus
 from .routing import Candidate, format_usd
 
-HedgeTarget = Literal["same_model", "fallback"]
+_ORDINALS = {2: "second", 3: "third", 4: "fourth", 5: "fifth", 6: "sixth"}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -42,6 +46,9 @@ class CallContext:
     input_tokens: int
     remaining_tokens: int | None
     remaining_usd: Decimal | None
+    deadline: float | None = None
+    """``loop.time()`` by which every call must have ended (the workflow's deadline,
+    less the time the step needs to report); ``None`` without a deadline."""
 
 
 @dataclass(kw_only=True)
@@ -64,7 +71,7 @@ class _Run:
 
 
 class HedgedCaller:
-    """Runs one candidate's call with an optional hedge."""
+    """Runs one candidate's call with its hedges."""
 
     def __init__(
         self,
@@ -72,24 +79,27 @@ class HedgedCaller:
         catalog: ModelCatalog,
         providers: Mapping[str, Provider],
         breakers: BreakerRegistry,
-        hedge_factor: float | None,
-        hedge_target: HedgeTarget,
-        call_timeout_s: float,
+        defaults: GatewayDefaults,
+        latencies: LatencyWindow,
         cheaper_margin: Decimal,
     ) -> None:
         self._catalog = catalog
         self._providers = providers
         self._breakers = breakers
-        self._hedge_factor = hedge_factor
-        self._hedge_target = hedge_target
-        self._call_timeout_s = call_timeout_s
+        self._defaults = defaults
+        self._latencies = latencies
         self._margin = cheaper_margin
 
-    async def run(self, first: Candidate, permit: Permit, ctx: CallContext) -> RaceResult:
-        """Call ``first`` (its permit already taken), hedging if it is slow."""
+    async def run(
+        self, first: Candidate, permit: Permit, ctx: CallContext, *, allowance: int
+    ) -> RaceResult:
+        """Call ``first`` (its permit already taken), hedging if it is slow; at most
+        ``allowance`` distinct models (``first`` included) are called."""
         result = RaceResult()
         runs: dict[asyncio.Task[Completion], _Run] = {}
         settled: dict[asyncio.Task[Completion], Attempt] = {}
+        options = self._options(first.model)
+        failed: set[str] = set()
 
         def start(candidate: Candidate, permit: Permit, *, hedge: bool) -> None:
             task = asyncio.create_task(
@@ -100,29 +110,64 @@ class HedgedCaller:
             )
             result.models.add(candidate.model.name)
 
+        def another(reason: str, skipped: str) -> bool:
+            chosen = self._next(first, options, runs.values(), ctx, result, allowance, failed)
+            if isinstance(chosen, str):
+                result.decisions.append(
+                    RoutingDecision(
+                        kind="hedge_skipped",
+                        model=first.model.name,
+                        provider=first.model.provider,
+                        reason=f"hedge skipped: {skipped}, but {chosen}",
+                    )
+                )
+                return False
+            candidate, permit = chosen
+            model = candidate.model
+            result.decisions.append(
+                RoutingDecision(
+                    kind="hedge", model=model.name, provider=model.provider, reason=reason
+                )
+            )
+            start(candidate, permit, hedge=True)
+            return True
+
         start(first, permit, hedge=False)
         pending = set(runs)
         loop = asyncio.get_running_loop()
-        hedge_after = (
-            first.model.typical_latency_s * self._hedge_factor if self._hedge_factor else None
-        )
-        hedge_at = loop.time() + hedge_after if hedge_after is not None else None
+        delay = self._defaults.hedge_delay(first.model, self._latencies)
+        max_hedges = self._defaults.max_hedges_of(first.model)
+        timed = 0
+        hedge_at = loop.time() + delay.delay_s if delay is not None else None
         try:
             while pending and result.completion is None:
                 timeout = None if hedge_at is None else max(hedge_at - loop.time(), 0.0)
                 done, pending = await asyncio.wait(
                     pending, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
                 )
-                if not done:
-                    hedge_at = None  # at most one hedge per call
-                    second = self._hedge(first, ctx, hedge_after or 0.0, result)
-                    if second is not None:
-                        start(*second, hedge=True)
-                        pending = {t for t in runs if not t.done()}
+                if not done and delay is not None:
+                    timed += 1
+                    late = f"{first.model.name} exceeded {seconds(delay.delay_s * timed)} s"
+                    hedged = another(f"hedge: {late}{delay.why}", late)
+                    more = hedged and timed < max_hedges
+                    hedge_at = loop.time() + delay.delay_s if more else None
+                    pending = {t for t in runs if not t.done()}
                     continue
                 # Collect in start order, so the primary wins a tie.
+                replace: list[str] = []
                 for task in [t for t in runs if t in done]:
-                    settled[task] = self._settle(task, runs[task], result)
+                    attempt = self._settle(task, runs[task], result)
+                    settled[task] = attempt
+                    if attempt.outcome in ("failed", "rate_limited"):
+                        failed.add(attempt.model)
+                        if not isinstance(result.errors[-1], PermanentError):
+                            replace.append(f"{attempt.model} failed ({_short(attempt.error)})")
+                if result.completion is None and pending and replace:
+                    # A fast failure next to a hung call: try the next candidate now.
+                    running = ", ".join(sorted({runs[t].candidate.model.name for t in pending}))
+                    why = f"{'; '.join(replace)} while {running} is still running"
+                    another(f"hedge: {why}", why)
+                    pending = {t for t in runs if not t.done()}
         finally:
             for task in pending:
                 task.cancel()
@@ -144,7 +189,12 @@ class HedgedCaller:
     async def _complete(self, candidate: Candidate, ctx: CallContext) -> Completion:
         model = candidate.model
         provider = self._providers[model.provider]
-        deadline = asyncio.timeout(self._call_timeout_s)
+        limit, source = self._defaults.total_timeout(model)
+        if ctx.deadline is not None:
+            left = ctx.deadline - asyncio.get_running_loop().time()
+            if left < limit:
+                limit, source = round(max(left, 0.001), 3), "what the workflow's deadline left"
+        deadline = asyncio.timeout(limit)
         try:
             async with deadline:
                 return await provider.complete(
@@ -155,69 +205,83 @@ class HedgedCaller:
                 raise
         raise TransientError(
             f"{model.name} ({model.provider}) did not answer within the call timeout of "
-            f"{self._call_timeout_s} s; usage unknown",
-            details={"provider": model.provider, "usage_status": "unknown"},
+            f"{limit} s ({source}); usage unknown",
+            details={
+                "provider": model.provider,
+                "usage_status": "unknown",
+                "timeout": f"timeout: {model.name} gave no answer within {limit} s ({source})",
+            },
         )
 
-    def _hedge(
-        self, first: Candidate, ctx: CallContext, after_s: float, result: RaceResult
-    ) -> tuple[Candidate, Permit] | None:
-        same = [first.model]
-        fallbacks = [self._catalog.get(name) for name in first.model.fallbacks]
-        options = same + fallbacks if self._hedge_target == "same_model" else fallbacks + same
+    def _options(self, first: ModelConfig) -> list[ModelConfig]:
+        if first.hedge.models is not None:
+            return [self._catalog.get(name) for name in first.hedge.models]
+        same = [first]
+        fallbacks = [self._catalog.get(name) for name in first.fallbacks]
+        if self._defaults.hedge_target_of(first) == "same_model":
+            return same + fallbacks
+        return fallbacks + same
+
+    def _next(
+        self,
+        first: Candidate,
+        options: list[ModelConfig],
+        runs: Iterable[_Run],
+        ctx: CallContext,
+        result: RaceResult,
+        allowance: int,
+        failed: set[str],
+    ) -> tuple[Candidate, Permit] | str:
+        """The next hedge candidate (taken off ``options``) with its permit, or why
+        there is none."""
+        started = list(runs)
         why_not = "no model with a closed circuit to hedge with"
-        for model in options:
-            if model.provider not in self._providers:
+        for model in list(options):
+            if model.name in failed or model.provider not in self._providers:
+                continue
+            if model.name not in result.models and len(result.models) >= allowance:
+                why_not = f"max_models_per_call ({allowance} left) is reached"
                 continue
             breaker = self._breakers.for_model(model)
             if breaker.state != "closed":
                 continue
             cap = min(first.max_tokens, model.max_output_tokens)
-            if (too_much := self._unaffordable(first, model, cap, ctx)) is not None:
+            if (too_much := self._unaffordable(started, model, cap, ctx)) is not None:
                 why_not = too_much
                 continue
             permit = breaker.try_acquire()
             if permit is None:
                 continue
-            result.decisions.append(
-                RoutingDecision(
-                    kind="hedge",
-                    model=model.name,
-                    provider=model.provider,
-                    reason=f"hedge: {first.model.name} exceeded {after_s:.1f} s",
-                )
-            )
+            options.remove(model)
             return Candidate(model=model, max_tokens=cap), permit
-        result.decisions.append(
-            RoutingDecision(
-                kind="hedge_skipped",
-                model=first.model.name,
-                provider=first.model.provider,
-                reason=f"hedge skipped: {first.model.name} exceeded {after_s:.1f} s, but {why_not}",
-            )
-        )
-        return None
+        return why_not
 
     def _unaffordable(
-        self, first: Candidate, model: ModelConfig, cap: int, ctx: CallContext
+        self, started: list[_Run], model: ModelConfig, cap: int, ctx: CallContext
     ) -> str | None:
-        # A hedge may double the spend, so both calls' maximum must fit what is left.
+        # Every call of the race may be billed, so all their maximums must fit what is left.
+        nth = _ORDINALS.get(len(started) + 1, f"{len(started) + 1}th")
         if ctx.remaining_usd is not None:
-            both = (
-                first.model.max_cost(ctx.input_tokens, first.max_tokens)
+            every = (
+                sum(
+                    (r.candidate.model.max_cost(ctx.input_tokens, r.candidate.max_tokens)
+                     for r in started),
+                    Decimal(0),
+                )
                 + model.max_cost(ctx.input_tokens, cap)
-            ) * self._margin
-            if ctx.remaining_usd < both:
+            ) * self._margin  # fmt: skip
+            if ctx.remaining_usd < every:
                 return (
                     f"the remaining budget {format_usd(ctx.remaining_usd)} cannot cover a "
-                    f"second call on {model.name} (both calls' max {format_usd(both)})"
+                    f"{nth} call on {model.name} (all calls' max {format_usd(every)})"
                 )
         if ctx.remaining_tokens is not None:
-            both_tokens = 2 * ctx.input_tokens + first.max_tokens + cap
-            if ctx.remaining_tokens < both_tokens:
+            tokens = (len(started) + 1) * ctx.input_tokens + cap
+            tokens += sum(r.candidate.max_tokens for r in started)
+            if ctx.remaining_tokens < tokens:
                 return (
                     f"the remaining token budget ({ctx.remaining_tokens}) cannot cover a "
-                    f"second call on {model.name} (~{both_tokens} tokens for both)"
+                    f"{nth} call on {model.name} (~{tokens} tokens for all)"
                 )
         return None
 
@@ -238,6 +302,7 @@ class HedgedCaller:
         exc = task.exception()
         if exc is None:
             run.permit.succeeded()
+            self._latencies.observe(run.candidate.model.name, latency)
             completion = task.result()
             won = result.completion is None
             if won:
@@ -269,6 +334,13 @@ class HedgedCaller:
             )
             error.__cause__ = exc
         result.errors.append(error)
+        if isinstance(timeout := error.details.get("timeout"), str):
+            model = run.candidate.model
+            result.decisions.append(
+                RoutingDecision(
+                    kind="timeout", model=model.name, provider=model.provider, reason=timeout
+                )
+            )
         # An error with usage was billed; otherwise the provider says whether the request
         # may have been billed unseen ("unknown") or was not ("not_reported").
         status: UsageStatus = "not_reported"
@@ -305,3 +377,8 @@ def _attempt(
         winner=winner,
         error=error,
     )
+
+
+def _short(text: str | None, limit: int = 120) -> str:
+    text = text or "no reason given"
+    return text if len(text) <= limit else text[: limit - 1] + "…"

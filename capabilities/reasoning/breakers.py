@@ -1,5 +1,7 @@
 """Circuit breakers, one per provider endpoint (provider + base_url) in each worker
-replica, so a provider outage costs one fast failure per call instead of a timeout::
+replica, so a provider outage costs one fast failure per call instead of a timeout
+(threshold and cool-down from the registry's settings, or the endpoint's ``[breaker]``
+table in the model catalog)::
 
     closed ── failure_threshold consecutive counted failures ──▶ open
       ▲                                                           │ cool_down_s elapsed
@@ -21,7 +23,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import msgspec
@@ -134,6 +136,11 @@ class CircuitBreaker:
         # Bumped whenever the circuit closes again, so a late report from a call that
         # started before an outage cannot count against the recovered circuit.
         self._generation = 0
+
+    @property
+    def settings(self) -> BreakerSettings:
+        """The threshold and cool-down this breaker runs with."""
+        return self._settings
 
     def __repr__(self) -> str:
         return f"CircuitBreaker({self.provider!r}, {self.base_url!r}, state={self.state!r})"
@@ -250,13 +257,26 @@ class BreakerRegistry:
         breaker = self._breakers.get(key)
         if breaker is None:
             breaker = CircuitBreaker(
-                provider=key[0], base_url=key[1], settings=self._settings, clock=self._clock
+                provider=key[0],
+                base_url=key[1],
+                settings=self.settings_for(model),
+                clock=self._clock,
             )
             self._breakers[key] = breaker
             self._models[key] = []
         if model.name not in self._models[key]:
             self._models[key].append(model.name)
         return breaker
+
+    def settings_for(self, model: ModelConfig) -> BreakerSettings:
+        """The registry's settings with the model's ``[breaker]`` table applied (the
+        catalog makes sure models sharing an endpoint agree)."""
+        own = model.breaker
+        return replace(
+            self._settings,
+            failure_threshold=own.failure_threshold or self._settings.failure_threshold,
+            cool_down_s=own.cool_down_s or self._settings.cool_down_s,
+        )
 
     def states(self) -> list[BreakerState]:
         """Every breaker's state, with its provider, base_url and models as labels."""

@@ -104,6 +104,18 @@ def _all_offline(catalog: ModelCatalog, models: list[str]) -> bool:
     return all(catalog.get(m).provider == "offline" for m in models if m in catalog)
 
 
+def _left(step: StepContext) -> float | None:
+    """Seconds left of the workflow's deadline (a wall-clock instant set by the
+    orchestrator, so only the wall clock can measure it)."""
+    if step.deadline_at is None:
+        return None
+    return (step.deadline_at - datetime.now(UTC)).total_seconds()
+
+
+def _origin(step: StepContext) -> str:
+    return f"workflow {step.workflow_id} step {step.step_id}"
+
+
 def _budget(value: Any) -> Decimal | None:
     return None if value is None else Decimal(str(value))
 
@@ -133,6 +145,8 @@ def reasoning_capabilities(
                 max_tokens=max_tokens,
                 remaining_tokens=data.get("remaining_tokens"),
                 remaining_usd=_budget(data.get("remaining_usd")),
+                deadline_s=_left(step),
+                origin=_origin(step),
             )
             completion = result.completion
             _trace_calls(result, max_tokens)
@@ -155,14 +169,14 @@ def reasoning_capabilities(
         models = list(data["models"])
         offline = _all_offline(catalog, models)
         if data.get("mode") == "compact":
-            return await compact(data, messages, models, offline=offline)
+            return await compact(step, data, messages, models, offline=offline)
         if offline:
             # The offline planner is not a language model: it summarises by extraction.
             final = next((m.content for m in reversed(messages) if m.role == "assistant"), "")
             request = next((m.content for m in messages if m.role == "user"), "")
             text = f"Asked: {request.strip()[:300]} Answer: {final.strip()}"
             return StepOutput(output={"text": text, "model": "offline-extractive"})
-        completion, calls, routing = await ask(data, messages, models, SUMMARY_PROMPT)
+        completion, calls, routing = await ask(step, data, messages, models, SUMMARY_PROMPT)
         return StepOutput(
             output={"text": completion.text, "model": completion.model},
             calls=calls,
@@ -170,17 +184,26 @@ def reasoning_capabilities(
         )
 
     async def compact(
-        data: dict[str, Any], messages: list[Message], models: list[str], *, offline: bool
+        step: StepContext,
+        data: dict[str, Any],
+        messages: list[Message],
+        models: list[str],
+        *,
+        offline: bool,
     ) -> StepOutput:
         """Summarise older turns so the conversation fits the context window."""
         extra = {"mode": "compact", "covers": data.get("covers", len(messages))}
         if offline:
             return StepOutput(output={"text": compact_rounds(messages), **extra})
-        completion, calls, routing = await ask(data, messages, models, COMPACT_PROMPT)
+        completion, calls, routing = await ask(step, data, messages, models, COMPACT_PROMPT)
         return StepOutput(output={"text": completion.text, **extra}, calls=calls, routing=routing)
 
     async def ask(
-        data: dict[str, Any], messages: list[Message], models: list[str], prompt: str
+        step: StepContext,
+        data: dict[str, Any],
+        messages: list[Message],
+        models: list[str],
+        prompt: str,
     ) -> tuple[Completion, list[CallRecord], list[RoutingDecision]]:
         """One tool-less call with ``prompt`` appended: a summary or a compaction."""
         result = await gw.call(
@@ -190,6 +213,8 @@ def reasoning_capabilities(
             max_tokens=int(data["max_tokens"]),
             remaining_tokens=None,
             remaining_usd=None,
+            deadline_s=_left(step),
+            origin=_origin(step),
         )
         calls, routing = _records(result)
         return result.completion, calls, routing

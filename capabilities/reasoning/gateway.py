@@ -1,17 +1,24 @@
 """The one entry point of the reasoning worker: ``ModelGateway.call`` routes a step to
-a model, calls it through its circuit breaker with a timeout and an optional hedge,
-fails over to the next usable model when a call fails transiently, and returns (or
-raises, with the same records in ``details``) everything that happened.
+a model, calls it through its circuit breaker with a timeout and hedges, fails over to
+the next usable model when a call fails transiently, retries rate limits within a
+budget, and returns (or raises, with the same records in ``details``) everything that
+happened.
 
 Failure policy: a PermanentError stops the call at once (the request is wrong; another
 model would only spend more). Transient and rate-limit failures move on to the next
-usable candidate, up to ``max_models_per_call`` models; when all fail the error raised is
-a RateLimitedError if every failure was a rate limit, else a TransientError, with the
-shortest ``retry_after`` any provider gave.
+usable candidate at once, up to ``max_models_per_call`` models. When every candidate was
+rate limited, the call waits and tries again within the preferred model's retry budget
+(``[retry]`` in the catalog, capped by the workflow's deadline) and raises a
+PermanentError saying which limit ran out when it is spent. Otherwise, when all fail,
+the error raised is a TransientError with the shortest ``retry_after`` any provider
+gave (the worker retries the step). Every setting a model's catalog entry leaves unset
+comes from this constructor.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from decimal import Decimal
@@ -29,13 +36,20 @@ from jetagent.errors import (
 from jetagent.llm import Message, ToolSpec
 from jetagent.models import ModelCatalog, ModelConfig
 
-from ._race import CallContext, HedgedCaller, HedgeTarget
+from ._failures import exhausted as _exhausted
+from ._failures import failure as _failure
+from ._failures import short as _short
+from ._policy import GatewayDefaults, HedgeTarget, LatencyWindow
+from ._race import CallContext, HedgedCaller, RaceResult
+from ._retry import REPORT_RESERVE_S, RetryBudget
 from .breakers import BreakerRegistry, BreakerSettings, BreakerState
 from .providers import AnthropicProvider, HttpSettings, OpenAIProvider, Provider
-from .records import Attempt, GatewayResult, RoutingDecision, sum_cost, sum_usage
+from .records import Attempt, GatewayResult, RoutingDecision
 from .routing import Candidate, estimate_input_tokens, plan_route
 
 __all__ = ["ModelGateway"]
+
+log = logging.getLogger("jetagent.reasoning")
 
 _HTTP_PROVIDERS: dict[str, Callable[[HttpSettings | None], Provider]] = {
     "openai": lambda settings: OpenAIProvider(settings=settings),
@@ -53,6 +67,7 @@ class ModelGateway:
         breaker_settings: BreakerSettings | None = None,
         hedge_factor: float | None = 2.0,
         hedge_target: HedgeTarget = "same_model",
+        max_hedges: int = 1,
         call_timeout_s: float = 120.0,
         cheaper_margin: Decimal = Decimal(1),
         max_models_per_call: int = 2,
@@ -67,7 +82,11 @@ class ModelGateway:
         - ``hedge_target``: ``"same_model"`` hedges with the same model (or, when its
           circuit is not closed, the first closed fallback); ``"fallback"`` prefers the
           first fallback whose circuit is closed.
-        - ``call_timeout_s``: the longest one provider call may take, retries included.
+        - ``max_hedges``: hedges one call may start, one hedge delay apart.
+        - ``call_timeout_s``: the longest one provider call may take.
+
+        A model's catalog tables (``timeouts``, ``hedge``, ``breaker``) override the
+        matching defaults above for that model (README "Resilience settings").
         - ``cheaper_margin``: use a model's ``cheaper`` model when the remaining USD
           budget is below this many times one call's maximum cost.
         - ``max_models_per_call``: how many models one call may fail over across.
@@ -85,6 +104,8 @@ class ModelGateway:
             raise ConfigError(
                 f"hedge_target must be 'same_model' or 'fallback', not {hedge_target!r}"
             )
+        if not 0 <= max_hedges <= 4:
+            raise ConfigError("max_hedges must be between 0 and 4")
         if max_models_per_call < 1:
             raise ConfigError("max_models_per_call must be at least 1")
         if cheaper_margin < 0:
@@ -109,9 +130,13 @@ class ModelGateway:
             catalog=catalog,
             providers=self._providers,
             breakers=self._breakers,
-            hedge_factor=hedge_factor,
-            hedge_target=hedge_target,
-            call_timeout_s=call_timeout_s,
+            defaults=GatewayDefaults(
+                hedge_factor=hedge_factor,
+                hedge_target=hedge_target,
+                max_hedges=max_hedges,
+                call_timeout_s=call_timeout_s,
+            ),
+            latencies=LatencyWindow(),
             cheaper_margin=cheaper_margin,
         )
 
@@ -145,8 +170,13 @@ class ModelGateway:
         max_tokens: int,
         remaining_tokens: int | None,
         remaining_usd: Decimal | None,
+        deadline_s: float | None = None,
+        origin: str = "",
     ) -> GatewayResult:
         """Ask the best usable model in ``models`` (first preferred) for the next turn.
+
+        ``deadline_s`` is what is left of the workflow's deadline: no call or retry
+        runs past it. ``origin`` names the caller in log lines ("workflow W step S").
 
         Raises PermanentError, TransientError or RateLimitedError when no answer came;
         the error's ``details`` hold ``attempts``, ``decisions`` and ``cost_usd`` and its
@@ -156,29 +186,136 @@ class ModelGateway:
             raise PermanentError("no model was requested")
         if max_tokens < 1:
             raise PermanentError(f"max_tokens must be at least 1, not {max_tokens}")
+        if deadline_s is not None and deadline_s <= 0:
+            raise PermanentError("the workflow's deadline has passed; no model was called")
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        deadline = None
+        if deadline_s is not None:
+            # Calls end a little before the deadline, so a step that gives up can still
+            # say why before the workflow is terminated for its deadline.
+            deadline = now + max(deadline_s - REPORT_RESERVE_S, deadline_s / 2)
         input_tokens = estimate_input_tokens(messages, tools)
-        plan = plan_route(
-            self._catalog,
-            models=models,
-            max_tokens=max_tokens,
-            input_tokens=input_tokens,
-            remaining_tokens=remaining_tokens,
-            remaining_usd=remaining_usd,
-            cheaper_margin=self._margin,
-            unavailable=self._unavailable,
-        )
         ctx = CallContext(
             messages=messages,
             tools=tools,
             input_tokens=input_tokens,
             remaining_tokens=remaining_tokens,
             remaining_usd=remaining_usd,
+            deadline=deadline,
         )
         attempts: list[Attempt] = []
         decisions: list[RoutingDecision] = []
         errors: list[CapabilityError] = []
+        budget: RetryBudget | None = None
+        who = f"{origin}: " if origin else ""
+        while True:
+            plan = plan_route(
+                self._catalog,
+                models=models,
+                max_tokens=max_tokens,
+                input_tokens=input_tokens,
+                remaining_tokens=remaining_tokens,
+                remaining_usd=remaining_usd,
+                cheaper_margin=self._margin,
+                unavailable=self._unavailable,
+            )
+            if budget is None and plan.candidates:
+                budget = RetryBudget(model=plan.candidates[0].model, started=now, deadline=deadline)
+            made = len(attempts)
+            round_errors: list[CapabilityError] = []
+            race = await self._round(plan.candidates, ctx, attempts, decisions, round_errors)
+            errors.extend(round_errors)
+            if race is not None and race.completion is not None:
+                return GatewayResult(
+                    completion=race.completion,
+                    attempts=tuple(attempts),
+                    decisions=tuple(decisions),
+                )
+            if len(attempts) == made:
+                if not attempts:
+                    raise self._no_usable_model(
+                        [*plan.skipped, *(c.model for c in plan.candidates)], decisions
+                    )
+                break  # every circuit closed on us between rounds
+            if (
+                budget is None
+                or not round_errors
+                or not all(isinstance(e, RateLimitedError) for e in round_errors)
+            ):
+                break
+            budget.rounds += 1
+            wait = budget.next_wait(round_errors, loop.time())
+            model = budget.model
+            if isinstance(wait, str):
+                decisions.append(
+                    RoutingDecision(
+                        kind="retry_exhausted",
+                        model=model.name,
+                        provider=model.provider,
+                        reason=f"retry exhausted: {wait}",
+                    )
+                )
+                log.warning("%s%s rate limited; giving up: %s", who, model.name, wait)
+                raise _exhausted(wait, round_errors[-1], errors, attempts, decisions)
+            decisions.append(
+                RoutingDecision(
+                    kind="retry",
+                    model=model.name,
+                    provider=model.provider,
+                    reason=(
+                        f"retry: every model was rate limited (attempt {budget.rounds} of "
+                        f"{model.retry.max_attempts}); waiting {wait:.2f} s"
+                    ),
+                )
+            )
+            log.info(
+                "%s%s rate limited (attempt %d of %d); retrying in %.2f s",
+                who,
+                model.name,
+                budget.rounds,
+                model.retry.max_attempts,
+                wait,
+            )
+            await asyncio.sleep(wait)
+        if (
+            deadline is not None
+            and loop.time() >= deadline
+            and not any(isinstance(e, PermanentError) for e in errors)
+        ):
+            # Retrying after the deadline helps nobody: say so, for good.
+            error = _failure(errors, attempts, decisions)
+            raise _exhausted(
+                "the workflow's deadline left no time for another attempt",
+                error,
+                errors,
+                attempts,
+                decisions,
+            )
+        if errors and all(isinstance(e, RateLimitedError) for e in errors):
+            # No model was usable for another round (their circuits closed on us): the
+            # call ends here, for good, rather than as a rate limit the worker waits out.
+            raise _exhausted(
+                "no model was usable for another attempt",
+                errors[-1],
+                errors,
+                attempts,
+                decisions,
+            )
+        raise _failure(errors, attempts, decisions)
+
+    async def _round(
+        self,
+        candidates: Sequence[Candidate],
+        ctx: CallContext,
+        attempts: list[Attempt],
+        decisions: list[RoutingDecision],
+        errors: list[CapabilityError],
+    ) -> RaceResult | None:
+        """One pass over the candidates: the first answer, or every failure."""
         tried: set[str] = set()
-        for candidate in plan.candidates:
+        previous = len(attempts)
+        for candidate in candidates:
             if len(tried) >= self._max_models:
                 break
             if candidate.model.name in tried:
@@ -191,32 +328,31 @@ class ModelGateway:
             if permit is None:
                 continue  # its circuit opened during this call (a shared endpoint)
             decisions.extend(candidate.notes)
-            decisions.append(_why(candidate, previous=attempts))
-            race = await self._caller.run(candidate, permit, ctx)
+            decisions.append(_why(candidate, previous=attempts[previous:]))
+            race = await self._caller.run(
+                candidate, permit, ctx, allowance=self._max_models - len(tried)
+            )
             attempts.extend(race.attempts)
             decisions.extend(race.decisions)
             tried |= race.models
             if race.completion is not None:
-                return GatewayResult(
-                    completion=race.completion,
-                    attempts=tuple(attempts),
-                    decisions=tuple(decisions),
-                )
+                return race
             errors.extend(race.errors)
             if any(isinstance(e, PermanentError) for e in race.errors):
                 break
-        if not attempts:
-            raise self._no_usable_model(
-                [*plan.skipped, *(c.model for c in plan.candidates)], decisions
-            )
-        raise _failure(errors, attempts, decisions)
+        return None
 
     def _unavailable(self, model: ModelConfig) -> str | None:
         breaker = self._breakers.for_model(model)
         if breaker.available():
             return None
-        state = "open" if breaker.state == "open" else "half-open (trial running)"
-        return f"circuit {state} for {model.name}"
+        if breaker.state == "open":
+            settings = breaker.settings
+            return (
+                f"circuit open for {model.name} (opened after {settings.failure_threshold} "
+                f"failures; cool-down {settings.cool_down_s} s)"
+            )
+        return f"circuit half-open (trial running) for {model.name}"
 
     def _require_provider(self, model: ModelConfig) -> None:
         if model.provider not in self._providers:
@@ -258,42 +394,3 @@ def _why(candidate: Candidate, *, previous: list[Attempt]) -> RoutingDecision:
     return RoutingDecision(
         kind="preferred", model=model.name, provider=model.provider, reason="preferred"
     )
-
-
-def _failure(
-    errors: list[CapabilityError], attempts: list[Attempt], decisions: list[RoutingDecision]
-) -> CapabilityError:
-    usage = sum_usage(attempts)
-    details = {
-        "attempts": msgspec.to_builtins(attempts),
-        "decisions": msgspec.to_builtins(decisions),
-        "cost_usd": str(sum_cost(attempts)),
-    }
-    billed = usage if any(a.usage is not None for a in attempts) else None
-    summary = "; ".join(f"{a.model}: {a.error}" for a in attempts if a.error)
-    permanent = [e for e in errors if isinstance(e, PermanentError)]
-    error: CapabilityError
-    if permanent:
-        error = PermanentError(permanent[0].message, usage=billed, details=details)
-    else:
-        waits = [
-            e.retry_after
-            for e in errors
-            if isinstance(e, TransientError) and e.retry_after is not None
-        ]
-        retry_after = min(waits) if waits else None
-        message = f"all {len(attempts)} model call(s) failed: {summary}"
-        kind = (
-            RateLimitedError
-            if errors and all(isinstance(e, RateLimitedError) for e in errors)
-            else TransientError
-        )
-        error = kind(message, retry_after=retry_after, usage=billed, details=details)
-    # Chain the provider's own error: it is key-free (providers raise theirs with no
-    # cause), and a provider bug's traceback stays reachable behind it.
-    error.__cause__ = permanent[0] if permanent else (errors[-1] if errors else None)
-    return error
-
-
-def _short(text: str, limit: int = 160) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"

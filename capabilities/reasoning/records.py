@@ -26,7 +26,16 @@ __all__ = [
 AttemptOutcome = Literal["ok", "failed", "cancelled", "rate_limited"]
 UsageStatus = Literal["reported", "not_reported", "unknown"]
 DecisionKind = Literal[
-    "preferred", "fallback", "cheaper", "limit", "failover", "hedge", "hedge_skipped"
+    "preferred",
+    "fallback",
+    "cheaper",
+    "limit",
+    "failover",
+    "hedge",
+    "hedge_skipped",
+    "timeout",
+    "retry",
+    "retry_exhausted",
 ]
 
 
@@ -37,7 +46,9 @@ class RoutingDecision(msgspec.Struct, frozen=True, kw_only=True):
     """``preferred``: the first choice; ``fallback``: the preferred model's circuit was
     not available; ``cheaper``: the remaining budget was too low; ``limit``: max_tokens
     was lowered; ``failover``: the previous model failed in this call; ``hedge``: a
-    second call raced a slow one; ``hedge_skipped``: a hedge was due but not made."""
+    call raced a slow or failed one; ``hedge_skipped``: a hedge was due but not made;
+    ``timeout``: a call's total timeout fired; ``retry``: every model was rate limited and
+    the call waits to try again; ``retry_exhausted``: its retry budget ran out."""
     model: str
     provider: str
     reason: str

@@ -73,16 +73,10 @@ def replay(
         finally:
             await nc.close()
         if not report.events:
-            invalid = f" ({len(report.poison)} messages there are not valid events)"
-            raise fail(f"no workflow {workflow_id}" + (invalid if report.poison else ""), 1)
+            invalid = f" ({len(report.skipped)} messages there are not valid events)"
+            raise fail(f"no workflow {workflow_id}" + (invalid if report.skipped else ""), 1)
         for event in report.events:
             console.print(f"{event.at:%H:%M:%S.%f} {describe(event)}", highlight=False)
-        for seq, why in report.poison:
-            console.print(
-                f"[red]skipped[/] message {seq} of {settings.names.workflows_stream}: "
-                f"not a valid event of this workflow ({why})",
-                highlight=False,
-            )
         if verify:
             if report.ok:
                 console.print(
@@ -93,6 +87,11 @@ def replay(
                     f"[red]mismatch[/] after {mismatch.cause}: recorded {mismatch.recorded}, "
                     f"decided {mismatch.decided} ({mismatch.detail})"
                 )
+        # Set aside, never folded: shown so that a forgery attempt is seen.
+        for line in report.untrusted:
+            console.print(f"[yellow]untrusted step result (not folded)[/] {line}", highlight=False)
+        for line in report.skipped:
+            console.print(f"[yellow]skipped (not an event)[/] {line}", highlight=False)
         return 0 if report.ok else 1
 
     _run(main)

@@ -185,7 +185,13 @@ def _fast_event_loop() -> None:
 async def _connect(settings: Settings, name: str) -> Any:
     from jetagent.store import connect
 
-    return await connect(_need_url(settings), name=name, creds=settings.nats_creds)
+    return await connect(
+        _need_url(settings),
+        name=name,
+        creds=settings.nats_creds,
+        user=settings.nats_user,
+        password=settings.nats_password(),
+    )
 
 
 @app.command()
@@ -285,6 +291,7 @@ def worker(
 def provision() -> None:
     """Create (or check) every stream, consumer and bucket the platform needs."""
     from jetagent.provision import provision as apply
+    from jetagent.provision import repair_capability_consumers
 
     settings = _settings()
 
@@ -293,6 +300,8 @@ def provision() -> None:
         try:
             for line in await apply(nc, settings):
                 console.print(f"[green]✓[/] {line}")
+            for line in await repair_capability_consumers(nc, settings):
+                console.print(f"[green]✓[/] updated {line}")
         finally:
             await nc.close()
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections.abc import AsyncGenerator, Iterator
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -57,8 +56,26 @@ if TYPE_CHECKING:
 __all__ = ["Client", "SessionView", "SyncClient", "WorkflowResult"]
 
 T = TypeVar("T")
-log = logging.getLogger("jetagent.client")
 _FINAL = (Finalized, Terminated, Cancelled, RequestRejected)
+
+
+def _readable_events(data: bytes) -> list[WorkflowEvent]:
+    """A message's events; none for junk a rogue publisher appended (the orchestrator
+    skips it too and records it as a dead letter)."""
+    try:
+        return decode_events(data)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return []
+
+
+def _readable_result(subject: str, data: bytes) -> StepResult | None:
+    """A step result, unless it is junk or not on its own step's subject (a forgery)."""
+    try:
+        result = decode_step_result(data)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+    want = ("step", result.capability, result.workflow_id, result.step_id)
+    return result if tuple(subject.split(".")[1:]) == want else None
 
 
 class WorkflowResult(msgspec.Struct, frozen=True, kw_only=True):
@@ -125,27 +142,6 @@ def _ended(event: WorkflowEvent) -> WorkflowResult | None:
     return result_of(event)
 
 
-def _events_of(workflow_id: str, data: bytes) -> list[WorkflowEvent]:
-    """The workflow's events in one stored message; nothing for a message that is not
-    (anyone allowed to publish under ``<prefix>.wf.<id>.`` can store anything there)."""
-    try:
-        events = decode_events(data)
-    except Exception:
-        log.info("skipping a message under workflow %s that is not an event", workflow_id)
-        return []
-    return [event for event in events if event.workflow_id == workflow_id]
-
-
-def _result_of(workflow_id: str, data: bytes) -> StepResult | None:
-    """The step result in one stored message, or None if it is not this workflow's."""
-    try:
-        result = decode_step_result(data)
-    except Exception:
-        log.info("skipping a message under workflow %s that is not a result", workflow_id)
-        return None
-    return result if result.workflow_id == workflow_id else None
-
-
 class Client:
     """An async jetagent client over one NATS connection."""
 
@@ -166,7 +162,13 @@ class Client:
         if not target:
             raise ConfigError("no NATS URL: pass one, or set NATS_URL (see `jetagent up`)")
         check_nats_url(target)
-        nc = await connect(target, name="jetagent.client", creds=settings.nats_creds)
+        nc = await connect(
+            target,
+            name="jetagent.client",
+            creds=settings.nats_creds,
+            user=settings.nats_user,
+            password=settings.nats_password(),
+        )
         return cls(nc, settings)
 
     async def close(self) -> None:
@@ -240,7 +242,7 @@ class Client:
             while True:
                 with nats_errors(prefix=self.names.prefix):
                     msg = await sub.next_msg(timeout=None)
-                for event in _events_of(workflow_id, msg.data):
+                for event in _readable_events(msg.data):
                     yield event
                     if isinstance(event, _FINAL):
                         return
@@ -307,19 +309,21 @@ class Client:
     async def _last_event(self, workflow_id: str) -> WorkflowEvent | None:
         reader = await self._reader(self.names.workflows_stream)
         record = await reader.last(self.names.workflow(workflow_id))
-        return decode_events(record.data)[-1] if record is not None else None
+        events = _readable_events(record.data) if record is not None else []
+        return events[-1] if events else None
 
     async def events(self, workflow_id: str) -> list[WorkflowEvent]:
         """The workflow's events so far (no waiting)."""
         records = await self._scan(self.names.workflows_stream, self.names.workflow(workflow_id))
-        return [event for r in records for event in _events_of(workflow_id, r.data)]
+        return [event for r in records for event in _readable_events(r.data)]
 
     async def step_results(self, workflow_id: str) -> list[StepResult]:
         """Every step's result so far: its output or error, each provider call with its
         usage and cost, and the routing decisions (which model answered, and why)."""
-        subject = f"{self.names.prefix}.step.{workflow_id}.>"
+        subject = self.names.step_results(workflow_id)
         records = await self._scan(self.names.steps_stream, subject)
-        return [result for r in records if (result := _result_of(workflow_id, r.data))]
+        results = (_readable_result(r.subject, r.data) for r in records)
+        return [result for result in results if result is not None]
 
     async def _scan(self, stream: str, subject: str) -> list[Any]:
         return await (await self._reader(stream)).scan(subject)
@@ -351,13 +355,11 @@ class Client:
         for record in await self._scan(
             self.names.workflows_stream, self.names.workflow(workflow_id)
         ):
-            events = _events_of(workflow_id, record.data)
-            if events:
+            if events := _readable_events(record.data):
                 apply_workflow_message(view, events, record.seq)
-        subject = f"{self.names.prefix}.step.{workflow_id}.>"
+        subject = self.names.step_results(workflow_id)
         for record in await self._scan(self.names.steps_stream, subject):
-            result = _result_of(workflow_id, record.data)
-            if result is not None:
+            if (result := _readable_result(record.subject, record.data)) is not None:
                 apply_step_result(view, result, record.seq)
         return view
 

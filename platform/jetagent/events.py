@@ -227,6 +227,9 @@ class StepResult(_Event, frozen=True, kw_only=True, tag="StepResult"):
     finished_at: datetime
     worker: str = ""
     deliveries: int = 1
+    interrupted_runs: int = 0
+    """Earlier runs of this step that died mid-way (their worker stopped or was lost);
+    ``calls`` holds their provider calls too."""
 
     def spend(self) -> Spend:
         """Tokens and USD of every call of this step, billed failures included."""
@@ -310,11 +313,16 @@ def _step_scheduled_v1_v2(data: dict[str, Any]) -> dict[str, Any]:
 UPCASTERS[("StepScheduled", 1)] = _step_scheduled_v1_v2
 
 
-def _upcast(data: dict[str, Any]) -> dict[str, Any]:
+def _upcast(raw: Any) -> dict[str, Any]:
+    if not isinstance(raw, dict):
+        raise msgspec.ValidationError(f"an event is a JSON object, not {type(raw).__name__}")
+    data: dict[str, Any] = raw
     kind = data.get("type")
     if not isinstance(kind, str) or kind not in CURRENT_VERSIONS:
         raise msgspec.ValidationError(f"unknown event type {kind!r}")
-    version = int(data.get("v", 1))
+    version = data.get("v", 1)
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise msgspec.ValidationError(f"schema version {version!r} is not a version")
     while version < CURRENT_VERSIONS[kind]:
         step = UPCASTERS.get((kind, version))
         if step is None:
@@ -325,8 +333,24 @@ def _upcast(data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
+def _too_deep() -> msgspec.DecodeError:
+    # msgspec recurses and raises RecursionError on JSON nested ~1000 levels deep; that
+    # is a decode error like any other here (no reader should treat it as a bug).
+    return msgspec.DecodeError("the JSON is nested too deep to read")
+
+
 def decode_event(data: bytes) -> WorkflowEvent:
-    """Decode a workflow event, upcasting an older shape to the current one."""
+    """Decode a workflow event, upcasting an older shape to the current one.
+
+    Anything that is not an event raises ``msgspec.DecodeError`` or ``ValidationError``.
+    """
+    try:
+        return _decode_event(data)
+    except RecursionError:
+        raise _too_deep() from None
+
+
+def _decode_event(data: bytes) -> WorkflowEvent:
     event: WorkflowEvent | None
     try:
         event = _workflow_decoder.decode(data)
@@ -350,16 +374,30 @@ def encode_events(events: list[WorkflowEvent]) -> bytes:
 
 
 def decode_events(data: bytes) -> list[WorkflowEvent]:
-    """The events of one ``JA_WORKFLOWS`` message (one event, or an array of them)."""
+    """The events of one ``JA_WORKFLOWS`` message (one event, or an array of them).
+
+    Never empty; anything else (``[]`` included) raises ``msgspec.DecodeError`` or
+    ``msgspec.ValidationError``.
+    """
+    try:
+        return _decode_events(data)
+    except RecursionError:
+        raise _too_deep() from None
+
+
+def _decode_events(data: bytes) -> list[WorkflowEvent]:
     if data.lstrip()[:1] != b"[":
-        return [decode_event(data)]
+        return [_decode_event(data)]
     try:
         events: list[WorkflowEvent] = _batch_decoder.decode(data)
     except msgspec.ValidationError:
         events = []
     if events and all(e.v == _CURRENT_BY_CLASS[type(e)] for e in events):
         return events
-    return [decode_event(msgspec.json.encode(item)) for item in msgspec.json.decode(data)]
+    items = msgspec.json.decode(data)
+    if not isinstance(items, list) or not items:
+        raise msgspec.ValidationError("a message holds one event or a non-empty array of them")
+    return [_decode_event(msgspec.json.encode(item)) for item in items]
 
 
 def group_for_messages(events: list[WorkflowEvent]) -> list[list[WorkflowEvent]]:
@@ -386,7 +424,11 @@ def group_for_messages(events: list[WorkflowEvent]) -> list[list[WorkflowEvent]]
 
 
 def decode_step_result(data: bytes) -> StepResult:
-    return _result_decoder.decode(data)
+    """A ``StepResult`` (``msgspec.DecodeError`` / ``ValidationError`` if it is not one)."""
+    try:
+        return _result_decoder.decode(data)
+    except RecursionError:
+        raise _too_deep() from None
 
 
 def subject_tail(event: WorkflowEvent) -> str:

@@ -15,7 +15,16 @@ One TOML file (``JETAGENT_MODELS``, default: ``models.toml`` shipped with jetage
     fallbacks = ["claude-3-5-haiku"]      # tried in order when this model's circuit is open
     cheaper = "gpt-4o-mini"               # used when the remaining budget is low
 
-The orchestrator reads prices to reserve a step's maximum spend; workers read endpoints.
+    # Resilience, all optional (README "Resilience settings"); unset values take the
+    # gateway's defaults.
+    [models."gpt-4o-mini".timeouts]       # connect_s, read_s, total_s
+    [models."gpt-4o-mini".hedge]          # after, delay_s, min_samples, max_hedges, target
+    [models."gpt-4o-mini".breaker]        # failure_threshold, cool_down_s (per endpoint)
+    [models."gpt-4o-mini".retry]          # max_attempts, max_total_s, max_wait_s
+    [models."gpt-4o-mini".headers]        # extra request headers, e.g. X-Route = "eu"
+
+The orchestrator reads prices to reserve a step's maximum spend; workers read endpoints
+and resilience settings.
 """
 
 from __future__ import annotations
@@ -28,12 +37,27 @@ from importlib import resources
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import ConfigError
 from .llm import Usage
+from .model_settings import (
+    BreakerConfig,
+    HedgeConfig,
+    RetryConfig,
+    TimeoutConfig,
+    check_headers,
+)
 
-__all__ = ["ModelCatalog", "ModelConfig", "cost_usd"]
+__all__ = [
+    "BreakerConfig",
+    "HedgeConfig",
+    "ModelCatalog",
+    "ModelConfig",
+    "RetryConfig",
+    "TimeoutConfig",
+    "cost_usd",
+]
 
 ProviderName = Literal["openai", "anthropic", "offline"]
 _MTOK = Decimal(1_000_000)
@@ -56,6 +80,21 @@ class ModelConfig(BaseModel):
     typical_latency_s: float = Field(gt=0, default=5.0)
     fallbacks: tuple[str, ...] = ()
     cheaper: str | None = None
+    timeouts: TimeoutConfig = TimeoutConfig()
+    """Connect, read and total timeouts of one call to this model."""
+    hedge: HedgeConfig = HedgeConfig()
+    """When a slow call to this model is raced by another, how often, and on what."""
+    breaker: BreakerConfig = BreakerConfig()
+    """The circuit breaker of this model's endpoint (models sharing one must agree)."""
+    retry: RetryConfig = RetryConfig()
+    """How long a call that is rate limited everywhere keeps trying."""
+    headers: tuple[tuple[str, str], ...] = ()
+    """Extra request headers sent to this model's endpoint (a TOML table in the file)."""
+
+    @field_validator("headers", mode="before")
+    @classmethod
+    def _headers(cls, value: object) -> object:
+        return check_headers(value)
 
     def cost(self, usage: Usage) -> Decimal:
         """USD for a call's usage; cached input tokens are billed at the cached price."""
@@ -116,8 +155,10 @@ class ModelCatalog:
                     problems.append(f"models.{name}.{where}: {err['msg']}")
             except TypeError as exc:
                 problems.append(f"models.{name}: {exc}")
+        problems.extend(_breaker_conflicts(models))
         for model in models.values():
-            for other in (*model.fallbacks, *([model.cheaper] if model.cheaper else [])):
+            cheaper = [model.cheaper] if model.cheaper else []
+            for other in (*model.fallbacks, *cheaper, *(model.hedge.models or ())):
                 if other not in models:
                     problems.append(f"models.{model.name} refers to unknown model {other!r}")
         if problems:
@@ -135,3 +176,21 @@ class ModelCatalog:
 
     def __contains__(self, name: object) -> bool:
         return name in self.models
+
+
+def _breaker_conflicts(models: dict[str, ModelConfig]) -> list[str]:
+    # One breaker guards one endpoint (provider + base_url), so the models it serves
+    # must not ask for different thresholds.
+    first: dict[tuple[str, str], ModelConfig] = {}
+    problems: list[str] = []
+    for model in models.values():
+        key = (model.provider, model.base_url or "")
+        seen = first.setdefault(key, model)
+        if seen.breaker != model.breaker:
+            problems.append(
+                f"models.{seen.name} and models.{model.name} share the endpoint "
+                f"{model.provider} {model.base_url or '(none)'} but set different "
+                f"breaker settings ({seen.breaker} vs {model.breaker}); one breaker guards "
+                "one endpoint, so give them the same [breaker] table"
+            )
+    return problems

@@ -40,6 +40,18 @@ def generate() -> dict[str, str]:
             "$defs": components,
         }
         files[f"events/{name}.schema.json"] = _dump(document)
+    from jetagent.dead_letter import DeadLetter
+
+    (schema,), components = msgspec.json.schema_components([DeadLetter])
+    files["dead-letter.schema.json"] = _dump(
+        {
+            "$schema": "https://json-schema.org/draft/2020-12/schema",
+            "$id": "https://jetagent.dev/schemas/dead-letter.schema.json",
+            "title": "DeadLetter",
+            **schema,
+            "$defs": components,
+        }
+    )
     return files
 
 

@@ -3,8 +3,10 @@ the Anthropic Messages API, scripted per test.
 
 Each server listens on 127.0.0.1 on a port the OS picks, answers requests in arrival
 order from a queue of ``Reply`` values (an empty queue answers 500 in the provider's
-error format, so a test that forgot a reply fails loudly), and records every request.
-A reply's ``delay_s`` simulates a slow provider; closing the server cuts delays short.
+error format, so a test that forgot a reply fails loudly, unless ``always`` set a reply
+for every request after the queue: a provider that answers 429 forever, or hangs), and
+records every request with its headers. A reply's ``delay_s`` simulates a slow
+provider (``hang()`` one that never answers); closing the server cuts delays short.
 
 Shapes follow the providers' API references:
 https://platform.openai.com/docs/api-reference/chat/object and
@@ -16,6 +18,7 @@ from __future__ import annotations
 import json
 import sys
 import threading
+import time
 from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -27,6 +30,7 @@ from typing import Any, Self
 from jetagent.models import ModelConfig
 
 __all__ = [
+    "HANG_S",
     "FakeAnthropic",
     "FakeLLMServer",
     "FakeOpenAI",
@@ -34,6 +38,7 @@ __all__ = [
     "Reply",
     "anthropic_error",
     "anthropic_message",
+    "hang",
     "model_for",
     "openai_completion",
     "openai_error",
@@ -75,11 +80,23 @@ class RecordedRequest:
     path: str
     headers: dict[str, str]
     body: bytes
+    at: float = field(default_factory=time.monotonic)
+    """When it arrived (``time.monotonic()``), to check when a hedge was sent."""
 
     @property
     def json(self) -> Any:
         """The body decoded as JSON."""
         return json.loads(self.body)
+
+
+HANG_S = 3600.0
+"""A delay no test waits out: the server answers only when it is closed (it then drops
+the connection without answering)."""
+
+
+def hang() -> Reply:
+    """A provider that accepted the request and never answers."""
+    return Reply(delay_s=HANG_S)
 
 
 class _Server(ThreadingHTTPServer):
@@ -103,6 +120,7 @@ class FakeLLMServer:
 
     def __init__(self) -> None:
         self._replies: deque[Reply] = deque()
+        self._always: Reply | None = None
         self._requests: list[RecordedRequest] = []
         self._lock = threading.Condition()
         self._stop = threading.Event()
@@ -155,6 +173,12 @@ class FakeLLMServer:
         with self._lock:
             self._replies.extend(replies)
 
+    def always(self, reply: Reply | None) -> None:
+        """Answer ``reply`` to every request once the scripted queue is empty
+        (``None``: back to the loud 500)."""
+        with self._lock:
+            self._always = reply
+
     @property
     def requests(self) -> list[RecordedRequest]:
         """Every request received so far."""
@@ -181,6 +205,8 @@ class FakeLLMServer:
             if request.path != self.endpoint:
                 return self.error_reply(404, f"fake server: no route {request.path}")
             if not self._replies:
+                if self._always is not None:
+                    return self._always
                 return self.error_reply(500, "fake server: no scripted reply left")
             return self._replies.popleft()
 

@@ -173,7 +173,10 @@ class HttpProvider(ABC):
             return await self._client.post(
                 self.url(model),
                 content=body,
-                headers=self.headers(key.reveal() if key is not None else None),
+                headers=_with_extra(
+                    self.headers(key.reveal() if key is not None else None), model.headers
+                ),
+                timeout=self._timeout(model),
             )
         except httpx.HTTPError as exc:
             error = self._transport_error(model, exc, redact)
@@ -187,12 +190,22 @@ class HttpProvider(ABC):
         # whose request still holds the key in its headers.
         raise error
 
+    def _timeout(self, model: ModelConfig) -> httpx.Timeout:
+        """The client's timeouts, with the model's ``[timeouts]`` where it sets them."""
+        s, t = self._settings, model.timeouts
+        return httpx.Timeout(
+            connect=t.connect_s or s.connect_timeout_s,
+            read=t.read_s or s.read_timeout_s,
+            write=s.write_timeout_s,
+            pool=s.pool_timeout_s,
+        )
+
     def _transport_error(
         self, model: ModelConfig, exc: httpx.HTTPError, redact: Redactor
     ) -> CapabilityError:
         what = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         where = f"{self.name} at {model.base_url} for {model.name}"
-        s = self._settings
+        read_s = model.timeouts.read_s or self._settings.read_timeout_s
         if isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout | httpx.ConnectError):
             # Nothing reached the provider: nothing can have been billed.
             message = f"{where}: could not connect ({what})"
@@ -200,7 +213,7 @@ class HttpProvider(ABC):
                 redact(message), details=_details(self.name, usage_status="not_reported")
             )
         if isinstance(exc, httpx.ReadTimeout):
-            message = f"{where}: no answer within the read timeout of {s.read_timeout_s} s"
+            message = f"{where}: no answer within the read timeout of {read_s} s"
             return TransientError(
                 redact(message + "; usage unknown"),
                 details=_details(self.name, usage_status="unknown"),
@@ -265,6 +278,15 @@ class HttpProvider(ABC):
         else:
             return_error = PermanentError(full, usage=usage, details=details)
         raise return_error
+
+
+def _with_extra(headers: dict[str, str], extra: tuple[tuple[str, str], ...]) -> httpx.Headers:
+    # Case-insensitive: an extra "Anthropic-Version" replaces the adapter's
+    # "anthropic-version" instead of sending both.
+    merged = httpx.Headers(headers)
+    for name, value in extra:
+        merged[name] = value
+    return merged
 
 
 def _details(provider: str, **fields: Any) -> dict[str, Any]:

@@ -20,7 +20,6 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-import jsonschema
 import msgspec
 
 from jetagent.contract import Status
@@ -33,6 +32,7 @@ from jetagent.events import (
     Spend,
     Started,
     StepCompleted,
+    StepError,
     StepFailed,
     StepResult,
     StepScheduled,
@@ -41,6 +41,7 @@ from jetagent.events import (
 )
 from jetagent.llm import ToolCall, ToolSpec
 from jetagent.models import ModelConfig
+from jetagent.output_schema import InvalidOutputSchema, compile_output_schema
 from jetagent.tokens import Tokenizer, count_message_tokens, count_tokens
 
 from ._state import REASONING, SUMMARIZE, TOOLS, WorkflowState, compactable, evolve
@@ -190,8 +191,8 @@ def _fold_result(
     if state.status.is_final or view is None or view.status != "scheduled":
         return []  # a duplicate delivery, or a late result of an ended workflow
     settlement = result.spend()
-    if not result.ok:
-        error = result.error
+    error = result.error if not result.ok else _malformed(view.capability, result.output)
+    if not result.ok or error is not None:
         return [
             StepFailed(
                 workflow_id=state.workflow_id,
@@ -225,15 +226,39 @@ def _fold_result(
     ]
 
 
+def _malformed(capability: str, output: dict[str, Any]) -> StepError | None:
+    """A reasoning output whose tool calls cannot be read fails the step (it is retried),
+    rather than stopping every decision on it."""
+    if capability != REASONING:
+        return None
+    calls = output.get("tool_calls", ())
+    try:
+        if not isinstance(calls, list | tuple):
+            raise msgspec.ValidationError(f"tool_calls is {type(calls).__name__}, not a list")
+        for call in calls:
+            msgspec.convert(call, ToolCall)
+    except msgspec.ValidationError as exc:
+        return StepError(
+            type="MalformedOutput", message=f"unreadable tool calls: {exc}", retryable=True
+        )
+    return None
+
+
 def _check_json(text: str, schema: dict[str, Any] | None) -> dict[str, Any]:
     """Whether a final answer is one JSON value satisfying ``schema`` (and why not)."""
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
         return {"valid": False, "errors": [f"not JSON: {exc.msg} at position {exc.pos}"]}
+    try:
+        # Compiled once per schema; checked at ingress, so this refuses only schemas
+        # accepted before that check existed.
+        validator = compile_output_schema(schema or {})
+    except InvalidOutputSchema as exc:
+        return {"valid": False, "errors": exc.problems[:10]}
     errors = [
         f"{'/'.join(str(p) for p in e.path) or 'answer'}: {e.message}"
-        for e in jsonschema.Draft202012Validator(schema or {}).iter_errors(value)
+        for e in validator.iter_errors(value)
     ]
     return {"valid": not errors, "errors": errors[:10]}
 
