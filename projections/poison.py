@@ -15,12 +15,14 @@ import contextlib
 import logging
 import re
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 import msgspec
 from nats.errors import Error as NatsError
 from nats.js.client import JetStreamContext
 
 from jetagent.config import Names
+from jetagent.dead_letter import DeadLetter
 from jetagent.errors import JetagentError
 from jetagent.events import StepResult, WorkflowEvent
 
@@ -32,6 +34,9 @@ SOURCE = "projections"
 _KEY = re.compile(r"[A-Za-z0-9_=-]{1,128}")
 """A workflow id the platform can produce (a request id, ``seq-<N>``): one subject token
 and one KV key, so a view can be stored under it."""
+
+
+_encoder = msgspec.json.Encoder()
 
 
 class PoisonMessage(JetagentError):
@@ -79,19 +84,27 @@ class PoisonReporter:
         """Write the queued dead letters; ``Nats-Msg-Id`` dedupes a restart's repeats."""
         queued, self.queued = self.queued, []
         for stream, seq, subject, reason in queued:
-            body = {
-                "source": SOURCE,
-                "subject": subject,
-                "stream": stream,
-                "stream_seq": seq,
-                "deliveries": 1,
-                "error": f"poison message skipped by the projections: {reason}",
-            }
-            # A dead letter that cannot be written is logged (above) and counted; the
-            # projection must not stop for it.
+            letter = DeadLetter(
+                source=SOURCE,
+                kind="poison",
+                reason=reason,
+                subject=subject,
+                stream=stream,
+                stream_seq=seq,
+                deliveries=1,
+                at=datetime.now(UTC),
+                error=f"poison message skipped by the projections: {reason}",
+            )
+            # Its own message id, not jetagent.dead_letter's: the orchestrator may
+            # dead-letter the same stored message, and each reader's letter is kept.
+            # One that cannot be written is logged (above) and counted; the projection
+            # must not stop for it.
             with contextlib.suppress(NatsError):
                 await self.js.publish(
                     self.names.dlq(SOURCE),
-                    msgspec.json.encode(body),
-                    headers={"Nats-Msg-Id": f"{SOURCE}:{stream}:{seq}"},
+                    _encoder.encode(letter),
+                    headers={
+                        "Nats-Msg-Id": f"{SOURCE}:{stream}:{seq}",
+                        "Ja-Dead-Letter-Kind": letter.kind,
+                    },
                 )
