@@ -7,7 +7,9 @@ for. Without a bound every such name would be a new Prometheus series. So (READM
 
 - a ``tenant`` label is a configured tenant (``JETAGENT_TENANTS``), ``unknown`` (a request
   that named none), or ``other``;
-- a ``model`` label is a model of the catalog (``JETAGENT_MODELS``), or ``other``;
+- a ``model`` label is a model of the catalog (``JETAGENT_MODELS``), always, or one of
+  the first :data:`DISTINCT_LIMIT` other names reported (tools record calls of their own
+  models with ``record_call``), or ``other``;
 - every other label (and tenants when ``JETAGENT_TENANTS=*``) keeps its first
   :data:`DISTINCT_LIMIT` values per dimension; later new values are ``other``. The values
   admitted so far are part of the checkpointed totals, so a restart or a rebuild admits
@@ -42,8 +44,10 @@ class LabelPolicy:
         return self.free("tenant", value, admitted)
 
     def model(self, value: str, admitted: dict[str, dict[str, bool]]) -> str:
-        if self.models is not None:
-            return value if value in self.models else OTHER
+        # Catalog models never compete for the free places, so forged names cannot
+        # crowd a real model out of its own series.
+        if self.models is not None and value in self.models:
+            return value
         return self.free("model", value, admitted)
 
     def free(self, dimension: str, value: str, admitted: dict[str, dict[str, bool]]) -> str:

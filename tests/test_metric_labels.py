@@ -112,7 +112,24 @@ def test_models_outside_the_catalog_and_free_labels_are_bounded() -> None:
     models = {key.split("\x1f")[1] for key in state.calls}
     tenants = {key.split("\x1f")[3] for key in state.tokens}
     capabilities = {key.split("\x1f")[0] for key in state.steps}
-    assert models == {OTHER}
+    # Models outside the catalog: the first ones reported are kept, then `other`.
+    assert len(models) == DISTINCT_LIMIT + 1
+    assert OTHER in models
+    catalog_call = CallRecord(model="gpt-4o", provider="openai", outcome="ok")
+    state.apply_step_result(
+        StepResult(
+            workflow_id="w-real",
+            step_id="s1",
+            capability="reasoning",
+            tenant="acme",
+            ok=True,
+            calls=[catalog_call],
+            started_at=now,
+            finished_at=now,
+        ),
+        policy,
+    )
+    assert any(key.split("\x1f")[1] == "gpt-4o" for key in state.calls)
     assert tenants == {OTHER}
     assert {key.split("\x1f")[0] for key in state.workflows} == {OTHER}
     assert len(capabilities) == DISTINCT_LIMIT + 1
