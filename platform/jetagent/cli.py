@@ -157,9 +157,8 @@ def _run(main: Callable[[asyncio.Event], Awaitable[int | None]], *, service: str
 
 
 _SERVICES = frozenset({"up", "orchestrator", "worker", "projections"})
-"""Commands that serve (and run on uvloop); the others are short-lived or wait for a
-person, and keep asyncio's own loop: under uvloop a SIGTERM sent to a waiting `watch`
-was sometimes never handled (the loop slept on)."""
+"""Commands that serve, and run on uvloop for throughput; the others are short-lived or
+wait for a person, gain nothing from it, and keep asyncio's own loop."""
 
 
 def _prefix() -> str:
