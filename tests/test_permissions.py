@@ -113,6 +113,7 @@ async def test_services_run_with_exactly_their_permissions(
             instruction='What is 6 * 7? Then call remember {"text": "the answer is 42"}',
             tenant="acme",
             output={"summarize": True},
+            capability_limits={"deadline_s": 600},  # arms a durable timer on JA_TIMERS
         )
         result = await client.result(wid, timeout=60)
         assert result.ok, procs.log("orchestrator") + procs.log("reasoning") + procs.log("tools")
@@ -142,4 +143,7 @@ async def test_services_run_with_exactly_their_permissions(
     assert await _refused(_url(secured, "projections"), "ja.request.acme")
     assert await _refused(_url(secured, "worker-reasoning"), "$JS.API.STREAM.DELETE.JA_WORKFLOWS")
     assert await _refused(_url(secured, "orchestrator"), "$JS.API.STREAM.PURGE.JA_STEPS")
+    assert await _refused(_url(secured, "client"), "ja.timer.at.x.deadline")  # orchestrator's
+    assert await _refused(_url(secured, "worker-tools"), "ja.timer.due.x.deadline")
+    assert await _refused(_url(secured, "worker-tools"), "$JS.API.STREAM.PURGE.JA_TIMERS")
     assert not await _refused(_url(secured, "client"), "ja.request.acme")

@@ -40,7 +40,7 @@ from ._failures import exhausted as _exhausted
 from ._failures import failure as _failure
 from ._failures import short as _short
 from ._policy import GatewayDefaults, HedgeTarget, LatencyWindow
-from ._race import CallContext, HedgedCaller, RaceResult
+from ._race import CallContext, HedgedCaller, OnCall, RaceResult
 from ._retry import REPORT_RESERVE_S, RetryBudget
 from .breakers import BreakerRegistry, BreakerSettings, BreakerState
 from .providers import AnthropicProvider, HttpSettings, OpenAIProvider, Provider
@@ -172,11 +172,16 @@ class ModelGateway:
         remaining_usd: Decimal | None,
         deadline_s: float | None = None,
         origin: str = "",
+        on_call: OnCall | None = None,
     ) -> GatewayResult:
         """Ask the best usable model in ``models`` (first preferred) for the next turn.
 
         ``deadline_s`` is what is left of the workflow's deadline: no call or retry
         runs past it. ``origin`` names the caller in log lines ("workflow W step S").
+        ``on_call`` is awaited with each ``Attempt`` (answered, failed, rate limited,
+        cancelled) once, as soon as that provider call has settled, before the call goes
+        on (a retry wait, a failover); it is given the very objects of the result's
+        ``attempts`` (the raised error's ``details["attempts"]`` are the same, as builtins).
 
         Raises PermanentError, TransientError or RateLimitedError when no answer came;
         the error's ``details`` hold ``attempts``, ``decisions`` and ``cost_usd`` and its
@@ -203,6 +208,7 @@ class ModelGateway:
             remaining_tokens=remaining_tokens,
             remaining_usd=remaining_usd,
             deadline=deadline,
+            on_call=on_call,
         )
         attempts: list[Attempt] = []
         decisions: list[RoutingDecision] = []

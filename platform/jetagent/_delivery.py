@@ -15,10 +15,18 @@ from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 
 from jetagent import telemetry
+from jetagent.calls import CALLS_RECORDED
 from jetagent.errors import CapabilityError, RateLimitedError, TransientError
-from jetagent.events import CallRecord, StepError, StepResult, StepScheduled, encode
+from jetagent.events import (
+    CallRecord,
+    RoutingDecision,
+    StepError,
+    StepResult,
+    StepScheduled,
+    encode,
+)
 
-__all__ = ["Heartbeat", "billed", "error_of", "publish_result", "what"]
+__all__ = ["Heartbeat", "billed", "error_of", "publish_result", "routing_of", "what"]
 
 _WRONG_LAST_SEQUENCE = 10071
 _RESULT_PUBLISH_S = 30.0
@@ -79,7 +87,10 @@ def error_of(exc: BaseException, *, retryable: bool, why: str = "") -> StepError
 
 def billed(exc: CapabilityError) -> list[CallRecord]:
     """What a failed step's provider calls were billed: the attempts the error carries,
-    or else its usage, so the cost of a failure is recorded too."""
+    or else its usage, so the cost of a failure is recorded too; nothing when the
+    handler reported those calls as they completed (``CALLS_RECORDED``)."""
+    if exc.details.get(CALLS_RECORDED) is True:
+        return []
     attempts = exc.details.get("attempts")
     if isinstance(attempts, list) and attempts:
         records = []
@@ -100,6 +111,23 @@ def billed(exc: CapabilityError) -> list[CallRecord]:
             error=str(exc),
         )
     ]
+
+
+def routing_of(exc: BaseException) -> list[RoutingDecision]:
+    """The routing decisions a failed step's error carries (``details["decisions"]``, or
+    its cause's when the worker wrapped it), so a failed step's routing shows why each
+    model was tried and why the retries ended."""
+    for error in (exc, exc.__cause__):
+        if not isinstance(error, CapabilityError):
+            continue
+        decisions = error.details.get("decisions")
+        if isinstance(decisions, list) and decisions:
+            routing = []
+            for decision in decisions:
+                with contextlib.suppress(msgspec.ValidationError, TypeError):
+                    routing.append(msgspec.convert(decision, RoutingDecision, strict=False))
+            return routing
+    return []
 
 
 class Heartbeat:

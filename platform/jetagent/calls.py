@@ -27,9 +27,14 @@ from jetagent.config import Names
 from jetagent.events import CallRecord
 from jetagent.store import DirectGetter
 
-__all__ = ["CallJournal", "EarlierRuns", "JournalEntry"]
+__all__ = ["CALLS_RECORDED", "CallJournal", "EarlierRuns", "JournalEntry"]
 
 log = logging.getLogger("jetagent.calls")
+
+CALLS_RECORDED = "calls_recorded"
+"""Key of a ``CapabilityError``'s ``details``: ``True`` when every call the error
+describes (``details["attempts"]``, ``usage``) was already reported with
+``StepContext.record_call``, so the worker does not count those calls a second time."""
 
 
 class JournalEntry(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):

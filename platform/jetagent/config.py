@@ -62,6 +62,13 @@ class Settings(BaseSettings):
         64 * 1024, ge=1024, description="Larger payloads go to the object store by reference."
     )
     max_step_attempts: int = Field(2, ge=1, le=10, description="Attempts of one logical step.")
+    early_input_wait_s: float = Field(
+        300.0,
+        gt=0,
+        le=7 * 86400,
+        description="Seconds a cancel or signal for a workflow not started yet is kept "
+        "before it is answered with InputRejected.",
+    )
     snapshot_every: int = Field(100, ge=10, description="Events between aggregate snapshots.")
     cache_size: int = Field(10_000, ge=10, description="Workflows cached per orchestrator.")
     orchestrator_concurrency: int = Field(256, ge=1, description="Inputs processed at once.")
@@ -189,6 +196,18 @@ class Names:
     @property
     def dlq_stream(self) -> str:
         return f"{self.upper}_DLQ"
+
+    @property
+    def timers_stream(self) -> str:
+        return f"{self.upper}_TIMERS"
+
+    def timer_schedule(self, workflow_id: str, kind: str) -> str:
+        """Where a workflow's timer of one kind is held (one schedule per subject)."""
+        return f"{self.prefix}.timer.at.{workflow_id}.{kind}"
+
+    def timer_due(self, workflow_id: str, kind: str) -> str:
+        """Where nats-server puts the timer's message when it is due."""
+        return f"{self.prefix}.timer.due.{workflow_id}.{kind}"
 
     def request(self, tenant: str) -> str:
         return f"{self.prefix}.request.{tenant}"

@@ -5,7 +5,9 @@ and an upcaster from the old one (``UPCASTERS``), so old streams stay readable.
 
 - Workflow aggregate events (``JA_WORKFLOWS``, ``<prefix>.wf.<workflow_id>.<Type>[...]``):
   Started, StepScheduled, StepCompleted, StepFailed, ApprovalRequested, ApprovalResolved,
-  Finalized, Terminated, Cancelled, and RequestRejected for a request that never started.
+  Finalized, Terminated, Cancelled, and RequestRejected for a request that never started;
+  InputDeferred (a cancel or signal that arrived before its workflow started, kept until it
+  starts) and InputRejected (such inputs answered: the workflow did not start in time).
 - ``StepResult`` (``JA_STEPS``): what a capability worker produced for one step, with the
   usage and cost of every provider call it made (recorded there and nowhere else).
 - ``CancelRequested`` and ``SignalSent`` (``JA_REQUESTS``), next to the requests.
@@ -16,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
@@ -31,6 +33,8 @@ __all__ = [
     "CancelRequested",
     "Cancelled",
     "Finalized",
+    "InputDeferred",
+    "InputRejected",
     "Money",
     "RequestRejected",
     "RoutingDecision",
@@ -175,6 +179,26 @@ class RequestRejected(_WorkflowEventBase, frozen=True, kw_only=True, tag="Reques
     size: int = 0
 
 
+class InputDeferred(_WorkflowEventBase, frozen=True, kw_only=True, tag="InputDeferred"):
+    """A cancel or a signal for a workflow that has not started yet: kept, and applied
+    when it starts (a cancel ends it at once), or answered by ``InputRejected`` if it has
+    not started by ``expires_at``."""
+
+    kind: Literal["cancel", "signal"]
+    name: str = ""
+    """The signal's name (empty for a cancel)."""
+    payload: dict[str, Any] = msgspec.field(default_factory=dict)
+    reason: str = ""
+    by: str = ""
+    expires_at: datetime
+
+
+class InputRejected(_WorkflowEventBase, frozen=True, kw_only=True, tag="InputRejected"):
+    """Every deferred cancel and signal of a workflow answered: why none could apply."""
+
+    reasons: list[str]
+
+
 WorkflowEvent = (
     Started
     | StepScheduled
@@ -186,6 +210,8 @@ WorkflowEvent = (
     | Terminated
     | Cancelled
     | RequestRejected
+    | InputDeferred
+    | InputRejected
 )
 
 
@@ -274,6 +300,8 @@ _EVENT_CLASSES: tuple[type[_Event], ...] = (
     Terminated,
     Cancelled,
     RequestRejected,
+    InputDeferred,
+    InputRejected,
     StepResult,
     CancelRequested,
     SignalSent,

@@ -65,7 +65,10 @@ class StepContext:
         """Report a provider call the moment it completes (succeeded, failed or
         cancelled), so its usage is recorded against this step even if this run dies
         before the step ends. A call reported here need not be returned in
-        ``StepOutput.calls`` as well; if the same object is, it is counted once."""
+        ``StepOutput.calls`` as well; if the same object is, it is counted once. An
+        error raised after its calls were reported here says so with
+        ``details[jetagent.calls.CALLS_RECORDED] = True`` (they are not counted again
+        from its ``details``/``usage``)."""
         if any(c is call for c in self._recorded):
             return
         self._recorded.append(call)

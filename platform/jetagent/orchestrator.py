@@ -1,7 +1,8 @@
 """The orchestrator: a process application over the Workflow aggregate.
 
-It follows ``JA_REQUESTS`` (requests, cancels, signals) and ``JA_STEPS`` (step results)
-through durable pull consumers shared by every replica. For each message it loads the
+It follows ``JA_REQUESTS`` (requests, cancels, signals), ``JA_STEPS`` (step results) and
+``JA_TIMERS`` (deadlines and other durable timers, see ``jetagent.timers``) through
+durable pull consumers shared by every replica. For each message it loads the
 workflow, asks the pure ``decide`` what to record, appends those events one by one with
 an aggregate-wide concurrency check, and only then acknowledges the message.
 
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import heapq
 import logging
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
@@ -33,7 +33,7 @@ from opentelemetry.trace import SpanKind
 from jetagent import telemetry
 from jetagent.config import Settings
 from jetagent.consume import Puller
-from jetagent.contract import rejection_id, validate_request
+from jetagent.contract import Status, rejection_id, validate_request
 from jetagent.dead_letter import DeadLetterKind, dead_letter_of, publish_dead_letter
 from jetagent.decoding import (
     PoisonMessage,
@@ -55,8 +55,10 @@ from jetagent.models import ModelCatalog
 from jetagent.payloads import PayloadStore
 from jetagent.provision import provision
 from jetagent.registry import ToolRegistry
+from jetagent.request_ids import derived_request_id
 from jetagent.result_check import result_problem
 from jetagent.store import AggregateStream, ConcurrencyConflict, StoreUnavailableError
+from jetagent.timers import Timers, due_timer, keep_early
 from jetagent.tokens import openai_tokenizer
 from jetagent.workflow import (
     Begin,
@@ -114,7 +116,7 @@ class Orchestrator:
         )
         self.registry = ToolRegistry(self.js, self.names)
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
-        self._deadlines: list[tuple[datetime, str]] = []
+        self.timers = Timers(self.js, self.names)
         self._slots = asyncio.Semaphore(settings.orchestrator_concurrency)
         self.processed = 0
         self._context: DecideContext | None = None
@@ -151,8 +153,15 @@ class Orchestrator:
             consumer="orchestrator-steps",
             max_in_flight=self.settings.orchestrator_concurrency,
         )
+        timers = Puller(
+            self.nc,
+            stream=self.names.timers_stream,
+            consumer="orchestrator-timers",
+            max_in_flight=self.settings.orchestrator_concurrency,
+        )
         await requests.start()
         await steps.start()
+        await timers.start()
         log.info(
             "orchestrator ready (streams %s, %s)",
             self.names.requests_stream,
@@ -162,10 +171,11 @@ class Orchestrator:
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(self._serve(requests, self._on_request, stop))
                 tasks.create_task(self._serve(steps, self._on_step_result, stop))
-                tasks.create_task(self._deadline_ticker(stop))
+                tasks.create_task(self._serve(timers, self._on_timer, stop))
                 await stop.wait()
                 await requests.stop()
                 await steps.stop()
+                await timers.stop()
         finally:
             await self.registry.stop()
             await self.aggregates.close()
@@ -260,6 +270,11 @@ class Orchestrator:
                 msg,
             )
 
+    async def _on_timer(self, msg: Msg) -> None:
+        timer = due_timer(msg)
+        # The server's clock said it is due; never decide "not yet" on a clock behind it.
+        await self.process(timer.workflow_id, Tick(at=max(_now(), timer.due)), msg)
+
     async def _on_workflow_request(self, msg: Msg, tenant: str | None, at: datetime) -> None:
         headers = msg.headers or {}
         msg_id = headers.get("Nats-Msg-Id")
@@ -271,6 +286,12 @@ class Orchestrator:
             models=set(self.catalog.models),
             max_bytes=self.settings.max_request_bytes,
         )
+        if request is not None:
+            # No request_id in the body: every delivery must name the same workflow.
+            seq = msg.metadata.sequence.stream
+            derived = derived_request_id(msg.data, msg_id=msg_id, stream_seq=seq)
+            if derived is not None:
+                request = request.model_copy(update={"request_id": derived})
         if request is not None and msg_id and msg_id != request.request_id:
             problems = [f"Nats-Msg-Id {msg_id!r} differs from request_id {request.request_id!r}"]
             request = None
@@ -304,9 +325,16 @@ class Orchestrator:
             # Expected sequence 0: if the id already names a workflow (or an earlier
             # rejection), the append is refused and the rejection is not recorded again.
             with contextlib.suppress(ConcurrencyConflict):
-                await self.journal.append(
-                    workflow_id, Loaded(WorkflowState(), 0), [event], self._causation(msg)
-                )
+                try:
+                    await self.journal.append(
+                        workflow_id, Loaded(WorkflowState(), 0), [event], self._causation(msg)
+                    )
+                except ConcurrencyConflict:
+                    # Only cancels or signals kept for it so far: it still never started.
+                    loaded = await self.journal.load(workflow_id)
+                    if loaded.state.status is not Status.QUEUED:
+                        raise
+                    await self.journal.append(workflow_id, loaded, [event], self._causation(msg))
             # A rejection is final: no lock to keep for it (anyone can send rejections).
             self._locks.pop(workflow_id, None)
 
@@ -356,6 +384,7 @@ class Orchestrator:
         ``trust``: a step result and its subject, checked against the workflow first.
         """
         headers = self._causation(msg)
+        command = keep_early(command, workflow_id, self.settings.early_input_wait_s)
         async with self._locks[workflow_id]:
             if isinstance(command, Begin) and not self.journal.is_cached(workflow_id):
                 # A new request names a new workflow: no read before its first append.
@@ -365,6 +394,7 @@ class Orchestrator:
                 loaded = await self.journal.load(workflow_id)
             if trust is not None:
                 await self._check_trusted(workflow_id, loaded, *trust)
+            before = loaded.state.status
             for _ in range(_MAX_CONFLICT_RETRIES):
                 try:
                     await self._decide_and_append(workflow_id, loaded, command, headers)
@@ -373,7 +403,7 @@ class Orchestrator:
                     await self.journal.catch_up(workflow_id, loaded)
             else:
                 raise JetagentError(f"workflow {workflow_id}: too many concurrent writers")
-            self._track_deadline(workflow_id, loaded)
+            await self.timers.follow(workflow_id, command, before, loaded.state)
             if loaded.state.status.is_final:
                 self._locks.pop(workflow_id, None)
 
@@ -401,25 +431,6 @@ class Orchestrator:
             if shrunk is not event.input:
                 return msgspec.structs.replace(event, input=shrunk)
         return event
-
-    def _track_deadline(self, workflow_id: str, loaded: Loaded) -> None:
-        state = loaded.state
-        if state.deadline_at is not None and not state.status.is_final:
-            heapq.heappush(self._deadlines, (state.deadline_at, workflow_id))
-
-    async def _deadline_ticker(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=0.5)
-            now = _now()
-            due = []
-            while self._deadlines and self._deadlines[0][0] <= now:
-                due.append(heapq.heappop(self._deadlines)[1])
-            for workflow_id in set(due):
-                try:
-                    await self.process(workflow_id, Tick(at=now))
-                except Exception:
-                    log.exception("deadline check of %s failed", workflow_id)
 
 
 def _readable_request_id(data: bytes) -> object:

@@ -30,7 +30,7 @@ __all__ = [
     "stream_configs",
 ]
 
-STREAM_FILES = ("requests", "workflows", "steps", "dlq", "calls")
+STREAM_FILES = ("requests", "workflows", "steps", "dlq", "calls", "timers")
 
 
 def _definitions() -> Any:
@@ -139,7 +139,7 @@ async def provision(
             )
         done.append(f"object store {obs['bucket']}")
     if consumers:
-        for kind in ("orchestrator-requests", "orchestrator-steps"):
+        for kind in ("orchestrator-requests", "orchestrator-steps", "orchestrator-timers"):
             await ensure_consumer(nc, consumer_config(settings, kind), timeout=timeout)
             done.append(f"consumer {kind}")
     return done

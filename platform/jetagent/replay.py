@@ -1,11 +1,12 @@
 """Replay a workflow's history and verify that its decisions replay to the same events.
 
 Every event carries its cause (``Ja-Causation: <stream>:<seq>``): the request, step
-result, cancel or signal that the orchestrator was deciding on (none for a deadline
-check). Replaying regroups the events by cause, rebuilds each input from the stored
-message, asks the pure ``decide`` again from the state before the group, and compares.
-No model or tool is called again: their answers are in the log. A difference means the
-code or the configuration (model catalog, registered tools) changed since — or a bug.
+result, cancel, signal or due timer (``JA_TIMERS``: a deadline check) that the
+orchestrator was deciding on (none for a deadline check of older versions). Replaying
+regroups the events by cause, rebuilds each input from the stored message, asks the pure
+``decide`` again from the state before the group, and compares. No model or tool is
+called again: their answers are in the log. A difference means the code or the
+configuration (model catalog, registered tools) changed since — or a bug.
 
 Replay trusts nothing it reads: a step result that was folded although it matches no
 step as scheduled (``jetagent.result_check``) is a mismatch; every other untrusted
@@ -25,6 +26,7 @@ from nats.aio.client import Client as NATS
 from jetagent.config import Names
 from jetagent.events import (
     CancelRequested,
+    InputDeferred,
     SignalSent,
     Started,
     StepScheduled,
@@ -189,6 +191,8 @@ async def _input(
     if not cause:
         return Tick(at=at), None
     stream, _, seq = cause.rpartition(":")
+    if stream.endswith("_TIMERS"):
+        return Tick(at=at), None  # a due timer: time passed (its message is gone once read)
     reader = sources.get(stream)
     if reader is None or not seq.isdigit():
         return None, None
@@ -212,12 +216,28 @@ def _request_input(
     message: Record, recorded: list[WorkflowEvent], state: WorkflowState, at: Any
 ) -> Input | None:
     kind = message.subject.split(".")[1]
+    # How long an early cancel or signal was kept is configuration: read it from the record.
+    kept = recorded[0] if isinstance(recorded[0], InputDeferred) else None
+    expires_at = kept.expires_at if kept is not None else None
     if kind == "cancel":
         cancel = msgspec.json.decode(message.data, type=CancelRequested)
-        return Cancel(at=at, reason=cancel.reason, by=cancel.by)
+        return Cancel(
+            at=at,
+            reason=cancel.reason,
+            by=cancel.by,
+            workflow_id=cancel.workflow_id,
+            expires_at=expires_at,
+        )
     if kind == "signal":
         signal = msgspec.json.decode(message.data, type=SignalSent)
-        return Signal(name=signal.name, payload=signal.payload, by=signal.by, at=at)
+        return Signal(
+            name=signal.name,
+            payload=signal.payload,
+            by=signal.by,
+            at=at,
+            workflow_id=signal.workflow_id,
+            expires_at=expires_at,
+        )
     started = next((e for e in recorded if isinstance(e, Started)), None)
     if started is None:
         if state.status.value == "queued":

@@ -49,7 +49,7 @@ from nats.errors import Error as NatsError
 from opentelemetry.trace import SpanKind
 
 from jetagent import telemetry
-from jetagent._delivery import Heartbeat, billed, error_of, publish_result, what
+from jetagent._delivery import Heartbeat, billed, error_of, publish_result, routing_of, what
 from jetagent.calls import CallJournal
 from jetagent.config import Settings
 from jetagent.consume import Puller
@@ -358,11 +358,13 @@ class Worker:
             await self._dead_letter(spec.name, msg, f"{type(exc).__name__}: {exc}")
             failed = error_of(exc, retryable=True, why=retry.reason)
             result = self._result(event, started, deliveries, ok=False, error=failed)
+            result = msgspec.structs.replace(result, routing=routing_of(exc))
         except CapabilityError as exc:  # PermanentError, or a bad input or output
             calls.extend(billed(exc))
             result = self._result(
                 event, started, deliveries, ok=False, error=error_of(exc, retryable=False)
             )
+            result = msgspec.structs.replace(result, routing=routing_of(exc))
         except Exception as exc:
             # A bug in a handler: retried like a transient error, then failed for good.
             log.exception("capability %s raised on step %s", spec.name, event.step_id)
