@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -510,3 +511,163 @@ print(json.dumps(outcome))
         "kill_worker": "EPERM",
         "execve": "EPERM",
     }
+
+
+# Found by review: routes around the layers above
+
+
+@pytest.fixture
+def datagram_listener() -> Iterator[tuple[socket.socket, str]]:
+    """A UNIX datagram socket the worker's user may write to, as /dev/log is."""
+    folder = Path(tempfile.mkdtemp(prefix="jetagent-listener-"))
+    folder.chmod(0o755)
+    path = str(folder / "listener.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(path)
+    Path(path).chmod(0o777)
+    listener.setblocking(False)
+    try:
+        yield listener, path
+    finally:
+        listener.close()
+        shutil.rmtree(folder)
+
+
+def test_a_datagram_socketpair_reaches_no_local_socket(
+    host: Host, datagram_listener: tuple[socket.socket, str]
+) -> None:
+    # socketpair() is allowed (asyncio's self-pipe), but a datagram pair can be
+    # re-addressed: sendto() or connect() to any socket file, which Landlock does not
+    # check. Only stream pairs, which stay connected to each other, are allowed.
+    listener, path = datagram_listener
+    code = f"""
+import socket
+def pair(kind):
+    return socket.socketpair(socket.AF_UNIX, kind)
+def sendto():
+    return pair(socket.SOCK_DGRAM)[0].sendto(b"exfiltrated", {path!r})
+def connect():
+    return pair(socket.SOCK_DGRAM)[0].connect({path!r})
+print(json.dumps({{
+    "dgram": attempt(lambda: pair(socket.SOCK_DGRAM)),
+    "dgram_nonblock": attempt(lambda: pair(socket.SOCK_DGRAM | socket.SOCK_NONBLOCK)),
+    "raw": attempt(lambda: pair(socket.SOCK_RAW)),
+    "sendto": attempt(sendto),
+    "connect": attempt(connect),
+    "stream_connect": attempt(lambda: pair(socket.SOCK_STREAM)[0].connect({path!r})),
+    "stream": "ok" if len(pair(socket.SOCK_STREAM | socket.SOCK_CLOEXEC)) == 2 else "?",
+}}))
+"""
+    outcomes = host.outcomes(code)
+    with contextlib.suppress(BlockingIOError):
+        received = listener.recv(100)
+        pytest.fail(f"the listener received {received!r}")
+    assert outcomes == {
+        "dgram": "EPERM",
+        "dgram_nonblock": "EPERM",
+        "raw": "EPERM",
+        "sendto": "EPERM",
+        "connect": "EPERM",
+        "stream_connect": "EPERM",
+        "stream": "ok",
+    }
+
+
+def test_no_descriptor_can_name_an_owner_for_sigio(host: Host) -> None:
+    # F_SETOWN (or the FIOSETOWN ioctl) makes the kernel send SIGIO, or any signal
+    # F_SETSIG names, to the owner whenever the pipe is ready: a signal to the worker
+    # that no kill() carries. Landlock's scopes (ABI >= 6) drop it, but they are an
+    # optional layer (Linux 6.8, say, has none); the filter refuses naming an owner,
+    # also with junk in the upper half of the command (the kernel reads 32 bits).
+    code = f"""
+import _ctypes as _c, fcntl, socket
+{LIBC}
+end, _ = socket.socketpair()  # FIOSETOWN and SIOCSPGRP are socket ioctls
+F_SETOWN, F_SETOWN_EX, FIOSETOWN, SIOCSPGRP = 8, 15, 0x8901, 0x8902
+print(json.dumps({{
+    "setown": attempt(lambda: fcntl.fcntl(1, F_SETOWN, {host.pid})),
+    "setown_group": attempt(lambda: fcntl.fcntl(1, F_SETOWN, -{host.pid})),
+    "setown_wide": libc("syscall", c_long(72), c_long(1), c_long(2**32 + F_SETOWN),
+                        c_long({host.pid})),
+    "setown_ex": attempt(lambda: fcntl.fcntl(1, F_SETOWN_EX, bytes(8))),
+    "fiosetown": attempt(lambda: fcntl.ioctl(end, FIOSETOWN, ({host.pid}).to_bytes(4, "little"))),
+    "siocspgrp": attempt(lambda: fcntl.ioctl(end, SIOCSPGRP, ({host.pid}).to_bytes(4, "little"))),
+}}))
+"""
+    outcomes = host.outcomes(code)
+    assert set(outcomes.values()) == {"EPERM"}, outcomes
+
+
+def test_no_metadata_of_the_workers_files_changes(host: Host) -> None:
+    # Landlock does not cover chown or extended attributes: without the filter a
+    # snippet hands the worker's files to itself or tags them, outside its folder.
+    owned = Path(tempfile.mkdtemp(prefix="jetagent-owned-"))
+    target = owned / "credentials"
+    target.write_text("s3cr3t")
+    shutil.chown(owned, NOBODY, NOBODY)
+    shutil.chown(target, NOBODY, NOBODY)
+    target.chmod(0o600)
+    code = f"""
+path = {str(target)!r}
+print(json.dumps({{
+    "chown": attempt(lambda: os.chown(path, {NOBODY}, {NOBODY})),
+    "lchown": attempt(lambda: os.chown(path, -1, -1, follow_symlinks=False)),
+    "setxattr": attempt(lambda: os.setxattr(path, "user.tag", b"1")),
+    "removexattr": attempt(lambda: os.removexattr(path, "user.tag")),
+    "inotify": attempt(lambda: __import__("_ctypes") and watch(path)),
+}}))
+"""
+    watch = """
+import _ctypes as _c
+LIBC
+def watch(path):
+    fd = Fn(("inotify_init1", RTLD_DEFAULT()))(0)
+    result = libc("inotify_add_watch", fd, path.encode(), 0xFFF)
+    if result != "ok":
+        raise OSError(getattr(errno, result), result)
+""".replace("LIBC", LIBC)
+    try:
+        outcomes = host.outcomes(watch + code)
+        attributes = os.listxattr(target)
+    finally:
+        shutil.rmtree(owned)
+    assert set(outcomes.values()) == {"EPERM"}, outcomes
+    assert attributes == []
+
+
+def test_a_folder_too_deep_to_name_is_still_counted(host: Host) -> None:
+    # Paths past PATH_MAX (4096) cannot be opened by name; the service walks the
+    # snippet's folder by descriptor, so what lies that deep still counts.
+    code = """
+import time
+name = "d" * 250
+for _ in range(20):
+    os.mkdir(name)
+    os.chdir(name)
+for n in range(40):
+    with open(f"f{n}", "wb") as file:
+        file.write(bytes(2**20))
+print("wrote 40 MiB", flush=True)
+time.sleep(30)
+"""
+    result = host.run(code, disk_bytes=2**20, wall_seconds=20)
+    assert result["error"] == "the working folder is full (1 MiB, 10,000 files)", result
+    assert result["signal"] == 9
+    assert result["duration_s"] < 15
+
+
+def test_a_folder_made_unreadable_is_still_counted(host: Host) -> None:
+    code = """
+import time
+os.mkdir("hidden")
+for n in range(4):
+    with open(f"hidden/f{n}", "wb") as file:
+        file.write(bytes(2**20))
+os.chmod("hidden", 0)
+os.chmod(".", 0)
+print("wrote 4 MiB", flush=True)
+time.sleep(30)
+"""
+    result = host.run(code, disk_bytes=2**20, wall_seconds=20)
+    assert result["error"] == "the working folder is full (1 MiB, 10,000 files)", result
+    assert result["duration_s"] < 15

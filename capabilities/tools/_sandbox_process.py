@@ -306,35 +306,74 @@ class _Channel:
         return first, said
 
 
+_MAX_DEPTH = 64
+_DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
 def _folder_usage(root: str, max_entries: int) -> tuple[int, int]:
-    """Bytes on disk and entries under `root`, counting stops past `max_entries`."""
-    size = entries = 0
-    folders = [root]
-    while folders:
-        folder = folders.pop()
+    """Bytes on disk and entries under `root`, counting stops past `max_entries`.
+
+    Walked by descriptor, never by path: a snippet can nest folders past PATH_MAX,
+    where a path no longer opens, and would hide what they hold. A tree deeper than
+    `_MAX_DEPTH` counts as full (a descriptor stays open per level).
+    """
+    try:
         try:
-            listing = os.scandir(folder)
+            top = os.open(root, _DIRECTORY)
         except PermissionError:
-            # the snippet made its folder unreadable to hide what it holds; the service
-            # owns it and takes the permission back
-            with contextlib.suppress(OSError):
-                os.chmod(folder, 0o700)
-                listing = os.scandir(folder)
-        except OSError:
-            continue
-        with listing:
-            for entry in listing:
-                entries += 1
-                if entries > max_entries:
-                    return size, entries
-                try:
-                    info = entry.stat(follow_symlinks=False)
-                except OSError:
+            os.chmod(root, 0o700)  # the service made it; the snippet cannot move it
+            top = os.open(root, _DIRECTORY)
+    except OSError:
+        return 0, 0
+    usage = [0, 0]
+    try:
+        _count(top, usage, max_entries, depth=0)
+    finally:
+        os.close(top)
+    return usage[0], usage[1]
+
+
+def _count(folder: int, usage: list[int], max_entries: int, *, depth: int) -> None:
+    if depth > _MAX_DEPTH:
+        usage[1] = max_entries + 1
+        return
+    try:
+        listing = os.scandir(folder)
+    except OSError:
+        return
+    with listing:
+        for entry in listing:
+            usage[1] += 1
+            if usage[1] > max_entries:
+                return
+            try:
+                usage[0] += entry.stat(follow_symlinks=False).st_blocks * 512
+                if not entry.is_dir(follow_symlinks=False):
                     continue
-                size += info.st_blocks * 512
-                if entry.is_dir(follow_symlinks=False):
-                    folders.append(entry.path)
-    return size, entries
+                child = _open_folder(folder, entry.name)
+            except OSError:
+                continue
+            try:
+                _count(child, usage, max_entries, depth=depth + 1)
+            finally:
+                os.close(child)
+            if usage[1] > max_entries:
+                return
+
+
+def _open_folder(parent: int, name: str) -> int:
+    try:
+        return os.open(name, _DIRECTORY, dir_fd=parent)
+    except PermissionError:
+        # the snippet made its folder unreadable to hide what it holds; the service
+        # owns it and takes the permission back, on the folder itself (O_PATH without
+        # following a link, chmod through the descriptor), never on a link's target
+        handle = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY, dir_fd=parent)
+        try:
+            os.chmod(f"/proc/self/fd/{handle}", 0o700)
+        finally:
+            os.close(handle)
+        return os.open(name, _DIRECTORY, dir_fd=parent)
 
 
 def remove_tree(path: str) -> None:

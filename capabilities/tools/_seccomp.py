@@ -25,7 +25,13 @@ __all__ = ["filter_program"]
 
 _CLONE_THREAD = 0x00010000
 _AF_UNIX = 1
-_TIOCSTI = 0x5412
+# A socket type is its low 4 bits; SOCK_STREAM (1) is the only one with none of these.
+_SOCK_TYPE_BITS_BUT_STREAM = (0x2, 0x4, 0x8)
+_LOW_32_BITS = 0xFFFF_FFFF
+_F_SETOWN, _F_SETOWN_EX = 8, 15
+_TIOCSTI, _FIOSETOWN, _SIOCSPGRP = 0x5412, 0x8901, 0x8902
+# x86_64 numbers 512 and up are x32-only (refused as a foreign ABI) or unassigned.
+_SYSCALL_NUMBERS = 512
 
 # Never allowed: new processes and programs, other processes' memory and signals through
 # descriptors, kernel facilities that bypass seccomp itself (io_uring) or reach the host
@@ -37,6 +43,12 @@ _DENIED = (
     "fork",
     "vfork",
     "socket",
+    # a socketpair's end could be bound, or connected to a listener: nothing to name
+    "connect",
+    "bind",
+    "listen",
+    "accept",
+    "accept4",
     "ptrace",
     "process_vm_readv",
     "process_vm_writev",
@@ -62,6 +74,20 @@ _DENIED = (
     "memfd_create",  # memory outside the address-space limit, up to open files x file size
     "memfd_secret",
     "fanotify_init",
+    "fanotify_mark",
+    # watches need only a path and read permission, which Landlock does not check:
+    # names created in other runs' folders, the worker's reads of its files
+    "inotify_add_watch",
+    # Landlock does not cover owners or extended attributes: the worker's files outside
+    # the snippet's folder would be its to give away or tag (fchown, fsetxattr on an
+    # open descriptor, which Landlock did check, stay allowed)
+    "chown",
+    "lchown",
+    "fchownat",
+    "setxattr",
+    "lsetxattr",
+    "removexattr",
+    "lremovexattr",
     "keyctl",
     "add_key",
     "request_key",
@@ -139,6 +165,16 @@ def _template(threads: bool) -> tuple[bytes, tuple[int, ...]]:
     return program, places
 
 
+def _unknown_syscalls() -> list[int]:
+    unknown = []
+    for number in range(_SYSCALL_NUMBERS):
+        try:
+            seccomp.resolve_syscall(seccomp.Arch.NATIVE, number)
+        except ValueError:
+            unknown.append(number)
+    return unknown
+
+
 def _compile(*, pid: int, threads: bool) -> bytes:
     deny = seccomp.ERRNO(errno.EPERM)
     rules = seccomp.SyscallFilter(seccomp.ALLOW)
@@ -153,8 +189,12 @@ def _compile(*, pid: int, threads: bool) -> bytes:
         rules.add_rule(deny, "clone", seccomp.Arg(0, seccomp.MASKED_EQ, _CLONE_THREAD, 0))
     else:
         rules.add_rule(deny, "clone")
-    # Unconnected pairs (asyncio's self-pipe) reach nothing outside; socket() is denied.
+    # UNIX stream pairs (asyncio's self-pipe) reach nothing outside; socket() is denied.
+    # A datagram pair is not: sendto() names any socket file, which Landlock does not
+    # check (/dev/log, a local service's socket).
     rules.add_rule(deny, "socketpair", seccomp.Arg(0, seccomp.NE, _AF_UNIX))
+    for bit in _SOCK_TYPE_BITS_BUT_STREAM:
+        rules.add_rule(deny, "socketpair", seccomp.Arg(1, seccomp.MASKED_EQ, bit, bit))
     # Signals: to its own pid only (kill, tgkill, sigqueue), so also no process groups.
     for name in ("kill", "tgkill", "rt_sigqueueinfo", "rt_tgsigqueueinfo"):
         rules.add_rule(deny, name, seccomp.Arg(0, seccomp.NE, pid))
@@ -163,8 +203,18 @@ def _compile(*, pid: int, threads: bool) -> bytes:
     rules.add_rule(deny, "prlimit64", seccomp.Arg(2, seccomp.NE, 0))
     for name in _ONLY_ITSELF:
         rules.add_rule(deny, name, seccomp.Arg(0, seccomp.NE, 0))
-    # Typing into a terminal it might have been handed.
-    rules.add_rule(deny, "ioctl", seccomp.Arg(1, seccomp.EQ, _TIOCSTI))
+    # An owner for SIGIO is a signal to another process that no kill() carries (and
+    # F_SETSIG picks the signal); typing into a terminal it might have been handed. The
+    # kernel reads these commands as 32 bits: the comparison must ignore the upper half.
+    for command in (_F_SETOWN, _F_SETOWN_EX):
+        rules.add_rule(deny, "fcntl", seccomp.Arg(1, seccomp.MASKED_EQ, _LOW_32_BITS, command))
+    for request in (_TIOCSTI, _FIOSETOWN, _SIOCSPGRP):
+        rules.add_rule(deny, "ioctl", seccomp.Arg(1, seccomp.MASKED_EQ, _LOW_32_BITS, request))
+    # Default allow must not mean "allow what libseccomp has not heard of": a newer
+    # kernel's syscalls (setxattrat, open_tree_attr, file_setattr ...) answer ENOSYS, as
+    # on a kernel that lacks them, so the C library falls back to what is filtered.
+    for number in _unknown_syscalls():
+        rules.add_rule(seccomp.ERRNO(errno.ENOSYS), number)
     with os.fdopen(os.memfd_create("jetagent-seccomp"), "w+b") as program:
         rules.export_bpf(program)
         program.seek(0)
