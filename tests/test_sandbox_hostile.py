@@ -599,17 +599,32 @@ print(json.dumps({{
 
 
 def test_no_metadata_of_the_workers_files_changes(host: Host) -> None:
-    # Landlock does not cover chown or extended attributes: without the filter a
-    # snippet hands the worker's files to itself or tags them, outside its folder.
+    # Landlock does not cover modes, owners, times or extended attributes: without the
+    # filter a snippet makes the worker's files outside its folder readable to every
+    # user of the host (or to none, the worker included), and retimes or tags them.
     owned = Path(tempfile.mkdtemp(prefix="jetagent-owned-"))
     target = owned / "credentials"
     target.write_text("s3cr3t")
     shutil.chown(owned, NOBODY, NOBODY)
     shutil.chown(target, NOBODY, NOBODY)
     target.chmod(0o600)
+    owned.chmod(0o700)
     code = f"""
 path = {str(target)!r}
+AT_EMPTY_PATH, SYS_fchmodat2 = 0x1000, 452
+def chmod_handle():
+    handle = os.open(path, os.O_PATH)
+    result = libc("syscall", c_long(SYS_fchmodat2), c_long(handle), b"", c_long(0o644),
+                  c_long(AT_EMPTY_PATH))
+    if result != "ok":
+        raise OSError(getattr(errno, result), result)
 print(json.dumps({{
+    "chmod": attempt(lambda: os.chmod(path, 0o644)),
+    "chmod_folder": attempt(lambda: os.chmod({str(owned)!r}, 0o777)),
+    "chmod_raw": attempt(lambda: libc_checked("chmod", path.encode(), 0o644)),
+    "chmod_handle": attempt(chmod_handle),
+    "utime": attempt(lambda: os.utime(path, (0, 0))),
+    "utime_raw": attempt(lambda: libc_checked("utimes", path.encode(), None)),
     "chown": attempt(lambda: os.chown(path, {NOBODY}, {NOBODY})),
     "lchown": attempt(lambda: os.chown(path, -1, -1, follow_symlinks=False)),
     "setxattr": attempt(lambda: os.setxattr(path, "user.tag", b"1")),
@@ -620,6 +635,10 @@ print(json.dumps({{
     watch = """
 import _ctypes as _c
 LIBC
+def libc_checked(name, *args):
+    result = libc(name, *args)
+    if result != "ok":
+        raise OSError(getattr(errno, result), result)
 def watch(path):
     fd = Fn(("inotify_init1", RTLD_DEFAULT()))(0)
     result = libc("inotify_add_watch", fd, path.encode(), 0xFFF)
@@ -629,10 +648,44 @@ def watch(path):
     try:
         outcomes = host.outcomes(watch + code)
         attributes = os.listxattr(target)
+        modes = [oct(path.stat().st_mode & 0o777) for path in (owned, target)]
+        mtime = target.stat().st_mtime
     finally:
         shutil.rmtree(owned)
+    # os.chmod and os.utime open the file first: Landlock's EACCES; every raw route
+    # (by path, or by an O_PATH handle that Landlock never checked) meets the filter.
+    shimmed = ("chmod", "chmod_folder", "utime")
+    assert {key: outcomes.pop(key) for key in shimmed} == dict.fromkeys(shimmed, "EACCES")
     assert set(outcomes.values()) == {"EPERM"}, outcomes
     assert attributes == []
+    assert modes == ["0o700", "0o600"]
+    assert mtime > 0
+
+
+def test_modes_and_times_in_its_own_folder_still_change(host: Host) -> None:
+    # The filter refuses chmod and utime by path; the snippet's os.chmod and os.utime
+    # open the file (which Landlock checks) and change it through the descriptor.
+    code = """
+import shutil, stat
+with open("a", "w") as file:
+    file.write("text")
+os.mkdir("folder")
+os.chmod("a", 0o640)
+os.chmod("folder", 0o750)
+os.utime("a", (1, 2))
+shutil.copy2("a", "b")
+shutil.copytree("folder", "tree")
+print(json.dumps({
+    "a": oct(os.stat("a").st_mode & 0o777),
+    "b": oct(os.stat("b").st_mode & 0o777),
+    "b_mtime": os.stat("b").st_mtime,
+    "folder": oct(os.stat("folder").st_mode & 0o777),
+    "tree": oct(os.stat("tree").st_mode & 0o777),
+}))
+"""
+    expected = {"a": "0o640", "b": "0o640", "b_mtime": 2.0, "folder": "0o750", "tree": "0o750"}
+    assert host.outcomes(code) == expected
+    assert host.outcomes(code, guards=True) == expected
 
 
 def test_a_folder_too_deep_to_name_is_still_counted(host: Host) -> None:

@@ -78,9 +78,17 @@ _DENIED = (
     # watches need only a path and read permission, which Landlock does not check:
     # names created in other runs' folders, the worker's reads of its files
     "inotify_add_watch",
-    # Landlock does not cover owners or extended attributes: the worker's files outside
-    # the snippet's folder would be its to give away or tag (fchown, fsetxattr on an
-    # open descriptor, which Landlock did check, stay allowed)
+    # Landlock does not cover modes, owners, times or extended attributes: by path, the
+    # worker's files outside the snippet's folder would be its to open to every user,
+    # give away, retime or tag. Through a descriptor, whose opening Landlock checked,
+    # they stay allowed (fchmod, fchown, futimens, fsetxattr); the snippet process's
+    # os.chmod and os.utime take that route.
+    "chmod",
+    "fchmodat",
+    "fchmodat2",
+    "utime",
+    "utimes",
+    "futimesat",
     "chown",
     "lchown",
     "fchownat",
@@ -203,6 +211,8 @@ def _compile(*, pid: int, threads: bool) -> bytes:
     rules.add_rule(deny, "prlimit64", seccomp.Arg(2, seccomp.NE, 0))
     for name in _ONLY_ITSELF:
         rules.add_rule(deny, name, seccomp.Arg(0, seccomp.NE, 0))
+    # utimensat(fd, NULL, ...) is futimens; any path is refused (see chmod above).
+    rules.add_rule(deny, "utimensat", seccomp.Arg(1, seccomp.NE, 0))
     # An owner for SIGIO is a signal to another process that no kill() carries (and
     # F_SETSIG picks the signal); typing into a terminal it might have been handed. The
     # kernel reads these commands as 32 bits: the comparison must ignore the upper half.
