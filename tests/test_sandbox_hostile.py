@@ -11,7 +11,9 @@ hook-bypass tests keep them on and defeat them first, as an attacker would.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -724,3 +726,43 @@ time.sleep(30)
     result = host.run(code, disk_bytes=2**20, wall_seconds=20)
     assert result["error"] == "the working folder is full (1 MiB, 10,000 files)", result
     assert result["duration_s"] < 15
+
+
+def test_a_folder_of_many_entries_does_not_stall_the_service() -> None:
+    # 9,000 empty folders (under every limit) make each look at the snippet's folder
+    # cost ~100 ms; taken on the event loop every 25 ms, they left the worker's other
+    # steps (and its NATS heartbeats) almost no time. Ticks of a 10 ms timer during the
+    # run, against what an idle loop gets.
+    from capabilities.tools import sandbox
+
+    code = """
+import time
+for n in range(9000):
+    os.mkdir(f"d{n}")
+print("made", flush=True)
+time.sleep(3)
+"""
+
+    async def run_and_tick() -> tuple[dict[str, Any], int, float]:
+        ticks = 0
+
+        async def tick() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        ticker = asyncio.create_task(tick())
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            limits = sandbox.SandboxLimits(cpu_seconds=5, wall_seconds=20, disk_bytes=2**26)
+            result = await sandbox._run(PRELUDE + code, limits=limits, stdin="", guards=False)
+        finally:
+            ticker.cancel()
+        return dataclasses.asdict(result), ticks, loop.time() - started
+
+    result, ticks, elapsed = asyncio.run(run_and_tick())
+    assert result["ok"], {k: result[k] for k in ("error", "signal", "stderr", "layers")}
+    ideal = elapsed / 0.01
+    assert ticks > 0.4 * ideal, f"{ticks} ticks of {ideal:.0f} in {elapsed:.1f} s"
