@@ -47,7 +47,7 @@ from capabilities.tools._sandbox_process import (
     ALLOW_WEAKER_ENV,
     CHILD,
     SnippetProcess,
-    remove_tree,
+    remove_tree_off_loop,
     size_text,
 )
 
@@ -178,7 +178,7 @@ async def _run(code: str, *, limits: SandboxLimits, stdin: str, guards: bool) ->
         status, cpu = await run.finish()
     finally:
         run.close()
-        remove_tree(work)
+        await remove_tree_off_loop(work)
     return _result(run, limits, stopped=stopped, status=status, cpu=cpu, started=started)
 
 
@@ -261,7 +261,7 @@ def _probe() -> tuple[tuple[str, bool | str], ...]:
             await run.finish()
         finally:
             run.close()
-            remove_tree(work)
+            await remove_tree_off_loop(work)
         return _parse_layers(run.channel.records()[0])
 
     # A loop of its own, in a thread: callable with or without a running loop.
