@@ -766,3 +766,25 @@ time.sleep(3)
     assert result["ok"], {k: result[k] for k in ("error", "signal", "stderr", "layers")}
     ideal = elapsed / 0.01
     assert ticks > 0.4 * ideal, f"{ticks} ticks of {ideal:.0f} in {elapsed:.1f} s"
+
+
+def test_machine_code_meets_the_filter_in_every_abi(host: Host) -> None:
+    # Shellcode in an executable mapping makes the syscalls itself: native ones get the
+    # filter's EPERM; the i386 (int 0x80) and x32 (number | 0x40000000) ABIs kill the
+    # process (SIGSYS), which a filter written for x86_64 numbers alone would let by.
+    run = """
+import ctypes, mmap
+code = mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
+code.write(bytes.fromhex(MACHINE_CODE))
+function = ctypes.CFUNCTYPE(ctypes.c_long)(ctypes.addressof(ctypes.c_char.from_buffer(code)))
+print(json.dumps({"result": function()}), flush=True)
+"""
+    # mov eax, NR; xor rdi, rdi; mov dil, 2; mov rsi, 1; xor edx, edx; syscall; ret
+    socket_native = "b829000000" + "4831ff40b70248c7c60100000031d20f05c3"
+    socket_x32 = "b829000040" + "4831ff40b70248c7c60100000031d20f05c3"
+    getpid_i386 = "b814000000cd80c3"  # mov eax, 20; int 0x80; ret
+    native = host.outcomes(run.replace("MACHINE_CODE", repr(socket_native)))
+    assert native == {"result": -1}  # a raw syscall returns -errno: -EPERM
+    for machine_code in (socket_x32, getpid_i386):
+        result = host.run(run.replace("MACHINE_CODE", repr(machine_code)))
+        assert (result["signal"], result["stdout"]) == (31, ""), result
