@@ -788,3 +788,29 @@ print(json.dumps({"result": function()}), flush=True)
     for machine_code in (socket_x32, getpid_i386):
         result = host.run(run.replace("MACHINE_CODE", repr(machine_code)))
         assert (result["signal"], result["stdout"]) == (31, ""), result
+
+
+def test_preallocating_past_the_file_size_limit_is_refused(host: Host) -> None:
+    # fallocate(FALLOC_FL_KEEP_SIZE) reserves blocks without growing the file, so
+    # RLIMIT_FSIZE never applies: a gigabyte of disk in ~25 ms, between two looks of
+    # the service at the folder.
+    code = f"""
+import _ctypes as _c
+{LIBC}
+fd = os.open("reserved", os.O_CREAT | os.O_RDWR)
+FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE = 1, 2
+print(json.dumps({{
+    "keep_size": libc("fallocate", fd, FALLOC_FL_KEEP_SIZE, c_long(0), c_long(2**30)),
+    "keep_size_wide": libc("syscall", c_long(285), c_long(fd), c_long(2**32 + 1), c_long(0),
+                           c_long(2**30)),
+    "grow": attempt(lambda: os.posix_fallocate(fd, 0, 2**30)),
+    "blocks": os.fstat(fd).st_blocks,
+}}))
+"""
+    outcomes = host.outcomes(code, disk_bytes=2**20)
+    assert outcomes == {
+        "keep_size": "EPERM",
+        "keep_size_wide": "EPERM",
+        "grow": "EFBIG",
+        "blocks": 0,
+    }
