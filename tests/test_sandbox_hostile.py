@@ -814,3 +814,24 @@ print(json.dumps({{
         "grow": "EFBIG",
         "blocks": 0,
     }
+
+
+def test_the_death_signal_cannot_be_cleared(host: Host) -> None:
+    # The snippet process dies with the worker (PR_SET_PDEATHSIG); a snippet that
+    # cleared it would outlive a killed worker, asleep and unbounded by any clock.
+    code = f"""
+import _ctypes as _c
+{LIBC}
+PR_SET_PDEATHSIG, PR_GET_PDEATHSIG = 1, 2
+signal_number = (c_long * 1)()
+def death_signal():
+    libc("prctl", c_long(PR_GET_PDEATHSIG), signal_number, c_long(0), c_long(0), c_long(0))
+    return signal_number[0]
+print(json.dumps({{
+    "clear": libc("prctl", c_long(PR_SET_PDEATHSIG), c_long(0), c_long(0), c_long(0), c_long(0)),
+    "clear_wide": libc("prctl", c_long(2**32 + PR_SET_PDEATHSIG), c_long(0), c_long(0),
+                       c_long(0), c_long(0)),
+    "death_signal": death_signal(),
+}}))
+"""
+    assert host.outcomes(code) == {"clear": "EPERM", "clear_wide": "EPERM", "death_signal": 9}

@@ -30,6 +30,7 @@ _SOCK_TYPE_BITS_BUT_STREAM = (0x2, 0x4, 0x8)
 _LOW_32_BITS = 0xFFFF_FFFF
 _F_SETOWN, _F_SETOWN_EX = 8, 15
 _FALLOC_FL_KEEP_SIZE = 1
+_PR_SET_PDEATHSIG = 1
 _TIOCSTI, _FIOSETOWN, _SIOCSPGRP = 0x5412, 0x8901, 0x8902
 # x86_64 numbers 512 and up are x32-only (refused as a foreign ABI) or unassigned.
 _SYSCALL_NUMBERS = 512
@@ -212,6 +213,10 @@ def _compile(*, pid: int, threads: bool) -> bytes:
     rules.add_rule(deny, "prlimit64", seccomp.Arg(2, seccomp.NE, 0))
     for name in _ONLY_ITSELF:
         rules.add_rule(deny, name, seccomp.Arg(0, seccomp.NE, 0))
+    # The snippet process dies with the service; cleared, it would outlive a killed
+    # worker, asleep and unbounded by any clock.
+    pdeathsig = seccomp.Arg(0, seccomp.MASKED_EQ, _LOW_32_BITS, _PR_SET_PDEATHSIG)
+    rules.add_rule(deny, "prctl", pdeathsig)
     # Blocks reserved past the end of a file do not grow it, so RLIMIT_FSIZE never
     # applies: a gigabyte in ~25 ms, between two looks of the service at the folder.
     keep_size = seccomp.Arg(1, seccomp.MASKED_EQ, _FALLOC_FL_KEEP_SIZE, _FALLOC_FL_KEEP_SIZE)
