@@ -835,3 +835,28 @@ print(json.dumps({{
 }}))
 """
     assert host.outcomes(code) == {"clear": "EPERM", "clear_wide": "EPERM", "death_signal": 9}
+
+
+def test_no_system_v_ipc_object_outlives_the_run(host: Host) -> None:
+    # Shared memory segments, message queues and semaphores outlive the process that
+    # made them: memory outside every limit, and a mailbox the next tenant's snippet
+    # (the same uid) or any user of the host can open by its key.
+    key = 0x5EC0_0000 + uuid.uuid4().int % 0xFFFF
+    code = f"""
+import _ctypes as _c
+{LIBC}
+IPC_CREAT = 0o1000
+print(json.dumps({{
+    "shmget": libc("shmget", c_long({key}), c_long(2**20), c_long(IPC_CREAT | 0o666)),
+    "msgget": libc("msgget", c_long({key} + 1), c_long(IPC_CREAT | 0o666)),
+    "semget": libc("semget", c_long({key} + 2), c_long(1), c_long(IPC_CREAT | 0o666)),
+}}))
+"""
+    outcomes = host.outcomes(code)
+    left = subprocess.run(["ipcs"], capture_output=True, text=True, check=True).stdout
+    for offset in range(3):
+        subprocess.run(["ipcrm", "-M", hex(key + offset)], capture_output=True, check=False)
+        subprocess.run(["ipcrm", "-Q", hex(key + offset)], capture_output=True, check=False)
+        subprocess.run(["ipcrm", "-S", hex(key + offset)], capture_output=True, check=False)
+    assert outcomes == dict.fromkeys(["shmget", "msgget", "semget"], "EPERM")
+    assert f"{key:#010x}"[2:] not in left
