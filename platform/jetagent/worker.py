@@ -85,6 +85,10 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+class RateLimitRetriesExhausted(PermanentError):
+    """A step's rate limits were waited out as often, or as long, as its bounds allow."""
+
+
 class Worker:
     """Serves one or more capabilities until stopped."""
 
@@ -292,7 +296,7 @@ class Worker:
             retryable=True,
         )
         log.warning("step %s/%s: %s", event.workflow_id, event.step_id, error.message)
-        await self._dead_letter(spec.name, msg, error.message)
+        await self._dead_letter(spec.name, msg, error.message, workflow_id=event.workflow_id)
         earlier = await self.journal.earlier(event.workflow_id, event.step_id, deliveries)
         result = self._result(event, _now(), deliveries, ok=False, error=error)
         return msgspec.structs.replace(
@@ -355,9 +359,18 @@ class Worker:
                 )
                 await self._retry_later(ctx, calls, msg, retry.delay_s, str(exc))
                 return None
-            await self._dead_letter(spec.name, msg, f"{type(exc).__name__}: {exc}")
+            await self._dead_letter(
+                spec.name, msg, f"{type(exc).__name__}: {exc}", workflow_id=event.workflow_id
+            )
             failed = error_of(exc, retryable=True, why=retry.reason)
             result = self._result(event, started, deliveries, ok=False, error=failed)
+            result = msgspec.structs.replace(result, routing=routing_of(exc))
+        except RateLimitRetriesExhausted as exc:
+            # A retry bound ended the step, as for a transient error's runs: dead-lettered.
+            await self._dead_letter(spec.name, msg, str(exc), workflow_id=event.workflow_id)
+            result = self._result(
+                event, started, deliveries, ok=False, error=error_of(exc, retryable=True)
+            )
             result = msgspec.structs.replace(result, routing=routing_of(exc))
         except CapabilityError as exc:  # PermanentError, or a bad input or output
             calls.extend(billed(exc))
@@ -374,7 +387,9 @@ class Worker:
             if retry.delay_s is not None:
                 await self._retry_later(ctx, calls, msg, retry.delay_s, repr(exc))
                 return None
-            await self._dead_letter(spec.name, msg, traceback.format_exc(limit=5))
+            await self._dead_letter(
+                spec.name, msg, traceback.format_exc(limit=5), workflow_id=event.workflow_id
+            )
             failed = error_of(exc, retryable=False, why=retry.reason)
             result = self._result(event, started, deliveries, ok=False, error=failed)
         return await self._with_every_call(result, ctx, calls)
@@ -410,7 +425,7 @@ class Worker:
                         f"rate limited {waits} times "
                         f"(at most {self.settings.step_rate_limit_retries} waits)"
                     )
-                    raise PermanentError(f"{exc}; not retried: {why}") from exc
+                    raise RateLimitRetriesExhausted(f"{exc}; not retried: {why}") from exc
                 log.info(
                     "step %s/%s (%s) rate limited; retrying in %.1f s (wait %d of %d)",
                     event.workflow_id,
@@ -489,8 +504,16 @@ class Worker:
         await publish_result(self.nc, subject, result, parent=parent)
 
     async def _dead_letter(
-        self, source: str, msg: Msg, error: str, *, kind: DeadLetterKind = "failed"
+        self,
+        source: str,
+        msg: Msg,
+        error: str,
+        *,
+        kind: DeadLetterKind = "failed",
+        workflow_id: str | None = None,
     ) -> None:
         reason = error.strip().splitlines()[-1] if error.strip() else "failed"
-        letter = dead_letter_of(msg, source=source, kind=kind, reason=reason, error=error)
+        letter = dead_letter_of(
+            msg, source=source, kind=kind, reason=reason, error=error, workflow_id=workflow_id
+        )
         await publish_dead_letter(self.js, self.names, letter)
