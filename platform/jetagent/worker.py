@@ -85,6 +85,11 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+_RUNNING: dict[tuple[str, str, str], asyncio.Future[None]] = {}
+"""The steps this process is running, by (prefix, workflow id, step id); shared by every
+worker of the process (replicas in one process, as in tests and ``jetagent up``)."""
+
+
 class RateLimitRetriesExhausted(PermanentError):
     """A step's rate limits were waited out as often, or as long, as its bounds allow."""
 
@@ -260,14 +265,33 @@ class Worker:
             return
         deliveries = msg.metadata.num_delivered
         result_subject = self.names.step_result(event.capability, event.workflow_id, event.step_id)
+        interval = max(self.settings.step_ack_wait_s / 4, 0.1)
+        step_key = (self.names.prefix, event.workflow_id, event.step_id)
+        earlier_run = _RUNNING.get(step_key)
+        if earlier_run is not None:
+            # Redelivered while this process still runs the step: a server down for longer
+            # than the ack wait has lost the in-progress acks and hands it out again on
+            # restart. The run that lives answers for it; this delivery waits for it.
+            waiting = Heartbeat(msg, interval)
+            try:
+                await asyncio.shield(earlier_run)
+            finally:
+                waiting.stop()
+            if await self._results.last(result_subject) is not None:
+                await msg.ack()
+            # Else that run ended with a nak or term, which answered this message too
+            # (acks are by stream sequence): nothing more to do with it here.
+            return
         if deliveries > 1 and await self._results.last(result_subject) is not None:
             await msg.ack()  # done before a crash or a lost ack: nothing to do again
             return
         # In-progress acks well inside the ack wait, from the start of the run until its
         # result is recorded; the first only after a quarter of the ack wait (most steps
         # end long before, and need no timer task of their own).
-        heartbeat = Heartbeat(msg, max(self.settings.step_ack_wait_s / 4, 0.1))
+        heartbeat = Heartbeat(msg, interval)
         result: StepResult | None
+        this_run = asyncio.get_running_loop().create_future()
+        _RUNNING[step_key] = this_run
         try:
             if deliveries > self.settings.step_max_deliver:
                 result = await self._exhausted(spec, event, msg, deliveries)
@@ -278,6 +302,8 @@ class Worker:
             await self._publish_result(result_subject, result, parent=msg.headers)
         finally:
             heartbeat.stop()
+            _RUNNING.pop(step_key, None)
+            this_run.set_result(None)
         await msg.ack()
         self.completed += 1
 
