@@ -279,6 +279,7 @@ class Worker:
                 waiting.stop()
             if await self._results.last(result_subject) is not None:
                 await msg.ack()
+                self.completed += 1
             # Else that run ended with a nak or term, which answered this message too
             # (acks are by stream sequence): nothing more to do with it here.
             return
