@@ -350,3 +350,42 @@ async def _first_result_after(client: Client, ids: list[str], at: float) -> floa
                 first = done if first is None else min(first, done)
     assert first is not None, "no step was scheduled after the restart"
     return first
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("outage_s", [0.0, 4.0], ids=["quick-restart", "outage-past-ack-wait"])
+async def test_a_long_step_is_not_run_twice_across_a_server_restart(
+    fresh_server: EmbeddedServer, unique: str, tmp_path: Path, outage_s: float
+) -> None:
+    """A step running longer than the ack wait, alive all along, while the server
+    restarts: its worker lives, so no other replica (nor its own) may run it again."""
+    settings = Settings(
+        nats_url=fresh_server.url,
+        prefix=unique.lower()[:12],
+        tenants="*",
+        step_ack_wait_s=3.0,
+        shutdown_grace_s=2.0,
+    )
+    platform = await InProcessPlatform(settings, workers=2).start()
+    log = tmp_path / "runs.log"
+    try:
+        client = platform.client
+        await eventually(lambda: tool_registered(client, settings, "logged_sleep"), timeout=30)
+        args = json.dumps({"seconds": 12, "log": str(log)})
+        wid = await client.submit(
+            instruction=f"call logged_sleep {args}", tenant="acme", allowed_tools=["logged_sleep"]
+        )
+        await eventually(lambda: asyncio.sleep(0, _runs(log)), timeout=30)
+        started = time.monotonic()
+        # Past the ack wait: only the in-progress acks keep the step with its worker.
+        await eventually(lambda: asyncio.sleep(0, time.monotonic() - started > 4.0), timeout=10)
+        fresh_server.kill()
+        if outage_s:
+            await asyncio.sleep(outage_s)  # the outage itself is what is under test
+        await asyncio.to_thread(fresh_server.start)  # same store folder, same port
+        result = await client.result(wid, timeout=120)
+        assert result.ok, result
+        assert len(_runs(log)) == 1, _runs(log)
+        assert await assert_one_result_per_step(client, settings, [wid]) == 3
+    finally:
+        await platform.stop()

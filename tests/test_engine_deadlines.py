@@ -168,3 +168,54 @@ async def test_a_workflow_on_a_hung_step_ends_at_its_deadline_with_every_orchest
     finally:
         await client.close()
         procs.stop_all()
+
+
+async def test_a_due_deadline_outlives_a_store_that_failed_more_times_than_max_deliver(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """A due timer whose handling keeps failing (the workflow stream cannot be read, as
+    while a cluster elects its leader) is retried until it can be handled, never dropped
+    by a delivery limit: the workflow still ends by its deadline once the store is back."""
+    procs = ServiceProcesses(settings.nats_url, settings.prefix, tmp_path)
+    procs.start("orchestrator-1", "orchestrator")
+    procs.start("workers", "worker", "reasoning", "tools")
+    client = await Client.connect(settings.nats_url, settings=settings)
+    names = settings.names
+    try:
+        await eventually(lambda: _tool_registered(client, settings, "dangerous"), timeout=30)
+        wid = await client.submit(
+            instruction='call dangerous {"target": "prod"}',
+            tenant="acme",
+            allowed_tools=["dangerous"],
+            capability_limits={"deadline_s": 10},
+        )
+
+        async def waiting() -> bool:
+            return any(isinstance(e, ApprovalRequested) for e in await client.events(wid))
+
+        await eventually(waiting, timeout=30)
+        procs.kill("orchestrator-1")
+        procs.start("orchestrator-2", "orchestrator")  # empty cache: it must read
+
+        async def timers_pulled() -> bool:
+            info = await client.js.consumer_info(names.timers_stream, "orchestrator-timers")
+            return info.num_waiting > 0
+
+        await eventually(timers_pulled, timeout=30)
+        stream = await client.js.stream_info(names.workflows_stream)
+        unreadable = stream.config
+        unreadable.allow_direct = False  # every read of a workflow now fails
+        await client.js.update_stream(unreadable)
+
+        async def delivered_often() -> bool:
+            info = await client.js.consumer_info(names.timers_stream, "orchestrator-timers")
+            return info.delivered.consumer_seq >= 12  # past the consumer's old max_deliver
+
+        await eventually(delivered_often, timeout=60, interval=0.5)
+        readable = (await client.js.stream_info(names.workflows_stream)).config
+        readable.allow_direct = True
+        await client.js.update_stream(readable)
+        await _assert_ended_by_its_deadline(client, wid, procs.log("orchestrator-2"))
+    finally:
+        await client.close()
+        procs.stop_all()

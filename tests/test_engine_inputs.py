@@ -255,3 +255,27 @@ async def _started_workflows(nc: Any, settings: Settings) -> list[str]:
     finally:
         await reader.close()
     return [e.workflow_id for r in records for e in decode_events(r.data)]
+
+
+async def test_a_kept_cancel_applied_at_the_start_leaves_no_timer_behind(
+    engine: InProcessPlatform,
+) -> None:
+    """The timer that would have answered the kept cancel is removed once the cancel has
+    applied (else every early cancel leaves a schedule in JA_TIMERS for the whole wait)."""
+    client, names = engine.client, engine.settings.names
+    await client.cancel("early-leaver", reason="before it began", by="ops")
+    inputs = names.timer_schedule("early-leaver", "inputs")
+
+    async def armed() -> bool:
+        info = await client.js.stream_info(names.timers_stream, subjects_filter=inputs)
+        return bool(info.state.subjects)
+
+    await eventually(armed)
+    await client.submit(request_id="early-leaver", **WAITS_FOR_APPROVAL)  # type: ignore[arg-type]
+    result = await client.result("early-leaver", timeout=20)
+    assert result.status is Status.CANCELLED
+
+    async def nothing_armed() -> bool:
+        return not await armed()
+
+    await eventually(nothing_armed, timeout=10)

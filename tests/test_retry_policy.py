@@ -3,14 +3,18 @@ runs of a step; rate limits waited out within a run are bounded too."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from jetagent import Status
+from jetagent.client import Client
 from jetagent.config import Settings
 from jetagent.events import StepFailed
 from jetagent.retry import RetryPolicy
+from jetagent.store import DirectGetter
 from tests.support.checks import assert_one_result_per_step
-from tests.support.platform import InProcessPlatform
+from tests.support.platform import InProcessPlatform, eventually
 
 T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 
@@ -84,5 +88,38 @@ async def test_a_retried_runs_calls_are_recorded_and_it_is_no_repeated_run(
         assert [c.model for c in step.calls] == ["flaky-model", "flaky-model"]
         assert step.spend().tokens == 10
         assert step.interrupted_runs == 0  # it ended with a retry, it did not die
+    finally:
+        await platform.stop()
+
+
+async def _dead_letters(client: Client, settings: Settings, source: str) -> list[dict[str, Any]]:
+    names = settings.names
+    reader = DirectGetter(client.nc, names.dlq_stream, timeout=5)
+    await reader.open()
+    try:
+        return [json.loads(r.data) for r in await reader.scan(names.dlq(source))]
+    finally:
+        await reader.close()
+
+
+async def test_a_step_whose_rate_limit_waits_ran_out_is_dead_lettered_once(
+    settings: Settings,
+) -> None:
+    """The README promises a JA_DLQ entry whenever a retry bound ends a step, the bound on
+    rate-limit waits included (not only a transient error's runs)."""
+    config = settings.model_copy(update={"step_rate_limit_retries": 2, "max_step_attempts": 1})
+    platform = await InProcessPlatform(config).start()
+    try:
+        client = platform.client
+        wid = await client.submit(
+            instruction='call throttled {"note": "x"}', tenant="acme", allowed_tools=["throttled"]
+        )
+        result = await client.result(wid, timeout=30)
+        assert result.status is Status.TERMINATED
+        [step] = [r for r in await client.step_results(wid) if r.tool == "throttled"]
+        assert not step.ok
+        letters = await eventually(lambda: _dead_letters(client, config, "tools"), timeout=10)
+        assert [letter["workflow_id"] for letter in letters] == [wid]
+        assert "rate limited" in str(letters[0]["reason"])
     finally:
         await platform.stop()

@@ -208,9 +208,13 @@ class Orchestrator:
             log.warning("%s message %s set aside: %s", exc.kind, msg.subject, exc.reason)
             await self._dead_letter(msg, exc.kind, exc.reason, workflow_id=exc.workflow_id)
         except (StoreUnavailableError, NatsError) as exc:
-            log.warning("will retry %s: %s", msg.subject, exc)
+            # Retried until the store answers (the consumers have no delivery limit: a
+            # dropped step result or due timer would leave its workflow waiting forever);
+            # every second at first, then less often through a long outage.
+            deliveries = msg.metadata.num_delivered
+            log.warning("will retry %s (attempt %d): %s", msg.subject, deliveries, exc)
             with contextlib.suppress(NatsError):
-                await msg.nak(delay=1.0)
+                await msg.nak(delay=min(2.0 ** max(deliveries - 10, 0), 30.0))
         except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as exc:
             # Unreadable: no retry can help.
             log.exception("unreadable message %s goes to the dead-letter queue", msg.subject)

@@ -121,9 +121,14 @@ class Timers:
         After a request, cancel or signal, the timers its state needs are armed — before
         the input is acknowledged, so a crash in between is repaired by the redelivery
         (re-arming replaces a schedule, never doubles it). A workflow that has just ended
-        before its deadline has that timer removed."""
+        before its deadline has that timer removed, and one that ended as it started (a kept
+        cancel applied) its ``inputs`` timer."""
         if isinstance(command, Begin | Cancel | Signal):
             await self.arm_for(workflow_id, after)
         ended_now = after.status.is_final and not before.is_final
         if ended_now and after.deadline_at is not None and not isinstance(command, Tick):
             await self.disarm(workflow_id, DEADLINE)
+        if ended_now and before is Status.QUEUED:
+            # Ended as it started: a kept cancel applied. The timer that would have
+            # answered it is not needed any more.
+            await self.disarm(workflow_id, INPUTS)

@@ -85,6 +85,15 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+_RUNNING: dict[tuple[str, str, str], asyncio.Future[None]] = {}
+"""The steps this process is running, by (prefix, workflow id, step id); shared by every
+worker of the process (replicas in one process, as in tests and ``jetagent up``)."""
+
+
+class RateLimitRetriesExhausted(PermanentError):
+    """A step's rate limits were waited out as often, or as long, as its bounds allow."""
+
+
 class Worker:
     """Serves one or more capabilities until stopped."""
 
@@ -256,14 +265,34 @@ class Worker:
             return
         deliveries = msg.metadata.num_delivered
         result_subject = self.names.step_result(event.capability, event.workflow_id, event.step_id)
+        interval = max(self.settings.step_ack_wait_s / 4, 0.1)
+        step_key = (self.names.prefix, event.workflow_id, event.step_id)
+        earlier_run = _RUNNING.get(step_key)
+        if earlier_run is not None:
+            # Redelivered while this process still runs the step: a server down for longer
+            # than the ack wait has lost the in-progress acks and hands it out again on
+            # restart. The run that lives answers for it; this delivery waits for it.
+            waiting = Heartbeat(msg, interval)
+            try:
+                await asyncio.shield(earlier_run)
+            finally:
+                waiting.stop()
+            if await self._results.last(result_subject) is not None:
+                await msg.ack()
+                self.completed += 1
+            # Else that run ended with a nak or term, which answered this message too
+            # (acks are by stream sequence): nothing more to do with it here.
+            return
         if deliveries > 1 and await self._results.last(result_subject) is not None:
             await msg.ack()  # done before a crash or a lost ack: nothing to do again
             return
         # In-progress acks well inside the ack wait, from the start of the run until its
         # result is recorded; the first only after a quarter of the ack wait (most steps
         # end long before, and need no timer task of their own).
-        heartbeat = Heartbeat(msg, max(self.settings.step_ack_wait_s / 4, 0.1))
+        heartbeat = Heartbeat(msg, interval)
         result: StepResult | None
+        this_run = asyncio.get_running_loop().create_future()
+        _RUNNING[step_key] = this_run
         try:
             if deliveries > self.settings.step_max_deliver:
                 result = await self._exhausted(spec, event, msg, deliveries)
@@ -274,6 +303,8 @@ class Worker:
             await self._publish_result(result_subject, result, parent=msg.headers)
         finally:
             heartbeat.stop()
+            _RUNNING.pop(step_key, None)
+            this_run.set_result(None)
         await msg.ack()
         self.completed += 1
 
@@ -292,7 +323,7 @@ class Worker:
             retryable=True,
         )
         log.warning("step %s/%s: %s", event.workflow_id, event.step_id, error.message)
-        await self._dead_letter(spec.name, msg, error.message)
+        await self._dead_letter(spec.name, msg, error.message, workflow_id=event.workflow_id)
         earlier = await self.journal.earlier(event.workflow_id, event.step_id, deliveries)
         result = self._result(event, _now(), deliveries, ok=False, error=error)
         return msgspec.structs.replace(
@@ -355,9 +386,18 @@ class Worker:
                 )
                 await self._retry_later(ctx, calls, msg, retry.delay_s, str(exc))
                 return None
-            await self._dead_letter(spec.name, msg, f"{type(exc).__name__}: {exc}")
+            await self._dead_letter(
+                spec.name, msg, f"{type(exc).__name__}: {exc}", workflow_id=event.workflow_id
+            )
             failed = error_of(exc, retryable=True, why=retry.reason)
             result = self._result(event, started, deliveries, ok=False, error=failed)
+            result = msgspec.structs.replace(result, routing=routing_of(exc))
+        except RateLimitRetriesExhausted as exc:
+            # A retry bound ended the step, as for a transient error's runs: dead-lettered.
+            await self._dead_letter(spec.name, msg, str(exc), workflow_id=event.workflow_id)
+            result = self._result(
+                event, started, deliveries, ok=False, error=error_of(exc, retryable=True)
+            )
             result = msgspec.structs.replace(result, routing=routing_of(exc))
         except CapabilityError as exc:  # PermanentError, or a bad input or output
             calls.extend(billed(exc))
@@ -374,7 +414,9 @@ class Worker:
             if retry.delay_s is not None:
                 await self._retry_later(ctx, calls, msg, retry.delay_s, repr(exc))
                 return None
-            await self._dead_letter(spec.name, msg, traceback.format_exc(limit=5))
+            await self._dead_letter(
+                spec.name, msg, traceback.format_exc(limit=5), workflow_id=event.workflow_id
+            )
             failed = error_of(exc, retryable=False, why=retry.reason)
             result = self._result(event, started, deliveries, ok=False, error=failed)
         return await self._with_every_call(result, ctx, calls)
@@ -410,7 +452,7 @@ class Worker:
                         f"rate limited {waits} times "
                         f"(at most {self.settings.step_rate_limit_retries} waits)"
                     )
-                    raise PermanentError(f"{exc}; not retried: {why}") from exc
+                    raise RateLimitRetriesExhausted(f"{exc}; not retried: {why}") from exc
                 log.info(
                     "step %s/%s (%s) rate limited; retrying in %.1f s (wait %d of %d)",
                     event.workflow_id,
@@ -489,8 +531,16 @@ class Worker:
         await publish_result(self.nc, subject, result, parent=parent)
 
     async def _dead_letter(
-        self, source: str, msg: Msg, error: str, *, kind: DeadLetterKind = "failed"
+        self,
+        source: str,
+        msg: Msg,
+        error: str,
+        *,
+        kind: DeadLetterKind = "failed",
+        workflow_id: str | None = None,
     ) -> None:
         reason = error.strip().splitlines()[-1] if error.strip() else "failed"
-        letter = dead_letter_of(msg, source=source, kind=kind, reason=reason, error=error)
+        letter = dead_letter_of(
+            msg, source=source, kind=kind, reason=reason, error=error, workflow_id=workflow_id
+        )
         await publish_dead_letter(self.js, self.names, letter)
