@@ -253,6 +253,7 @@ class Orchestrator:
             tools=set(self.registry.tools),
             models=set(self.catalog.models),
             max_bytes=self.settings.max_request_bytes,
+            default_tenant=self.settings.default_tenant,
         )
         if request is not None and msg_id and msg_id != request.request_id:
             problems = [f"Nats-Msg-Id {msg_id!r} differs from request_id {request.request_id!r}"]
