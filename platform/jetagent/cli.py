@@ -201,6 +201,30 @@ def worker(
 
 
 @app.command()
+def gateway(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
+    """The HTTP gateway: the request contract, session views and live events over HTTP."""
+    from jetagent.gateway import GatewaySettings, serve
+
+    _logging(verbose)
+    settings = _settings()
+    try:
+        http = GatewaySettings()
+    except Exception as exc:
+        raise ConfigError(f"invalid gateway configuration: {exc}") from exc
+
+    async def main(stop: asyncio.Event) -> None:
+        from jetagent.client import Client
+
+        client = Client(await _connect(settings, "jetagent.gateway"), settings)
+        try:
+            await serve(client, http, stop)
+        finally:
+            await client.close()
+
+    _run(main, service="gateway")
+
+
+@app.command()
 def provision() -> None:
     """Create (or check) every stream, consumer and bucket the platform needs."""
     from jetagent.provision import provision as apply
