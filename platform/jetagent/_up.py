@@ -89,6 +89,7 @@ def default_services(*, replicas: int = 1, projections: bool = True) -> list[Ser
             services.append(ServiceProcess(f"{capability}{suffix}", ["worker", capability]))
     if projections:
         services.append(ServiceProcess("projections", ["projections", "run"]))
+    services.append(ServiceProcess("gateway", ["gateway"]))
     for i, service in enumerate(services):
         service.color = _COLORS[i % len(_COLORS)]
     return services
@@ -129,6 +130,8 @@ class Platform:
             self.console.print(f"started [{service.color}]{service.name}[/] (pid {pid})")
         if any(s.args[0] == "projections" for s in self.services):
             self.console.print(f"metrics: http://127.0.0.1:{self.settings.metrics_port}/metrics")
+        if any(s.args[0] == "gateway" for s in self.services):
+            self.console.print(f"gateway: {_gateway_url()} (JETAGENT_GATEWAY_TOKENS)")
 
     async def _provision(self) -> None:
         from jetagent.provision import provision
@@ -197,6 +200,13 @@ class Platform:
         if self.server is not None:
             await asyncio.to_thread(self.server.stop)
             self.console.print("nats-server stopped")
+
+
+def _gateway_url() -> str:
+    from jetagent.gateway import GatewaySettings
+
+    http = GatewaySettings()
+    return f"http://{http.addr}:{http.port}"
 
 
 def _absolute(path: Path) -> Path:
