@@ -188,3 +188,39 @@ async def test_health_readiness_cancel_and_openapi(http: httpx.AsyncClient) -> N
     assert events[-1].event in FINAL
     served = (await http.get("/openapi.json")).json()
     assert "/v1/workflows/{workflow_id}/events" in served["paths"]
+
+
+async def test_listing_filters_by_tenant_state_and_since_and_pages(
+    http: httpx.AsyncClient, engine: InProcessPlatform
+) -> None:
+    from projections.service import ProjectionService
+
+    acme = [await _submit(http, {"instruction": f"What is {i} + 1?"}) for i in range(3)]
+    response = await http.post(
+        "/v1/workflows", json={"instruction": "What is 9 + 9?"}, headers=auth("beta")
+    )
+    beta = response.json()["workflow_id"]
+    for wid in [*acme, beta]:
+        await engine.client.result(wid, timeout=30)
+    await ProjectionService(engine.client.nc, engine.settings).rebuild()  # the session views
+
+    async def page(tenant: str, **params: object) -> dict[str, object]:
+        response = await http.get("/v1/workflows", params=params, headers=auth(tenant))
+        assert response.status_code == 200, response.text
+        found: dict[str, object] = response.json()
+        return found
+
+    listed = await page("acme", limit=2)
+    items = listed["items"]
+    assert isinstance(items, list)
+    assert len(items) == 2
+    rest = await page("acme", limit=2, cursor=listed["next_cursor"])
+    ids = [i["workflow_id"] for i in items] + [i["workflow_id"] for i in rest["items"]]  # type: ignore[attr-defined]
+    assert sorted(ids) == sorted(acme)  # every acme workflow once, none of beta's
+    assert rest["next_cursor"] is None
+    assert [i["workflow_id"] for i in (await page("beta"))["items"]] == [beta]  # type: ignore[attr-defined]
+    assert (await page("acme", state="terminated"))["items"] == []
+    assert len((await page("acme", state="finalized"))["items"]) == 3  # type: ignore[arg-type]
+    assert (await page("acme", since="2999-01-01T00:00:00Z"))["items"] == []
+    bad = await http.get("/v1/workflows", params={"state": "sideways"}, headers=auth("acme"))
+    assert bad.status_code == 422
