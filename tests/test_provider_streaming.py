@@ -133,7 +133,8 @@ async def test_an_error_event_mid_stream_is_a_transient_failure(
 
     def overloaded(message: dict[str, object]) -> list[bytes]:
         events = server_events(message)
-        error = b'event: error\ndata: {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}\n\n'
+        body = '{"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}'
+        error = f"event: error\ndata: {body}\n\n".encode()
         return [*events[:3], error]
 
     server_events = server.stream_events
