@@ -14,6 +14,7 @@ from typing import Any
 
 import msgspec
 
+from capabilities.reasoning._streaming import StreamGate
 from capabilities.reasoning.gateway import ModelGateway
 from capabilities.reasoning.offline import OfflineProvider, compact_rounds
 from capabilities.reasoning.records import GatewayResult
@@ -21,6 +22,7 @@ from jetagent import CapabilitySpec, StepContext, StepOutput, telemetry
 from jetagent.events import CallRecord, RoutingDecision
 from jetagent.llm import Completion, Message, ToolSpec
 from jetagent.models import ModelCatalog, ModelConfig
+from jetagent.token_stream import TokenPublisher
 
 __all__ = ["reasoning_capabilities"]
 
@@ -137,17 +139,28 @@ def reasoning_capabilities(
             completion, calls, routing = await _offline_call(
                 catalog.get(data["models"][0]), messages, tools, max_tokens
             )
+            # Its answer is instant: streamed as one piece, so watchers see the same shape.
+            live = TokenPublisher.for_step(step)
+            await live.delta(completion.text, model=completion.model)
+            await live.done()
         else:
-            result = await gw.call(
-                models=data["models"],
-                messages=messages,
-                tools=tools,
-                max_tokens=max_tokens,
-                remaining_tokens=data.get("remaining_tokens"),
-                remaining_usd=_budget(data.get("remaining_usd")),
-                deadline_s=_left(step),
-                origin=_origin(step),
-            )
+            # Text streams live on core NATS while the call runs (README "Streaming
+            # tokens"); the record below is built from the Completion alone.
+            gate = StreamGate(TokenPublisher.for_step(step))
+            try:
+                result = await gw.call(
+                    models=data["models"],
+                    messages=messages,
+                    tools=tools,
+                    max_tokens=max_tokens,
+                    remaining_tokens=data.get("remaining_tokens"),
+                    remaining_usd=_budget(data.get("remaining_usd")),
+                    deadline_s=_left(step),
+                    origin=_origin(step),
+                    stream=gate,
+                )
+            finally:
+                await gate.finish()
             completion = result.completion
             _trace_calls(result, max_tokens)
             calls, routing = _records(result)

@@ -42,6 +42,7 @@ from ._failures import short as _short
 from ._policy import GatewayDefaults, HedgeTarget, LatencyWindow
 from ._race import CallContext, HedgedCaller, RaceResult
 from ._retry import REPORT_RESERVE_S, RetryBudget
+from ._streaming import StreamGate
 from .breakers import BreakerRegistry, BreakerSettings, BreakerState
 from .providers import AnthropicProvider, HttpSettings, OpenAIProvider, Provider
 from .records import Attempt, GatewayResult, RoutingDecision
@@ -172,11 +173,13 @@ class ModelGateway:
         remaining_usd: Decimal | None,
         deadline_s: float | None = None,
         origin: str = "",
+        stream: StreamGate | None = None,
     ) -> GatewayResult:
         """Ask the best usable model in ``models`` (first preferred) for the next turn.
 
         ``deadline_s`` is what is left of the workflow's deadline: no call or retry
         runs past it. ``origin`` names the caller in log lines ("workflow W step S").
+        ``stream`` receives the answer's text live (only the winning call's).
 
         Raises PermanentError, TransientError or RateLimitedError when no answer came;
         the error's ``details`` hold ``attempts``, ``decisions`` and ``cost_usd`` and its
@@ -203,6 +206,7 @@ class ModelGateway:
             remaining_tokens=remaining_tokens,
             remaining_usd=remaining_usd,
             deadline=deadline,
+            stream=stream,
         )
         attempts: list[Attempt] = []
         decisions: list[RoutingDecision] = []

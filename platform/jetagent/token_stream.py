@@ -32,7 +32,10 @@ class TokenDelta(msgspec.Struct, frozen=True, kw_only=True):
     text: str = ""
     model: str = ""
     done: bool = False
-    """The call's answer ended (its usage is then in the step's recorded result)."""
+    """The step's answer ended (the whole answer and its usage are in the record)."""
+    restart: bool = False
+    """Drop the text shown so far for this step: another call's answer follows (a hedge
+    or a retry won; only the winner's text counts)."""
 
 
 def token_subject(names: Names, workflow_id: str, step_id: str = "*") -> str:
@@ -44,7 +47,14 @@ class TokenPublisher:
     view is best effort and must never fail the step."""
 
     def __init__(
-        self, nc: Any, names: Names, *, workflow_id: str, step_id: str, attempt: int, model: str
+        self,
+        nc: Any,
+        names: Names,
+        *,
+        workflow_id: str,
+        step_id: str,
+        attempt: int = 1,
+        model: str = "",
     ) -> None:
         self._nc = nc
         self._subject = token_subject(names, workflow_id, step_id)
@@ -52,26 +62,49 @@ class TokenPublisher:
         self._attempt, self._model = attempt, model
         self._index = 0
 
-    async def delta(self, text: str) -> None:
+    @classmethod
+    def for_step(cls, step: Any) -> TokenPublisher:
+        """The publisher of a running step (a ``jetagent.worker.StepContext``)."""
+        # The step's own NATS connection (JetStream is not involved); a step built by
+        # hand without one gets a publisher that publishes nothing.
+        nc = getattr(getattr(step, "js", None), "_nc", None)
+        return cls(
+            nc,
+            step.names,
+            workflow_id=step.workflow_id,
+            step_id=step.step_id,
+            attempt=step.attempt,
+        )
+
+    async def delta(self, text: str, *, model: str = "") -> None:
         if text:
-            await self._publish(self._delta(text=text))
-            self._index += 1
+            await self._publish(self._delta(text=text, model=model))
+
+    async def restart(self) -> None:
+        await self._publish(self._delta(restart=True))
 
     async def done(self) -> None:
         await self._publish(self._delta(done=True))
 
-    def _delta(self, *, text: str = "", done: bool = False) -> TokenDelta:
-        return TokenDelta(
+    def _delta(
+        self, *, text: str = "", model: str = "", done: bool = False, restart: bool = False
+    ) -> TokenDelta:
+        delta = TokenDelta(
             workflow_id=self._workflow_id,
             step_id=self._step_id,
             attempt=self._attempt,
-            model=self._model,
+            model=model or self._model,
             index=self._index,
             text=text,
             done=done,
+            restart=restart,
         )
+        self._index += 1
+        return delta
 
     async def _publish(self, delta: TokenDelta) -> None:
+        if self._nc is None:
+            return
         # Best effort by design: a lost delta is a gap in the live view, never a failure.
         with contextlib.suppress(Exception):
             await self._nc.publish(self._subject, msgspec.json.encode(delta))
