@@ -29,12 +29,14 @@ class TokenSink(Protocol):
 class StreamGate:
     """Winner-only live text of one gateway call (see the module docstring)."""
 
-    def __init__(self, sink: TokenSink) -> None:
+    def __init__(self, sink: TokenSink, *, replaces: bool = False) -> None:
+        """``replaces``: an earlier delivery of the same step may have shown text (the
+        step runs again after its worker failed mid-call), so the first text restarts."""
         self._sink = sink
         self._buffers: dict[int, list[str]] = {}
         self._models: dict[int, str] = {}
         self._owner: int | None = None
-        self._shown = False
+        self._shown = replaces
         """Some text is on the subscriber's screen that a restart must clear."""
 
     def open(self, model: str) -> tuple[int, Callable[[str], Awaitable[None]]]:

@@ -146,7 +146,7 @@ def reasoning_capabilities(
         else:
             # Text streams live on core NATS while the call runs (README "Streaming
             # tokens"); the record below is built from the Completion alone.
-            gate = StreamGate(TokenPublisher.for_step(step))
+            gate = StreamGate(TokenPublisher.for_step(step), replaces=step.deliveries > 1)
             try:
                 result = await gw.call(
                     models=data["models"],

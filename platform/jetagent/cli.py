@@ -292,9 +292,15 @@ def submit(
 
 
 @app.command()
-def watch(workflow_id: str) -> None:
+def watch(
+    workflow_id: str,
+    tokens: Annotated[
+        bool, typer.Option("--tokens", help="Print the model's text as it is produced.")
+    ] = False,
+) -> None:
     """Print a workflow's events as they happen, until it ends."""
     from jetagent._render import follow
+    from jetagent._render_tokens import follow_with_tokens
     from jetagent.client import Client
 
     settings = _settings()
@@ -302,6 +308,8 @@ def watch(workflow_id: str) -> None:
     async def main(stop: asyncio.Event) -> int:
         client = Client(await _connect(settings, "jetagent.cli"), settings)
         try:
+            if tokens:
+                return 0 if await follow_with_tokens(client, workflow_id, console) else 1
             return 0 if await follow(client, workflow_id, console) else 1
         finally:
             await client.close()

@@ -18,7 +18,7 @@ import msgspec
 
 from jetagent.config import Names
 
-__all__ = ["TokenDelta", "TokenPublisher", "follow_tokens", "token_subject"]
+__all__ = ["TokenDelta", "TokenPublisher", "follow_tokens", "stream_workflow", "token_subject"]
 
 
 class TokenDelta(msgspec.Struct, frozen=True, kw_only=True):
@@ -126,5 +126,37 @@ async def follow_tokens(nc: Any, names: Names, workflow_id: str) -> AsyncIterato
             with contextlib.suppress(msgspec.ValidationError, msgspec.DecodeError):
                 yield msgspec.json.decode(data, type=TokenDelta)
     finally:
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
+
+
+async def stream_workflow(client: Any, workflow_id: str) -> AsyncIterator[TokenDelta]:
+    """``Client.stream``: a workflow's deltas from now on, ending when the workflow ends.
+
+    Deltas are published before the step's result, so they arrive before the final event
+    on this connection; whatever was missed is in the record (``Client.result``)."""
+    from jetagent.errors import RequestRejectedError
+
+    queue: asyncio.Queue[TokenDelta | None] = asyncio.Queue(maxsize=10_000)
+
+    async def on_message(msg: Any) -> None:
+        with contextlib.suppress(asyncio.QueueFull, msgspec.ValidationError, msgspec.DecodeError):
+            queue.put_nowait(msgspec.json.decode(msg.data, type=TokenDelta))
+
+    async def until_the_end() -> None:
+        with contextlib.suppress(RequestRejectedError):
+            await client.result(workflow_id, timeout=None)
+        await queue.put(None)
+
+    sub = await client.nc.subscribe(token_subject(client.names, workflow_id), cb=on_message)
+    ending = asyncio.create_task(until_the_end())
+    try:
+        while (delta := await queue.get()) is not None:
+            yield delta
+        await ending  # raises what ended it, if anything did
+    finally:
+        ending.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await ending
         with contextlib.suppress(Exception):
             await sub.unsubscribe()
