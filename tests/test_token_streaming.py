@@ -5,8 +5,13 @@ stream cut mid-way never changes what is recorded."""
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import sys
 import time
+import urllib.request
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -14,6 +19,7 @@ import pytest
 from capabilities.reasoning import HttpSettings, ModelGateway
 from capabilities.reasoning._streaming import StreamGate
 from jetagent.config import Settings
+from jetagent.embedded import EmbeddedServer
 from jetagent.events import StepCompleted
 from jetagent.gateway import GatewayServer, GatewaySettings
 from jetagent.llm import Message, Usage
@@ -28,7 +34,9 @@ from tests.fakes.llm_servers import (
     openai_completion,
 )
 from tests.support.gateway import TOKEN_SETTING, auth, sse_events
-from tests.support.platform import InProcessPlatform
+from tests.support.platform import InProcessPlatform, eventually
+
+ROOT = Path(__file__).resolve().parents[1]
 
 ANSWER = "Oslo is the capital of Norway and its largest city by far"
 
@@ -208,3 +216,50 @@ async def test_hedged_calls_stream_only_the_winner(openai: FakeOpenAI) -> None:
     assert sum(d.restart for d in sink.deltas) == 1
     assert shown(sink.deltas) == ANSWER
     assert result.completion.usage == Usage(input_tokens=20, output_tokens=7)
+
+
+async def test_watch_tokens_prints_the_text_as_it_is_produced(
+    platform: InProcessPlatform, openai: FakeOpenAI, nats_server: EmbeddedServer
+) -> None:
+    settings = platform.settings
+    openai.script(openai_completion(ANSWER).paced(chunk_delay_s=0.02))
+    wid = "watch-tokens"
+    env = {
+        **os.environ,
+        "NATS_URL": settings.nats_url,
+        "JETAGENT_PREFIX": settings.prefix,
+        "COLUMNS": "200",
+    }
+    watcher = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "jetagent.cli", "watch", wid, "--tokens",
+        cwd=ROOT, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        # Core NATS has no history: submit once the watcher's subscription is on the server.
+        subject = f"{settings.prefix}.tokens.{wid}.*"
+        await eventually(lambda: _subscribed(nats_server, subject), timeout=30)
+        await platform.client.submit(
+            request_id=wid,
+            instruction="Capital of Norway?",
+            tenant="acme",
+            model_preferences={"models": ["gpt-stream"]},
+        )
+        output, _ = await asyncio.wait_for(watcher.communicate(), 60)
+    finally:
+        if watcher.returncode is None:
+            watcher.kill()
+            await watcher.wait()
+    text = output.decode()
+    assert watcher.returncode == 0, text
+    assert f"1 ▸ {ANSWER}" in text  # the streamed line, before the events that follow it
+    assert text.index(f"1 ▸ {ANSWER}") < text.index("answer:")
+
+
+async def _subscribed(server: EmbeddedServer, subject: str) -> bool:
+    def read() -> bool:
+        url = f"{server.monitor_url}/subsz?subs=1"
+        with urllib.request.urlopen(url, timeout=2) as reply:
+            data = json.load(reply)
+        return any(s.get("subject") == subject for s in data.get("subscriptions_list") or [])
+
+    return await asyncio.to_thread(read)
