@@ -25,6 +25,7 @@ SUITE_MODULES = [
     "bench.engine",
     "bench.projections",
     "bench.capabilities",
+    "bench.gateway",
 ]
 """Every suite, in report order. Add a module exposing ``SUITE: Suite`` to add one."""
 
