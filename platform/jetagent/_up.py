@@ -81,7 +81,9 @@ class ServiceProcess:
                 self.process.kill()
 
 
-def default_services(*, replicas: int = 1, projections: bool = True) -> list[ServiceProcess]:
+def default_services(
+    *, replicas: int = 1, projections: bool = True, gateway: bool = True
+) -> list[ServiceProcess]:
     services = [ServiceProcess("orchestrator", ["orchestrator"])]
     for capability in ("reasoning", "tools", "summarize", "memory"):
         for i in range(replicas):
@@ -89,7 +91,8 @@ def default_services(*, replicas: int = 1, projections: bool = True) -> list[Ser
             services.append(ServiceProcess(f"{capability}{suffix}", ["worker", capability]))
     if projections:
         services.append(ServiceProcess("projections", ["projections", "run"]))
-    services.append(ServiceProcess("gateway", ["gateway"]))
+    if gateway:
+        services.append(ServiceProcess("gateway", ["gateway"]))
     for i, service in enumerate(services):
         service.color = _COLORS[i % len(_COLORS)]
     return services

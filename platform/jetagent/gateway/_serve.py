@@ -24,7 +24,8 @@ log = logging.getLogger("jetagent.gateway")
 def openapi_document() -> str:
     """The OpenAPI document as checked in under ``schemas/openapi.json``."""
     client: Any = _Unconnected()
-    app = create_app(client, GatewaySettings(tokens="", tokens_file=None))
+    # The defaults, not this environment's settings: the document is the same everywhere.
+    app = create_app(client, GatewaySettings.model_construct())
     return json.dumps(app.openapi(), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
 
 
