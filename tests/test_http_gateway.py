@@ -104,6 +104,9 @@ async def test_sse_resumes_after_last_event_id_with_no_gap_and_no_repeat(
     resumed = [e for e in resumed if e.event != "token"]
     assert [(e.event, e.id) for e in resumed] == [(e.event, e.id) for e in full[position + 1 :]]
     assert resumed[-1].event in FINAL
+    # Resuming after the final event ends at once, with nothing repeated.
+    after_end = await _all_events(http, wid, **{"Last-Event-ID": str(ids[-1])})
+    assert after_end == []
 
 
 async def test_another_tenants_workflow_is_a_404(http: httpx.AsyncClient) -> None:

@@ -205,9 +205,11 @@ def create_app(client: Client, settings: GatewaySettings) -> FastAPI:
     ) -> StreamingResponse:
         """Every transition as Server-Sent Events (resume with ``Last-Event-ID``), and the
         model's tokens as they are produced; ends after the final event."""
-        await owned(workflow_id, tenant)
+        view = await owned(workflow_id, tenant)
         after = parse_last_event_id(last_event_id)
-        frames = sse_stream(client, workflow_id, after=after, tokens=tokens)
+        # A client that already saw the final event: nothing follows it, end at once.
+        finished = view.status.is_final and 0 < view.last_workflow_seq <= after
+        frames = sse_stream(client, workflow_id, after=after, tokens=tokens, finished=finished)
         return StreamingResponse(
             _until_disconnect(frames, request),
             media_type="text/event-stream",

@@ -34,9 +34,13 @@ def _frame(event: str, data: bytes, event_id: int | None = None) -> bytes:
 
 
 async def sse_stream(
-    client: Client, workflow_id: str, *, after: int, tokens: bool
+    client: Client, workflow_id: str, *, after: int, tokens: bool, finished: bool = False
 ) -> AsyncIterator[bytes]:
-    """SSE frames for ``workflow_id`` from the message after sequence ``after``."""
+    """SSE frames for ``workflow_id`` from the message after sequence ``after``
+    (``finished``: the client has seen the final event already; nothing follows)."""
+    if finished:
+        yield b": the workflow has ended; nothing follows event " + str(after).encode() + b"\n\n"
+        return
     names = client.names
     queue: asyncio.Queue[bytes | None] = asyncio.Queue()
     config = (
