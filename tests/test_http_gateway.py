@@ -225,5 +225,6 @@ async def test_listing_filters_by_tenant_state_and_since_and_pages(
     assert (await page("acme", state="terminated"))["items"] == []
     assert len((await page("acme", state="finalized"))["items"]) == 3  # type: ignore[arg-type]
     assert (await page("acme", since="2999-01-01T00:00:00Z"))["items"] == []
+    assert len((await page("acme", since="2000-01-01T00:00:00"))["items"]) == 3  # type: ignore[arg-type]
     bad = await http.get("/v1/workflows", params={"state": "sideways"}, headers=auth("acme"))
     assert bad.status_code == 422

@@ -8,7 +8,7 @@ cursor (the last key returned) keeps pages stable while new workflows arrive.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 
 import msgspec
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NoKeysError, NotFoundError
@@ -35,6 +35,8 @@ async def list_workflows(
         keys = sorted(await kv.keys())
     except (BucketNotFoundError, NoKeysError, NotFoundError):
         return WorkflowPage(items=[])
+    if since is not None and since.tzinfo is None:
+        since = since.replace(tzinfo=UTC)  # a time without a zone is UTC, as events are
     if cursor:
         keys = [k for k in keys if k > cursor]
     items: list[WorkflowSummary] = []
