@@ -24,6 +24,7 @@ from tests.support.platform import InProcessPlatform
 def live_gateway(settings: Settings) -> Iterator[str]:
     loop = LoopThread(name="fuzz-gateway")
     platform = loop.run(InProcessPlatform(settings).start())
+    loop.run(_one_finished_workflow(platform), timeout=60)  # so lists and views have data
     # accept_wait_s=0: a random id is a 404 at once, not after waiting for a first event.
     http = GatewaySettings(port=0, tokens=TOKEN_SETTING, accept_wait_s=0)
     server = GatewayServer(platform.client, http)
@@ -34,6 +35,14 @@ def live_gateway(settings: Settings) -> Iterator[str]:
         loop.run(server.stop(), timeout=30)
         loop.run(platform.stop(), timeout=60)
         loop.stop()
+
+
+async def _one_finished_workflow(platform: InProcessPlatform) -> None:
+    from projections.service import ProjectionService
+
+    wid = await platform.client.submit(instruction="What is 2 + 2?", tenant="acme")
+    await platform.client.result(wid, timeout=30)
+    await ProjectionService(platform.client.nc, platform.settings).rebuild()
 
 
 @pytest.mark.timeout(300)
