@@ -181,16 +181,50 @@ async def test_the_article_request_over_http_runs_to_finalized(http: httpx.Async
     assert view["state"] == "finalized"
 
 
-async def test_health_readiness_cancel_and_openapi(http: httpx.AsyncClient) -> None:
+async def test_health_readiness_and_openapi(http: httpx.AsyncClient) -> None:
     assert (await http.get("/healthz")).json() == {"status": "ok"}
-    assert (await http.get("/readyz")).status_code == 200
-    wid = await _submit(http, {"instruction": "x", "allowed_tools": ["approve_me"]})
-    response = await http.post(f"/v1/workflows/{wid}/cancel", headers=auth("acme"))
-    assert response.status_code == 202
-    events = await _all_events(http, wid)
-    assert events[-1].event in FINAL
+    assert (await http.get("/readyz")).json() == {"status": "ready"}
     served = (await http.get("/openapi.json")).json()
     assert "/v1/workflows/{workflow_id}/events" in served["paths"]
+
+
+async def _waiting_approval(http: httpx.AsyncClient, target: str) -> tuple[str, str]:
+    body = {
+        "instruction": f'call dangerous {{"target": "{target}"}}',
+        "allowed_tools": ["dangerous"],
+    }
+    wid = await _submit(http, body)
+    async for event in sse_events(http, f"/v1/workflows/{wid}/events", headers=auth("acme")):
+        if event.event == "ApprovalRequested":
+            return wid, str(event.data["step_id"])
+    raise AssertionError("no ApprovalRequested")
+
+
+async def test_approval_signal_and_cancel_over_http(http: httpx.AsyncClient) -> None:
+    # A tool that needs approval holds the workflow; the approval signal releases it.
+    wid, step_id = await _waiting_approval(http, "staging")
+    assert (await http.get(f"/v1/workflows/{wid}", headers=auth("acme"))).json()[
+        "state"
+    ] == "waiting_approval"
+    signal = await http.post(
+        f"/v1/workflows/{wid}/signals/approval",
+        json={"step_id": step_id, "approved": True, "comment": "ok"},
+        headers=auth("acme"),
+    )
+    assert signal.status_code == 202
+    events = await _all_events(http, wid)
+    assert events[-1].event == "Finalized"
+    assert events[-1].data["output"].endswith("deleted staging")
+    # Another one waits for approval, and is cancelled instead.
+    wid, _ = await _waiting_approval(http, "prod")
+    cancel = await http.post(
+        f"/v1/workflows/{wid}/cancel", params={"reason": "not today"}, headers=auth("acme")
+    )
+    assert cancel.status_code == 202
+    events = await _all_events(http, wid)
+    assert events[-1].event == "Cancelled"
+    view = (await http.get(f"/v1/workflows/{wid}", headers=auth("acme"))).json()
+    assert view["state"] == "cancelled"
 
 
 async def test_listing_filters_by_tenant_state_and_since_and_pages(
