@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -140,7 +139,3 @@ def summary_of(view: SessionView) -> WorkflowSummary:
         updated_at=view.updated_at,
         cost_usd=str(view.cost_usd),
     )
-
-
-def signal_payload_schema() -> dict[str, Any]:
-    return {"type": "object", "additionalProperties": True}
