@@ -35,6 +35,7 @@ __all__ = ["SUITE"]
 
 GATEWAY = "gateway POST"
 NATS = "NATS publish"
+FLOOR = "GET /healthz"
 FIRST = "first token"
 END = "step end"
 TOKEN = "bench-token-0123456789"
@@ -82,6 +83,10 @@ class _Submitters:
         response = await self.http.post("/v1/workflows", json={"instruction": "What is 6 * 7?"})
         if response.status_code != 202:
             raise RuntimeError(f"gateway answered {response.status_code}: {response.text}")
+
+    async def health(self) -> None:
+        """The HTTP floor: the same client and server, no validation and no NATS."""
+        (await self.http.get("/healthz")).raise_for_status()
 
     async def via_nats(self) -> None:
         await self.client.submit(instruction="What is 6 * 7?", tenant="bench")
@@ -165,18 +170,23 @@ def _rate(env: Env) -> Benchmark:
     @contextmanager
     def contenders(env: Env) -> Iterator[Contenders]:
         s = env.shared("submitters", lambda: _submitters(env))
-        yield {GATEWAY: lambda: rate(s, "via_gateway"), NATS: lambda: rate(s, "via_nats")}
+        yield {
+            GATEWAY: lambda: rate(s, "via_gateway"),
+            NATS: lambda: rate(s, "via_nats"),
+            FLOOR: lambda: rate(s, "health"),
+        }
 
     return Benchmark(
         name=f"submit rate, {CONCURRENCY} concurrent",
         unit="req/s",
         better="higher",
         subject=GATEWAY,
-        baselines=(NATS,),
+        baselines=(NATS, FLOOR),
         contenders=contenders,
         target=Target(">=", value=500.0),
         note=f"{n} requests per round from {CONCURRENCY} concurrent lanes; one gateway "
-        "process (one core of the two is the gateway's at most).",
+        "process (one core of the two is the gateway's at most, the httpx client the "
+        "other's). `GET /healthz` on the same client and server is the HTTP floor.",
     )
 
 
@@ -229,10 +239,11 @@ def _first_token(env: Env) -> Benchmark:
                         tenant="bench",
                         model_preferences={"models": ["bench-stream"]},
                     )
-                    async for event in client.watch(wid):
-                        if isinstance(event, StepCompleted):
-                            ended = time.perf_counter()
-                            break
+                    async with contextlib.aclosing(client.watch(wid)) as events:
+                        async for event in events:
+                            if isinstance(event, StepCompleted):
+                                ended = time.perf_counter()
+                                break
                     token_at = await asyncio.wait_for(first, 30)
                     watcher.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
