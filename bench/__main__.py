@@ -26,6 +26,7 @@ SUITE_MODULES = [
     "bench.projections",
     "bench.capabilities",
     "bench.gateway",
+    "bench.delivery",
 ]
 """Every suite, in report order. Add a module exposing ``SUITE: Suite`` to add one."""
 
@@ -58,6 +59,12 @@ def _select(suites: list[Suite], only: list[str]) -> list[Suite]:
 
 @app.command()
 def main(
+    suites_named: Annotated[
+        list[str] | None,
+        typer.Argument(
+            metavar="[SUITE]...", help="Suites to run (same as --only): `python -m bench delivery`."
+        ),
+    ] = None,
     only: Annotated[
         list[str] | None,
         typer.Option(help="Run only these suites (repeat, or comma-separated)."),
@@ -93,7 +100,7 @@ def main(
     if not console.is_terminal:
         console = Console(width=160)  # a log file gets the whole table
     suites = registered_suites()
-    selected = _select(suites, [profile] if profile else (only or []))
+    selected = _select(suites, [profile] if profile else [*(suites_named or []), *(only or [])])
     config = RunConfig(
         quick=quick,
         profile=profile is not None,

@@ -64,7 +64,9 @@ async def _serve(url: str, prefix: str) -> None:
             finished_at=datetime.now(UTC),
             worker="bare",
         )
-        await js.publish(names.step_result(step.workflow_id, step.step_id), encode(result))
+        await js.publish(
+            names.step_result(step.capability, step.workflow_id, step.step_id), encode(result)
+        )
         await msg.ack()
 
     puller = _Standing(nc, names.workflows_stream, CONSUMER, handle)

@@ -307,7 +307,7 @@ class EnginePlatform:
         try:
             for workflow_id in workflow_ids:
                 events = await reader.scan(self.names.workflow(workflow_id))
-                results = await steps.scan(f"{self.names.prefix}.step.{workflow_id}.>")
+                results = await steps.scan(self.names.step_results(workflow_id))
                 tails = [r.subject.split(".", 3)[-1] for r in events]
                 lines.append(f"workflow {workflow_id}: events {tails}; step results {len(results)}")
             consumers = [

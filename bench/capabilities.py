@@ -528,7 +528,9 @@ def _benchmarks(env: Env) -> list[Benchmark]:
             contenders=_python_contenders,
             note=f"{py} `StepScheduled.tools.python` steps (`{SNIPPET}`) at once, rate as "
             f"above. {SANDBOX_ALONE}: `run_python` of the same snippet called directly in "
-            f"this process, {CONCURRENCY} at a time: the sandbox's own ceiling.",
+            f"this process, {CONCURRENCY} at a time: the sandbox's own ceiling. Before the "
+            "kernel-enforced sandbox (namespaces and a per-run uid, as root; main at "
+            "0ba55d2) the worker reached 67.7 steps/s here.",
         ),
         Benchmark(
             name="sandbox, per call",
@@ -543,7 +545,9 @@ def _benchmarks(env: Env) -> list[Benchmark]:
             "interpreter the sandbox runs (the base installation's) with the sandbox's "
             "isolation flags: the floor of any fresh-interpreter sandbox. The base "
             "installation's own site-packages on this machine is large (its plain "
-            "`python -c pass` takes 20-40 ms), which `-I -S` skips.",
+            "`python -c pass` takes 20-40 ms), which `-I -S` skips. Before the "
+            "kernel-enforced sandbox (main at 0ba55d2) a call took 25.2 ms here. The "
+            "bench runs as root: the snippet process also drops every capability.",
         ),
         Benchmark(
             name="reasoning call overhead",

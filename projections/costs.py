@@ -85,6 +85,8 @@ class MetricsState(msgspec.Struct):
     calls: dict[str, int] = msgspec.field(default_factory=dict)
     steps: dict[str, int] = msgspec.field(default_factory=dict)
     retries: dict[str, int] = msgspec.field(default_factory=dict)
+    repeated_runs: dict[str, int] = msgspec.field(default_factory=dict)
+    """Runs of a step that died mid-way and were run again (their calls still count)."""
     duration: dict[str, Histogram] = msgspec.field(default_factory=dict)
     turnaround: dict[str, Histogram] = msgspec.field(default_factory=dict)
     workflows: dict[str, int] = msgspec.field(default_factory=dict)
@@ -133,6 +135,8 @@ class MetricsState(msgspec.Struct):
         retries = max(result.deliveries - 1, 0) + max(result.attempt - 1, 0)
         if retries:
             _add(self.retries, cap, retries)
+        if result.interrupted_runs:
+            _add(self.repeated_runs, cap, result.interrupted_runs)
         seconds = max((result.finished_at - result.started_at).total_seconds(), 0.0)
         histogram = self.duration.get(cap)
         if histogram is None:
@@ -215,6 +219,12 @@ class MetricsCollector(Collector):
             "Redeliveries and re-attempts of steps.",
             ["capability"],
             s.retries,
+        )
+        yield _counter(
+            "jetagent_step_repeated_runs",
+            "Runs of steps that died mid-way (worker lost) and ran again elsewhere.",
+            ["capability"],
+            s.repeated_runs,
         )
         yield _histogram(
             "jetagent_step_duration_seconds", "How long capability handlers ran.", s.duration

@@ -34,6 +34,7 @@ METRICS: dict[str, frozenset[str]] = {
     "jetagent_provider_calls_total": frozenset({"capability", "model", "provider", "outcome"}),
     "jetagent_steps_total": frozenset({"capability", "outcome"}),
     "jetagent_step_retries_total": frozenset({"capability"}),
+    "jetagent_step_repeated_runs_total": frozenset({"capability"}),
     "jetagent_workflows_total": frozenset({"tenant", "outcome"}),
     "jetagent_workflow_terminations_total": frozenset({"reason"}),
     "jetagent_workflows_active": frozenset({"tenant"}),

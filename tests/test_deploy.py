@@ -59,7 +59,10 @@ def test_nats_configs_are_valid(config: str) -> None:
         "JETAGENT_ADMIN_PASSWORD": "z",
         "JETAGENT_CLIENT_PASSWORD": "a",
         "JETAGENT_ORCHESTRATOR_PASSWORD": "b",
-        "JETAGENT_WORKER_PASSWORD": "c",
+        "JETAGENT_WORKER_REASONING_PASSWORD": "c0",
+        "JETAGENT_WORKER_TOOLS_PASSWORD": "c1",
+        "JETAGENT_WORKER_SUMMARIZE_PASSWORD": "c2",
+        "JETAGENT_WORKER_MEMORY_PASSWORD": "c3",
         "JETAGENT_PROJECTIONS_PASSWORD": "d",
     }
     result = subprocess.run(

@@ -308,7 +308,7 @@ async def test_garbage_inputs_go_to_the_dead_letter_stream(engine: InProcessPlat
     client = engine.client
     names = engine.settings.names
     # An undecodable step result and cancel, and a step for a worker that is not JSON.
-    await client.js.publish(names.step_result("nope", "1"), b"\x00not json")
+    await client.js.publish(names.step_result("tools", "nope", "1"), b"\x00not json")
     await client.js.publish(names.cancel("nope"), b"[1, 2")
     await client.js.publish(f"{names.workflow_root}.x.StepScheduled.tools.calculator", b"{}")
 

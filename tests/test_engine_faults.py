@@ -3,38 +3,24 @@
 from __future__ import annotations
 
 import asyncio
-from collections import Counter
 from pathlib import Path
 
 from jetagent.client import Client
 from jetagent.config import Settings
-from jetagent.events import StepScheduled, WorkflowEvent
-from jetagent.store import DirectGetter
-from tests.support.platform import InProcessPlatform, ServiceProcesses, eventually
+from tests.support.checks import assert_no_decision_recorded_twice, assert_one_result_per_step
+from tests.support.platform import (
+    InProcessPlatform,
+    ServiceProcesses,
+    eventually,
+    tool_registered,
+)
 
 
-async def _step_results(client: Client, settings: Settings) -> Counter[str]:
-    names = settings.names
-    reader = DirectGetter(client.nc, names.steps_stream, timeout=5)
-    await reader.open()
-    try:
-        records = await reader.scan(f"{names.prefix}.step.>")
-    finally:
-        await reader.close()
-    return Counter(r.subject for r in records)
-
-
-def _no_duplicate_events(events: list[WorkflowEvent]) -> None:
-    # The same decision recorded twice would show as a repeated step id or end.
-    scheduled = Counter(e.step_id for e in events if isinstance(e, StepScheduled))
-    assert set(scheduled.values()) <= {1}
-    kinds = Counter(type(e).__name__ for e in events)
-    assert kinds["Started"] == 1
-    assert kinds["Finalized"] + kinds["Terminated"] + kinds["Cancelled"] == 1
-    completed = Counter(
-        getattr(e, "step_id", None) for e in events if type(e).__name__ == "StepCompleted"
-    )
-    assert set(completed.values()) <= {1}
+async def _each_once(client: Client, settings: Settings, ids: list[str]) -> None:
+    """Every scheduled step has exactly one result; no decision was recorded twice."""
+    assert await assert_one_result_per_step(client, settings, ids) >= len(ids)
+    for wid in ids:
+        await assert_no_decision_recorded_twice(client, settings, wid)
 
 
 async def test_sigkill_a_worker_mid_step(settings: Settings, tmp_path: Path) -> None:
@@ -49,7 +35,7 @@ async def test_sigkill_a_worker_mid_step(settings: Settings, tmp_path: Path) -> 
     procs.start("tools-a", "worker", "tools")
     client = await Client.connect(settings.nats_url, settings=settings)
     try:
-        await eventually(lambda: _tool_registered(client, settings, "slow"), timeout=30)
+        await eventually(lambda: tool_registered(client, settings, "slow"), timeout=30)
         wid = await client.submit(
             instruction='call slow {"seconds": 3}', tenant="acme", allowed_tools=["slow"]
         )
@@ -64,20 +50,10 @@ async def test_sigkill_a_worker_mid_step(settings: Settings, tmp_path: Path) -> 
         result = await client.result(wid, timeout=60)
         assert result.ok, procs.log("orchestrator")
         assert result.output.endswith("slept 3.0")
-        results = await _step_results(client, settings)
-        assert set(results.values()) == {1}  # exactly one StepResult per step
-        _no_duplicate_events(await client.events(wid))
+        await _each_once(client, settings, [wid])
     finally:
         await client.close()
         procs.stop_all()
-
-
-async def _tool_registered(client: Client, settings: Settings, name: str) -> bool:
-    try:
-        kv = await client.js.key_value(settings.names.bucket("REGISTRY"))
-        return f"tool.{name}" in await kv.keys()
-    except Exception:  # not provisioned yet, or no keys yet
-        return False
 
 
 async def test_sigkill_the_orchestrator_and_restart(settings: Settings, tmp_path: Path) -> None:
@@ -86,7 +62,7 @@ async def test_sigkill_the_orchestrator_and_restart(settings: Settings, tmp_path
     procs.start("workers", "worker", "reasoning", "tools")
     client = await Client.connect(settings.nats_url, settings=settings)
     try:
-        await eventually(lambda: _tool_registered(client, settings, "calculator"), timeout=30)
+        await eventually(lambda: tool_registered(client, settings, "calculator"), timeout=30)
         ids = [
             await client.submit(
                 instruction=f"What is {i} + {i}? Then multiply the result by 3 then add 1 to it",
@@ -106,8 +82,7 @@ async def test_sigkill_the_orchestrator_and_restart(settings: Settings, tmp_path
             result = await client.result(wid, timeout=60)
             assert result.ok, procs.log("orchestrator-2")
             assert result.output.endswith(f"Final answer: {(2 * i) * 3 + 1}")
-            _no_duplicate_events(await client.events(wid))
-        assert set((await _step_results(client, settings)).values()) == {1}
+        await _each_once(client, settings, ids)
     finally:
         await client.close()
         procs.stop_all()
@@ -129,8 +104,7 @@ async def test_two_orchestrators_match_one(settings: Settings, nats_url: str) ->
             results = await asyncio.gather(
                 *(platform.client.result(wid, timeout=120) for wid in ids.values())
             )
-            for wid in ids.values():
-                _no_duplicate_events(await platform.client.events(wid))
+            await _each_once(platform.client, config, list(ids.values()))
             return {
                 i: (r.status.value, r.output, r.tokens) for i, r in zip(ids, results, strict=True)
             }

@@ -100,11 +100,18 @@ async def test_429_forever_ends_the_workflow_within_its_deadline_with_a_clear_re
         assert "deadline" in step.error.message
         assert len(step.calls) >= 2  # it did retry, and recorded each call
         assert {c.outcome for c in step.calls} == {"rate_limited"}
-        # Each recorded call reached the server. (Not "every request is a recorded call":
-        # until the worker's ack-wait fix of issue #8 a step running longer than the
-        # consumer's first backoff value, 1 s, runs twice at once and only the run
-        # whose result lands is recorded.)
-        assert len(step.calls) <= len(openai.requests)
+        # Every request the provider received is a call of the step, each once: the
+        # step ran once, and calls journaled as they completed are not counted again
+        # from the error that ended it.
+        assert len(step.calls) == len(openai.requests)
+        # The routing says why it stopped: the retry budget's last decision.
+        assert step.routing, "the failed step's routing decisions were dropped"
+        assert step.routing[0].reason == "preferred"
+        assert step.routing[-1].model == "gpt-limited"
+        assert step.routing[-1].reason.startswith("retry exhausted: "), step.routing
+        assert "deadline" in step.routing[-1].reason
+        retries = [d for d in step.routing if d.reason.startswith("retry: ")]
+        assert len(retries) == len(step.calls) - 1
     finally:
         await platform.stop()
     # No call was made after the deadline, by any run of the step.

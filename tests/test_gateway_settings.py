@@ -381,3 +381,5 @@ async def test_settings_from_the_catalog_decide_in_a_running_platform(
     [request] = server.requests
     assert request.headers["x-route"] == "eu-west"
     assert "x-route" not in anthropic.requests[0].headers  # headers are per endpoint
+    # Every request either server received is a call of the step, each once.
+    assert len(step.calls) == len(server.requests) + len(anthropic.requests)

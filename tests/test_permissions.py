@@ -26,7 +26,10 @@ PASSWORDS = {
     "admin": "admin-pw",
     "client": "client-pw",
     "orchestrator": "orchestrator-pw",
-    "worker": "worker-pw",
+    "worker-reasoning": "reasoning-pw",
+    "worker-tools": "tools-pw",
+    "worker-summarize": "summarize-pw",
+    "worker-memory": "memory-pw",
     "projections": "projections-pw",
 }
 
@@ -34,7 +37,8 @@ PASSWORDS = {
 @pytest.fixture
 def secured(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[EmbeddedServer]:
     for user, password in PASSWORDS.items():
-        monkeypatch.setenv(f"JETAGENT_{user.upper()}_PASSWORD", password)
+        env = user.upper().replace("-", "_")
+        monkeypatch.setenv(f"JETAGENT_{env}_PASSWORD", password)
     accounts = (ROOT / "nats" / "accounts.conf").read_text()
     with EmbeddedServer(tmp_path / "nats", extra_config=accounts) as server:
         yield server
@@ -81,8 +85,10 @@ async def test_services_run_with_exactly_their_permissions(
     assert result.returncode == 0, result.stdout + result.stderr
     procs = ServiceProcesses(_url(secured, "orchestrator"), "ja", tmp_path)
     procs.start("orchestrator", "orchestrator")
-    procs.url = _url(secured, "worker")
-    procs.start("workers", "worker", "reasoning", "tools", "summarize", "memory")
+    # One worker process per capability, each under its capability's own user.
+    for capability in ("reasoning", "tools", "summarize", "memory"):
+        procs.url = _url(secured, f"worker-{capability}")
+        procs.start(capability, "worker", capability)
     procs.url = _url(secured, "projections")
     procs.env["JETAGENT_METRICS_PORT"] = "0"
     procs.start("projections", "projections", "run")
@@ -107,9 +113,10 @@ async def test_services_run_with_exactly_their_permissions(
             instruction='What is 6 * 7? Then call remember {"text": "the answer is 42"}',
             tenant="acme",
             output={"summarize": True},
+            capability_limits={"deadline_s": 600},  # arms a durable timer on JA_TIMERS
         )
         result = await client.result(wid, timeout=60)
-        assert result.ok, procs.log("orchestrator") + procs.log("workers")
+        assert result.ok, procs.log("orchestrator") + procs.log("reasoning") + procs.log("tools")
 
         async def projected() -> bool:  # the projection service (its own user) caught up
             return (await client.session(wid)).status.value == "finalized"
@@ -123,10 +130,20 @@ async def test_services_run_with_exactly_their_permissions(
     assert not violations, "\n".join(violations[:10])
 
     # And each user is refused what is not its own.
-    assert await _refused(_url(secured, "worker"), "ja.wf.x.Started")  # only the orchestrator
-    assert await _refused(_url(secured, "client"), "ja.step.x.1")  # only workers
+    assert await _refused(_url(secured, "worker-tools"), "ja.wf.x.Started")  # orchestrator's
+    assert await _refused(_url(secured, "client"), "ja.step.tools.x.1")  # only workers
+    # A worker writes results for its own capability only (a forged reasoning answer from
+    # the tools worker's user is refused by the server).
+    assert await _refused(_url(secured, "worker-tools"), "ja.step.reasoning.x.1")
+    assert await _refused(_url(secured, "worker-reasoning"), "ja.step.tools.x.1")
+    assert await _refused(_url(secured, "worker-tools"), "ja.dlq.orchestrator")
+    assert not await _refused(_url(secured, "worker-tools"), "ja.step.tools.x.1")
+    assert not await _refused(_url(secured, "worker-memory"), "ja.step.memory.x.1")
     assert await _refused(_url(secured, "client"), "ja.wf.x.Finalized")
     assert await _refused(_url(secured, "projections"), "ja.request.acme")
-    assert await _refused(_url(secured, "worker"), "$JS.API.STREAM.DELETE.JA_WORKFLOWS")
+    assert await _refused(_url(secured, "worker-reasoning"), "$JS.API.STREAM.DELETE.JA_WORKFLOWS")
     assert await _refused(_url(secured, "orchestrator"), "$JS.API.STREAM.PURGE.JA_STEPS")
+    assert await _refused(_url(secured, "client"), "ja.timer.at.x.deadline")  # orchestrator's
+    assert await _refused(_url(secured, "worker-tools"), "ja.timer.due.x.deadline")
+    assert await _refused(_url(secured, "worker-tools"), "$JS.API.STREAM.PURGE.JA_TIMERS")
     assert not await _refused(_url(secured, "client"), "ja.request.acme")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -16,6 +15,7 @@ from jetagent.config import Settings
 from jetagent.errors import RequestRejectedError
 from jetagent.events import StepFailed, StepScheduled
 from jetagent.store import DirectGetter
+from tests.support.checks import assert_one_result_per_step
 from tests.support.platform import InProcessPlatform, ServiceProcesses, eventually
 
 
@@ -49,7 +49,7 @@ async def test_a_step_failing_after_max_deliver_is_recorded_and_dead_lettered(
         tries = [e for e in events if isinstance(e, StepScheduled) and e.tool == "flaky"]
         assert [e.attempt for e in tries] == [1, 2]
         names = config.names
-        results = await _records(client, names.steps_stream, f"{names.prefix}.step.{wid}.>")
+        results = await _records(client, names.steps_stream, names.step_results(wid))
         assert [r["deliveries"] for r in results if r["tool"] == "flaky"] == [2, 2]
         letters = await _records(client, names.dlq_stream, f"{names.prefix}.dlq.tools")
         assert len(letters) == 2
@@ -89,9 +89,7 @@ async def test_sigterm_lets_a_running_step_finish(settings: Settings, tmp_path: 
         # It finished the step before leaving: the workflow completes with no other worker.
         result = await client.result(wid, timeout=30)
         assert result.output.endswith("slept 2.0")
-        names = settings.names
-        results = await _records(client, names.steps_stream, f"{names.prefix}.step.{wid}.>")
-        assert set(Counter(str(r["step_id"]) for r in results).values()) == {1}
+        assert await assert_one_result_per_step(client, settings, [wid]) == 3
     finally:
         await client.close()
         procs.stop_all()

@@ -138,7 +138,19 @@ def test_any_history_replays_to_the_same_state_and_decisions(data: st.DataObject
         output={"summarize": draw(st.booleans())},
     )
     at = T0
+    # Sometimes a cancel or a signal arrives before the start: kept, then applied.
+    keep = T0 + timedelta(seconds=60)
+    pre: list[Input] = []
+    for kind in draw(st.lists(st.integers(0, 9), max_size=2)):
+        if kind == 0:
+            pre.append(Cancel(at=at, reason="early", workflow_id="wf", expires_at=keep))
+        elif kind <= 3:
+            payload = {"step_id": "1", "approved": True}
+            pre.append(
+                Signal(name="approval", payload=payload, at=at, workflow_id="wf", expires_at=keep)
+            )
     inputs: list[Input] = [
+        *pre,
         Begin(
             workflow_id="wf",
             tenant="t",
@@ -147,12 +159,16 @@ def test_any_history_replays_to_the_same_state_and_decisions(data: st.DataObject
             deadline_at=at + timedelta(seconds=30)
             if request.capability_limits.deadline_s
             else None,
-        )
+        ),
     ]
     state = WorkflowState()
     history: list[WorkflowEvent] = []
     delivered: list[FoldResult] = []
     seq = 0
+    for command in pre:
+        for event in decide(state, command, CTX):
+            state = evolve(state, event)
+            history.append(event)
     for _ in range(60):
         command = inputs[-1]
         events = decide(state, command, CTX)

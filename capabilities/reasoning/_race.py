@@ -9,6 +9,10 @@ failure (a 429) never leaves the race waiting on a hung call for its whole timeo
 Every call is an owned task: the race awaits or cancels and awaits each one, reports
 its outcome to its circuit breaker exactly once, and records it as an ``Attempt`` — a
 cancelled call's usage is unknown (the provider may bill it) and is recorded as such.
+Each ``Attempt`` is handed to the call's ``on_call`` hook once, as soon as the call has
+settled (after any replacement call has been started, so reporting never delays the
+race), and before the race goes on waiting: a worker that dies later in the step has
+already reported it.
 """
 
 from __future__ import annotations
@@ -36,6 +40,9 @@ from .providers import Provider
 from .records import Attempt, AttemptOutcome, RoutingDecision, UsageStatus
 from .routing import Candidate, format_usd
 
+OnCall = Callable[[Attempt], Awaitable[None]]
+"""Told of each provider call the moment it has settled (see ``CallContext.on_call``)."""
+
 _ORDINALS = {2: "second", 3: "third", 4: "fourth", 5: "fifth", 6: "sixth"}
 
 
@@ -53,6 +60,9 @@ class CallContext:
     less the time the step needs to report); ``None`` without a deadline."""
     stream: StreamGate | None = None
     """Where streamed text goes (only the winner's counts); ``None``: no streaming."""
+    on_call: OnCall | None = None
+    """Awaited with every ``Attempt`` once, as it settles: the worker journals it, so
+    the call's usage is recorded even if the step's run dies before it ends."""
 
 
 @dataclass(kw_only=True)
@@ -103,6 +113,7 @@ class HedgedCaller:
         runs: dict[asyncio.Task[Completion], _Run] = {}
         keys: dict[asyncio.Task[Completion], int] = {}
         settled: dict[asyncio.Task[Completion], Attempt] = {}
+        reported: set[asyncio.Task[Completion]] = set()
         options = self._options(first.model)
         failed: set[str] = set()
 
@@ -178,6 +189,8 @@ class HedgedCaller:
                     why = f"{'; '.join(replace)} while {running} is still running"
                     another(f"hedge: {why}", why)
                     pending = {t for t in runs if not t.done()}
+                if result.completion is None:  # a winner is reported once the losers end
+                    await self._report(ctx, settled, reported)
         finally:
             for task in pending:
                 task.cancel()
@@ -192,6 +205,8 @@ class HedgedCaller:
                         # Only if this wait was itself cancelled: the breaker must not be
                         # left waiting for a trial that will never report.
                         runs[task].permit.release()
+        # The losers of a race (cancelled as the winner came in) and the winner.
+        await self._report(ctx, settled, reported)
         # Attempts in the order the calls started, however they finished.
         result.attempts.extend(settled[t] for t in runs if t in settled)
         if ctx.stream is not None:
@@ -208,6 +223,20 @@ class HedgedCaller:
             )
             await ctx.stream.settle(winner if result.completion is not None else None)
         return result
+
+    @staticmethod
+    async def _report(
+        ctx: CallContext,
+        settled: dict[asyncio.Task[Completion], Attempt],
+        reported: set[asyncio.Task[Completion]],
+    ) -> None:
+        """Hand each newly settled attempt to the call's hook, once."""
+        if ctx.on_call is None:
+            return
+        for task, attempt in settled.items():
+            if task not in reported:
+                reported.add(task)
+                await ctx.on_call(attempt)
 
     async def _complete(
         self,

@@ -3,7 +3,11 @@
 Both go through :class:`ModelGateway` (routing, circuit breakers, hedging), with the
 offline planner serving ``provider = "offline"`` models. Every provider call the
 gateway made — the winner, failed and cancelled attempts — becomes a ``CallRecord`` of
-the step's result, the one place its usage and cost are recorded.
+the step's result, the one place its usage and cost are recorded. Each is reported
+with ``StepContext.record_call`` the moment it settles (the gateway's ``on_call``), so a
+worker that dies later in the step (in a rate-limit wait, a failover) loses none: the
+run that writes the result carries them (README "Delivery, retries and recovery"). The
+offline planner is local, instant and free; its one call is only in the result.
 """
 
 from __future__ import annotations
@@ -17,8 +21,10 @@ import msgspec
 from capabilities.reasoning._streaming import StreamGate
 from capabilities.reasoning.gateway import ModelGateway
 from capabilities.reasoning.offline import OfflineProvider, compact_rounds
-from capabilities.reasoning.records import GatewayResult
+from capabilities.reasoning.records import Attempt, GatewayResult
 from jetagent import CapabilitySpec, StepContext, StepOutput, telemetry
+from jetagent.calls import CALLS_RECORDED
+from jetagent.errors import CapabilityError
 from jetagent.events import CallRecord, RoutingDecision
 from jetagent.llm import Completion, Message, ToolSpec
 from jetagent.models import ModelCatalog, ModelConfig
@@ -85,21 +91,51 @@ async def _offline_call(
     return completion, [call], [RoutingDecision(model=model.name, reason="preferred")]
 
 
-def _records(result: GatewayResult) -> tuple[list[CallRecord], list[RoutingDecision]]:
-    calls = [
-        CallRecord(
-            model=a.model,
-            provider=a.provider,
-            outcome=a.outcome,
-            usage=a.usage,
-            cost_usd=None if a.cost_usd is None else Decimal(a.cost_usd),
-            latency_s=a.latency_s,
-            error=a.error,
-        )
-        for a in result.attempts
-    ]
-    routing = [RoutingDecision(model=d.model, reason=d.reason) for d in result.decisions]
-    return calls, routing
+def _call_record(attempt: Attempt) -> CallRecord:
+    return CallRecord(
+        model=attempt.model,
+        provider=attempt.provider,
+        outcome=attempt.outcome,
+        usage=attempt.usage,
+        cost_usd=None if attempt.cost_usd is None else Decimal(attempt.cost_usd),
+        latency_s=attempt.latency_s,
+        error=attempt.error,
+    )
+
+
+class _StepCalls:
+    """The provider calls of one step's gateway call, reported as each settles.
+
+    The records given to ``StepContext.record_call`` are the very objects put in the
+    step's output, which is how the worker counts each call once."""
+
+    def __init__(self, step: StepContext) -> None:
+        self._step = step
+        self._records: list[tuple[Attempt, CallRecord]] = []
+
+    async def __call__(self, attempt: Attempt) -> None:
+        record = _call_record(attempt)
+        self._records.append((attempt, record))
+        await self._step.record_call(record)
+
+    def of(self, result: GatewayResult) -> tuple[list[CallRecord], list[RoutingDecision]]:
+        """The result's calls (as reported) and routing decisions."""
+        calls = [self._record(attempt) for attempt in result.attempts]
+        routing = [RoutingDecision(model=d.model, reason=d.reason) for d in result.decisions]
+        return calls, routing
+
+    def mark(self, error: CapabilityError) -> None:
+        """Say on a failed call's error that its attempts were reported already, so the
+        worker does not count them again from ``details["attempts"]``."""
+        attempts = error.details.get("attempts")
+        if isinstance(attempts, list) and len(attempts) == len(self._records):
+            error.details[CALLS_RECORDED] = True
+
+    def _record(self, attempt: Attempt) -> CallRecord:
+        for reported, record in self._records:
+            if reported is attempt:
+                return record
+        return _call_record(attempt)  # not reported (no hook ran): the result has it
 
 
 def _all_offline(catalog: ModelCatalog, models: list[str]) -> bool:
@@ -147,6 +183,7 @@ def reasoning_capabilities(
             # Text streams live on core NATS while the call runs (README "Streaming
             # tokens"); the record below is built from the Completion alone.
             gate = StreamGate(TokenPublisher.for_step(step), replaces=step.deliveries > 1)
+            reported = _StepCalls(step)
             try:
                 result = await gw.call(
                     models=data["models"],
@@ -158,12 +195,16 @@ def reasoning_capabilities(
                     deadline_s=_left(step),
                     origin=_origin(step),
                     stream=gate,
+                    on_call=reported,
                 )
+            except CapabilityError as exc:
+                reported.mark(exc)
+                raise
             finally:
                 await gate.finish()
             completion = result.completion
             _trace_calls(result, max_tokens)
-            calls, routing = _records(result)
+            calls, routing = reported.of(result)
         return StepOutput(
             output={
                 "text": completion.text,
@@ -219,17 +260,23 @@ def reasoning_capabilities(
         prompt: str,
     ) -> tuple[Completion, list[CallRecord], list[RoutingDecision]]:
         """One tool-less call with ``prompt`` appended: a summary or a compaction."""
-        result = await gw.call(
-            models=models,
-            messages=[*messages, Message(role="user", content=prompt)],
-            tools=[],
-            max_tokens=int(data["max_tokens"]),
-            remaining_tokens=None,
-            remaining_usd=None,
-            deadline_s=_left(step),
-            origin=_origin(step),
-        )
-        calls, routing = _records(result)
+        reported = _StepCalls(step)
+        try:
+            result = await gw.call(
+                models=models,
+                messages=[*messages, Message(role="user", content=prompt)],
+                tools=[],
+                max_tokens=int(data["max_tokens"]),
+                remaining_tokens=None,
+                remaining_usd=None,
+                deadline_s=_left(step),
+                origin=_origin(step),
+                on_call=reported,
+            )
+        except CapabilityError as exc:
+            reported.mark(exc)
+            raise
+        calls, routing = reported.of(result)
         return result.completion, calls, routing
 
     def report() -> dict[str, Any]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from capabilities.tools.builtin import BUILTIN_TOOLS
+from capabilities.tools.sandbox import announce_protections
 from jetagent import CapabilitySpec
 from jetagent.tools import Tool, ToolBox
 
@@ -43,6 +44,11 @@ def tools_capability(
             )
         served = [tools[t] for t in wanted]
         consumer = f"cap-{name}-" + "-".join(wanted)
+
+    if any(t.name == "python" for t in served):
+        # Which sandbox layers this host gives the python tool, in the worker's log at
+        # start; where a required one is missing, every call answers why it is refused.
+        announce_protections()
 
     async def close() -> None:
         box.close()

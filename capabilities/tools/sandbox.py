@@ -1,69 +1,73 @@
-"""Run an untrusted Python snippet in a sandboxed subprocess (a built-in tool).
+"""Run an untrusted Python snippet in a sandboxed process (a built-in tool).
 
     result = await run_python("print(6 * 7)", limits=SandboxLimits(cpu_seconds=2))
     result.ok, result.stdout, result.error      # True, "42\\n", None
 
-The snippet runs in a fresh `python -I -S` with an empty environment (plus HOME, TMPDIR
-and LANG), in a private working folder that is deleted afterwards, behind these layers;
-each one is used where the kernel allows it, and `protections()` says which are active:
+The snippet runs in a fresh `python -I -S` with an empty environment, in a private
+working folder that is deleted afterwards, confined by the kernel with no privilege
+needed (the service runs as an ordinary user; README "Sandbox" and "Threat model"):
 
-- resource limits (setrlimit): CPU time, address space, file size, open files, processes;
-- a per-run unprivileged uid when the service runs as root, so RLIMIT_NPROC holds (it
-  does not apply to root) and everything the run started can be found and killed (an
-  installation that uid cannot reach, say under /root, is read through descriptors
-  opened beforehand);
-- namespaces: network (no interfaces but a downed loopback), mount (pivot_root into a
-  read-only view of the standard library and system libraries, four devices and a
-  size-limited tmpfs working folder; no /etc, /proc or home), PID (the run's pid 1 takes
-  every process with it), IPC and UTS;
-- no_new_privs, and parent-death signals so a dying service takes its runs along;
-- audit hooks (PEP 578) inside the snippet's interpreter refusing files outside the
-  working folder and the standard library, sockets, new processes, ctypes and similar
-  escape hatches with a clear message. Hooks alone are no security boundary; they are
-  the layer that explains a refusal, and the one left where namespaces are unavailable.
+- Landlock: read-only access to the Python installation and system libraries,
+  read-write to its own folder, nothing else; no TCP (ABI >= 4); no signals or abstract
+  UNIX sockets beyond itself (ABI >= 6);
+- a seccomp-bpf filter compiled per run (`_seccomp.py`): no sockets, no new processes or
+  programs, no ptrace or other processes' memory, no pidfds, signals to itself only, no
+  limits raised, no mounts, namespaces or io_uring;
+- no_new_privs; resource limits (CPU, address space, file size, open files); as root,
+  every capability dropped;
+- every descriptor closed but a result pipe, which the service reads as untrusted input
+  (size-limited, line-validated): whether a run succeeded comes from the kernel (exit
+  status, signal, CPU time from wait4), never from what the snippet wrote;
+- audit hooks (`_sandbox_guards.py`) that explain refusals early; not a barrier.
 
-The service side never blocks its event loop: it feeds stdin, reads stdout and stderr
-incrementally up to the output cap, enforces the wall-clock timeout, then kills the whole
-process tree (process group, per-run uid, PID namespace) and waits until it is gone.
-`run_python` reports every outcome of a snippet in a `SandboxResult`; it raises (OSError)
-only when the host cannot start a run at all, such as without a temporary folder.
+The snippet process checks every required layer (`REQUIRED_LAYERS`) before the snippet
+starts and refuses to run it if the kernel lacks one, unless the service opted in with
+JETAGENT_SANDBOX_ALLOW_WEAKER=1. `protections()` reports the layers once at start.
+
+The service never blocks its event loop: it feeds the snippet's input, reads its output
+up to the cap, watches the size of its folder, enforces the wall-clock timeout, and kills
+the process (it cannot have children) through a pidfd. `run_python` reports every
+outcome of a snippet in a `SandboxResult`; it raises (OSError) only when the host cannot
+start a run at all, such as without a temporary folder.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import errno
+import concurrent.futures
 import functools
+import logging
 import math
 import os
-import secrets
-import shutil
 import signal
-import subprocess
-import sys
 import tempfile
-import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass
 
-__all__ = ["SandboxLimits", "SandboxResult", "protections", "run_python"]
-
-_CHILD = str(Path(__file__).with_name("_sandbox_child.py"))
-# Per-run uids, far above the ranges distributions and container runtimes hand out.
-_UID_FIRST = 0x7A000000
-_UID_COUNT = 1 << 24
-_ENV = {"LANG": "C.UTF-8", "PATH": "/usr/bin:/bin"}
-_LAYERS = (
-    "network_namespace",
-    "mount_namespace",
-    "pid_namespace",
-    "ipc_uts_namespaces",
-    "per_run_uid",
-    "no_new_privs",
+from capabilities.tools._sandbox_process import (
+    ALLOW_WEAKER_ENV,
+    CHILD,
+    SnippetProcess,
+    remove_tree,
+    size_text,
 )
+
+__all__ = [
+    "ALLOW_WEAKER_ENV",
+    "REQUIRED_LAYERS",
+    "SandboxLimits",
+    "SandboxResult",
+    "announce_protections",
+    "protections",
+    "run_python",
+]
+
+log = logging.getLogger(__name__)
+
+REQUIRED_LAYERS = ("resource_limits", "no_new_privs", "landlock_filesystem", "seccomp_filter")
+_OPTIONAL_LAYERS = ("landlock_network", "landlock_scopes", "capabilities_dropped")
+_CHILD = CHILD
+_EXIT_REFUSED = 70
+_EXIT_EXCEPTION = 1
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -79,15 +83,14 @@ class SandboxLimits:
     max_output_bytes: int = 64 * 1024
     """stdout and stderr together; a snippet that writes more is stopped."""
     disk_bytes: int = 16 * 2**20
-    """Largest file the snippet may write (RLIMIT_FSIZE), and the size of its working
-    folder when that is a private tmpfs (which also holds at most 10,000 files)."""
+    """Largest file the snippet may write (RLIMIT_FSIZE), and the most its working folder
+    may hold (with at most 10,000 entries): the service watches it and stops the run."""
     max_open_files: int = 64
     """Open file descriptors (RLIMIT_NOFILE)."""
     max_processes: int = 1
-    """Processes and threads of the run's uid at once (RLIMIT_NPROC); 1 means no threads
-    and no children. Exact under the per-run uid; without one (not root) it counts all
-    of the service user's processes, so any value admits no new ones. The audit hooks
-    refuse starting processes whatever this is."""
+    """Threads of the snippet process at once, itself included: 1 means none (the
+    seccomp filter refuses clone). Above 1, threads are allowed and bounded by the
+    memory limit (each reserves its stack). New processes are never allowed."""
 
     def __post_init__(self) -> None:
         for name in ("cpu_seconds", "wall_seconds", "memory_bytes", "max_output_bytes"):
@@ -119,10 +122,13 @@ class SandboxResult:
     duration_s: float
     """Wall-clock time of the run as the service saw it."""
     cpu_s: float | None
-    """CPU time of the snippet and its children; None when the run was killed from
-    outside before it could report."""
+    """CPU time of the snippet process, from the kernel (wait4)."""
     truncated: bool
     """The output reached `max_output_bytes`; what was kept ends with a marker."""
+    signal: int | None = None
+    """The signal that ended the process (SIGXCPU, SIGKILL ...), from the kernel."""
+    layers: tuple[str, ...] = ()
+    """The isolation layers that were active for this run."""
 
 
 async def run_python(
@@ -133,7 +139,8 @@ async def run_python(
 
 
 def protections() -> dict[str, bool | str]:
-    """Which isolation layers are active on this machine, for logs and the README.
+    """Which isolation layers are active on this machine, and whether the `python` tool
+    is served ("python_tool": "served", or "refused: ..." and why).
 
     Keys are layer names with True (active) or False; "notes" says why each inactive
     one is off. Probes the kernel once with a trivial run (blocking, some tens of
@@ -142,305 +149,91 @@ def protections() -> dict[str, bool | str]:
     return dict(_probe())
 
 
+def announce_protections() -> dict[str, bool | str]:
+    """Log the sandbox's layers (at start of a tools worker) and return them; an error
+    when the `python` tool is refused, a warning when it runs with fewer layers."""
+    report = protections()
+    active = ", ".join(k for k, v in report.items() if v is True) or "none"
+    line = f"sandbox layers active: {active}; python tool: {report['python_tool']}"
+    if report["notes"]:
+        line += f" ({report['notes']})"
+    if str(report["python_tool"]).startswith("refused"):
+        log.error(line)
+    elif report["python_tool"] != "served":
+        log.warning(line)
+    else:
+        log.info(line)
+    return report
+
+
 async def _run(code: str, *, limits: SandboxLimits, stdin: str, guards: bool) -> SandboxResult:
     """`run_python`, with the audit hooks optional so tests can reach the kernel layers."""
     loop = asyncio.get_running_loop()
     started = loop.time()
-    run = await asyncio.to_thread(_Run.prepare, code)
-    capture = _Capture(limits.max_output_bytes)
-    proc: asyncio.subprocess.Process | None = None
-    tasks: list[asyncio.Task[Any]] = []
-    stopped: str | None = None
-    records: _Records | None = None
+    work = tempfile.mkdtemp(prefix="jetagent-sandbox-")
+    run = SnippetProcess(work, limits, guards=guards)
     try:
-        proc = await asyncio.create_subprocess_exec(
-            *run.command(limits, guards=guards),
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env=_ENV,
-            cwd=run.path,
-            start_new_session=True,
-        )
-        assert proc.stdin is not None
-        assert proc.stdout is not None
-        assert proc.stderr is not None
-        readers = [
-            asyncio.create_task(capture.drain(proc.stdout, capture.stdout)),
-            asyncio.create_task(capture.drain(proc.stderr, capture.stderr)),
-        ]
-        exited = asyncio.create_task(proc.wait())
-        full = asyncio.create_task(capture.full.wait())
-        tasks = [asyncio.create_task(_feed(proc.stdin, stdin.encode())), *readers, exited, full]
-        await asyncio.wait(
-            [exited, full], timeout=limits.wall_seconds, return_when="FIRST_COMPLETED"
-        )
-        if not exited.done():
-            stopped = "output" if full.done() else "timeout"
-            _kill_group(proc.pid)
-            await exited
-        records = await asyncio.to_thread(run.settle, proc.pid, killed=stopped is not None)
-        # Nothing of the run is left, so the pipes have reached their end.
-        await asyncio.wait(readers, timeout=1.0)
-        duration = loop.time() - started
+        await run.start(code, stdin)
+        stopped = await run.watch()
+        status, cpu = await run.finish()
     finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        if records is None:
-            # failed to start, or cancelled: the run goes with the caller
-            if proc is not None and proc.returncode is None:
-                _kill_group(proc.pid)
-            await asyncio.to_thread(run.settle, proc.pid if proc else None, killed=True)
-    return _result(
-        records,
-        capture,
-        limits,
-        stopped=stopped,
-        duration=duration,
-        launcher_exit=proc.returncode,
-    )
+        run.close()
+        remove_tree(work)
+    return _result(run, limits, stopped=stopped, status=status, cpu=cpu, started=started)
 
 
-@dataclass(frozen=True)
-class _Run:
-    """The host side of one run: its folder and, when root, its uid."""
-
-    path: str
-    uid: int | None
-
-    @classmethod
-    def prepare(cls, code: str) -> _Run:
-        base = tempfile.gettempdir()
-        uid: int | None = None
-        if os.geteuid() == 0:
-            for _ in range(1000):
-                uid = _UID_FIRST + secrets.randbelow(_UID_COUNT)
-                path = os.path.join(base, f"jetagent-sandbox-{uid}")
-                try:
-                    # mkdir is atomic: the folder is the uid's lease among all runs on
-                    # this host, in this process or another
-                    os.mkdir(path, 0o700)
-                    break
-                except FileExistsError:
-                    continue
-            else:
-                raise OSError(f"no free sandbox uid; clean up {base}/jetagent-sandbox-*")
-            # the snippet's uid must be able to pass through to its working folder
-            os.chmod(path, 0o711)
-        else:
-            path = tempfile.mkdtemp(prefix="jetagent-sandbox-")
-        snippet = os.open(os.path.join(path, "snippet.py"), os.O_WRONLY | os.O_CREAT, 0o600)
-        with open(snippet, "w", encoding="utf-8", errors="surrogatepass") as file:
-            file.write(code)
-        return cls(path, uid)
-
-    def command(self, limits: SandboxLimits, *, guards: bool) -> list[str]:
-        settings = {
-            "run_dir": self.path,
-            "parent": os.getpid(),
-            "uid": "" if self.uid is None else self.uid,
-            "cpu": math.ceil(limits.cpu_seconds),
-            "memory": limits.memory_bytes,
-            "disk": limits.disk_bytes,
-            "files": limits.max_open_files,
-            "processes": limits.max_processes,
-            "guards": int(guards),
-        }
-        # -I: no environment, no user site, no script folder on sys.path; -S: stdlib only;
-        # -B: never write bytecode into the installation; -u: output survives a kill.
-        flags = ["-I", "-S", "-B", "-u", "-X", "utf8"]
-        return [_interpreter(), *flags, _CHILD, *(f"{k}={v}" for k, v in settings.items())]
-
-    def settle(self, group: int | None, *, killed: bool) -> _Records:
-        """After the launcher has exited: read the records, make sure nothing of the run
-        is left, delete the run's folder."""
-        records = _Records.parse(self._read("status"), self._read("report"))
-        # The supervisor's "clean" means it reaped every process of the run itself; the
-        # sweep is for when it could not (killed, or out of time).
-        if group is not None and (killed or "clean" not in records.values):
-            _sweep(group, self.uid)
-        _remove_tree(self.path)
-        return records
-
-    def _read(self, name: str) -> str:
-        try:
-            with open(os.path.join(self.path, name), encoding="utf-8", errors="replace") as file:
-                return file.read(1 << 20)
-        except FileNotFoundError:
-            return ""
-
-
-@dataclass
-class _Records:
-    layers: set[str] = field(default_factory=set)
-    off: list[str] = field(default_factory=list)
-    values: dict[str, str] = field(default_factory=dict)
-
-    @classmethod
-    def parse(cls, status: str, report: str) -> _Records:
-        records = cls()
-        for line in status.splitlines():
-            key, _, value = line.partition(" ")
-            if key == "layer":
-                records.layers.add(value)
-            elif key == "off":
-                records.off.append(value)
-                records.layers.discard(value.partition(":")[0])  # tried, then failed
-            else:
-                records.values[key] = value
-        for line in report.splitlines():
-            key, _, value = line.partition(" ")
-            if key in ("refused", "memory", "disk", "exception"):  # all the snippet may say
-                records.values.setdefault(key, value)
-        return records
-
-
-class _Capture:
-    """stdout and stderr, read as they come, up to one shared cap."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.left = limit
-        self.stdout = bytearray()
-        self.stderr = bytearray()
-        self.truncated: bytearray | None = None
-        self.full = asyncio.Event()
-
-    async def drain(self, stream: asyncio.StreamReader, into: bytearray) -> None:
-        while chunk := await stream.read(65536):
-            kept = chunk[: self.left]
-            into += kept
-            self.left -= len(kept)
-            if len(kept) < len(chunk):
-                self.truncated = into
-                self.full.set()
-                return
-
-    def text(self, data: bytearray) -> str:
-        text = data.decode("utf-8", "replace")
-        if data is self.truncated:
-            text += f"\n[output truncated at {_size(self.limit)}]"
-        return text
-
-
-async def _feed(stdin: asyncio.StreamWriter, data: bytes) -> None:
-    try:
-        if data:
-            stdin.write(data)
-            await stdin.drain()
-    except (BrokenPipeError, ConnectionResetError):
-        pass  # the snippet did not read it all
-    finally:
-        stdin.close()
-
-
-def _kill_group(group: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(group, signal.SIGKILL)
-
-
-def _sweep(group: int, uid: int | None) -> None:
-    """Kill every process of the run (its process group, session or uid) and wait until
-    none is running; escapes from the group are caught by the uid."""
-    deadline = time.monotonic() + 5.0
-    while left := _processes_of_run(group, uid):
-        for pid in left:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGKILL)
-        if time.monotonic() > deadline:
-            return
-        time.sleep(0.002)  # a worker thread, waiting for SIGKILL to take effect
-
-
-def _processes_of_run(group: int, uid: int | None) -> list[int]:
-    """Live (not zombie) processes in the run's process group or session, or of its uid."""
-    found = []
-    try:
-        entries = os.listdir("/proc")
-    except OSError:
-        return []
-    for entry in entries:
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as file:
-                state, _, pgrp, session = file.read().rsplit(b")", 1)[1].split()[:4]
-            if state in (b"Z", b"X"):
-                continue  # dead, waiting for its parent to reap it
-            if group in (int(pgrp), int(session)) or (uid is not None and _uid_of(entry) == uid):
-                found.append(int(entry))
-        except (OSError, ValueError):
-            continue  # gone meanwhile
-    return found
-
-
-def _uid_of(pid: str) -> int | None:
-    with open(f"/proc/{pid}/status", "rb") as file:
-        for line in file:
-            if line.startswith(b"Uid:"):
-                return int(line.split()[1])
-    return None
-
-
-def _remove_tree(path: str) -> None:
-    def make_writable(function: Callable[..., Any], failed: str, _: object) -> None:
-        # a snippet may chmod its own folders to 0; the service (same user, when not
-        # root) still has to delete them
-        os.chmod(os.path.dirname(failed), 0o700)
-        os.chmod(failed, 0o700)
-        function(failed)
-
-    try:
-        shutil.rmtree(path, onerror=make_writable)
-    except OSError:
-        shutil.rmtree(path, ignore_errors=True)
-
-
-@functools.cache
-def _interpreter() -> str:
-    # The base interpreter, not a venv's: with -I -S it needs only the standard library,
-    # which is all the filesystem view holds.
-    return os.path.realpath(getattr(sys, "_base_executable", None) or sys.executable)
+def _parse_layers(first: str) -> tuple[str, list[str], list[str]]:
+    """'layers a,b|notes' or 'refused a,b|notes' -> (verdict, active, notes)."""
+    verdict, _, rest = first.partition(" ")
+    active, _, notes = rest.partition("|")
+    return verdict, [a for a in active.split(",") if a], [n for n in notes.split("; ") if n]
 
 
 def _result(
-    records: _Records,
-    capture: _Capture,
+    run: SnippetProcess,
     limits: SandboxLimits,
     *,
     stopped: str | None,
-    duration: float,
-    launcher_exit: int | None,
+    status: int,
+    cpu: float,
+    started: float,
 ) -> SandboxResult:
-    values = records.values
-    exit_code = int(values["exit"]) if "exit" in values else None
-    killed_by = int(values["signal"]) if "signal" in values else None
-    cpu = float(values["cpu"]) if "cpu" in values else None
-    if capture.truncated is not None:
-        error: str | None = f"output truncated at {_size(limits.max_output_bytes)}"
+    first, said = run.channel.records()
+    verdict, active, notes = _parse_layers(first)
+    exit_code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else None
+    killed_by = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
+    claim = dict(said[-1:])  # the snippet's last word on why it failed
+    capture = run.capture
+    if stopped == "output":
+        error: str | None = f"output truncated at {size_text(limits.max_output_bytes)}"
     elif stopped == "timeout":
         error = f"wall-clock timeout of {limits.wall_seconds:g} s exceeded"
+    elif stopped == "disk":
+        error = f"the working folder is full ({size_text(limits.disk_bytes)}, 10,000 files)"
+    elif verdict == "refused" and exit_code == _EXIT_REFUSED:
+        error = (
+            f"the sandbox refused to run the snippet: {'; '.join(notes) or 'a layer is missing'}"
+            f" (the kernel lacks a required layer; {ALLOW_WEAKER_ENV}=1 runs it without)"
+        )
+    elif verdict != "layers":
+        tail = capture.text(capture.stderr).strip().splitlines()[-1:] or ["no output"]
+        error = f"the sandbox could not start the snippet ({tail[0][:300]})"
     elif killed_by == signal.SIGXCPU or (
-        killed_by == signal.SIGKILL and cpu is not None and cpu >= math.ceil(limits.cpu_seconds)
+        killed_by == signal.SIGKILL and cpu >= math.ceil(limits.cpu_seconds)
     ):
         error = f"CPU time limit of {limits.cpu_seconds:g} s exceeded"
-    elif "memory" in values:
-        error = f"memory limit of {_size(limits.memory_bytes)} exceeded"
-    elif values.get("disk") == str(errno.EFBIG):
-        error = f"file size limit of {_size(limits.disk_bytes)} exceeded"
-    elif "disk" in values:
-        error = f"the working folder is full ({_size(limits.disk_bytes)}, 10,000 files)"
-    elif "refused" in values:
-        error = values["refused"]
-    elif "exception" in values:
-        error = values["exception"]
+    elif exit_code == _EXIT_EXCEPTION and "memory" in claim:
+        error = f"memory limit of {size_text(limits.memory_bytes)} exceeded"
+    elif exit_code == _EXIT_EXCEPTION and claim.get("disk") == "27":
+        error = f"file size limit of {size_text(limits.disk_bytes)} exceeded"
+    elif exit_code == _EXIT_EXCEPTION and "disk" in claim:
+        error = f"the working folder is full ({size_text(limits.disk_bytes)}, 10,000 files)"
+    elif exit_code == _EXIT_EXCEPTION and claim:
+        error = next(iter(claim.values()))[:300]
     elif exit_code is not None and exit_code != 0:
         error = f"exited with code {exit_code}"
     elif killed_by is not None:
         error = f"killed by {signal.Signals(killed_by).name}"
-    elif exit_code is None:
-        error = f"the sandbox could not run the snippet (launcher exit code {launcher_exit})"
     else:
         error = None
     return SandboxResult(
@@ -449,46 +242,47 @@ def _result(
         stderr=capture.text(capture.stderr),
         exit_code=exit_code,
         error=error,
-        duration_s=duration,
-        cpu_s=cpu,
+        duration_s=asyncio.get_running_loop().time() - started,
+        cpu_s=round(cpu, 4),
         truncated=capture.truncated is not None,
+        signal=killed_by,
+        layers=tuple(active),
     )
-
-
-def _size(count: int) -> str:
-    for unit, factor in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if count >= factor and count % factor == 0:
-            return f"{count // factor} {unit}"
-    return f"{count} bytes"
 
 
 @functools.cache
 def _probe() -> tuple[tuple[str, bool | str], ...]:
-    run = _Run.prepare("pass")
-    proc = None
-    try:
-        proc = subprocess.Popen(
-            run.command(_DEFAULT_LIMITS, guards=True),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            env=_ENV,
-            cwd=run.path,
-            start_new_session=True,
-        )
+    async def trivial() -> tuple[str, list[str], list[str]]:
+        work = tempfile.mkdtemp(prefix="jetagent-sandbox-")
+        run = SnippetProcess(work, _DEFAULT_LIMITS, guards=True)
         try:
-            proc.wait(timeout=_DEFAULT_LIMITS.wall_seconds)
-        except subprocess.TimeoutExpired:
-            _kill_group(proc.pid)
-            proc.wait()
-    finally:
-        records = run.settle(proc.pid if proc else None, killed=True)
-    rlimits_off = [note for note in records.off if note.startswith("rlimit")]
-    report: list[tuple[str, bool | str]] = [
-        ("isolated_interpreter", True),
+            await run.start("pass", "")
+            await run.watch()
+            await run.finish()
+        finally:
+            run.close()
+            remove_tree(work)
+        return _parse_layers(run.channel.records()[0])
+
+    # A loop of its own, in a thread: callable with or without a running loop.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        verdict, active, notes = pool.submit(asyncio.run, trivial()).result()
+    missing = [layer for layer in REQUIRED_LAYERS if layer not in active]
+    if verdict == "layers" and not missing:
+        tool = "served"
+    elif verdict == "layers":
+        tool = f"served with fewer layers ({ALLOW_WEAKER_ENV}=1): missing {', '.join(missing)}"
+    else:
+        why = "; ".join(notes) or "the sandbox could not start"
+        tool = f"refused: {why} (set {ALLOW_WEAKER_ENV}=1 to run without)"
+    report: list[tuple[str, bool | str]] = [(layer, layer in active) for layer in REQUIRED_LAYERS]
+    optional = _OPTIONAL_LAYERS if os.geteuid() == 0 else _OPTIONAL_LAYERS[:2]
+    report += [(layer, layer in active) for layer in optional]
+    report += [
+        ("closed_descriptors", verdict == "layers"),
+        ("empty_environment", True),
         ("audit_hooks", True),
-        ("resource_limits", not rlimits_off),
+        ("python_tool", tool),
+        ("notes", "; ".join(notes)),
     ]
-    report += [(name, name in records.layers) for name in _LAYERS]
-    report.append(("notes", "; ".join(records.off)))
     return tuple(report)

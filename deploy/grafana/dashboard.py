@@ -449,6 +449,7 @@ def error_panels() -> list[Timeseries]:
         "jetagent_provider_calls_total", CAPABILITY, MODEL, 'outcome=~"failed|rate_limited"'
     )
     retries = sel("jetagent_step_retries_total", CAPABILITY)
+    repeated = sel("jetagent_step_repeated_runs_total", CAPABILITY)
     return [
         timeseries(
             "Step failure ratio by capability",
@@ -477,10 +478,17 @@ def error_panels() -> list[Timeseries]:
         ),
         timeseries(
             "Step retries/s by capability",
-            "Redeliveries and re-attempts of steps per second, by capability. "
+            "Redeliveries and re-attempts of steps per second, by capability, and the "
+            "runs that died mid-way and ran again (their calls are still counted). "
             "Filtered by $capability.",
             units.Short,
-            [q(f"sum by (capability) (rate({retries}{RATE}))", "{{capability}}")],
+            [
+                q(f"sum by (capability) (rate({retries}{RATE}))", "{{capability}}"),
+                q(
+                    f"sum by (capability) (rate({repeated}{RATE}))",
+                    "{{capability}} repeated runs",
+                ),
+            ],
             axis_label="retries/s",
         ),
         timeseries(

@@ -88,6 +88,11 @@ def replay(
                     f"[red]mismatch[/] after {mismatch.cause}: recorded {mismatch.recorded}, "
                     f"decided {mismatch.decided} ({mismatch.detail})"
                 )
+        # Set aside, never folded: shown so that a forgery attempt is seen.
+        for line in report.untrusted:
+            console.print(f"[yellow]untrusted step result (not folded)[/] {line}", highlight=False)
+        for line in report.skipped:
+            console.print(f"[yellow]skipped (not an event)[/] {line}", highlight=False)
         return 0 if report.ok else 1
 
     _run(main)

@@ -13,6 +13,8 @@ from jetagent.events import (
     ApprovalResolved,
     Cancelled,
     Finalized,
+    InputDeferred,
+    InputRejected,
     RequestRejected,
     Started,
     StepCompleted,
@@ -72,6 +74,11 @@ def describe(event: WorkflowEvent) -> str:
             return f"[bold yellow]cancelled[/] {event.reason}"
         case RequestRejected():
             return "[bold red]rejected[/]: " + "; ".join(event.reasons)
+        case InputDeferred():
+            what = "cancel" if event.kind == "cancel" else f"signal {event.name!r}"
+            return f"{what} kept until the workflow starts (until {event.expires_at:%H:%M:%S})"
+        case InputRejected():
+            return "[yellow]inputs answered[/]: " + "; ".join(event.reasons)
     return type(event).__name__  # pragma: no cover
 
 

@@ -107,7 +107,13 @@ def _fast_event_loop() -> None:
 async def _connect(settings: Settings, name: str) -> Any:
     from jetagent.store import connect
 
-    return await connect(_need_url(settings), name=name, creds=settings.nats_creds)
+    return await connect(
+        _need_url(settings),
+        name=name,
+        creds=settings.nats_creds,
+        user=settings.nats_user,
+        password=settings.nats_password(),
+    )
 
 
 @app.command()
@@ -228,6 +234,7 @@ def gateway(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -
 def provision() -> None:
     """Create (or check) every stream, consumer and bucket the platform needs."""
     from jetagent.provision import provision as apply
+    from jetagent.provision import repair_capability_consumers
 
     settings = _settings()
 
@@ -236,6 +243,8 @@ def provision() -> None:
         try:
             for line in await apply(nc, settings):
                 console.print(f"[green]✓[/] {line}")
+            for line in await repair_capability_consumers(nc, settings):
+                console.print(f"[green]✓[/] updated {line}")
         finally:
             await nc.close()
 

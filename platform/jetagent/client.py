@@ -50,6 +50,25 @@ T = TypeVar("T")
 _FINAL = (Finalized, Terminated, Cancelled, RequestRejected)
 
 
+def _readable_events(data: bytes) -> list[WorkflowEvent]:
+    """A message's events; none for junk a rogue publisher appended (the orchestrator
+    skips it too and records it as a dead letter)."""
+    try:
+        return decode_events(data)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return []
+
+
+def _readable_result(subject: str, data: bytes) -> StepResult | None:
+    """A step result, unless it is junk or not on its own step's subject (a forgery)."""
+    try:
+        result = decode_step_result(data)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+    want = ("step", result.capability, result.workflow_id, result.step_id)
+    return result if tuple(subject.split(".")[1:]) == want else None
+
+
 class WorkflowResult(msgspec.Struct, frozen=True, kw_only=True):
     """How a workflow ended."""
 
@@ -133,7 +152,13 @@ class Client:
         target = url or settings.nats_url
         if not target:
             raise ConfigError("no NATS URL: pass one, or set NATS_URL (see `jetagent up`)")
-        nc = await connect(target, name="jetagent.client", creds=settings.nats_creds)
+        nc = await connect(
+            target,
+            name="jetagent.client",
+            creds=settings.nats_creds,
+            user=settings.nats_user,
+            password=settings.nats_password(),
+        )
         return cls(nc, settings)
 
     async def close(self) -> None:
@@ -197,7 +222,7 @@ class Client:
         try:
             while True:
                 msg = await sub.next_msg(timeout=None)
-                for event in decode_events(msg.data):
+                for event in _readable_events(msg.data):
                     yield event
                     if isinstance(event, _FINAL):
                         return
@@ -261,19 +286,21 @@ class Client:
     async def _last_event(self, workflow_id: str) -> WorkflowEvent | None:
         reader = await self._reader(self.names.workflows_stream)
         record = await reader.last(self.names.workflow(workflow_id))
-        return decode_events(record.data)[-1] if record is not None else None
+        events = _readable_events(record.data) if record is not None else []
+        return events[-1] if events else None
 
     async def events(self, workflow_id: str) -> list[WorkflowEvent]:
         """The workflow's events so far (no waiting)."""
         records = await self._scan(self.names.workflows_stream, self.names.workflow(workflow_id))
-        return [event for r in records for event in decode_events(r.data)]
+        return [event for r in records for event in _readable_events(r.data)]
 
     async def step_results(self, workflow_id: str) -> list[StepResult]:
         """Every step's result so far: its output or error, each provider call with its
         usage and cost, and the routing decisions (which model answered, and why)."""
-        subject = f"{self.names.prefix}.step.{workflow_id}.>"
+        subject = self.names.step_results(workflow_id)
         records = await self._scan(self.names.steps_stream, subject)
-        return [decode_step_result(r.data) for r in records]
+        results = (_readable_result(r.subject, r.data) for r in records)
+        return [result for result in results if result is not None]
 
     async def _scan(self, stream: str, subject: str) -> list[Any]:
         return await (await self._reader(stream)).scan(subject)
@@ -302,10 +329,12 @@ class Client:
         for record in await self._scan(
             self.names.workflows_stream, self.names.workflow(workflow_id)
         ):
-            apply_workflow_message(view, decode_events(record.data), record.seq)
-        subject = f"{self.names.prefix}.step.{workflow_id}.>"
+            if events := _readable_events(record.data):
+                apply_workflow_message(view, events, record.seq)
+        subject = self.names.step_results(workflow_id)
         for record in await self._scan(self.names.steps_stream, subject):
-            apply_step_result(view, decode_step_result(record.data), record.seq)
+            if (result := _readable_result(record.subject, record.data)) is not None:
+                apply_step_result(view, result, record.seq)
         return view
 
 

@@ -1,18 +1,29 @@
 """Settings, from one place: environment variables (``JETAGENT_*`` and ``NATS_URL``).
 
 Validated at start; every field is documented in the README's configuration table.
+Secrets are never settings: NATS credentials are files (``NATS_CREDS``,
+``NATS_PASSWORD_FILE``) read when connecting, so no process environment holds them
+(README "Credentials").
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from jetagent.errors import ConfigError
+
 __all__ = ["Names", "Settings"]
+
+log = logging.getLogger(__name__)
+
+_MAX_SECRET_BYTES = 4096
 
 
 class Settings(BaseSettings):
@@ -28,7 +39,17 @@ class Settings(BaseSettings):
     nats_creds: str | None = Field(
         None,
         validation_alias=AliasChoices("NATS_CREDS", "JETAGENT_NATS_CREDS"),
-        description="A NATS credentials file for an authenticated server.",
+        description="A NATS credentials file (JWT and NKEY seed) for an authenticated server.",
+    )
+    nats_user: str | None = Field(
+        None,
+        validation_alias=AliasChoices("NATS_USER", "JETAGENT_NATS_USER"),
+        description="NATS user name, with its password in NATS_PASSWORD_FILE.",
+    )
+    nats_password_file: Path | None = Field(
+        None,
+        validation_alias=AliasChoices("NATS_PASSWORD_FILE", "JETAGENT_NATS_PASSWORD_FILE"),
+        description="A file holding the NATS user's password (a Docker secret, say).",
     )
     prefix: str = Field("ja", description="Subject prefix; stream names use it upper-cased.")
     replicas: int = Field(1, ge=1, le=5, description="Stream replicas (3 in a cluster).")
@@ -46,11 +67,40 @@ class Settings(BaseSettings):
         64 * 1024, ge=1024, description="Larger payloads go to the object store by reference."
     )
     max_step_attempts: int = Field(2, ge=1, le=10, description="Attempts of one logical step.")
+    early_input_wait_s: float = Field(
+        300.0,
+        gt=0,
+        le=7 * 86400,
+        description="Seconds a cancel or signal for a workflow not started yet is kept "
+        "before it is answered with InputRejected.",
+    )
     snapshot_every: int = Field(100, ge=10, description="Events between aggregate snapshots.")
     cache_size: int = Field(10_000, ge=10, description="Workflows cached per orchestrator.")
     orchestrator_concurrency: int = Field(256, ge=1, description="Inputs processed at once.")
-    step_ack_wait_s: float = Field(30.0, gt=0, description="Seconds before redelivery.")
-    step_max_deliver: int = Field(5, ge=2, description="Deliveries before a step fails.")
+    step_ack_wait_s: float = Field(
+        30.0,
+        gt=0,
+        description="Seconds without an ack or heartbeat before a step goes to another "
+        "worker (the server's ack wait; heartbeats run at a quarter of it).",
+    )
+    step_max_deliver: int = Field(
+        5, ge=2, description="Runs of a step (deliveries) before it fails for good."
+    )
+    step_retry_base_s: float = Field(
+        1.0, gt=0, description="First retry delay of a transient failure; doubles per run."
+    )
+    step_retry_max_delay_s: float = Field(
+        30.0, gt=0, description="Longest delay between two runs of a step."
+    )
+    step_retry_budget_s: float = Field(
+        300.0,
+        gt=0,
+        description="Seconds from a step's scheduling after which it is not retried again "
+        "(also never past the workflow's deadline).",
+    )
+    step_rate_limit_retries: int = Field(
+        5, ge=0, description="Rate-limit waits within one run of a step before it fails."
+    )
     worker_concurrency: int = Field(16, ge=1, description="Steps one worker runs at once.")
     shutdown_grace_s: float = Field(20.0, ge=0, description="Seconds to finish steps on stop.")
     metrics_port: int = Field(9464, ge=0, le=65535, description="Prometheus /metrics port.")
@@ -59,6 +109,42 @@ class Settings(BaseSettings):
     mcp: str | None = Field(
         None, description="MCP servers TOML; their tools join the tools worker."
     )
+
+    @field_validator("nats_url")
+    @classmethod
+    def _no_password_in_url(cls, value: str) -> str:
+        for server in value.split(","):
+            if urlsplit(server.strip()).password:
+                # Still accepted (tests and one-off tools use it), never for a service:
+                # a URL is an environment variable, and environments are readable.
+                log.warning(
+                    "NATS_URL carries a password; services should use NATS_USER with "
+                    "NATS_PASSWORD_FILE (or NATS_CREDS) instead"
+                )
+                break
+        return value
+
+    def nats_password(self) -> str | None:
+        """The NATS password, read from ``nats_password_file`` now (never kept in the
+        settings, so ``to_env`` and logs cannot carry it)."""
+        if self.nats_password_file is None:
+            return None
+        try:
+            with self.nats_password_file.open("rb") as file:
+                raw = file.read(_MAX_SECRET_BYTES + 1)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot read NATS_PASSWORD_FILE {self.nats_password_file}: {exc.strerror}"
+            ) from exc
+        password = raw.decode("utf-8", "replace").strip()
+        if not password or len(raw) > _MAX_SECRET_BYTES:
+            raise ConfigError(
+                f"NATS_PASSWORD_FILE {self.nats_password_file} must hold one password "
+                f"(1 to {_MAX_SECRET_BYTES} bytes)"
+            )
+        if self.nats_user is None:
+            raise ConfigError("NATS_PASSWORD_FILE needs NATS_USER, the user it belongs to")
+        return password
 
     @field_validator("prefix")
     @classmethod
@@ -80,8 +166,8 @@ class Settings(BaseSettings):
             if value is None:
                 continue
             key = "NATS_URL" if name == "nats_url" else f"JETAGENT_{name.upper()}"
-            if name == "nats_creds":
-                key = "NATS_CREDS"
+            if name in ("nats_creds", "nats_user", "nats_password_file"):
+                key = name.upper()  # file names and a user name; never a secret itself
             env[key] = str(value)
         return env
 
@@ -116,6 +202,18 @@ class Names:
     def dlq_stream(self) -> str:
         return f"{self.upper}_DLQ"
 
+    @property
+    def timers_stream(self) -> str:
+        return f"{self.upper}_TIMERS"
+
+    def timer_schedule(self, workflow_id: str, kind: str) -> str:
+        """Where a workflow's timer of one kind is held (one schedule per subject)."""
+        return f"{self.prefix}.timer.at.{workflow_id}.{kind}"
+
+    def timer_due(self, workflow_id: str, kind: str) -> str:
+        """Where nats-server puts the timer's message when it is due."""
+        return f"{self.prefix}.timer.due.{workflow_id}.{kind}"
+
     def request(self, tenant: str) -> str:
         return f"{self.prefix}.request.{tenant}"
 
@@ -139,8 +237,22 @@ class Names:
             f"{self.prefix}.wf.*.StepScheduled.{capability}.*",
         ]
 
-    def step_result(self, workflow_id: str, step_id: str) -> str:
-        return f"{self.prefix}.step.{workflow_id}.{step_id}"
+    def step_result(self, capability: str, workflow_id: str, step_id: str) -> str:
+        """Where a step's one result goes: the capability first, so that NATS permissions
+        confine each worker's user to its own capability's results."""
+        return f"{self.prefix}.step.{capability}.{workflow_id}.{step_id}"
+
+    def step_results(self, workflow_id: str) -> str:
+        """Every step result of one workflow, of any capability."""
+        return f"{self.prefix}.step.*.{workflow_id}.>"
+
+    @property
+    def calls_stream(self) -> str:
+        return f"{self.upper}_CALLS"
+
+    def step_calls(self, workflow_id: str, step_id: str, delivery: int | str) -> str:
+        """The call journal of one run (delivery) of a step; ``*`` for every run."""
+        return f"{self.prefix}.call.{workflow_id}.{step_id}.{delivery}"
 
     def dlq(self, source: str) -> str:
         return f"{self.prefix}.dlq.{source}"

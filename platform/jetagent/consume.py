@@ -5,6 +5,12 @@ first has arrived, which puts a whole timeout of latency on a lightly loaded ste
 keeps standing pull requests instead (as the Go client's ``Consume`` does): the server
 pushes each message the moment it is available, and new requests are issued as handlers
 finish, so at most ``max_in_flight`` messages are ever held by this process.
+
+Standing requests die with the server: after a restart (or a JetStream that is not yet
+ready, which answers 503) the server no longer knows them. They are re-issued on the
+client's reconnected callback and after a 503, not after missed idle heartbeats, so
+delivery resumes within a reconnect of the server listening again; heartbeat silence
+(a cluster leader moved, no reconnect) is the last resort.
 """
 
 from __future__ import annotations
@@ -14,19 +20,61 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.errors import Error as NatsError
 
-__all__ = ["Puller"]
+__all__ = ["Puller", "on_reconnect"]
 
 log = logging.getLogger("jetagent.consume")
 
 _EXPIRES_S = 30.0
-_HEARTBEAT_S = 5.0
+_HEARTBEAT_S = 2.0
+"""Idle heartbeat of a standing request; three missed ones mean the server lost it (a
+cluster's consumer leader moved without our connection dropping): about an election's
+length, so requests are re-issued once a new leader can answer them."""
+_NOT_READY_RETRY_S = 0.2
+"""Pause before asking again when JetStream answered 503 (restarting, electing)."""
+
+_Listener = Callable[[], Awaitable[None]]
+_LISTENERS = "_jetagent_reconnect_listeners"
+
+
+def on_reconnect(nc: NATS, listener: _Listener) -> Callable[[], None]:
+    """Call ``listener`` each time ``nc`` has reconnected; returns the unsubscribe.
+
+    nats-py takes one ``reconnected_cb`` at connect time; this chains onto it, so every
+    puller on a shared connection hears of a reconnect (and the original callback, if
+    any, still runs first).
+    """
+    listeners: list[_Listener] | None = getattr(nc, _LISTENERS, None)
+    if listeners is None:
+        listeners = []
+        setattr(nc, _LISTENERS, listeners)
+        original: _Listener | None = getattr(nc, "_reconnected_cb", None)
+        chained = listeners
+
+        async def reconnected() -> None:
+            if original is not None:
+                await original()
+            for listener in list(chained):
+                try:
+                    await listener()
+                except Exception:  # one listener must not keep the others from hearing
+                    log.exception("a reconnect listener failed")
+
+        nc._reconnected_cb = reconnected
+    listeners.append(listener)
+    registered = listeners
+
+    def remove() -> None:
+        if listener in registered:
+            registered.remove(listener)
+
+    return remove
 
 
 class Puller:
@@ -44,17 +92,43 @@ class Puller:
         self._last_activity = time.monotonic()
         self._closed = False
         self._pull_lock = asyncio.Lock()
+        self._unlisten: Callable[[], None] | None = None
+        self._again: asyncio.TimerHandle | None = None
+        self._asking: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         self._inbox = self._nc.new_inbox()
         self._sub = await self._nc.subscribe(self._inbox, cb=self._on_message)
+        self._unlisten = on_reconnect(self._nc, self.reissue)
         await self._top_up()
+
+    async def reissue(self) -> None:
+        """The server forgot our requests (it restarted, or was not ready): ask again."""
+        self._requested = 0
+        self._last_activity = time.monotonic()
+        await self._top_up()
+
+    def _reissue_soon(self) -> None:
+        if self._again is None and not self._closed:
+            loop = asyncio.get_running_loop()
+            self._again = loop.call_later(_NOT_READY_RETRY_S, self._reissue_now)
+
+    def _reissue_now(self) -> None:
+        self._again = None
+        if not self._closed and (self._asking is None or self._asking.done()):
+            self._asking = asyncio.get_running_loop().create_task(self.reissue())
 
     async def _on_message(self, msg: Msg) -> None:
         self._last_activity = time.monotonic()
         headers = msg.headers or {}
         status = headers.get("Status")
         if status is not None:
+            if status == "503":
+                # No responders: JetStream is not up yet (restart, election); the
+                # request is gone. Ask again shortly rather than after heartbeat silence.
+                self._requested = 0
+                self._reissue_soon()
+                return
             if status in ("404", "408", "409"):
                 # A request ended unfulfilled (expired, or the consumer moved):
                 # the server says how many of its messages were not delivered.
@@ -113,6 +187,16 @@ class Puller:
     async def stop(self) -> None:
         """Stop receiving; messages already yielded stay the caller's to finish."""
         self._closed = True
+        if self._unlisten is not None:
+            self._unlisten()
+            self._unlisten = None
+        if self._again is not None:
+            self._again.cancel()
+            self._again = None
+        if self._asking is not None and not self._asking.done():
+            self._asking.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._asking
         if self._sub is not None:
             with contextlib.suppress(NatsError):
                 await self._sub.unsubscribe()

@@ -38,12 +38,34 @@ __all__ = [
     "SessionContext",
     "Status",
     "WorkflowRequest",
+    "rejection_id",
     "session_id_of",
     "validate_request",
 ]
 
 ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 """Request ids and tenants become subject tokens: letters, digits, ``-`` and ``_``."""
+
+REJECTION_PREFIX = "rejected-"
+
+
+def rejection_id(request_id: object, msg_id: str | None) -> str | None:
+    """Under which workflow id a rejected request's ``RequestRejected`` is recorded.
+
+    The rule a sender in any language can compute (README "Rejections and dead
+    letters"): take the body's ``request_id`` if it is a JSON string, else the
+    ``Nats-Msg-Id`` header. A valid id (``ID_PATTERN``) is used as it is; any other
+    string becomes ``rejected-`` + the first 32 hex digits of the SHA-256 of its UTF-8
+    bytes. ``None``: the message carries no id at all (the caller falls back to the
+    stream sequence, which the sender has in its PubAck).
+    """
+    chosen = request_id if isinstance(request_id, str) else msg_id
+    if chosen is None:
+        return None
+    if re.fullmatch(ID_PATTERN, chosen):
+        return chosen
+    digest = hashlib.sha256(chosen.encode("utf-8", "surrogatepass")).hexdigest()
+    return REJECTION_PREFIX + digest[:32]
 
 
 class Status(StrEnum):
@@ -195,6 +217,11 @@ def validate_request(
     problems: list[str] = []
     if len(raw) > max_bytes:
         return None, [f"the request is {len(raw)} bytes; the limit is {max_bytes} bytes"]
+    from jetagent._depth import nests_deeper_than
+    from jetagent.decoding import MAX_DEPTH
+
+    if nests_deeper_than(raw, MAX_DEPTH):
+        return None, [f"the request is nested more than {MAX_DEPTH} levels deep"]
     try:
         request = WorkflowRequest.model_validate_json(
             raw, context={"tenant": subject_tenant or default_tenant}
@@ -221,4 +248,8 @@ def validate_request(
                 )
     if request.output.type == "json" and request.output.json_schema is None:
         problems.append("output.json_schema is required when output.type is 'json'")
+    if request.output.json_schema is not None:
+        from jetagent.output_schema import output_schema_problems
+
+        problems.extend(output_schema_problems(request.output.json_schema))
     return (None if problems else request), problems

@@ -5,7 +5,9 @@ and an upcaster from the old one (``UPCASTERS``), so old streams stay readable.
 
 - Workflow aggregate events (``JA_WORKFLOWS``, ``<prefix>.wf.<workflow_id>.<Type>[...]``):
   Started, StepScheduled, StepCompleted, StepFailed, ApprovalRequested, ApprovalResolved,
-  Finalized, Terminated, Cancelled, and RequestRejected for a request that never started.
+  Finalized, Terminated, Cancelled, and RequestRejected for a request that never started;
+  InputDeferred (a cancel or signal that arrived before its workflow started, kept until it
+  starts) and InputRejected (such inputs answered: the workflow did not start in time).
 - ``StepResult`` (``JA_STEPS``): what a capability worker produced for one step, with the
   usage and cost of every provider call it made (recorded there and nowhere else).
 - ``CancelRequested`` and ``SignalSent`` (``JA_REQUESTS``), next to the requests.
@@ -16,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
@@ -31,6 +33,8 @@ __all__ = [
     "CancelRequested",
     "Cancelled",
     "Finalized",
+    "InputDeferred",
+    "InputRejected",
     "Money",
     "RequestRejected",
     "RoutingDecision",
@@ -175,6 +179,26 @@ class RequestRejected(_WorkflowEventBase, frozen=True, kw_only=True, tag="Reques
     size: int = 0
 
 
+class InputDeferred(_WorkflowEventBase, frozen=True, kw_only=True, tag="InputDeferred"):
+    """A cancel or a signal for a workflow that has not started yet: kept, and applied
+    when it starts (a cancel ends it at once), or answered by ``InputRejected`` if it has
+    not started by ``expires_at``."""
+
+    kind: Literal["cancel", "signal"]
+    name: str = ""
+    """The signal's name (empty for a cancel)."""
+    payload: dict[str, Any] = msgspec.field(default_factory=dict)
+    reason: str = ""
+    by: str = ""
+    expires_at: datetime
+
+
+class InputRejected(_WorkflowEventBase, frozen=True, kw_only=True, tag="InputRejected"):
+    """Every deferred cancel and signal of a workflow answered: why none could apply."""
+
+    reasons: list[str]
+
+
 WorkflowEvent = (
     Started
     | StepScheduled
@@ -186,6 +210,8 @@ WorkflowEvent = (
     | Terminated
     | Cancelled
     | RequestRejected
+    | InputDeferred
+    | InputRejected
 )
 
 
@@ -227,6 +253,9 @@ class StepResult(_Event, frozen=True, kw_only=True, tag="StepResult"):
     finished_at: datetime
     worker: str = ""
     deliveries: int = 1
+    interrupted_runs: int = 0
+    """Earlier runs of this step that died mid-way (their worker stopped or was lost);
+    ``calls`` holds their provider calls too."""
 
     def spend(self) -> Spend:
         """Tokens and USD of every call of this step, billed failures included."""
@@ -271,6 +300,8 @@ _EVENT_CLASSES: tuple[type[_Event], ...] = (
     Terminated,
     Cancelled,
     RequestRejected,
+    InputDeferred,
+    InputRejected,
     StepResult,
     CancelRequested,
     SignalSent,
@@ -310,11 +341,16 @@ def _step_scheduled_v1_v2(data: dict[str, Any]) -> dict[str, Any]:
 UPCASTERS[("StepScheduled", 1)] = _step_scheduled_v1_v2
 
 
-def _upcast(data: dict[str, Any]) -> dict[str, Any]:
+def _upcast(raw: Any) -> dict[str, Any]:
+    if not isinstance(raw, dict):
+        raise msgspec.ValidationError(f"an event is a JSON object, not {type(raw).__name__}")
+    data: dict[str, Any] = raw
     kind = data.get("type")
     if not isinstance(kind, str) or kind not in CURRENT_VERSIONS:
         raise msgspec.ValidationError(f"unknown event type {kind!r}")
-    version = int(data.get("v", 1))
+    version = data.get("v", 1)
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise msgspec.ValidationError(f"schema version {version!r} is not a version")
     while version < CURRENT_VERSIONS[kind]:
         step = UPCASTERS.get((kind, version))
         if step is None:
@@ -325,8 +361,24 @@ def _upcast(data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
+def _too_deep() -> msgspec.DecodeError:
+    # msgspec recurses and raises RecursionError on JSON nested ~1000 levels deep; that
+    # is a decode error like any other here (no reader should treat it as a bug).
+    return msgspec.DecodeError("the JSON is nested too deep to read")
+
+
 def decode_event(data: bytes) -> WorkflowEvent:
-    """Decode a workflow event, upcasting an older shape to the current one."""
+    """Decode a workflow event, upcasting an older shape to the current one.
+
+    Anything that is not an event raises ``msgspec.DecodeError`` or ``ValidationError``.
+    """
+    try:
+        return _decode_event(data)
+    except RecursionError:
+        raise _too_deep() from None
+
+
+def _decode_event(data: bytes) -> WorkflowEvent:
     event: WorkflowEvent | None
     try:
         event = _workflow_decoder.decode(data)
@@ -350,16 +402,30 @@ def encode_events(events: list[WorkflowEvent]) -> bytes:
 
 
 def decode_events(data: bytes) -> list[WorkflowEvent]:
-    """The events of one ``JA_WORKFLOWS`` message (one event, or an array of them)."""
+    """The events of one ``JA_WORKFLOWS`` message (one event, or an array of them).
+
+    Never empty; anything else (``[]`` included) raises ``msgspec.DecodeError`` or
+    ``msgspec.ValidationError``.
+    """
+    try:
+        return _decode_events(data)
+    except RecursionError:
+        raise _too_deep() from None
+
+
+def _decode_events(data: bytes) -> list[WorkflowEvent]:
     if data.lstrip()[:1] != b"[":
-        return [decode_event(data)]
+        return [_decode_event(data)]
     try:
         events: list[WorkflowEvent] = _batch_decoder.decode(data)
     except msgspec.ValidationError:
         events = []
     if events and all(e.v == _CURRENT_BY_CLASS[type(e)] for e in events):
         return events
-    return [decode_event(msgspec.json.encode(item)) for item in msgspec.json.decode(data)]
+    items = msgspec.json.decode(data)
+    if not isinstance(items, list) or not items:
+        raise msgspec.ValidationError("a message holds one event or a non-empty array of them")
+    return [_decode_event(msgspec.json.encode(item)) for item in items]
 
 
 def group_for_messages(events: list[WorkflowEvent]) -> list[list[WorkflowEvent]]:
@@ -386,7 +452,11 @@ def group_for_messages(events: list[WorkflowEvent]) -> list[list[WorkflowEvent]]
 
 
 def decode_step_result(data: bytes) -> StepResult:
-    return _result_decoder.decode(data)
+    """A ``StepResult`` (``msgspec.DecodeError`` / ``ValidationError`` if it is not one)."""
+    try:
+        return _result_decoder.decode(data)
+    except RecursionError:
+        raise _too_deep() from None
 
 
 def subject_tail(event: WorkflowEvent) -> str:

@@ -3,6 +3,10 @@
 A step's cost does not grow with the stream: a cached workflow is appended to with no
 read at all (the cache knows the sequence its last event got); a workflow not in the
 cache is rebuilt from its newest snapshot plus the events after it.
+
+A message under a workflow's subjects that is not one of its events (junk from a rogue
+publisher) is skipped — its sequence still counts for the concurrency check — and
+recorded once as a dead letter, so it can never wedge the workflow.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import msgspec
 from nats.js.client import JetStreamContext
@@ -17,6 +22,7 @@ from nats.js.errors import KeyNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 
 from jetagent.config import Names
+from jetagent.dead_letter import DeadLetter, publish_dead_letter
 from jetagent.events import (
     WorkflowEvent,
     decode_events,
@@ -24,7 +30,7 @@ from jetagent.events import (
     event_type,
     subject_tail,
 )
-from jetagent.store import AggregateStream, NewRecord
+from jetagent.store import AggregateStream, NewRecord, Record
 from jetagent.workflow import WorkflowState, evolve
 
 __all__ = ["Journal", "Loaded"]
@@ -69,6 +75,9 @@ class Journal:
         self._cache_size = cache_size
         self._snapshot_every = snapshot_every
         self._snapshots: KeyValue | None = None
+        self._poisoned: set[int] = set()
+        self.poisoned = 0
+        """Junk messages skipped (each counted once per process)."""
 
     async def _bucket(self) -> KeyValue:
         if self._snapshots is None:
@@ -116,9 +125,37 @@ class Journal:
     async def catch_up(self, workflow_id: str, loaded: Loaded) -> None:
         """Fold the events written after ``loaded.seq`` (by another replica, say)."""
         for record in await self.aggregates.read(workflow_id, after_seq=loaded.seq):
-            for event in decode_events(record.data):
+            for event in await self._events_of(workflow_id, record):
                 loaded.state = evolve(loaded.state, event)
             loaded.seq = record.seq
+
+    async def _events_of(self, workflow_id: str, record: Record) -> list[WorkflowEvent]:
+        try:
+            events = decode_events(record.data)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            reason = f"not events of this workflow: {exc}"
+        else:
+            if all(e.workflow_id == workflow_id for e in events):
+                return events
+            reason = "events of another workflow under this workflow's subject"
+        if record.seq not in self._poisoned:
+            self._poisoned.add(record.seq)
+            self.poisoned += 1
+            log.warning("skipping %s (seq %d): %s", record.subject, record.seq, reason)
+            letter = DeadLetter(
+                source="orchestrator",
+                kind="poison",
+                reason=reason,
+                subject=record.subject,
+                stream=self._names.workflows_stream,
+                stream_seq=record.seq,
+                deliveries=1,
+                at=datetime.now(UTC),
+                workflow_id=workflow_id,
+                error=reason,
+            )
+            await publish_dead_letter(self._js, self._names, letter)
+        return []
 
     async def append(
         self,

@@ -1,7 +1,8 @@
 """The orchestrator: a process application over the Workflow aggregate.
 
-It follows ``JA_REQUESTS`` (requests, cancels, signals) and ``JA_STEPS`` (step results)
-through durable pull consumers shared by every replica. For each message it loads the
+It follows ``JA_REQUESTS`` (requests, cancels, signals), ``JA_STEPS`` (step results) and
+``JA_TIMERS`` (deadlines and other durable timers, see ``jetagent.timers``) through
+durable pull consumers shared by every replica. For each message it loads the
 workflow, asks the pure ``decide`` what to record, appends those events one by one with
 an aggregate-wide concurrency check, and only then acknowledges the message.
 
@@ -17,12 +18,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import heapq
 import logging
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 from nats.aio.client import Client as NATS
@@ -33,15 +33,21 @@ from opentelemetry.trace import SpanKind
 from jetagent import telemetry
 from jetagent.config import Settings
 from jetagent.consume import Puller
-from jetagent.contract import validate_request
+from jetagent.contract import Status, rejection_id, validate_request
+from jetagent.dead_letter import DeadLetterKind, dead_letter_of, publish_dead_letter
+from jetagent.decoding import (
+    PoisonMessage,
+    UntrustedResult,
+    check_limits,
+    decode_cancel,
+    decode_signal,
+    decode_step_result,
+)
 from jetagent.errors import JetagentError
 from jetagent.events import (
-    CancelRequested,
     RequestRejected,
-    SignalSent,
     StepScheduled,
     WorkflowEvent,
-    decode_step_result,
     group_for_messages,
 )
 from jetagent.journal import Journal, Loaded
@@ -49,7 +55,10 @@ from jetagent.models import ModelCatalog
 from jetagent.payloads import PayloadStore
 from jetagent.provision import provision
 from jetagent.registry import ToolRegistry
+from jetagent.request_ids import derived_request_id
+from jetagent.result_check import result_problem
 from jetagent.store import AggregateStream, ConcurrencyConflict, StoreUnavailableError
+from jetagent.timers import Timers, due_timer, keep_early
 from jetagent.tokens import openai_tokenizer
 from jetagent.workflow import (
     Begin,
@@ -62,6 +71,9 @@ from jetagent.workflow import (
     WorkflowState,
     decide,
 )
+
+if TYPE_CHECKING:
+    from jetagent.events import StepResult
 
 __all__ = ["Orchestrator"]
 
@@ -104,7 +116,7 @@ class Orchestrator:
         )
         self.registry = ToolRegistry(self.js, self.names)
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
-        self._deadlines: list[tuple[datetime, str]] = []
+        self.timers = Timers(self.js, self.names)
         self._slots = asyncio.Semaphore(settings.orchestrator_concurrency)
         self.processed = 0
         self._context: DecideContext | None = None
@@ -141,8 +153,15 @@ class Orchestrator:
             consumer="orchestrator-steps",
             max_in_flight=self.settings.orchestrator_concurrency,
         )
+        timers = Puller(
+            self.nc,
+            stream=self.names.timers_stream,
+            consumer="orchestrator-timers",
+            max_in_flight=self.settings.orchestrator_concurrency,
+        )
         await requests.start()
         await steps.start()
+        await timers.start()
         log.info(
             "orchestrator ready (streams %s, %s)",
             self.names.requests_stream,
@@ -152,10 +171,11 @@ class Orchestrator:
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(self._serve(requests, self._on_request, stop))
                 tasks.create_task(self._serve(steps, self._on_step_result, stop))
-                tasks.create_task(self._deadline_ticker(stop))
+                tasks.create_task(self._serve(timers, self._on_timer, stop))
                 await stop.wait()
                 await requests.stop()
                 await steps.stop()
+                await timers.stop()
         finally:
             await self.registry.stop()
             await self.aggregates.close()
@@ -181,14 +201,19 @@ class Orchestrator:
                 await handle(msg)
             await msg.ack()
             self.processed += 1
+        except PoisonMessage as exc:
+            # Permanent (unreadable, an impossible id, an untrusted result): answered once
+            # with a dead letter, never retried.
+            log.warning("%s message %s set aside: %s", exc.kind, msg.subject, exc.reason)
+            await self._dead_letter(msg, exc.kind, exc.reason, workflow_id=exc.workflow_id)
         except (StoreUnavailableError, NatsError) as exc:
             log.warning("will retry %s: %s", msg.subject, exc)
             with contextlib.suppress(NatsError):
                 await msg.nak(delay=1.0)
-        except (msgspec.DecodeError, msgspec.ValidationError):
+        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as exc:
             # Unreadable: no retry can help.
             log.exception("unreadable message %s goes to the dead-letter queue", msg.subject)
-            await self._dead_letter(msg, "orchestrator")
+            await self._dead_letter(msg, "poison", f"unreadable: {exc}")
         except Exception:
             # A bug, or a dependency in a bad state: retried a few times with backoff
             # (maybe another replica, or a restart, gets past it), then dead-lettered.
@@ -201,26 +226,28 @@ class Orchestrator:
                     await msg.nak(delay=min(2.0**deliveries, 30.0))
             else:
                 log.exception("failed to process %s; it goes to the dead-letter queue", msg.subject)
-                await self._dead_letter(msg, "orchestrator")
+                await self._dead_letter(msg, "failed", "processing failed after retries")
         finally:
             self._slots.release()
             await puller.done()
 
-    async def _dead_letter(self, msg: Msg, source: str) -> None:
+    async def _dead_letter(
+        self, msg: Msg, kind: DeadLetterKind, reason: str, *, workflow_id: str | None = None
+    ) -> None:
         import traceback
 
-        meta = msg.metadata
-        body = {
-            "source": source,
-            "subject": msg.subject,
-            "stream": meta.stream,
-            "stream_seq": meta.sequence.stream,
-            "deliveries": meta.num_delivered,
-            "error": traceback.format_exc(limit=3),
-        }
-        with contextlib.suppress(NatsError):
-            await self.js.publish(self.names.dlq(source), msgspec.json.encode(body))
-            await msg.term()
+        error = traceback.format_exc(limit=3) if kind == "failed" else ""
+        letter = dead_letter_of(
+            msg,
+            source="orchestrator",
+            kind=kind,
+            reason=reason,
+            workflow_id=workflow_id,
+            error=error,
+        )
+        if await publish_dead_letter(self.js, self.names, letter):
+            with contextlib.suppress(NatsError):
+                await msg.term()
 
     # ------------------------------------------------------------------ inputs
 
@@ -231,17 +258,22 @@ class Orchestrator:
         if kind == "request":
             await self._on_workflow_request(msg, tokens[2] if len(tokens) > 2 else None, at)
         elif kind == "cancel":
-            cancel = msgspec.json.decode(msg.data, type=CancelRequested)
+            cancel = decode_cancel(msg.data)
             await self.process(
                 cancel.workflow_id, Cancel(at=at, reason=cancel.reason, by=cancel.by), msg
             )
         elif kind == "signal":
-            signal = msgspec.json.decode(msg.data, type=SignalSent)
+            signal = decode_signal(msg.data)
             await self.process(
                 signal.workflow_id,
                 Signal(name=signal.name, payload=signal.payload, by=signal.by, at=at),
                 msg,
             )
+
+    async def _on_timer(self, msg: Msg) -> None:
+        timer = due_timer(msg)
+        # The server's clock said it is due; never decide "not yet" on a clock behind it.
+        await self.process(timer.workflow_id, Tick(at=max(_now(), timer.due)), msg)
 
     async def _on_workflow_request(self, msg: Msg, tenant: str | None, at: datetime) -> None:
         headers = msg.headers or {}
@@ -255,6 +287,12 @@ class Orchestrator:
             max_bytes=self.settings.max_request_bytes,
             default_tenant=self.settings.default_tenant,
         )
+        if request is not None:
+            # No request_id in the body: every delivery must name the same workflow.
+            seq = msg.metadata.sequence.stream
+            derived = derived_request_id(msg.data, msg_id=msg_id, stream_seq=seq)
+            if derived is not None:
+                request = request.model_copy(update={"request_id": derived})
         if request is not None and msg_id and msg_id != request.request_id:
             problems = [f"Nats-Msg-Id {msg_id!r} differs from request_id {request.request_id!r}"]
             request = None
@@ -275,9 +313,9 @@ class Orchestrator:
     async def _reject(
         self, msg: Msg, msg_id: str | None, tenant: str | None, problems: list[str], at: datetime
     ) -> None:
-        # The sender follows <prefix>.wf.<request_id>.>: use the request's id when it can
-        # be read, else the Nats-Msg-Id, else the stream sequence.
-        workflow_id = _readable_request_id(msg.data) or _safe_token(msg_id)
+        # The sender follows <prefix>.wf.<id>.>, by the rule in contract.rejection_id
+        # (README "Rejections and dead letters"); with no id at all, the stream sequence.
+        workflow_id = rejection_id(_readable_request_id(msg.data), msg_id)
         if workflow_id is None:
             workflow_id = f"seq-{msg.metadata.sequence.stream}"
         event = RequestRejected(
@@ -288,14 +326,40 @@ class Orchestrator:
             # Expected sequence 0: if the id already names a workflow (or an earlier
             # rejection), the append is refused and the rejection is not recorded again.
             with contextlib.suppress(ConcurrencyConflict):
-                await self.journal.append(
-                    workflow_id, Loaded(WorkflowState(), 0), [event], self._causation(msg)
-                )
+                try:
+                    await self.journal.append(
+                        workflow_id, Loaded(WorkflowState(), 0), [event], self._causation(msg)
+                    )
+                except ConcurrencyConflict:
+                    # Only cancels or signals kept for it so far: it still never started.
+                    loaded = await self.journal.load(workflow_id)
+                    if loaded.state.status is not Status.QUEUED:
+                        raise
+                    await self.journal.append(workflow_id, loaded, [event], self._causation(msg))
+            # A rejection is final: no lock to keep for it (anyone can send rejections).
+            self._locks.pop(workflow_id, None)
 
     async def _on_step_result(self, msg: Msg) -> None:
         result = decode_step_result(msg.data)
         command = FoldResult(result=result, result_seq=msg.metadata.sequence.stream, at=_now())
-        await self.process(result.workflow_id, command, msg)
+        await self.process(result.workflow_id, command, msg, trust=(msg.subject, result))
+
+    async def _check_trusted(
+        self, workflow_id: str, loaded: Loaded, subject: str, result: StepResult
+    ) -> None:
+        """Raise ``UntrustedResult`` unless the result answers a step as it was scheduled."""
+        prefix = self.names.prefix
+        problem = result_problem(subject, result, loaded.state, prefix=prefix)
+        if problem is not None:
+            # The cache may be behind (another replica scheduled the step): look first.
+            await self.journal.catch_up(workflow_id, loaded)
+            problem = result_problem(subject, result, loaded.state, prefix=prefix)
+        if problem is not None:
+            if loaded.seq == 0:
+                # No such workflow: keep no lock or cache entry for an id anyone can invent.
+                self._locks.pop(workflow_id, None)
+                self.journal.forget(workflow_id)
+            raise UntrustedResult(f"untrusted step result: {problem}", workflow_id=workflow_id)
 
     def _causation(self, msg: Msg | None) -> dict[str, str]:
         if msg is None:
@@ -308,9 +372,20 @@ class Orchestrator:
 
     # ---------------------------------------------------------------- deciding
 
-    async def process(self, workflow_id: str, command: Input, msg: Msg | None = None) -> None:
-        """Decide on ``command`` and record the events, retrying on conflicts."""
+    async def process(
+        self,
+        workflow_id: str,
+        command: Input,
+        msg: Msg | None = None,
+        *,
+        trust: tuple[str, StepResult] | None = None,
+    ) -> None:
+        """Decide on ``command`` and record the events, retrying on conflicts.
+
+        ``trust``: a step result and its subject, checked against the workflow first.
+        """
         headers = self._causation(msg)
+        command = keep_early(command, workflow_id, self.settings.early_input_wait_s)
         async with self._locks[workflow_id]:
             if isinstance(command, Begin) and not self.journal.is_cached(workflow_id):
                 # A new request names a new workflow: no read before its first append.
@@ -318,6 +393,9 @@ class Orchestrator:
                 loaded = Loaded(WorkflowState(), 0)
             else:
                 loaded = await self.journal.load(workflow_id)
+            if trust is not None:
+                await self._check_trusted(workflow_id, loaded, *trust)
+            before = loaded.state.status
             for _ in range(_MAX_CONFLICT_RETRIES):
                 try:
                     await self._decide_and_append(workflow_id, loaded, command, headers)
@@ -326,7 +404,7 @@ class Orchestrator:
                     await self.journal.catch_up(workflow_id, loaded)
             else:
                 raise JetagentError(f"workflow {workflow_id}: too many concurrent writers")
-            self._track_deadline(workflow_id, loaded)
+            await self.timers.follow(workflow_id, command, before, loaded.state)
             if loaded.state.status.is_final:
                 self._locks.pop(workflow_id, None)
 
@@ -355,39 +433,12 @@ class Orchestrator:
                 return msgspec.structs.replace(event, input=shrunk)
         return event
 
-    def _track_deadline(self, workflow_id: str, loaded: Loaded) -> None:
-        state = loaded.state
-        if state.deadline_at is not None and not state.status.is_final:
-            heapq.heappush(self._deadlines, (state.deadline_at, workflow_id))
 
-    async def _deadline_ticker(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=0.5)
-            now = _now()
-            due = []
-            while self._deadlines and self._deadlines[0][0] <= now:
-                due.append(heapq.heappop(self._deadlines)[1])
-            for workflow_id in set(due):
-                try:
-                    await self.process(workflow_id, Tick(at=now))
-                except Exception:
-                    log.exception("deadline check of %s failed", workflow_id)
-
-
-def _readable_request_id(data: bytes) -> str | None:
+def _readable_request_id(data: bytes) -> object:
+    """The body's ``request_id`` if the body can be read within the limits, else None."""
     try:
+        check_limits(data)
         raw: Any = msgspec.json.decode(data)
-    except msgspec.DecodeError:
+    except (PoisonMessage, msgspec.DecodeError):
         return None
-    if isinstance(raw, dict):
-        return _safe_token(raw.get("request_id"))
-    return None
-
-
-def _safe_token(value: object) -> str | None:
-    from re import fullmatch
-
-    if isinstance(value, str) and fullmatch(r"[A-Za-z0-9_-]{1,64}", value):
-        return value
-    return None
+    return raw.get("request_id") if isinstance(raw, dict) else None

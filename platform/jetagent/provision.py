@@ -21,9 +21,16 @@ from jetagent.config import Names, Settings
 from jetagent.errors import ConfigError
 from jetagent.store._streams import ensure_stream
 
-__all__ = ["STREAM_FILES", "consumer_config", "ensure_consumer", "provision", "stream_configs"]
+__all__ = [
+    "STREAM_FILES",
+    "consumer_config",
+    "ensure_consumer",
+    "provision",
+    "repair_capability_consumers",
+    "stream_configs",
+]
 
-STREAM_FILES = ("requests", "workflows", "steps", "dlq")
+STREAM_FILES = ("requests", "workflows", "steps", "dlq", "calls", "timers")
 
 
 def _definitions() -> Any:
@@ -132,7 +139,48 @@ async def provision(
             )
         done.append(f"object store {obs['bucket']}")
     if consumers:
-        for kind in ("orchestrator-requests", "orchestrator-steps"):
+        for kind in ("orchestrator-requests", "orchestrator-steps", "orchestrator-timers"):
             await ensure_consumer(nc, consumer_config(settings, kind), timeout=timeout)
             done.append(f"consumer {kind}")
     return done
+
+
+async def repair_capability_consumers(
+    nc: NATS, settings: Settings, *, timeout: float = 5.0
+) -> list[str]:
+    """Bring every existing capability consumer (``cap-*``) to the delivery settings:
+    no ``backoff`` (the server would use its first value as the ack wait), the ack wait
+    ``step_ack_wait_s`` and no server-side delivery limit (workers count deliveries).
+    Workers do this for their own consumers at start; ``jetagent provision`` does it for
+    all of them. Idempotent; returns what it changed."""
+    stream = settings.names.workflows_stream
+    ack_wait = int(settings.step_ack_wait_s * 1e9)
+    changed = []
+    offset = 0
+    while True:
+        body = json.dumps({"offset": offset}).encode()
+        try:
+            reply = await nc.request(f"$JS.API.CONSUMER.LIST.{stream}", body, timeout=timeout)
+        except NatsError as exc:
+            raise ConfigError(f"cannot list the consumers of {stream}: {exc}") from exc
+        listing: dict[str, Any] = json.loads(reply.data)
+        consumers = listing.get("consumers") or []
+        for info in consumers:
+            config = dict(info.get("config") or {})
+            name = config.get("durable_name") or info.get("name", "")
+            if not name.startswith("cap-"):
+                continue
+            if (
+                not config.get("backoff")
+                and config.get("ack_wait") == ack_wait
+                and config.get("max_deliver") == -1
+            ):
+                continue
+            config.pop("backoff", None)
+            config["ack_wait"] = ack_wait
+            config["max_deliver"] = -1
+            await ensure_consumer(nc, {**config, "stream": stream}, timeout=timeout)
+            changed.append(f"consumer {name} (no backoff, ack wait {settings.step_ack_wait_s:g} s)")
+        offset += len(consumers)
+        if not consumers or offset >= int(listing.get("total", 0)):
+            return changed

@@ -1,11 +1,17 @@
 """Replay a workflow's history and verify that its decisions replay to the same events.
 
 Every event carries its cause (``Ja-Causation: <stream>:<seq>``): the request, step
-result, cancel or signal that the orchestrator was deciding on (none for a deadline
-check). Replaying regroups the events by cause, rebuilds each input from the stored
-message, asks the pure ``decide`` again from the state before the group, and compares.
-No model or tool is called again: their answers are in the log. A difference means the
-code or the configuration (model catalog, registered tools) changed since — or a bug.
+result, cancel, signal or due timer (``JA_TIMERS``: a deadline check) that the
+orchestrator was deciding on (none for a deadline check of older versions). Replaying
+regroups the events by cause, rebuilds each input from the stored message, asks the pure
+``decide`` again from the state before the group, and compares. No model or tool is
+called again: their answers are in the log. A difference means the code or the
+configuration (model catalog, registered tools) changed since — or a bug.
+
+Replay trusts nothing it reads: a step result that was folded although it matches no
+step as scheduled (``jetagent.result_check``) is a mismatch; every other untrusted
+result of the workflow is listed in ``untrusted``, and junk under the workflow's
+subjects is skipped and listed in ``skipped``.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from nats.aio.client import Client as NATS
 from jetagent.config import Names
 from jetagent.events import (
     CancelRequested,
+    InputDeferred,
     SignalSent,
     Started,
     StepScheduled,
@@ -28,6 +35,7 @@ from jetagent.events import (
     decode_step_result,
 )
 from jetagent.payloads import is_ref
+from jetagent.result_check import result_problem, step_problem
 from jetagent.store import DirectGetter, Record
 from jetagent.workflow import (
     Begin,
@@ -62,6 +70,10 @@ class ReplayReport:
     groups: int = 0
     mismatches: list[Mismatch] = field(default_factory=list)
     state: WorkflowState = field(default_factory=WorkflowState)
+    untrusted: list[str] = field(default_factory=list)
+    """Step results of this workflow that match no step as scheduled (set aside)."""
+    skipped: list[str] = field(default_factory=list)
+    """Messages under the workflow's subjects that are not its events."""
 
     @property
     def ok(self) -> bool:
@@ -100,7 +112,11 @@ async def replay_workflow(
         records = await workflows.scan(names.workflow(workflow_id))
         groups: list[tuple[str, list[WorkflowEvent]]] = []
         for record in records:
-            events = decode_events(record.data)
+            try:
+                events = decode_events(record.data)
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                report.skipped.append(f"seq {record.seq} {record.subject}: {exc}")
+                continue
             report.events.extend(events)
             cause = record.headers.get("Ja-Causation", "")
             if groups and groups[-1][0] == cause and cause:
@@ -110,8 +126,19 @@ async def replay_workflow(
         for cause, recorded in groups:
             report.groups += 1
             if verify:
-                command = await _input(cause, recorded, sources, report.state)
-                if command is not None:
+                command, untrusted = await _input(
+                    cause, recorded, sources, report.state, names.prefix
+                )
+                if untrusted is not None:
+                    report.mismatches.append(
+                        Mismatch(
+                            cause=cause,
+                            recorded=[type(e).__name__ for e in recorded],
+                            decided=[],
+                            detail=f"folded an untrusted step result: {untrusted}",
+                        )
+                    )
+                elif command is not None:
                     decided = decide(report.state, command, ctx)
                     want = [_comparable(e) for e in recorded]
                     got = [_comparable(e) for e in decided]
@@ -127,10 +154,29 @@ async def replay_workflow(
                         )
             for event in recorded:
                 report.state = evolve(report.state, event)
+        report.untrusted = await _untrusted_results(
+            sources[names.steps_stream], names, workflow_id, report.state
+        )
     finally:
         for reader in (workflows, *sources.values()):
             await reader.close()
     return report
+
+
+async def _untrusted_results(
+    reader: DirectGetter, names: Names, workflow_id: str, state: WorkflowState
+) -> list[str]:
+    found = []
+    for record in await reader.scan(names.step_results(workflow_id)):
+        try:
+            result = decode_step_result(record.data)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            found.append(f"seq {record.seq} {record.subject}: unreadable ({exc})")
+            continue
+        problem = result_problem(record.subject, result, state, prefix=names.prefix)
+        if problem is not None:
+            found.append(f"seq {record.seq} {record.subject}: {problem}")
+    return found
 
 
 async def _input(
@@ -138,26 +184,60 @@ async def _input(
     recorded: list[WorkflowEvent],
     sources: dict[str, DirectGetter],
     state: WorkflowState,
-) -> Input | None:
+    prefix: str,
+) -> tuple[Input | None, str | None]:
+    """The input a group of events was decided on, and why it was untrusted (if it was)."""
     at = recorded[0].at
     if not cause:
-        return Tick(at=at)
+        return Tick(at=at), None
     stream, _, seq = cause.rpartition(":")
+    if stream.endswith("_TIMERS"):
+        return Tick(at=at), None  # a due timer: time passed (its message is gone once read)
     reader = sources.get(stream)
-    if reader is None:
-        return None
+    if reader is None or not seq.isdigit():
+        return None, None
     message = await _message(reader, int(seq))
     if message is None:
-        return None  # the cause is gone (a limit, a purge): nothing to compare against
+        return None, None  # the cause is gone (a limit, a purge): nothing to compare against
     if stream.endswith("_STEPS"):
-        return FoldResult(result=decode_step_result(message.data), result_seq=message.seq, at=at)
+        try:
+            result = decode_step_result(message.data)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            return None, f"unreadable ({exc})"
+        if message.subject == f"{prefix}.step.{result.workflow_id}.{result.step_id}":
+            problem = step_problem(state, result)  # the layout before capability subjects
+        else:
+            problem = result_problem(message.subject, result, state, prefix=prefix)
+        return FoldResult(result=result, result_seq=message.seq, at=at), problem
+    return _request_input(message, recorded, state, at), None
+
+
+def _request_input(
+    message: Record, recorded: list[WorkflowEvent], state: WorkflowState, at: Any
+) -> Input | None:
     kind = message.subject.split(".")[1]
+    # How long an early cancel or signal was kept is configuration: read it from the record.
+    kept = recorded[0] if isinstance(recorded[0], InputDeferred) else None
+    expires_at = kept.expires_at if kept is not None else None
     if kind == "cancel":
         cancel = msgspec.json.decode(message.data, type=CancelRequested)
-        return Cancel(at=at, reason=cancel.reason, by=cancel.by)
+        return Cancel(
+            at=at,
+            reason=cancel.reason,
+            by=cancel.by,
+            workflow_id=cancel.workflow_id,
+            expires_at=expires_at,
+        )
     if kind == "signal":
         signal = msgspec.json.decode(message.data, type=SignalSent)
-        return Signal(name=signal.name, payload=signal.payload, by=signal.by, at=at)
+        return Signal(
+            name=signal.name,
+            payload=signal.payload,
+            by=signal.by,
+            at=at,
+            workflow_id=signal.workflow_id,
+            expires_at=expires_at,
+        )
     started = next((e for e in recorded if isinstance(e, Started)), None)
     if started is None:
         if state.status.value == "queued":

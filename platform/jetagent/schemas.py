@@ -43,6 +43,18 @@ def generate() -> dict[str, str]:
     from jetagent.gateway import openapi_document  # the HTTP API's contract, generated too
 
     files["openapi.json"] = openapi_document()
+    from jetagent.dead_letter import DeadLetter
+
+    (schema,), components = msgspec.json.schema_components([DeadLetter])
+    files["dead-letter.schema.json"] = _dump(
+        {
+            "$schema": "https://json-schema.org/draft/2020-12/schema",
+            "$id": "https://jetagent.dev/schemas/dead-letter.schema.json",
+            "title": "DeadLetter",
+            **schema,
+            "$defs": components,
+        }
+    )
     return files
 
 

@@ -7,13 +7,25 @@ A capability is a typed async handler registered by name::
 
 For each capability the runtime keeps one durable pull consumer (``cap-<name>``) on the
 capability's ``StepScheduled`` subjects, shared by every replica, and runs up to
-``concurrency`` steps at once. While a step runs it sends in-progress acks; a
-``TransientError`` is retried with ``nak(delay)`` (after ``retry_after``, or a backoff);
-a ``RateLimitedError`` is waited out inside the same delivery, so it never counts as a
-failed attempt; a ``PermanentError``, or the last allowed delivery failing, produces a
-failed ``StepResult`` and a ``JA_DLQ`` entry. ``StepResult`` is write-once per step
-(expected last subject sequence 0): a redelivered step whose result exists is simply
-acknowledged. SIGTERM stops fetching and lets running steps finish (``shutdown_grace_s``).
+``concurrency`` steps at once. The consumer's ack wait is ``step_ack_wait_s`` and it has
+no ``backoff`` (which would replace the ack wait); while a step runs the runtime sends
+in-progress acks at a quarter of the ack wait, so a step whose worker lives is never
+given to another worker, and one whose worker died runs again after the ack wait.
+
+Retries come from a :class:`~jetagent.retry.RetryPolicy` (count, time, the workflow's
+deadline): a ``TransientError`` is retried with an explicit ``nak(delay)``; a
+``RateLimitedError`` is waited out inside the same run a bounded number of times; a
+``PermanentError``, or an exhausted retry budget, produces a failed ``StepResult`` and a
+``JA_DLQ`` entry. The server redelivers without limit and the runtime counts: a
+delivery past ``step_max_deliver`` (the runs before it all died) is finished as failed
+without running the handler, so dead-lettering needs no advisory and no worker present
+at the moment deliveries run out. Every provider call a handler reports with
+:meth:`StepContext.record_call` is journaled as it completes (:mod:`jetagent.calls`),
+so the result of a step that ran more than once carries every run's calls.
+
+``StepResult`` is write-once per step (expected last subject sequence 0): a redelivered
+step whose result exists is simply acknowledged. SIGTERM stops fetching and lets
+running steps finish (``shutdown_grace_s``).
 """
 
 from __future__ import annotations
@@ -26,37 +38,35 @@ import re
 import socket
 import time
 import traceback
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from datetime import UTC, datetime
-from decimal import Decimal
 from typing import Any
 
 import msgspec
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
-from nats.js.client import JetStreamContext
-from nats.js.kv import KeyValue
 from opentelemetry.trace import SpanKind
 
 from jetagent import telemetry
-from jetagent.config import Names, Settings
+from jetagent._delivery import Heartbeat, billed, error_of, publish_result, routing_of, what
+from jetagent.calls import CallJournal
+from jetagent.config import Settings
 from jetagent.consume import Puller
+from jetagent.dead_letter import DeadLetterKind, dead_letter_of, publish_dead_letter
 from jetagent.errors import CapabilityError, PermanentError, RateLimitedError, TransientError
 from jetagent.events import (
     CallRecord,
-    RoutingDecision,
-    Spend,
     StepError,
     StepResult,
     StepScheduled,
     decode_events,
-    encode,
 )
+from jetagent.handlers import CapabilitySpec, Handler, StepContext, StepOutput, capability
 from jetagent.payloads import PayloadStore
 from jetagent.provision import consumer_config, ensure_consumer, provision
-from jetagent.registry import RegisteredTool, ToolRegistry
+from jetagent.registry import ToolRegistry
+from jetagent.retry import RetryPolicy
 from jetagent.store import DirectGetter
 
 __all__ = [
@@ -69,81 +79,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("jetagent.worker")
-
-_MAX_RATE_LIMIT_WAIT_S = 120.0
-_WRONG_LAST_SEQUENCE = 10071
-
-
-class StepOutput(msgspec.Struct, kw_only=True):
-    """What a handler returns: the output, and the provider calls it made."""
-
-    output: dict[str, Any] = msgspec.field(default_factory=dict)
-    calls: list[CallRecord] = msgspec.field(default_factory=list)
-    routing: list[RoutingDecision] = msgspec.field(default_factory=list)
-
-
-@dataclass(kw_only=True)
-class StepContext:
-    """One step, as a handler sees it."""
-
-    workflow_id: str
-    step_id: str
-    capability: str
-    tool: str | None
-    attempt: int
-    iteration: int
-    tenant: str
-    input: dict[str, Any]
-    reservation: Spend
-    deadline_at: datetime | None
-    deliveries: int
-    js: JetStreamContext
-    """JetStream, for capabilities that keep data in KV or the object store."""
-    payloads: PayloadStore
-    names: Names
-    _msg: Msg | None = field(default=None, repr=False)
-
-    async def kv(self, bucket: str) -> KeyValue:
-        """A platform KV bucket by its short name (``MEMORY`` → ``JA_MEMORY``)."""
-        return await self.js.key_value(self.names.bucket(bucket))
-
-    async def heartbeat(self) -> None:
-        """Tell JetStream the step is still running (the runtime also does this itself)."""
-        if self._msg is not None:
-            with contextlib.suppress(NatsError):
-                await self._msg.in_progress()
-
-
-Handler = Callable[[StepContext], Awaitable[StepOutput | dict[str, Any]]]
-
-
-@dataclass(frozen=True, kw_only=True)
-class CapabilitySpec:
-    """A registered capability: its name, handler, concurrency and the tools it serves."""
-
-    name: str
-    handler: Handler
-    concurrency: int | None = None
-    tools: Sequence[RegisteredTool] = ()
-    subjects: Sequence[str] | None = None
-    """Override the consumer's filter subjects (a pool serving some tools only)."""
-    consumer: str | None = None
-    report: Callable[[], dict[str, Any]] | None = None
-    """Status to publish every few seconds (circuit breakers), for the metrics."""
-    close: Callable[[], Awaitable[None]] | None = None
-    """Release what the handler holds (HTTP pools, process pools) when the worker stops;
-    specs sharing one resource may share one ``close`` (it is called once)."""
-
-
-def capability(
-    name: str, *, concurrency: int | None = None, tools: Sequence[RegisteredTool] = ()
-) -> Callable[[Handler], CapabilitySpec]:
-    """Declare an async handler as the capability ``name``."""
-
-    def wrap(handler: Handler) -> CapabilitySpec:
-        return CapabilitySpec(name=name, handler=handler, concurrency=concurrency, tools=tools)
-
-    return wrap
 
 
 def _now() -> datetime:
@@ -172,31 +107,39 @@ class Worker:
             bucket=self.names.bucket("PAYLOADS"),
             threshold=settings.payload_threshold_bytes,
         )
+        self.retry = RetryPolicy.from_settings(settings)
         self._results = DirectGetter(nc, self.names.steps_stream, timeout=5.0)
-        self._workflows = DirectGetter(nc, self.names.workflows_stream, timeout=5.0)
+        self._calls = DirectGetter(nc, self.names.calls_stream, timeout=5.0)
+        self.journal = CallJournal(self.js, self._calls, self.names, worker=self.worker_id)
         self.completed = 0
 
     def _consumer_name(self, spec: CapabilitySpec) -> str:
         return spec.consumer or f"cap-{spec.name}"
 
+    def consumer_config(self, spec: CapabilitySpec) -> dict[str, Any]:
+        """The durable consumer of ``spec``: the settings' ack wait, no backoff (it would
+        replace the ack wait), and no server-side delivery limit (the runtime counts
+        deliveries itself and finishes the last one, see :meth:`_exhausted`)."""
+        config = consumer_config(self.settings, "capability", capability=spec.name)
+        config["durable_name"] = self._consumer_name(spec)
+        subjects = spec.subjects or self.names.step_scheduled(spec.name)
+        config["filter_subjects"] = [s.replace("{p}", self.names.prefix) for s in subjects]
+        config["ack_wait"] = int(self.settings.step_ack_wait_s * 1e9)
+        config["max_deliver"] = -1
+        config.pop("backoff", None)
+        return config
+
     async def setup(self) -> None:
-        """Provision, create the consumers and announce the tools (idempotent)."""
+        """Provision, create or update the consumers and announce the tools (idempotent;
+        a consumer provisioned with a ``backoff`` by an older release loses it here)."""
         await provision(self.nc, self.settings, consumers=False)
         registry = ToolRegistry(self.js, self.names)
         for spec in self.specs:
-            config = consumer_config(self.settings, "capability", capability=spec.name)
-            config["durable_name"] = self._consumer_name(spec)
-            subjects = spec.subjects or self.names.step_scheduled(spec.name)
-            config["filter_subjects"] = [s.replace("{p}", self.names.prefix) for s in subjects]
-            config["ack_wait"] = int(self.settings.step_ack_wait_s * 1e9)
-            config["max_deliver"] = self.settings.step_max_deliver
-            backoff = config.get("backoff") or []
-            config["backoff"] = backoff[: self.settings.step_max_deliver - 1]
-            await ensure_consumer(self.nc, config)
+            await ensure_consumer(self.nc, self.consumer_config(spec))
             for tool in spec.tools:
                 await registry.publish(tool)
         await self._results.open()
-        await self._workflows.open()
+        await self._calls.open()
 
     async def run(self, stop: asyncio.Event) -> None:
         await self.setup()
@@ -206,7 +149,7 @@ class Worker:
             if any(spec.report for spec in self.specs):
                 tasks.create_task(self._report(stop))
         await self._results.close()
-        await self._workflows.close()
+        await self._calls.close()
         for close in dict.fromkeys(s.close for s in self.specs if s.close):
             try:
                 await close()
@@ -223,14 +166,6 @@ class Worker:
             max_in_flight=concurrency,
         )
         await puller.start()
-
-        async def on_advisory(msg: Msg) -> None:
-            await self._on_max_deliveries(msg, spec)
-
-        advisory = await self.nc.subscribe(
-            f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{self.names.workflows_stream}.{consumer}",
-            cb=on_advisory,
-        )
         log.info(
             "worker %s serving %s (consumer %s, concurrency %d)",
             self.worker_id,
@@ -254,8 +189,6 @@ class Worker:
             pulling.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await pulling
-            with contextlib.suppress(NatsError):
-                await advisory.unsubscribe()
             if running:
                 log.info(
                     "waiting up to %.0f s for %d running %s steps",
@@ -313,30 +246,58 @@ class Worker:
             # A StepScheduled ends its message (it may carry the decision's other events).
             event = decode_events(msg.data)[-1]
         except (msgspec.DecodeError, msgspec.ValidationError, IndexError) as exc:
-            await self._dead_letter(spec.name, msg, f"undecodable StepScheduled: {exc}")
+            await self._dead_letter(
+                spec.name, msg, f"undecodable StepScheduled: {exc}", kind="poison"
+            )
             await msg.term()
             return
         if not isinstance(event, StepScheduled):
             await msg.term()
             return
         deliveries = msg.metadata.num_delivered
-        result_subject = self.names.step_result(event.workflow_id, event.step_id)
+        result_subject = self.names.step_result(event.capability, event.workflow_id, event.step_id)
         if deliveries > 1 and await self._results.last(result_subject) is not None:
             await msg.ack()  # done before a crash or a lost ack: nothing to do again
             return
-        started = _now()
-        # In-progress acks only for steps that outlive a third of the ack wait: most steps
-        # end long before, and need no timer task of their own.
-        heartbeat = _Heartbeat(msg, max(self.settings.step_ack_wait_s / 3, 0.5))
+        # In-progress acks well inside the ack wait, from the start of the run until its
+        # result is recorded; the first only after a quarter of the ack wait (most steps
+        # end long before, and need no timer task of their own).
+        heartbeat = Heartbeat(msg, max(self.settings.step_ack_wait_s / 4, 0.1))
+        result: StepResult | None
         try:
-            result = await self._execute(spec, event, msg, deliveries, started)
+            if deliveries > self.settings.step_max_deliver:
+                result = await self._exhausted(spec, event, msg, deliveries)
+            else:
+                result = await self._execute(spec, event, msg, deliveries, _now())
+            if result is None:
+                return  # nak'd for a retry
+            await self._publish_result(result_subject, result, parent=msg.headers)
         finally:
             heartbeat.stop()
-        if result is None:
-            return  # nak'd for a retry
-        await self._publish_result(result_subject, result, parent=msg.headers)
         await msg.ack()
         self.completed += 1
+
+    async def _exhausted(
+        self, spec: CapabilitySpec, event: StepScheduled, msg: Msg, deliveries: int
+    ) -> StepResult:
+        """A delivery past the last allowed run: every run before it died (or timed out)
+        without a result. The step fails here, without running the handler again."""
+        runs = deliveries - 1
+        error = StepError(
+            type="MaxDeliveriesExceeded",
+            message=(
+                f"the step ran {runs} times without completing (the workers running it "
+                "stopped, or were lost, before it ended)"
+            ),
+            retryable=True,
+        )
+        log.warning("step %s/%s: %s", event.workflow_id, event.step_id, error.message)
+        await self._dead_letter(spec.name, msg, error.message)
+        earlier = await self.journal.earlier(event.workflow_id, event.step_id, deliveries)
+        result = self._result(event, _now(), deliveries, ok=False, error=error)
+        return msgspec.structs.replace(
+            result, calls=earlier.calls, interrupted_runs=earlier.interrupted
+        )
 
     async def _execute(
         self,
@@ -347,63 +308,146 @@ class Worker:
         started: datetime,
     ) -> StepResult | None:
         calls: list[CallRecord] = []
+        ctx = StepContext(
+            workflow_id=event.workflow_id,
+            step_id=event.step_id,
+            capability=event.capability,
+            tool=event.tool,
+            attempt=event.attempt,
+            iteration=event.iteration,
+            tenant=event.tenant,
+            input=event.input,
+            reservation=event.reservation,
+            deadline_at=event.deadline_at,
+            deliveries=deliveries,
+            js=self.js,
+            payloads=self.payloads,
+            names=self.names,
+            _msg=msg,
+            _journal=self.journal,
+        )
         try:
-            ctx = StepContext(
-                workflow_id=event.workflow_id,
-                step_id=event.step_id,
-                capability=event.capability,
-                tool=event.tool,
-                attempt=event.attempt,
-                iteration=event.iteration,
-                tenant=event.tenant,
-                # Walk the input for claim checks only when the message holds one.
-                input=await self.payloads.expand(event.input)
-                if b'"$ref"' in msg.data or b"ja-ref:" in msg.data
-                else event.input,
-                reservation=event.reservation,
-                deadline_at=event.deadline_at,
-                deliveries=deliveries,
-                js=self.js,
-                payloads=self.payloads,
-                names=self.names,
-                _msg=msg,
-            )
-            while True:
-                try:
-                    out = await spec.handler(ctx)
-                    break
-                except RateLimitedError as exc:
-                    # Waited out within this delivery: not a failed attempt.
-                    calls.extend(_billed(exc))
-                    wait = min(exc.retry_after or 1.0, _MAX_RATE_LIMIT_WAIT_S)
-                    log.info("step %s rate limited; retrying in %.1f s", event.step_id, wait)
-                    await asyncio.sleep(wait)
+            # Walk the input for claim checks only when the message holds one.
+            if b'"$ref"' in msg.data or b"ja-ref:" in msg.data:
+                ctx.input = await self.payloads.expand(event.input)
+            out = await self._call_handler(spec, ctx, event, calls)
             output = out if isinstance(out, StepOutput) else StepOutput(output=out)
             output.output = await self._shrink(output.output)
-            return self._result(event, started, deliveries, ok=True, output=output, calls=calls)
+            result = self._result(event, started, deliveries, ok=True, output=output)
         except TransientError as exc:
-            calls.extend(_billed(exc))
-            if deliveries < self.settings.step_max_deliver:
-                delay = exc.retry_after or min(2.0**deliveries, 30.0)
-                log.info("step %s: %s; retry in %.1f s", event.step_id, exc, delay)
-                await msg.nak(delay=delay)
+            calls.extend(billed(exc))
+            retry = self.retry.next(
+                run=deliveries,
+                now=_now(),
+                scheduled_at=event.at,
+                deadline_at=event.deadline_at,
+                retry_after=exc.retry_after,
+            )
+            if retry.delay_s is not None:
+                log.info(
+                    "step %s/%s (%s): %s; run %d again in %.1f s",
+                    event.workflow_id,
+                    event.step_id,
+                    what(event),
+                    exc,
+                    deliveries + 1,
+                    retry.delay_s,
+                )
+                await self._retry_later(ctx, calls, msg, retry.delay_s, str(exc))
                 return None
             await self._dead_letter(spec.name, msg, f"{type(exc).__name__}: {exc}")
-            return self._failed(event, started, deliveries, exc, calls, retryable=True)
-        except PermanentError as exc:
-            calls.extend(_billed(exc))
-            return self._failed(event, started, deliveries, exc, calls, retryable=False)
-        except CapabilityError as exc:
-            calls.extend(_billed(exc))
-            return self._failed(event, started, deliveries, exc, calls, retryable=False)
+            failed = error_of(exc, retryable=True, why=retry.reason)
+            result = self._result(event, started, deliveries, ok=False, error=failed)
+            result = msgspec.structs.replace(result, routing=routing_of(exc))
+        except CapabilityError as exc:  # PermanentError, or a bad input or output
+            calls.extend(billed(exc))
+            result = self._result(
+                event, started, deliveries, ok=False, error=error_of(exc, retryable=False)
+            )
+            result = msgspec.structs.replace(result, routing=routing_of(exc))
         except Exception as exc:
             # A bug in a handler: retried like a transient error, then failed for good.
             log.exception("capability %s raised on step %s", spec.name, event.step_id)
-            if deliveries < self.settings.step_max_deliver:
-                await msg.nak(delay=min(2.0**deliveries, 30.0))
+            retry = self.retry.next(
+                run=deliveries, now=_now(), scheduled_at=event.at, deadline_at=event.deadline_at
+            )
+            if retry.delay_s is not None:
+                await self._retry_later(ctx, calls, msg, retry.delay_s, repr(exc))
                 return None
             await self._dead_letter(spec.name, msg, traceback.format_exc(limit=5))
-            return self._failed(event, started, deliveries, exc, calls, retryable=False)
+            failed = error_of(exc, retryable=False, why=retry.reason)
+            result = self._result(event, started, deliveries, ok=False, error=failed)
+        return await self._with_every_call(result, ctx, calls)
+
+    async def _call_handler(
+        self,
+        spec: CapabilitySpec,
+        ctx: StepContext,
+        event: StepScheduled,
+        calls: list[CallRecord],
+    ) -> StepOutput | dict[str, Any]:
+        """Run the handler; rate limits are waited out within this run, a bounded number
+        of times and never past the step's retry budget or the workflow's deadline."""
+        waits = 0
+        while True:
+            try:
+                return await spec.handler(ctx)
+            except RateLimitedError as exc:
+                charged = billed(exc)
+                calls.extend(charged)
+                for call in charged:
+                    await ctx.record_call(call)
+                retry = self.retry.next(
+                    run=1,  # waits within a run are not failed runs
+                    now=_now(),
+                    scheduled_at=event.at,
+                    deadline_at=event.deadline_at,
+                    retry_after=exc.retry_after or self.retry.delay(waits + 1),
+                )
+                waits += 1
+                if retry.delay_s is None or waits > self.settings.step_rate_limit_retries:
+                    why = retry.reason or (
+                        f"rate limited {waits} times "
+                        f"(at most {self.settings.step_rate_limit_retries} waits)"
+                    )
+                    raise PermanentError(f"{exc}; not retried: {why}") from exc
+                log.info(
+                    "step %s/%s (%s) rate limited; retrying in %.1f s (wait %d of %d)",
+                    event.workflow_id,
+                    event.step_id,
+                    what(event),
+                    retry.delay_s,
+                    waits,
+                    self.settings.step_rate_limit_retries,
+                )
+                await asyncio.sleep(retry.delay_s)
+
+    async def _retry_later(
+        self, ctx: StepContext, calls: list[CallRecord], msg: Msg, delay: float, why: str
+    ) -> None:
+        """End this run without a result: journal what it was billed, then nak."""
+        unrecorded = [c for c in calls if not any(c is r for r in ctx._recorded)]
+        await self.journal.end(
+            ctx.workflow_id, ctx.step_id, ctx.deliveries, reason=why, calls=unrecorded
+        )
+        await msg.nak(delay=delay)
+
+    async def _with_every_call(
+        self, result: StepResult, ctx: StepContext, calls: list[CallRecord]
+    ) -> StepResult:
+        """The result with every provider call of the step: the earlier runs' (from the
+        journal), the ones reported with ``record_call``, and the ones the handler
+        returned or its error carried (each object once)."""
+        mine = [*ctx._recorded]
+        for call in [*calls, *result.calls]:
+            if not any(call is c for c in mine):
+                mine.append(call)
+        if ctx.deliveries == 1:
+            return msgspec.structs.replace(result, calls=mine)
+        earlier = await self.journal.earlier(ctx.workflow_id, ctx.step_id, ctx.deliveries)
+        return msgspec.structs.replace(
+            result, calls=[*earlier.calls, *mine], interrupted_runs=earlier.interrupted
+        )
 
     async def _shrink(self, output: dict[str, Any]) -> dict[str, Any]:
         content = output.get("content")
@@ -420,7 +464,6 @@ class Worker:
         ok: bool,
         output: StepOutput | None = None,
         error: StepError | None = None,
-        calls: list[CallRecord] | None = None,
     ) -> StepResult:
         return StepResult(
             workflow_id=event.workflow_id,
@@ -432,7 +475,7 @@ class Worker:
             ok=ok,
             output=output.output if output else {},
             error=error,
-            calls=[*(calls or []), *(output.calls if output else [])],
+            calls=list(output.calls) if output else [],
             routing=output.routing if output else [],
             started_at=started,
             finished_at=_now(),
@@ -440,131 +483,14 @@ class Worker:
             deliveries=deliveries,
         )
 
-    def _failed(
-        self,
-        event: StepScheduled,
-        started: datetime,
-        deliveries: int,
-        exc: BaseException,
-        calls: list[CallRecord],
-        *,
-        retryable: bool,
-    ) -> StepResult:
-        error = StepError(type=type(exc).__name__, message=str(exc), retryable=retryable)
-        return self._result(event, started, deliveries, ok=False, error=error, calls=calls)
-
     async def _publish_result(
         self, subject: str, result: StepResult, *, parent: dict[str, str] | None = None
     ) -> None:
-        headers = telemetry.inject(
-            {
-                "Nats-Expected-Last-Subject-Sequence": "0",
-                "Nats-Msg-Id": f"{result.workflow_id}.{result.step_id}",
-                "Ja-Event": "StepResult",
-                "Ja-Workflow": result.workflow_id,
-            },
-            parent=parent,
-        )
-        reply = await self.nc.request(subject, encode(result), timeout=5.0, headers=headers)
-        ack = msgspec.json.decode(reply.data)
-        error = ack.get("error") if isinstance(ack, dict) else None
-        if error and error.get("err_code") != _WRONG_LAST_SEQUENCE:
-            raise TransientError(f"could not record the step result: {error.get('description')}")
-        # 10071: a result for this step exists already (another replica finished it).
+        await publish_result(self.nc, subject, result, parent=parent)
 
-    async def _dead_letter(self, source: str, msg: Msg, error: str) -> None:
-        meta = msg.metadata
-        body = {
-            "source": source,
-            "subject": msg.subject,
-            "stream": meta.stream,
-            "stream_seq": meta.sequence.stream,
-            "deliveries": meta.num_delivered,
-            "error": error,
-            "worker": self.worker_id,
-        }
-        with contextlib.suppress(NatsError):
-            await self.js.publish(self.names.dlq(source), msgspec.json.encode(body))
-
-    async def _on_max_deliveries(self, advisory: Msg, spec: CapabilitySpec) -> None:
-        """A step was delivered ``max_deliver`` times without finishing (workers died)."""
-        try:
-            info = msgspec.json.decode(advisory.data)
-            seq = int(info["stream_seq"])
-            record = await self._workflows.scan(
-                f"{self.names.workflow_root}.>", start_seq=seq, page=1, until=lambda r: True
-            )
-            if not record or record[0].seq != seq:
-                return
-            event = decode_events(record[0].data)[-1]
-            if not isinstance(event, StepScheduled):
-                return
-            error = StepError(
-                type="MaxDeliveriesExceeded",
-                message=(
-                    f"the step was delivered {info.get('deliveries')} times without "
-                    "completing (the workers handling it stopped or timed out)"
-                ),
-                retryable=True,
-            )
-            result = self._result(
-                event, _now(), int(info.get("deliveries", 0)), ok=False, error=error
-            )
-            await self._publish_result(
-                self.names.step_result(event.workflow_id, event.step_id), result
-            )
-            body = {"source": spec.name, "stream_seq": seq, "error": error.message}
-            await self.js.publish(self.names.dlq(spec.name), msgspec.json.encode(body))
-        except Exception:
-            log.exception("handling a max-deliveries advisory failed")
-
-
-def _billed(exc: CapabilityError) -> list[CallRecord]:
-    """What a failed step's provider calls were billed: the attempts the error carries,
-    or else its usage, so the cost of a failure is recorded too."""
-    attempts = exc.details.get("attempts")
-    if isinstance(attempts, list) and attempts:
-        records = []
-        for attempt in attempts:
-            with contextlib.suppress(msgspec.ValidationError, TypeError):
-                records.append(msgspec.convert(attempt, CallRecord, strict=False))
-        return records
-    if exc.usage is None:
-        return []
-    cost = exc.details.get("cost_usd")
-    return [
-        CallRecord(
-            model=str(exc.details.get("model", "unknown")),
-            provider=str(exc.details.get("provider", "unknown")),
-            outcome="rate_limited" if isinstance(exc, RateLimitedError) else "failed",
-            usage=exc.usage,
-            cost_usd=None if cost is None else Decimal(str(cost)),
-            error=str(exc),
-        )
-    ]
-
-
-class _Heartbeat:
-    """Sends ``in_progress()`` every ``interval`` seconds until stopped (timer, no task)."""
-
-    def __init__(self, msg: Msg, interval: float) -> None:
-        self._msg = msg
-        self._interval = interval
-        self._loop = asyncio.get_running_loop()
-        self._sending: asyncio.Task[None] | None = None
-        self._handle: asyncio.TimerHandle | None = self._loop.call_later(interval, self._beat)
-
-    def _beat(self) -> None:
-        self._sending = self._loop.create_task(self._send())
-        self._handle = self._loop.call_later(self._interval, self._beat)
-
-    async def _send(self) -> None:
-        with contextlib.suppress(NatsError):
-            await self._msg.in_progress()
-
-    def stop(self) -> None:
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
-        if self._sending is not None and not self._sending.done():
-            self._sending.cancel()
+    async def _dead_letter(
+        self, source: str, msg: Msg, error: str, *, kind: DeadLetterKind = "failed"
+    ) -> None:
+        reason = error.strip().splitlines()[-1] if error.strip() else "failed"
+        letter = dead_letter_of(msg, source=source, kind=kind, reason=reason, error=error)
+        await publish_dead_letter(self.js, self.names, letter)

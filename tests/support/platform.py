@@ -41,6 +41,15 @@ async def eventually(
     raise AssertionError(f"condition not met within {timeout} s (last: {last!r})")
 
 
+async def tool_registered(client: Client, settings: Settings, name: str) -> bool:
+    """Whether a tools worker has announced the tool ``name`` (services started)."""
+    try:
+        kv = await client.js.key_value(settings.names.bucket("REGISTRY"))
+        return f"tool.{name}" in await kv.keys()
+    except Exception:  # not provisioned yet, or no keys yet
+        return False
+
+
 def specs_for_tests(catalog: ModelCatalog) -> list[CapabilitySpec]:
     from capabilities.reasoning.capability import reasoning_capabilities
     from capabilities.tools.capability import tools_capability

@@ -68,3 +68,55 @@ async def flaky(note: str = "") -> str:
 
 
 TEST_TOOLS.append(flaky)
+
+
+@tool(description="Note this run in the file `log`, record a provider call, then sleep.")
+async def logged_sleep(ctx: StepContext, seconds: float, log: str, tokens: int = 0) -> str:
+    import os
+
+    def note() -> None:
+        with open(log, "a") as runs:
+            runs.write(f"{os.getpid()} {ctx.deliveries}\n")
+
+    await asyncio.to_thread(note)  # one line per run: which process, which delivery
+    if tokens:
+        # A call made (and billed) before the long wait: its usage must be recorded
+        # even if this run dies during the sleep.
+        await ctx.record_call(
+            CallRecord(
+                model="sleep-model",
+                provider="test",
+                outcome="ok",
+                usage=Usage(output_tokens=tokens),
+            )
+        )
+    await asyncio.sleep(seconds)
+    return f"slept {seconds}"
+
+
+TEST_TOOLS.append(logged_sleep)
+
+
+@tool(description="Always rate limited (a provider that keeps answering 429).")
+async def throttled(note: str = "") -> str:
+    from jetagent import RateLimitedError
+
+    raise RateLimitedError("the provider answered 429", retry_after=0.05)
+
+
+TEST_TOOLS.append(throttled)
+
+
+@tool(description="Bill a provider call, then fail for now on the first run only.")
+async def flaky_once(ctx: StepContext, note: str = "") -> str:
+    from jetagent import TransientError
+
+    await ctx.record_call(
+        CallRecord(model="flaky-model", provider="test", outcome="ok", usage=Usage(output_tokens=5))
+    )
+    if ctx.deliveries == 1:
+        raise TransientError("the upstream blinked", retry_after=0.05)
+    return f"worked on run {ctx.deliveries}"
+
+
+TEST_TOOLS.append(flaky_once)

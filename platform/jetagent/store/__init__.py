@@ -96,8 +96,18 @@ def stream_name_for(application_name: str) -> str:
     return name or "EVENTS"
 
 
-async def connect(url: str, *, name: str, creds: str | None = None, timeout: float = 2.0) -> NATS:
-    """Connect to NATS, failing fast with a message a person can act on."""
+async def connect(
+    url: str,
+    *,
+    name: str,
+    creds: str | None = None,
+    user: str | None = None,
+    password: str | None = None,
+    timeout: float = 2.0,
+) -> NATS:
+    """Connect to NATS, failing fast with a message a person can act on. ``creds`` is a
+    credentials file; ``user`` and ``password`` (read from a file by the caller) log in
+    to a server with user/password authorization."""
 
     async def on_error(exc: Exception) -> None:
         log.warning("NATS connection %s: %s", name, exc)
@@ -112,6 +122,8 @@ async def connect(url: str, *, name: str, creds: str | None = None, timeout: flo
             # nats-py annotates these as int but uses them as seconds of any kind.
             connect_timeout=timeout,  # type: ignore[arg-type]
             user_credentials=creds,
+            user=user,
+            password=password,
             max_reconnect_attempts=1,
             reconnect_time_wait=0.5,  # type: ignore[arg-type]
             error_cb=on_error,

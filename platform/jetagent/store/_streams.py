@@ -35,7 +35,7 @@ def stream_problems(actual: dict[str, Any], wanted: dict[str, Any]) -> list[str]
     for subject in wanted.get("subjects", []):
         if subject not in subjects and ">" not in subjects:
             problems.append(f"its subjects {sorted(subjects)} do not include {subject!r}")
-    for flag in ("allow_direct", "allow_atomic"):
+    for flag in ("allow_direct", "allow_atomic", "allow_msg_schedules"):
         if wanted.get(flag) and not actual.get(flag):
             problems.append(f"{flag} is off (it must be true)")
     if actual.get("retention", "limits") != wanted.get("retention", "limits"):
@@ -113,4 +113,11 @@ async def ensure_stream(
             return await ensure_stream(nc, config, create=False, timeout=timeout)
         raise StreamConfigError(f"cannot create stream {name!r}: {created.error.description}")
     assert created.config is not None
+    # A server too old for a feature drops its flag silently: check what it made.
+    problems = stream_problems(created.config, config)
+    if problems:
+        raise StreamConfigError(
+            f"stream {name!r} was created without what it needs (is nats-server too old? "
+            "message schedules need 2.12): " + "; ".join(problems)
+        )
     return created.config

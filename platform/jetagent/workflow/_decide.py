@@ -14,25 +14,28 @@ scheduled. Parallel steps therefore can never overshoot a cap together.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-import jsonschema
 import msgspec
 
-from jetagent.contract import Status
+from jetagent.contract import ID_PATTERN, Status
 from jetagent.events import (
     ApprovalRequested,
     ApprovalResolved,
     Cancelled,
     Finalized,
+    InputDeferred,
+    InputRejected,
     RoutingDecision,
     Spend,
     Started,
     StepCompleted,
+    StepError,
     StepFailed,
     StepResult,
     StepScheduled,
@@ -41,6 +44,7 @@ from jetagent.events import (
 )
 from jetagent.llm import ToolCall, ToolSpec
 from jetagent.models import ModelConfig
+from jetagent.output_schema import InvalidOutputSchema, compile_output_schema
 from jetagent.tokens import Tokenizer, count_message_tokens, count_tokens
 
 from ._state import REASONING, SUMMARIZE, TOOLS, WorkflowState, compactable, evolve
@@ -113,6 +117,9 @@ class Cancel:
     at: datetime
     reason: str = ""
     by: str = ""
+    workflow_id: str = ""
+    expires_at: datetime | None = None
+    """Until when a cancel for a workflow not started yet is kept (None: not kept)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -121,6 +128,9 @@ class Signal:
     payload: dict[str, Any]
     at: datetime
     by: str = ""
+    workflow_id: str = ""
+    expires_at: datetime | None = None
+    """Until when a signal for a workflow not started yet is kept (None: not kept)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -165,8 +175,10 @@ def _react(state: WorkflowState, command: Input, ctx: DecideContext) -> list[Wor
         case FoldResult():
             return _fold_result(state, command, ctx)
         case Cancel():
-            if state.status.is_final or state.status is Status.QUEUED:
+            if state.status.is_final:
                 return []
+            if state.status is Status.QUEUED:
+                return _defer(state, command)
             return [
                 Cancelled(
                     workflow_id=wid,
@@ -190,8 +202,8 @@ def _fold_result(
     if state.status.is_final or view is None or view.status != "scheduled":
         return []  # a duplicate delivery, or a late result of an ended workflow
     settlement = result.spend()
-    if not result.ok:
-        error = result.error
+    error = result.error if not result.ok else _malformed(view.capability, result.output)
+    if not result.ok or error is not None:
         return [
             StepFailed(
                 workflow_id=state.workflow_id,
@@ -225,15 +237,39 @@ def _fold_result(
     ]
 
 
+def _malformed(capability: str, output: dict[str, Any]) -> StepError | None:
+    """A reasoning output whose tool calls cannot be read fails the step (it is retried),
+    rather than stopping every decision on it."""
+    if capability != REASONING:
+        return None
+    calls = output.get("tool_calls", ())
+    try:
+        if not isinstance(calls, list | tuple):
+            raise msgspec.ValidationError(f"tool_calls is {type(calls).__name__}, not a list")
+        for call in calls:
+            msgspec.convert(call, ToolCall)
+    except msgspec.ValidationError as exc:
+        return StepError(
+            type="MalformedOutput", message=f"unreadable tool calls: {exc}", retryable=True
+        )
+    return None
+
+
 def _check_json(text: str, schema: dict[str, Any] | None) -> dict[str, Any]:
     """Whether a final answer is one JSON value satisfying ``schema`` (and why not)."""
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
         return {"valid": False, "errors": [f"not JSON: {exc.msg} at position {exc.pos}"]}
+    try:
+        # Compiled once per schema; checked at ingress, so this refuses only schemas
+        # accepted before that check existed.
+        validator = compile_output_schema(schema or {})
+    except InvalidOutputSchema as exc:
+        return {"valid": False, "errors": exc.problems[:10]}
     errors = [
         f"{'/'.join(str(p) for p in e.path) or 'answer'}: {e.message}"
-        for e in jsonschema.Draft202012Validator(schema or {}).iter_errors(value)
+        for e in validator.iter_errors(value)
     ]
     return {"valid": not errors, "errors": errors[:10]}
 
@@ -252,7 +288,38 @@ def _rejected_calls(state: WorkflowState, calls: Any, ctx: DecideContext) -> lis
     return rejected
 
 
+def _defer(state: WorkflowState, command: Cancel | Signal) -> list[WorkflowEvent]:
+    """Keep a cancel or signal that arrived before its workflow's start (another replica
+    may be starting it right now): it applies when the workflow starts."""
+    workflow_id = command.workflow_id or state.workflow_id
+    if command.expires_at is None or not re.fullmatch(ID_PATTERN, workflow_id):
+        return []  # not kept: nothing is recorded under an id that cannot be a workflow's
+    at, by, expires_at = command.at, command.by, command.expires_at
+    if isinstance(command, Signal):
+        kept = InputDeferred(
+            workflow_id=workflow_id,
+            at=at,
+            kind="signal",
+            name=command.name,
+            payload=command.payload,
+            by=by,
+            expires_at=expires_at,
+        )
+    else:
+        kept = InputDeferred(
+            workflow_id=workflow_id,
+            at=at,
+            kind="cancel",
+            reason=command.reason,
+            by=by,
+            expires_at=expires_at,
+        )
+    return [kept]
+
+
 def _signal(state: WorkflowState, command: Signal) -> list[WorkflowEvent]:
+    if state.status is Status.QUEUED:
+        return _defer(state, command)
     if command.name != "approval" or state.status.is_final:
         return []
     step_id = str(command.payload.get("step_id", ""))
@@ -275,8 +342,12 @@ def _signal(state: WorkflowState, command: Signal) -> list[WorkflowEvent]:
 
 
 def _next(state: WorkflowState, at: datetime, ctx: DecideContext) -> WorkflowEvent | None:
-    if state.status.is_final or state.status is Status.QUEUED:
+    if state.status.is_final:
         return None
+    if state.status is Status.QUEUED:
+        return _expire_deferred(state, at)
+    if state.deferred:
+        return _apply_deferred(state, at)
     wid = state.workflow_id
     if state.deadline_at is not None and at >= state.deadline_at:
         return _terminate(state, at, "deadline", f"the deadline {state.deadline_at} passed")
@@ -303,6 +374,43 @@ def _next(state: WorkflowState, at: datetime, ctx: DecideContext) -> WorkflowEve
     if state.phase == "summarize":
         return _next_summary(state, at, ctx)
     return None
+
+
+def _what(deferred: InputDeferred) -> str:
+    what = "cancel" if deferred.kind == "cancel" else f"signal {deferred.name!r}"
+    return what + (f" by {deferred.by}" if deferred.by else "")
+
+
+def _expire_deferred(state: WorkflowState, at: datetime) -> WorkflowEvent | None:
+    """Answer the kept inputs of a workflow that did not start once the last one expired."""
+    if not state.deferred or at < max(d.expires_at for d in state.deferred):
+        return None
+    reasons = [
+        f"{_what(d)}: workflow {state.workflow_id!r} did not start within "
+        f"{(d.expires_at - d.at).total_seconds():g} s"
+        for d in state.deferred
+    ]
+    return InputRejected(workflow_id=state.workflow_id, at=at, reasons=reasons)
+
+
+def _apply_deferred(state: WorkflowState, at: datetime) -> WorkflowEvent:
+    """Inputs kept from before the start, applied now that it has started: a cancel ends
+    the workflow; a signal cannot apply yet (an approval names a step, and no step can
+    have been waiting for it), so it is answered with the reason."""
+    cancel = next((d for d in state.deferred if d.kind == "cancel"), None)
+    if cancel is not None:
+        return Cancelled(
+            workflow_id=state.workflow_id,
+            at=at,
+            reason=cancel.reason,
+            by=cancel.by,
+            spent=state.spent,
+        )
+    reasons = [
+        f"{_what(d)}: it arrived before the workflow started, so no step was waiting for it"
+        for d in state.deferred
+    ]
+    return InputRejected(workflow_id=state.workflow_id, at=at, reasons=reasons)
 
 
 def _terminate(state: WorkflowState, at: datetime, reason: str, detail: str) -> Terminated:

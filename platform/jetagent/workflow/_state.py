@@ -18,6 +18,8 @@ from jetagent.events import (
     ApprovalResolved,
     Cancelled,
     Finalized,
+    InputDeferred,
+    InputRejected,
     RequestRejected,
     Spend,
     Started,
@@ -96,6 +98,8 @@ class WorkflowState(msgspec.Struct, frozen=True, kw_only=True):
     invalid_output: str | None = None
     """Why the final answer does not satisfy the requested format (after its repair)."""
     """Why the workflow cannot go on (a step that failed for good)."""
+    deferred: tuple[InputDeferred, ...] = ()
+    """Cancels and signals that arrived before the start, not yet applied or answered."""
     version: int = 0
     """How many events were folded."""
 
@@ -393,6 +397,10 @@ def _evolve(state: WorkflowState, event: WorkflowEvent) -> WorkflowState:
             return _replace(
                 state, workflow_id=event.workflow_id, status=Status.REJECTED, phase="done"
             )
+        case InputDeferred():
+            return _replace(state, workflow_id=event.workflow_id, deferred=(*state.deferred, event))
+        case InputRejected():
+            return _replace(state, deferred=())
     raise TypeError(f"not a workflow event: {event!r}")  # pragma: no cover
 
 

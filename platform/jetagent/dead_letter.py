@@ -1,0 +1,92 @@
+"""The dead-letter body: why a message was set aside, and where to find it.
+
+A message that cannot be processed is answered once and visibly: its dead letter goes
+to ``<prefix>.dlq.<source>`` (the ``JA_DLQ`` stream; ``jetagent dlq`` lists them, the
+``jetagent_dead_letters{source}`` metric counts them) and the message is terminated,
+never redelivered. The original stays in its stream at ``stream``/``stream_seq``.
+
+``kind`` says what happened (README "Rejections and dead letters"):
+
+- ``poison``: the message can never be read (not JSON, too large or deep, wrong shape,
+  an id that is not a token);
+- ``untrusted``: a step result that matches no pending step of the capability that was
+  scheduled (a forgery, or a worker confused about its step);
+- ``failed``: processing failed unexpectedly, again and again, until retries ran out.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from datetime import UTC, datetime
+from typing import Literal
+
+import msgspec
+from nats.aio.msg import Msg
+from nats.errors import Error as NatsError
+from nats.js.client import JetStreamContext
+
+from jetagent.config import Names
+
+__all__ = ["DeadLetter", "DeadLetterKind", "dead_letter_of", "publish_dead_letter"]
+
+DeadLetterKind = Literal["poison", "untrusted", "failed"]
+
+
+class DeadLetter(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """One ``JA_DLQ`` entry."""
+
+    source: str
+    """Who set it aside: ``orchestrator``, a capability's name, ``projections``."""
+    kind: DeadLetterKind
+    reason: str
+    """One line for a person."""
+    subject: str
+    stream: str
+    stream_seq: int
+    deliveries: int
+    at: datetime
+    workflow_id: str | None = None
+    """The workflow it concerns, when one could be named."""
+    error: str = ""
+    """The reason again, or a short traceback for ``failed``."""
+
+
+_encoder = msgspec.json.Encoder()
+
+
+def dead_letter_of(
+    msg: Msg,
+    *,
+    source: str,
+    kind: DeadLetterKind,
+    reason: str,
+    workflow_id: str | None = None,
+    error: str = "",
+) -> DeadLetter:
+    """The dead letter of a message received from a JetStream consumer."""
+    meta = msg.metadata
+    return DeadLetter(
+        source=source,
+        kind=kind,
+        reason=reason,
+        subject=msg.subject,
+        stream=meta.stream,
+        stream_seq=meta.sequence.stream,
+        deliveries=meta.num_delivered,
+        at=datetime.now(UTC),
+        workflow_id=workflow_id,
+        error=error or reason,
+    )
+
+
+async def publish_dead_letter(js: JetStreamContext, names: Names, letter: DeadLetter) -> bool:
+    """Record ``letter`` (idempotent per original message); False if NATS refused it."""
+    headers = {
+        # A redelivered message is dead-lettered once (within the duplicate window).
+        "Nats-Msg-Id": f"dlq:{letter.stream}:{letter.stream_seq}",
+        "Ja-Dead-Letter-Kind": letter.kind,
+    }
+    with contextlib.suppress(NatsError):
+        await js.publish(names.dlq(letter.source), _encoder.encode(letter), headers=headers)
+        return True
+    return False
