@@ -7,27 +7,46 @@ cannot run it at all.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
+from typing import Any
 
 from capabilities.tools.builtin import BUILTIN_TOOLS
 from capabilities.tools.sandbox import announce_protections
 from jetagent import CapabilitySpec
 from jetagent.tools import Tool, ToolBox
 
-__all__ = ["tools_capability"]
+__all__ = ["SERVES_KEY", "dedicated_tools", "tools_capability"]
+
+SERVES_KEY = "serves"
+"""A dedicated pool's status report lists the tools it serves under this key; the
+orchestrator's registry reads it to tell a served dedicated tool from an unserved one."""
+
+
+def dedicated_tools(extra: Iterable[Tool] = (), *, name: str = "tools") -> list[str]:
+    """The ``dedicated`` tools among the built-ins and ``extra``: each needs its own
+    ``jetagent worker <name> --only TOOL`` (``jetagent up`` starts one per tool)."""
+    tools = {t.name: t for t in [*BUILTIN_TOOLS, *extra] if t.capability == name}
+    return sorted(t.name for t in tools.values() if t.dedicated)
 
 
 def tools_capability(
-    extra: Iterable[Tool] = (), *, only: Iterable[str] | None = None, name: str = "tools"
+    extra: Iterable[Tool] = (),
+    *,
+    only: Iterable[str] | None = None,
+    name: str = "tools",
+    processes: int | None = None,
 ) -> CapabilitySpec:
     """The tools capability serving the built-in tools plus ``extra``.
 
     Without ``only`` it serves every tool of the capability that is not ``dedicated``;
     ``only`` names dedicated tools to serve instead — a pool of their own, on a consumer
     of their own, so a slow or heavy tool scales without holding up the others.
+    ``processes`` sizes the pool of ``runs_in="process"`` tools (``JETAGENT_TOOL_PROCESSES``;
+    default one per CPU).
     """
     tools = {t.name: t for t in [*BUILTIN_TOOLS, *extra] if t.capability == name}
-    box = ToolBox(tools=tools)
+    box = ToolBox(tools=tools, processes=processes or os.cpu_count() or 2)
     if only is None:
         served = [t for t in tools.values() if not t.dedicated]
         consumer = None
@@ -53,6 +72,10 @@ def tools_capability(
     async def close() -> None:
         box.close()
 
+    def report() -> dict[str, Any]:
+        # Published every few seconds while this pool runs: "these tools are served now".
+        return {SERVES_KEY: [t.name for t in served], "consumer": consumer}
+
     return CapabilitySpec(
         name=name,
         handler=box.serve,
@@ -60,5 +83,6 @@ def tools_capability(
         tools=[t.registration() for t in tools.values()],
         subjects=[f"{{p}}.wf.*.StepScheduled.{name}.{t.name}" for t in served],
         consumer=consumer,
+        report=report if only is not None else None,
         close=close,
     )

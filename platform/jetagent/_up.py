@@ -13,6 +13,7 @@ import contextlib
 import os
 import signal
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -82,13 +83,30 @@ class ServiceProcess:
 
 
 def default_services(
-    *, replicas: int = 1, projections: bool = True, gateway: bool = True
+    *,
+    replicas: int = 1,
+    projections: bool = True,
+    dedicated: Sequence[str] | None = None,
+    gateway: bool = True,
 ) -> list[ServiceProcess]:
+    """The orchestrator, every capability's workers, one ``worker tools --only NAME``
+    per dedicated tool (``dedicated``; default: the configured ones, found by importing
+    ``JETAGENT_TOOLS`` — a ConfigError if it cannot be, so nothing starts half-served),
+    the projections and (``gateway``) the HTTP gateway."""
+    if dedicated is None:
+        from jetagent.services import dedicated_tool_names
+
+        dedicated = dedicated_tool_names()
     services = [ServiceProcess("orchestrator", ["orchestrator"])]
     for capability in ("reasoning", "tools", "summarize", "memory"):
         for i in range(replicas):
             suffix = f"-{i + 1}" if replicas > 1 else ""
             services.append(ServiceProcess(f"{capability}{suffix}", ["worker", capability]))
+    for tool in dedicated:
+        for i in range(replicas):
+            suffix = f"-{i + 1}" if replicas > 1 else ""
+            args = ["worker", "tools", "--only", tool]
+            services.append(ServiceProcess(f"tools-{tool}{suffix}", args))
     if projections:
         services.append(ServiceProcess("projections", ["projections", "run"]))
     if gateway:
@@ -151,7 +169,11 @@ class Platform:
         """Wait until every worker's consumer exists and its tools are registered."""
         from jetagent.store import connect
 
-        workers = [s.args[1] for s in self.services if s.args[0] == "worker"]
+        workers = [
+            "-".join([s.args[1], *s.args[3:]])  # worker tools --only X: consumer cap-tools-X
+            for s in self.services
+            if s.args[0] == "worker"
+        ]
         nc = await connect(self.url, name="jetagent.up", creds=self.settings.nats_creds)
         js = nc.jetstream()
         names = self.settings.names

@@ -193,7 +193,13 @@ def worker(
             served, mcp = await mcp_tools(settings.mcp)
         try:
             catalog = ModelCatalog.load(settings.models)
-            specs = capability_specs(capabilities, catalog, only_tools=only, extra_tools=served)
+            specs = capability_specs(
+                capabilities,
+                catalog,
+                only_tools=only,
+                extra_tools=served,
+                tool_processes=settings.tool_processes,
+            )
             nc = await _connect(settings, "jetagent.worker:" + ",".join(capabilities))
             try:
                 await Worker(nc, settings, specs).run(stop)

@@ -109,6 +109,20 @@ class Settings(BaseSettings):
     mcp: str | None = Field(
         None, description="MCP servers TOML; their tools join the tools worker."
     )
+    tool_processes: int | None = Field(
+        None,
+        ge=1,
+        le=512,
+        description="Processes of a tools worker's pool for runs_in='process' tools "
+        "(default: one per CPU).",
+    )
+    tool_wait_s: float = Field(
+        0.0,
+        ge=0,
+        le=300,
+        description="How long the orchestrator holds a request naming a tool no running "
+        "worker serves yet before rejecting it (0: reject at once).",
+    )
 
     @field_validator("nats_url")
     @classmethod

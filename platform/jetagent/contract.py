@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import re
 import uuid
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated, Any, Literal
@@ -207,12 +207,15 @@ def validate_request(
     tools: Collection[str] | None,
     models: Collection[str],
     max_bytes: int,
+    unserved: Mapping[str, str] | None = None,
     default_tenant: str | None = None,
 ) -> tuple[WorkflowRequest | None, list[str]]:
     """Parse and check a request; return it, or ``None`` and every problem found.
 
-    ``tenants`` / ``tools`` of ``None`` accept any tenant / any tool. A request without a
-    tenant gets ``subject_tenant``, else ``default_tenant``.
+    ``tenants`` / ``tools`` of ``None`` accept any tenant / any tool. ``unserved`` maps
+    known tools that no running worker serves (dedicated tools whose pool is not up) to
+    the command that would serve them: a request naming one is refused with that command.
+    A request without a tenant gets ``subject_tenant``, else ``default_tenant``.
     """
     problems: list[str] = []
     if len(raw) > max_bytes:
@@ -244,7 +247,14 @@ def validate_request(
         for tool in request.allowed_tools:
             if tool not in tools:
                 problems.append(
-                    f"unknown tool {tool!r} (registered: {', '.join(sorted(tools)) or 'none'})"
+                    f"unknown tool {tool!r}: no running worker has announced it "
+                    f"(registered: {', '.join(sorted(tools)) or 'none'}); start the worker "
+                    "whose JETAGENT_TOOLS provides it"
+                )
+            elif unserved and tool in unserved:
+                problems.append(
+                    f"tool {tool!r} is known but no running worker serves it: "
+                    f"start `{unserved[tool]}`"
                 )
     if request.output.type == "json" and request.output.json_schema is None:
         problems.append("output.json_schema is required when output.type is 'json'")

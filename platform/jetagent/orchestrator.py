@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -33,7 +34,7 @@ from opentelemetry.trace import SpanKind
 from jetagent import telemetry
 from jetagent.config import Settings
 from jetagent.consume import Puller
-from jetagent.contract import Status, rejection_id, validate_request
+from jetagent.contract import Status, WorkflowRequest, rejection_id, validate_request
 from jetagent.dead_letter import DeadLetterKind, dead_letter_of, publish_dead_letter
 from jetagent.decoding import (
     PoisonMessage,
@@ -278,15 +279,13 @@ class Orchestrator:
     async def _on_workflow_request(self, msg: Msg, tenant: str | None, at: datetime) -> None:
         headers = msg.headers or {}
         msg_id = headers.get("Nats-Msg-Id")
-        request, problems = validate_request(
-            msg.data,
-            subject_tenant=tenant,
-            tenants=self.settings.tenant_set,
-            tools=set(self.registry.tools),
-            models=set(self.catalog.models),
-            max_bytes=self.settings.max_request_bytes,
-            default_tenant=self.settings.default_tenant,
-        )
+        request, problems = self._validate(msg.data, tenant)
+        if request is None and self.settings.tool_wait_s > 0:
+            # Start order need not matter: a tool whose worker is still starting is
+            # waited for, within JETAGENT_TOOL_WAIT_S, before the request is refused.
+            named = _named_tools(msg.data)
+            if named and await self._wait_for_tools(msg, named):
+                request, problems = self._validate(msg.data, tenant)
         if request is not None:
             # No request_id in the body: every delivery must name the same workflow.
             seq = msg.metadata.sequence.stream
@@ -309,6 +308,27 @@ class Orchestrator:
             deadline_at=deadline_at,
         )
         await self.process(request.request_id, begin, msg)
+
+    def _validate(self, raw: bytes, tenant: str | None) -> tuple[WorkflowRequest | None, list[str]]:
+        return validate_request(
+            raw,
+            subject_tenant=tenant,
+            tenants=self.settings.tenant_set,
+            tools=set(self.registry.tools),
+            models=set(self.catalog.models),
+            max_bytes=self.settings.max_request_bytes,
+            unserved=self.registry.unserved(),
+            default_tenant=self.settings.default_tenant,
+        )
+
+    async def _wait_for_tools(self, msg: Msg, names: set[str]) -> bool:
+        deadline = time.monotonic() + self.settings.tool_wait_s
+        while (left := deadline - time.monotonic()) > 0:
+            if await self.registry.wait_served(names, min(left, 10.0)):
+                return True
+            with contextlib.suppress(NatsError):
+                await msg.in_progress()  # well inside the requests consumer's ack wait
+        return False
 
     async def _reject(
         self, msg: Msg, msg_id: str | None, tenant: str | None, problems: list[str], at: datetime
@@ -432,6 +452,19 @@ class Orchestrator:
             if shrunk is not event.input:
                 return msgspec.structs.replace(event, input=shrunk)
         return event
+
+
+def _named_tools(raw: bytes) -> set[str]:
+    """The ``allowed_tools`` of a request body, if it has readable ones."""
+    try:
+        check_limits(raw)
+        body: Any = msgspec.json.decode(raw)
+    except (PoisonMessage, msgspec.DecodeError):
+        return set()
+    tools = body.get("allowed_tools") if isinstance(body, dict) else None
+    if not isinstance(tools, list):
+        return set()
+    return {t for t in tools if isinstance(t, str)}
 
 
 def _readable_request_id(data: bytes) -> object:

@@ -15,7 +15,7 @@ from jetagent.errors import ConfigError
 from jetagent.models import ModelCatalog
 from jetagent.worker import CapabilitySpec
 
-__all__ = ["BUILTIN_CAPABILITIES", "capability_specs"]
+__all__ = ["BUILTIN_CAPABILITIES", "capability_specs", "dedicated_tool_names"]
 
 BUILTIN_CAPABILITIES = ("reasoning", "tools", "summarize", "memory")
 
@@ -43,12 +43,25 @@ def _plugin_tools() -> list[Any]:
         try:
             found: Any = getattr(importlib.import_module(module), attr)
         except (ImportError, AttributeError) as exc:
-            raise ConfigError(f"JETAGENT_TOOLS entry {entry!r}: {exc}") from exc
+            raise ConfigError(
+                f"JETAGENT_TOOLS entry {entry!r}: {exc} — the module must be importable by "
+                "every process that serves or starts tools (install it, or add its folder "
+                "to PYTHONPATH)"
+            ) from exc
         tools.extend(found if isinstance(found, list | tuple) else [found])
     for item in tools:
         if not isinstance(item, Tool):
             raise ConfigError(f"JETAGENT_TOOLS: {item!r} is not a jetagent Tool")
     return tools
+
+
+def dedicated_tool_names() -> list[str]:
+    """The configured dedicated tools (built-in or ``JETAGENT_TOOLS``): each needs a
+    ``jetagent worker tools --only NAME``. Raises ConfigError when a tool module cannot
+    be imported."""
+    from capabilities.tools.capability import dedicated_tools
+
+    return dedicated_tools(_plugin_tools())
 
 
 def capability_specs(
@@ -57,8 +70,10 @@ def capability_specs(
     *,
     only_tools: Sequence[str] | None = None,
     extra_tools: Sequence[Any] = (),
+    tool_processes: int | None = None,
 ) -> list[CapabilitySpec]:
-    """CapabilitySpecs for the capability names given (built in or plugged in)."""
+    """CapabilitySpecs for the capability names given (built in or plugged in);
+    ``tool_processes`` sizes the tools worker's process pool (``JETAGENT_TOOL_PROCESSES``)."""
     from capabilities.memory import memory_capability
     from capabilities.reasoning.capability import reasoning_capabilities
     from capabilities.tools.capability import tools_capability
@@ -74,7 +89,8 @@ def capability_specs(
         elif name == "memory":
             specs.append(memory_capability())
         elif name == "tools":
-            specs.append(tools_capability([*_plugin_tools(), *extra_tools], only=only_tools))
+            tools = [*_plugin_tools(), *extra_tools]
+            specs.append(tools_capability(tools, only=only_tools, processes=tool_processes))
         elif name in plugins:
             specs.append(plugins[name])
         else:

@@ -92,6 +92,7 @@ class Tool:
             requires_approval=self.requires_approval,
             max_tokens=self.max_tokens,
             timeout_s=self.timeout_s,
+            dedicated=self.dedicated,
         )
 
     def validate(self, arguments: Any) -> dict[str, Any] | str:
