@@ -15,6 +15,7 @@ from jetagent.llm import Message, Usage
 from tests.fakes.llm_servers import (
     FakeAnthropic,
     FakeOpenAI,
+    Reply,
     anthropic_message,
     model_for,
     openai_completion,
@@ -142,3 +143,18 @@ async def test_an_error_event_mid_stream_is_a_transient_failure(
     server.script(anthropic_message(TEXT))
     with pytest.raises(TransientError, match="Overloaded"):
         await provider.complete(model, ASK, tools=(), max_tokens=64, on_delta=Deltas())
+
+
+async def test_a_server_that_ignores_stream_still_gives_the_answer(
+    openai: tuple[FakeOpenAI, OpenAIProvider],
+) -> None:
+    server, provider = openai
+    model = model_for(server, "gpt-plain")
+    reply = openai_completion(TEXT, prompt_tokens=31, completion_tokens=9)
+    server.script(Reply(status=200, body=reply.body, headers=reply.headers, plain=True))
+    deltas = Deltas()
+    completion = await provider.complete(model, ASK, tools=(), max_tokens=64, on_delta=deltas)
+    # The plain body's answer and usage, shown in one piece.
+    assert completion.text == TEXT
+    assert completion.usage == Usage(input_tokens=31, output_tokens=9)
+    assert deltas.pieces == [TEXT]

@@ -65,6 +65,9 @@ class Reply:
     """For a streamed answer: the pause before each event."""
     cut_after: int | None = None
     """For a streamed answer: drop the connection after this many events."""
+    plain: bool = False
+    """Answer with the JSON body even when the request asks for a stream (as servers
+    that ignore ``stream`` do)."""
 
     def paced(self, *, chunk_delay_s: float = 0.0, cut_after: int | None = None) -> Reply:
         """This answer, streamed with a pause per event and/or cut after N events."""
@@ -256,7 +259,7 @@ class FakeLLMServer:
                 if reply.delay_s and fake._stop.wait(reply.delay_s):
                     self.close_connection = True
                     return
-                if reply.status == 200 and _wants_stream(body):
+                if reply.status == 200 and not reply.plain and _wants_stream(body):
                     self._stream(reply, fake.stream_events(json.loads(reply.body)))
                     return
                 self.send_response(reply.status)

@@ -256,6 +256,14 @@ class HttpProvider(ABC):
                 if not 200 <= response.status_code < 300:
                     await response.aread()
                     return self._handle(model, response, redact)  # raises the mapped error
+                if "event-stream" not in response.headers.get("content-type", ""):
+                    # A server that ignores "stream" (some proxies and local servers)
+                    # answers with the plain body: the same Completion, shown at once.
+                    await response.aread()
+                    completion = self._handle(model, response, redact)
+                    if completion.text:
+                        await on_delta(completion.text)
+                    return completion
                 parser = self.stream_parser(model)
                 try:
                     async for event, data in iter_sse(response.aiter_lines()):
