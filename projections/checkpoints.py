@@ -18,13 +18,15 @@ import msgspec
 from nats.js.errors import KeyNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 
+from jetagent.errors import JetagentError
+
 __all__ = ["PART_BYTES", "CheckpointError", "CheckpointStore"]
 
 PART_BYTES = 512 * 1024
 """Half of nats-server's default ``max_payload``: parts fit any server's configuration."""
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(JetagentError, RuntimeError):
     """A stored checkpoint is incomplete or does not match its digest."""
 
 

@@ -5,7 +5,9 @@ workflow outcomes — and is checkpointed whole, so a restart neither resets nor
 a total and a rebuild from sequence 0 reproduces them exactly. :class:`MetricsCollector`
 renders the state (plus live gauges: consumer backlog, circuit states, projection lag)
 for prometheus-client. Labels are bounded: capability, model, provider, tenant, kind,
-outcome, reason, stream, consumer — never a workflow or request id.
+outcome, reason, stream, consumer — never a workflow or request id — and their values
+are bounded too (``projections.labels``: tenants and models outside the configuration are
+``other``).
 """
 
 from __future__ import annotations
@@ -30,8 +32,16 @@ from jetagent.events import (
     Terminated,
     WorkflowEvent,
 )
+from projections.labels import LabelPolicy
 
-__all__ = ["BUCKETS", "Histogram", "LiveGauges", "MetricsCollector", "MetricsState"]
+__all__ = [
+    "BUCKETS",
+    "Histogram",
+    "LiveGauges",
+    "MetricsCollector",
+    "MetricsState",
+    "known_label_sets",
+]
 
 BUCKETS = (
     0.001,
@@ -53,6 +63,7 @@ BUCKETS = (
 )
 _SEP = "\x1f"
 _ZERO = Decimal(0)
+_ANY = LabelPolicy()
 
 
 def _key(*labels: str | None) -> str:
@@ -98,12 +109,17 @@ class MetricsState(msgspec.Struct):
     open_steps: dict[str, dict[str, datetime]] = msgspec.field(default_factory=dict)
     """workflow id → step id → when it was scheduled, until it completes (keyed by
     workflow so that a workflow's end drops its steps without scanning the others)."""
+    poison: dict[str, int] = msgspec.field(default_factory=dict)
+    """stream → messages skipped because they are not valid events (projections.poison)."""
+    admitted: dict[str, dict[str, bool]] = msgspec.field(default_factory=dict)
+    """label dimension → the free values admitted so far (projections.labels)."""
 
-    def apply_workflow_event(self, event: WorkflowEvent) -> None:
+    def apply_workflow_event(self, event: WorkflowEvent, labels: LabelPolicy = _ANY) -> None:
         match event:
             case Started():
-                self.open_workflows[event.workflow_id] = event.tenant
-                _add(self.active, event.tenant, 1)
+                label = labels.tenant(event.tenant, self.admitted)
+                self.open_workflows[event.workflow_id] = label
+                _add(self.active, label, 1)
             case StepScheduled():
                 steps = self.open_steps.get(event.workflow_id)
                 if steps is None:
@@ -114,7 +130,8 @@ class MetricsState(msgspec.Struct):
                 started = steps.pop(event.step_id, None) if steps else None
                 if started is not None:
                     seconds = max((event.at - started).total_seconds(), 0.0)
-                    self.turnaround.setdefault(event.capability, Histogram()).observe(seconds)
+                    capability = labels.free("capability", event.capability, self.admitted)
+                    self.turnaround.setdefault(capability, Histogram()).observe(seconds)
             case Finalized() | Terminated() | Cancelled():
                 tenant = self.open_workflows.pop(event.workflow_id, None)
                 if tenant is None:
@@ -123,14 +140,18 @@ class MetricsState(msgspec.Struct):
                 outcome = type(event).__name__.lower()
                 _add(self.workflows, _key(tenant, outcome), 1)
                 if isinstance(event, Terminated):
-                    _add(self.terminations, event.reason, 1)
+                    reason = labels.free("reason", event.reason, self.admitted)
+                    _add(self.terminations, reason, 1)
                 self.open_steps.pop(event.workflow_id, None)
             case RequestRejected():
-                _add(self.workflows, _key(event.tenant or "unknown", "rejected"), 1)
+                tenant = labels.tenant(event.tenant or "unknown", self.admitted)
+                _add(self.workflows, _key(tenant, "rejected"), 1)
 
-    def apply_step_result(self, result: StepResult) -> None:
+    def apply_step_result(self, result: StepResult, labels: LabelPolicy = _ANY) -> None:
         # A hot path of rebuilds: label keys are formatted once per call record.
-        cap = result.capability
+        admitted = self.admitted
+        cap = labels.free("capability", result.capability, admitted)
+        tenant = labels.tenant(result.tenant, admitted)
         _add(self.steps, f"{cap}{_SEP}{'ok' if result.ok else 'failed'}", 1)
         retries = max(result.deliveries - 1, 0) + max(result.attempt - 1, 0)
         if retries:
@@ -144,9 +165,12 @@ class MetricsState(msgspec.Struct):
         histogram.observe(seconds)
         tokens, cost = self.tokens, self.cost_usd
         for call in result.calls:
-            route = f"{cap}{_SEP}{call.model}{_SEP}{call.provider}"
-            _add(self.calls, f"{route}{_SEP}{call.outcome}", 1)
-            base = f"{route}{_SEP}{result.tenant}{_SEP}"
+            model = labels.model(call.model, admitted)
+            provider = labels.free("provider", call.provider, admitted)
+            outcome = labels.free("call_outcome", call.outcome, admitted)
+            route = f"{cap}{_SEP}{model}{_SEP}{provider}"
+            _add(self.calls, f"{route}{_SEP}{outcome}", 1)
+            base = f"{route}{_SEP}{tenant}{_SEP}"
             usage = call.usage
             if usage is not None:
                 _add(tokens, base + "input", max(usage.input_tokens - usage.cached_tokens, 0))
@@ -156,8 +180,11 @@ class MetricsState(msgspec.Struct):
                 key = base[: -len(_SEP)]
                 cost[key] = cost.get(key, _ZERO) + call.cost_usd
 
-    def apply_dead_letter(self, source: str) -> None:
-        _add(self.dead_letters, source, 1)
+    def apply_dead_letter(self, source: str, labels: LabelPolicy = _ANY) -> None:
+        _add(self.dead_letters, labels.free("source", source, self.admitted), 1)
+
+    def apply_poison(self, stream: str) -> None:
+        _add(self.poison, stream, 1)
 
     def totals(self) -> dict[str, object]:
         """The comparable totals (what must match between a live run and a rebuild)."""
@@ -187,12 +214,22 @@ def _split(key: str) -> list[str]:
 class MetricsCollector(Collector):
     """Renders a :class:`MetricsState` and :class:`LiveGauges` for prometheus-client."""
 
-    def __init__(self, state: MetricsState, live: LiveGauges) -> None:
+    def __init__(
+        self,
+        state: MetricsState,
+        live: LiveGauges,
+        *,
+        known: dict[str, list[str]] | None = None,
+    ) -> None:
         self.state = state
         self.live = live
+        self.known = known or {}
+        """metric name → label sets (joined keys) shown at 0 before their first event,
+        so that ``increase()`` sees the first one (a series that appears at 1 has no
+        earlier sample to increase from)."""
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily]:
-        s, live = self.state, self.live
+        s, live, known = self.state, self.live, self.known
         yield _counter(
             "jetagent_tokens",
             "Tokens billed by providers.",
@@ -239,12 +276,14 @@ class MetricsCollector(Collector):
             "Workflows that ended, by outcome.",
             ["tenant", "outcome"],
             s.workflows,
+            known.get("jetagent_workflows"),
         )
         yield _counter(
             "jetagent_workflow_terminations",
             "Terminated workflows by reason.",
             ["reason"],
             s.terminations,
+            known.get("jetagent_workflow_terminations"),
         )
         yield _gauge("jetagent_workflows_active", "Workflows running now.", ["tenant"], s.active)
         yield _counter(
@@ -252,6 +291,14 @@ class MetricsCollector(Collector):
             "Messages sent to the dead-letter stream.",
             ["source"],
             s.dead_letters,
+            known.get("jetagent_dead_letters"),
+        )
+        yield _counter(
+            "jetagent_projection_poison_messages",
+            "Stored messages the projections skipped: not valid events (see `jetagent dlq`).",
+            ["stream"],
+            s.poison,
+            known.get("jetagent_projection_poison_messages"),
         )
         yield _gauge(
             "jetagent_consumer_pending_messages",
@@ -283,11 +330,17 @@ class MetricsCollector(Collector):
 
 
 def _counter(
-    name: str, doc: str, labels: list[str], values: dict[str, int] | dict[str, Decimal]
+    name: str,
+    doc: str,
+    labels: list[str],
+    values: dict[str, int] | dict[str, Decimal],
+    known: list[str] | None = None,
 ) -> CounterMetricFamily:
     family = CounterMetricFamily(name, doc, labels=labels)
-    for key, value in sorted(values.items()):
-        family.add_metric(_split(key), float(value))  # type: ignore[arg-type]
+    shown: dict[str, float] = dict.fromkeys(known or (), 0.0)
+    shown.update((key, float(value)) for key, value in values.items())
+    for key, value in sorted(shown.items()):
+        family.add_metric(_split(key), value)
     return family
 
 
@@ -307,3 +360,27 @@ def _histogram(name: str, doc: str, values: dict[str, Histogram]) -> HistogramMe
             buckets.append((bound, float(cumulative)))
         family.add_metric([capability], buckets, histogram.total)
     return family
+
+
+OUTCOMES = ("finalized", "terminated", "cancelled", "rejected")
+TERMINATION_REASONS = (
+    "token_cap",
+    "cost_cap",
+    "max_iterations",
+    "deadline",
+    "step_failed",
+    "invalid_output",
+)
+DEAD_LETTER_SOURCES = ("orchestrator", "projections")
+
+
+def known_label_sets(*, tenants: frozenset[str] | None, streams: list[str]) -> dict[str, list[str]]:
+    """The label sets every scrape shows, at 0 until their first event."""
+    return {
+        "jetagent_workflows": [
+            _key(tenant, outcome) for tenant in sorted(tenants or ()) for outcome in OUTCOMES
+        ],
+        "jetagent_workflow_terminations": list(TERMINATION_REASONS),
+        "jetagent_dead_letters": list(DEAD_LETTER_SOURCES),
+        "jetagent_projection_poison_messages": list(streams),
+    }

@@ -31,10 +31,13 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from jetagent.config import Settings
 from jetagent.events import Started, decode_events, decode_step_result
+from jetagent.models import ModelCatalog
 from jetagent.provision import provision
 from jetagent.sessions import SessionView, apply_step_result, apply_workflow_message
 from projections.checkpoints import CheckpointStore
-from projections.costs import LiveGauges, MetricsCollector, MetricsState
+from projections.costs import LiveGauges, MetricsCollector, MetricsState, known_label_sets
+from projections.labels import LabelPolicy
+from projections.poison import PoisonMessage, PoisonReporter, checked_result, workflow_of
 
 __all__ = ["Checkpoint", "ProjectionService"]
 
@@ -74,7 +77,10 @@ class ProjectionService:
         *,
         checkpoint_events: int = 5000,
         checkpoint_interval_s: float = 1.0,
+        catalog: ModelCatalog | None = None,
     ) -> None:
+        """``catalog``: the models whose names are label values (default: the one
+        ``settings.models`` names, as the workers load it)."""
         self.nc = nc
         self.settings = settings
         self.names = settings.names
@@ -94,8 +100,11 @@ class ProjectionService:
         self._rebuilding = False
         self._rebuilt: set[str] = set()
         self._stored_until = 1 << 63  # a JA_WORKFLOWS sequence; set when processing starts
+        self.labels = _label_policy(settings, catalog)
+        self.poison = PoisonReporter(self.js, self.names)
+        known = known_label_sets(tenants=self.labels.tenants, streams=list(self.streams))
         self.registry = CollectorRegistry()
-        self.registry.register(MetricsCollector(self.metrics, self.live))
+        self.registry.register(MetricsCollector(self.metrics, self.live, known=known))
 
     @property
     def streams(self) -> dict[str, str]:
@@ -168,7 +177,7 @@ class ProjectionService:
         try:
             if stream == self._workflows_stream:
                 events = decode_events(data)
-                workflow_id = events[0].workflow_id
+                workflow_id = workflow_of(events)
                 new = seq > self._stored_until and isinstance(events[0], Started)
                 view = self._view_now(workflow_id, new=new)
                 if view is None:
@@ -176,19 +185,25 @@ class ProjectionService:
                 if apply_workflow_message(view, events, seq):
                     self._dirty.add(workflow_id)
                 for event in events:
-                    self.metrics.apply_workflow_event(event)
+                    self.metrics.apply_workflow_event(event, self.labels)
             elif stream == self._steps_stream:
-                result = decode_step_result(data)
+                result = checked_result(decode_step_result(data))
                 view = self._view_now(result.workflow_id)
                 if view is None:
                     return result.workflow_id
                 if apply_step_result(view, result, seq):
                     self._dirty.add(result.workflow_id)
-                self.metrics.apply_step_result(result)
+                self.metrics.apply_step_result(result, self.labels)
             else:
-                self.metrics.apply_dead_letter(subject.rsplit(".", 1)[-1])
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            log.warning("skipping unreadable message %s:%d (%s)", stream, seq, exc)
+                self.metrics.apply_dead_letter(subject.rsplit(".", 1)[-1], self.labels)
+        except Exception as exc:
+            # Whatever a stored message holds, it must not stop the projection: it is
+            # skipped, counted and dead-lettered (projections/poison.py). The checks run
+            # before a fold changes anything; a fold that fails half-way (a bug, not bad
+            # input) leaves its view unsaved until the next change.
+            reason = str(exc) if isinstance(exc, PoisonMessage) else _describe(exc)
+            self.metrics.apply_poison(stream)
+            self.poison.found(stream, seq, subject, reason)
         positions[stream] = seq
         self._since_checkpoint += 1
         return None
@@ -282,6 +297,8 @@ class ProjectionService:
                             self._apply_now(*args)
                         done += 1
                         budget -= 1
+                    if self.poison.queued:
+                        await self.poison.flush()
                     if progress is not None:
                         progress(done, total)
                     if self._since_checkpoint < self.checkpoint_events:
@@ -307,6 +324,7 @@ class ProjectionService:
             for subscription in subscriptions:
                 with contextlib.suppress(NatsError):
                     await subscription.unsubscribe()
+        await self.poison.flush()
         await self.checkpoint()
         if progress is not None:
             progress(done, total)
@@ -332,14 +350,28 @@ class ProjectionService:
 
     async def _circuits(self) -> dict[str, int]:
         circuits: dict[str, int] = {}
+        bucket = self.names.bucket("REGISTRY")
+        # The status keys are read from the bucket's stream (one request that lists the
+        # subjects), not with ``kv.keys(filters=…)``: in nats-py 2.16 that raises
+        # NoKeysError when nothing matches and logs a warning on every call.
+        prefix = f"$KV.{bucket}."
         try:
-            registry = await self.js.key_value(self.names.bucket("REGISTRY"))
-            keys = await registry.keys(filters=["status.>"])
+            registry = await self.js.key_value(bucket)
+            info = await self.js.stream_info(f"KV_{bucket}", subjects_filter=prefix + "status.>")
         except (NatsError, NotFoundError, BucketNotFoundError):
             return circuits
+        keys = [subject[len(prefix) :] for subject in info.state.subjects or {}]
         now = time.time()
         for key in keys:
-            with contextlib.suppress(KeyNotFoundError, NotFoundError, msgspec.DecodeError):
+            # A report that cannot be read (a foreign or old writer) is left out.
+            with contextlib.suppress(
+                KeyNotFoundError,
+                NotFoundError,
+                msgspec.DecodeError,
+                KeyError,
+                TypeError,
+                ValueError,
+            ):
                 report = msgspec.json.decode((await registry.get(key)).value or b"{}")
                 if now - float(report.get("at", 0)) > 60:
                     continue  # a worker that stopped reporting
@@ -384,6 +416,12 @@ class ProjectionService:
     async def rebuild(self, progress: Progress | None = None) -> int:
         """Replay every stream from sequence 0 into fresh views and totals; return events."""
         await provision(self.nc, self.settings, consumers=False)
+        # What the live service read before was dead-lettered then, if it was poison.
+        previous = Checkpoint()
+        with contextlib.suppress(msgspec.DecodeError, msgspec.ValidationError):
+            _, checkpoints = await self._buckets()
+            previous = _checkpoint_decoder.decode(await checkpoints.load() or b"{}")
+        self.poison.reported_until = dict(previous.positions)
         self._rebuilding = True
         self._rebuilt = set()
         self.positions = {}
@@ -399,6 +437,20 @@ class ProjectionService:
             self._rebuilding = False
             self.checkpoint_events, self.checkpoint_interval_s = saved
         return sum(self.positions.values())
+
+
+def _label_policy(settings: Settings, catalog: ModelCatalog | None) -> LabelPolicy:
+    try:
+        catalog = catalog or ModelCatalog.load(settings.models)
+        models: frozenset[str] | None = frozenset(catalog.models)
+    except Exception:  # the services that route already refuse a bad catalog at start
+        models = None
+    return LabelPolicy(tenants=settings.tenant_set, models=models)
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0][:200] if str(exc) else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _stream_seq(reply: str) -> int:

@@ -338,8 +338,10 @@ async def test_hedges_follow_the_configured_count_and_delay(
         [third] = backup.requests
         # Each hedge went out about delay_s after the one before (generous upper bounds:
         # the box is loaded), and none before.
-        assert 0.3 <= second.at - started < 1.5
-        assert 0.3 <= third.at - second.at < 1.5
+        # Arrival times at the server: each request's own transit jitters the gaps a
+        # little either way, so allow a few tens of ms below the configured delay.
+        assert 0.25 <= second.at - started < 1.5
+        assert 0.25 <= third.at - second.at < 1.5
         assert [(a.model, a.outcome, a.hedge) for a in result.attempts] == [
             ("gpt-slow", "cancelled", False),
             ("claude-slow", "cancelled", True),

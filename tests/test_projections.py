@@ -62,9 +62,14 @@ async def _caught_up(service: ProjectionService) -> bool:
 
 
 async def _views(settings: Settings, nc: Any) -> dict[str, dict[str, Any]]:
-    kv = await nc.jetstream().key_value(settings.names.bucket("SESSIONS"))
+    bucket = settings.names.bucket("SESSIONS")
+    kv = await nc.jetstream().key_value(bucket)
+    # The keys from the bucket's stream in one request: kv.keys() is a watcher that, on
+    # a loaded box, can give up before its first message and raise NoKeysError.
+    prefix = f"$KV.{bucket}."
+    info = await nc.jetstream().stream_info(f"KV_{bucket}", subjects_filter=prefix + ">")
     views = {}
-    for key in await kv.keys():
+    for key in (subject[len(prefix) :] for subject in info.state.subjects or {}):
         views[key] = msgspec.to_builtins(
             msgspec.json.decode((await kv.get(key)).value, type=SessionView)
         )

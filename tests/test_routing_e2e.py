@@ -70,7 +70,7 @@ async def test_failover_is_recorded_in_events_views_and_metrics(
         assert len(anthropic.requests) == 1
 
         # An SRE replaying the streams sees the same story in the projections.
-        projections = ProjectionService(client.nc, settings)
+        projections = ProjectionService(client.nc, settings, catalog=catalog)
         await projections.rebuild()
         view = await client.session(wid)
         assert view.steps[0].model == "claude-mid"

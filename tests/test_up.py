@@ -73,3 +73,105 @@ def _healthy(url: str, timeout: float = 30.0) -> bool:
             pass
         time.sleep(0.1)
     return False
+
+
+def _children(pid: int) -> set[int]:
+    found: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        text = (task / "children").read_text().split()
+        found.update(int(child) for child in text)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie waiting for a reaper has stopped running)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    state = next(line for line in status.splitlines() if line.startswith("State:"))
+    return "zombie" not in state and "(dead)" not in state
+
+
+def _servers_on(folder: Path) -> list[int]:
+    """nats-server processes whose configuration lives in ``folder``."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if (
+            cmdline
+            and cmdline[0].endswith(b"nats-server")
+            and str(folder).encode() in b" ".join(cmdline)
+        ) and _alive(int(proc.name)):
+            pids.append(int(proc.name))
+    return pids
+
+
+def test_a_second_up_is_refused_and_a_killed_up_leaves_no_children(tmp_path: Path) -> None:
+    """Issue 9, item 10: `up` locks its data folder; SIGKILL of `up` kills its children."""
+    from tests.support.cli import JETAGENT, cli_env, run_cli
+
+    data = tmp_path / "data"
+    env = cli_env(
+        None, JETAGENT_METRICS_PORT=str(free_port()), JETAGENT_GATEWAY_PORT=str(free_port())
+    )
+    env.pop("JETAGENT_TENANTS")
+    process = subprocess.Popen(
+        [str(JETAGENT), "up", "--data-dir", str(data)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    assert process.stdout is not None
+    children: set[int] = set()
+    try:
+        lines: list[str] = []
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            line = process.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if "jetagent is up" in line:
+                break
+        assert "jetagent is up" in "".join(lines), "".join(lines)
+        children = _children(process.pid)
+        assert len(children) == 7, children  # nats-server and six services
+        assert len(_servers_on(data)) == 1
+
+        # A second `up` on the same folder: refused in one line, no second server.
+        second = run_cli("up", "--data-dir", str(data), env=env, timeout=60)
+        assert second.returncode != 0, second.stdout
+        assert f"is in use by process {process.pid}" in second.stderr, second.stderr
+        assert [line for line in second.stderr.splitlines() if line.strip()] == [
+            second.stderr.strip()
+        ]
+        assert "Traceback" not in second.stdout + second.stderr
+        assert "embedded nats-server" not in second.stdout
+        assert len(_servers_on(data)) == 1
+
+        # SIGKILL of `up` alone (not its group): no cleanup code runs, yet every child
+        # goes (the kernel's parent-death signal).
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and any(_alive(child) for child in children):
+            time.sleep(0.1)
+        assert not [child for child in children if _alive(child)]
+        assert _servers_on(data) == []
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        for child in children:
+            if _alive(child):
+                os.kill(child, signal.SIGKILL)
+        process.stdout.close()

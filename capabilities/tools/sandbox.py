@@ -10,9 +10,10 @@ needed (the service runs as an ordinary user; README "Sandbox" and "Threat model
 - Landlock: read-only access to the Python installation and system libraries,
   read-write to its own folder, nothing else; no TCP (ABI >= 4); no signals or abstract
   UNIX sockets beyond itself (ABI >= 6);
-- a seccomp-bpf filter compiled per run (`_seccomp.py`): no sockets, no new processes or
-  programs, no ptrace or other processes' memory, no pidfds, signals to itself only, no
-  limits raised, no mounts, namespaces or io_uring;
+- a seccomp-bpf filter compiled per run (`_seccomp.py`): no sockets (UNIX stream pairs
+  only), no new processes or programs, no ptrace or other processes' memory, no pidfds,
+  signals to itself only (no SIGIO owners either), no limits raised, no mounts,
+  namespaces or io_uring, no modes, owners, times or attributes changed by path;
 - no_new_privs; resource limits (CPU, address space, file size, open files); as root,
   every capability dropped;
 - every descriptor closed but a result pipe, which the service reads as untrusted input
@@ -47,7 +48,7 @@ from capabilities.tools._sandbox_process import (
     ALLOW_WEAKER_ENV,
     CHILD,
     SnippetProcess,
-    remove_tree,
+    remove_tree_off_loop,
     size_text,
 )
 
@@ -178,7 +179,7 @@ async def _run(code: str, *, limits: SandboxLimits, stdin: str, guards: bool) ->
         status, cpu = await run.finish()
     finally:
         run.close()
-        remove_tree(work)
+        await remove_tree_off_loop(work)
     return _result(run, limits, stopped=stopped, status=status, cpu=cpu, started=started)
 
 
@@ -261,7 +262,7 @@ def _probe() -> tuple[tuple[str, bool | str], ...]:
             await run.finish()
         finally:
             run.close()
-            remove_tree(work)
+            await remove_tree_off_loop(work)
         return _parse_layers(run.channel.records()[0])
 
     # A loop of its own, in a thread: callable with or without a running loop.

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from jetagent.cli import _connect, _run, _settings, app, console, err
+from jetagent.cli import _connect, _run, _settings, app, console, err, fail
 
 __all__ = ["dlq", "inspect", "replay", "tail"]
 
@@ -30,8 +30,7 @@ def inspect(
         finally:
             await client.close()
         if view.last_workflow_seq == 0:
-            err.print(f"[red]no workflow {workflow_id}[/]")
-            return 1
+            raise fail(f"no workflow {workflow_id}", 1)
         if as_json:
             import msgspec
 
@@ -74,8 +73,8 @@ def replay(
         finally:
             await nc.close()
         if not report.events:
-            err.print(f"[red]no workflow {workflow_id}[/]")
-            return 1
+            invalid = f" ({len(report.skipped)} messages there are not valid events)"
+            raise fail(f"no workflow {workflow_id}" + (invalid if report.skipped else ""), 1)
         for event in report.events:
             console.print(f"{event.at:%H:%M:%S.%f} {describe(event)}", highlight=False)
         if verify:
@@ -120,12 +119,25 @@ def tail(
                 ordered_consumer=True,
                 config=ConsumerConfig(deliver_policy=DeliverPolicy.NEW),
             )
+            err.print(
+                f"following every event of {settings.names.workflows_stream} (Ctrl-C stops)",
+                highlight=False,
+            )
             while not stop.is_set():
                 try:
                     msg = await sub.next_msg(timeout=0.5)
-                except Exception:
+                except TimeoutError:  # nats-py's is one too: nothing new in 0.5 s
                     continue
-                for event in decode_events(msg.data):
+                try:
+                    events = decode_events(msg.data)
+                except Exception as exc:  # anyone may publish there: say so, go on
+                    console.print(
+                        f"[dim]{msg.subject}[/] [red]not a valid event[/] "
+                        f"({type(exc).__name__}); skipped",
+                        highlight=False,
+                    )
+                    continue
+                for event in events:
                     who = getattr(event, "tenant", None)
                     if who:
                         tenants[event.workflow_id] = who
@@ -164,7 +176,13 @@ def dlq(
         if not records:
             console.print("no dead letters")
         for record in records:
-            body = msgspec.json.decode(record.data)
+            try:
+                body = msgspec.json.decode(record.data)
+            except msgspec.DecodeError:
+                body = None
+            if not isinstance(body, dict):  # not written by jetagent: shown as it is
+                console.print(f"[bold]#{record.seq}[/] {record.subject}: {record.data[:200]!r}")
+                continue
             console.print(
                 f"[bold]#{record.seq}[/] {record.subject}: {body.get('subject', '')} "
                 f"(stream seq {body.get('stream_seq')}, {body.get('deliveries', '?')} deliveries)"

@@ -33,7 +33,8 @@ def describe(event: WorkflowEvent) -> str:
     match event:
         case Started():
             return (
-                f"[bold]started[/] for tenant {event.tenant}: {event.request['instruction'][:80]!r}"
+                f"[bold]started[/] for tenant {event.tenant}: "
+                f"{str(event.request.get('instruction', ''))[:80]!r}"
             )
         case StepScheduled():
             what = event.capability + (f" → {event.tool}" if event.tool else "")

@@ -3,7 +3,9 @@
 Each service is its own process (its own failure domain, as in production), started
 with the same ``jetagent`` command a deployment would run; their output is prefixed with
 the service's name. Ctrl-C (or SIGTERM) stops the services first (SIGTERM, so workers
-finish their steps), then the server.
+finish their steps), then the server. The data folder is locked for as long as the
+server runs, and every child gets SIGTERM from the kernel if ``up`` itself is killed
+(``jetagent._process``).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from jetagent._process import die_with_parent
 from jetagent.config import Settings
 from jetagent.embedded import EmbeddedServer
 
@@ -50,6 +53,7 @@ class ServiceProcess:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=die_with_parent(),  # forked by the loop's (main) thread
         )
 
     async def pump(self) -> int:
@@ -134,7 +138,10 @@ class Platform:
             self.console.print(f"using NATS at [bold]{self.url}[/] (NATS_URL)")
         else:
             data_dir = _absolute(self.settings.data_dir)
-            self.server = await asyncio.to_thread(EmbeddedServer(data_dir / "nats").start)
+            # Started from this (the main) thread, not a worker thread: the kernel's
+            # parent-death signal follows the thread that forked the server.
+            server = EmbeddedServer(data_dir / "nats", die_with_parent=True)
+            self.server = server.start()
             self.url = self.server.url
             self.console.print(
                 f"embedded nats-server: [bold]{self.url}[/]  "

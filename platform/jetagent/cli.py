@@ -4,6 +4,11 @@
 (as deployments do); ``submit`` and ``watch`` talk to it; ``provision`` and ``schemas``
 prepare it. Each command owns one event loop (``asyncio.run``) and stops cleanly on
 Ctrl-C / SIGTERM.
+
+An expected failure (no server, a bad URL, an unknown id, a platform not provisioned,
+bad arguments) ends a command with one line on stderr and a non-zero status (README,
+"Command line"): every ``JetagentError``, and nats-py / pydantic errors translated by
+``jetagent._translate``. A traceback means a bug.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -26,6 +31,8 @@ from jetagent.errors import ConfigError, JetagentError
 
 __all__ = ["app", "main"]
 
+T = TypeVar("T")
+
 app = typer.Typer(
     name="jetagent",
     help="AI agents as event-sourced microservices on NATS JetStream.",
@@ -34,7 +41,54 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 console = Console()
-err = Console(stderr=True)
+# soft_wrap: an error is one line however narrow the terminal (a wrapped line reads as two).
+err = Console(stderr=True, soft_wrap=True)
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    """Print one error line; return the ``typer.Exit`` to raise."""
+    from rich.markup import escape
+
+    err.print(f"[red]error:[/] {escape(message)}", highlight=False)
+    return typer.Exit(code)
+
+
+class Stopped(JetagentError):
+    """Ctrl-C or SIGTERM ended a wait."""
+
+
+class GaveUp(JetagentError):
+    """A wait ran out of time."""
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
+async def until_stopped(work: Awaitable[T], stop: asyncio.Event, timeout: float | None) -> T:
+    """``work``'s result; ``Stopped`` on Ctrl-C/SIGTERM, ``GaveUp`` after ``timeout`` s."""
+    task = asyncio.ensure_future(work)
+    stopper = asyncio.ensure_future(stop.wait())
+    try:
+        done, _ = await asyncio.wait(
+            {task, stopper}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+        )
+    finally:
+        for pending in (task, stopper):
+            if not pending.done():
+                pending.cancel()
+                # Bounded: nats-py can swallow a cancel that lands inside its subscribe
+                # (a watch stopped at once then waited forever); what is left is
+                # cancelled again when the loop closes.
+                await asyncio.wait({pending}, timeout=5)
+                # Such a task ends when the connection closes; its error is expected.
+                pending.add_done_callback(_retrieve)
+    if task in done:
+        return task.result()
+    if stopper in done:
+        raise Stopped("stopped")
+    raise GaveUp(f"gave up after {timeout} s")
 
 
 def _settings() -> Settings:
@@ -45,12 +99,14 @@ def _settings() -> Settings:
 
 
 def _need_url(settings: Settings) -> str:
+    from jetagent._translate import check_nats_url
+
     if not settings.nats_url:
         raise ConfigError(
             "NATS_URL is not set: start the platform with `jetagent up` (it prints the URL) "
             "or point NATS_URL at your NATS server"
         )
-    return settings.nats_url
+    return check_nats_url(settings.nats_url)
 
 
 def _logging(verbose: bool = False) -> None:
@@ -78,16 +134,37 @@ def _run(main: Callable[[asyncio.Event], Awaitable[int | None]], *, service: str
             loop.add_signal_handler(sig, stop.set)
         return await main(stop)
 
-    _fast_event_loop()
+    from jetagent._translate import translate
+
+    if service in _SERVICES:
+        _fast_event_loop()
     try:
         code = asyncio.run(runner())
+    except typer.Exit:
+        raise
     except JetagentError as exc:
-        err.print(f"[red]error:[/] {exc}")
-        raise typer.Exit(2) from None
+        raise fail(str(exc)) from None
+    except Exception as exc:
+        # The last edge: a dependency's error no inner edge translated.
+        translated = translate(exc, prefix=_prefix())
+        if translated is None:
+            raise  # a bug: the traceback is the useful output
+        raise fail(str(translated)) from None
     finally:
         if provider is not None:
             provider.shutdown()  # flush spans still batched
     raise typer.Exit(code or 0)
+
+
+_SERVICES = frozenset({"up", "orchestrator", "worker", "projections"})
+"""Commands that serve, and run on uvloop for throughput; the others are short-lived or
+wait for a person, gain nothing from it, and keep asyncio's own loop."""
+
+
+def _prefix() -> str:
+    import os
+
+    return os.environ.get("JETAGENT_PREFIX", "ja")
 
 
 def _fast_event_loop() -> None:
@@ -129,6 +206,9 @@ def up(
     settings = _settings()
     if data_dir is not None:
         settings = settings.model_copy(update={"data_dir": data_dir})
+
+    if settings.nats_url:
+        _need_url(settings)  # a bad NATS_URL is said before anything starts
 
     async def main(stop: asyncio.Event) -> int:
         platform = Platform(
@@ -281,7 +361,11 @@ def submit(
     if deadline is not None:
         limits["deadline_s"] = deadline
 
-    async def main(stop: asyncio.Event) -> int:
+    import pydantic
+
+    from jetagent._translate import invalid_request
+
+    try:
         request = WorkflowRequest.model_validate(
             {
                 "instruction": instruction,
@@ -290,32 +374,60 @@ def submit(
                 **({"model_preferences": {"models": model}} if model else {}),
             }
         )
+    except pydantic.ValidationError as exc:
+        raise fail(str(invalid_request(exc))) from None
+
+    async def main(stop: asyncio.Event) -> int:
         client = Client(await _connect(settings, "jetagent.cli"), settings)
         try:
             workflow_id = await client.submit(request)
             console.print(workflow_id)
             if not wait:
                 return 0
-            from jetagent._render import follow
-
-            ok = await asyncio.wait_for(follow(client, workflow_id, console), timeout)
-            return 0 if ok else 1
+            return await _follow(client, workflow_id, stop, timeout)
         finally:
             await client.close()
 
     _run(main, service="submit")
 
 
+async def _follow(
+    client: Any,
+    workflow_id: str,
+    stop: asyncio.Event,
+    timeout: float | None,
+    *,
+    tokens: bool = False,
+) -> int:
+    """Follow a workflow to its end: 0 if it finalized; one line and 1 if it did not end
+    within ``timeout``, 130 on Ctrl-C/SIGTERM. ``tokens``: the model's text too."""
+    from jetagent._render import follow
+    from jetagent._render_tokens import follow_with_tokens
+
+    following = (follow_with_tokens if tokens else follow)(client, workflow_id, console)
+    try:
+        ok = await until_stopped(following, stop, timeout)
+    except Stopped:
+        err.print(f"stopped watching workflow {workflow_id}", highlight=False)
+        return 130
+    except GaveUp:
+        started = bool(await client.events(workflow_id))
+        what = "did not end" if started else "did not start"
+        raise fail(f"workflow {workflow_id} {what} within {timeout:g} s", 1) from None
+    return 0 if ok else 1
+
+
 @app.command()
 def watch(
     workflow_id: str,
+    timeout: Annotated[
+        float | None, typer.Option(help="Give up after this many seconds (default: never).")
+    ] = None,
     tokens: Annotated[
         bool, typer.Option("--tokens", help="Print the model's text as it is produced.")
     ] = False,
 ) -> None:
-    """Print a workflow's events as they happen, until it ends."""
-    from jetagent._render import follow
-    from jetagent._render_tokens import follow_with_tokens
+    """Print a workflow's events as they happen, until it ends (Ctrl-C stops)."""
     from jetagent.client import Client
 
     settings = _settings()
@@ -323,9 +435,14 @@ def watch(
     async def main(stop: asyncio.Event) -> int:
         client = Client(await _connect(settings, "jetagent.cli"), settings)
         try:
-            if tokens:
-                return 0 if await follow_with_tokens(client, workflow_id, console) else 1
-            return 0 if await follow(client, workflow_id, console) else 1
+            if not await client.events(workflow_id):
+                limit = f" for up to {timeout:g} s" if timeout is not None else ""
+                console.print(
+                    f"waiting for workflow {workflow_id} to start{limit} "
+                    "(nothing recorded under that id yet; Ctrl-C stops)",
+                    highlight=False,
+                )
+            return await _follow(client, workflow_id, stop, timeout, tokens=tokens)
         finally:
             await client.close()
 
@@ -343,8 +460,7 @@ def schemas(
     if check:
         stale = stale_files(out)
         if stale:
-            err.print("[red]stale schemas:[/] " + ", ".join(stale) + " (run `jetagent schemas`)")
-            raise typer.Exit(1)
+            raise fail("stale schemas: " + ", ".join(stale) + " (run `jetagent schemas`)", 1)
         console.print("schemas are up to date")
         return
     for path in write_schemas(out):
@@ -391,11 +507,13 @@ def projections_rebuild() -> None:
             with Progress(
                 TextColumn("[bold]rebuilding[/]"),
                 BarColumn(),
-                TextColumn("{task.completed:,} of {task.total:,} events"),
+                TextColumn("{task.completed:,} of {task.total:,.0f} events"),
                 TimeRemainingColumn(),
                 console=console,
             ) as bar:
-                task = bar.add_task("rebuild", total=None)
+                # The total is known once the streams are asked; 0 until then (a None
+                # total cannot be formatted by the column above).
+                task = bar.add_task("rebuild", total=0)
 
                 def progress(done: int, total: int) -> None:
                     bar.update(task, completed=done, total=total)
@@ -408,6 +526,12 @@ def projections_rebuild() -> None:
                 f"rebuilt {len(service.views):,} session views from stream positions "
                 f"{service.positions} in {elapsed:.1f} s"
             )
+            poison = sum(service.metrics.poison.values())
+            if poison:
+                console.print(
+                    f"skipped {poison:,} poison messages (not valid events); "
+                    "`jetagent dlq` lists them"
+                )
         finally:
             await nc.close()
 
@@ -430,8 +554,8 @@ import jetagent._cli_ops  # noqa: E402, F401
 def main() -> None:
     try:
         app()
-    except ConfigError as exc:
-        err.print(f"[red]error:[/] {exc}")
+    except JetagentError as exc:  # raised before a command's event loop (settings, args)
+        fail(str(exc))
         sys.exit(2)
 
 

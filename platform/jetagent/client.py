@@ -1,5 +1,8 @@
 """The client SDK: submit requests and follow their workflows.
 
+Every error it raises is a ``jetagent.errors.JetagentError``: nats-py and pydantic errors
+are translated here, at its edge (``jetagent._translate``).
+
 Submission is separate from retrieval (the seed article's contract): ``submit()``
 returns the workflow id at once; ``result()``, ``watch()`` and ``session()`` give the
 outcome. Everything about a request appears under ``<prefix>.wf.<request_id>.>``.
@@ -22,9 +25,16 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from opentelemetry.trace import SpanKind
 
 from jetagent import telemetry
+from jetagent._translate import check_nats_url, nats_errors
 from jetagent.config import Settings
 from jetagent.contract import Status, WorkflowRequest
-from jetagent.errors import ConfigError, RequestRejectedError
+from jetagent.errors import (
+    ConfigError,
+    InvalidRequestError,
+    NotProvisionedError,
+    RequestRejectedError,
+    WorkflowTimeoutError,
+)
 from jetagent.events import (
     Cancelled,
     CancelRequested,
@@ -152,6 +162,7 @@ class Client:
         target = url or settings.nats_url
         if not target:
             raise ConfigError("no NATS URL: pass one, or set NATS_URL (see `jetagent up`)")
+        check_nats_url(target)
         nc = await connect(
             target,
             name="jetagent.client",
@@ -174,6 +185,8 @@ class Client:
 
         reader = self._readers.get(stream)
         if reader is None:
+            with nats_errors(prefix=self.names.prefix):
+                await self.js.stream_info(stream)  # a missing stream, said as such
             reader = self._readers[stream] = DirectGetter(self.nc, stream, timeout=5.0)
             await reader.open()
         return reader
@@ -197,10 +210,16 @@ class Client:
 
         Publishing the same ``request_id`` again starts no second workflow.
         """
-        if request is None:
-            if instruction is None:
-                raise ValueError("submit() needs a WorkflowRequest or an instruction")
-            request = WorkflowRequest(instruction=instruction, tenant=tenant, **fields)
+        with nats_errors(prefix=self.names.prefix):
+            if request is None:
+                if instruction is None:
+                    raise InvalidRequestError(
+                        ["submit() needs a WorkflowRequest or an instruction"]
+                    )
+                request = WorkflowRequest(instruction=instruction, tenant=tenant, **fields)
+            return await self._publish_request(request)
+
+    async def _publish_request(self, request: WorkflowRequest) -> str:
         body = request.model_dump_json(exclude_none=True).encode()
         attributes = {"jetagent.workflow_id": request.request_id, "jetagent.tenant": request.tenant}
         with telemetry.span("jetagent submit", kind=SpanKind.PRODUCER, attributes=attributes):
@@ -213,15 +232,17 @@ class Client:
 
     async def watch(self, workflow_id: str) -> AsyncGenerator[WorkflowEvent, None]:
         """Every event of a workflow, from its first, as they happen; ends after the last."""
-        sub = await self.js.subscribe(
-            self.names.workflow(workflow_id),
-            stream=self.names.workflows_stream,
-            ordered_consumer=True,
-            config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL),
-        )
+        with nats_errors(prefix=self.names.prefix):
+            sub = await self.js.subscribe(
+                self.names.workflow(workflow_id),
+                stream=self.names.workflows_stream,
+                ordered_consumer=True,
+                config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL),
+            )
         try:
             while True:
-                msg = await sub.next_msg(timeout=None)
+                with nats_errors(prefix=self.names.prefix):
+                    msg = await sub.next_msg(timeout=None)
                 for event in _readable_events(msg.data):
                     yield event
                     if isinstance(event, _FINAL):
@@ -247,28 +268,39 @@ class Client:
 
     async def result(self, workflow_id: str, timeout: float | None = 60.0) -> WorkflowResult:
         """Wait for the workflow's end. Raises ``RequestRejectedError`` for a rejected request
-        and ``TimeoutError`` if it has not ended within ``timeout`` seconds."""
+        and ``WorkflowTimeoutError`` (a ``TimeoutError``) if it has not ended within
+        ``timeout`` seconds."""
         last = await self._last_event(workflow_id)
         if last is not None and (ended := _ended(last)) is not None:
             return ended  # already ended: one direct get, no consumer
         # aclosing: the watch's consumer is removed now, not when the generator is collected.
-        async with asyncio.timeout(timeout), contextlib.aclosing(self.watch(workflow_id)) as events:
-            async for event in events:
-                if (ended := _ended(event)) is not None:
-                    return ended
+        try:
+            async with (
+                asyncio.timeout(timeout),
+                contextlib.aclosing(self.watch(workflow_id)) as events,
+            ):
+                async for event in events:
+                    if (ended := _ended(event)) is not None:
+                        return ended
+        except TimeoutError as exc:
+            if isinstance(exc, WorkflowTimeoutError):
+                raise
+            raise WorkflowTimeoutError(workflow_id, timeout) from None
         raise RuntimeError("the event stream ended without a final event")  # pragma: no cover
 
     async def cancel(self, workflow_id: str, *, reason: str = "", by: str = "") -> None:
         """Ask for the workflow to be cancelled (recorded as ``Cancelled``)."""
         event = CancelRequested(workflow_id=workflow_id, reason=reason, by=by)
-        await self.js.publish(self.names.cancel(workflow_id), encode(event))
+        with nats_errors(prefix=self.names.prefix):
+            await self.js.publish(self.names.cancel(workflow_id), encode(event))
 
     async def signal(
         self, workflow_id: str, name: str, payload: dict[str, Any] | None = None, *, by: str = ""
     ) -> None:
         """Send a named signal (``approval`` resolves an ``ApprovalRequested``)."""
         event = SignalSent(workflow_id=workflow_id, name=name, payload=payload or {}, by=by)
-        await self.js.publish(self.names.signal(workflow_id, name), encode(event))
+        with nats_errors(prefix=self.names.prefix):
+            await self.js.publish(self.names.signal(workflow_id, name), encode(event))
 
     async def approve(
         self,
@@ -315,12 +347,15 @@ class Client:
         from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NotFoundError
 
         try:
-            kv = await self.js.key_value(self.names.bucket("SESSIONS"))
-            entry = await kv.get(workflow_id)
+            with nats_errors(prefix=self.names.prefix):
+                kv = await self.js.key_value(self.names.bucket("SESSIONS"))
+                entry = await kv.get(workflow_id)
             if entry.value:
                 return msgspec.json.decode(entry.value, type=SessionView)
         except (BucketNotFoundError, KeyNotFoundError, NotFoundError):
             pass
+        except NotProvisionedError:
+            pass  # no projection bucket: fold the view from the streams
         return await self.fold_session(workflow_id)
 
     async def fold_session(self, workflow_id: str) -> SessionView:

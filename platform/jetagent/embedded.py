@@ -10,6 +10,7 @@ Errors::
      ├── ServerBinaryNotFoundError   the wheel's binary is not installed
      ├── PortInUseError              the requested port is taken
      ├── StoreDirNotWritableError    the store folder cannot be written
+     ├── DataDirLockedError          another process runs a server on the store folder
      └── ServerStartError            the process exited or did not become ready
 """
 
@@ -32,7 +33,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from jetagent._process import FolderLock, die_with_parent
+from jetagent.errors import JetagentError
+
 __all__ = [
+    "DataDirLockedError",
     "EmbeddedCluster",
     "EmbeddedServer",
     "EmbeddedServerError",
@@ -47,7 +52,7 @@ __all__ = [
 LOOPBACK = "127.0.0.1"
 
 
-class EmbeddedServerError(RuntimeError):
+class EmbeddedServerError(JetagentError, RuntimeError):
     """Base class of the errors raised while running an embedded nats-server."""
 
 
@@ -72,6 +77,19 @@ class StoreDirNotWritableError(EmbeddedServerError):
     def __init__(self, path: Path, reason: str) -> None:
         super().__init__(f"the JetStream store folder {path} is not writable: {reason}")
         self.path = path
+
+
+class DataDirLockedError(EmbeddedServerError):
+    """Another process (a running ``jetagent up``) owns the store folder."""
+
+    def __init__(self, path: Path, holder: int | None) -> None:
+        who = f"process {holder}" if holder else "another process"
+        super().__init__(
+            f"the data folder {path} is in use by {who} (a running `jetagent up`?): "
+            "stop it first, or choose another folder with --data-dir"
+        )
+        self.path = path
+        self.holder = holder
 
 
 class ServerStartError(EmbeddedServerError):
@@ -162,7 +180,11 @@ class EmbeddedServer:
     ready_timeout: float = 20.0
     extra_config: str = ""
     """Extra nats-server configuration text appended to the generated config."""
+    die_with_parent: bool = False
+    """Have the kernel SIGTERM the server if this process dies (``jetagent up``); start
+    it from a thread that lives as long as the process (jetagent._process)."""
     _process: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
+    _lock: FolderLock | None = field(default=None, init=False, repr=False)
 
     @property
     def url(self) -> str:
@@ -216,6 +238,21 @@ class EmbeddedServer:
             return self
         binary = find_server_binary()
         _check_writable(self.store_dir)
+        # One server per store folder: the lock is taken before anything starts, and
+        # the server inherits it (held until it exits, even if this process dies).
+        if self._lock is not None:
+            self._lock.release()
+        lock = FolderLock(self.store_dir)
+        if not lock.acquire():
+            raise DataDirLockedError(self.store_dir, lock.holder)
+        self._lock = lock
+        try:
+            return self._start(binary, lock)
+        except BaseException:
+            self._release()
+            raise
+
+    def _start(self, binary: Path, lock: FolderLock) -> EmbeddedServer:
         if self.port is None:
             self.port = free_port()
         elif not _port_is_free(self.port):
@@ -238,6 +275,8 @@ class EmbeddedServer:
                 # Its own process group: Ctrl-C in a terminal goes to jetagent, which
                 # stops the server in order instead of racing it.
                 start_new_session=True,
+                pass_fds=(lock.fd,) if lock.fd is not None else (),
+                preexec_fn=die_with_parent() if self.die_with_parent else None,
             )
         finally:
             log.close()
@@ -296,6 +335,12 @@ class EmbeddedServer:
                 process.kill()
                 process.wait()
         self._process = None
+        self._release()
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     def kill(self) -> None:
         """Stop the server with SIGKILL, as a crash would (for fault-injection tests)."""
@@ -306,6 +351,7 @@ class EmbeddedServer:
             process.kill()
         process.wait()
         self._process = None
+        self._release()
 
     def __enter__(self) -> EmbeddedServer:
         return self.start()

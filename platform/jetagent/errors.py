@@ -1,17 +1,32 @@
-"""The errors of jetagent, one tree (STYLE.md)::
+"""The errors of jetagent, one tree (STYLE.md): everything the client, the CLI and the
+services raise on purpose is a ``JetagentError``::
 
     JetagentError
      ├── ConfigError                 bad settings or configuration files, found at start
+     ├── InvalidRequestError         a request that fails validation before it is sent
+     ├── UnavailableError            NATS unreachable, or no answer in time
+     │    └── StoreUnavailableError  (jetagent.store; also eventsourcing's OperationalError)
+     ├── NotProvisionedError         a stream or bucket the platform needs does not exist
+     ├── WorkflowNotFoundError       no workflow has this id
+     ├── WorkflowTimeoutError        ``Client.result()`` waited ``timeout`` (also TimeoutError)
      ├── CapabilityError             raised by a capability handler; decides the retry
      │    ├── TransientError         try again (after ``retry_after`` seconds, if given)
      │    │    └── RateLimitedError  the provider said "slow down": retried, not a failure
      │    └── PermanentError         retrying cannot help: the step fails at once
      ├── RequestRejectedError        the platform refused a request (reasons attached)
-     └── WorkflowFailedError         ``Client.result()`` of a terminated workflow
+     ├── WorkflowFailedError         ``Client.result()`` of a terminated workflow
+     ├── (jetagent.store)            StreamConfigError, WriteTooLargeError, StoreConflictError
+     │                               (also eventsourcing's PEP 249 names), ConcurrencyConflict
+     ├── (jetagent.embedded)         EmbeddedServerError and its kinds (also RuntimeError),
+     │                               DataDirLockedError
+     └── (projections.checkpoints)   CheckpointError (also RuntimeError)
 
 A capability raises ``TransientError(retry_after=...)`` or ``PermanentError(...)``; the
 worker runtime alone turns them into ``nak(delay)``, a failed ``StepResult`` or a dead
-letter. Errors from dependencies (nats-py, httpx) are translated where they happen.
+letter. Errors from dependencies (nats-py, pydantic, httpx) are translated where they
+happen: the client's edge (``jetagent.client``), the store, the provider adapters. Where
+a library's base class must stay (callers of eventsourcing catch its names), an error
+derives from both.
 """
 
 from __future__ import annotations
@@ -23,12 +38,17 @@ from .llm import Usage
 __all__ = [
     "CapabilityError",
     "ConfigError",
+    "InvalidRequestError",
     "JetagentError",
+    "NotProvisionedError",
     "PermanentError",
     "RateLimitedError",
     "RequestRejectedError",
     "TransientError",
+    "UnavailableError",
     "WorkflowFailedError",
+    "WorkflowNotFoundError",
+    "WorkflowTimeoutError",
 ]
 
 
@@ -38,6 +58,42 @@ class JetagentError(Exception):
 
 class ConfigError(JetagentError):
     """Settings or a configuration file are invalid; the message says which and why."""
+
+
+class InvalidRequestError(JetagentError, ValueError):
+    """A request (or a command's arguments) fails validation; ``reasons`` lists why.
+
+    Also a ``ValueError``: code that validated requests before this tree existed
+    caught that."""
+
+    def __init__(self, reasons: list[str]) -> None:
+        super().__init__("invalid request: " + "; ".join(reasons))
+        self.reasons = reasons
+
+
+class UnavailableError(JetagentError):
+    """The NATS server could not be reached, or did not answer in time."""
+
+
+class NotProvisionedError(JetagentError):
+    """A stream or bucket the platform needs is missing (run ``jetagent provision``)."""
+
+
+class WorkflowNotFoundError(JetagentError, LookupError):
+    """No workflow (and no rejected request) has this id."""
+
+    def __init__(self, workflow_id: str) -> None:
+        super().__init__(f"no workflow {workflow_id}")
+        self.workflow_id = workflow_id
+
+
+class WorkflowTimeoutError(JetagentError, TimeoutError):
+    """The workflow did not end within the time waited (it may still end later)."""
+
+    def __init__(self, workflow_id: str, timeout: float | None) -> None:
+        super().__init__(f"workflow {workflow_id} did not end within {timeout} s")
+        self.workflow_id = workflow_id
+        self.timeout = timeout
 
 
 class CapabilityError(JetagentError):

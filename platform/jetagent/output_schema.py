@@ -23,6 +23,8 @@ from jsonschema.protocols import Validator
 from referencing import Registry
 from referencing.jsonschema import DRAFT202012
 
+from jetagent.errors import JetagentError
+
 __all__ = ["InvalidOutputSchema", "compile_output_schema", "output_schema_problems"]
 
 _ROOT = "urn:jetagent:output-schema"
@@ -30,7 +32,7 @@ _TRIALS: tuple[Any, ...] = (None, True, 0, 1.5, "", [], {})
 _REF_KEYS = ("$ref", "$dynamicRef")
 
 
-class InvalidOutputSchema(ValueError):
+class InvalidOutputSchema(JetagentError, ValueError):
     """The schema cannot be used; ``problems`` says why (each one line)."""
 
     def __init__(self, problems: list[str]) -> None:

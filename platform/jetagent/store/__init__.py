@@ -48,7 +48,12 @@ from ._aggregates import AggregateStream, Appended, ConcurrencyConflict, NewReco
 from ._async import EVENTS, SNAPSHOTS, AsyncStore, StoreSettings
 from ._client import FastHeaderClient
 from ._direct import DirectGetter, Record
-from ._errors import StoreUnavailableError, StreamConfigError, WriteTooLargeError
+from ._errors import (
+    StoreConflictError,
+    StoreUnavailableError,
+    StreamConfigError,
+    WriteTooLargeError,
+)
 from ._loop import LoopThread, shared_loop
 from ._recorders import (
     NatsAggregateRecorder,
@@ -76,6 +81,7 @@ __all__ = [
     "NatsTrackingRecorder",
     "NewRecord",
     "Record",
+    "StoreConflictError",
     "StoreSettings",
     "StoreUnavailableError",
     "StreamConfigError",
@@ -109,8 +115,13 @@ async def connect(
     credentials file; ``user`` and ``password`` (read from a file by the caller) log in
     to a server with user/password authorization."""
 
+    connected = False
+
     async def on_error(exc: Exception) -> None:
-        log.warning("NATS connection %s: %s", name, exc)
+        # Before the first connection the raised StoreUnavailableError says it all; a
+        # warning per attempt would only repeat it.
+        if connected:
+            log.warning("NATS connection %s: %s", name, exc)
 
     try:
         # nats-py retries a first connection forever when reconnects are unlimited:
@@ -129,6 +140,7 @@ async def connect(
             error_cb=on_error,
         )
         nc.options["max_reconnect_attempts"] = -1
+        connected = True
         return nc
     except Exception as exc:
         raise StoreUnavailableError(

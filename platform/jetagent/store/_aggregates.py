@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 
 from nats.aio.client import Client as NATS
 
+from jetagent.errors import JetagentError
+
 from ._direct import DirectGetter, Record
 from ._errors import StoreUnavailableError, WriteTooLargeError
 from ._writes import (
@@ -39,7 +41,7 @@ _H_EXPECT_SUBJ = "Nats-Expected-Last-Subject-Sequence-Subject"
 _MAX_BATCH = 1000
 
 
-class ConcurrencyConflict(Exception):
+class ConcurrencyConflict(JetagentError):
     """The aggregate moved on since the writer's view; ``actual`` is its last sequence."""
 
     def __init__(self, aggregate_id: str, expected: int, actual: int | None) -> None:

@@ -30,13 +30,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgspec
-from eventsourcing.persistence import IntegrityError, Notification, StoredEvent, Tracking
+from eventsourcing.persistence import Notification, StoredEvent, Tracking
 from nats.aio.client import Client as NATS
 from nats.errors import Error as NatsError
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from ._direct import DirectGetter, Record
-from ._errors import StoreUnavailableError, WriteTooLargeError
+from ._errors import StoreConflictError, StoreUnavailableError, WriteTooLargeError
 from ._streams import ensure_stream, load_definition
 from ._subjects import SubjectLayout
 from ._writes import (
@@ -149,7 +149,7 @@ class AsyncStore:
         for event in stored_events:
             key = (str(event.originator_id), event.originator_version)
             if key in seen:
-                raise IntegrityError(
+                raise StoreConflictError(
                     f"the write holds version {event.originator_version} of "
                     f"{event.originator_id} twice"
                 )
@@ -198,7 +198,7 @@ class AsyncStore:
         while True:
             current = await self._cached_max_tracking(upstream)
             if current is not None and tracking.notification_id <= current:
-                raise IntegrityError(
+                raise StoreConflictError(
                     f"tracking record {upstream}:{tracking.notification_id} is not after "
                     f"the newest one recorded ({current})"
                 )
@@ -254,7 +254,7 @@ class AsyncStore:
             if found is not None:
                 return found
             await self._raise_conflict(stored_events, tracking, kind)
-        raise IntegrityError(
+        raise StoreConflictError(
             f"stream {self.settings.stream!r} refused the write: "
             f"{outcome.error.description} (error {outcome.error.err_code})"
         )
@@ -283,13 +283,13 @@ class AsyncStore:
                 self.layout.version_filter(kind, event.originator_id, event.originator_version)
             )
             if existing is not None:
-                raise IntegrityError(
+                raise StoreConflictError(
                     f"version {event.originator_version} of {event.originator_id} "
                     "is already recorded"
                 )
         if tracking is not None:
             raise _StalePosition
-        raise IntegrityError("the write conflicted with another write")
+        raise StoreConflictError("the write conflicted with another write")
 
     # ------------------------------------------------------------------ reads
 
