@@ -144,7 +144,7 @@ def test_a_second_up_is_refused_and_a_killed_up_leaves_no_children(tmp_path: Pat
                 break
         assert "jetagent is up" in "".join(lines), "".join(lines)
         children = _children(process.pid)
-        assert len(children) == 7, children  # nats-server and six services
+        assert len(children) == 8, children  # nats-server and seven services (gateway too)
         assert len(_servers_on(data)) == 1
 
         # A second `up` on the same folder: refused in one line, no second server.
