@@ -16,6 +16,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from jetagent.errors import JetagentError
+
 __all__ = ["PROBLEM_JSON", "Problem", "ProblemError", "install_handlers", "problem_response"]
 
 log = logging.getLogger("jetagent.gateway")
@@ -42,8 +44,8 @@ class Problem(BaseModel):
     errors: list[FieldProblem] | None = None
 
 
-class ProblemError(Exception):
-    """Raised by a route to answer with a problem."""
+class ProblemError(JetagentError):
+    """Raised by a route to answer with a problem (never leaves the gateway)."""
 
     def __init__(
         self,
