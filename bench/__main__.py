@@ -25,6 +25,7 @@ SUITE_MODULES = [
     "bench.engine",
     "bench.projections",
     "bench.capabilities",
+    "bench.gateway",
     "bench.delivery",
     "bench.comparison",
 ]

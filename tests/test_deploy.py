@@ -27,6 +27,7 @@ def test_compose_describes_the_whole_topology() -> None:
     services = _compose()["services"]
     expected = {"nats-1", "nats-2", "nats-3", "provision", "orchestrator", "reasoning"}
     expected |= {"tools", "summarize", "memory", "projections", "prometheus", "grafana", "jaeger"}
+    expected |= {"gateway"}
     assert expected <= set(services)
 
 

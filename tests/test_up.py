@@ -16,7 +16,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_up_starts_everything_and_ctrl_c_stops_it(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "NATS_URL"}
+    gateway_port = free_port()
     env.update(JETAGENT_METRICS_PORT=str(free_port()), COLUMNS="200", PYTHONUNBUFFERED="1")
+    env.update(
+        JETAGENT_GATEWAY_PORT=str(gateway_port), JETAGENT_GATEWAY_TOKENS="tok-up-12345=default"
+    )
     process = subprocess.Popen(
         [sys.executable, "-m", "jetagent.cli", "up", "--data-dir", str(tmp_path / "data")],
         cwd=ROOT,
@@ -40,8 +44,12 @@ def test_up_starts_everything_and_ctrl_c_stops_it(tmp_path: Path) -> None:
         output = "".join(lines)
         assert "jetagent is up" in output, output
         assert "embedded nats-server: nats://127.0.0.1:" in output
-        for service in ("orchestrator", "reasoning", "tools", "summarize", "memory", "projections"):
+        services = ("orchestrator", "reasoning", "tools", "summarize", "memory", "projections")
+        for service in (*services, "gateway"):
             assert f"started {service}" in output, output
+        # The gateway is listed with its URL, and answers there.
+        assert f"gateway: http://127.0.0.1:{gateway_port}" in output, output
+        assert _healthy(f"http://127.0.0.1:{gateway_port}/healthz"), output
         # Ctrl-C: the terminal sends SIGINT to the foreground process group.
         os.killpg(process.pid, signal.SIGINT)
         rest, _ = process.communicate(timeout=60)
@@ -51,6 +59,20 @@ def test_up_starts_everything_and_ctrl_c_stops_it(tmp_path: Path) -> None:
             process.wait()
     assert process.returncode == 0, rest
     assert "nats-server stopped" in rest
+
+
+def _healthy(url: str, timeout: float = 30.0) -> bool:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    return False
 
 
 def _children(pid: int) -> set[int]:
@@ -95,7 +117,9 @@ def test_a_second_up_is_refused_and_a_killed_up_leaves_no_children(tmp_path: Pat
     from tests.support.cli import JETAGENT, cli_env, run_cli
 
     data = tmp_path / "data"
-    env = cli_env(None, JETAGENT_METRICS_PORT=str(free_port()))
+    env = cli_env(
+        None, JETAGENT_METRICS_PORT=str(free_port()), JETAGENT_GATEWAY_PORT=str(free_port())
+    )
     env.pop("JETAGENT_TENANTS")
     process = subprocess.Popen(
         [str(JETAGENT), "up", "--data-dir", str(data)],
@@ -120,7 +144,7 @@ def test_a_second_up_is_refused_and_a_killed_up_leaves_no_children(tmp_path: Pat
                 break
         assert "jetagent is up" in "".join(lines), "".join(lines)
         children = _children(process.pid)
-        assert len(children) == 7, children  # nats-server and six services
+        assert len(children) == 8, children  # nats-server and seven services (gateway too)
         assert len(_servers_on(data)) == 1
 
         # A second `up` on the same folder: refused in one line, no second server.

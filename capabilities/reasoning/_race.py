@@ -22,6 +22,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
+from typing import Any
 
 from jetagent.errors import (
     CapabilityError,
@@ -33,6 +34,7 @@ from jetagent.llm import Completion, Message, ToolSpec, Usage
 from jetagent.models import ModelCatalog, ModelConfig
 
 from ._policy import GatewayDefaults, LatencyWindow, seconds
+from ._streaming import StreamGate
 from .breakers import BreakerRegistry, Permit
 from .providers import Provider
 from .records import Attempt, AttemptOutcome, RoutingDecision, UsageStatus
@@ -56,6 +58,8 @@ class CallContext:
     deadline: float | None = None
     """``loop.time()`` by which every call must have ended (the workflow's deadline,
     less the time the step needs to report); ``None`` without a deadline."""
+    stream: StreamGate | None = None
+    """Where streamed text goes (only the winner's counts); ``None``: no streaming."""
     on_call: OnCall | None = None
     """Awaited with every ``Attempt`` once, as it settles: the worker journals it, so
     the call's usage is recorded even if the step's run dies before it ends."""
@@ -107,15 +111,21 @@ class HedgedCaller:
         ``allowance`` distinct models (``first`` included) are called."""
         result = RaceResult()
         runs: dict[asyncio.Task[Completion], _Run] = {}
+        keys: dict[asyncio.Task[Completion], int] = {}
         settled: dict[asyncio.Task[Completion], Attempt] = {}
         reported: set[asyncio.Task[Completion]] = set()
         options = self._options(first.model)
         failed: set[str] = set()
 
         def start(candidate: Candidate, permit: Permit, *, hedge: bool) -> None:
-            task = asyncio.create_task(
-                self._complete(candidate, ctx), name=f"jetagent llm {candidate.model.name}"
+            key, on_delta = (
+                ctx.stream.open(candidate.model.name) if ctx.stream is not None else (0, None)
             )
+            task = asyncio.create_task(
+                self._complete(candidate, ctx, key, on_delta),
+                name=f"jetagent llm {candidate.model.name}",
+            )
+            keys[task] = key
             runs[task] = _Run(
                 candidate=candidate, permit=permit, hedge=hedge, started=time.monotonic()
             )
@@ -199,6 +209,19 @@ class HedgedCaller:
         await self._report(ctx, settled, reported)
         # Attempts in the order the calls started, however they finished.
         result.attempts.extend(settled[t] for t in runs if t in settled)
+        if ctx.stream is not None:
+            winner = next(
+                (
+                    keys[t]
+                    for t in runs
+                    if t.done()
+                    and not t.cancelled()
+                    and t.exception() is None
+                    and t.result() is result.completion
+                ),
+                None,
+            )
+            await ctx.stream.settle(winner if result.completion is not None else None)
         return result
 
     @staticmethod
@@ -215,7 +238,26 @@ class HedgedCaller:
                 reported.add(task)
                 await ctx.on_call(attempt)
 
-    async def _complete(self, candidate: Candidate, ctx: CallContext) -> Completion:
+    async def _complete(
+        self,
+        candidate: Candidate,
+        ctx: CallContext,
+        key: int = 0,
+        on_delta: Callable[[str], Awaitable[None]] | None = None,
+    ) -> Completion:
+        try:
+            return await self._call(candidate, ctx, on_delta)
+        except BaseException:
+            if ctx.stream is not None:
+                ctx.stream.lost(key)
+            raise
+
+    async def _call(
+        self,
+        candidate: Candidate,
+        ctx: CallContext,
+        on_delta: Callable[[str], Awaitable[None]] | None,
+    ) -> Completion:
         model = candidate.model
         provider = self._providers[model.provider]
         limit, source = self._defaults.total_timeout(model)
@@ -226,6 +268,17 @@ class HedgedCaller:
         deadline = asyncio.timeout(limit)
         try:
             async with deadline:
+                if on_delta is not None and getattr(provider, "streams", False):
+                    # Only adapters that declare it take on_delta (the offline one doesn't).
+                    streaming: Any = provider
+                    completion: Completion = await streaming.complete(
+                        model,
+                        ctx.messages,
+                        tools=ctx.tools,
+                        max_tokens=candidate.max_tokens,
+                        on_delta=on_delta,
+                    )
+                    return completion
                 return await provider.complete(
                     model, ctx.messages, tools=ctx.tools, max_tokens=candidate.max_tokens
                 )

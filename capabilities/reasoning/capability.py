@@ -18,6 +18,7 @@ from typing import Any
 
 import msgspec
 
+from capabilities.reasoning._streaming import StreamGate
 from capabilities.reasoning.gateway import ModelGateway
 from capabilities.reasoning.offline import OfflineProvider, compact_rounds
 from capabilities.reasoning.records import Attempt, GatewayResult
@@ -27,6 +28,7 @@ from jetagent.errors import CapabilityError
 from jetagent.events import CallRecord, RoutingDecision
 from jetagent.llm import Completion, Message, ToolSpec
 from jetagent.models import ModelCatalog, ModelConfig
+from jetagent.token_stream import TokenPublisher
 
 __all__ = ["reasoning_capabilities"]
 
@@ -173,7 +175,14 @@ def reasoning_capabilities(
             completion, calls, routing = await _offline_call(
                 catalog.get(data["models"][0]), messages, tools, max_tokens
             )
+            # Its answer is instant: streamed as one piece, so watchers see the same shape.
+            live = TokenPublisher.for_step(step)
+            await live.delta(completion.text, model=completion.model)
+            await live.done()
         else:
+            # Text streams live on core NATS while the call runs (README "Streaming
+            # tokens"); the record below is built from the Completion alone.
+            gate = StreamGate(TokenPublisher.for_step(step), replaces=step.deliveries > 1)
             reported = _StepCalls(step)
             try:
                 result = await gw.call(
@@ -185,11 +194,14 @@ def reasoning_capabilities(
                     remaining_usd=_budget(data.get("remaining_usd")),
                     deadline_s=_left(step),
                     origin=_origin(step),
+                    stream=gate,
                     on_call=reported,
                 )
             except CapabilityError as exc:
                 reported.mark(exc)
                 raise
+            finally:
+                await gate.finish()
             completion = result.completion
             _trace_calls(result, max_tokens)
             calls, routing = reported.of(result)

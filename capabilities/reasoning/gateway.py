@@ -42,6 +42,7 @@ from ._failures import short as _short
 from ._policy import GatewayDefaults, HedgeTarget, LatencyWindow
 from ._race import CallContext, HedgedCaller, OnCall, RaceResult
 from ._retry import REPORT_RESERVE_S, RetryBudget
+from ._streaming import StreamGate
 from .breakers import BreakerRegistry, BreakerSettings, BreakerState
 from .providers import AnthropicProvider, HttpSettings, OpenAIProvider, Provider
 from .records import Attempt, GatewayResult, RoutingDecision
@@ -172,12 +173,14 @@ class ModelGateway:
         remaining_usd: Decimal | None,
         deadline_s: float | None = None,
         origin: str = "",
+        stream: StreamGate | None = None,
         on_call: OnCall | None = None,
     ) -> GatewayResult:
         """Ask the best usable model in ``models`` (first preferred) for the next turn.
 
         ``deadline_s`` is what is left of the workflow's deadline: no call or retry
         runs past it. ``origin`` names the caller in log lines ("workflow W step S").
+        ``stream`` receives the answer's text live (only the winning call's).
         ``on_call`` is awaited with each ``Attempt`` (answered, failed, rate limited,
         cancelled) once, as soon as that provider call has settled, before the call goes
         on (a retry wait, a failover); it is given the very objects of the result's
@@ -208,6 +211,7 @@ class ModelGateway:
             remaining_tokens=remaining_tokens,
             remaining_usd=remaining_usd,
             deadline=deadline,
+            stream=stream,
             on_call=on_call,
         )
         attempts: list[Attempt] = []

@@ -87,12 +87,16 @@ class ServiceProcess:
 
 
 def default_services(
-    *, replicas: int = 1, projections: bool = True, dedicated: Sequence[str] | None = None
+    *,
+    replicas: int = 1,
+    projections: bool = True,
+    dedicated: Sequence[str] | None = None,
+    gateway: bool = True,
 ) -> list[ServiceProcess]:
     """The orchestrator, every capability's workers, one ``worker tools --only NAME``
     per dedicated tool (``dedicated``; default: the configured ones, found by importing
-    ``JETAGENT_TOOLS`` — a ConfigError if it cannot be, so nothing starts half-served)
-    and the projections."""
+    ``JETAGENT_TOOLS`` — a ConfigError if it cannot be, so nothing starts half-served),
+    the projections and (``gateway``) the HTTP gateway."""
     if dedicated is None:
         from jetagent.services import dedicated_tool_names
 
@@ -109,6 +113,8 @@ def default_services(
             services.append(ServiceProcess(f"tools-{tool}{suffix}", args))
     if projections:
         services.append(ServiceProcess("projections", ["projections", "run"]))
+    if gateway:
+        services.append(ServiceProcess("gateway", ["gateway"]))
     for i, service in enumerate(services):
         service.color = _COLORS[i % len(_COLORS)]
     return services
@@ -152,6 +158,8 @@ class Platform:
             self.console.print(f"started [{service.color}]{service.name}[/] (pid {pid})")
         if any(s.args[0] == "projections" for s in self.services):
             self.console.print(f"metrics: http://127.0.0.1:{self.settings.metrics_port}/metrics")
+        if any(s.args[0] == "gateway" for s in self.services):
+            self.console.print(f"gateway: {_gateway_url()} (JETAGENT_GATEWAY_TOKENS)")
 
     async def _provision(self) -> None:
         from jetagent.provision import provision
@@ -224,6 +232,13 @@ class Platform:
         if self.server is not None:
             await asyncio.to_thread(self.server.stop)
             self.console.print("nats-server stopped")
+
+
+def _gateway_url() -> str:
+    from jetagent.gateway import GatewaySettings
+
+    http = GatewaySettings()
+    return f"http://{http.addr}:{http.port}"
 
 
 def _absolute(path: Path) -> Path:

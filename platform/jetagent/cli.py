@@ -293,6 +293,30 @@ def worker(
 
 
 @app.command()
+def gateway(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
+    """The HTTP gateway: the request contract, session views and live events over HTTP."""
+    from jetagent.gateway import GatewaySettings, serve
+
+    _logging(verbose)
+    settings = _settings()
+    try:
+        http = GatewaySettings()
+    except Exception as exc:
+        raise ConfigError(f"invalid gateway configuration: {exc}") from exc
+
+    async def main(stop: asyncio.Event) -> None:
+        from jetagent.client import Client
+
+        client = Client(await _connect(settings, "jetagent.gateway"), settings)
+        try:
+            await serve(client, http, stop)
+        finally:
+            await client.close()
+
+    _run(main, service="gateway")
+
+
+@app.command()
 def provision() -> None:
     """Create (or check) every stream, consumer and bucket the platform needs."""
     from jetagent.provision import provision as apply
@@ -367,13 +391,22 @@ def submit(
     _run(main, service="submit")
 
 
-async def _follow(client: Any, workflow_id: str, stop: asyncio.Event, timeout: float | None) -> int:
+async def _follow(
+    client: Any,
+    workflow_id: str,
+    stop: asyncio.Event,
+    timeout: float | None,
+    *,
+    tokens: bool = False,
+) -> int:
     """Follow a workflow to its end: 0 if it finalized; one line and 1 if it did not end
-    within ``timeout``, 130 on Ctrl-C/SIGTERM."""
+    within ``timeout``, 130 on Ctrl-C/SIGTERM. ``tokens``: the model's text too."""
     from jetagent._render import follow
+    from jetagent._render_tokens import follow_with_tokens
 
+    following = (follow_with_tokens if tokens else follow)(client, workflow_id, console)
     try:
-        ok = await until_stopped(follow(client, workflow_id, console), stop, timeout)
+        ok = await until_stopped(following, stop, timeout)
     except Stopped:
         err.print(f"stopped watching workflow {workflow_id}", highlight=False)
         return 130
@@ -390,6 +423,9 @@ def watch(
     timeout: Annotated[
         float | None, typer.Option(help="Give up after this many seconds (default: never).")
     ] = None,
+    tokens: Annotated[
+        bool, typer.Option("--tokens", help="Print the model's text as it is produced.")
+    ] = False,
 ) -> None:
     """Print a workflow's events as they happen, until it ends (Ctrl-C stops)."""
     from jetagent.client import Client
@@ -406,7 +442,7 @@ def watch(
                     "(nothing recorded under that id yet; Ctrl-C stops)",
                     highlight=False,
                 )
-            return await _follow(client, workflow_id, stop, timeout)
+            return await _follow(client, workflow_id, stop, timeout, tokens=tokens)
         finally:
             await client.close()
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncGenerator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -52,6 +52,7 @@ from jetagent.sessions import SessionView, apply_step_result, apply_workflow_mes
 
 if TYPE_CHECKING:
     from jetagent.store import DirectGetter
+    from jetagent.token_stream import TokenDelta
 
 __all__ = ["Client", "SessionView", "SyncClient", "WorkflowResult"]
 
@@ -256,6 +257,14 @@ class Client:
             if consumer:
                 with contextlib.suppress(NatsError, TimeoutError):
                     await self.js.delete_consumer(self.names.workflows_stream, consumer)
+
+    def stream(self, workflow_id: str) -> AsyncIterator[TokenDelta]:
+        """The model's text as the workflow's reasoning steps produce it (``TokenDelta``s
+        on core NATS, from now on), until the workflow ends. Not part of the record: a
+        restart delta means another call's answer replaces what was shown."""
+        from jetagent.token_stream import stream_workflow
+
+        return stream_workflow(self, workflow_id)
 
     async def result(self, workflow_id: str, timeout: float | None = 60.0) -> WorkflowResult:
         """Wait for the workflow's end. Raises ``RequestRejectedError`` for a rejected request

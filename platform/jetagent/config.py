@@ -57,6 +57,11 @@ class Settings(BaseSettings):
     tenants: str = Field(
         "default,demo", description="Comma-separated tenants accepted; '*' accepts any."
     )
+    default_tenant: str = Field(
+        "default",
+        pattern=r"^[A-Za-z0-9_-]{1,64}$",
+        description="Tenant of a request that names none and whose subject names none.",
+    )
     max_request_bytes: int = Field(256 * 1024, ge=1024, description="Largest request body.")
     payload_threshold_bytes: int = Field(
         64 * 1024, ge=1024, description="Larger payloads go to the object store by reference."

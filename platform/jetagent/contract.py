@@ -3,6 +3,10 @@
 A request is JSON on ``<prefix>.request.<tenant>`` with ``Nats-Msg-Id`` set to its
 ``request_id``; ``schemas/workflow-request.schema.json`` describes it for any language.
 Validation collects *every* problem, so a rejected sender learns all of them at once.
+
+The seed article's own shape is accepted as it is (README "The request contract"): a
+string ``session_context`` names the session it continues, an omitted ``tenant`` is the
+subject's (or the configured default), ``capability_limits`` is a plain mapping.
 """
 
 from __future__ import annotations
@@ -13,9 +17,17 @@ import uuid
 from collections.abc import Collection, Mapping
 from decimal import Decimal
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    model_validator,
+)
 
 __all__ = [
     "ID_PATTERN",
@@ -27,6 +39,7 @@ __all__ = [
     "Status",
     "WorkflowRequest",
     "rejection_id",
+    "session_id_of",
     "validate_request",
 ]
 
@@ -109,6 +122,30 @@ class SessionContext(_Strict):
     facts: dict[str, str] = Field(default_factory=dict, max_length=200)
 
 
+def session_id_of(text: str) -> str:
+    """The session a string ``session_context`` names: the string itself when it is a valid
+    id, else a digest of it (same string, same session; it becomes a subject token)."""
+    if re.fullmatch(ID_PATTERN, text):
+        return text
+    return "h-" + hashlib.sha256(text.encode()).hexdigest()[:40]
+
+
+def _session_from_string(value: object) -> object:
+    # The article sends the session as a string; an empty one is no session at all.
+    if isinstance(value, str):
+        if len(value) > 4096:
+            raise ValueError("a session_context string is at most 4096 characters")
+        return {"session_id": session_id_of(value)} if value else {}
+    return value
+
+
+SessionContextField = Annotated[
+    SessionContext,
+    BeforeValidator(_session_from_string, json_schema_input_type=SessionContext | str),
+]
+"""``SessionContext``, or (the article's form) a string naming the session it continues."""
+
+
 class OutputFormat(_Strict):
     """The form of the final answer."""
 
@@ -119,13 +156,23 @@ class OutputFormat(_Strict):
     summarize: bool = Field(False, description="Add a summarisation step before finalizing.")
 
 
+def _tenant_optional(schema: dict[str, Any]) -> None:
+    # The article's requests carry no tenant: the subject (or the default) supplies it.
+    schema["required"] = [name for name in schema.get("required", []) if name != "tenant"]
+
+
 class WorkflowRequest(_Strict):
     """A request to run an agent workflow. The workflow's id is its ``request_id``."""
 
+    model_config = ConfigDict(extra="forbid", frozen=True, json_schema_extra=_tenant_optional)
+
     request_id: str = Field(default_factory=lambda: str(uuid.uuid4()), pattern=ID_PATTERN)
-    tenant: str = Field(pattern=ID_PATTERN)
+    tenant: str = Field(
+        pattern=ID_PATTERN,
+        description="Omitted: the tenant of the subject it is published on (or the default).",
+    )
     instruction: str = Field(min_length=1, max_length=100_000)
-    session_context: SessionContext = Field(default_factory=SessionContext)
+    session_context: SessionContextField = Field(default_factory=SessionContext)
     capability_limits: CapabilityLimits = Field(default_factory=CapabilityLimits)
     model_preferences: ModelPreferences = Field(default_factory=ModelPreferences)
     allowed_tools: list[str] | None = Field(
@@ -133,6 +180,14 @@ class WorkflowRequest(_Strict):
     )
     output: OutputFormat = Field(default_factory=OutputFormat)
     metadata: dict[str, str] = Field(default_factory=dict, max_length=32)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _tenant_from_context(cls, data: Any, info: ValidationInfo) -> Any:
+        tenant = (info.context or {}).get("tenant") if info.context else None
+        if isinstance(data, dict) and "tenant" not in data and tenant:
+            return {**data, "tenant": tenant}
+        return data
 
 
 def _describe(error: Any) -> str:
@@ -153,12 +208,14 @@ def validate_request(
     models: Collection[str],
     max_bytes: int,
     unserved: Mapping[str, str] | None = None,
+    default_tenant: str | None = None,
 ) -> tuple[WorkflowRequest | None, list[str]]:
     """Parse and check a request; return it, or ``None`` and every problem found.
 
     ``tenants`` / ``tools`` of ``None`` accept any tenant / any tool. ``unserved`` maps
     known tools that no running worker serves (dedicated tools whose pool is not up) to
     the command that would serve them: a request naming one is refused with that command.
+    A request without a tenant gets ``subject_tenant``, else ``default_tenant``.
     """
     problems: list[str] = []
     if len(raw) > max_bytes:
@@ -169,7 +226,9 @@ def validate_request(
     if nests_deeper_than(raw, MAX_DEPTH):
         return None, [f"the request is nested more than {MAX_DEPTH} levels deep"]
     try:
-        request = WorkflowRequest.model_validate_json(raw)
+        request = WorkflowRequest.model_validate_json(
+            raw, context={"tenant": subject_tenant or default_tenant}
+        )
     except ValidationError as exc:
         problems = [_describe(e) for e in exc.errors()]
         if any(e["type"] == "json_invalid" for e in exc.errors()):

@@ -70,7 +70,8 @@ async def run_demo(console: Console, data_dir: Path) -> int:
     settings = Settings(nats_url="", data_dir=data_dir, tenants="demo", metrics_port=free_port())
     platform = Platform(
         settings,
-        default_services(projections=True),
+        # No gateway: the demo talks NATS, and a fixed HTTP port could be taken.
+        default_services(projections=True, gateway=False),
         console=console,
         log_dir=data_dir / "logs",
     )

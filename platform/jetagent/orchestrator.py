@@ -322,6 +322,7 @@ class Orchestrator:
             models=set(self.catalog.models),
             max_bytes=self.settings.max_request_bytes,
             unserved=self.registry.unserved(),
+            default_tenant=self.settings.default_tenant,
         )
 
     async def _wait_for_tools(self, msg: Msg, names: set[str]) -> bool:

@@ -40,6 +40,9 @@ def generate() -> dict[str, str]:
             "$defs": components,
         }
         files[f"events/{name}.schema.json"] = _dump(document)
+    from jetagent.gateway import openapi_document  # the HTTP API's contract, generated too
+
+    files["openapi.json"] = openapi_document()
     from jetagent.dead_letter import DeadLetter
 
     (schema,), components = msgspec.json.schema_components([DeadLetter])

@@ -8,6 +8,12 @@ for every request after the queue: a provider that answers 429 forever, or hangs
 records every request with its headers. A reply's ``delay_s`` simulates a slow
 provider (``hang()`` one that never answers); closing the server cuts delays short.
 
+A request with ``"stream": true`` gets its scripted answer in the API's real streaming
+form (``text/event-stream``, chunked): OpenAI ``chat.completion.chunk`` events with the
+usage in the last chunk and ``[DONE]``; Anthropic's ``message_start`` …
+``message_stop`` events. ``chunk_delay_s`` paces the events (a fixed per-token delay)
+and ``cut_after`` drops the connection after that many events, as a broken stream does.
+
 Shapes follow the providers' API references:
 https://platform.openai.com/docs/api-reference/chat/object and
 https://docs.anthropic.com/en/api/messages (errors: /en/api/errors).
@@ -38,10 +44,12 @@ __all__ = [
     "Reply",
     "anthropic_error",
     "anthropic_message",
+    "anthropic_stream_events",
     "hang",
     "model_for",
     "openai_completion",
     "openai_error",
+    "openai_stream_events",
 ]
 
 
@@ -53,6 +61,24 @@ class Reply:
     body: bytes = b""
     headers: Mapping[str, str] = field(default_factory=dict)
     delay_s: float = 0.0
+    chunk_delay_s: float = 0.0
+    """For a streamed answer: the pause before each event."""
+    cut_after: int | None = None
+    """For a streamed answer: drop the connection after this many events."""
+    plain: bool = False
+    """Answer with the JSON body even when the request asks for a stream (as servers
+    that ignore ``stream`` do)."""
+
+    def paced(self, *, chunk_delay_s: float = 0.0, cut_after: int | None = None) -> Reply:
+        """This answer, streamed with a pause per event and/or cut after N events."""
+        return Reply(
+            status=self.status,
+            body=self.body,
+            headers=self.headers,
+            delay_s=self.delay_s,
+            chunk_delay_s=chunk_delay_s,
+            cut_after=cut_after,
+        )
 
     @classmethod
     def json(
@@ -192,6 +218,10 @@ class FakeLLMServer:
                 raise AssertionError(f"{len(self._requests)} requests arrived, wanted {count}")
             return list(self._requests)
 
+    def stream_events(self, answer: dict[str, Any]) -> list[bytes]:
+        """A scripted answer as this API's stream events (overridden per API)."""
+        raise NotImplementedError
+
     def error_reply(self, status: int, message: str) -> Reply:
         """An error answer in this API's format (overridden per API)."""
         return Reply.json({"error": message}, status=status)
@@ -229,12 +259,33 @@ class FakeLLMServer:
                 if reply.delay_s and fake._stop.wait(reply.delay_s):
                     self.close_connection = True
                     return
+                if reply.status == 200 and not reply.plain and _wants_stream(body):
+                    self._stream(reply, fake.stream_events(json.loads(reply.body)))
+                    return
                 self.send_response(reply.status)
                 for name, value in reply.headers.items():
                     self.send_header(name, value)
                 self.send_header("content-length", str(len(reply.body)))
                 self.end_headers()
                 self.wfile.write(reply.body)
+
+            def _stream(self, reply: Reply, events: list[bytes]) -> None:
+                self.send_response(200)
+                self.send_header("content-type", "text/event-stream")
+                self.send_header("transfer-encoding", "chunked")
+                self.end_headers()
+                for sent, event in enumerate(events):
+                    if reply.cut_after is not None and sent >= reply.cut_after:
+                        # No terminating chunk: the client sees the body end early.
+                        self.wfile.flush()
+                        self.close_connection = True
+                        return
+                    if reply.chunk_delay_s and fake._stop.wait(reply.chunk_delay_s):
+                        self.close_connection = True
+                        return
+                    self.wfile.write(f"{len(event):x}\r\n".encode() + event + b"\r\n")
+                    self.wfile.flush()
+                self.wfile.write(b"0\r\n\r\n")
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass  # keep test output clean
@@ -246,6 +297,9 @@ class FakeOpenAI(FakeLLMServer):
     """OpenAI-compatible ``POST /v1/chat/completions``."""
 
     endpoint = "/v1/chat/completions"
+
+    def stream_events(self, completion: dict[str, Any]) -> list[bytes]:
+        return openai_stream_events(completion)
 
     @property
     def base_url(self) -> str:
@@ -260,8 +314,100 @@ class FakeAnthropic(FakeLLMServer):
 
     endpoint = "/v1/messages"
 
+    def stream_events(self, message: dict[str, Any]) -> list[bytes]:
+        return anthropic_stream_events(message)
+
     def error_reply(self, status: int, message: str) -> Reply:
         return anthropic_error(status, message)
+
+
+def _wants_stream(body: bytes) -> bool:
+    try:
+        return bool(json.loads(body).get("stream"))
+    except (ValueError, AttributeError):
+        return False
+
+
+def _pieces(text: str) -> list[str]:
+    """Text as a model streams it: a word (with its leading space) per delta."""
+    words = text.split(" ")
+    return [w if i == 0 else " " + w for i, w in enumerate(words) if w or i == 0]
+
+
+def _sse(data: Any, event: str | None = None) -> bytes:
+    head = f"event: {event}\n" if event else ""
+    body = data if isinstance(data, str) else json.dumps(data)
+    return f"{head}data: {body}\n\n".encode()
+
+
+def openai_stream_events(completion: dict[str, Any]) -> list[bytes]:
+    """A chat.completion as the chat.completion.chunk events OpenAI streams: a role
+    chunk, a chunk per word, tool call fragments, the finish reason, then (as with
+    ``stream_options.include_usage``) a last chunk with empty choices and the usage."""
+    base = {k: completion.get(k) for k in ("id", "created", "model", "system_fingerprint")}
+    base["object"] = "chat.completion.chunk"
+    choice = completion["choices"][0]
+    message = choice["message"]
+
+    def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
+        return _sse({**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+
+    events = [chunk({"role": "assistant", "content": ""})]
+    events += [chunk({"content": piece}) for piece in _pieces(message.get("content") or "")]
+    for i, call in enumerate(message.get("tool_calls") or ()):
+        arguments = call["function"]["arguments"] or ""
+        half = len(arguments) // 2
+        first = {"id": call["id"], "type": "function"}
+        first["function"] = {"name": call["function"]["name"], "arguments": arguments[:half]}
+        events.append(chunk({"tool_calls": [{"index": i, **first}]}))
+        rest = {"index": i, "function": {"arguments": arguments[half:]}}
+        events.append(chunk({"tool_calls": [rest]}))
+    events.append(chunk({}, choice["finish_reason"]))
+    events.append(_sse({**base, "choices": [], "usage": completion.get("usage")}))
+    events.append(_sse("[DONE]"))
+    return events
+
+
+def anthropic_stream_events(message: dict[str, Any]) -> list[bytes]:
+    """A Messages ``message`` as the events Anthropic streams."""
+    usage = message.get("usage") or {}
+    start = {**message, "content": [], "stop_reason": None}
+    start["usage"] = {**usage, "output_tokens": 1}
+    events = [_sse({"type": "message_start", "message": start}, "message_start")]
+    events.append(_sse({"type": "ping"}, "ping"))
+    for index, block in enumerate(message.get("content") or ()):
+        if block["type"] == "text":
+            opened = {"type": "text", "text": ""}
+        else:
+            opened = {"type": "tool_use", "id": block["id"], "name": block["name"], "input": {}}
+        events.append(
+            _sse(
+                {"type": "content_block_start", "index": index, "content_block": opened},
+                "content_block_start",
+            )
+        )
+        if block["type"] == "text":
+            deltas = [{"type": "text_delta", "text": p} for p in _pieces(block["text"])]
+        else:
+            raw = json.dumps(block["input"])
+            half = len(raw) // 2
+            deltas = [
+                {"type": "input_json_delta", "partial_json": part}
+                for part in (raw[:half], raw[half:])
+            ]
+        for delta in deltas:
+            events.append(
+                _sse(
+                    {"type": "content_block_delta", "index": index, "delta": delta},
+                    "content_block_delta",
+                )
+            )
+        events.append(_sse({"type": "content_block_stop", "index": index}, "content_block_stop"))
+    final = {"type": "message_delta", "delta": {"stop_reason": message.get("stop_reason")}}
+    final["usage"] = {"output_tokens": usage.get("output_tokens", 0)}
+    events.append(_sse(final, "message_delta"))
+    events.append(_sse({"type": "message_stop"}, "message_stop"))
+    return events
 
 
 # -- OpenAI wire format ---------------------------------------------------------------

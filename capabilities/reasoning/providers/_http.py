@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import httpx
 import msgspec
@@ -33,7 +33,30 @@ from jetagent.models import ModelConfig
 from ._ratelimit import retry_after_s
 from ._secrets import Redactor, Secret, read_api_key
 
-__all__ = ["HttpProvider", "HttpSettings", "MalformedResponse", "decode_any"]
+__all__ = [
+    "DeltaSink",
+    "HttpProvider",
+    "HttpSettings",
+    "MalformedResponse",
+    "StreamParser",
+    "decode_any",
+]
+
+DeltaSink = Callable[[str], Awaitable[None]]
+"""Receives each piece of answer text as the provider streams it."""
+
+
+class StreamParser(Protocol):
+    """Folds one API's stream events into the ``Completion`` its plain answer gives."""
+
+    def feed(self, event: str, data: str) -> str:
+        """Take one event; return the text it adds."""
+        ...
+
+    def completion(self) -> Completion:
+        """The whole answer; raises MalformedResponse if the stream did not end."""
+        ...
+
 
 UsageStatus = Literal["reported", "not_reported", "unknown"]
 _MAX_MESSAGE = 500
@@ -76,6 +99,8 @@ class HttpProvider(ABC):
 
     name: str
     """Provider name as the catalog spells it."""
+    streams = True
+    """``complete`` takes ``on_delta`` and then uses the API's streaming form."""
 
     def __init__(
         self,
@@ -116,16 +141,27 @@ class HttpProvider(ABC):
         *,
         tools: Sequence[ToolSpec],
         max_tokens: int,
+        on_delta: DeltaSink | None = None,
     ) -> Completion:
-        """Send one request to ``model``'s endpoint and return its answer."""
+        """Send one request to ``model``'s endpoint and return its answer.
+
+        With ``on_delta`` the request asks for a stream and each piece of text goes to
+        ``on_delta`` as it arrives; the ``Completion`` (text, tool calls, the provider's
+        final usage report) is the same as without. A stream cut before its end raises
+        ``TransientError`` (usage unknown), as a cut plain answer would."""
         if not model.base_url:
             raise PermanentError(f"model {model.name} ({self.name}) has no base_url")
         key = read_api_key(model)
         redact = Redactor(key)
+        stream = on_delta is not None
         try:
-            body = msgspec.json.encode(self.request_body(model, messages, tools, max_tokens))
+            body = msgspec.json.encode(
+                self.request_body(model, messages, tools, max_tokens, stream=stream)
+            )
         except (TypeError, msgspec.EncodeError) as exc:
             raise PermanentError(f"cannot encode the request for {model.name}: {exc}") from None
+        if on_delta is not None:
+            return await self._stream(model, body, key, redact, on_delta)
         response = await self._send(model, body, key, redact)
         return self._handle(model, response, redact)
 
@@ -146,8 +182,14 @@ class HttpProvider(ABC):
         messages: Sequence[Message],
         tools: Sequence[ToolSpec],
         max_tokens: int,
+        *,
+        stream: bool = False,
     ) -> dict[str, Any]:
         """The JSON request body; raises PermanentError for messages the API cannot take."""
+
+    @abstractmethod
+    def stream_parser(self, model: ModelConfig) -> StreamParser:
+        """A fresh parser of this API's stream events."""
 
     @abstractmethod
     def parse_completion(self, model: ModelConfig, content: bytes) -> Completion:
@@ -188,6 +230,67 @@ class HttpProvider(ABC):
             )
         # Raised outside the except blocks, so no __context__ keeps the httpx error,
         # whose request still holds the key in its headers.
+        raise error
+
+    async def _stream(
+        self,
+        model: ModelConfig,
+        body: bytes,
+        key: Secret | None,
+        redact: Redactor,
+        on_delta: DeltaSink,
+    ) -> Completion:
+        from ._sse import iter_sse  # the parsers import this module
+
+        error: CapabilityError
+        try:
+            async with self._client.stream(
+                "POST",
+                self.url(model),
+                content=body,
+                headers=_with_extra(
+                    self.headers(key.reveal() if key is not None else None), model.headers
+                ),
+                timeout=self._timeout(model),
+            ) as response:
+                if not 200 <= response.status_code < 300:
+                    await response.aread()
+                    return self._handle(model, response, redact)  # raises the mapped error
+                if "event-stream" not in response.headers.get("content-type", ""):
+                    # A server that ignores "stream" (some proxies and local servers)
+                    # answers with the plain body: the same Completion, shown at once.
+                    await response.aread()
+                    completion = self._handle(model, response, redact)
+                    if completion.text:
+                        await on_delta(completion.text)
+                    return completion
+                parser = self.stream_parser(model)
+                try:
+                    async for event, data in iter_sse(response.aiter_lines()):
+                        text = parser.feed(event, data)
+                        if text:
+                            await on_delta(text)
+                    return parser.completion()
+                except MalformedResponse as bad:
+                    error = TransientError(
+                        f"{self.name} sent a malformed stream (HTTP {response.status_code}) "
+                        f"for {model.name}: {_clip(redact(bad.reason))}",
+                        usage=bad.usage,
+                        details=_details(
+                            self.name,
+                            status=response.status_code,
+                            usage_status="reported" if bad.usage is not None else "unknown",
+                        ),
+                    )
+        except httpx.HTTPError as exc:
+            # Includes a stream cut mid-way (RemoteProtocolError) and a silent one
+            # (ReadTimeout between chunks): usage unknown.
+            error = self._transport_error(model, exc, redact)
+        except (httpx.InvalidURL, UnicodeEncodeError) as exc:
+            error = PermanentError(
+                redact(f"cannot send a request for {model.name} to {self.name}: {exc}"),
+                details=_details(self.name, usage_status="not_reported"),
+            )
         raise error
 
     def _timeout(self, model: ModelConfig) -> httpx.Timeout:

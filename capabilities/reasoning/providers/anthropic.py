@@ -25,6 +25,7 @@ from jetagent.llm import Completion, Message, ToolCall, ToolSpec, Usage
 from jetagent.models import ModelConfig
 
 from ._http import HttpProvider, MalformedResponse, decode_any
+from ._sse import AnthropicStream
 
 __all__ = ["ANTHROPIC_VERSION", "AnthropicProvider"]
 
@@ -99,14 +100,18 @@ class AnthropicProvider(HttpProvider):
         messages: Sequence[Message],
         tools: Sequence[ToolSpec],
         max_tokens: int,
+        *,
+        stream: bool = False,
     ) -> dict[str, Any]:
-        """A non-streaming Messages request with the system prompt hoisted out."""
+        """A Messages request with the system prompt hoisted out (streamed if asked)."""
         system = "\n\n".join(m.content for m in messages if m.role == "system" and m.content)
         body: dict[str, Any] = {
             "model": model.name,
             "max_tokens": max_tokens,
             "messages": _turns(messages),
         }
+        if stream:
+            body["stream"] = True
         if system:
             body["system"] = system
         if tools:
@@ -115,6 +120,10 @@ class AnthropicProvider(HttpProvider):
                 for t in tools
             ]
         return body
+
+    def stream_parser(self, model: ModelConfig) -> AnthropicStream:
+        """Folds Messages stream events."""
+        return AnthropicStream(model=model.name, provider=self.name)
 
     def parse_completion(self, model: ModelConfig, content: bytes) -> Completion:
         """Text blocks joined, ``tool_use`` blocks as tool calls, stop reason, usage."""

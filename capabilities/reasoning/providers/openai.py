@@ -21,6 +21,7 @@ from jetagent.models import ModelConfig
 
 from ._contract import arguments_text, parse_arguments
 from ._http import HttpProvider, MalformedResponse, decode_any
+from ._sse import OpenAIStream
 
 __all__ = ["OpenAIProvider"]
 
@@ -91,16 +92,21 @@ class OpenAIProvider(HttpProvider):
         messages: Sequence[Message],
         tools: Sequence[ToolSpec],
         max_tokens: int,
+        *,
+        stream: bool = False,
     ) -> dict[str, Any]:
-        """A non-streaming chat completion request."""
+        """A chat completion request (streamed with the usage in the last chunk)."""
         # max_tokens, not max_completion_tokens: every compatible server (vLLM, Ollama,
         # LiteLLM) understands it, and OpenAI still accepts it for non-reasoning models.
         body: dict[str, Any] = {
             "model": model.name,
             "messages": [_wire_message(m) for m in messages],
             "max_tokens": max_tokens,
-            "stream": False,
+            "stream": stream,
         }
+        if stream:
+            # Without it a stream reports no usage at all (the record needs the provider's).
+            body["stream_options"] = {"include_usage": True}
         if tools:
             # An empty "tools" array is rejected by OpenAI, so it is left out instead.
             body["tools"] = [
@@ -115,6 +121,10 @@ class OpenAIProvider(HttpProvider):
                 for t in tools
             ]
         return body
+
+    def stream_parser(self, model: ModelConfig) -> OpenAIStream:
+        """Folds chat.completion.chunk events."""
+        return OpenAIStream(model=model.name, provider=self.name)
 
     def parse_completion(self, model: ModelConfig, content: bytes) -> Completion:
         """The first choice's text, tool calls, finish reason, and the usage."""
