@@ -16,11 +16,14 @@ from datetime import UTC, datetime
 import msgspec
 
 from jetagent.config import Settings
+from jetagent.contract import Status
 from jetagent.dead_letter import DeadLetter
 from jetagent.events import CallRecord, StepResult, encode
 from jetagent.llm import Usage
+from jetagent.sessions import SessionView, StepView
 from jetagent.store import connect
 from projections.service import ProjectionService
+from projections.trust import Verdict, judge_scheduled
 from tests.support.platform import InProcessPlatform, eventually
 
 MILLION = 10**6
@@ -144,3 +147,30 @@ async def test_forged_step_results_are_not_projected(settings: Settings) -> None
     assert (await js.stream_info(names.dlq_stream)).state.messages == dlq_before
     await nc.close()
     await platform.stop()
+
+
+def _view(*, final: bool, attempt: int = 1) -> SessionView:
+    view = SessionView(workflow_id="w1")
+    scheduled = StepView(step_id="2", capability="tools", tool="calculator", attempt=attempt)
+    view.steps.append(scheduled)
+    view.status = Status.FINALIZED if final else Status.PROCESSING
+    return view
+
+
+def test_a_result_waits_for_its_schedule_and_is_untrusted_if_the_workflow_ends_first() -> None:
+    early = _forged("w1", "3", "tools", "calculator")
+    assert judge_scheduled(_view(final=False), early)[0] is Verdict.WAIT
+    verdict, reason = judge_scheduled(_view(final=True), early)
+    assert verdict is Verdict.UNTRUSTED
+    assert "ended without scheduling step '3'" in reason
+    # An attempt not scheduled yet waits too; a late answer of an earlier one counts.
+    second = msgspec.structs.replace(_forged("w1", "2", "tools", "calculator"), attempt=2)
+    assert judge_scheduled(_view(final=False), second)[0] is Verdict.WAIT
+    assert judge_scheduled(_view(final=True), second)[0] is Verdict.UNTRUSTED
+    first = _forged("w1", "2", "tools", "calculator")
+    assert judge_scheduled(_view(final=False, attempt=2), first)[0] is Verdict.TRUSTED
+    # Another tool than the one scheduled is refused at once.
+    other = _forged("w1", "2", "tools", "python")
+    verdict, reason = judge_scheduled(_view(final=False), other)
+    assert verdict is Verdict.UNTRUSTED
+    assert "scheduled for tool 'calculator'" in reason
