@@ -22,7 +22,7 @@ from nats.errors import Error as NatsError
 from nats.js.client import JetStreamContext
 
 from jetagent.config import Names
-from jetagent.dead_letter import DeadLetter
+from jetagent.dead_letter import DeadLetter, DeadLetterKind
 from jetagent.errors import JetagentError
 from jetagent.events import StepResult, WorkflowEvent
 
@@ -73,27 +73,31 @@ class PoisonReporter:
     reported_until: dict[str, int] = field(default_factory=dict)
     """Per stream, the last sequence already reported by an earlier run (a rebuild re-reads
     what the live service dead-lettered; it must not write those letters again)."""
-    queued: list[tuple[str, int, str, str]] = field(default_factory=list)
+    queued: list[tuple[str, int, str, str, DeadLetterKind]] = field(default_factory=list)
 
-    def found(self, stream: str, seq: int, subject: str, reason: str) -> None:
-        log.warning("skipping poison message %s:%d on %s: %s", stream, seq, subject, reason)
+    def found(
+        self, stream: str, seq: int, subject: str, reason: str, *, kind: DeadLetterKind = "poison"
+    ) -> None:
+        """``kind`` ``untrusted``: a step result that answers no step as scheduled
+        (projections/trust.py), skipped like poison."""
+        log.warning("skipping %s message %s:%d on %s: %s", kind, stream, seq, subject, reason)
         if seq > self.reported_until.get(stream, 0):
-            self.queued.append((stream, seq, subject, reason))
+            self.queued.append((stream, seq, subject, reason, kind))
 
     async def flush(self) -> None:
         """Write the queued dead letters; ``Nats-Msg-Id`` dedupes a restart's repeats."""
         queued, self.queued = self.queued, []
-        for stream, seq, subject, reason in queued:
+        for stream, seq, subject, reason, kind in queued:
             letter = DeadLetter(
                 source=SOURCE,
-                kind="poison",
+                kind=kind,
                 reason=reason,
                 subject=subject,
                 stream=stream,
                 stream_seq=seq,
                 deliveries=1,
                 at=datetime.now(UTC),
-                error=f"poison message skipped by the projections: {reason}",
+                error=f"{kind} message skipped by the projections: {reason}",
             )
             # Its own message id, not jetagent.dead_letter's: the orchestrator may
             # dead-letter the same stored message, and each reader's letter is kept.

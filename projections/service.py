@@ -30,14 +30,15 @@ from nats.js.kv import KeyValue
 from prometheus_client import CollectorRegistry, start_http_server
 
 from jetagent.config import Settings
-from jetagent.events import Started, decode_events, decode_step_result
+from jetagent.events import Started, StepResult, decode_events, decode_step_result
 from jetagent.models import ModelCatalog
 from jetagent.provision import provision
-from jetagent.sessions import SessionView, apply_step_result, apply_workflow_message
+from jetagent.sessions import HeldResult, SessionView, apply_workflow_message, fold_step_result
 from projections.checkpoints import CheckpointStore
 from projections.costs import LiveGauges, MetricsCollector, MetricsState, known_label_sets
 from projections.labels import LabelPolicy
 from projections.poison import PoisonMessage, PoisonReporter, checked_result, workflow_of
+from projections.trust import Verdict, judge, judge_scheduled
 
 __all__ = ["Checkpoint", "ProjectionService"]
 
@@ -184,6 +185,8 @@ class ProjectionService:
                     return workflow_id
                 if apply_workflow_message(view, events, seq):
                     self._dirty.add(workflow_id)
+                    if view.held:
+                        self._release_held(view)
                 for event in events:
                     self.metrics.apply_workflow_event(event, self.labels)
             elif stream == self._steps_stream:
@@ -191,9 +194,7 @@ class ProjectionService:
                 view = self._view_now(result.workflow_id)
                 if view is None:
                     return result.workflow_id
-                if apply_step_result(view, result, seq):
-                    self._dirty.add(result.workflow_id)
-                self.metrics.apply_step_result(result, self.labels)
+                self._take_result(view, seq, subject, result)
             else:
                 self.metrics.apply_dead_letter(subject.rsplit(".", 1)[-1], self.labels)
         except Exception as exc:
@@ -207,6 +208,43 @@ class ProjectionService:
         positions[stream] = seq
         self._since_checkpoint += 1
         return None
+
+    def _take_result(self, view: SessionView, seq: int, subject: str, result: StepResult) -> None:
+        """Fold a trusted result into its view and the totals; hold or skip the others."""
+        seen = seq <= view.last_step_seq  # the view was saved after this result
+        if seen and any(held.seq == seq for held in view.held):
+            return
+        verdict, reason = judge(view, subject, result, prefix=self.names.prefix)
+        if not seen:
+            view.last_step_seq = seq
+            self._dirty.add(view.workflow_id)
+        if verdict is Verdict.WAIT:
+            if not seen:
+                view.held.append(HeldResult(seq=seq, subject=subject, result=result))
+        elif verdict is Verdict.UNTRUSTED:
+            self._untrusted(seq, subject, reason)
+        else:
+            if not seen:
+                fold_step_result(view, result)
+            self.metrics.apply_step_result(result, self.labels)
+
+    def _release_held(self, view: SessionView) -> None:
+        """Judge again the results that waited for their step to be scheduled."""
+        waiting = []
+        for held in view.held:
+            verdict, reason = judge_scheduled(view, held.result)
+            if verdict is Verdict.WAIT:
+                waiting.append(held)
+            elif verdict is Verdict.UNTRUSTED:
+                self._untrusted(held.seq, held.subject, reason)
+            else:
+                fold_step_result(view, held.result)
+                self.metrics.apply_step_result(held.result, self.labels)
+        view.held = waiting
+
+    def _untrusted(self, seq: int, subject: str, reason: str) -> None:
+        self.metrics.apply_poison(self._steps_stream)
+        self.poison.found(self._steps_stream, seq, subject, reason, kind="untrusted")
 
     # ------------------------------------------------------------ checkpoints
 

@@ -166,7 +166,10 @@ def live(nats_server: EmbeddedServer) -> Iterator[tuple[LoopThread, ProjectionSe
 
 
 async def _publish_and_apply(
-    service: ProjectionService, nc: Any, messages: list[tuple[str, bytes]]
+    service: ProjectionService,
+    nc: Any,
+    messages: list[tuple[str, bytes]],
+    workflow_id: str = "fz-1",
 ) -> int:
     js = nc.jetstream()
     names = service.names
@@ -174,7 +177,10 @@ async def _publish_and_apply(
     for kind, data in messages:
         stream = names.workflows_stream if kind == "wf" else names.steps_stream
         subject = (
-            f"{names.prefix}.wf.fz-1.Started" if kind == "wf" else f"{names.prefix}.step.fz-1.s1"
+            f"{names.prefix}.wf.{workflow_id}.Started"
+            if kind == "wf"
+            # The subject a real result of the valid step is written on (projections/trust.py)
+            else names.step_result("reasoning", workflow_id, "s1")
         )
         ack = await js.publish(subject, data)
         await service.apply(stream, ack.seq, subject, data)
@@ -214,7 +220,7 @@ def test_a_valid_workflow_is_still_projected_after_the_fuzzing(
     messages = [("wf", encode_events([event])) for event in events]
     messages.append(("step", _body({**_VALID_STEP, "workflow_id": "fz-2"})))
     poison_before = dict(service.metrics.poison)
-    loop.run(_publish_and_apply(service, nc, messages), timeout=60)
+    loop.run(_publish_and_apply(service, nc, messages, "fz-2"), timeout=60)
     assert service.metrics.poison == poison_before
     view = service.views["fz-2"]
     assert view.status.value == "finalized"

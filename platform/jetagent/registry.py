@@ -48,6 +48,13 @@ class RegisteredTool(msgspec.Struct, frozen=True, kw_only=True):
     dedicated: bool = False
     """Served only by ``jetagent worker <capability> --only <name>`` (README, "Writing
     capabilities and tools"): every worker announces it, only such a worker runs it."""
+    retry_max_runs: int | None = None
+    """Runs of one of this tool's steps that failed for now (``TransientError``), the
+    first included; None: the worker's ``JETAGENT_STEP_MAX_DELIVER``."""
+    retry_budget_s: float | None = None
+    """No retry of this tool's step starts later than this after it was scheduled;
+    None: the worker's ``JETAGENT_STEP_RETRY_BUDGET_S``. The workflow's deadline still
+    bounds both (README, "Delivery, retries and recovery")."""
 
     def info(self) -> ToolInfo:
         return ToolInfo(

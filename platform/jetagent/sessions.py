@@ -32,11 +32,13 @@ from jetagent.events import (
 )
 
 __all__ = [
+    "HeldResult",
     "SessionView",
     "StepView",
     "apply_step_result",
     "apply_workflow_event",
     "apply_workflow_message",
+    "fold_step_result",
 ]
 
 PREVIEW = 500
@@ -74,6 +76,16 @@ class StepView(msgspec.Struct, kw_only=True):
     error: str | None = None
 
 
+class HeldResult(msgspec.Struct, kw_only=True):
+    """A step result that arrived before the step it answers was seen scheduled (the
+    projections read ``JA_WORKFLOWS`` and ``JA_STEPS`` in any interleaving): kept, not
+    counted, until the schedule shows up or the workflow ends (then it is untrusted)."""
+
+    seq: int
+    subject: str
+    result: StepResult
+
+
 class SessionView(msgspec.Struct, kw_only=True):
     """One workflow's story: status, every step, usage, cost, output or error."""
 
@@ -91,6 +103,8 @@ class SessionView(msgspec.Struct, kw_only=True):
     steps: list[StepView] = msgspec.field(default_factory=list)
     last_workflow_seq: int = 0
     last_step_seq: int = 0
+    held: list[HeldResult] = msgspec.field(default_factory=list)
+    """Results waiting for their step to be seen scheduled (projections/trust.py)."""
 
     @property
     def tokens(self) -> int:
@@ -193,6 +207,12 @@ def apply_step_result(view: SessionView, result: StepResult, seq: int) -> bool:
     if seq <= view.last_step_seq:
         return False
     view.last_step_seq = seq
+    fold_step_result(view, result)
+    return True
+
+
+def fold_step_result(view: SessionView, result: StepResult) -> None:
+    """Fold a result in without the sequence check (the caller has made it)."""
     step = view.step(result.step_id)
     step.capability = step.capability or result.capability
     step.tool = step.tool or result.tool
@@ -213,4 +233,3 @@ def apply_step_result(view: SessionView, result: StepResult, seq: int) -> bool:
         step.error = result.error.message
     if not view.tenant:
         view.tenant = result.tenant
-    return True

@@ -74,12 +74,20 @@ class Tool:
     capability: str = "tools"
     dedicated: bool = False
     runs_in: RunsIn = "thread"
+    retry_max_runs: int | None = None
+    """This tool's own retry budget (runs, and seconds since scheduling) for a
+    ``TransientError``; None: the worker's global settings."""
+    retry_budget_s: float | None = None
 
     def __post_init__(self) -> None:
         if not _NAME.fullmatch(self.name):
             raise ValueError(
                 f"tool name {self.name!r}: use letters, digits, '_' or '-' (a subject token)"
             )
+        if self.retry_max_runs is not None and self.retry_max_runs < 1:
+            raise ValueError(f"tool {self.name}: retry_max_runs must be at least 1 (one run)")
+        if self.retry_budget_s is not None and not self.retry_budget_s > 0:
+            raise ValueError(f"tool {self.name}: retry_budget_s must be more than 0 seconds")
 
     @property
     def spec(self) -> ToolSpec:
@@ -93,6 +101,8 @@ class Tool:
             max_tokens=self.max_tokens,
             timeout_s=self.timeout_s,
             dedicated=self.dedicated,
+            retry_max_runs=self.retry_max_runs,
+            retry_budget_s=self.retry_budget_s,
         )
 
     def validate(self, arguments: Any) -> dict[str, Any] | str:
@@ -129,8 +139,15 @@ def tool(
     capability: str = "tools",
     dedicated: bool = False,
     runs_in: RunsIn | None = None,
+    retry_max_runs: int | None = None,
+    retry_budget_s: float | None = None,
 ) -> Callable[[Callable[..., Any]], Tool]:
-    """Declare a function as a tool; its JSON Schema comes from its type hints."""
+    """Declare a function as a tool; its JSON Schema comes from its type hints.
+
+    ``retry_max_runs`` / ``retry_budget_s``: this tool's retry budget for a
+    ``TransientError`` (runs, the first included; seconds since the step was scheduled),
+    instead of the worker's ``JETAGENT_STEP_MAX_DELIVER`` / ``JETAGENT_STEP_RETRY_BUDGET_S``.
+    """
 
     def wrap(function: Callable[..., Any]) -> Tool:
         tool_name = name or function.__name__
@@ -168,6 +185,8 @@ def tool(
             capability=capability,
             dedicated=dedicated,
             runs_in=where,
+            retry_max_runs=retry_max_runs,
+            retry_budget_s=retry_budget_s,
         )
 
     return wrap

@@ -117,6 +117,12 @@ class Worker:
             threshold=settings.payload_threshold_bytes,
         )
         self.retry = RetryPolicy.from_settings(settings)
+        # A tool's own retry budget (its registration) replaces the global one for its steps.
+        self._tool_retry = {
+            (spec.name, registered.spec.name): self.retry.for_tool(registered)
+            for spec in self.specs
+            for registered in spec.tools
+        }
         self._results = DirectGetter(nc, self.names.steps_stream, timeout=5.0)
         self._calls = DirectGetter(nc, self.names.calls_stream, timeout=5.0)
         self.journal = CallJournal(self.js, self._calls, self.names, worker=self.worker_id)
@@ -294,10 +300,11 @@ class Worker:
         this_run = asyncio.get_running_loop().create_future()
         _RUNNING[step_key] = this_run
         try:
-            if deliveries > self.settings.step_max_deliver:
+            retry = self._retry_of(spec, event)
+            if deliveries > retry.max_runs:
                 result = await self._exhausted(spec, event, msg, deliveries)
             else:
-                result = await self._execute(spec, event, msg, deliveries, _now())
+                result = await self._execute(spec, event, msg, deliveries, _now(), retry)
             if result is None:
                 return  # nak'd for a retry
             await self._publish_result(result_subject, result, parent=msg.headers)
@@ -307,6 +314,12 @@ class Worker:
             this_run.set_result(None)
         await msg.ack()
         self.completed += 1
+
+    def _retry_of(self, spec: CapabilitySpec, event: StepScheduled) -> RetryPolicy:
+        """The retry budget of a step: its tool's own, else the global one."""
+        if event.tool is None:
+            return self.retry
+        return self._tool_retry.get((spec.name, event.tool), self.retry)
 
     async def _exhausted(
         self, spec: CapabilitySpec, event: StepScheduled, msg: Msg, deliveries: int
@@ -337,6 +350,7 @@ class Worker:
         msg: Msg,
         deliveries: int,
         started: datetime,
+        policy: RetryPolicy,
     ) -> StepResult | None:
         calls: list[CallRecord] = []
         ctx = StepContext(
@@ -361,13 +375,13 @@ class Worker:
             # Walk the input for claim checks only when the message holds one.
             if b'"$ref"' in msg.data or b"ja-ref:" in msg.data:
                 ctx.input = await self.payloads.expand(event.input)
-            out = await self._call_handler(spec, ctx, event, calls)
+            out = await self._call_handler(spec, ctx, event, calls, policy)
             output = out if isinstance(out, StepOutput) else StepOutput(output=out)
             output.output = await self._shrink(output.output)
             result = self._result(event, started, deliveries, ok=True, output=output)
         except TransientError as exc:
             calls.extend(billed(exc))
-            retry = self.retry.next(
+            retry = policy.next(
                 run=deliveries,
                 now=_now(),
                 scheduled_at=event.at,
@@ -408,7 +422,7 @@ class Worker:
         except Exception as exc:
             # A bug in a handler: retried like a transient error, then failed for good.
             log.exception("capability %s raised on step %s", spec.name, event.step_id)
-            retry = self.retry.next(
+            retry = policy.next(
                 run=deliveries, now=_now(), scheduled_at=event.at, deadline_at=event.deadline_at
             )
             if retry.delay_s is not None:
@@ -427,6 +441,7 @@ class Worker:
         ctx: StepContext,
         event: StepScheduled,
         calls: list[CallRecord],
+        policy: RetryPolicy,
     ) -> StepOutput | dict[str, Any]:
         """Run the handler; rate limits are waited out within this run, a bounded number
         of times and never past the step's retry budget or the workflow's deadline."""
@@ -439,12 +454,12 @@ class Worker:
                 calls.extend(charged)
                 for call in charged:
                     await ctx.record_call(call)
-                retry = self.retry.next(
+                retry = policy.next(
                     run=1,  # waits within a run are not failed runs
                     now=_now(),
                     scheduled_at=event.at,
                     deadline_at=event.deadline_at,
-                    retry_after=exc.retry_after or self.retry.delay(waits + 1),
+                    retry_after=exc.retry_after or policy.delay(waits + 1),
                 )
                 waits += 1
                 if retry.delay_s is None or waits > self.settings.step_rate_limit_retries:

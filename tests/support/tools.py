@@ -120,3 +120,29 @@ async def flaky_once(ctx: StepContext, note: str = "") -> str:
 
 
 TEST_TOOLS.append(flaky_once)
+
+
+DOWN_RUNS: list[tuple[str, str, int]] = []
+"""(tool, workflow id, delivery) of every run of the two always-down tools below."""
+
+
+@tool(description="An upstream that is always down; retried on its own budget.", retry_max_runs=2)
+async def down_budgeted(ctx: StepContext, note: str = "") -> str:
+    from jetagent import TransientError
+
+    DOWN_RUNS.append(("down_budgeted", ctx.workflow_id, ctx.deliveries))
+    raise TransientError("the upstream is down", retry_after=0.05)
+
+
+TEST_TOOLS.append(down_budgeted)
+
+
+@tool(description="An upstream that is always down; retried on the global budget.")
+async def down_always(ctx: StepContext, note: str = "") -> str:
+    from jetagent import TransientError
+
+    DOWN_RUNS.append(("down_always", ctx.workflow_id, ctx.deliveries))
+    raise TransientError("the upstream is down", retry_after=0.05)
+
+
+TEST_TOOLS.append(down_always)
