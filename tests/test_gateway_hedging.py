@@ -350,3 +350,43 @@ async def test_hedges_follow_the_configured_count_and_delay(
         hedges = [d for d in result.decisions if d.kind == "hedge"]
         assert [d.model for d in hedges] == ["claude-slow", "gpt-backup"]
         assert "hedge.delay_s" in hedges[0].reason
+
+
+async def test_a_rate_limited_hedge_with_no_other_candidate_is_retried_after_retry_after(
+    openai_server: FakeOpenAI,
+) -> None:
+    # One model, no fallback (the comparison suite's catalog): the primary hangs and its
+    # hedge gets a 429 with retry-after 0.3 s. A fresh call goes out once the retry-after
+    # has passed, rather than waiting out the hung call's 5 s read timeout (and the
+    # step's redelivery after it).
+    model = model_for(openai_server, "gpt-solo", typical_latency_s=0.1)
+    catalog = ModelCatalog(models={model.name: model}, source="test")
+    openai_server.script(
+        hang(),
+        openai_error(429, "slow down", type="requests", headers={"retry-after": "0.3"}),
+        openai_completion("after the retry-after"),
+    )
+    async with gateway_for(catalog, hedge_target="same_model") as gateway:
+        started = time.monotonic()
+        result = await gateway.call(
+            models=["gpt-solo"],
+            messages=HI,
+            tools=[],
+            max_tokens=50,
+            remaining_tokens=None,
+            remaining_usd=None,
+        )
+        elapsed = time.monotonic() - started
+
+    assert result.completion.text == "after the retry-after"
+    assert elapsed < 3.0, elapsed  # the read timeout (5 s) was never waited out
+    _primary, limited, fresh = openai_server.requests
+    assert fresh.at - limited.at >= 0.3  # the provider's retry-after was honoured
+    assert [(a.outcome, a.hedge) for a in result.attempts] == [
+        ("cancelled", False),
+        ("rate_limited", True),
+        ("ok", True),
+    ]
+    kinds = [d.kind for d in result.decisions]
+    assert kinds == ["preferred", "hedge", "hedge"], result.decisions
+    assert "retry-after" in result.decisions[-1].reason
