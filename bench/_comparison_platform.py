@@ -35,7 +35,7 @@ from nats.js.errors import NoKeysError, NotFoundError
 from jetagent.client import Client
 from jetagent.config import Settings
 from jetagent.contract import CapabilityLimits, ModelPreferences, WorkflowRequest
-from jetagent.events import Finalized, decode_events, decode_step_result
+from jetagent.events import Finalized, StepResult, decode_events, decode_step_result
 from jetagent.store import DirectGetter
 
 from ._comparison_workload import Session, instruction
@@ -101,6 +101,11 @@ class PlatformRun:
     """StepResults per capability."""
     tool_errors: dict[str, int] = field(default_factory=dict)
     """Tool errors recorded in StepResults, by tool and message (digits elided)."""
+    steps: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    """Per session: its StepResults in brief (capability, tool, attempt, deliveries,
+    wall-clock start and end, calls and routing kinds), to attribute a slow session."""
+    arrivals: dict[str, float] = field(default_factory=dict)
+    """Per session: its scheduled arrival, wall-clock (``time.time()``)."""
 
 
 @dataclass
@@ -233,6 +238,8 @@ class ComparisonPlatform:
                 {"answer": None, "error": f"no end within {timeout_s:.0f} s", "latency_s": None},
             )
         run = PlatformRun(outcomes=current.outcomes)
+        wall = time.time() - loop.time()
+        run.arrivals = {sid: wall + due for sid, due in current.due.items()}
         await self._read_results(first_seq, set(current.due), run)
         return run
 
@@ -253,6 +260,7 @@ class ComparisonPlatform:
             if result.workflow_id not in sids:
                 continue
             steps[result.capability] += 1
+            run.steps.setdefault(result.workflow_id, []).append(_brief(result))
             error = result.output.get("error") if result.capability == "tools" else None
             if error is not None or not result.ok:
                 # A tool error the model was shown (or a failed step): why an answer is off.
@@ -279,6 +287,21 @@ class ComparisonPlatform:
             self.services.close()
             if not self.loop.is_closed():
                 self.loop.close()
+
+
+def _brief(result: StepResult) -> dict[str, Any]:
+    return {
+        "capability": result.capability,
+        "tool": result.tool,
+        "attempt": result.attempt,
+        "deliveries": result.deliveries,
+        "ok": result.ok,
+        "started": result.started_at.timestamp(),
+        "finished": result.finished_at.timestamp(),
+        "calls": [(c.outcome, c.latency_s) for c in result.calls],
+        "routing": [d.reason[:90] for d in result.routing],
+        "error": None if result.error is None else result.error.message[:200],
+    }
 
 
 def _shape(text: str) -> str:

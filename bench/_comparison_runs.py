@@ -27,7 +27,7 @@ from typing import Any
 
 import httpx
 
-from ._comparison_platform import ComparisonPlatform, Deployment, catalog_toml
+from ._comparison_platform import ComparisonPlatform, Deployment, PlatformRun, catalog_toml
 from ._comparison_tools import LEDGER_ENV, SERVER_ENV, crunch_impl
 from ._comparison_workload import Params, Session, expected_answer, schedule
 from ._engine_platform import percentile
@@ -172,6 +172,8 @@ class Comparison:
         self.ledger_path = folder / "tool-ledger.txt"
         self.server = _Server(folder / "server")
         self.platform: ComparisonPlatform | None = None
+        self.last_platform_run: PlatformRun | None = None
+        """The last jetagent run's raw outcome (per-session steps), for attribution."""
         self.env = {
             SERVER_ENV: self.server.url,
             LEDGER_ENV: str(self.ledger_path),
@@ -221,6 +223,7 @@ class Comparison:
             platform = self._platform()
             timeout = 120.0 * max(params.time_scale, 0.25)
             result = platform.run(sessions, timeout_s=timeout)
+            self.last_platform_run = result
             outcomes, cost, recorded = result.outcomes, result.cost_usd, result.call_outcomes
             tool_errors = result.tool_errors
         stats = self._stats(arch, rate, faults, params, sessions, outcomes, cost, recorded)

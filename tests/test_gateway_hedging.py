@@ -11,6 +11,7 @@ from decimal import Decimal
 import pytest
 
 from capabilities.reasoning import BreakerSettings, GatewayResult, HttpSettings, ModelGateway
+from jetagent.errors import TransientError
 from jetagent.llm import Completion, Message, ToolSpec, Usage
 from jetagent.models import ModelCatalog, ModelConfig
 from tests.fakes.clock import ManualClock
@@ -350,3 +351,78 @@ async def test_hedges_follow_the_configured_count_and_delay(
         hedges = [d for d in result.decisions if d.kind == "hedge"]
         assert [d.model for d in hedges] == ["claude-slow", "gpt-backup"]
         assert "hedge.delay_s" in hedges[0].reason
+
+
+async def test_a_rate_limited_hedge_with_no_other_candidate_is_retried_after_retry_after(
+    openai_server: FakeOpenAI,
+) -> None:
+    # One model, no fallback (the comparison suite's catalog): the primary hangs and its
+    # hedge gets a 429 with retry-after 0.3 s. A fresh call goes out once the retry-after
+    # has passed, rather than waiting out the hung call's 5 s read timeout (and the
+    # step's redelivery after it).
+    model = model_for(openai_server, "gpt-solo", typical_latency_s=0.1)
+    catalog = ModelCatalog(models={model.name: model}, source="test")
+    openai_server.script(
+        hang(),
+        openai_error(429, "slow down", type="requests", headers={"retry-after": "0.3"}),
+        openai_completion("after the retry-after"),
+    )
+    async with gateway_for(catalog, hedge_target="same_model") as gateway:
+        started = time.monotonic()
+        result = await gateway.call(
+            models=["gpt-solo"],
+            messages=HI,
+            tools=[],
+            max_tokens=50,
+            remaining_tokens=None,
+            remaining_usd=None,
+        )
+        elapsed = time.monotonic() - started
+
+    assert result.completion.text == "after the retry-after"
+    assert elapsed < 3.0, elapsed  # the read timeout (5 s) was never waited out
+    _primary, limited, fresh = openai_server.requests
+    assert fresh.at - limited.at >= 0.3  # the provider's retry-after was honoured
+    assert [(a.outcome, a.hedge) for a in result.attempts] == [
+        ("cancelled", False),
+        ("rate_limited", True),
+        ("ok", True),
+    ]
+    kinds = [d.kind for d in result.decisions]
+    assert kinds == ["preferred", "hedge", "hedge"], result.decisions
+    assert "retry-after" in result.decisions[-1].reason
+
+
+async def test_a_retry_after_beyond_the_retry_table_is_not_waited_for_and_says_why(
+    openai_server: FakeOpenAI,
+) -> None:
+    # The same race, but the 429 asks for longer than the model's retry.max_wait_s: no
+    # fresh call is scheduled, the skip is recorded with its reason, and the hung call's
+    # timeout ends the race (the gateway's retry budget then gives up on the same rule).
+    model = model_for(
+        openai_server,
+        "gpt-solo",
+        typical_latency_s=0.1,
+        retry={"max_wait_s": 0.5},
+        timeouts={"total_s": 1.0},
+    )
+    catalog = ModelCatalog(models={model.name: model}, source="test")
+    openai_server.script(
+        hang(),
+        openai_error(429, "slow down", type="requests", headers={"retry-after": "60"}),
+    )
+    async with gateway_for(catalog, hedge_target="same_model") as gateway:
+        with pytest.raises(TransientError) as raised:
+            await gateway.call(
+                models=["gpt-solo"],
+                messages=HI,
+                tools=[],
+                max_tokens=50,
+                remaining_tokens=None,
+                remaining_usd=None,
+            )
+
+    assert len(openai_server.requests) == 2  # no third call
+    skipped = [d for d in raised.value.details["decisions"] if d["kind"] == "hedge_skipped"]
+    assert skipped, raised.value.details
+    assert "retry.max_wait_s = 0.5 of gpt-solo" in skipped[0]["reason"]

@@ -131,9 +131,11 @@ class HedgedCaller:
             )
             result.models.add(candidate.model.name)
 
-        def another(reason: str, skipped: str) -> bool:
+        def another(reason: str, skipped: str, *, quiet: bool = False) -> bool:
             chosen = self._next(first, options, runs.values(), ctx, result, allowance, failed)
             if isinstance(chosen, str):
+                if quiet:
+                    return False
                 result.decisions.append(
                     RoutingDecision(
                         kind="hedge_skipped",
@@ -160,13 +162,25 @@ class HedgedCaller:
         max_hedges = self._defaults.max_hedges_of(first.model)
         timed = 0
         hedge_at = loop.time() + delay.delay_s if delay is not None else None
+        # A 429 next to a hung call with no other candidate: a fresh call of the limited
+        # model once its retry-after has passed (see ``_retry_later``).
+        retry: tuple[float, ModelConfig, str] | None = None
+        retries = 0
         try:
             while pending and result.completion is None:
-                timeout = None if hedge_at is None else max(hedge_at - loop.time(), 0.0)
+                wake = [t for t in (hedge_at, retry[0] if retry else None) if t is not None]
+                timeout = max(min(wake) - loop.time(), 0.0) if wake else None
                 done, pending = await asyncio.wait(
                     pending, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
                 )
-                if not done and delay is not None:
+                if not done and retry is not None and loop.time() >= retry[0]:
+                    _, model, why = retry
+                    retry = None
+                    retries += 1
+                    self._retry_now(first, model, why, runs.values(), ctx, result, start)
+                    pending = {t for t in runs if not t.done()}
+                    continue
+                if not done and delay is not None and hedge_at is not None:
                     timed += 1
                     late = f"{first.model.name} exceeded {seconds(delay.delay_s * timed)} s"
                     hedged = another(f"hedge: {late}{delay.why}", late)
@@ -176,18 +190,34 @@ class HedgedCaller:
                     continue
                 # Collect in start order, so the primary wins a tie.
                 replace: list[str] = []
+                limited: list[tuple[ModelConfig, float]] = []
                 for task in [t for t in runs if t in done]:
                     attempt = self._settle(task, runs[task], result)
                     settled[task] = attempt
                     if attempt.outcome in ("failed", "rate_limited"):
                         failed.add(attempt.model)
-                        if not isinstance(result.errors[-1], PermanentError):
+                        error = result.errors[-1]
+                        if not isinstance(error, PermanentError):
                             replace.append(f"{attempt.model} failed ({_short(attempt.error)})")
+                        if isinstance(error, RateLimitedError) and error.retry_after is not None:
+                            limited.append((runs[task].candidate.model, error.retry_after))
                 if result.completion is None and pending and replace:
                     # A fast failure next to a hung call: try the next candidate now.
                     running = ", ".join(sorted({runs[t].candidate.model.name for t in pending}))
                     why = f"{'; '.join(replace)} while {running} is still running"
-                    another(f"hedge: {why}", why)
+                    if not another(f"hedge: {why}", why, quiet=bool(limited)) and limited:
+                        later = self._retry_later(limited, why, retries, ctx, loop.time())
+                        if isinstance(later, str):
+                            result.decisions.append(
+                                RoutingDecision(
+                                    kind="hedge_skipped",
+                                    model=first.model.name,
+                                    provider=first.model.provider,
+                                    reason=f"hedge skipped: {why}, but {later}",
+                                )
+                            )
+                        else:
+                            retry = later
                     pending = {t for t in runs if not t.done()}
                 if result.completion is None:  # a winner is reported once the losers end
                     await self._report(ctx, settled, reported)
@@ -223,6 +253,64 @@ class HedgedCaller:
             )
             await ctx.stream.settle(winner if result.completion is not None else None)
         return result
+
+    @staticmethod
+    def _retry_later(
+        limited: list[tuple[ModelConfig, float]],
+        why: str,
+        retries: int,
+        ctx: CallContext,
+        now: float,
+    ) -> tuple[float, ModelConfig, str] | str:
+        """When to call a rate-limited model afresh (its retry-after from now), or why
+        not: its ``[retry]`` table or the workflow's deadline forbid the wait. Without
+        this the race would wait out the hung call's whole timeout, and the step's
+        redelivery after it, for an answer a 429 said would be ready in a second."""
+        model, wait = min(limited, key=lambda pair: pair[1])
+        if retries + 1 >= model.retry.max_attempts:
+            return f"retry.max_attempts = {model.retry.max_attempts} of {model.name} is spent"
+        if wait > model.retry.max_wait_s:
+            return (
+                f"its retry-after of {seconds(wait)} s exceeds retry.max_wait_s = "
+                f"{model.retry.max_wait_s} of {model.name}"
+            )
+        if ctx.deadline is not None and now + wait >= ctx.deadline:
+            return f"the workflow's deadline is too close to wait {seconds(wait)} s"
+        reason = f"{why}; a fresh call after its retry-after of {seconds(wait)} s"
+        return now + wait, model, reason
+
+    def _retry_now(
+        self,
+        first: Candidate,
+        model: ModelConfig,
+        why: str,
+        runs: Iterable[_Run],
+        ctx: CallContext,
+        result: RaceResult,
+        start: Callable[..., None],
+    ) -> None:
+        """Start the fresh call ``_retry_later`` scheduled, if its breaker and the
+        budget still allow it."""
+        cap = min(first.max_tokens, model.max_output_tokens)
+        breaker = self._breakers.for_model(model)
+        blocked = self._unaffordable(list(runs), model, cap, ctx)
+        permit = breaker.try_acquire() if blocked is None and breaker.state == "closed" else None
+        if permit is None:
+            result.decisions.append(
+                RoutingDecision(
+                    kind="hedge_skipped",
+                    model=model.name,
+                    provider=model.provider,
+                    reason=f"hedge skipped: {why}, but {blocked or 'its circuit is open'}",
+                )
+            )
+            return
+        result.decisions.append(
+            RoutingDecision(
+                kind="hedge", model=model.name, provider=model.provider, reason=f"hedge: {why}"
+            )
+        )
+        start(Candidate(model=model, max_tokens=cap), permit, hedge=True)
 
     @staticmethod
     async def _report(
