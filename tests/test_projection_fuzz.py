@@ -202,11 +202,14 @@ def test_no_stored_message_breaks_the_projection(
 ) -> None:
     loop, service, nc = live
     seen_before = sum(service.metrics.poison.values())
+    # Results held from earlier examples (waiting for their step's schedule) may be judged
+    # untrusted now, when an example ends their workflow: they count here too.
+    held_before = sum(len(view.held) for view in service.views.values())
     applied = loop.run(_publish_and_apply(service, nc, messages), timeout=60)
     assert applied == len(messages)
     # Every message was either folded or counted as poison, never lost in between.
     poison = sum(service.metrics.poison.values()) - seen_before
-    assert 0 <= poison <= len(messages)
+    assert 0 <= poison <= len(messages) + held_before
     # The metrics still render.
     families = list(service.registry.collect())
     assert any(f.name == "jetagent_projection_poison_messages" for f in families)
