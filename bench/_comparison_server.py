@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import signal
 import sys
 import time
 import urllib.parse
@@ -32,6 +31,8 @@ from pathlib import Path
 from typing import Any
 
 import uvloop
+
+from bench._serving import serve_until_stopped
 
 from ._comparison_workload import Params, fault_for, latency_for, parse_instruction, plan
 
@@ -211,17 +212,8 @@ async def _connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter
 
 
 async def _serve(port_file: Path) -> None:
-    loop = asyncio.get_running_loop()
     server = await asyncio.start_server(_connection, "127.0.0.1", 0, backlog=1024)
-    port = server.sockets[0].getsockname()[1]
-    stop = asyncio.Event()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGINT, stop.set)
-    tmp = port_file.with_name(port_file.name + ".tmp")
-    tmp.write_text(str(port))
-    tmp.replace(port_file)
-    async with server:
-        await stop.wait()
+    await serve_until_stopped(server, port_file)
 
 
 def main() -> None:

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-import signal
 import sys
 import time
 from pathlib import Path
 from typing import cast
 
 import uvloop
+
+from bench._serving import serve_until_stopped
 
 __all__ = ["COMPLETION", "main"]
 
@@ -114,15 +115,7 @@ class _Http(asyncio.Protocol):
 async def _serve(port_file: Path) -> None:
     loop = asyncio.get_running_loop()
     server = await loop.create_server(_Http, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    stop = asyncio.Event()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGINT, stop.set)
-    tmp = port_file.with_name(port_file.name + ".tmp")
-    tmp.write_text(str(port))
-    tmp.replace(port_file)
-    async with server:
-        await stop.wait()
+    await serve_until_stopped(server, port_file)
 
 
 def main() -> None:
