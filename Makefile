@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m jetagent.demo
+	$(BIN)/python -m jetagent.cli.demo
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

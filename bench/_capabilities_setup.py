@@ -40,8 +40,8 @@ from jetagent.events import (
     encode_events,
     subject_tail,
 )
+from jetagent.jetstream.provision import provision
 from jetagent.models import ModelCatalog
-from jetagent.provision import provision
 from jetagent.workflow import Begin, DecideContext, WorkflowState, decide
 
 from ._history import SYSTEM_PROMPT

@@ -36,7 +36,7 @@ from jetagent.client import Client
 from jetagent.config import Settings
 from jetagent.contract import CapabilityLimits, ModelPreferences, WorkflowRequest
 from jetagent.events import Finalized, StepResult, decode_events, decode_step_result
-from jetagent.store import DirectGetter
+from jetagent.jetstream import DirectGetter
 
 from ._comparison_workload import Session, instruction
 from ._services import Services

@@ -7,7 +7,7 @@
   the result, updates a dict and publishes the next schedule. One process, one event
   loop, two connections (as the platform's orchestrator and worker have one each), two
   file-backed streams, durable pull consumers with standing pull requests (as
-  ``jetagent.consume.Puller`` keeps them), publishes awaited for their PubAck, explicit
+  ``jetagent.jetstream.consume.Puller`` keeps them), publishes awaited for their PubAck, explicit
   acks. No event store, no aggregate, no concurrency checks, no tracking, no decoding
   beyond two JSON fields: what the platform's step costs above this is the platform's.
 """
@@ -81,7 +81,7 @@ async def raw_round_trips(raw: RawNats, n: int, *, warmup: int = 20) -> list[flo
 class _Standing:
     """Standing pull requests on a durable consumer, topped up as messages are handled.
 
-    The same technique as ``jetagent.consume.Puller``, reduced to what a benchmark needs:
+    The same technique as ``jetagent.jetstream.consume.Puller``, reduced to what a benchmark needs:
     each message is handed to ``handle`` in a task of its own.
     """
 

@@ -42,7 +42,7 @@ from jetagent.events import (
     decode_events,
     decode_step_result,
 )
-from jetagent.store import DirectGetter, Record
+from jetagent.jetstream import DirectGetter, Record
 
 from ._engine_service import PROFILE_ENV
 from ._profile import process_cpu

@@ -52,7 +52,7 @@ def main() -> None:
     out = os.environ.get(PROFILE_ENV)
     if out:
         _install_profiling(Path(out))
-    from jetagent.cli import main as cli
+    from jetagent.cli._app import main as cli
 
     sys.argv = ["jetagent", *sys.argv[1:]]
     cli()

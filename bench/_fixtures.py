@@ -20,8 +20,8 @@ from nats.aio.client import Client as NATS
 from nats.js.api import StorageType, StreamConfig
 from nats.js.client import JetStreamContext
 
+from jetagent.jetstream._loop import shared_loop
 from jetagent.store import NatsFactory
-from jetagent.store._loop import shared_loop
 
 from ._harness import Env
 from ._profile import watch_loop

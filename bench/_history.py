@@ -45,8 +45,8 @@ from jetagent.contract import (
     WorkflowRequest,
 )
 from jetagent.events import Finalized, decode_events
-from jetagent.provision import provision
-from jetagent.registry import ToolRegistry
+from jetagent.jetstream.provision import provision
+from jetagent.worker.registry import ToolRegistry
 
 from ._services import Loop, Services
 

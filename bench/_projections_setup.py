@@ -23,7 +23,7 @@ import msgspec
 from nats.js.errors import KeyNotFoundError, NotFoundError
 
 from jetagent.config import Settings
-from jetagent.provision import provision
+from jetagent.jetstream.provision import provision
 from projections.checkpoints import CheckpointError, CheckpointStore
 from projections.service import CHECKPOINT_KEY, Checkpoint
 

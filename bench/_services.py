@@ -25,7 +25,7 @@ import uvloop
 from nats.aio.client import Client as NATS
 from nats.js.client import JetStreamContext
 
-from jetagent.store import connect
+from jetagent.jetstream import connect
 
 __all__ = ["Loop", "Services", "free_port", "loop_with_nats", "rss_kib"]
 

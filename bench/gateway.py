@@ -24,7 +24,7 @@ import httpx
 from jetagent.client import Client
 from jetagent.config import Settings
 from jetagent.events import StepCompleted
-from jetagent.provision import provision
+from jetagent.jetstream.provision import provision
 from jetagent.token_stream import follow_tokens
 
 from ._harness import Benchmark, Contenders, Env, Suite, Target

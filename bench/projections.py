@@ -29,7 +29,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from jetagent.contract import Status
 from jetagent.events import decode_events, decode_step_result
-from jetagent.provision import provision
+from jetagent.jetstream.provision import provision
 from projections.checkpoints import PART_BYTES
 from projections.service import ProjectionService
 

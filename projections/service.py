@@ -31,8 +31,8 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from jetagent.config import Settings
 from jetagent.events import Started, StepResult, decode_events, decode_step_result
+from jetagent.jetstream.provision import provision
 from jetagent.models import ModelCatalog
-from jetagent.provision import provision
 from jetagent.sessions import HeldResult, SessionView, apply_workflow_message, fold_step_result
 from projections.checkpoints import CheckpointStore
 from projections.costs import LiveGauges, MetricsCollector, MetricsState, known_label_sets

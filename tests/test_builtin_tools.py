@@ -11,7 +11,7 @@ import pytest
 
 from capabilities.tools.builtin import BUILTIN_TOOLS
 from jetagent.events import Finalized, StepCompleted
-from jetagent.tools import ToolBox
+from jetagent.worker.tools import ToolBox
 from tests.support.platform import InProcessPlatform
 
 BOX = ToolBox.of(BUILTIN_TOOLS)

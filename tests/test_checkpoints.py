@@ -10,8 +10,8 @@ import pytest
 from nats.aio.client import Client as NATS
 
 from jetagent.config import Settings
-from jetagent.provision import provision
-from jetagent.store import connect
+from jetagent.jetstream import connect
+from jetagent.jetstream.provision import provision
 from projections.checkpoints import CheckpointError, CheckpointStore
 from projections.service import CHECKPOINT_KEY, ProjectionService
 

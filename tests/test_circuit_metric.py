@@ -20,8 +20,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from capabilities.reasoning.breakers import BreakerSettings, CircuitBreaker
 from jetagent.config import Settings
 from jetagent.embedded import free_port
-from jetagent.store import connect
-from jetagent.worker import CapabilitySpec, StepContext, Worker
+from jetagent.jetstream import connect
+from jetagent.worker import CapabilitySpec, StepContext
+from jetagent.worker._runtime import Worker
 from projections.service import ProjectionService
 from tests.support.platform import eventually
 

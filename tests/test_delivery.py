@@ -18,15 +18,15 @@ from jetagent.client import Client
 from jetagent.config import Settings
 from jetagent.embedded import EmbeddedServer
 from jetagent.events import StepScheduled
-from jetagent.models import ModelCatalog
-from jetagent.provision import (
+from jetagent.jetstream import DirectGetter
+from jetagent.jetstream.provision import (
     consumer_config,
     ensure_consumer,
     provision,
     repair_capability_consumers,
 )
-from jetagent.store import DirectGetter
-from jetagent.worker import Worker
+from jetagent.models import ModelCatalog
+from jetagent.worker._runtime import Worker
 from projections.service import ProjectionService
 from tests.fakes.llm_servers import FakeOpenAI, model_for, openai_completion
 from tests.support.checks import assert_no_decision_recorded_twice, assert_one_result_per_step
@@ -50,7 +50,7 @@ def _runs(log: Path) -> list[tuple[int, int]]:
 
 async def test_the_consumer_uses_the_configured_ack_wait(settings: Settings) -> None:
     config = settings.model_copy(update={"step_ack_wait_s": 30.0})
-    from jetagent.store import connect
+    from jetagent.jetstream import connect
 
     nc = await connect(config.nats_url, name="test")
     try:

@@ -12,7 +12,7 @@ import pytest
 import typer
 import yaml
 
-from jetagent.cli import app
+from jetagent.cli._app import app
 from jetagent.embedded import find_server_binary
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -18,7 +18,7 @@ from jetagent.events import (
     Terminated,
     decode_event,
 )
-from jetagent.store import DirectGetter
+from jetagent.jetstream import DirectGetter
 from tests.support.platform import InProcessPlatform, eventually
 
 

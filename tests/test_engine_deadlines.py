@@ -11,9 +11,9 @@ from pathlib import Path
 from jetagent.client import Client
 from jetagent.config import Settings
 from jetagent.events import ApprovalRequested, Started, StepScheduled, Terminated
+from jetagent.jetstream import DirectGetter
 from jetagent.models import ModelCatalog
-from jetagent.replay import replay_workflow
-from jetagent.store import DirectGetter
+from jetagent.orchestrator.replay import replay_workflow
 from jetagent.workflow import DecideContext
 from tests.support.platform import InProcessPlatform, ServiceProcesses, eventually
 
@@ -89,7 +89,7 @@ async def _not(check: Awaitable[bool]) -> bool:
 
 
 async def _context(platform: InProcessPlatform) -> DecideContext:
-    from jetagent.registry import ToolRegistry
+    from jetagent.worker.registry import ToolRegistry
 
     registry = ToolRegistry(platform.client.js, platform.settings.names)
     await registry.start()

@@ -12,11 +12,11 @@ from nats.js.errors import NotFoundError
 from jetagent import Status
 from jetagent.config import Settings
 from jetagent.events import Cancelled, Started, WorkflowEvent, decode_events
-from jetagent.journal import Journal
+from jetagent.jetstream import DirectGetter, connect
 from jetagent.models import ModelCatalog
 from jetagent.orchestrator import Orchestrator
-from jetagent.replay import replay_workflow
-from jetagent.store import DirectGetter, connect
+from jetagent.orchestrator.journal import Journal
+from jetagent.orchestrator.replay import replay_workflow
 from jetagent.workflow import DecideContext
 from tests.support.platform import InProcessPlatform, eventually
 
@@ -227,7 +227,7 @@ async def test_a_request_without_request_id_is_named_by_its_msg_id(
 
 async def _replays(platform: InProcessPlatform, wid: str) -> None:
     """``jetagent replay --verify``: every decision replays to the recorded events."""
-    from jetagent.registry import ToolRegistry
+    from jetagent.worker.registry import ToolRegistry
 
     registry = ToolRegistry(platform.client.js, platform.settings.names)
     await registry.start()

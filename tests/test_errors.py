@@ -16,7 +16,7 @@ def _modules() -> list[str]:
     names = []
     for package in (jetagent, projections):
         for info in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
-            if info.name.endswith("__main__") or info.name == "jetagent.demo":
+            if info.name.endswith("__main__") or info.name == "jetagent.cli.demo":
                 continue
             names.append(info.name)
     return names

@@ -21,9 +21,9 @@ from hypothesis import strategies as st
 from jetagent.config import Settings
 from jetagent.contract import rejection_id
 from jetagent.decoding import PoisonMessage, decode_cancel, decode_signal
+from jetagent.jetstream import DirectGetter
+from jetagent.jetstream._loop import LoopThread
 from jetagent.orchestrator import _readable_request_id
-from jetagent.store import DirectGetter
-from jetagent.store._loop import LoopThread
 from tests.support.platform import InProcessPlatform, eventually
 from tests.test_fuzz_ingress import any_body, nearly_valid_results, request_bodies, result_bodies
 

@@ -20,7 +20,7 @@ from jetagent.client import Client
 from jetagent.config import Settings
 from jetagent.errors import RequestRejectedError
 from jetagent.events import RequestRejected, StepScheduled, decode_events
-from jetagent.store import DirectGetter
+from jetagent.jetstream import DirectGetter
 from tests.support.platform import InProcessPlatform, eventually
 
 DEEP = 5000
@@ -242,9 +242,9 @@ async def _pending_step(client: Client, wid: str) -> StepScheduled:
 
 
 async def _start_reasoning_worker(platform: InProcessPlatform) -> None:
+    from jetagent.jetstream import connect
     from jetagent.models import ModelCatalog
-    from jetagent.store import connect
-    from jetagent.worker import Worker
+    from jetagent.worker._runtime import Worker
     from tests.support.platform import specs_for_tests
 
     nc = await connect(platform.settings.nats_url, name="test-reasoning")
@@ -275,7 +275,7 @@ def _forged(step: StepScheduled, **changes: Any) -> dict[str, Any]:
 async def test_a_forged_step_result_is_dead_lettered_and_the_real_one_counts(
     orchestrator_only: InProcessPlatform,
 ) -> None:
-    from jetagent.replay import replay_workflow
+    from jetagent.orchestrator.replay import replay_workflow
 
     platform = orchestrator_only
     client, settings = platform.client, platform.settings
@@ -338,9 +338,9 @@ async def test_replay_verify_flags_a_forged_result_that_was_folded(
     from datetime import UTC, datetime
 
     from jetagent.events import Spend, StepCompleted
-    from jetagent.journal import Journal
-    from jetagent.replay import replay_workflow
-    from jetagent.store import AggregateStream
+    from jetagent.jetstream import AggregateStream
+    from jetagent.orchestrator.journal import Journal
+    from jetagent.orchestrator.replay import replay_workflow
 
     platform = orchestrator_only
     client, settings = platform.client, platform.settings

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck
 
 from jetagent.config import Settings
 from jetagent.gateway import GatewayServer, GatewaySettings
-from jetagent.store._loop import LoopThread
+from jetagent.jetstream._loop import LoopThread
 from tests.support.gateway import TOKEN_SETTING, auth
 from tests.support.platform import InProcessPlatform
 

@@ -36,7 +36,7 @@ from capabilities.tools.mcp import (
 )
 from jetagent import StepContext, StepOutput
 from jetagent.errors import ConfigError
-from jetagent.tools import ToolBox
+from jetagent.worker.tools import ToolBox
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVER_MODULE = "tests.support.mcp_server"

@@ -43,11 +43,11 @@ from jetagent.events import (
     encode,
     subject_tail,
 )
+from jetagent.jetstream import connect
+from jetagent.jetstream.provision import provision
 from jetagent.payloads import PayloadStore
-from jetagent.provision import provision
-from jetagent.store import connect
-from jetagent.tools import ToolBox
-from jetagent.worker import Worker
+from jetagent.worker._runtime import Worker
+from jetagent.worker.tools import ToolBox
 from tests.support.platform import InProcessPlatform, eventually
 
 # ----------------------------------------------------------------------------- helpers
@@ -505,8 +505,8 @@ def _spec_with(store: MemoryStore) -> CapabilitySpec:
 
 
 def test_the_capability_loads_as_a_plugin(monkeypatch: pytest.MonkeyPatch) -> None:
+    from jetagent.cli._services import capability_specs
     from jetagent.models import ModelCatalog
-    from jetagent.services import capability_specs
 
     monkeypatch.setenv("JETAGENT_CAPABILITIES", "capabilities.memory:memory_capabilities")
     (spec,) = capability_specs(["memory"], ModelCatalog.load())

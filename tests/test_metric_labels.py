@@ -18,8 +18,8 @@ from jetagent import RequestRejectedError
 from jetagent.config import Settings
 from jetagent.embedded import free_port
 from jetagent.events import CallRecord, RequestRejected, StepResult
+from jetagent.jetstream import connect
 from jetagent.llm import Usage
-from jetagent.store import connect
 from projections.costs import MetricsState
 from projections.labels import DISTINCT_LIMIT, OTHER, LabelPolicy
 from projections.service import ProjectionService

@@ -19,7 +19,7 @@ import pytest
 
 from jetagent.config import Settings
 from jetagent.embedded import EmbeddedServer
-from jetagent.store import connect
+from jetagent.jetstream import connect
 from tests.support.platform import ROOT, ServiceProcesses
 
 PASSWORDS = {

@@ -34,10 +34,10 @@ from jetagent.events import (
     decode_event,
     encode_events,
 )
+from jetagent.jetstream import connect
+from jetagent.jetstream._loop import LoopThread
+from jetagent.jetstream.provision import provision
 from jetagent.llm import Usage
-from jetagent.provision import provision
-from jetagent.store import connect
-from jetagent.store._loop import LoopThread
 from projections.service import ProjectionService
 
 EXAMPLES = 300

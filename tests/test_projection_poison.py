@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from jetagent.config import Settings
 from jetagent.embedded import free_port
 from jetagent.events import StepResult, encode
-from jetagent.store import connect
+from jetagent.jetstream import connect
 from projections.service import ProjectionService
 from tests.support.cli import arun_cli, cli_env
 from tests.support.platform import InProcessPlatform, eventually

@@ -19,9 +19,9 @@ from jetagent.config import Settings
 from jetagent.contract import Status
 from jetagent.dead_letter import DeadLetter
 from jetagent.events import CallRecord, StepResult, encode
+from jetagent.jetstream import connect
 from jetagent.llm import Usage
 from jetagent.sessions import SessionView, StepView
-from jetagent.store import connect
 from projections.service import ProjectionService
 from projections.trust import Verdict, judge_scheduled
 from tests.support.platform import InProcessPlatform, eventually

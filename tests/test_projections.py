@@ -15,8 +15,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from jetagent import RequestRejectedError
 from jetagent.config import Settings
 from jetagent.embedded import free_port
+from jetagent.jetstream import connect
 from jetagent.sessions import SessionView
-from jetagent.store import connect
 from projections.checkpoints import CheckpointStore
 from projections.service import CHECKPOINT_KEY, Checkpoint, ProjectionService
 from tests.support.platform import InProcessPlatform, ServiceProcesses, eventually

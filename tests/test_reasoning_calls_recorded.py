@@ -16,13 +16,13 @@ import pytest
 from nats.errors import Error as NatsError
 
 from capabilities.reasoning import Attempt, HttpSettings, ModelGateway
-from jetagent.calls import JournalEntry
 from jetagent.client import Client
 from jetagent.config import Settings
 from jetagent.events import CallRecord
+from jetagent.jetstream import DirectGetter
 from jetagent.llm import Message
 from jetagent.models import ModelCatalog
-from jetagent.store import DirectGetter
+from jetagent.worker.calls import JournalEntry
 from projections.service import ProjectionService
 from tests.fakes.llm_servers import FakeOpenAI, hang, model_for, openai_completion, openai_error
 from tests.support.checks import assert_no_decision_recorded_twice, assert_one_result_per_step

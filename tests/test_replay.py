@@ -5,16 +5,16 @@ from __future__ import annotations
 from decimal import Decimal
 
 from jetagent.config import Settings
-from jetagent.journal import Journal
+from jetagent.jetstream import AggregateStream
 from jetagent.models import ModelCatalog
-from jetagent.replay import replay_workflow
-from jetagent.store import AggregateStream
+from jetagent.orchestrator.journal import Journal
+from jetagent.orchestrator.replay import replay_workflow
 from jetagent.workflow import DecideContext, WorkflowState, fold
 from tests.support.platform import InProcessPlatform
 
 
 async def _context(platform: InProcessPlatform) -> DecideContext:
-    from jetagent.registry import ToolRegistry
+    from jetagent.worker.registry import ToolRegistry
 
     registry = ToolRegistry(platform.client.js, platform.settings.names)
     await registry.start()

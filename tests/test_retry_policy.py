@@ -11,8 +11,8 @@ from jetagent import Status
 from jetagent.client import Client
 from jetagent.config import Settings
 from jetagent.events import StepFailed
-from jetagent.retry import RetryPolicy
-from jetagent.store import DirectGetter
+from jetagent.jetstream import DirectGetter
+from jetagent.worker.retry import RetryPolicy
 from tests.support.checks import assert_one_result_per_step
 from tests.support.platform import InProcessPlatform, eventually
 

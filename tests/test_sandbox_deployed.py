@@ -29,7 +29,7 @@ from jetagent.config import Settings
 from jetagent.embedded import EmbeddedServer
 from jetagent.errors import ConfigError
 from jetagent.events import StepCompleted
-from jetagent.store import connect
+from jetagent.jetstream import connect
 from tests.support.platform import ROOT, ServiceProcesses, eventually
 from tests.support.unprivileged import NOBODY, SYSTEM_PYTHON, reachable_code
 

@@ -13,15 +13,8 @@ from eventsourcing.utils import Environment
 from nats.errors import TimeoutError as NatsTimeoutError
 
 from jetagent.embedded import EmbeddedServer
-from jetagent.store import (
-    AsyncStore,
-    NatsFactory,
-    StoreSettings,
-    StoreUnavailableError,
-    StreamConfigError,
-    WriteTooLargeError,
-    _writes,
-)
+from jetagent.jetstream import StoreUnavailableError, StreamConfigError, WriteTooLargeError
+from jetagent.store import AsyncStore, NatsFactory, StoreSettings, _writes
 
 
 def _factory(url: str, stream: str, **extra: str) -> NatsFactory:
@@ -208,8 +201,8 @@ def test_a_write_larger_than_one_batch_is_refused_whole(nats_url: str) -> None:
 async def test_an_aggregate_append_with_a_lost_ack_is_resolved(
     nats_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from jetagent.store import AggregateStream, ConcurrencyConflict, NewRecord
-    from jetagent.store._streams import ensure_stream
+    from jetagent.jetstream import AggregateStream, ConcurrencyConflict, NewRecord
+    from jetagent.jetstream._streams import ensure_stream
 
     nc = await nats.connect(nats_url)
     name = "AGG_" + uuid.uuid4().hex[:8]

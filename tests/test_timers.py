@@ -15,8 +15,8 @@ from nats.js.client import JetStreamContext
 
 from jetagent.config import Settings
 from jetagent.embedded import EmbeddedCluster, EmbeddedServer, find_server_binary
-from jetagent.provision import provision
-from jetagent.timers import DEADLINE, INPUTS, DueTimer, Timers, due_timer
+from jetagent.jetstream.provision import provision
+from jetagent.orchestrator.timers import DEADLINE, INPUTS, DueTimer, Timers, due_timer
 from tests.support.platform import eventually
 
 
@@ -150,8 +150,8 @@ async def test_a_timer_fires_on_a_replicated_stream_after_its_leader_is_killed(
 
 
 def test_a_timers_stream_without_message_schedules_is_refused() -> None:
-    from jetagent.provision import stream_configs
-    from jetagent.store._streams import stream_problems
+    from jetagent.jetstream._streams import stream_problems
+    from jetagent.jetstream.provision import stream_configs
 
     wanted = next(c for c in stream_configs(Settings()) if c["name"] == "JA_TIMERS")
     assert wanted["allow_msg_schedules"] is True

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from jetagent import Status
 from jetagent.config import Settings
 from jetagent.events import StepFailed
-from jetagent.retry import RetryPolicy
+from jetagent.worker.retry import RetryPolicy
 from tests.support.checks import assert_one_result_per_step
 from tests.support.platform import InProcessPlatform
 from tests.support.tools import DOWN_RUNS, down_budgeted

@@ -18,15 +18,16 @@ from nats.js.errors import NotFoundError
 
 from capabilities.reasoning.capability import reasoning_capabilities
 from capabilities.tools.capability import tools_capability
+from jetagent.cli._services import capability_specs
 from jetagent.client import Client, RequestRejectedError
 from jetagent.config import Settings
 from jetagent.embedded import free_port
+from jetagent.jetstream import connect
 from jetagent.models import ModelCatalog
 from jetagent.orchestrator import Orchestrator
-from jetagent.services import capability_specs
-from jetagent.store import connect
-from jetagent.tools import ToolBox
-from jetagent.worker import CapabilitySpec, Worker
+from jetagent.worker import CapabilitySpec
+from jetagent.worker._runtime import Worker
+from jetagent.worker.tools import ToolBox
 from tests.support.dedicated_tools import TOOLS, heavy
 from tests.support.platform import eventually
 

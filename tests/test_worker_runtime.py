@@ -14,7 +14,7 @@ from jetagent.client import Client
 from jetagent.config import Settings
 from jetagent.errors import RequestRejectedError
 from jetagent.events import StepFailed, StepScheduled
-from jetagent.store import DirectGetter
+from jetagent.jetstream import DirectGetter
 from tests.support.checks import assert_one_result_per_step
 from tests.support.platform import InProcessPlatform, ServiceProcesses, eventually
 

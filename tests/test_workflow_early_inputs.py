@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 from jetagent.contract import Status, WorkflowRequest
 from jetagent.events import Cancelled, InputDeferred, InputRejected, Started, WorkflowEvent
 from jetagent.models import ModelCatalog
-from jetagent.timers import DEADLINE, INPUTS, timers_for
+from jetagent.orchestrator.timers import DEADLINE, INPUTS, timers_for
 from jetagent.workflow import Begin, Cancel, DecideContext, Signal, Tick, WorkflowState, decide
 from jetagent.workflow import fold as fold_events
 

@@ -24,7 +24,7 @@ from capabilities.memory._store import (
     Remembered,
 )
 from jetagent import CapabilitySpec, StepContext, tool
-from jetagent.tools import Tool, ToolBox
+from jetagent.worker.tools import Tool, ToolBox
 
 __all__ = ["CAPABILITY", "memory_capabilities", "memory_capability", "memory_tools"]
 
@@ -32,7 +32,7 @@ CAPABILITY = "memory"
 """The capability's name: its tools' ``capability`` and its consumer's (``cap-memory``)."""
 
 
-# The argument bounds, for the schema the model is shown. (jetagent.tools reads hints
+# The argument bounds, for the schema the model is shown. (jetagent.worker.tools reads hints
 # without their Annotated extras today, so MemoryStore checks the same bounds itself.)
 Text = Annotated[str, Field(min_length=1, max_length=MAX_TEXT_BYTES)]
 Query = Annotated[str, Field(min_length=1, max_length=MAX_QUERY_CHARS)]

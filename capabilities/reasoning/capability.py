@@ -23,12 +23,12 @@ from capabilities.reasoning.gateway import ModelGateway
 from capabilities.reasoning.offline import OfflineProvider, compact_rounds
 from capabilities.reasoning.records import Attempt, GatewayResult
 from jetagent import CapabilitySpec, StepContext, StepOutput, telemetry
-from jetagent.calls import CALLS_RECORDED
 from jetagent.errors import CapabilityError
 from jetagent.events import CallRecord, RoutingDecision
 from jetagent.llm import Completion, Message, ToolSpec
 from jetagent.models import ModelCatalog, ModelConfig
 from jetagent.token_stream import TokenPublisher
+from jetagent.worker.calls import CALLS_RECORDED
 
 __all__ = ["reasoning_capabilities"]
 

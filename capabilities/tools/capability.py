@@ -14,7 +14,7 @@ from typing import Any
 from capabilities.tools.builtin import BUILTIN_TOOLS
 from capabilities.tools.sandbox import announce_protections
 from jetagent import CapabilitySpec
-from jetagent.tools import Tool, ToolBox
+from jetagent.worker.tools import Tool, ToolBox
 
 __all__ = ["SERVES_KEY", "dedicated_tools", "tools_capability"]
 

@@ -95,7 +95,7 @@ from capabilities.tools._mcp_session import (
     ServerSession,
     describe,
 )
-from jetagent.tools import Tool
+from jetagent.worker.tools import Tool
 
 __all__ = [
     "HttpServerConfig",

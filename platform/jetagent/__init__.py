@@ -27,12 +27,12 @@ from jetagent.errors import RateLimitedError as RateLimitedError
 from jetagent.errors import RequestRejectedError as RequestRejectedError
 from jetagent.errors import TransientError as TransientError
 from jetagent.errors import WorkflowFailedError as WorkflowFailedError
-from jetagent.tools import Tool as Tool
-from jetagent.tools import tool as tool
 from jetagent.worker import CapabilitySpec as CapabilitySpec
 from jetagent.worker import StepContext as StepContext
 from jetagent.worker import StepOutput as StepOutput
 from jetagent.worker import capability as capability
+from jetagent.worker.tools import Tool as Tool
+from jetagent.worker.tools import tool as tool
 
 __all__ = [
     "CapabilityError",

@@ -51,7 +51,7 @@ from jetagent.events import (
 from jetagent.sessions import SessionView, apply_step_result, apply_workflow_message
 
 if TYPE_CHECKING:
-    from jetagent.store import DirectGetter
+    from jetagent.jetstream import DirectGetter
     from jetagent.token_stream import TokenDelta
 
 __all__ = ["Client", "SessionView", "SyncClient", "WorkflowResult"]
@@ -156,7 +156,7 @@ class Client:
     @classmethod
     async def connect(cls, url: str | None = None, *, settings: Settings | None = None) -> Client:
         """Connect to NATS (``url``, else ``NATS_URL``)."""
-        from jetagent.store import connect
+        from jetagent.jetstream import connect
 
         settings = settings or Settings()
         target = url or settings.nats_url
@@ -181,7 +181,7 @@ class Client:
 
     async def _reader(self, stream: str) -> DirectGetter:
         """A direct-get reader of ``stream``, opened once and kept (one inbox each)."""
-        from jetagent.store import DirectGetter
+        from jetagent.jetstream import DirectGetter
 
         reader = self._readers.get(stream)
         if reader is None:
@@ -377,7 +377,7 @@ class SyncClient:
     """``Client`` for synchronous code (runs the async client on a private loop thread)."""
 
     def __init__(self, url: str | None = None, *, settings: Settings | None = None) -> None:
-        from jetagent.store._loop import LoopThread
+        from jetagent.jetstream._loop import LoopThread
 
         self._loop = LoopThread(name="jetagent-client-loop")
         self._client = self._loop.run(Client.connect(url, settings=settings))

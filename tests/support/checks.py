@@ -28,7 +28,7 @@ from jetagent.events import (
     decode_events,
     decode_step_result,
 )
-from jetagent.store import DirectGetter
+from jetagent.jetstream import DirectGetter
 
 __all__ = ["assert_no_decision_recorded_twice", "assert_one_result_per_step", "ended_once"]
 

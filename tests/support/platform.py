@@ -17,10 +17,11 @@ from nats.js.errors import NoKeysError
 
 from jetagent.client import Client
 from jetagent.config import Settings
+from jetagent.jetstream import connect
 from jetagent.models import ModelCatalog
 from jetagent.orchestrator import Orchestrator
-from jetagent.store import connect
-from jetagent.worker import CapabilitySpec, Worker
+from jetagent.worker import CapabilitySpec
+from jetagent.worker._runtime import Worker
 from tests.support.tools import TEST_TOOLS
 
 ROOT = Path(__file__).resolve().parents[2]

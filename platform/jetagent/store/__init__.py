@@ -44,33 +44,26 @@ from eventsourcing.persistence import (
 from eventsourcing.utils import Environment, EnvType, resolve_topic, strtobool
 from nats.aio.client import Client as NATS
 
-from ._aggregates import AggregateStream, Appended, ConcurrencyConflict, NewRecord
-from ._async import EVENTS, SNAPSHOTS, AsyncStore, StoreSettings
-from ._client import FastHeaderClient
-from ._direct import DirectGetter, Record
-from ._errors import (
+from jetagent.jetstream import LoopThread, connect, shared_loop
+from jetagent.store._async import EVENTS, SNAPSHOTS, AsyncStore, StoreSettings
+from jetagent.store._errors import (
     StoreConflictError,
     StoreUnavailableError,
     StreamConfigError,
     WriteTooLargeError,
 )
-from ._loop import LoopThread, shared_loop
-from ._recorders import (
+from jetagent.store._recorders import (
     NatsAggregateRecorder,
     NatsApplicationRecorder,
     NatsProcessRecorder,
     NatsSubscription,
     NatsTrackingRecorder,
 )
-from ._subjects import encode_token
-from ._transcoder import MsgspecTranscoder, TypedMapper
+from jetagent.store._subjects import encode_token
+from jetagent.store._transcoder import MsgspecTranscoder, TypedMapper
 
 __all__ = [
-    "AggregateStream",
-    "Appended",
     "AsyncStore",
-    "ConcurrencyConflict",
-    "DirectGetter",
     "Factory",
     "MsgspecTranscoder",
     "NatsAggregateRecorder",
@@ -79,15 +72,12 @@ __all__ = [
     "NatsProcessRecorder",
     "NatsSubscription",
     "NatsTrackingRecorder",
-    "NewRecord",
-    "Record",
     "StoreConflictError",
     "StoreSettings",
     "StoreUnavailableError",
     "StreamConfigError",
     "TypedMapper",
     "WriteTooLargeError",
-    "connect",
 ]
 
 log = logging.getLogger("jetagent.store")
@@ -100,54 +90,6 @@ def stream_name_for(application_name: str) -> str:
     """A valid stream name derived from an application's name."""
     name = _STREAM_CHARS.sub("_", application_name).strip("_")
     return name or "EVENTS"
-
-
-async def connect(
-    url: str,
-    *,
-    name: str,
-    creds: str | None = None,
-    user: str | None = None,
-    password: str | None = None,
-    timeout: float = 2.0,
-) -> NATS:
-    """Connect to NATS, failing fast with a message a person can act on. ``creds`` is a
-    credentials file; ``user`` and ``password`` (read from a file by the caller) log in
-    to a server with user/password authorization."""
-
-    connected = False
-
-    async def on_error(exc: Exception) -> None:
-        # Before the first connection the raised StoreUnavailableError says it all; a
-        # warning per attempt would only repeat it.
-        if connected:
-            log.warning("NATS connection %s: %s", name, exc)
-
-    try:
-        # nats-py retries a first connection forever when reconnects are unlimited:
-        # allow one retry per server to fail fast, then reconnect without limit.
-        nc = FastHeaderClient()
-        await nc.connect(
-            servers=[u.strip() for u in url.split(",") if u.strip()],
-            name=name,
-            # nats-py annotates these as int but uses them as seconds of any kind.
-            connect_timeout=timeout,  # type: ignore[arg-type]
-            user_credentials=creds,
-            user=user,
-            password=password,
-            max_reconnect_attempts=1,
-            reconnect_time_wait=0.5,  # type: ignore[arg-type]
-            error_cb=on_error,
-        )
-        nc.options["max_reconnect_attempts"] = -1
-        connected = True
-        return nc
-    except Exception as exc:
-        raise StoreUnavailableError(
-            f"cannot connect to NATS at {url} ({type(exc).__name__}: {exc or 'no answer'}). "
-            "Is nats-server running there? Start one with `jetagent up`, or point "
-            "NATS_URL at a running server."
-        ) from exc
 
 
 class NatsFactory(InfrastructureFactory[NatsTrackingRecorder]):

@@ -35,17 +35,17 @@ from nats.aio.client import Client as NATS
 from nats.errors import Error as NatsError
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
-from ._direct import DirectGetter, Record
-from ._errors import StoreConflictError, StoreUnavailableError, WriteTooLargeError
-from ._streams import ensure_stream, load_definition
-from ._subjects import SubjectLayout
-from ._writes import (
+from jetagent.jetstream._direct import DirectGetter, Record
+from jetagent.jetstream._errors import StoreConflictError, StoreUnavailableError, WriteTooLargeError
+from jetagent.jetstream._streams import ensure_stream, load_definition
+from jetagent.jetstream._writes import (
     DUPLICATE_IN_BATCH,
     MSG_ID,
     WRONG_LAST_SEQUENCE,
     Message,
     write,
 )
+from jetagent.store._subjects import SubjectLayout
 
 __all__ = ["AsyncStore", "StoreSettings"]
 

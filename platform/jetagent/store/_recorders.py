@@ -20,8 +20,8 @@ from eventsourcing.persistence import (
     TrackingRecorder,
 )
 
-from ._async import EVENTS, AsyncStore
-from ._loop import LoopThread
+from jetagent.jetstream._loop import LoopThread
+from jetagent.store._async import EVENTS, AsyncStore
 
 __all__ = [
     "NatsAggregateRecorder",

@@ -19,7 +19,7 @@ from nats.js.errors import BadRequestError, NotFoundError
 
 from jetagent.config import Names, Settings
 from jetagent.errors import ConfigError
-from jetagent.store._streams import ensure_stream
+from jetagent.jetstream._streams import ensure_stream
 
 __all__ = [
     "STREAM_FILES",

@@ -22,10 +22,9 @@ from dataclasses import dataclass, field
 from nats.aio.client import Client as NATS
 
 from jetagent.errors import JetagentError
-
-from ._direct import DirectGetter, Record
-from ._errors import StoreUnavailableError, WriteTooLargeError
-from ._writes import (
+from jetagent.jetstream._direct import DirectGetter, Record
+from jetagent.jetstream._errors import StoreUnavailableError, WriteTooLargeError
+from jetagent.jetstream._writes import (
     DUPLICATE_IN_BATCH,
     MSG_ID,
     WRONG_LAST_SEQUENCE,

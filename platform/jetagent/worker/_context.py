@@ -21,11 +21,11 @@ from nats.errors import Error as NatsError
 from nats.js.client import JetStreamContext
 from nats.js.kv import KeyValue
 
-from jetagent.calls import CallJournal
 from jetagent.config import Names
 from jetagent.events import CallRecord, RoutingDecision, Spend
 from jetagent.payloads import PayloadStore
-from jetagent.registry import RegisteredTool
+from jetagent.worker.calls import CallJournal
+from jetagent.worker.registry import RegisteredTool
 
 __all__ = ["CapabilitySpec", "Handler", "StepContext", "StepOutput", "capability"]
 
@@ -67,7 +67,7 @@ class StepContext:
         before the step ends. A call reported here need not be returned in
         ``StepOutput.calls`` as well; if the same object is, it is counted once. An
         error raised after its calls were reported here says so with
-        ``details[jetagent.calls.CALLS_RECORDED] = True`` (they are not counted again
+        ``details[jetagent.worker.calls.CALLS_RECORDED] = True`` (they are not counted again
         from its ``details``/``usage``)."""
         if any(c is call for c in self._recorded):
             return

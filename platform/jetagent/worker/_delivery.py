@@ -15,7 +15,6 @@ from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 
 from jetagent import telemetry
-from jetagent.calls import CALLS_RECORDED
 from jetagent.errors import CapabilityError, RateLimitedError, TransientError
 from jetagent.events import (
     CallRecord,
@@ -25,6 +24,7 @@ from jetagent.events import (
     StepScheduled,
     encode,
 )
+from jetagent.worker.calls import CALLS_RECORDED
 
 __all__ = ["Heartbeat", "billed", "error_of", "publish_result", "routing_of", "what"]
 

@@ -35,7 +35,7 @@ def _plugins() -> dict[str, CapabilitySpec]:
 
 def _plugin_tools() -> list[Any]:
     """Tools named by ``JETAGENT_TOOLS=module:attr,...`` (each a Tool or a list of them)."""
-    from jetagent.tools import Tool
+    from jetagent.worker.tools import Tool
 
     tools: list[Tool] = []
     for entry in filter(None, os.environ.get("JETAGENT_TOOLS", "").split(",")):

@@ -22,7 +22,7 @@ from nats.errors import ConnectionClosedError, NoRespondersError
 from nats.errors import Error as NatsError
 from nats.errors import TimeoutError as NatsTimeoutError
 
-from ._errors import StoreUnavailableError
+from jetagent.jetstream._errors import StoreUnavailableError
 
 __all__ = [
     "DUPLICATE_IN_BATCH",

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from jetagent.config import Settings
 
 if TYPE_CHECKING:
-    from jetagent.registry import RegisteredTool
+    from jetagent.worker.registry import RegisteredTool
 
 __all__ = ["Retry", "RetryPolicy"]
 

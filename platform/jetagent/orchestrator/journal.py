@@ -30,7 +30,7 @@ from jetagent.events import (
     event_type,
     subject_tail,
 )
-from jetagent.store import AggregateStream, NewRecord, Record
+from jetagent.jetstream import AggregateStream, NewRecord, Record
 from jetagent.workflow import WorkflowState, evolve
 
 __all__ = ["Journal", "Loaded"]

@@ -14,7 +14,7 @@ import msgspec
 from nats.aio.client import Client as NATS
 from nats.errors import Error as NatsError
 
-from ._errors import StoreUnavailableError, StreamConfigError
+from jetagent.jetstream._errors import StoreUnavailableError, StreamConfigError
 
 __all__ = ["ensure_stream", "load_definition", "stream_problems"]
 

@@ -25,7 +25,7 @@ from nats.js.client import JetStreamContext
 
 from jetagent.config import Names
 from jetagent.events import CallRecord
-from jetagent.store import DirectGetter
+from jetagent.jetstream import DirectGetter
 
 __all__ = ["CALLS_RECORDED", "CallJournal", "EarlierRuns", "JournalEntry"]
 

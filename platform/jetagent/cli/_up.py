@@ -98,7 +98,7 @@ def default_services(
     ``JETAGENT_TOOLS`` — a ConfigError if it cannot be, so nothing starts half-served),
     the projections and (``gateway``) the HTTP gateway."""
     if dedicated is None:
-        from jetagent.services import dedicated_tool_names
+        from jetagent.cli._services import dedicated_tool_names
 
         dedicated = dedicated_tool_names()
     services = [ServiceProcess("orchestrator", ["orchestrator"])]
@@ -162,8 +162,8 @@ class Platform:
             self.console.print(f"gateway: {_gateway_url()} (JETAGENT_GATEWAY_TOKENS)")
 
     async def _provision(self) -> None:
-        from jetagent.provision import provision
-        from jetagent.store import connect
+        from jetagent.jetstream import connect
+        from jetagent.jetstream.provision import provision
 
         nc = await connect(self.url, name="jetagent.up", creds=self.settings.nats_creds)
         try:
@@ -174,7 +174,7 @@ class Platform:
 
     async def wait_ready(self, timeout: float = 30.0) -> None:
         """Wait until every worker's consumer exists and its tools are registered."""
-        from jetagent.store import connect
+        from jetagent.jetstream import connect
 
         workers = [
             "-".join([s.args[1], *s.args[3:]])  # worker tools --only X: consumer cap-tools-X

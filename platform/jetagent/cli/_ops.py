@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from jetagent.cli import _connect, _run, _settings, app, console, err, fail
+from jetagent.cli._app import _connect, _run, _settings, app, console, err, fail
 
 __all__ = ["dlq", "inspect", "replay", "tail"]
 
@@ -18,7 +18,7 @@ def inspect(
     as_json: Annotated[bool, typer.Option("--json", help="Print the raw view.")] = False,
 ) -> None:
     """Show a workflow's session view: status, steps, models, latency, tokens, cost."""
-    from jetagent._render import session_table
+    from jetagent.cli._render import session_table
     from jetagent.client import Client
 
     settings = _settings()
@@ -50,10 +50,10 @@ def replay(
     ] = False,
 ) -> None:
     """Replay a workflow's history (from the log: no model or tool is called again)."""
-    from jetagent._render import describe
+    from jetagent.cli._render import describe
     from jetagent.models import ModelCatalog
-    from jetagent.registry import ToolRegistry
-    from jetagent.replay import replay_workflow
+    from jetagent.orchestrator.replay import replay_workflow
+    from jetagent.worker.registry import ToolRegistry
     from jetagent.workflow import DecideContext
 
     settings = _settings()
@@ -104,7 +104,7 @@ def tail(
     """Print every workflow event as it happens, across all workflows."""
     from nats.js.api import ConsumerConfig, DeliverPolicy
 
-    from jetagent._render import describe
+    from jetagent.cli._render import describe
     from jetagent.events import decode_events
 
     settings = _settings()
@@ -158,7 +158,7 @@ def dlq(
     """List the newest dead letters (messages that could not be processed)."""
     import msgspec
 
-    from jetagent.store import DirectGetter
+    from jetagent.jetstream import DirectGetter
 
     settings = _settings()
 

@@ -12,7 +12,7 @@ no ``backoff`` (which would replace the ack wait); while a step runs the runtime
 in-progress acks at a quarter of the ack wait, so a step whose worker lives is never
 given to another worker, and one whose worker died runs again after the ack wait.
 
-Retries come from a :class:`~jetagent.retry.RetryPolicy` (count, time, the workflow's
+Retries come from a :class:`~jetagent.worker.retry.RetryPolicy` (count, time, the workflow's
 deadline): a ``TransientError`` is retried with an explicit ``nak(delay)``; a
 ``RateLimitedError`` is waited out inside the same run a bounded number of times; a
 ``PermanentError``, or an exhausted retry budget, produces a failed ``StepResult`` and a
@@ -20,7 +20,7 @@ deadline): a ``TransientError`` is retried with an explicit ``nak(delay)``; a
 delivery past ``step_max_deliver`` (the runs before it all died) is finished as failed
 without running the handler, so dead-lettering needs no advisory and no worker present
 at the moment deliveries run out. Every provider call a handler reports with
-:meth:`StepContext.record_call` is journaled as it completes (:mod:`jetagent.calls`),
+:meth:`StepContext.record_call` is journaled as it completes (:mod:`jetagent.worker.calls`),
 so the result of a step that ran more than once carries every run's calls.
 
 ``StepResult`` is write-once per step (expected last subject sequence 0): a redelivered
@@ -49,10 +49,7 @@ from nats.errors import Error as NatsError
 from opentelemetry.trace import SpanKind
 
 from jetagent import telemetry
-from jetagent._delivery import Heartbeat, billed, error_of, publish_result, routing_of, what
-from jetagent.calls import CallJournal
 from jetagent.config import Settings
-from jetagent.consume import Puller
 from jetagent.dead_letter import DeadLetterKind, dead_letter_of, publish_dead_letter
 from jetagent.errors import CapabilityError, PermanentError, RateLimitedError, TransientError
 from jetagent.events import (
@@ -62,12 +59,15 @@ from jetagent.events import (
     StepScheduled,
     decode_events,
 )
-from jetagent.handlers import CapabilitySpec, Handler, StepContext, StepOutput, capability
+from jetagent.jetstream import DirectGetter
+from jetagent.jetstream.consume import Puller
+from jetagent.jetstream.provision import consumer_config, ensure_consumer, provision
 from jetagent.payloads import PayloadStore
-from jetagent.provision import consumer_config, ensure_consumer, provision
-from jetagent.registry import ToolRegistry
-from jetagent.retry import RetryPolicy
-from jetagent.store import DirectGetter
+from jetagent.worker import CapabilitySpec, Handler, StepContext, StepOutput, capability
+from jetagent.worker._delivery import Heartbeat, billed, error_of, publish_result, routing_of, what
+from jetagent.worker.calls import CallJournal
+from jetagent.worker.registry import ToolRegistry
+from jetagent.worker.retry import RetryPolicy
 
 __all__ = [
     "CapabilitySpec",

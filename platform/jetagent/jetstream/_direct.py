@@ -19,7 +19,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.errors import Error as NatsError
 
-from ._errors import StoreUnavailableError
+from jetagent.jetstream._errors import StoreUnavailableError
 
 __all__ = ["DirectGetter", "Record"]
 

@@ -42,8 +42,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
 from jetagent.errors import TransientError
 from jetagent.llm import ToolSpec
-from jetagent.registry import RegisteredTool
 from jetagent.worker import StepContext, StepOutput
+from jetagent.worker.registry import RegisteredTool
 
 INLINE_RESULT_BYTES = 4096
 """A tool answer up to this size is also spread into the step's output, not only

@@ -182,7 +182,7 @@ def _fast_event_loop() -> None:
 
 
 async def _connect(settings: Settings, name: str) -> Any:
-    from jetagent.store import connect
+    from jetagent.jetstream import connect
 
     return await connect(
         _need_url(settings),
@@ -201,7 +201,7 @@ def up(
     ] = None,
 ) -> None:
     """Start the platform: embedded NATS (unless NATS_URL is set) and every service."""
-    from jetagent._up import Platform, default_services
+    from jetagent.cli._up import Platform, default_services
 
     settings = _settings()
     if data_dir is not None:
@@ -255,9 +255,9 @@ def worker(
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Run a capability worker (scale by running more)."""
+    from jetagent.cli._services import capability_specs
     from jetagent.models import ModelCatalog
-    from jetagent.services import capability_specs
-    from jetagent.worker import Worker
+    from jetagent.worker._runtime import Worker
 
     _logging(verbose)
     settings = _settings()
@@ -319,8 +319,8 @@ def gateway(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -
 @app.command()
 def provision() -> None:
     """Create (or check) every stream, consumer and bucket the platform needs."""
-    from jetagent.provision import provision as apply
-    from jetagent.provision import repair_capability_consumers
+    from jetagent.jetstream.provision import provision as apply
+    from jetagent.jetstream.provision import repair_capability_consumers
 
     settings = _settings()
 
@@ -401,8 +401,8 @@ async def _follow(
 ) -> int:
     """Follow a workflow to its end: 0 if it finalized; one line and 1 if it did not end
     within ``timeout``, 130 on Ctrl-C/SIGTERM. ``tokens``: the model's text too."""
-    from jetagent._render import follow
-    from jetagent._render_tokens import follow_with_tokens
+    from jetagent.cli._render import follow
+    from jetagent.cli._render_tokens import follow_with_tokens
 
     following = (follow_with_tokens if tokens else follow)(client, workflow_id, console)
     try:
@@ -541,14 +541,14 @@ def projections_rebuild() -> None:
 @app.command()
 def demo() -> None:
     """Run the demo (what `make demo` runs)."""
-    from jetagent.demo import main as demo_main
+    from jetagent.cli.demo import main as demo_main
 
     raise typer.Exit(demo_main())
 
 
 # The SRE commands (inspect, replay, tail, dlq) live in their own module; importing it
 # registers them on ``app``.
-import jetagent._cli_ops  # noqa: E402, F401
+import jetagent.cli._ops  # noqa: E402, F401
 
 
 def main() -> None:
@@ -558,12 +558,5 @@ def main() -> None:
         fail(str(exc))
         sys.exit(2)
 
-
-if __name__ == "__main__":
-    # Run through the imported module: the commands of jetagent._cli_ops are registered
-    # on its ``app``, not on this ``__main__`` copy's.
-    from jetagent.cli import main as _main
-
-    _main()
 
 _ = json

@@ -8,7 +8,7 @@ import contextlib
 
 from rich.console import Console
 
-from jetagent._render import follow
+from jetagent.cli._render import follow
 from jetagent.client import Client
 from jetagent.token_stream import follow_tokens
 

@@ -22,8 +22,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 from rich.table import Table
 
-from jetagent._render import follow
-from jetagent._up import Platform, default_services
+from jetagent.cli._render import follow
+from jetagent.cli._up import Platform, default_services
 from jetagent.client import Client, WorkflowResult
 from jetagent.config import Settings
 from jetagent.contract import WorkflowRequest

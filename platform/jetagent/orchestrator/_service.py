@@ -1,7 +1,7 @@
 """The orchestrator: a process application over the Workflow aggregate.
 
 It follows ``JA_REQUESTS`` (requests, cancels, signals), ``JA_STEPS`` (step results) and
-``JA_TIMERS`` (deadlines and other durable timers, see ``jetagent.timers``) through
+``JA_TIMERS`` (deadlines and other durable timers, see ``jetagent.orchestrator.timers``) through
 durable pull consumers shared by every replica. For each message it loads the
 workflow, asks the pure ``decide`` what to record, appends those events one by one with
 an aggregate-wide concurrency check, and only then acknowledges the message.
@@ -33,7 +33,6 @@ from opentelemetry.trace import SpanKind
 
 from jetagent import telemetry
 from jetagent.config import Settings
-from jetagent.consume import Puller
 from jetagent.contract import Status, WorkflowRequest, rejection_id, validate_request
 from jetagent.dead_letter import DeadLetterKind, dead_letter_of, publish_dead_letter
 from jetagent.decoding import (
@@ -51,16 +50,17 @@ from jetagent.events import (
     WorkflowEvent,
     group_for_messages,
 )
-from jetagent.journal import Journal, Loaded
+from jetagent.jetstream import AggregateStream, ConcurrencyConflict, StoreUnavailableError
+from jetagent.jetstream.consume import Puller
+from jetagent.jetstream.provision import provision
 from jetagent.models import ModelCatalog
+from jetagent.orchestrator.journal import Journal, Loaded
+from jetagent.orchestrator.request_ids import derived_request_id
+from jetagent.orchestrator.timers import Timers, due_timer, keep_early
 from jetagent.payloads import PayloadStore
-from jetagent.provision import provision
-from jetagent.registry import ToolRegistry
-from jetagent.request_ids import derived_request_id
 from jetagent.result_check import result_problem
-from jetagent.store import AggregateStream, ConcurrencyConflict, StoreUnavailableError
-from jetagent.timers import Timers, due_timer, keep_early
 from jetagent.tokens import openai_tokenizer
+from jetagent.worker.registry import ToolRegistry
 from jetagent.workflow import (
     Begin,
     Cancel,

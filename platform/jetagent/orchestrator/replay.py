@@ -34,9 +34,9 @@ from jetagent.events import (
     decode_events,
     decode_step_result,
 )
+from jetagent.jetstream import DirectGetter, Record
 from jetagent.payloads import is_ref
 from jetagent.result_check import result_problem, step_problem
-from jetagent.store import DirectGetter, Record
 from jetagent.workflow import (
     Begin,
     Cancel,
