@@ -26,14 +26,14 @@ from jetagent.jetstream.provision import (
     repair_capability_consumers,
 )
 from jetagent.models import ModelCatalog
+from jetagent.testing import eventually
 from jetagent.worker._runtime import Worker
 from projections.service import ProjectionService
 from tests.fakes.llm_servers import FakeOpenAI, model_for, openai_completion
 from tests.support.checks import assert_no_decision_recorded_twice, assert_one_result_per_step
 from tests.support.platform import (
     InProcessPlatform,
-    ServiceProcesses,
-    eventually,
+    service_processes,
     specs_for_tests,
     tool_registered,
 )
@@ -126,7 +126,7 @@ async def test_slow_steps_run_once_on_two_replicas(
 async def test_sigkill_mid_tool_runs_it_again_and_records_both_runs(
     settings: Settings, tmp_path: Path
 ) -> None:
-    procs = ServiceProcesses(
+    procs = service_processes(
         settings.nats_url,
         settings.prefix,
         tmp_path,
@@ -181,7 +181,7 @@ async def test_sigkill_mid_tool_runs_it_again_and_records_both_runs(
 async def test_deliveries_exhausted_give_one_dead_letter_and_one_result(
     settings: Settings, tmp_path: Path, connected: int
 ) -> None:
-    procs = ServiceProcesses(
+    procs = service_processes(
         settings.nats_url,
         settings.prefix,
         tmp_path,

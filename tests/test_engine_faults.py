@@ -7,13 +7,9 @@ from pathlib import Path
 
 from jetagent.client import Client
 from jetagent.config import Settings
+from jetagent.testing import eventually
 from tests.support.checks import assert_no_decision_recorded_twice, assert_one_result_per_step
-from tests.support.platform import (
-    InProcessPlatform,
-    ServiceProcesses,
-    eventually,
-    tool_registered,
-)
+from tests.support.platform import InProcessPlatform, service_processes, tool_registered
 
 
 async def _each_once(client: Client, settings: Settings, ids: list[str]) -> None:
@@ -24,7 +20,7 @@ async def _each_once(client: Client, settings: Settings, ids: list[str]) -> None
 
 
 async def test_sigkill_a_worker_mid_step(settings: Settings, tmp_path: Path) -> None:
-    procs = ServiceProcesses(
+    procs = service_processes(
         settings.nats_url,
         settings.prefix,
         tmp_path,
@@ -57,7 +53,7 @@ async def test_sigkill_a_worker_mid_step(settings: Settings, tmp_path: Path) -> 
 
 
 async def test_sigkill_the_orchestrator_and_restart(settings: Settings, tmp_path: Path) -> None:
-    procs = ServiceProcesses(settings.nats_url, settings.prefix, tmp_path)
+    procs = service_processes(settings.nats_url, settings.prefix, tmp_path)
     procs.start("orchestrator-1", "orchestrator")
     procs.start("workers", "worker", "reasoning", "tools")
     client = await Client.connect(settings.nats_url, settings=settings)

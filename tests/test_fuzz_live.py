@@ -24,7 +24,8 @@ from jetagent.decoding import PoisonMessage, decode_cancel, decode_signal
 from jetagent.jetstream import DirectGetter
 from jetagent.jetstream._loop import LoopThread
 from jetagent.orchestrator import _readable_request_id
-from tests.support.platform import InProcessPlatform, eventually
+from jetagent.testing import eventually
+from tests.support.platform import InProcessPlatform
 from tests.test_fuzz_ingress import any_body, nearly_valid_results, request_bodies, result_bodies
 
 LIVE_EXAMPLES = 200

@@ -46,9 +46,10 @@ from jetagent.events import (
 from jetagent.jetstream import connect
 from jetagent.jetstream.provision import provision
 from jetagent.payloads import PayloadStore
+from jetagent.testing import eventually
 from jetagent.worker._runtime import Worker
 from jetagent.worker.tools import ToolBox
-from tests.support.platform import InProcessPlatform, eventually
+from tests.support.platform import InProcessPlatform
 
 # ----------------------------------------------------------------------------- helpers
 

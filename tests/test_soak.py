@@ -19,8 +19,9 @@ import pytest
 from jetagent.client import Client
 from jetagent.config import Settings
 from jetagent.embedded import EmbeddedServer
+from jetagent.testing import eventually
 from tests.support.checks import assert_no_decision_recorded_twice, assert_one_result_per_step
-from tests.support.platform import ServiceProcesses, eventually, tool_registered
+from tests.support.platform import service_processes, tool_registered
 
 pytestmark = pytest.mark.soak
 
@@ -40,7 +41,7 @@ async def test_chaos_soak(fresh_server: EmbeddedServer, unique: str, tmp_path: P
     seconds = float(os.environ.get("JETAGENT_SOAK_SECONDS", "120"))
     rate = float(os.environ.get("JETAGENT_SOAK_RATE", "20"))
     kill_every = float(os.environ.get("JETAGENT_SOAK_KILL_EVERY_S", "2"))
-    procs = ServiceProcesses(
+    procs = service_processes(
         settings.nats_url,
         settings.prefix,
         tmp_path,

@@ -17,7 +17,7 @@ from jetagent.config import Settings
 from jetagent.embedded import EmbeddedCluster, EmbeddedServer, find_server_binary
 from jetagent.jetstream.provision import provision
 from jetagent.orchestrator.timers import DEADLINE, INPUTS, DueTimer, Timers, due_timer
-from tests.support.platform import eventually
+from jetagent.testing import eventually
 
 
 def test_the_bundled_nats_server_supports_message_schedules() -> None:
