@@ -27,6 +27,7 @@ from jetagent.client import Client
 from jetagent.config import Settings
 from jetagent.embedded import EmbeddedServer
 from jetagent.events import StepScheduled
+from jetagent.testing import nats_server
 
 from ._delivery_fixtures import SlowLLM, delivery_platform
 from ._harness import Benchmark, Contenders, Env, Suite, Target
@@ -147,13 +148,12 @@ class _Bench:
 
 @contextmanager
 def _bench(env: Env) -> Iterator[_Bench]:
-    server = EmbeddedServer(env.tmp / "delivery-nats").start()
-    llm = SlowLLM(env.tmp / "naps.log")
-    try:
-        yield _Bench(server, llm, env.tmp, workflows=env.size(WORKFLOWS, 4))
-    finally:
-        llm.close()
-        server.stop()
+    with nats_server(env.tmp / "delivery-nats") as server:
+        llm = SlowLLM(env.tmp / "naps.log")
+        try:
+            yield _Bench(server, llm, env.tmp, workflows=env.size(WORKFLOWS, 4))
+        finally:
+            llm.close()
 
 
 def _shared(env: Env) -> _Bench:
