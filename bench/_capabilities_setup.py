@@ -26,7 +26,7 @@ from typing import Any
 import httpx
 import msgspec
 from nats.aio.msg import Msg
-from nats.js.errors import NoKeysError, NotFoundError
+from nats.js.errors import NotFoundError
 
 from capabilities.tools.capability import tools_capability
 from jetagent.config import Settings
@@ -41,7 +41,7 @@ from jetagent.events import (
 )
 from jetagent.jetstream.provision import provision
 from jetagent.models import ModelCatalog
-from jetagent.testing import SupervisedProcess, eventually
+from jetagent.testing import SupervisedProcess, eventually, tools_registered
 from jetagent.workflow import Begin, DecideContext, WorkflowState, decide
 
 from ._history import SYSTEM_PROMPT
@@ -241,12 +241,9 @@ async def wait_for_worker(
     async def up() -> bool:
         try:
             await loop.js.consumer_info(names.workflows_stream, consumer)
-            if not tools:
-                return True
-            kv = await loop.js.key_value(names.bucket("REGISTRY"))
-            return "tool.python" in await kv.keys()
-        except (NoKeysError, NotFoundError):
+        except NotFoundError:
             return False
+        return not tools or await tools_registered(loop.js, settings, "python")
 
     await eventually(up, timeout=timeout, alive=alive, what=f"{consumer} up")
 

@@ -30,14 +30,14 @@ from typing import Any
 
 import uvloop
 from nats.aio.msg import Msg
-from nats.js.errors import NoKeysError, NotFoundError
+from nats.js.errors import NotFoundError
 
 from jetagent.client import Client
 from jetagent.config import Settings
 from jetagent.contract import CapabilityLimits, ModelPreferences, WorkflowRequest
 from jetagent.events import Finalized, StepResult, decode_events, decode_step_result
 from jetagent.jetstream import DirectGetter
-from jetagent.testing import eventually
+from jetagent.testing import eventually, tools_registered
 
 from ._comparison_workload import Session, instruction
 from ._services import bench_services
@@ -171,11 +171,9 @@ class ComparisonPlatform:
         try:
             for consumer in ("cap-reasoning", "cap-tools", "cap-tools-crunch"):
                 await js.consumer_info(self.names.workflows_stream, consumer)
-            kv = await js.key_value(self.names.bucket("REGISTRY"))
-            keys = set(await kv.keys())
-        except (NoKeysError, NotFoundError):
+        except NotFoundError:
             return False
-        return {"tool.slow_lookup", "tool.crunch"} <= keys
+        return await tools_registered(js, self.settings, "slow_lookup", "crunch")
 
     async def _on_final(self, msg: Msg) -> None:
         current = self._run

@@ -25,7 +25,6 @@ from typing import Any, TypeVar
 
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from nats.js.errors import NoKeysError, NotFoundError
 
 from jetagent.client import Client
 from jetagent.config import Settings
@@ -40,7 +39,7 @@ from jetagent.events import (
     decode_step_result,
 )
 from jetagent.jetstream import DirectGetter, Record
-from jetagent.testing import eventually, wait_until
+from jetagent.testing import eventually, tools_registered, wait_until
 
 from ._engine_service import PROFILE_ENV
 from ._profile import process_cpu
@@ -245,20 +244,13 @@ class EnginePlatform:
             await nc.subscribe(f"{self.names.workflow_root}.>", cb=self._on_event),
             await nc.subscribe(f"{self.names.prefix}.dlq.>", cb=self._on_dead_letter),
         ]
+        js = self.client.js
         await eventually(
-            self._tools_known,
+            lambda: tools_registered(js, self.settings, "calculator"),
             timeout=60,
             alive=self.services.check_alive,
             what="the workers registering the calculator",
         )
-
-    async def _tools_known(self) -> bool:
-        assert self.client is not None
-        try:
-            kv = await self.client.js.key_value(self.names.bucket("REGISTRY"))
-            return "tool.calculator" in await kv.keys()
-        except (NoKeysError, NotFoundError):
-            return False
 
     async def _on_dead_letter(self, msg: Msg) -> None:
         """A service gave up on a message: the run cannot be right; say why at once."""

@@ -46,7 +46,7 @@ from jetagent.contract import (
 )
 from jetagent.events import Finalized, decode_events
 from jetagent.jetstream.provision import provision
-from jetagent.testing import ServiceProcesses, eventually
+from jetagent.testing import ServiceProcesses, eventually, tools_registered
 from jetagent.worker.registry import ToolRegistry
 
 from ._services import Loop
@@ -279,15 +279,14 @@ def live_sessions(loop: Loop, settings: Settings, services: ServiceProcesses, *,
 
 async def _wait_for_tools(loop: Loop, settings: Settings, services: ServiceProcesses) -> None:
     """Until the orchestrator is up (its consumer exists) and the calculator is known."""
-    from nats.js.errors import NoKeysError, NotFoundError
+    from nats.js.errors import NotFoundError
 
     async def up() -> bool:
         try:
             await loop.js.consumer_info(settings.names.requests_stream, "orchestrator-requests")
-            kv = await loop.js.key_value(settings.names.bucket("REGISTRY"))
-            return "tool.calculator" in await kv.keys()
-        except (NoKeysError, NotFoundError):
+        except NotFoundError:
             return False
+        return await tools_registered(loop.js, settings, "calculator")
 
     await eventually(up, timeout=60, alive=services.check_alive, what="the services up")
 

@@ -26,7 +26,7 @@ from jetagent.jetstream.provision import (
     repair_capability_consumers,
 )
 from jetagent.models import ModelCatalog
-from jetagent.testing import eventually
+from jetagent.testing import eventually, tools_registered
 from jetagent.worker._runtime import Worker
 from projections.service import ProjectionService
 from tests.fakes.llm_servers import FakeOpenAI, model_for, openai_completion
@@ -35,7 +35,6 @@ from tests.support.platform import (
     InProcessPlatform,
     service_processes,
     specs_for_tests,
-    tool_registered,
 )
 
 KEY_ENV = "JA_TEST_DELIVERY_KEY"
@@ -139,7 +138,7 @@ async def test_sigkill_mid_tool_runs_it_again_and_records_both_runs(
     client = await Client.connect(settings.nats_url, settings=settings)
     log = tmp_path / "runs.log"
     try:
-        await eventually(lambda: tool_registered(client, settings, "logged_sleep"), timeout=30)
+        await eventually(lambda: tools_registered(client.js, settings, "logged_sleep"), timeout=30)
         args = json.dumps({"seconds": 5, "log": str(log), "tokens": 7})
         wid = await client.submit(
             instruction=f"call logged_sleep {args}", tenant="acme", allowed_tools=["logged_sleep"]
@@ -200,7 +199,7 @@ async def test_deliveries_exhausted_give_one_dead_letter_and_one_result(
     client = await Client.connect(settings.nats_url, settings=settings)
     log = tmp_path / "runs.log"
     try:
-        await eventually(lambda: tool_registered(client, settings, "logged_sleep"), timeout=30)
+        await eventually(lambda: tools_registered(client.js, settings, "logged_sleep"), timeout=30)
         if connected:
             pulling = 2 + connected
             await eventually(lambda: _consumers_waiting(client, settings, pulling), timeout=60)
@@ -370,7 +369,7 @@ async def test_a_long_step_is_not_run_twice_across_a_server_restart(
     log = tmp_path / "runs.log"
     try:
         client = platform.client
-        await eventually(lambda: tool_registered(client, settings, "logged_sleep"), timeout=30)
+        await eventually(lambda: tools_registered(client.js, settings, "logged_sleep"), timeout=30)
         args = json.dumps({"seconds": 12, "log": str(log)})
         wid = await client.submit(
             instruction=f"call logged_sleep {args}", tenant="acme", allowed_tools=["logged_sleep"]

@@ -14,17 +14,9 @@ from jetagent.events import ApprovalRequested, Started, StepScheduled, Terminate
 from jetagent.jetstream import DirectGetter
 from jetagent.models import ModelCatalog
 from jetagent.orchestrator.replay import replay_workflow
-from jetagent.testing import eventually
+from jetagent.testing import eventually, tools_registered
 from jetagent.workflow import DecideContext
 from tests.support.platform import InProcessPlatform, service_processes
-
-
-async def _tool_registered(client: Client, settings: Settings, name: str) -> bool:
-    try:
-        kv = await client.js.key_value(settings.names.bucket("REGISTRY"))
-        return f"tool.{name}" in await kv.keys()
-    except Exception:  # not provisioned yet, or no keys yet
-        return False
 
 
 async def _assert_ended_by_its_deadline(client: Client, wid: str, log: str) -> None:
@@ -106,7 +98,7 @@ async def test_a_workflow_waiting_on_approval_ends_at_its_deadline_after_a_resta
     procs.start("workers", "worker", "reasoning", "tools")
     client = await Client.connect(settings.nats_url, settings=settings)
     try:
-        await eventually(lambda: _tool_registered(client, settings, "dangerous"), timeout=30)
+        await eventually(lambda: tools_registered(client.js, settings, "dangerous"), timeout=30)
         wid = await client.submit(
             instruction='call dangerous {"target": "prod"}',
             tenant="acme",
@@ -135,7 +127,7 @@ async def test_a_workflow_on_a_hung_step_ends_at_its_deadline_with_every_orchest
     procs.start("workers", "worker", "reasoning", "tools")
     client = await Client.connect(settings.nats_url, settings=settings)
     try:
-        await eventually(lambda: _tool_registered(client, settings, "slow"), timeout=30)
+        await eventually(lambda: tools_registered(client.js, settings, "slow"), timeout=30)
         wid = await client.submit(
             instruction='call slow {"seconds": 300}',
             tenant="acme",
@@ -183,7 +175,7 @@ async def test_a_due_deadline_outlives_a_store_that_failed_more_times_than_max_d
     client = await Client.connect(settings.nats_url, settings=settings)
     names = settings.names
     try:
-        await eventually(lambda: _tool_registered(client, settings, "dangerous"), timeout=30)
+        await eventually(lambda: tools_registered(client.js, settings, "dangerous"), timeout=30)
         wid = await client.submit(
             instruction='call dangerous {"target": "prod"}',
             tenant="acme",

@@ -96,15 +96,12 @@ async def test_services_run_with_exactly_their_permissions(
 
     client = await Client.connect(_url(secured, "client"), settings=settings)
     try:
-        from jetagent.testing import eventually
+        from jetagent.testing import eventually, tools_registered
 
         async def tools_known() -> bool:
             admin = await connect(settings.nats_url, name="check")
             try:
-                kv = await admin.jetstream().key_value("JA_REGISTRY")
-                return "tool.calculator" in await kv.keys()
-            except Exception:
-                return False
+                return await tools_registered(admin.jetstream(), settings, "calculator")
             finally:
                 await admin.close()
 

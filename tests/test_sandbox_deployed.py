@@ -22,7 +22,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from nats.js.errors import NoKeysError
 
 from jetagent.client import Client
 from jetagent.config import Settings
@@ -30,7 +29,7 @@ from jetagent.embedded import EmbeddedServer
 from jetagent.errors import ConfigError
 from jetagent.events import StepCompleted
 from jetagent.jetstream import connect
-from jetagent.testing import SupervisedProcess, eventually
+from jetagent.testing import SupervisedProcess, eventually, tools_registered
 from tests.support.platform import ROOT, service_processes
 from tests.support.unprivileged import NOBODY, SYSTEM_PYTHON, reachable_code
 
@@ -161,10 +160,7 @@ async def test_the_unprivileged_tools_worker_keeps_its_credentials_from_snippets
             admin = Settings(nats_url=url, **login(secrets_dir, "admin"))  # type: ignore[arg-type]
             nc = await connect(url, name="check", user="admin", password=admin.nats_password())
             try:
-                kv = await nc.jetstream().key_value("JA_REGISTRY")
-                return "tool.python" in await kv.keys()
-            except NoKeysError:
-                return False
+                return await tools_registered(nc.jetstream(), admin, "python")
             finally:
                 await nc.close()
 

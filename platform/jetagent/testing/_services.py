@@ -11,9 +11,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
+from nats.errors import Error as NatsError
+from nats.js.client import JetStreamContext
+
+from jetagent.config import Settings
 from jetagent.testing._supervised import SupervisedProcess
 
-__all__ = ["ServiceProcesses", "jetagent_command"]
+__all__ = ["ServiceProcesses", "jetagent_command", "tools_registered"]
 
 
 def jetagent_command(*, installed: bool = False) -> list[str]:
@@ -22,6 +26,19 @@ def jetagent_command(*, installed: bool = False) -> list[str]:
     if installed:
         return [str(Path(sys.executable).with_name("jetagent"))]
     return [sys.executable, "-m", "jetagent.cli"]
+
+
+async def tools_registered(js: JetStreamContext, settings: Settings, *tools: str) -> bool:
+    """Whether tools workers have announced every tool named (a worker announces its
+    tools in the registry bucket before it serves them). Poll it with :func:`eventually`
+    to wait for a worker that was started as a process."""
+    try:
+        kv = await js.key_value(settings.names.bucket("REGISTRY"))
+        keys = set(await kv.keys())
+    except NatsError:  # not provisioned yet, no keys yet, or the server is restarting
+        return False
+    # The key of each tool, as jetagent.worker.registry.ToolRegistry writes it.
+    return {f"tool.{name}" for name in tools} <= keys
 
 
 class ServiceProcesses:
