@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["nests_deeper_than"]
+__all__ = ["MAX_DEPTH", "nests_deeper_than"]
+
+MAX_DEPTH = 64
+"""The deepest nesting jetagent reads from an untrusted JSON document."""
 
 # A JSON string. Possessive: no backtracking, so linear even on an unterminated string.
 _STRING = re.compile(rb'"(?:[^"\\]++|\\.)*+"', re.DOTALL)

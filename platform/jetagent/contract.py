@@ -220,8 +220,7 @@ def validate_request(
     problems: list[str] = []
     if len(raw) > max_bytes:
         return None, [f"the request is {len(raw)} bytes; the limit is {max_bytes} bytes"]
-    from jetagent._depth import nests_deeper_than
-    from jetagent.decoding import MAX_DEPTH
+    from jetagent._depth import MAX_DEPTH, nests_deeper_than
 
     if nests_deeper_than(raw, MAX_DEPTH):
         return None, [f"the request is nested more than {MAX_DEPTH} levels deep"]

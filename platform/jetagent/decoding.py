@@ -19,7 +19,7 @@ from typing import Any, Literal, TypeVar
 
 import msgspec
 
-from jetagent._depth import nests_deeper_than
+from jetagent._depth import MAX_DEPTH, nests_deeper_than
 from jetagent.contract import ID_PATTERN
 from jetagent.errors import JetagentError
 from jetagent.events import CancelRequested, SignalSent, StepResult
@@ -40,9 +40,8 @@ __all__ = [
     "shown",
 ]
 
-MAX_DEPTH = 64
-"""Deepest JSON nesting accepted in a request, cancel or signal (a request's JSON Schema
-included)."""
+# MAX_DEPTH (from _depth): deepest JSON nesting accepted in a request, cancel or signal
+# (a request's JSON Schema included).
 MAX_RESULT_DEPTH = 200
 """Deepest JSON nesting of a step result (a tool may return deep JSON of its own)."""
 MAX_MESSAGE_BYTES = 1024 * 1024

@@ -63,7 +63,7 @@ from jetagent.jetstream import DirectGetter
 from jetagent.jetstream.consume import Puller
 from jetagent.jetstream.provision import consumer_config, ensure_consumer, provision
 from jetagent.payloads import PayloadStore
-from jetagent.worker import CapabilitySpec, Handler, StepContext, StepOutput, capability
+from jetagent.worker._context import CapabilitySpec, Handler, StepContext, StepOutput, capability
 from jetagent.worker._delivery import Heartbeat, billed, error_of, publish_result, routing_of, what
 from jetagent.worker.calls import CallJournal
 from jetagent.worker.registry import ToolRegistry

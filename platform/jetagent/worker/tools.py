@@ -42,7 +42,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
 from jetagent.errors import TransientError
 from jetagent.llm import ToolSpec
-from jetagent.worker import StepContext, StepOutput
+from jetagent.worker._context import StepContext, StepOutput
 from jetagent.worker.registry import RegisteredTool
 
 INLINE_RESULT_BYTES = 4096
