@@ -27,6 +27,7 @@ from jetagent.errors import CapabilityError
 from jetagent.events import CallRecord, RoutingDecision
 from jetagent.llm import Completion, Message, ToolSpec
 from jetagent.models import ModelCatalog, ModelConfig
+from jetagent.plugins import CapabilityContext
 from jetagent.token_stream import TokenPublisher
 from jetagent.worker.calls import CALLS_RECORDED
 
@@ -287,3 +288,10 @@ def reasoning_capabilities(
         CapabilitySpec(name="summarize", handler=summarize, close=gw.aclose),
         gw,
     )
+
+
+def reasoning_and_summarize(context: CapabilityContext) -> list[CapabilitySpec]:
+    """The ``reasoning`` and ``summarize`` capabilities of ``context``'s catalog, sharing one
+    gateway: what their ``jetagent.capabilities`` entry points name (pyproject.toml)."""
+    reasoning, summarize, _ = reasoning_capabilities(context.catalog)
+    return [reasoning, summarize]
