@@ -56,17 +56,20 @@ def step_context(
 
     Example::
 
+        from jetagent import StepContext, StepOutput, capability
         from jetagent.events import CallRecord
         from jetagent.testing import step_context
 
-        async def test_add_answers() -> None:
+        @capability("echo")
+        async def echo(step: StepContext) -> StepOutput:
+            return StepOutput(output={"text": step.input["text"], "tenant": step.tenant})
+
+        async def test_echo_answers_for_its_tenant() -> None:
             reported: list[CallRecord] = []
-            step = step_context(
-                tool="add", input={"arguments": {"a": 4, "b": 5}}, calls=reported
-            )
-            output = await tools_capability.handler(step)
-            assert output.output["result"] == 9
-            assert reported == []  # no provider was called
+            step = step_context(input={"text": "hi"}, tenant="acme", calls=reported)
+            out = await echo.handler(step)
+            assert out.output == {"text": "hi", "tenant": "acme"}
+            assert reported == []  # it called no provider
     """
     names = settings.names if settings is not None else Names()
     payloads = None

@@ -14,7 +14,6 @@ Tests build a ``StepContext`` with :func:`jetagent.testing.step_context`.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -22,7 +21,6 @@ from typing import Any
 
 import msgspec
 from nats.aio.client import Client as NATS
-from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 from nats.js.api import RawStreamMsg
 from nats.js.client import JetStreamContext
@@ -99,7 +97,7 @@ class StepContext:
     deliveries: int
     """This delivery's number (1 on the first run; more after a retry or a lost worker)."""
     _services: StepServices = field(repr=False)
-    _msg: Msg | None = field(default=None, repr=False)
+    _heartbeat: Callable[[], Awaitable[None]] | None = field(default=None, repr=False)
     _recorded: list[CallRecord] = field(default_factory=list, repr=False)
 
     @property
@@ -182,9 +180,8 @@ class StepContext:
 
     async def heartbeat(self) -> None:
         """Tell JetStream the step is still running (the runtime also does this itself)."""
-        if self._msg is not None:
-            with contextlib.suppress(NatsError):
-                await self._msg.in_progress()
+        if self._heartbeat is not None:
+            await self._heartbeat()
 
 
 Handler = Callable[[StepContext], Awaitable[StepOutput | dict[str, Any]]]

@@ -22,10 +22,11 @@ class Heartbeat:
         self._handle: asyncio.TimerHandle | None = self._loop.call_later(interval, self._beat)
 
     def _beat(self) -> None:
-        self._sending = self._loop.create_task(self._send())
+        self._sending = self._loop.create_task(self.send())
         self._handle = self._loop.call_later(self._interval, self._beat)
 
-    async def _send(self) -> None:
+    async def send(self) -> None:
+        """Send one now (a handler's ``StepContext.heartbeat()``); errors are ignored."""
         with contextlib.suppress(NatsError):
             await self._msg.in_progress()
 

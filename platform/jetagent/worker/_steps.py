@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -79,6 +80,8 @@ class _Run:
     deliveries: int
     started: datetime
     result_subject: str
+    heartbeat: Callable[[], Awaitable[None]]
+    """Sends an in-progress ack now."""
     ctx: StepContext | None = None
     """What the handler saw (None when it did not run)."""
     recorded: list[CallRecord] = field(default_factory=list)
@@ -161,6 +164,7 @@ class StepRunner:
                 deliveries=deliveries,
                 started=_now(),
                 result_subject=result_subject,
+                heartbeat=heartbeat.send,
             )
             retry = self._retry_of(spec, event)
             decision: Decision
@@ -199,7 +203,7 @@ class StepRunner:
             deadline_at=event.deadline_at,
             deliveries=run.deliveries,
             _services=self._services,
-            _msg=run.msg,
+            _heartbeat=run.heartbeat,
             _recorded=run.recorded,
         )
         # Walk the input for claim checks only when the message holds one.
