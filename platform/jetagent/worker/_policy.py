@@ -124,8 +124,9 @@ class Discard:
     poison: str | None = None
 
 
-Decision = Complete | WaitInRun | RunAgain | Fail | Acknowledge | Discard
-"""What the runtime does with a delivery."""
+Decision = Complete | RunAgain | Fail | Acknowledge | Discard
+"""What the runtime does with a delivery's message (a :class:`WaitInRun` is carried out
+within the run and leads to one of these)."""
 
 
 @dataclass(frozen=True, kw_only=True)

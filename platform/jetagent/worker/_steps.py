@@ -187,7 +187,7 @@ class StepRunner:
             return self._retry
         return self._tool_retry.get((spec.name, event.tool), self._retry)
 
-    async def _execute(self, run: _Run, retry: RetryPolicy) -> Decision:
+    async def _execute(self, run: _Run, retry: RetryPolicy) -> Complete | RunAgain | Fail:
         """Run the handler until the policy decides (rate limits are waited out here)."""
         event = run.event
         ctx = run.ctx = StepContext(
@@ -266,25 +266,21 @@ class StepRunner:
         """Carry out ``decision`` for a delivery of ``spec`` (``run``: the step's run, for a
         decision that records a result or ends a run): the one place that writes a step's
         result or dead letter and acks, naks or terms its message."""
-        if isinstance(decision, Discard):
-            if decision.poison is not None:
-                await self._records.dead_letter(
-                    msg, source=spec.name, error=decision.poison, kind="poison"
-                )
-            await msg.term()
-            return
-        if isinstance(decision, Acknowledge):
-            await msg.ack()
-            if decision.answered_here:
-                self.completed += 1
-            return
-        assert run is not None, "a decision about a step's run needs the run"
-        event = run.event
         match decision:
-            case WaitInRun():  # carried out within the run (_execute)
-                raise AssertionError("a wait within a run is not a decision about its message")
+            case Discard(poison=poison):
+                if poison is not None:
+                    await self._records.dead_letter(
+                        msg, source=spec.name, error=poison, kind="poison"
+                    )
+                await msg.term()
+            case Acknowledge(answered_here=answered_here):
+                await msg.ack()
+                if answered_here:
+                    self.completed += 1
             case RunAgain(delay_s=delay, why=why, billed=billed):
+                assert run is not None, "only a run is run again"
                 run.calls.extend(billed)
+                event = run.event
                 log.info(
                     "step %s/%s (%s): %s; run %d again in %.1f s",
                     event.workflow_id,
@@ -301,15 +297,17 @@ class StepRunner:
                 )
                 await msg.nak(delay=delay)
             case Complete(output=output):
+                assert run is not None, "only a run has a result"
                 await self._record(run, self._result(run, ok=True, output=output))
             case Fail(billed=billed, dead_letter=text):
+                assert run is not None, "only a run has a result"
                 if decision.report_billed and run.ctx is not None:
                     await self._report(run.ctx, run, billed)
                 else:
                     run.calls.extend(billed)
                 if text is not None:
                     await self._records.dead_letter(
-                        msg, source=spec.name, error=text, workflow_id=event.workflow_id
+                        msg, source=spec.name, error=text, workflow_id=run.event.workflow_id
                     )
                 await self._record(run, self._result(run, ok=False, error=decision))
 
