@@ -28,7 +28,6 @@ from jetagent.events import CallRecord, RoutingDecision
 from jetagent.llm import Completion, Message, ToolSpec
 from jetagent.models import ModelCatalog, ModelConfig
 from jetagent.plugins import CapabilityContext
-from jetagent.token_stream import TokenPublisher
 from jetagent.worker.calls import CALLS_RECORDED
 
 __all__ = ["reasoning_capabilities"]
@@ -177,13 +176,13 @@ def reasoning_capabilities(
                 catalog.get(data["models"][0]), messages, tools, max_tokens
             )
             # Its answer is instant: streamed as one piece, so watchers see the same shape.
-            live = TokenPublisher.for_step(step)
+            live = step.tokens()
             await live.delta(completion.text, model=completion.model)
             await live.done()
         else:
             # Text streams live on core NATS while the call runs (README "Streaming
             # tokens"); the record below is built from the Completion alone.
-            gate = StreamGate(TokenPublisher.for_step(step), replaces=step.deliveries > 1)
+            gate = StreamGate(step.tokens(), replaces=step.deliveries > 1)
             reported = _StepCalls(step)
             try:
                 result = await gw.call(
