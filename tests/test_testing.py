@@ -50,6 +50,7 @@ def test_public_names_are_pinned() -> None:
         "local_jetstream",
         "nats_cluster",
         "nats_server",
+        "step_context",
         "tools_registered",
         "unique_name",
         "wait_until",

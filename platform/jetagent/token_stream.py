@@ -44,7 +44,8 @@ def token_subject(names: Names, workflow_id: str, step_id: str = "*") -> str:
 
 class TokenPublisher:
     """Publishes one call's deltas, numbered. Errors publishing are swallowed: the live
-    view is best effort and must never fail the step."""
+    view is best effort and must never fail the step. A running step's publisher is
+    ``StepContext.tokens()``."""
 
     def __init__(
         self,
@@ -61,20 +62,6 @@ class TokenPublisher:
         self._workflow_id, self._step_id = workflow_id, step_id
         self._attempt, self._model = attempt, model
         self._index = 0
-
-    @classmethod
-    def for_step(cls, step: Any) -> TokenPublisher:
-        """The publisher of a running step (a ``jetagent.worker.StepContext``)."""
-        # The step's own NATS connection (JetStream is not involved); a step built by
-        # hand without one gets a publisher that publishes nothing.
-        nc = getattr(getattr(step, "js", None), "_nc", None)
-        return cls(
-            nc,
-            step.names,
-            workflow_id=step.workflow_id,
-            step_id=step.step_id,
-            attempt=step.attempt,
-        )
 
     async def delta(self, text: str, *, model: str = "") -> None:
         if text:

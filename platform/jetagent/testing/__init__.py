@@ -6,6 +6,12 @@ and real ``jetagent`` processes; waits poll real state with a deadline. Only
 :mod:`jetagent.testing.pytest_plugin` imports pytest, so plain asyncio programs and
 other test runners can use the rest.
 
+**A capability's handler, without a server** (:func:`step_context`)::
+
+    step = step_context(input={"text": "hi"}, tenant="acme")
+    out = await echo.handler(step)                     # a @capability's handler
+    assert out.output == {"text": "hi", "tenant": "acme"}
+
 **A server and a connection** (:func:`local_jetstream`)::
 
     async with local_jetstream() as nats:             # nodes=3: a 3-node cluster
@@ -54,6 +60,7 @@ a truthy value and returns it; :func:`wait_until` is the blocking form. Both rai
 (:class:`ProcessExitedError` with the log's last lines).
 """
 
+from jetagent.testing._context import step_context as step_context
 from jetagent.testing._server import LocalJetStream as LocalJetStream
 from jetagent.testing._server import NatsConnection as NatsConnection
 from jetagent.testing._server import connect_jetstream as connect_jetstream
@@ -70,14 +77,6 @@ from jetagent.testing._waiting import WaitTimeout as WaitTimeout
 from jetagent.testing._waiting import eventually as eventually
 from jetagent.testing._waiting import wait_until as wait_until
 
-# --- step_context ------------------------------------------------------------------
-# `step_context()` (a StepContext for unit-testing a capability without a server) lives
-# in jetagent.testing._context, written on branch `worker`; the lead merges its
-# re-export here:
-#     from jetagent.testing._context import step_context as step_context
-# and adds "step_context" to __all__ below.
-# -----------------------------------------------------------------------------------
-
 __all__ = [
     "LocalJetStream",
     "NatsConnection",
@@ -91,6 +90,7 @@ __all__ = [
     "local_jetstream",
     "nats_cluster",
     "nats_server",
+    "step_context",
     "tools_registered",
     "unique_name",
     "wait_until",
