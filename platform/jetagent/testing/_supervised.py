@@ -8,7 +8,7 @@ they can SIGKILL them. What every such test needs, and what each used to write a
 - readiness by polling real state with a deadline, failing at once if the process died;
 - SIGTERM with a grace period, then SIGKILL; SIGKILL alone to simulate a crash;
 - no orphans: each process leads a process group of its own (``start_new_session``),
-  and when it is closed whatever is left of its group gets SIGKILL. :func:`kill` is a
+  and when it is closed whatever is left of its group gets SIGKILL. ``kill()`` is a
   crash, so it kills the process alone (as the kernel would); the group is swept on
   :meth:`SupervisedProcess.close`. Processes still running when the interpreter exits
   are closed then (``atexit``), so a test that forgot cannot leak them.
