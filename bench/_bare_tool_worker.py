@@ -23,8 +23,8 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig
 
 from capabilities.tools.calculator import evaluate
-from jetagent.config import Names
 from jetagent.events import StepResult, StepScheduled, decode_events, encode
+from jetagent.subjects import Names
 
 from ._engine_baselines import _Standing
 

@@ -21,10 +21,10 @@ import msgspec
 from nats.errors import Error as NatsError
 from nats.js.client import JetStreamContext
 
-from jetagent.config import Names
 from jetagent.dead_letter import DeadLetter, DeadLetterKind
 from jetagent.errors import JetagentError
 from jetagent.events import StepResult, WorkflowEvent
+from jetagent.subjects import Names
 
 __all__ = ["PoisonMessage", "PoisonReporter", "checked_result", "workflow_of"]
 

@@ -25,7 +25,7 @@ from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 from nats.js.client import JetStreamContext
 
-from jetagent.config import Names
+from jetagent.subjects import Names
 
 __all__ = ["DeadLetter", "DeadLetterKind", "dead_letter_of", "publish_dead_letter"]
 

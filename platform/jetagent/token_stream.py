@@ -16,7 +16,7 @@ from typing import Any
 
 import msgspec
 
-from jetagent.config import Names
+from jetagent.subjects import Names
 
 __all__ = ["TokenDelta", "TokenPublisher", "follow_tokens", "stream_workflow", "token_subject"]
 

@@ -23,7 +23,6 @@ from typing import Any
 import msgspec
 from nats.aio.client import Client as NATS
 
-from jetagent.config import Names
 from jetagent.events import (
     CancelRequested,
     InputDeferred,
@@ -37,6 +36,7 @@ from jetagent.events import (
 from jetagent.jetstream import DirectGetter, Record
 from jetagent.payloads import is_ref
 from jetagent.result_check import result_problem, step_problem
+from jetagent.subjects import Names
 from jetagent.workflow import (
     Begin,
     Cancel,

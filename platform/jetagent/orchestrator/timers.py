@@ -24,8 +24,8 @@ from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 from nats.js.client import JetStreamContext
 
-from jetagent.config import Names
 from jetagent.contract import Status
+from jetagent.subjects import Names
 from jetagent.workflow import Begin, Cancel, Input, Signal, Tick, WorkflowState
 
 __all__ = ["DEADLINE", "INPUTS", "DueTimer", "Timers", "due_timer", "keep_early", "timers_for"]

@@ -21,9 +21,9 @@ from nats.errors import Error as NatsError
 from nats.js.client import JetStreamContext
 from nats.js.kv import KeyValue
 
-from jetagent.config import Names
 from jetagent.events import CallRecord, RoutingDecision, Spend
 from jetagent.payloads import PayloadStore
+from jetagent.subjects import Names
 from jetagent.worker.calls import CallJournal
 from jetagent.worker.registry import RegisteredTool
 
