@@ -238,7 +238,7 @@ class MemoryStore:
     async def _request_of(self, ctx: StepContext) -> dict[str, Any]:
         """The workflow's request, from its ``Started`` event (written once, never changed)."""
         stream = ctx.names.workflows_stream
-        subject = f"{ctx.names.workflow_root}.{ctx.workflow_id}.Started"
+        subject = ctx.names.workflow_event(ctx.workflow_id, "Started")
         # A direct get may be answered by a replica that has not caught up yet; the
         # stream's leader answers the second try.
         for direct in (True, False):

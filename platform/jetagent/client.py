@@ -48,6 +48,7 @@ from jetagent.events import (
     decode_step_result,
     encode,
 )
+from jetagent.result_check import subject_problem
 from jetagent.sessions import SessionView, apply_step_result, apply_workflow_message
 
 if TYPE_CHECKING:
@@ -69,14 +70,13 @@ def _readable_events(data: bytes) -> list[WorkflowEvent]:
         return []
 
 
-def _readable_result(subject: str, data: bytes) -> StepResult | None:
+def _readable_result(subject: str, data: bytes, *, prefix: str) -> StepResult | None:
     """A step result, unless it is junk or not on its own step's subject (a forgery)."""
     try:
         result = decode_step_result(data)
     except (msgspec.DecodeError, msgspec.ValidationError):
         return None
-    want = ("step", result.capability, result.workflow_id, result.step_id)
-    return result if tuple(subject.split(".")[1:]) == want else None
+    return result if subject_problem(subject, result, prefix=prefix) is None else None
 
 
 class WorkflowResult(msgspec.Struct, frozen=True, kw_only=True):
@@ -331,7 +331,8 @@ class Client:
         usage and cost, and the routing decisions (which model answered, and why)."""
         subject = self.names.step_results(workflow_id)
         records = await self._scan(self.names.steps_stream, subject)
-        results = (_readable_result(r.subject, r.data) for r in records)
+        prefix = self.names.prefix
+        results = (_readable_result(r.subject, r.data, prefix=prefix) for r in records)
         return [result for result in results if result is not None]
 
     async def _scan(self, stream: str, subject: str) -> list[Any]:
@@ -368,7 +369,8 @@ class Client:
                 apply_workflow_message(view, events, record.seq)
         subject = self.names.step_results(workflow_id)
         for record in await self._scan(self.names.steps_stream, subject):
-            if (result := _readable_result(record.subject, record.data)) is not None:
+            result = _readable_result(record.subject, record.data, prefix=self.names.prefix)
+            if result is not None:
                 apply_step_result(view, result, record.seq)
         return view
 

@@ -18,7 +18,7 @@ import msgspec
 
 from jetagent.subjects import Names
 
-__all__ = ["TokenDelta", "TokenPublisher", "follow_tokens", "stream_workflow", "token_subject"]
+__all__ = ["TokenDelta", "TokenPublisher", "follow_tokens", "stream_workflow"]
 
 
 class TokenDelta(msgspec.Struct, frozen=True, kw_only=True):
@@ -38,10 +38,6 @@ class TokenDelta(msgspec.Struct, frozen=True, kw_only=True):
     or a retry won; only the winner's text counts)."""
 
 
-def token_subject(names: Names, workflow_id: str, step_id: str = "*") -> str:
-    return f"{names.prefix}.tokens.{workflow_id}.{step_id}"
-
-
 class TokenPublisher:
     """Publishes one call's deltas, numbered. Errors publishing are swallowed: the live
     view is best effort and must never fail the step."""
@@ -57,7 +53,7 @@ class TokenPublisher:
         model: str = "",
     ) -> None:
         self._nc = nc
-        self._subject = token_subject(names, workflow_id, step_id)
+        self._subject = names.tokens(workflow_id, step_id)
         self._workflow_id, self._step_id = workflow_id, step_id
         self._attempt, self._model = attempt, model
         self._index = 0
@@ -119,7 +115,7 @@ async def follow_tokens(nc: Any, names: Names, workflow_id: str) -> AsyncIterato
         with contextlib.suppress(asyncio.QueueFull):  # a slow reader drops deltas, not memory
             queue.put_nowait(msg.data)
 
-    sub = await nc.subscribe(token_subject(names, workflow_id, "*"), cb=on_message)
+    sub = await nc.subscribe(names.tokens(workflow_id), cb=on_message)
     try:
         while True:
             data = await queue.get()
@@ -148,7 +144,7 @@ async def stream_workflow(client: Any, workflow_id: str) -> AsyncIterator[TokenD
             await client.result(workflow_id, timeout=None)
         await queue.put(None)
 
-    sub = await client.nc.subscribe(token_subject(client.names, workflow_id), cb=on_message)
+    sub = await client.nc.subscribe(client.names.tokens(workflow_id), cb=on_message)
     ending = asyncio.create_task(until_the_end())
     try:
         while (delta := await queue.get()) is not None:

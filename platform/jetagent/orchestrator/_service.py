@@ -337,7 +337,7 @@ class Orchestrator:
         if message is None:
             return {}
         # The events continue this decision's trace: workers' spans become its children.
-        return telemetry.inject({"Ja-Causation": message.causation}, parent=dict(message.headers))
+        return telemetry.inject({"Ja-Causation": message.causation}, parent=message.headers)
 
     # ---------------------------------------------------------------- deciding
 
