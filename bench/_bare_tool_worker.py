@@ -43,7 +43,7 @@ async def _serve(url: str, prefix: str) -> None:
             durable_name=CONSUMER,
             ack_policy=AckPolicy.EXPLICIT,
             ack_wait=30.0,
-            filter_subjects=[f"{prefix}.wf.*.StepScheduled.tools.calculator"],
+            filter_subjects=[names.step_scheduled_tool("tools", "calculator")],
         ),
     )
 
