@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import msgspec
@@ -126,7 +126,7 @@ async def follow_tokens(nc: Any, names: Names, workflow_id: str) -> AsyncIterato
             await sub.unsubscribe()
 
 
-async def stream_workflow(client: Any, workflow_id: str) -> AsyncIterator[TokenDelta]:
+async def stream_workflow(client: Any, workflow_id: str) -> AsyncGenerator[TokenDelta, None]:
     """``Client.stream``: a workflow's deltas from now on, ending when the workflow ends.
 
     Deltas are published before the step's result, so they arrive before the final event
@@ -140,9 +140,11 @@ async def stream_workflow(client: Any, workflow_id: str) -> AsyncIterator[TokenD
             queue.put_nowait(msgspec.json.decode(msg.data, type=TokenDelta))
 
     async def until_the_end() -> None:
-        with contextlib.suppress(RequestRejectedError):
-            await client.result(workflow_id, timeout=None)
-        await queue.put(None)
+        try:
+            with contextlib.suppress(RequestRejectedError):
+                await client.result(workflow_id, timeout=None)
+        finally:
+            await queue.put(None)  # whatever ended it (the end, an error), the stream ends
 
     sub = await client.nc.subscribe(client.names.tokens(workflow_id), cb=on_message)
     ending = asyncio.create_task(until_the_end())
