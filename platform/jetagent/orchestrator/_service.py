@@ -268,13 +268,13 @@ class Orchestrator:
         message = Message.delivered(msg)
         at = _now()
         prefix = self.names.prefix
-        made = inputs_of(message, prefix=prefix, at=at, admission=self.admission())
+        made = inputs_of(message, prefix=prefix, at=at, admission=self.admission)
         if isinstance(made, Rejection) and self.settings.tool_wait_s > 0:
             # Start order need not matter: a tool whose worker is still starting is
             # waited for, within JETAGENT_TOOL_WAIT_S, before the request is refused.
             named = named_tools(message.data)
             if named and await self._wait_for_tools(msg, named):
-                made = inputs_of(message, prefix=prefix, at=at, admission=self.admission())
+                made = inputs_of(message, prefix=prefix, at=at, admission=self.admission)
         match made:
             case Rejection():
                 await self._reject(message, made)

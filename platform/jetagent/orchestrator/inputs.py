@@ -19,7 +19,7 @@ Whether a step result may be trusted is the workflow's state's business:
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -165,16 +165,22 @@ class Rejection:
 
 
 def inputs_of(
-    message: Message, *, prefix: str, at: datetime, admission: Admission
+    message: Message,
+    *,
+    prefix: str,
+    at: datetime,
+    admission: Admission | Callable[[], Admission],
 ) -> Addressed | Rejection | None:
     """The input ``message`` is for ``decide`` (None: it is no input at all).
 
+    ``admission`` may be a function giving the rules as they are now: it is called only
+    for a request, cancel or signal (the live rules change as workers come and go).
     Raises ``PoisonMessage`` for a cancel, signal or step result that cannot be read or
     names an id that cannot be a workflow's, and msgspec's errors for an unreadable timer.
     """
     match family(message.subject):
         case "request":
-            return _request(message, prefix=prefix, at=at, admission=admission)
+            return _request(message, prefix=prefix, at=at, admission=_rules(admission))
         case "cancel":
             cancel = decode_cancel(message.data)
             wid = cancel.workflow_id
@@ -185,7 +191,7 @@ def inputs_of(
                 reason=cancel.reason,
                 by=cancel.by,
                 workflow_id=wid,
-                expires_at=at + admission.early_input_wait,
+                expires_at=at + _rules(admission).early_input_wait,
             )
             return Addressed(wid, kept)
         case "signal":
@@ -197,7 +203,7 @@ def inputs_of(
                 by=signal.by,
                 at=at,
                 workflow_id=wid,
-                expires_at=at + admission.early_input_wait,
+                expires_at=at + _rules(admission).early_input_wait,
             )
             return Addressed(wid, sent)
         case "step":
@@ -210,6 +216,10 @@ def inputs_of(
             # The server's clock said it is due; never decide "not yet" on a clock behind it.
             return Addressed(timer.workflow_id, Tick(at=max(at, timer.due)))
     return None
+
+
+def _rules(admission: Admission | Callable[[], Admission]) -> Admission:
+    return admission if isinstance(admission, Admission) else admission()
 
 
 def _request(
