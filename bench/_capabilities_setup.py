@@ -155,7 +155,7 @@ class StepDriver:
 
     async def open(self) -> None:
         names = self.settings.names
-        self._sub = await self.loop.nc.subscribe(f"{names.prefix}.step.>", cb=self._on_result)
+        self._sub = await self.loop.nc.subscribe(names.all_step_results, cb=self._on_result)
 
     async def close(self) -> None:
         if self._sub is not None:

@@ -158,11 +158,11 @@ class _Driver:
         self.rng = random.Random(f"bench-history-{settings.prefix}")
 
     async def open(self) -> None:
-        nc, p = self.loop.nc, self.names.prefix
+        nc, names = self.loop.nc, self.names
         self.subs = [
-            await nc.subscribe(f"{p}.wf.>", cb=self._on_event),
-            await nc.subscribe(f"{p}.step.>", cb=self._on_result),
-            await nc.subscribe(f"{p}.dlq.>", cb=self._on_dead_letter),
+            await nc.subscribe(names.all_workflows, cb=self._on_event),
+            await nc.subscribe(names.all_step_results, cb=self._on_result),
+            await nc.subscribe(names.all_dead_letters, cb=self._on_dead_letter),
         ]
 
     async def close(self) -> None:
@@ -320,9 +320,9 @@ async def count_streams(loop: Loop, settings: Settings) -> StreamCounts:
     wf_messages = wf_events = results = dead = size = 0
     reasoning_sizes: list[int] = []
     streams = {
-        names.workflows_stream: f"{names.prefix}.wf.>",
-        names.steps_stream: f"{names.prefix}.step.>",
-        names.dlq_stream: f"{names.prefix}.dlq.>",
+        names.workflows_stream: names.all_workflows,
+        names.steps_stream: names.all_step_results,
+        names.dlq_stream: names.all_dead_letters,
     }
     for stream, subject in streams.items():
         info = await loop.js.stream_info(stream)

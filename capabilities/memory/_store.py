@@ -238,7 +238,7 @@ class MemoryStore:
     async def _request_of(self, ctx: StepContext) -> dict[str, Any]:
         """The workflow's request, from its ``Started`` event (written once, never changed)."""
         stream = ctx.names.workflows_stream
-        subject = f"{ctx.names.workflow_root}.{ctx.workflow_id}.Started"
+        subject = ctx.names.workflow_event(ctx.workflow_id, "Started")
         # Read from the stream's leader: a replica may not have caught up yet.
         try:
             raw = await ctx.last_message(stream, subject)

@@ -31,7 +31,7 @@ from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 from nats.js.client import JetStreamContext
 
-from jetagent.config import Names
+from jetagent.subjects import Names
 
 __all__ = [
     "DeadLetter",

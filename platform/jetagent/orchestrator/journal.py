@@ -20,7 +20,6 @@ from nats.js.client import JetStreamContext
 from nats.js.errors import KeyNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 
-from jetagent.config import Names
 from jetagent.dead_letter import dead_letter, publish_dead_letter
 from jetagent.events import (
     WorkflowEvent,
@@ -30,6 +29,7 @@ from jetagent.events import (
     subject_tail,
 )
 from jetagent.jetstream import AggregateStream, NewRecord, Record
+from jetagent.subjects import Names
 from jetagent.workflow import WorkflowState, evolve
 
 __all__ = ["Journal", "Loaded"]

@@ -17,12 +17,12 @@ from nats.aio.msg import Msg
 from nats.js.client import JetStreamContext
 
 from jetagent import telemetry
-from jetagent.config import Names
 from jetagent.dead_letter import DeadLetterKind, dead_letter_of, publish_dead_letter
 from jetagent.errors import TransientError
 from jetagent.events import StepResult, encode
 from jetagent.jetstream import DirectGetter, StoreUnavailableError
 from jetagent.jetstream._writes import WRONG_LAST_SEQUENCE, Message, PubAck, write
+from jetagent.subjects import Names
 
 __all__ = ["StepRecords"]
 
