@@ -224,7 +224,7 @@ async def test_recall_finds_what_was_remembered_in_the_same_workflow(
     assert [r["text"] for r in found] == ["the launch code is 1234"]
     assert found[0]["scope"] == "session"
     assert found[0]["score"] > 0
-    # The planner's final answer carries the recalled text back to the caller.
+    # The offline provider's final answer carries the recalled text back to the caller.
     assert "1234" in (await platform.client.result(wid)).output
 
 
