@@ -196,7 +196,7 @@ def test_a_capability_module_sees_only_its_step(path: Path) -> None:
 def test_the_check_finds_each_kind_of_reach() -> None:
     # The check itself: each way past the step that the rules name is found.
     path = CAPABILITIES / "memory" / "_example.py"
-    source = """
+    source = """\'A docstring may say steps come from <prefix>.wf.<id>.StepScheduled.\'
 from jetagent.workflow import JSON_INSTRUCTION
 from jetagent.events import CallRecord, Started
 import jetagent.orchestrator.replay
