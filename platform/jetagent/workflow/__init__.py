@@ -21,9 +21,6 @@ from ._decide import (
 )
 from ._recorded import ADDED_STEP_INPUTS, as_recorded
 from ._state import (
-    COMPACTION_PREFIX,
-    JSON_INSTRUCTION,
-    REPAIR_INSTRUCTION,
     Phase,
     StepView,
     WorkflowState,
@@ -33,9 +30,6 @@ from ._state import (
 
 __all__ = [
     "ADDED_STEP_INPUTS",
-    "COMPACTION_PREFIX",
-    "JSON_INSTRUCTION",
-    "REPAIR_INSTRUCTION",
     "Begin",
     "Cancel",
     "DecideContext",
