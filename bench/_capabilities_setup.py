@@ -74,7 +74,12 @@ def tool_step(tool: str, arguments: dict[str, Any], *, tenant: str = "bench") ->
         capability="tools",
         tool=tool,
         iteration=1,
-        input={"call_id": "call_1_1", "tool": tool, "arguments": arguments},
+        input={
+            "call_id": "call_1_1",
+            "tool": tool,
+            "arguments": arguments,
+            "session_id": workflow_id,  # a request without a session id is its own session
+        },
         reservation=Spend(),
         tenant=tenant,
     )

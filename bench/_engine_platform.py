@@ -69,7 +69,7 @@ SEGMENTS = (
     "orchestrator: take the input, decide, append the 1st event (StepCompleted or Started)",
     "orchestrator: append StepScheduled (a 2nd round trip to the server)",
     "server → worker: deliver StepScheduled; the worker decodes it, starts the step",
-    "worker: the handler (offline planner or calculator); StepResult built",
+    "worker: the handler (offline deterministic provider or calculator); StepResult built",
     "worker: publish StepResult until the server stored it",
     "server → orchestrator: deliver StepResult; the orchestrator takes it",
 )

@@ -12,7 +12,8 @@ Each request carries a realistic session context (an agent's system prompt, one 
 exchange, two facts), names one of 20 tenants and one of two offline models (so the
 metrics have label sets to render), and asks for the 7-step calculation the ``engine``
 suite uses, with different numbers: reasoning → calculator → reasoning → calculator →
-reasoning → calculator → reasoning, served by the offline planner and the calculator.
+reasoning → calculator → reasoning, served by the offline deterministic provider and the
+calculator.
 
 - :func:`finished_history`: workflows run to the end until the streams hold at least
   ``events`` events (``orchestrator`` + ``worker reasoning tools``).

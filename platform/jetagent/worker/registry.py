@@ -25,7 +25,7 @@ from nats.js.kv import KeyValue
 
 from jetagent.llm import ToolSpec
 from jetagent.subjects import Names
-from jetagent.workflow import ToolInfo
+from jetagent.tool_info import ToolInfo
 
 __all__ = ["SERVED_FRESH_S", "RegisteredTool", "ToolRegistry"]
 
