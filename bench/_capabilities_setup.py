@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import subprocess
 import sys
 import time
 import uuid
@@ -27,7 +26,7 @@ from typing import Any
 import httpx
 import msgspec
 from nats.aio.msg import Msg
-from nats.js.errors import NoKeysError, NotFoundError
+from nats.js.errors import NotFoundError
 
 from capabilities.tools.capability import tools_capability
 from jetagent.config import Settings
@@ -42,10 +41,12 @@ from jetagent.events import (
 )
 from jetagent.jetstream.provision import provision
 from jetagent.models import ModelCatalog
+from jetagent.testing import SupervisedProcess, eventually, tools_registered
 from jetagent.workflow import Begin, DecideContext, WorkflowState, decide
 
 from ._history import SYSTEM_PROMPT
-from ._services import ROOT, Loop
+from ._services import Loop
+from ._serving import ROOT, start_server
 
 __all__ = [
     "MODEL",
@@ -154,7 +155,7 @@ class StepDriver:
 
     async def open(self) -> None:
         names = self.settings.names
-        self._sub = await self.loop.nc.subscribe(f"{names.prefix}.step.>", cb=self._on_result)
+        self._sub = await self.loop.nc.subscribe(names.all_step_results, cb=self._on_result)
 
     async def close(self) -> None:
         if self._sub is not None:
@@ -235,22 +236,16 @@ async def wait_for_worker(
 ) -> None:
     """Until the worker's durable consumer exists (and, with ``tools``, the registry
     has the tools); ``alive`` raises if the worker died."""
-    deadline = time.monotonic() + timeout
     names = settings.names
-    while True:
-        alive()
+
+    async def up() -> bool:
         try:
             await loop.js.consumer_info(names.workflows_stream, consumer)
-            if not tools:
-                return
-            kv = await loop.js.key_value(names.bucket("REGISTRY"))
-            if "tool.python" in await kv.keys():
-                return
-        except (NoKeysError, NotFoundError):
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{consumer} did not come up within {timeout:.0f} s")
-        await asyncio.sleep(0.05)
+        except NotFoundError:
+            return False
+        return not tools or await tools_registered(loop.js, settings, "python")
+
+    await eventually(up, timeout=timeout, alive=alive, what=f"{consumer} up")
 
 
 # ------------------------------------------------------------------ processes
@@ -260,25 +255,7 @@ class LlmServer:
     """``bench._llm_server`` as a process of its own."""
 
     def __init__(self, folder: Path) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
-        port_file = folder / "llm-server.port"
-        port_file.unlink(missing_ok=True)
-        self.log = folder / "llm-server.log"
-        with self.log.open("ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "bench._llm_server", str(port_file)],
-                cwd=ROOT,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + 30
-        while not port_file.exists():
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.close()
-                raise RuntimeError(f"the LLM server did not start: {self.log.read_text()}")
-            time.sleep(0.02)
-        self.port = int(port_file.read_text())
+        self.process, self.port = start_server("bench._llm_server", folder, "llm-server")
         self.base_url = f"http://127.0.0.1:{self.port}/v1"
         self._http = httpx.Client(timeout=10.0, trust_env=False)
 
@@ -291,13 +268,7 @@ class LlmServer:
 
     def close(self) -> None:
         self._http.close()
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        self.process.close(timeout=10)
 
 
 @contextlib.contextmanager
@@ -314,35 +285,18 @@ class BareWorker:
 
     def __init__(self, loop: Loop, settings: Settings, log: Path) -> None:
         loop.run(provision(loop.nc, settings))
-        log.parent.mkdir(parents=True, exist_ok=True)
-        with log.open("ab") as out:
-            self.process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "bench._bare_tool_worker",
-                    settings.nats_url,
-                    settings.prefix,
-                ],
-                cwd=ROOT,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        self.log = log
+        self.process = SupervisedProcess(
+            "bare worker",
+            [sys.executable, "-m", "bench._bare_tool_worker", settings.nats_url, settings.prefix],
+            log_file=log,
+            cwd=ROOT,
+        ).start()
 
     def alive(self) -> None:
-        if self.process.poll() is not None:
-            raise RuntimeError(f"the bare worker exited: {self.log.read_text()[-2000:]}")
+        self.process.check_alive()
 
     def close(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        self.process.close(timeout=10)
 
 
 @contextlib.contextmanager

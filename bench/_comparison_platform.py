@@ -30,16 +30,17 @@ from typing import Any
 
 import uvloop
 from nats.aio.msg import Msg
-from nats.js.errors import NoKeysError, NotFoundError
+from nats.js.errors import NotFoundError
 
 from jetagent.client import Client
 from jetagent.config import Settings
 from jetagent.contract import CapabilityLimits, ModelPreferences, WorkflowRequest
 from jetagent.events import Finalized, StepResult, decode_events, decode_step_result
 from jetagent.jetstream import DirectGetter
+from jetagent.testing import eventually, tools_registered
 
 from ._comparison_workload import Session, instruction
-from ._services import Services
+from ._services import bench_services
 
 __all__ = ["ComparisonPlatform", "Deployment", "PlatformRun", "comparison_platform"]
 
@@ -131,7 +132,7 @@ class ComparisonPlatform:
         self.names = self.settings.names
         self.deployment = deployment
         env = {**env, "JETAGENT_WORKER_CONCURRENCY": str(deployment.concurrency)}
-        self.services = Services(url, prefix, log_dir, env)
+        self.services = bench_services(url, prefix, log_dir, env)
         self.loop = uvloop.new_event_loop()
         self.client: Client | None = None
         self._run: _Run | None = None
@@ -156,12 +157,13 @@ class ComparisonPlatform:
         nc = self.client.nc
         for final in _FINALS:
             await nc.subscribe(f"{self.names.workflow_root}.*.{final}", cb=self._on_final)
-        deadline = time.monotonic() + 120
-        while not await self._ready():
-            self.services.check_alive()
-            if time.monotonic() > deadline:
-                raise RuntimeError("the services did not come up within 120 s")
-            await asyncio.sleep(0.1)
+        await eventually(
+            self._ready,
+            timeout=120,
+            interval=0.1,
+            alive=self.services.check_alive,
+            what="the services up",
+        )
 
     async def _ready(self) -> bool:
         assert self.client is not None
@@ -169,11 +171,9 @@ class ComparisonPlatform:
         try:
             for consumer in ("cap-reasoning", "cap-tools", "cap-tools-crunch"):
                 await js.consumer_info(self.names.workflows_stream, consumer)
-            kv = await js.key_value(self.names.bucket("REGISTRY"))
-            keys = set(await kv.keys())
-        except (NoKeysError, NotFoundError):
+        except NotFoundError:
             return False
-        return {"tool.slow_lookup", "tool.crunch"} <= keys
+        return await tools_registered(js, self.settings, "slow_lookup", "crunch")
 
     async def _on_final(self, msg: Msg) -> None:
         current = self._run
@@ -248,7 +248,7 @@ class ComparisonPlatform:
         reader = DirectGetter(self.client.nc, self.names.steps_stream, timeout=10)
         await reader.open()
         try:
-            records = await reader.scan(f"{self.names.prefix}.step.>", start_seq=first_seq)
+            records = await reader.scan(self.names.all_step_results, start_seq=first_seq)
         finally:
             await reader.close()
         cost: dict[str, Decimal] = {}
@@ -284,7 +284,7 @@ class ComparisonPlatform:
                 with contextlib.suppress(Exception):
                     self.loop.run_until_complete(client.close())
         finally:
-            self.services.close()
+            self.services.stop_all()
             if not self.loop.is_closed():
                 self.loop.close()
 

@@ -31,7 +31,7 @@ from ._comparison_platform import ComparisonPlatform, Deployment, PlatformRun, c
 from ._comparison_tools import LEDGER_ENV, SERVER_ENV, crunch_impl
 from ._comparison_workload import Params, Session, expected_answer, schedule
 from ._engine_platform import percentile
-from ._services import ROOT
+from ._serving import ROOT, start_server
 
 __all__ = ["Comparison", "RunStats", "calibrate_crunch", "comparison"]
 
@@ -108,25 +108,7 @@ def calibrate_crunch(target_s: float = 0.3) -> int:
 
 class _Server:
     def __init__(self, folder: Path) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
-        port_file = folder / "server.port"
-        port_file.unlink(missing_ok=True)
-        self.log = folder / "server.log"
-        with self.log.open("ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "bench._comparison_server", str(port_file)],
-                cwd=ROOT,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + 30
-        while not port_file.exists():
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.close()
-                raise RuntimeError(f"the scripted server did not start: {self.log.read_text()}")
-            time.sleep(0.02)
-        self.port = int(port_file.read_text())
+        self.process, self.port = start_server("bench._comparison_server", folder, "server")
         self.url = f"http://127.0.0.1:{self.port}"
         self.http = httpx.Client(base_url=self.url, timeout=30.0, trust_env=False)
 
@@ -142,13 +124,7 @@ class _Server:
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self.http.close()
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        self.process.close(timeout=10)
 
 
 class Comparison:

@@ -11,11 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import signal
-import subprocess
-import sys
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -23,8 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from jetagent import tool
+from jetagent.testing import ServiceProcesses
 
-__all__ = ["TOOLS", "DeliveryPlatform", "SlowLLM", "delivery_platform", "nap"]
+__all__ = ["TOOLS", "SlowLLM", "delivery_platform", "nap"]
 
 ROOT = Path(__file__).resolve().parent.parent
 NAP_S = 2.0
@@ -111,51 +108,6 @@ class SlowLLM:
         self._server.server_close()
 
 
-class DeliveryPlatform:
-    """Orchestrator, two reasoning and two tools workers as processes (SIGKILL-able)."""
-
-    def __init__(self, url: str, prefix: str, log_dir: Path, catalog: Path) -> None:
-        self.url = url
-        self.prefix = prefix
-        self.log_dir = log_dir
-        self.catalog = catalog
-        self.processes: dict[str, subprocess.Popen[bytes]] = {}
-        log_dir.mkdir(parents=True, exist_ok=True)
-
-    def start(self, name: str, *args: str) -> None:
-        env = {
-            **os.environ,
-            "NATS_URL": self.url,
-            "JETAGENT_PREFIX": self.prefix,
-            "JETAGENT_TENANTS": "*",
-            "JETAGENT_TOOLS": "bench._delivery_fixtures:TOOLS",
-            "JETAGENT_MODELS": str(self.catalog),
-            "JETAGENT_BENCH_KEY": "sk-bench",
-            "PYTHONUNBUFFERED": "1",
-        }
-        with (self.log_dir / f"{name}.log").open("ab") as log:
-            self.processes[name] = subprocess.Popen(
-                [sys.executable, "-m", "jetagent.cli", *args],
-                cwd=ROOT,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-
-    def stop(self) -> None:
-        for process in self.processes.values():
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 20
-        for process in self.processes.values():
-            try:
-                process.wait(timeout=max(deadline - time.monotonic(), 0.1))
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-
-
 def write_catalog(path: Path, base_url: str) -> Path:
     """The built-in catalog plus ``slow-bench``, served by the slow server."""
     from importlib import resources
@@ -184,14 +136,17 @@ def write_catalog(path: Path, base_url: str) -> Path:
 
 
 @contextmanager
-def delivery_platform(url: str, prefix: str, tmp: Path, llm: SlowLLM) -> Iterator[DeliveryPlatform]:
+def delivery_platform(url: str, prefix: str, tmp: Path, llm: SlowLLM) -> Iterator[ServiceProcesses]:
+    """Orchestrator, two reasoning and two tools workers as processes (SIGKILL-able)."""
     catalog = write_catalog(tmp / f"{prefix}-models.toml", llm.base_url)
-    platform = DeliveryPlatform(url, prefix, tmp / f"{prefix}-logs", catalog)
-    platform.start("orchestrator", "orchestrator")
-    for replica in ("a", "b"):
-        platform.start(f"reasoning-{replica}", "worker", "reasoning")
-        platform.start(f"tools-{replica}", "worker", "tools")
-    try:
+    env = {
+        "JETAGENT_TOOLS": "bench._delivery_fixtures:TOOLS",
+        "JETAGENT_MODELS": str(catalog),
+        "JETAGENT_BENCH_KEY": "sk-bench",
+    }
+    with ServiceProcesses(url, prefix, tmp / f"{prefix}-logs", env=env, cwd=ROOT) as platform:
+        platform.start("orchestrator", "orchestrator")
+        for replica in ("a", "b"):
+            platform.start(f"reasoning-{replica}", "worker", "reasoning")
+            platform.start(f"tools-{replica}", "worker", "tools")
         yield platform
-    finally:
-        platform.stop()

@@ -16,10 +16,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import math
-import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -28,7 +25,6 @@ from typing import Any, TypeVar
 
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from nats.js.errors import NoKeysError, NotFoundError
 
 from jetagent.client import Client
 from jetagent.config import Settings
@@ -43,9 +39,11 @@ from jetagent.events import (
     decode_step_result,
 )
 from jetagent.jetstream import DirectGetter, Record
+from jetagent.testing import eventually, tools_registered, wait_until
 
 from ._engine_service import PROFILE_ENV
 from ._profile import process_cpu
+from ._services import bench_services
 
 __all__ = [
     "INSTRUCTION",
@@ -169,15 +167,13 @@ class EnginePlatform:
         self.names = self.settings.names
         self.log_dir = log_dir
         self.profile_dir = profile_dir
-        self.extra_env = dict(env or {})
+        self.services = bench_services(url, prefix, log_dir, env)
         self.loop = asyncio.new_event_loop()
-        self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self._profile_files: dict[str, Path] = {}
         self._round: _Round | None = None
         self._subs: list[Subscription] = []
         self._dead_letters: list[str] = []
         self.client: Client | None = None
-        log_dir.mkdir(parents=True, exist_ok=True)
         try:
             for i in range(orchestrators):
                 self._start(f"orchestrator-{i + 1}", "orchestrator")
@@ -191,35 +187,17 @@ class EnginePlatform:
     # ---------------------------------------------------------------- processes
 
     def _start(self, name: str, *args: str) -> None:
-        env = {
-            **os.environ,
-            "NATS_URL": self.url,
-            "JETAGENT_PREFIX": self.settings.prefix,
-            "JETAGENT_TENANTS": "*",
-            "PYTHONUNBUFFERED": "1",
-            **self.extra_env,
-        }
+        env = {}
         if self.profile_dir is not None:
             self.profile_dir.mkdir(parents=True, exist_ok=True)
             path = self.profile_dir / f"{self.settings.prefix}-{name}.prof"
             self._profile_files[name] = path
             env[PROFILE_ENV] = str(path)
-        log = (self.log_dir / f"{self.settings.prefix}-{name}.log").open("ab")
-        try:
-            self.processes[name] = subprocess.Popen(
-                [sys.executable, "-m", "bench._engine_service", *args],
-                cwd=ROOT,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        finally:
-            log.close()
+        self.services.start(name, *args, env=env)
 
     @property
     def pids(self) -> dict[str, int]:
-        return {name: p.pid for name, p in self.processes.items()}
+        return {name: p.pid for name, p in self.services.processes.items()}
 
     def cpu_seconds(self) -> dict[str, float]:
         """CPU seconds used so far by each service process."""
@@ -229,16 +207,6 @@ class EnginePlatform:
             if used is not None:
                 out[name] = used
         return out
-
-    def log(self, name: str) -> str:
-        path = self.log_dir / f"{self.settings.prefix}-{name}.log"
-        return path.read_text(errors="replace") if path.exists() else ""
-
-    def _check_alive(self) -> None:
-        for name, process in self.processes.items():
-            if process.poll() is not None:
-                tail = "\n".join(self.log(name).splitlines()[-20:])
-                raise RuntimeError(f"{name} exited with {process.returncode}:\n{tail}")
 
     # ---------------------------------------------------------------- profiling
 
@@ -251,14 +219,14 @@ class EnginePlatform:
         for name, path in self._profile_files.items():
             for stale in (path, path.with_name(path.name + ".on")):
                 stale.unlink(missing_ok=True)
-            self.processes[name].send_signal(signal.SIGUSR1)
+            self.services[name].send_signal(signal.SIGUSR1)
         for path in self._profile_files.values():
             _wait_for(path.with_name(path.name + ".on"))
 
     def profile_stop(self) -> dict[str, Path]:
         """Stop cProfile in every service process; their ``.prof`` files by process name."""
         for name in self._profile_files:
-            self.processes[name].send_signal(signal.SIGUSR2)
+            self.services[name].send_signal(signal.SIGUSR2)
         for path in self._profile_files.values():
             _wait_for(path)
             path.with_name(path.name + ".on").unlink(missing_ok=True)
@@ -273,23 +241,16 @@ class EnginePlatform:
         self.client = await Client.connect(self.url, settings=self.settings)
         nc = self.client.nc
         self._subs = [
-            await nc.subscribe(f"{self.names.workflow_root}.>", cb=self._on_event),
-            await nc.subscribe(f"{self.names.prefix}.dlq.>", cb=self._on_dead_letter),
+            await nc.subscribe(self.names.all_workflows, cb=self._on_event),
+            await nc.subscribe(self.names.all_dead_letters, cb=self._on_dead_letter),
         ]
-        deadline = time.monotonic() + 60
-        while not await self._tools_known():
-            self._check_alive()
-            if time.monotonic() > deadline:
-                raise RuntimeError("the workers did not register the calculator within 60 s")
-            await asyncio.sleep(0.05)
-
-    async def _tools_known(self) -> bool:
-        assert self.client is not None
-        try:
-            kv = await self.client.js.key_value(self.names.bucket("REGISTRY"))
-            return "tool.calculator" in await kv.keys()
-        except (NoKeysError, NotFoundError):
-            return False
+        js = self.client.js
+        await eventually(
+            lambda: tools_registered(js, self.settings, "calculator"),
+            timeout=60,
+            alive=self.services.check_alive,
+            what="the workers registering the calculator",
+        )
 
     async def _on_dead_letter(self, msg: Msg) -> None:
         """A service gave up on a message: the run cannot be right; say why at once."""
@@ -332,9 +293,8 @@ class EnginePlatform:
 
     def _problems(self) -> str:
         tails = []
-        for name in self.processes:
-            tail = "\n".join(self.log(name).splitlines()[-15:])
-            tails.append(f"--- {name} log (last lines):\n{tail}")
+        for name, process in self.services.processes.items():
+            tails.append(f"--- {name} log (last lines):\n{process.tail(15)}")
         return "\n".join(tails)
 
     async def _on_event(self, msg: Msg) -> None:
@@ -371,7 +331,7 @@ class EnginePlatform:
             try:
                 await asyncio.wait_for(current.waiter, timeout)
             except TimeoutError:
-                self._check_alive()
+                self.services.check_alive()
                 missing = [w for w in current.expected if w not in current.finals]
                 state = await self._diagnose(missing[:3])
                 raise RuntimeError(
@@ -468,10 +428,9 @@ class EnginePlatform:
         await wf_reader.open()
         await step_reader.open()
         try:
-            root = self.names.workflow_root
-            events = await wf_reader.scan(f"{root}.>", start_seq=start_wf + 1)
-            step_root = f"{self.names.prefix}.step"
-            results = await step_reader.scan(f"{step_root}.>", start_seq=start_steps + 1)
+            events = await wf_reader.scan(self.names.all_workflows, start_seq=start_wf + 1)
+            every_result = self.names.all_step_results
+            results = await step_reader.scan(every_result, start_seq=start_steps + 1)
         finally:
             await wf_reader.close()
             await step_reader.close()
@@ -529,29 +488,13 @@ class EnginePlatform:
                 with contextlib.suppress(Exception):
                     self.run(client.close())
         finally:
-            self._stop_processes()
+            self.services.stop_all()
             if not self.loop.is_closed():
                 self.loop.close()
 
-    def _stop_processes(self) -> None:
-        for process in self.processes.values():
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        for process in self.processes.values():
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        self.processes.clear()
-
 
 def _wait_for(path: Path, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{path} did not appear within {timeout:.0f} s")
-        time.sleep(0.01)
+    wait_until(path.exists, timeout=timeout, interval=0.01, what=f"{path} appearing")
 
 
 @contextlib.contextmanager

@@ -10,7 +10,7 @@ import time
 import uuid
 from collections.abc import Callable, Coroutine, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import Any
 
 import nats
 from eventsourcing.persistence import StoredEvent
@@ -18,13 +18,13 @@ from eventsourcing.sqlite import SQLiteFactory
 from eventsourcing.utils import Environment
 from nats.aio.client import Client as NATS
 from nats.js.api import StorageType, StreamConfig
-from nats.js.client import JetStreamContext
 
 from jetagent.jetstream._loop import shared_loop
 from jetagent.store import NatsFactory
 
 from ._harness import Env
 from ._profile import watch_loop
+from ._services import Loop
 
 __all__ = [
     "PAYLOAD",
@@ -38,7 +38,6 @@ __all__ = [
     "watch_store_loop",
 ]
 
-T = TypeVar("T")
 
 TOPIC = "bench.store:Order.Placed"
 PAYLOAD = (
@@ -98,20 +97,21 @@ def sqlite_factory(env: Env) -> Iterator[SQLiteFactory]:
         factory.close()
 
 
-class RawNats:
-    """A plain nats-py connection on an event loop that this object owns.
+async def _plain_connect(url: str, name: str) -> NATS:
+    return await nats.connect(url, name=name)
+
+
+class RawNats(Loop):
+    """A plain nats-py connection on a plain asyncio event loop that this object owns.
 
     Its coroutines run on the calling thread (``run``), with no thread hop: the floor
     that any store built on nats-py pays.
     """
 
     def __init__(self, url: str) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.nc: NATS = self.run(nats.connect(url, name="bench-raw"))
-        self.js: JetStreamContext = self.nc.jetstream()
-
-    def run(self, coro: Coroutine[Any, Any, T]) -> T:
-        return self.loop.run_until_complete(coro)
+        super().__init__(
+            url, "bench-raw", loop_factory=asyncio.new_event_loop, connector=_plain_connect
+        )
 
     def add_stream(self) -> tuple[str, str]:
         """A fresh file-backed stream like the store's; returns ``(name, subject root)``."""
@@ -126,12 +126,6 @@ class RawNats:
         )
         self.run(self.js.add_stream(config))
         return name, root
-
-    def close(self) -> None:
-        try:
-            self.run(self.nc.close())
-        finally:
-            self.loop.close()
 
 
 @contextmanager

@@ -1,7 +1,7 @@
 """Histories for the ``projections`` suite, written by the real platform.
 
 The events are not synthesised: ``jetagent orchestrator`` and ``jetagent worker`` run as
-processes (:class:`bench._services.Services`) and a :class:`jetagent.client.Client`
+processes (:func:`bench._services.bench_services`) and a :class:`jetagent.client.Client`
 submits requests, so every message in ``JA_WORKFLOWS`` and ``JA_STEPS`` is exactly what
 a deployment writes — one decision per message (``[StepCompleted, StepScheduled]``, ...,
 under the subject of its last event), the whole conversation so far in each reasoning
@@ -46,9 +46,10 @@ from jetagent.contract import (
 )
 from jetagent.events import Finalized, decode_events
 from jetagent.jetstream.provision import provision
+from jetagent.testing import ServiceProcesses, eventually, tools_registered
 from jetagent.worker.registry import ToolRegistry
 
-from ._services import Loop, Services
+from ._services import Loop
 
 __all__ = [
     "MODELS",
@@ -147,7 +148,7 @@ class _Progress:
 class _Driver:
     """A client and one counting subscription on the calling thread's loop."""
 
-    def __init__(self, loop: Loop, settings: Settings, services: Services) -> None:
+    def __init__(self, loop: Loop, settings: Settings, services: ServiceProcesses) -> None:
         self.loop = loop
         self.settings = settings
         self.names = settings.names
@@ -157,11 +158,11 @@ class _Driver:
         self.rng = random.Random(f"bench-history-{settings.prefix}")
 
     async def open(self) -> None:
-        nc, p = self.loop.nc, self.names.prefix
+        nc, names = self.loop.nc, self.names
         self.subs = [
-            await nc.subscribe(f"{p}.wf.>", cb=self._on_event),
-            await nc.subscribe(f"{p}.step.>", cb=self._on_result),
-            await nc.subscribe(f"{p}.dlq.>", cb=self._on_dead_letter),
+            await nc.subscribe(names.all_workflows, cb=self._on_event),
+            await nc.subscribe(names.all_step_results, cb=self._on_result),
+            await nc.subscribe(names.all_dead_letters, cb=self._on_dead_letter),
         ]
 
     async def close(self) -> None:
@@ -218,7 +219,7 @@ async def _register_tools(loop: Loop, settings: Settings) -> None:
 
 
 def finished_history(
-    loop: Loop, settings: Settings, services: Services, *, events: int, batch: int = 1000
+    loop: Loop, settings: Settings, services: ServiceProcesses, *, events: int, batch: int = 1000
 ) -> int:
     """Run workflows to the end until the prefix's streams hold ``events`` events;
     return how many workflows ran. ``services`` is stopped afterwards."""
@@ -246,10 +247,10 @@ def finished_history(
         loop.run(driver.close())
         return workflows
     finally:
-        services.close()
+        services.stop_all()
 
 
-def live_sessions(loop: Loop, settings: Settings, services: Services, *, n: int) -> None:
+def live_sessions(loop: Loop, settings: Settings, services: ServiceProcesses, *, n: int) -> None:
     """Leave ``n`` workflows running, each waiting for its calculator step (no tools
     worker runs; the tools are registered as one would). ``services`` is stopped after."""
     loop.run(provision(loop.nc, settings))
@@ -273,26 +274,21 @@ def live_sessions(loop: Loop, settings: Settings, services: Services, *, n: int)
             raise RuntimeError(f"a workflow that should be running ended: {wid} {how}")
         loop.run(driver.close())
     finally:
-        services.close()
+        services.stop_all()
 
 
-async def _wait_for_tools(loop: Loop, settings: Settings, services: Services) -> None:
+async def _wait_for_tools(loop: Loop, settings: Settings, services: ServiceProcesses) -> None:
     """Until the orchestrator is up (its consumer exists) and the calculator is known."""
-    from nats.js.errors import NoKeysError, NotFoundError
+    from nats.js.errors import NotFoundError
 
-    deadline = time.monotonic() + 60
-    while True:
-        services.check_alive()
+    async def up() -> bool:
         try:
             await loop.js.consumer_info(settings.names.requests_stream, "orchestrator-requests")
-            kv = await loop.js.key_value(settings.names.bucket("REGISTRY"))
-            if "tool.calculator" in await kv.keys():
-                return
-        except (NoKeysError, NotFoundError):
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError("the services did not come up within 60 s")
-        await asyncio.sleep(0.05)
+        except NotFoundError:
+            return False
+        return await tools_registered(loop.js, settings, "calculator")
+
+    await eventually(up, timeout=60, alive=services.check_alive, what="the services up")
 
 
 @dataclass(frozen=True)
@@ -324,9 +320,9 @@ async def count_streams(loop: Loop, settings: Settings) -> StreamCounts:
     wf_messages = wf_events = results = dead = size = 0
     reasoning_sizes: list[int] = []
     streams = {
-        names.workflows_stream: f"{names.prefix}.wf.>",
-        names.steps_stream: f"{names.prefix}.step.>",
-        names.dlq_stream: f"{names.prefix}.dlq.>",
+        names.workflows_stream: names.all_workflows,
+        names.steps_stream: names.all_step_results,
+        names.dlq_stream: names.all_dead_letters,
     }
     for stream, subject in streams.items():
         info = await loop.js.stream_info(stream)

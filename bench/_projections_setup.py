@@ -23,13 +23,15 @@ import msgspec
 from nats.js.errors import KeyNotFoundError, NotFoundError
 
 from jetagent.config import Settings
+from jetagent.embedded import free_port
 from jetagent.jetstream.provision import provision
+from jetagent.testing import ServiceProcesses
 from projections.checkpoints import CheckpointError, CheckpointStore
 from projections.service import CHECKPOINT_KEY, Checkpoint
 
 from ._harness import Env
 from ._history import StreamCounts, catalog_file, count_streams, finished_history, live_sessions
-from ._services import Loop, Services, free_port, loop_with_nats, rss_kib
+from ._services import Loop, bench_services, loop_with_nats, rss_kib
 
 __all__ = [
     "Prefix",
@@ -77,9 +79,9 @@ def _settings(env: Env, kind: str) -> Settings:
     return Settings(nats_url=env.nats_url, prefix=f"{kind}{uuid.uuid4().hex[:8]}", tenants="*")
 
 
-def _services(env: Env, settings: Settings) -> Services:
+def _services(env: Env, settings: Settings) -> ServiceProcesses:
     models = catalog_file(env.tmp / "catalog")
-    return Services(
+    return bench_services(
         env.nats_url, settings.prefix, env.tmp / "logs", {"JETAGENT_MODELS": str(models)}
     )
 
@@ -147,7 +149,7 @@ class ProjectionProcess:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/metrics"
         self.http = httpx.Client(timeout=10.0, trust_env=False)
-        self.services = Services(env.nats_url, settings.prefix, env.tmp / "logs")
+        self.services = bench_services(env.nats_url, settings.prefix, env.tmp / "logs")
         self.name = name
         self.caught_up_s = 0.0
         """From the process's start to its checkpoint at the streams' ends."""
@@ -167,7 +169,7 @@ class ProjectionProcess:
 
     @property
     def pid(self) -> int:
-        return self.services.pid(self.name)
+        return self.services[self.name].pid
 
     def rss_mib(self) -> float:
         return rss_kib(self.pid) / 1024
@@ -221,9 +223,10 @@ class ProjectionProcess:
             if all(positions.get(s, 0) >= t for s, t in targets.items()) and self._serving():
                 return
             if time.monotonic() > deadline:
+                tail = self.services[self.name].tail()
                 raise RuntimeError(
                     f"the projection process did not catch up within {timeout:.0f} s "
-                    f"(at {positions}, streams end at {targets}):\n{self.services.log(self.name)}"
+                    f"(at {positions}, streams end at {targets}):\n{tail}"
                 )
             time.sleep(0.02)
 
@@ -234,7 +237,7 @@ class ProjectionProcess:
 
     def close(self) -> None:
         try:
-            self.services.close()
+            self.services.stop_all()
         finally:
             self.http.close()
 

@@ -1,23 +1,18 @@
-"""jetagent service processes for the ``projections`` and ``capabilities`` suites.
+"""jetagent service processes and event loops for the suites that run the platform.
 
-:class:`Services` starts ``jetagent`` CLI commands (``orchestrator``, ``worker tools``,
-``projections run``, ...) as real processes through ``bench._engine_service`` (the CLI,
-profilable on a signal), each under the suite's prefix and with its own log file, and
-stops them with SIGTERM. :class:`Loop` is an event loop the calling thread owns (uvloop,
-as the services run on) with a plain nats-py connection on it. A few small helpers:
-free ports, a process's resident memory.
+:func:`bench_services` gives :class:`jetagent.testing.ServiceProcesses` as the bench runs it:
+``jetagent`` CLI commands (``orchestrator``, ``worker tools``, ``projections run``, ...)
+through ``bench._engine_service`` (the CLI, profilable on a signal), each under the
+suite's prefix and with its own log file. :class:`Loop` is an event loop the calling
+thread owns with a NATS connection on it. And a process's resident memory.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import signal
-import socket
-import subprocess
 import sys
-from collections.abc import Coroutine, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -26,19 +21,24 @@ from nats.aio.client import Client as NATS
 from nats.js.client import JetStreamContext
 
 from jetagent.jetstream import connect
+from jetagent.testing import ServiceProcesses
 
-__all__ = ["Loop", "Services", "free_port", "loop_with_nats", "rss_kib"]
+__all__ = ["SERVICE_COMMAND", "Loop", "bench_services", "loop_with_nats", "rss_kib"]
 
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parent.parent
+SERVICE_COMMAND = (sys.executable, "-m", "bench._engine_service")
+"""The ``jetagent`` CLI, able to profile the window a benchmark measures."""
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+def bench_services(
+    url: str, prefix: str, log_dir: Path, env: Mapping[str, str] | None = None
+) -> ServiceProcesses:
+    """``jetagent`` processes under ``prefix`` on the suite's server; their logs in
+    ``<log_dir>/<prefix>/``. Stop them with ``stop_all()``."""
+    return ServiceProcesses(
+        url, prefix, log_dir / prefix, env=env, cwd=ROOT, command=SERVICE_COMMAND
+    )
 
 
 def rss_kib(pid: int) -> int:
@@ -50,17 +50,25 @@ def rss_kib(pid: int) -> int:
 
 
 class Loop:
-    """A uvloop event loop owned by the calling thread, and a NATS connection on it.
+    """An event loop owned by the calling thread, and a NATS connection on it.
 
-    The services run on uvloop with the connection ``jetagent.store.connect`` makes
-    (nats-py with jetagent's faster header parser), as ``jetagent.cli`` sets them up;
+    By default uvloop with the connection ``jetagent.jetstream.connect`` makes (nats-py
+    with jetagent's faster header parser), as ``jetagent.cli`` sets the services up;
     in-process subjects and baselines of these suites use the same, so they compare
-    like with like.
+    like with like. ``loop_factory`` and ``connector`` choose others (plain asyncio and
+    plain nats-py: the floor any store built on nats-py pays).
     """
 
-    def __init__(self, url: str, name: str) -> None:
-        self.loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
-        self.nc: NATS = self.run(connect(url, name=name))
+    def __init__(
+        self,
+        url: str,
+        name: str,
+        *,
+        loop_factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop,
+        connector: Callable[[str, str], Awaitable[NATS]] | None = None,
+    ) -> None:
+        self.loop: asyncio.AbstractEventLoop = loop_factory()
+        self.nc: NATS = self.run(_connect(url, name, connector))
         self.js: JetStreamContext = self.nc.jetstream()
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
@@ -74,6 +82,14 @@ class Loop:
             self.loop.close()
 
 
+async def _connect(
+    url: str, name: str, connector: Callable[[str, str], Awaitable[NATS]] | None
+) -> NATS:
+    if connector is None:
+        return await connect(url, name=name)
+    return await connector(url, name)
+
+
 @contextlib.contextmanager
 def loop_with_nats(url: str, name: str) -> Iterator[Loop]:
     loop = Loop(url, name)
@@ -81,82 +97,3 @@ def loop_with_nats(url: str, name: str) -> Iterator[Loop]:
         yield loop
     finally:
         loop.close()
-
-
-class Services:
-    """``jetagent`` processes under one prefix on the suite's server."""
-
-    def __init__(
-        self, url: str, prefix: str, log_dir: Path, env: Mapping[str, str] | None = None
-    ) -> None:
-        self.url = url
-        self.prefix = prefix
-        self.log_dir = log_dir
-        self.env = dict(env or {})
-        self.processes: dict[str, subprocess.Popen[bytes]] = {}
-        log_dir.mkdir(parents=True, exist_ok=True)
-
-    def start(
-        self, name: str, *args: str, env: Mapping[str, str] | None = None
-    ) -> subprocess.Popen[bytes]:
-        """Start ``jetagent <args>`` as ``name`` (its log: ``<prefix>-<name>.log``)."""
-        full_env = {
-            **os.environ,
-            "NATS_URL": self.url,
-            "JETAGENT_PREFIX": self.prefix,
-            "JETAGENT_TENANTS": "*",
-            "PYTHONUNBUFFERED": "1",
-            **self.env,
-            **(env or {}),
-        }
-        log = self.log_path(name).open("ab")
-        try:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "bench._engine_service", *args],
-                cwd=ROOT,
-                env=full_env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        finally:
-            log.close()
-        self.processes[name] = process
-        return process
-
-    def log_path(self, name: str) -> Path:
-        return self.log_dir / f"{self.prefix}-{name}.log"
-
-    def log(self, name: str, lines: int = 20) -> str:
-        path = self.log_path(name)
-        text = path.read_text(errors="replace") if path.exists() else ""
-        return "\n".join(text.splitlines()[-lines:])
-
-    def check_alive(self) -> None:
-        for name, process in self.processes.items():
-            if process.poll() is not None:
-                raise RuntimeError(f"{name} exited with {process.returncode}:\n{self.log(name)}")
-
-    def pid(self, name: str) -> int:
-        return self.processes[name].pid
-
-    def stop(self, name: str) -> None:
-        process = self.processes.pop(name, None)
-        if process is not None:
-            _terminate([process])
-
-    def close(self) -> None:
-        processes, self.processes = list(self.processes.values()), {}
-        _terminate(processes)
-
-
-def _terminate(processes: list[subprocess.Popen[bytes]]) -> None:
-    for process in processes:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-    for process in processes:
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()

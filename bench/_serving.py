@@ -1,10 +1,17 @@
-"""The shared tail of the bench's local servers: publish the port, serve until signalled."""
+"""The bench's local servers (the LLM and scripted model servers): each publishes its
+port in a file and serves until signalled; the bench starts one as a supervised process
+and waits for that file."""
 
 from __future__ import annotations
 
 import asyncio
 import signal
+import sys
 from pathlib import Path
+
+from jetagent.testing import SupervisedProcess, wait_until
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 async def serve_until_stopped(server: asyncio.Server, port_file: Path) -> None:
@@ -20,3 +27,23 @@ async def serve_until_stopped(server: asyncio.Server, port_file: Path) -> None:
     tmp.replace(port_file)
     async with server:
         await stop.wait()
+
+
+def start_server(module: str, folder: Path, name: str) -> tuple[SupervisedProcess, int]:
+    """Start ``python -m <module> <port file>`` (its log: ``<folder>/<name>.log``) and
+    wait until it has published its port; the process and the port."""
+    folder.mkdir(parents=True, exist_ok=True)
+    port_file = folder / f"{name}.port"
+    port_file.unlink(missing_ok=True)
+    process = SupervisedProcess(
+        name,
+        [sys.executable, "-m", module, str(port_file)],
+        log_file=folder / f"{name}.log",
+        cwd=ROOT,
+    ).start()
+    try:
+        wait_until(port_file.exists, timeout=30, interval=0.02, alive=process.check_alive)
+    except BaseException:
+        process.close()
+        raise
+    return process, int(port_file.read_text())

@@ -47,7 +47,7 @@ from ._capabilities_setup import (
 from ._harness import Benchmark, Contenders, Env, Round, Suite
 from ._profile import process_cpu
 from ._report import code_state
-from ._services import Loop, Services, loop_with_nats
+from ._services import Loop, bench_services, loop_with_nats
 
 __all__ = ["SUITE"]
 
@@ -133,7 +133,7 @@ def _driver(on: Loop, settings: Settings) -> Iterator[StepDriver]:
 @contextlib.contextmanager
 def _tools_worker(env: Env) -> Iterator[_Worker]:
     on, settings = _loop(env), _settings(env, "ct")
-    services = Services(env.nats_url, settings.prefix, env.tmp / "logs")
+    services = bench_services(env.nats_url, settings.prefix, env.tmp / "logs")
     try:
         services.start("tools", "worker", "tools")
         on.run(wait_for_worker(on, settings, "cap-tools", services.check_alive, tools=True))
@@ -141,9 +141,9 @@ def _tools_worker(env: Env) -> Iterator[_Worker]:
             warm = [tool_step("calculator", {"expression": EXPRESSION}) for _ in range(200)]
             on.run(driver.throughput(warm))
             on.run(driver.throughput([tool_step("python", {"code": SNIPPET}) for _ in range(16)]))
-            yield _Worker(driver=driver, pid=services.pid("tools"))
+            yield _Worker(driver=driver, pid=services["tools"].pid)
     finally:
-        services.close()
+        services.stop_all()
 
 
 def _tools(env: Env) -> _Worker:
@@ -322,7 +322,7 @@ def _reasoning_worker(env: Env) -> Iterator[_Reasoning]:
         path = folder / "models.toml"
         path.write_text(catalog_toml(server.port))
         catalog = ModelCatalog.load(path)
-        services = Services(
+        services = bench_services(
             env.nats_url, settings.prefix, env.tmp / "logs", {"JETAGENT_MODELS": str(path)}
         )
         http = httpx.AsyncClient(timeout=30.0, trust_env=False)
@@ -349,7 +349,7 @@ def _reasoning_worker(env: Env) -> Iterator[_Reasoning]:
                 yield reasoning
         finally:
             on.run(http.aclose())
-            services.close()
+            services.stop_all()
 
 
 def _reasoning(env: Env) -> _Reasoning:

@@ -27,6 +27,7 @@ from jetagent.client import Client
 from jetagent.config import Settings
 from jetagent.embedded import EmbeddedServer
 from jetagent.events import StepScheduled
+from jetagent.testing import eventually, nats_server, tools_registered
 
 from ._delivery_fixtures import SlowLLM, delivery_platform
 from ._harness import Benchmark, Contenders, Env, Suite, Target
@@ -48,16 +49,12 @@ class _Counts:
 
 
 async def _wait_ready(client: Client, settings: Settings) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            kv = await client.js.key_value(settings.names.bucket("REGISTRY"))
-            if "tool.nap" in await kv.keys():
-                return
-        except Exception:  # not provisioned yet, or no keys yet
-            pass
-        await asyncio.sleep(0.2)
-    raise RuntimeError("the tools workers did not announce the nap tool in 60 s")
+    await eventually(
+        lambda: tools_registered(client.js, settings, "nap"),
+        timeout=60,
+        interval=0.2,
+        what="the tools workers announcing the nap tool",
+    )
 
 
 def _listening(port: int, found: list[float], stop: threading.Event) -> None:
@@ -147,13 +144,12 @@ class _Bench:
 
 @contextmanager
 def _bench(env: Env) -> Iterator[_Bench]:
-    server = EmbeddedServer(env.tmp / "delivery-nats").start()
-    llm = SlowLLM(env.tmp / "naps.log")
-    try:
-        yield _Bench(server, llm, env.tmp, workflows=env.size(WORKFLOWS, 4))
-    finally:
-        llm.close()
-        server.stop()
+    with nats_server(env.tmp / "delivery-nats") as server:
+        llm = SlowLLM(env.tmp / "naps.log")
+        try:
+            yield _Bench(server, llm, env.tmp, workflows=env.size(WORKFLOWS, 4))
+        finally:
+            llm.close()
 
 
 def _shared(env: Env) -> _Bench:

@@ -23,12 +23,14 @@ import httpx
 
 from jetagent.client import Client
 from jetagent.config import Settings
+from jetagent.embedded import free_port
 from jetagent.events import StepCompleted
 from jetagent.jetstream.provision import provision
+from jetagent.testing import eventually
 from jetagent.token_stream import follow_tokens
 
 from ._harness import Benchmark, Contenders, Env, Suite, Target
-from ._services import Loop, Services, free_port, loop_with_nats
+from ._services import Loop, bench_services, loop_with_nats
 from ._stream_server import TOKENS, streaming_server
 
 __all__ = ["SUITE"]
@@ -53,7 +55,7 @@ class _Submitters:
         loop.run(provision(loop.nc, self.settings))
         self.client = Client(loop.nc, self.settings)
         port = free_port()
-        self.services = Services(env.nats_url, self.prefix, env.path("logs"))
+        self.services = bench_services(env.nats_url, self.prefix, env.path("logs"))
         self.services.start(
             "gateway",
             "gateway",
@@ -68,16 +70,19 @@ class _Submitters:
         loop.run(self._ready())
 
     async def _ready(self) -> None:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            self.services.check_alive()
+        async def ready() -> bool:
             try:
-                if (await self.http.get("/readyz")).status_code == 200:
-                    return
+                return (await self.http.get("/readyz")).status_code == 200
             except httpx.HTTPError:
-                pass
-            await asyncio.sleep(0.1)
-        raise RuntimeError("the gateway did not become ready:\n" + self.services.log("gateway"))
+                return False
+
+        await eventually(
+            ready,
+            timeout=30,
+            interval=0.1,
+            alive=self.services.check_alive,
+            what="the gateway answering /readyz",
+        )
 
     async def via_gateway(self) -> None:
         response = await self.http.post("/v1/workflows", json={"instruction": "What is 6 * 7?"})
@@ -93,7 +98,7 @@ class _Submitters:
 
     def close(self) -> None:
         self.loop.run(self.http.aclose())
-        self.services.close()
+        self.services.stop_all()
 
 
 @contextmanager
@@ -214,7 +219,7 @@ def _first_token(env: Env) -> Benchmark:
             loop.run(provision(loop.nc, settings))
             catalog = env.path("models.toml")
             catalog.write_text(_catalog(port))
-            services = Services(env.nats_url, prefix, env.path("logs"))
+            services = bench_services(env.nats_url, prefix, env.path("logs"))
             extra = {"JETAGENT_MODELS": str(catalog)}
             services.start("orchestrator", "orchestrator", env=extra)
             services.start("reasoning", "worker", "reasoning", env=extra)
@@ -257,7 +262,7 @@ def _first_token(env: Env) -> Benchmark:
                 one()  # warm up: connections, the worker's first call
                 yield {FIRST: lambda: one()[0], END: lambda: one()[1]}
             finally:
-                services.close()
+                services.stop_all()
 
     return Benchmark(
         name="time to first streamed token",

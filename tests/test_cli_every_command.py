@@ -17,6 +17,7 @@ import pytest
 
 from jetagent.config import Settings
 from jetagent.embedded import free_port
+from jetagent.testing import SupervisedProcess
 from tests.support.cli import JETAGENT, ROOT, arun_cli, cli_env, run_cli
 from tests.support.platform import InProcessPlatform
 
@@ -96,45 +97,17 @@ async def test_every_command_without_a_server(url: str, expected: str, tmp_path:
         _one_clear_line(result, expected)
 
 
-async def _started(process: subprocess.Popen[str], text: str, timeout: float = 60) -> str:
-    """Read the process's output until ``text`` appears."""
-    assert process.stdout is not None
-    seen: list[str] = []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        line = await asyncio.to_thread(process.stdout.readline)
-        if not line:
-            break
-        seen.append(line)
-        if text in line:
-            return "".join(seen)
-    raise AssertionError(f"{text!r} not seen: {''.join(seen)}")
-
-
-def _spawn(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [str(JETAGENT), *args],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+async def _stops_on_sigterm(args: list[str], env: dict[str, str], ready: str, log_dir: Path) -> str:
+    process = SupervisedProcess(
+        args[0], [str(JETAGENT), *args], log_file=log_dir / f"{args[0]}.log", env=env, cwd=ROOT
     )
-
-
-async def _stops_on_sigterm(args: list[str], env: dict[str, str], ready: str) -> str:
-    process = _spawn(args, env)
-    try:
-        before = await _started(process, ready)
+    with process:
+        await asyncio.to_thread(process.wait_for_output, ready, timeout=60)
         started = time.monotonic()
         process.send_signal(signal.SIGTERM)
-        rest, _ = await asyncio.to_thread(process.communicate, timeout=60)
+        await asyncio.to_thread(process.wait, 60)
         assert time.monotonic() - started < 30, "slow to stop on SIGTERM"
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    output = before + rest
+    output = process.output
     assert "Traceback" not in output, output
     return output
 
@@ -171,14 +144,19 @@ async def test_every_command_against_a_real_server(
 
     # watch says what it waits for, and stops on SIGTERM.
     output = await _stops_on_sigterm(
-        ["watch", "never-submitted"], env, ready="waiting for workflow never-submitted"
+        ["watch", "never-submitted"],
+        env,
+        ready="waiting for workflow never-submitted",
+        log_dir=tmp_path,
     )
     assert "stopped" in output
 
     # Services and followers stop cleanly on SIGTERM.
-    await _stops_on_sigterm(["tail"], env, ready="following")
-    await _stops_on_sigterm(["projections", "run"], env, ready="projections serving")
-    await _stops_on_sigterm(["orchestrator"], env, ready="orchestrator")
+    await _stops_on_sigterm(["tail"], env, ready="following", log_dir=tmp_path)
+    await _stops_on_sigterm(
+        ["projections", "run"], env, ready="projections serving", log_dir=tmp_path
+    )
+    await _stops_on_sigterm(["orchestrator"], env, ready="orchestrator", log_dir=tmp_path)
 
     rebuilt = await arun_cli("projections", "rebuild", env=env)
     assert rebuilt.returncode == 0, rebuilt.stdout + rebuilt.stderr

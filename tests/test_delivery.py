@@ -26,16 +26,15 @@ from jetagent.jetstream.provision import (
     repair_capability_consumers,
 )
 from jetagent.models import ModelCatalog
+from jetagent.testing import eventually, tools_registered
 from jetagent.worker._runtime import Worker
 from projections.service import ProjectionService
 from tests.fakes.llm_servers import FakeOpenAI, model_for, openai_completion
 from tests.support.checks import assert_no_decision_recorded_twice, assert_one_result_per_step
 from tests.support.platform import (
     InProcessPlatform,
-    ServiceProcesses,
-    eventually,
+    service_processes,
     specs_for_tests,
-    tool_registered,
 )
 
 KEY_ENV = "JA_TEST_DELIVERY_KEY"
@@ -126,7 +125,7 @@ async def test_slow_steps_run_once_on_two_replicas(
 async def test_sigkill_mid_tool_runs_it_again_and_records_both_runs(
     settings: Settings, tmp_path: Path
 ) -> None:
-    procs = ServiceProcesses(
+    procs = service_processes(
         settings.nats_url,
         settings.prefix,
         tmp_path,
@@ -139,7 +138,7 @@ async def test_sigkill_mid_tool_runs_it_again_and_records_both_runs(
     client = await Client.connect(settings.nats_url, settings=settings)
     log = tmp_path / "runs.log"
     try:
-        await eventually(lambda: tool_registered(client, settings, "logged_sleep"), timeout=30)
+        await eventually(lambda: tools_registered(client.js, settings, "logged_sleep"), timeout=30)
         args = json.dumps({"seconds": 5, "log": str(log), "tokens": 7})
         wid = await client.submit(
             instruction=f"call logged_sleep {args}", tenant="acme", allowed_tools=["logged_sleep"]
@@ -181,7 +180,7 @@ async def test_sigkill_mid_tool_runs_it_again_and_records_both_runs(
 async def test_deliveries_exhausted_give_one_dead_letter_and_one_result(
     settings: Settings, tmp_path: Path, connected: int
 ) -> None:
-    procs = ServiceProcesses(
+    procs = service_processes(
         settings.nats_url,
         settings.prefix,
         tmp_path,
@@ -200,7 +199,7 @@ async def test_deliveries_exhausted_give_one_dead_letter_and_one_result(
     client = await Client.connect(settings.nats_url, settings=settings)
     log = tmp_path / "runs.log"
     try:
-        await eventually(lambda: tool_registered(client, settings, "logged_sleep"), timeout=30)
+        await eventually(lambda: tools_registered(client.js, settings, "logged_sleep"), timeout=30)
         if connected:
             pulling = 2 + connected
             await eventually(lambda: _consumers_waiting(client, settings, pulling), timeout=60)
@@ -370,7 +369,7 @@ async def test_a_long_step_is_not_run_twice_across_a_server_restart(
     log = tmp_path / "runs.log"
     try:
         client = platform.client
-        await eventually(lambda: tool_registered(client, settings, "logged_sleep"), timeout=30)
+        await eventually(lambda: tools_registered(client.js, settings, "logged_sleep"), timeout=30)
         args = json.dumps({"seconds": 12, "log": str(log)})
         wid = await client.submit(
             instruction=f"call logged_sleep {args}", tenant="acme", allowed_tools=["logged_sleep"]

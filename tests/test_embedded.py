@@ -65,8 +65,8 @@ def test_store_dir_that_is_a_file_is_a_clear_error(tmp_path: Path) -> None:
 
 
 @pytest.mark.cluster
-async def test_three_node_cluster_replicates(cluster: EmbeddedCluster) -> None:
-    nc = await nats.connect(cluster.urls)
+async def test_three_node_cluster_replicates(nats_cluster: EmbeddedCluster) -> None:
+    nc = await nats.connect(nats_cluster.urls)
     js = nc.jetstream()
     await js.add_stream(name="R3", subjects=["r3.>"], num_replicas=3)
     ack = await js.publish("r3.x", b"hello")

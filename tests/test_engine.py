@@ -19,7 +19,8 @@ from jetagent.events import (
     decode_event,
 )
 from jetagent.jetstream import DirectGetter
-from tests.support.platform import InProcessPlatform, eventually
+from jetagent.testing import eventually
+from tests.support.platform import InProcessPlatform
 
 
 async def test_multi_step_loop_with_parallel_tool_calls(engine: InProcessPlatform) -> None:

@@ -14,16 +14,9 @@ from jetagent.events import ApprovalRequested, Started, StepScheduled, Terminate
 from jetagent.jetstream import DirectGetter
 from jetagent.models import ModelCatalog
 from jetagent.orchestrator.replay import replay_workflow
+from jetagent.testing import eventually, tools_registered
 from jetagent.workflow import DecideContext
-from tests.support.platform import InProcessPlatform, ServiceProcesses, eventually
-
-
-async def _tool_registered(client: Client, settings: Settings, name: str) -> bool:
-    try:
-        kv = await client.js.key_value(settings.names.bucket("REGISTRY"))
-        return f"tool.{name}" in await kv.keys()
-    except Exception:  # not provisioned yet, or no keys yet
-        return False
+from tests.support.platform import InProcessPlatform, service_processes
 
 
 async def _assert_ended_by_its_deadline(client: Client, wid: str, log: str) -> None:
@@ -100,12 +93,12 @@ async def _context(platform: InProcessPlatform) -> DecideContext:
 async def test_a_workflow_waiting_on_approval_ends_at_its_deadline_after_a_restart(
     settings: Settings, tmp_path: Path
 ) -> None:
-    procs = ServiceProcesses(settings.nats_url, settings.prefix, tmp_path)
+    procs = service_processes(settings.nats_url, settings.prefix, tmp_path)
     procs.start("orchestrator-1", "orchestrator")
     procs.start("workers", "worker", "reasoning", "tools")
     client = await Client.connect(settings.nats_url, settings=settings)
     try:
-        await eventually(lambda: _tool_registered(client, settings, "dangerous"), timeout=30)
+        await eventually(lambda: tools_registered(client.js, settings, "dangerous"), timeout=30)
         wid = await client.submit(
             instruction='call dangerous {"target": "prod"}',
             tenant="acme",
@@ -128,13 +121,13 @@ async def test_a_workflow_waiting_on_approval_ends_at_its_deadline_after_a_resta
 async def test_a_workflow_on_a_hung_step_ends_at_its_deadline_with_every_orchestrator_restarted(
     settings: Settings, tmp_path: Path
 ) -> None:
-    procs = ServiceProcesses(settings.nats_url, settings.prefix, tmp_path)
+    procs = service_processes(settings.nats_url, settings.prefix, tmp_path)
     procs.start("orchestrator-1", "orchestrator")
     procs.start("orchestrator-2", "orchestrator")
     procs.start("workers", "worker", "reasoning", "tools")
     client = await Client.connect(settings.nats_url, settings=settings)
     try:
-        await eventually(lambda: _tool_registered(client, settings, "slow"), timeout=30)
+        await eventually(lambda: tools_registered(client.js, settings, "slow"), timeout=30)
         wid = await client.submit(
             instruction='call slow {"seconds": 300}',
             tenant="acme",
@@ -176,13 +169,13 @@ async def test_a_due_deadline_outlives_a_store_that_failed_more_times_than_max_d
     """A due timer whose handling keeps failing (the workflow stream cannot be read, as
     while a cluster elects its leader) is retried until it can be handled, never dropped
     by a delivery limit: the workflow still ends by its deadline once the store is back."""
-    procs = ServiceProcesses(settings.nats_url, settings.prefix, tmp_path)
+    procs = service_processes(settings.nats_url, settings.prefix, tmp_path)
     procs.start("orchestrator-1", "orchestrator")
     procs.start("workers", "worker", "reasoning", "tools")
     client = await Client.connect(settings.nats_url, settings=settings)
     names = settings.names
     try:
-        await eventually(lambda: _tool_registered(client, settings, "dangerous"), timeout=30)
+        await eventually(lambda: tools_registered(client.js, settings, "dangerous"), timeout=30)
         wid = await client.submit(
             instruction='call dangerous {"target": "prod"}',
             tenant="acme",

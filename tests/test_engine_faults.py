@@ -7,13 +7,9 @@ from pathlib import Path
 
 from jetagent.client import Client
 from jetagent.config import Settings
+from jetagent.testing import eventually, tools_registered
 from tests.support.checks import assert_no_decision_recorded_twice, assert_one_result_per_step
-from tests.support.platform import (
-    InProcessPlatform,
-    ServiceProcesses,
-    eventually,
-    tool_registered,
-)
+from tests.support.platform import InProcessPlatform, service_processes
 
 
 async def _each_once(client: Client, settings: Settings, ids: list[str]) -> None:
@@ -24,7 +20,7 @@ async def _each_once(client: Client, settings: Settings, ids: list[str]) -> None
 
 
 async def test_sigkill_a_worker_mid_step(settings: Settings, tmp_path: Path) -> None:
-    procs = ServiceProcesses(
+    procs = service_processes(
         settings.nats_url,
         settings.prefix,
         tmp_path,
@@ -35,7 +31,7 @@ async def test_sigkill_a_worker_mid_step(settings: Settings, tmp_path: Path) -> 
     procs.start("tools-a", "worker", "tools")
     client = await Client.connect(settings.nats_url, settings=settings)
     try:
-        await eventually(lambda: tool_registered(client, settings, "slow"), timeout=30)
+        await eventually(lambda: tools_registered(client.js, settings, "slow"), timeout=30)
         wid = await client.submit(
             instruction='call slow {"seconds": 3}', tenant="acme", allowed_tools=["slow"]
         )
@@ -57,12 +53,12 @@ async def test_sigkill_a_worker_mid_step(settings: Settings, tmp_path: Path) -> 
 
 
 async def test_sigkill_the_orchestrator_and_restart(settings: Settings, tmp_path: Path) -> None:
-    procs = ServiceProcesses(settings.nats_url, settings.prefix, tmp_path)
+    procs = service_processes(settings.nats_url, settings.prefix, tmp_path)
     procs.start("orchestrator-1", "orchestrator")
     procs.start("workers", "worker", "reasoning", "tools")
     client = await Client.connect(settings.nats_url, settings=settings)
     try:
-        await eventually(lambda: tool_registered(client, settings, "calculator"), timeout=30)
+        await eventually(lambda: tools_registered(client.js, settings, "calculator"), timeout=30)
         ids = [
             await client.submit(
                 instruction=f"What is {i} + {i}? Then multiply the result by 3 then add 1 to it",

@@ -17,8 +17,9 @@ from jetagent.models import ModelCatalog
 from jetagent.orchestrator import Orchestrator
 from jetagent.orchestrator.journal import Journal
 from jetagent.orchestrator.replay import replay_workflow
+from jetagent.testing import eventually
 from jetagent.workflow import DecideContext
-from tests.support.platform import InProcessPlatform, eventually
+from tests.support.platform import InProcessPlatform
 
 WAITS_FOR_APPROVAL = {
     "instruction": 'call dangerous {"target": "prod"}',

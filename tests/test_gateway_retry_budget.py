@@ -16,6 +16,7 @@ from jetagent.config import Settings
 from jetagent.errors import PermanentError
 from jetagent.llm import Message
 from jetagent.models import ModelCatalog, ModelConfig
+from jetagent.testing import eventually
 from tests.fakes.llm_servers import (
     FakeAnthropic,
     FakeOpenAI,
@@ -26,7 +27,7 @@ from tests.fakes.llm_servers import (
     openai_completion,
     openai_error,
 )
-from tests.support.platform import InProcessPlatform, eventually
+from tests.support.platform import InProcessPlatform
 
 KEY_ENV = "JA_TEST_BUDGET_KEY"
 FAST = HttpSettings(read_timeout_s=5.0, trust_env=False)

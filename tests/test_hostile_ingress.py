@@ -21,7 +21,8 @@ from jetagent.config import Settings
 from jetagent.errors import RequestRejectedError
 from jetagent.events import RequestRejected, StepScheduled, decode_events
 from jetagent.jetstream import DirectGetter
-from tests.support.platform import InProcessPlatform, eventually
+from jetagent.testing import eventually
+from tests.support.platform import InProcessPlatform
 
 DEEP = 5000
 

@@ -11,8 +11,9 @@ import pytest
 
 from jetagent.events import Started
 from jetagent.gateway import GatewayServer, GatewaySettings
+from jetagent.testing import eventually
 from tests.support.gateway import TOKEN_SETTING, SseEvent, auth, sse_events
-from tests.support.platform import InProcessPlatform, eventually
+from tests.support.platform import InProcessPlatform
 
 FINAL = {"Finalized", "Terminated", "Cancelled", "RequestRejected"}
 

@@ -34,8 +34,9 @@ from capabilities.tools.mcp import (
     mcp_tools,
     tool_name,
 )
-from jetagent import StepContext, StepOutput
+from jetagent import StepOutput
 from jetagent.errors import ConfigError
+from jetagent.testing import step_context
 from jetagent.worker.tools import ToolBox
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -425,22 +426,11 @@ async def test_the_tools_capability_serves_them_like_built_ins(files: McpConnect
     assert registered["files__add"].spec.parameters["required"] == ["a", "b"]
     assert spec.subjects is not None
     assert "{p}.wf.*.StepScheduled.tools.files__add" in spec.subjects
-    blank: Any = None  # what this handler does not touch
-    step = StepContext(
+    step = step_context(
         workflow_id="wf",
         step_id="s1",
-        capability="tools",
         tool="files__add",
-        attempt=1,
-        iteration=1,
-        tenant="default",
         input={"tool": "files__add", "arguments": {"a": 4, "b": 5}},
-        reservation=blank,
-        deadline_at=None,
-        deliveries=1,
-        js=blank,
-        payloads=blank,
-        names=blank,
     )
     output = await spec.handler(step)
     assert isinstance(output, StepOutput)

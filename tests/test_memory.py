@@ -45,10 +45,10 @@ from jetagent.events import (
 )
 from jetagent.jetstream import connect
 from jetagent.jetstream.provision import provision
-from jetagent.payloads import PayloadStore
+from jetagent.testing import eventually, step_context
 from jetagent.worker._runtime import Worker
 from jetagent.worker.tools import ToolBox
-from tests.support.platform import InProcessPlatform, eventually
+from tests.support.platform import InProcessPlatform
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -92,25 +92,15 @@ class Steps:
             )
             await self.js.publish(f"{names.workflow_root}.{workflow}.Started", encode(started))
             self.started.add(workflow)
-        return StepContext(
+        return step_context(
             workflow_id=workflow,
             step_id=f"step-{next(self.ids)}",
             capability="memory",
             tool=tool,
-            attempt=1,
-            iteration=1,
             tenant=tenant,
             input={"call_id": call, "tool": tool, "arguments": arguments},
-            reservation=Spend(),
-            deadline_at=None,
-            deliveries=1,
-            js=self.js,
-            payloads=PayloadStore(
-                self.js,
-                bucket=names.bucket("PAYLOADS"),
-                threshold=self.settings.payload_threshold_bytes,
-            ),
-            names=names,
+            nc=self.nc,
+            settings=self.settings,
         )
 
 

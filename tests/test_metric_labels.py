@@ -20,10 +20,11 @@ from jetagent.embedded import free_port
 from jetagent.events import CallRecord, RequestRejected, StepResult
 from jetagent.jetstream import connect
 from jetagent.llm import Usage
+from jetagent.testing import eventually
 from projections.costs import MetricsState
 from projections.labels import DISTINCT_LIMIT, OTHER, LabelPolicy
 from projections.service import ProjectionService
-from tests.support.platform import InProcessPlatform, eventually
+from tests.support.platform import InProcessPlatform
 
 
 async def _labels(port: int, metric: str, label: str) -> dict[str, float]:

@@ -20,7 +20,7 @@ import pytest
 from jetagent.config import Settings
 from jetagent.embedded import EmbeddedServer
 from jetagent.jetstream import connect
-from tests.support.platform import ROOT, ServiceProcesses
+from tests.support.platform import ROOT, service_processes
 
 PASSWORDS = {
     "admin": "admin-pw",
@@ -83,7 +83,7 @@ async def test_services_run_with_exactly_their_permissions(
         timeout=60,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    procs = ServiceProcesses(_url(secured, "orchestrator"), "ja", tmp_path)
+    procs = service_processes(_url(secured, "orchestrator"), "ja", tmp_path)
     procs.start("orchestrator", "orchestrator")
     # One worker process per capability, each under its capability's own user.
     for capability in ("reasoning", "tools", "summarize", "memory"):
@@ -96,15 +96,12 @@ async def test_services_run_with_exactly_their_permissions(
 
     client = await Client.connect(_url(secured, "client"), settings=settings)
     try:
-        from tests.support.platform import eventually
+        from jetagent.testing import eventually, tools_registered
 
         async def tools_known() -> bool:
             admin = await connect(settings.nats_url, name="check")
             try:
-                kv = await admin.jetstream().key_value("JA_REGISTRY")
-                return "tool.calculator" in await kv.keys()
-            except Exception:
-                return False
+                return await tools_registered(admin.jetstream(), settings, "calculator")
             finally:
                 await admin.close()
 

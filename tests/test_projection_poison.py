@@ -19,9 +19,10 @@ from jetagent.config import Settings
 from jetagent.embedded import free_port
 from jetagent.events import StepResult, encode
 from jetagent.jetstream import connect
+from jetagent.testing import eventually
 from projections.service import ProjectionService
 from tests.support.cli import arun_cli, cli_env
-from tests.support.platform import InProcessPlatform, eventually
+from tests.support.platform import InProcessPlatform
 
 
 def _poison(settings: Settings) -> list[tuple[str, bytes]]:

@@ -22,9 +22,10 @@ from jetagent.events import CallRecord, StepResult, encode
 from jetagent.jetstream import connect
 from jetagent.llm import Usage
 from jetagent.sessions import SessionView, StepView
+from jetagent.testing import eventually
 from projections.service import ProjectionService
 from projections.trust import Verdict, judge_scheduled
-from tests.support.platform import InProcessPlatform, eventually
+from tests.support.platform import InProcessPlatform
 
 MILLION = 10**6
 

@@ -17,9 +17,10 @@ from jetagent.config import Settings
 from jetagent.embedded import free_port
 from jetagent.jetstream import connect
 from jetagent.sessions import SessionView
+from jetagent.testing import eventually
 from projections.checkpoints import CheckpointStore
 from projections.service import CHECKPOINT_KEY, Checkpoint, ProjectionService
-from tests.support.platform import InProcessPlatform, ServiceProcesses, eventually
+from tests.support.platform import InProcessPlatform, service_processes
 
 ALLOWED_LABELS = {
     "capability", "model", "provider", "tenant", "kind", "outcome", "reason", "stream",
@@ -132,7 +133,7 @@ async def test_a_projection_killed_and_restarted_keeps_its_totals(
     settings: Settings, tmp_path: Path
 ) -> None:
     platform = await InProcessPlatform(settings).start()
-    procs = ServiceProcesses(
+    procs = service_processes(
         settings.nats_url,
         settings.prefix,
         tmp_path,

@@ -22,11 +22,12 @@ from jetagent.events import CallRecord
 from jetagent.jetstream import DirectGetter
 from jetagent.llm import Message
 from jetagent.models import ModelCatalog
+from jetagent.testing import eventually
 from jetagent.worker.calls import JournalEntry
 from projections.service import ProjectionService
 from tests.fakes.llm_servers import FakeOpenAI, hang, model_for, openai_completion, openai_error
 from tests.support.checks import assert_no_decision_recorded_twice, assert_one_result_per_step
-from tests.support.platform import InProcessPlatform, ServiceProcesses, eventually
+from tests.support.platform import InProcessPlatform, service_processes
 
 KEY_ENV = "JA_TEST_RECORDED_KEY"
 HI = [Message(role="user", content="hi")]
@@ -210,7 +211,7 @@ max_wait_s = 120
 max_total_s = 300
 """
     )
-    procs = ServiceProcesses(
+    procs = service_processes(
         settings.nats_url,
         settings.prefix,
         tmp_path,

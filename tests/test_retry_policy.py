@@ -12,9 +12,10 @@ from jetagent.client import Client
 from jetagent.config import Settings
 from jetagent.events import StepFailed
 from jetagent.jetstream import DirectGetter
+from jetagent.testing import eventually
 from jetagent.worker.retry import RetryPolicy
 from tests.support.checks import assert_one_result_per_step
-from tests.support.platform import InProcessPlatform, eventually
+from tests.support.platform import InProcessPlatform
 
 T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 

@@ -22,7 +22,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from nats.js.errors import NoKeysError
 
 from jetagent.client import Client
 from jetagent.config import Settings
@@ -30,7 +29,8 @@ from jetagent.embedded import EmbeddedServer
 from jetagent.errors import ConfigError
 from jetagent.events import StepCompleted
 from jetagent.jetstream import connect
-from tests.support.platform import ROOT, ServiceProcesses, eventually
+from jetagent.testing import SupervisedProcess, eventually, tools_registered
+from tests.support.platform import ROOT, service_processes
 from tests.support.unprivileged import NOBODY, SYSTEM_PYTHON, reachable_code
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="the sandbox needs Linux")
@@ -114,16 +114,17 @@ async def test_the_unprivileged_tools_worker_keeps_its_credentials_from_snippets
         timeout=60,
     )
     assert provision.returncode == 0, provision.stdout + provision.stderr
-    procs = ServiceProcesses(url, "ja", tmp_path)
+    procs = service_processes(url, "ja", tmp_path)
     procs.env.update(login(secrets_dir, "orchestrator"))
     procs.start("orchestrator", "orchestrator")
     procs.env.update(login(secrets_dir, "worker-reasoning"))
     procs.start("reasoning", "worker", "reasoning")
     code_copy = contextlib.ExitStack()
     root, site_packages = code_copy.enter_context(reachable_code(full_site_packages=True))
-    tools_log = (tmp_path / "tools.log").open("wb")
-    tools = subprocess.Popen(  # noqa: ASYNC220 - started once, waited for in `finally`
+    tools = SupervisedProcess(
+        "tools",
         [SYSTEM_PYTHON, "-m", "jetagent.cli", "worker", "tools"],
+        log_file=tmp_path / "tools.log",
         cwd="/",
         env={
             "PATH": "/usr/bin:/bin",
@@ -134,14 +135,10 @@ async def test_the_unprivileged_tools_worker_keeps_its_credentials_from_snippets
             "JETAGENT_TENANTS": "*",
             **login(secrets_dir, "worker-tools"),
         },
-        stdout=tools_log,
-        stderr=subprocess.STDOUT,
         user=NOBODY,
         group=NOBODY,
         extra_groups=[],
-        start_new_session=True,
-    )
-    tools_log.close()
+    ).start()
     password_file = secrets_dir / "nats-worker-tools-password"
     password = password_file.read_text().strip()
     settings = Settings(nats_url=url, tenants="*", **login(secrets_dir, "client"))  # type: ignore[arg-type]
@@ -149,7 +146,7 @@ async def test_the_unprivileged_tools_worker_keeps_its_credentials_from_snippets
     try:
         # The worker reports its sandbox at start: every required layer, python served.
         def started() -> str:
-            return (tmp_path / "tools.log").read_text(errors="replace")
+            return tools.output
 
         async def announced() -> bool:
             return "sandbox layers active" in started()
@@ -163,10 +160,7 @@ async def test_the_unprivileged_tools_worker_keeps_its_credentials_from_snippets
             admin = Settings(nats_url=url, **login(secrets_dir, "admin"))  # type: ignore[arg-type]
             nc = await connect(url, name="check", user="admin", password=admin.nats_password())
             try:
-                kv = await nc.jetstream().key_value("JA_REGISTRY")
-                return "tool.python" in await kv.keys()
-            except NoKeysError:
-                return False
+                return await tools_registered(nc.jetstream(), admin, "python")
             finally:
                 await nc.close()
 
@@ -205,12 +199,7 @@ print(out)
     finally:
         await client.close()
         procs.stop_all()
-        tools.terminate()
-        try:
-            tools.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            tools.kill()
-            tools.wait()
+        tools.close()
         code_copy.close()
 
 

@@ -19,8 +19,9 @@ import pytest
 from jetagent.client import Client
 from jetagent.config import Settings
 from jetagent.embedded import EmbeddedServer
+from jetagent.testing import eventually, tools_registered
 from tests.support.checks import assert_no_decision_recorded_twice, assert_one_result_per_step
-from tests.support.platform import ServiceProcesses, eventually, tool_registered
+from tests.support.platform import service_processes
 
 pytestmark = pytest.mark.soak
 
@@ -40,7 +41,7 @@ async def test_chaos_soak(fresh_server: EmbeddedServer, unique: str, tmp_path: P
     seconds = float(os.environ.get("JETAGENT_SOAK_SECONDS", "120"))
     rate = float(os.environ.get("JETAGENT_SOAK_RATE", "20"))
     kill_every = float(os.environ.get("JETAGENT_SOAK_KILL_EVERY_S", "2"))
-    procs = ServiceProcesses(
+    procs = service_processes(
         settings.nats_url,
         settings.prefix,
         tmp_path,
@@ -74,7 +75,7 @@ async def test_chaos_soak(fresh_server: EmbeddedServer, unique: str, tmp_path: P
             procs.start(f"{name}", *SERVICES[name])
 
     try:
-        await eventually(lambda: tool_registered(client, settings, "calculator"), timeout=30)
+        await eventually(lambda: tools_registered(client.js, settings, "calculator"), timeout=30)
         chaos_task = asyncio.create_task(chaos())
         ids: dict[str, int] = {}
         loop = asyncio.get_running_loop()

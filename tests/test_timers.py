@@ -17,7 +17,7 @@ from jetagent.config import Settings
 from jetagent.embedded import EmbeddedCluster, EmbeddedServer, find_server_binary
 from jetagent.jetstream.provision import provision
 from jetagent.orchestrator.timers import DEADLINE, INPUTS, DueTimer, Timers, due_timer
-from tests.support.platform import eventually
+from jetagent.testing import eventually
 
 
 def test_the_bundled_nats_server_supports_message_schedules() -> None:
@@ -123,12 +123,12 @@ async def _true(value: bool) -> bool:
 
 @pytest.mark.cluster
 async def test_a_timer_fires_on_a_replicated_stream_after_its_leader_is_killed(
-    cluster: EmbeddedCluster, unique: str
+    nats_cluster: EmbeddedCluster, unique: str
 ) -> None:
     settings = Settings(
-        nats_url=",".join(cluster.urls), prefix=unique.lower()[:12], tenants="*", replicas=3
+        nats_url=",".join(nats_cluster.urls), prefix=unique.lower()[:12], tenants="*", replicas=3
     )
-    nc = await nats.connect(cluster.urls)
+    nc = await nats.connect(nats_cluster.urls)
     try:
         await provision(nc, settings, timeout=15)
         js = nc.jetstream(timeout=15)
@@ -136,7 +136,7 @@ async def test_a_timer_fires_on_a_replicated_stream_after_its_leader_is_killed(
         await Timers(js, settings.names).arm("wf-r3", DEADLINE, due)
         info = await js.stream_info(settings.names.timers_stream)
         assert info.cluster is not None
-        leader = next(s for s in cluster.servers if s.server_name == info.cluster.leader)
+        leader = next(s for s in nats_cluster.servers if s.server_name == info.cluster.leader)
         leader.kill()  # the schedule is replicated: a new leader fires it
         read_due = _DueReader(js, settings)
         fired: list[DueTimer] = []

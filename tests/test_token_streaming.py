@@ -24,6 +24,7 @@ from jetagent.events import StepCompleted
 from jetagent.gateway import GatewayServer, GatewaySettings
 from jetagent.llm import Message, Usage
 from jetagent.models import ModelCatalog
+from jetagent.testing import eventually
 from jetagent.token_stream import TokenDelta
 from tests.fakes.clock import ManualClock
 from tests.fakes.llm_servers import (
@@ -34,7 +35,7 @@ from tests.fakes.llm_servers import (
     openai_completion,
 )
 from tests.support.gateway import TOKEN_SETTING, auth, sse_events
-from tests.support.platform import InProcessPlatform, eventually
+from tests.support.platform import InProcessPlatform
 
 ROOT = Path(__file__).resolve().parents[1]
 

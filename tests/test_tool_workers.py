@@ -8,9 +8,6 @@ import os
 import re
 import shutil
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -25,15 +22,14 @@ from jetagent.embedded import free_port
 from jetagent.jetstream import connect
 from jetagent.models import ModelCatalog
 from jetagent.orchestrator import Orchestrator
+from jetagent.testing import SupervisedProcess, eventually
 from jetagent.worker import CapabilitySpec
 from jetagent.worker._runtime import Worker
 from jetagent.worker.tools import ToolBox
+from tests.support.cli import JETAGENT
 from tests.support.dedicated_tools import TOOLS, heavy
-from tests.support.platform import eventually
 
 ROOT = Path(__file__).resolve().parents[1]
-JETAGENT = Path(sys.executable).with_name("jetagent")
-"""The installed console script, as a user runs it."""
 
 
 def _box(spec: CapabilitySpec) -> ToolBox:
@@ -57,16 +53,14 @@ def test_the_tools_pool_size_is_a_setting(monkeypatch: pytest.MonkeyPatch) -> No
         Settings()
 
 
-def _start_up(tmp_path: Path, env: dict[str, str]) -> subprocess.Popen[str]:
-    return subprocess.Popen(
+def _start_up(tmp_path: Path, env: dict[str, str]) -> SupervisedProcess:
+    return SupervisedProcess(
+        "up",
         [str(JETAGENT), "up", "--data-dir", str(tmp_path / "data")],
-        cwd=tmp_path,  # not the repository: the tool module comes from PYTHONPATH
+        log_file=tmp_path / "up.log",
         env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
+        cwd=tmp_path,  # not the repository: the tool module comes from PYTHONPATH
+    ).start()
 
 
 def _up_env() -> dict[str, str]:
@@ -94,19 +88,8 @@ async def _consumer_exists(url: str, consumer: str) -> bool:
 
 def test_up_starts_a_worker_for_each_dedicated_tool(tmp_path: Path) -> None:
     assert JETAGENT.exists(), f"the console script is not installed at {JETAGENT}"
-    process = _start_up(tmp_path, _up_env())
-    assert process.stdout is not None
-    lines: list[str] = []
-    try:
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            line = process.stdout.readline()
-            if not line:
-                break
-            lines.append(line)
-            if "jetagent is up" in line:
-                break
-        output = "".join(lines)
+    with _start_up(tmp_path, _up_env()) as process:
+        output = process.wait_for_output("jetagent is up", timeout=90)
         assert "jetagent is up" in output, output
         # The dedicated tool's worker is one of the services up started...
         assert "started tools-heavy" in output, output
@@ -114,20 +97,18 @@ def test_up_starts_a_worker_for_each_dedicated_tool(tmp_path: Path) -> None:
         assert url is not None, output
         # ...and it serves: its own durable consumer exists.
         asyncio.run(eventually(lambda: _consumer_exists(url[0], "cap-tools-heavy"), timeout=60))
-        os.killpg(process.pid, signal.SIGINT)
-        rest, _ = process.communicate(timeout=60)
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        process.send_signal(signal.SIGINT, group=True)
+        process.wait(60)
+        rest = process.output[len(output) :]
     assert process.returncode == 0, rest
 
 
 def test_up_refuses_when_a_tool_module_cannot_be_imported(tmp_path: Path) -> None:
     env = _up_env()
     env["JETAGENT_TOOLS"] = "no_such_module_anywhere:TOOLS"
-    process = _start_up(tmp_path, env)
-    output, _ = process.communicate(timeout=60)
+    with _start_up(tmp_path, env) as process:
+        process.wait(60)
+        output = process.output
     assert process.returncode == 2, output
     assert "no_such_module_anywhere" in output
     assert "PYTHONPATH" in output

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 from jetagent.embedded import free_port
+from jetagent.testing import SupervisedProcess, jetagent_command
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -21,27 +20,15 @@ def test_up_starts_everything_and_ctrl_c_stops_it(tmp_path: Path) -> None:
     env.update(
         JETAGENT_GATEWAY_PORT=str(gateway_port), JETAGENT_GATEWAY_TOKENS="tok-up-12345=default"
     )
-    process = subprocess.Popen(
-        [sys.executable, "-m", "jetagent.cli", "up", "--data-dir", str(tmp_path / "data")],
-        cwd=ROOT,
+    process = SupervisedProcess(
+        "up",
+        [*jetagent_command(), "up", "--data-dir", str(tmp_path / "data")],
+        log_file=tmp_path / "up.log",
         env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
+        cwd=ROOT,
     )
-    assert process.stdout is not None
-    lines: list[str] = []
-    deadline = time.monotonic() + 60
-    try:
-        while time.monotonic() < deadline:
-            line = process.stdout.readline()
-            if not line:
-                break
-            lines.append(line)
-            if "jetagent is up" in line:
-                break
-        output = "".join(lines)
+    with process:
+        output = process.wait_for_output("jetagent is up", timeout=60)
         assert "jetagent is up" in output, output
         assert "embedded nats-server: nats://127.0.0.1:" in output
         services = ("orchestrator", "reasoning", "tools", "summarize", "memory", "projections")
@@ -51,12 +38,9 @@ def test_up_starts_everything_and_ctrl_c_stops_it(tmp_path: Path) -> None:
         assert f"gateway: http://127.0.0.1:{gateway_port}" in output, output
         assert _healthy(f"http://127.0.0.1:{gateway_port}/healthz"), output
         # Ctrl-C: the terminal sends SIGINT to the foreground process group.
-        os.killpg(process.pid, signal.SIGINT)
-        rest, _ = process.communicate(timeout=60)
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        process.send_signal(signal.SIGINT, group=True)
+        process.wait(60)
+        rest = process.output[len(output) :]
     assert process.returncode == 0, rest
     assert "nats-server stopped" in rest
 
@@ -121,27 +105,17 @@ def test_a_second_up_is_refused_and_a_killed_up_leaves_no_children(tmp_path: Pat
         None, JETAGENT_METRICS_PORT=str(free_port()), JETAGENT_GATEWAY_PORT=str(free_port())
     )
     env.pop("JETAGENT_TENANTS")
-    process = subprocess.Popen(
+    process = SupervisedProcess(
+        "up",
         [str(JETAGENT), "up", "--data-dir", str(data)],
-        cwd=ROOT,
+        log_file=tmp_path / "up.log",
         env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
+        cwd=ROOT,
     )
-    assert process.stdout is not None
     children: set[int] = set()
     try:
-        lines: list[str] = []
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            line = process.stdout.readline()
-            if not line:
-                break
-            lines.append(line)
-            if "jetagent is up" in line:
-                break
+        process.start()
+        lines = process.wait_for_output("jetagent is up", timeout=90).splitlines(keepends=True)
         assert "jetagent is up" in "".join(lines), "".join(lines)
         children = _children(process.pid)
         assert len(children) == 8, children  # nats-server and seven services (gateway too)
@@ -160,18 +134,14 @@ def test_a_second_up_is_refused_and_a_killed_up_leaves_no_children(tmp_path: Pat
 
         # SIGKILL of `up` alone (not its group): no cleanup code runs, yet every child
         # goes (the kernel's parent-death signal).
-        os.kill(process.pid, signal.SIGKILL)
-        process.wait(timeout=10)
+        process.kill()
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and any(_alive(child) for child in children):
             time.sleep(0.1)
         assert not [child for child in children if _alive(child)]
         assert _servers_on(data) == []
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        process.close()
         for child in children:
             if _alive(child):
                 os.kill(child, signal.SIGKILL)
-        process.stdout.close()

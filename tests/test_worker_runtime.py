@@ -15,8 +15,9 @@ from jetagent.config import Settings
 from jetagent.errors import RequestRejectedError
 from jetagent.events import StepFailed, StepScheduled
 from jetagent.jetstream import DirectGetter
+from jetagent.testing import eventually, tools_registered
 from tests.support.checks import assert_one_result_per_step
-from tests.support.platform import InProcessPlatform, ServiceProcesses, eventually
+from tests.support.platform import InProcessPlatform, service_processes
 
 
 async def _records(client: Client, stream: str, subject: str) -> list[dict[str, object]]:
@@ -59,21 +60,13 @@ async def test_a_step_failing_after_max_deliver_is_recorded_and_dead_lettered(
 
 
 async def test_sigterm_lets_a_running_step_finish(settings: Settings, tmp_path: Path) -> None:
-    procs = ServiceProcesses(settings.nats_url, settings.prefix, tmp_path)
+    procs = service_processes(settings.nats_url, settings.prefix, tmp_path)
     procs.start("orchestrator", "orchestrator")
     procs.start("reasoning", "worker", "reasoning")
     tools = procs.start("tools", "worker", "tools")
     client = await Client.connect(settings.nats_url, settings=settings)
     try:
-
-        async def registered() -> bool:
-            try:
-                kv = await client.js.key_value(settings.names.bucket("REGISTRY"))
-                return "tool.slow" in await kv.keys()
-            except Exception:
-                return False
-
-        await eventually(registered, timeout=30)
+        await eventually(lambda: tools_registered(client.js, settings, "slow"), timeout=30)
         wid = await client.submit(
             instruction='call slow {"seconds": 2}', tenant="acme", allowed_tools=["slow"]
         )

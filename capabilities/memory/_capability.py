@@ -24,6 +24,7 @@ from capabilities.memory._store import (
     Remembered,
 )
 from jetagent import CapabilitySpec, StepContext, tool
+from jetagent.plugins import CapabilityContext
 from jetagent.worker.tools import Tool, ToolBox
 
 __all__ = ["CAPABILITY", "memory_capabilities", "memory_capability", "memory_tools"]
@@ -95,7 +96,7 @@ def memory_capability(
     )
 
 
-def memory_capabilities() -> list[CapabilitySpec]:
-    """``[memory_capability()]``, the shape ``JETAGENT_CAPABILITIES=module:function`` loads
-    (``JETAGENT_CAPABILITIES=capabilities.memory:memory_capabilities``)."""
+def memory_capabilities(context: CapabilityContext | None = None) -> list[CapabilitySpec]:
+    """``[memory_capability()]``: what its ``jetagent.capabilities`` entry point names (a
+    capability factory; it needs nothing of the ``context``)."""
     return [memory_capability()]

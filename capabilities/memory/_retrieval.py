@@ -11,7 +11,6 @@ returns a new :class:`Retriever`; without it the worker uses :class:`BM25Retriev
 
 from __future__ import annotations
 
-import importlib
 import os
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, runtime_checkable
@@ -20,6 +19,7 @@ import bm25s  # type: ignore[import-untyped]
 import Stemmer  # type: ignore[import-not-found]
 
 from jetagent import ConfigError
+from jetagent.plugins import load
 
 __all__ = [
     "RETRIEVER_ENV",
@@ -113,13 +113,9 @@ def load_retriever_factory(entry: str | None = None) -> RetrieverFactory:
     entry = entry.strip()
     if not entry:
         return BM25Retriever
-    module, _, attr = entry.partition(":")
-    if not module or not attr:
+    if ":" not in entry:
         raise ConfigError(f"{RETRIEVER_ENV}={entry!r}: expected module:callable")
-    try:
-        factory: Any = getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError) as exc:
-        raise ConfigError(f"{RETRIEVER_ENV}={entry!r}: {exc}") from exc
+    factory: Any = load(entry, setting=RETRIEVER_ENV)
     if not callable(factory):
         raise ConfigError(f"{RETRIEVER_ENV}={entry!r} is not callable")
     probe = factory()

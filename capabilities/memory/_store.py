@@ -39,11 +39,12 @@ from typing import Any, Literal, TypedDict
 
 import msgspec
 from nats.errors import Error as NatsError
-from nats.js.errors import KeyWrongLastSequenceError, NotFoundError
+from nats.js.errors import KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from capabilities.memory._retrieval import BM25Retriever, Retriever, RetrieverFactory
 from jetagent import PermanentError, StepContext, TransientError
+from jetagent.errors import UnavailableError
 from jetagent.events import Started, decode_event
 
 __all__ = [
@@ -205,7 +206,6 @@ class MemoryStore:
         self._scopes: OrderedDict[str, _ScopeCache] = OrderedDict()
         self._views: OrderedDict[tuple[str, ...], _View] = OrderedDict()
         self._sessions: OrderedDict[str, str] = OrderedDict()
-        self._buckets: dict[str, tuple[object, KeyValue]] = {}
         self.reloads = 0
         """How many times a scope was read whole (for tests and diagnostics)."""
 
@@ -238,17 +238,14 @@ class MemoryStore:
     async def _request_of(self, ctx: StepContext) -> dict[str, Any]:
         """The workflow's request, from its ``Started`` event (written once, never changed)."""
         stream = ctx.names.workflows_stream
-        subject = f"{ctx.names.workflow_root}.{ctx.workflow_id}.Started"
-        # A direct get may be answered by a replica that has not caught up yet; the
-        # stream's leader answers the second try.
-        for direct in (True, False):
-            try:
-                raw = await ctx.js.get_last_msg(stream, subject, direct=direct)
-            except NotFoundError:
-                continue
-            except NatsError as exc:
-                raise TransientError(f"could not read workflow {ctx.workflow_id}: {exc}") from exc
-            event = decode_event(raw.data or b"")
+        subject = ctx.names.workflow_event(ctx.workflow_id, "Started")
+        # Read from the stream's leader: a replica may not have caught up yet.
+        try:
+            raw = await ctx.last_message(stream, subject)
+        except UnavailableError as exc:
+            raise TransientError(f"could not read workflow {ctx.workflow_id}: {exc}") from exc
+        if raw is not None:
+            event = decode_event(raw.data)
             if isinstance(event, Started):
                 return event.request
         raise PermanentError(
@@ -379,11 +376,8 @@ class MemoryStore:
         Asked of the stream's leader (not a direct get, which a lagging replica may
         answer), so a memory another replica has just stored is never missed.
         """
-        try:
-            raw = await ctx.js.get_msg(stream, subject=subject)
-        except NotFoundError:
-            return 0
-        return int(raw.seq or 0)
+        raw = await ctx.last_message(stream, subject)
+        return 0 if raw is None else raw.seq
 
     async def _catch_up(
         self, ctx: StepContext, cache: _ScopeCache, stream: str, subject: str, head: int
@@ -391,13 +385,12 @@ class MemoryStore:
         """Apply the changes after ``cache.seq`` one by one; False when there are too many."""
         seq = cache.seq
         for _ in range(self._max_changes):
-            try:
-                raw = await ctx.js.get_msg(stream, seq=seq + 1, subject=subject, next=True)
-            except NotFoundError:
+            raw = await ctx.next_message(stream, subject, after_seq=seq)
+            if raw is None:
                 return False  # removed meanwhile (purge, max age): read the scope again
-            seq = int(raw.seq or 0)
-            key = str(raw.subject).split(".", 2)[2]
-            operation = (raw.headers or {}).get(_KV_OPERATION)
+            seq = raw.seq
+            key = raw.subject.split(".", 2)[2]
+            operation = raw.headers.get(_KV_OPERATION)
             await self._apply(ctx, cache, key, operation, raw.data)
             cache.seq = seq
             if seq >= head:
@@ -448,9 +441,4 @@ class MemoryStore:
         )
 
     async def _bucket(self, ctx: StepContext) -> KeyValue:
-        # One handle per bucket and JetStream context: opening a bucket costs a request.
-        name = ctx.names.bucket(MEMORY_BUCKET)
-        known = self._buckets.get(name)
-        if known is None or known[0] is not ctx.js:
-            known = self._buckets[name] = (ctx.js, await ctx.kv(MEMORY_BUCKET))
-        return known[1]
+        return await ctx.kv(MEMORY_BUCKET)  # opened once per worker

@@ -27,7 +27,7 @@ from jetagent.errors import CapabilityError
 from jetagent.events import CallRecord, RoutingDecision
 from jetagent.llm import Completion, Message, ToolSpec
 from jetagent.models import ModelCatalog, ModelConfig
-from jetagent.token_stream import TokenPublisher
+from jetagent.plugins import CapabilityContext
 from jetagent.worker.calls import CALLS_RECORDED
 
 __all__ = ["reasoning_capabilities"]
@@ -176,13 +176,13 @@ def reasoning_capabilities(
                 catalog.get(data["models"][0]), messages, tools, max_tokens
             )
             # Its answer is instant: streamed as one piece, so watchers see the same shape.
-            live = TokenPublisher.for_step(step)
+            live = step.tokens()
             await live.delta(completion.text, model=completion.model)
             await live.done()
         else:
             # Text streams live on core NATS while the call runs (README "Streaming
             # tokens"); the record below is built from the Completion alone.
-            gate = StreamGate(TokenPublisher.for_step(step), replaces=step.deliveries > 1)
+            gate = StreamGate(step.tokens(), replaces=step.deliveries > 1)
             reported = _StepCalls(step)
             try:
                 result = await gw.call(
@@ -287,3 +287,10 @@ def reasoning_capabilities(
         CapabilitySpec(name="summarize", handler=summarize, close=gw.aclose),
         gw,
     )
+
+
+def reasoning_and_summarize(context: CapabilityContext) -> list[CapabilitySpec]:
+    """The ``reasoning`` and ``summarize`` capabilities of ``context``'s catalog, sharing one
+    gateway: what their ``jetagent.capabilities`` entry points name (pyproject.toml)."""
+    reasoning, summarize, _ = reasoning_capabilities(context.catalog)
+    return [reasoning, summarize]

@@ -14,9 +14,11 @@ from typing import Any
 from capabilities.tools.builtin import BUILTIN_TOOLS
 from capabilities.tools.sandbox import announce_protections
 from jetagent import CapabilitySpec
+from jetagent.plugins import CapabilityContext
+from jetagent.subjects import TEMPLATE
 from jetagent.worker.tools import Tool, ToolBox
 
-__all__ = ["SERVES_KEY", "dedicated_tools", "tools_capability"]
+__all__ = ["SERVES_KEY", "dedicated_tools", "tools_capabilities", "tools_capability"]
 
 SERVES_KEY = "serves"
 """A dedicated pool's status report lists the tools it serves under this key; the
@@ -81,8 +83,15 @@ def tools_capability(
         handler=box.serve,
         # Every tool is announced (dedicated ones too), so the orchestrator knows them all.
         tools=[t.registration() for t in tools.values()],
-        subjects=[f"{{p}}.wf.*.StepScheduled.{name}.{t.name}" for t in served],
+        subjects=[TEMPLATE.step_scheduled_tool(name, t.name) for t in served],
         consumer=consumer,
         report=report if only is not None else None,
         close=close,
     )
+
+
+def tools_capabilities(context: CapabilityContext) -> list[CapabilitySpec]:
+    """``[tools_capability(...)]`` serving the deployment's tools (``context.tools()``) with
+    ``context``'s options: what its ``jetagent.capabilities`` entry point names."""
+    only, processes = context.only_tools, context.tool_processes
+    return [tools_capability(context.tools(), only=only, processes=processes)]

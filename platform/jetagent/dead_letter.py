@@ -1,9 +1,15 @@
-"""The dead-letter body: why a message was set aside, and where to find it.
+"""The dead letter: why a message was set aside, and where to find it.
 
 A message that cannot be processed is answered once and visibly: its dead letter goes
 to ``<prefix>.dlq.<source>`` (the ``JA_DLQ`` stream; ``jetagent dlq`` lists them, the
 ``jetagent_dead_letters{source}`` metric counts them) and the message is terminated,
 never redelivered. The original stays in its stream at ``stream``/``stream_seq``.
+
+Every producer (the worker, the orchestrator and its journal, the projections) builds
+its letters with :func:`dead_letter` (or :func:`dead_letter_of`, for a message in hand
+from a consumer) and writes them with :func:`publish_dead_letter`; nothing else builds
+a ``DeadLetter`` or its headers, so every entry has one shape (``schemas/
+dead-letter.schema.json``).
 
 ``kind`` says what happened (README "Rejections and dead letters"):
 
@@ -25,9 +31,15 @@ from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 from nats.js.client import JetStreamContext
 
-from jetagent.config import Names
+from jetagent.subjects import Names
 
-__all__ = ["DeadLetter", "DeadLetterKind", "dead_letter_of", "publish_dead_letter"]
+__all__ = [
+    "DeadLetter",
+    "DeadLetterKind",
+    "dead_letter",
+    "dead_letter_of",
+    "publish_dead_letter",
+]
 
 DeadLetterKind = Literal["poison", "untrusted", "failed"]
 
@@ -54,6 +66,35 @@ class DeadLetter(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
 _encoder = msgspec.json.Encoder()
 
 
+def dead_letter(
+    *,
+    source: str,
+    kind: DeadLetterKind,
+    reason: str,
+    subject: str,
+    stream: str,
+    stream_seq: int,
+    deliveries: int = 1,
+    workflow_id: str | None = None,
+    error: str = "",
+) -> DeadLetter:
+    """The dead letter of the message stored at ``stream``/``stream_seq`` on ``subject``;
+    ``error`` defaults to the reason. ``deliveries`` is 1 for a message read from its
+    stream rather than delivered by a consumer."""
+    return DeadLetter(
+        source=source,
+        kind=kind,
+        reason=reason,
+        subject=subject,
+        stream=stream,
+        stream_seq=stream_seq,
+        deliveries=deliveries,
+        at=datetime.now(UTC),
+        workflow_id=workflow_id,
+        error=error or reason,
+    )
+
+
 def dead_letter_of(
     msg: Msg,
     *,
@@ -65,7 +106,7 @@ def dead_letter_of(
 ) -> DeadLetter:
     """The dead letter of a message received from a JetStream consumer."""
     meta = msg.metadata
-    return DeadLetter(
+    return dead_letter(
         source=source,
         kind=kind,
         reason=reason,
@@ -73,17 +114,26 @@ def dead_letter_of(
         stream=meta.stream,
         stream_seq=meta.sequence.stream,
         deliveries=meta.num_delivered,
-        at=datetime.now(UTC),
         workflow_id=workflow_id,
-        error=error or reason,
+        error=error,
     )
 
 
-async def publish_dead_letter(js: JetStreamContext, names: Names, letter: DeadLetter) -> bool:
-    """Record ``letter`` (idempotent per original message); False if NATS refused it."""
+async def publish_dead_letter(
+    js: JetStreamContext, names: Names, letter: DeadLetter, *, per_source: bool = False
+) -> bool:
+    """Record ``letter`` (idempotent per original message); False if NATS refused it.
+
+    The letters of one stored message share a message id, so whoever sets it aside
+    first is the one recorded within the duplicate window (the worker and the
+    orchestrator's journal may both meet a poison ``StepScheduled``). ``per_source``
+    keeps one letter per source instead: a reader that always re-reads what others may
+    also set aside (the projections) records its own.
+    """
+    scope = f"{letter.source}:" if per_source else "dlq:"
     headers = {
-        # A redelivered message is dead-lettered once (within the duplicate window).
-        "Nats-Msg-Id": f"dlq:{letter.stream}:{letter.stream_seq}",
+        # A redelivered (or re-read) message is dead-lettered once (within the duplicate window).
+        "Nats-Msg-Id": f"{scope}{letter.stream}:{letter.stream_seq}",
         "Ja-Dead-Letter-Kind": letter.kind,
     }
     with contextlib.suppress(NatsError):

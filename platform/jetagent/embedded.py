@@ -32,6 +32,7 @@ import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from jetagent._process import FolderLock, die_with_parent
 from jetagent.errors import JetagentError
@@ -405,7 +406,8 @@ class EmbeddedCluster:
         return self
 
     def wait_healthy(self) -> None:
-        """Wait until every running node reports JetStream healthy (a meta leader exists)."""
+        """Wait until every running node reports JetStream healthy (a meta leader exists)
+        and the leader sees every other running node current (replicas can be placed)."""
         deadline = time.monotonic() + self.ready_timeout
         pending = [s for s in self.servers if s.running]
         while pending and time.monotonic() < deadline:
@@ -422,6 +424,17 @@ class EmbeddedCluster:
                 f"cluster nodes {names} did not elect a JetStream meta leader "
                 f"within {self.ready_timeout:.0f} s"
             )
+        # A leader is not enough to place a replicated stream: until the leader has
+        # heard from every peer, creating one fails with "no suitable peers for
+        # placement, peer offline".
+        running = [s for s in self.servers if s.running]
+        while not _peers_current(running):
+            if time.monotonic() > deadline:
+                raise ServerStartError(
+                    f"the cluster's meta leader did not see every peer current "
+                    f"within {self.ready_timeout:.0f} s"
+                )
+            time.sleep(0.05)
 
     def stop(self) -> None:
         for server in self.servers:
@@ -435,11 +448,26 @@ class EmbeddedCluster:
         self.stop()
 
 
-def _jetstream_meta_ready(server: EmbeddedServer) -> bool:
+def _meta_cluster(server: EmbeddedServer) -> dict[str, Any]:
     try:
         with urllib.request.urlopen(server.monitor_url + "/jsz", timeout=1) as reply:
             info = json.loads(reply.read())
     except (urllib.error.URLError, OSError, ValueError):
-        return False
-    meta = info.get("meta_cluster") or {}
-    return bool(meta.get("leader"))
+        return {}
+    meta: dict[str, Any] = info.get("meta_cluster") or {}
+    return meta
+
+
+def _jetstream_meta_ready(server: EmbeddedServer) -> bool:
+    return bool(_meta_cluster(server).get("leader"))
+
+
+def _peers_current(servers: list[EmbeddedServer]) -> bool:
+    """Whether the meta leader (one of ``servers``) sees each other one current."""
+    for server in servers:
+        meta = _meta_cluster(server)
+        if meta.get("leader") == server.server_name:
+            peers = meta.get("replicas") or []
+            current = {p.get("name") for p in peers if p.get("current") and not p.get("offline")}
+            return current >= {s.server_name for s in servers if s is not server}
+    return False

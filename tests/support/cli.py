@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
-import sys
 from pathlib import Path
 
+from jetagent.testing import jetagent_command
+
 ROOT = Path(__file__).resolve().parents[2]
-JETAGENT = Path(sys.executable).with_name("jetagent")
+JETAGENT = Path(jetagent_command(installed=True)[0])
 """The console script pip installed next to the interpreter (.venv/bin/jetagent)."""
 
 

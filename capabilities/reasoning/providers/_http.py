@@ -26,7 +26,13 @@ from typing import Any, Literal, Protocol
 import httpx
 import msgspec
 
-from jetagent.errors import CapabilityError, PermanentError, RateLimitedError, TransientError
+from jetagent.errors import (
+    CapabilityError,
+    JetagentError,
+    PermanentError,
+    RateLimitedError,
+    TransientError,
+)
 from jetagent.llm import Completion, Message, ToolSpec, Usage
 from jetagent.models import ModelConfig
 
@@ -83,7 +89,7 @@ class HttpSettings:
     """Honour ``HTTPS_PROXY``/``NO_PROXY`` and ``SSL_CERT_FILE`` from the environment."""
 
 
-class MalformedResponse(Exception):
+class MalformedResponse(JetagentError):
     """Raised by a parser when a 2xx body is not the expected shape; internal, never
     escapes a provider (it becomes a TransientError)."""
 

@@ -7,12 +7,14 @@ from typing import Annotated
 
 import typer
 
-from jetagent.cli._app import _connect, _run, _settings, app, console, err, fail
+from jetagent.cli._base import connect, console, err, fail, load_settings, run
 
-__all__ = ["dlq", "inspect", "replay", "tail"]
+__all__ = ["commands"]
+
+commands = typer.Typer()
 
 
-@app.command()
+@commands.command()
 def inspect(
     workflow_id: str,
     as_json: Annotated[bool, typer.Option("--json", help="Print the raw view.")] = False,
@@ -21,10 +23,10 @@ def inspect(
     from jetagent.cli._render import session_table
     from jetagent.client import Client
 
-    settings = _settings()
+    settings = load_settings()
 
     async def main(stop: asyncio.Event) -> int:
-        client = Client(await _connect(settings, "jetagent.cli"), settings)
+        client = Client(await connect(settings, "jetagent.cli"), settings)
         try:
             view = await client.session(workflow_id)
         finally:
@@ -39,10 +41,10 @@ def inspect(
             session_table(view, console)
         return 0
 
-    _run(main)
+    run(main)
 
 
-@app.command()
+@commands.command()
 def replay(
     workflow_id: str,
     verify: Annotated[
@@ -56,10 +58,10 @@ def replay(
     from jetagent.worker.registry import ToolRegistry
     from jetagent.workflow import DecideContext
 
-    settings = _settings()
+    settings = load_settings()
 
     async def main(stop: asyncio.Event) -> int:
-        nc = await _connect(settings, "jetagent.replay")
+        nc = await connect(settings, "jetagent.replay")
         try:
             registry = ToolRegistry(nc.jetstream(), settings.names)
             await registry.start()
@@ -94,10 +96,10 @@ def replay(
             console.print(f"[yellow]skipped (not an event)[/] {line}", highlight=False)
         return 0 if report.ok else 1
 
-    _run(main)
+    run(main)
 
 
-@app.command()
+@commands.command()
 def tail(
     tenant: Annotated[str | None, typer.Option(help="Only this tenant's workflows.")] = None,
 ) -> None:
@@ -107,14 +109,14 @@ def tail(
     from jetagent.cli._render import describe
     from jetagent.events import decode_events
 
-    settings = _settings()
+    settings = load_settings()
 
     async def main(stop: asyncio.Event) -> int:
-        nc = await _connect(settings, "jetagent.tail")
+        nc = await connect(settings, "jetagent.tail")
         tenants: dict[str, str] = {}
         try:
             sub = await nc.jetstream().subscribe(
-                f"{settings.names.workflow_root}.>",
+                settings.names.all_workflows,
                 stream=settings.names.workflows_stream,
                 ordered_consumer=True,
                 config=ConsumerConfig(deliver_policy=DeliverPolicy.NEW),
@@ -148,10 +150,10 @@ def tail(
             await nc.close()
         return 0
 
-    _run(main)
+    run(main)
 
 
-@app.command()
+@commands.command()
 def dlq(
     limit: Annotated[int, typer.Option(help="How many of the newest entries.")] = 20,
 ) -> None:
@@ -160,16 +162,16 @@ def dlq(
 
     from jetagent.jetstream import DirectGetter
 
-    settings = _settings()
+    settings = load_settings()
 
     async def main(stop: asyncio.Event) -> int:
-        nc = await _connect(settings, "jetagent.dlq")
+        nc = await connect(settings, "jetagent.dlq")
         try:
             info = await nc.jetstream().stream_info(settings.names.dlq_stream)
             first = max(info.state.last_seq - limit + 1, 1)
             reader = DirectGetter(nc, settings.names.dlq_stream, timeout=5.0)
             await reader.open()
-            records = await reader.scan(f"{settings.names.prefix}.dlq.>", start_seq=first)
+            records = await reader.scan(settings.names.all_dead_letters, start_seq=first)
             await reader.close()
         finally:
             await nc.close()
@@ -190,4 +192,4 @@ def dlq(
             console.print(f"  {str(body.get('error', '')).strip()}", highlight=False)
         return 0
 
-    _run(main)
+    run(main)

@@ -91,18 +91,22 @@ def default_services(
     replicas: int = 1,
     projections: bool = True,
     dedicated: Sequence[str] | None = None,
+    capabilities: Sequence[str] | None = None,
     gateway: bool = True,
 ) -> list[ServiceProcess]:
-    """The orchestrator, every capability's workers, one ``worker tools --only NAME``
-    per dedicated tool (``dedicated``; default: the configured ones, found by importing
-    ``JETAGENT_TOOLS`` — a ConfigError if it cannot be, so nothing starts half-served),
-    the projections and (``gateway``) the HTTP gateway."""
-    if dedicated is None:
-        from jetagent.cli._services import dedicated_tool_names
+    """The orchestrator, workers of every installed capability (``capabilities``; default:
+    the ``jetagent.capabilities`` entry points), one ``worker tools --only NAME`` per
+    dedicated tool (``dedicated``; default: the installed and configured ones, found by
+    importing them — a ConfigError if one cannot be, so nothing starts half-served), the
+    projections and (``gateway``) the HTTP gateway."""
+    from jetagent.cli._services import capability_names, dedicated_tool_names
 
+    if dedicated is None:
         dedicated = dedicated_tool_names()
+    if capabilities is None:
+        capabilities = capability_names()
     services = [ServiceProcess("orchestrator", ["orchestrator"])]
-    for capability in ("reasoning", "tools", "summarize", "memory"):
+    for capability in capabilities:
         for i in range(replicas):
             suffix = f"-{i + 1}" if replicas > 1 else ""
             services.append(ServiceProcess(f"{capability}{suffix}", ["worker", capability]))

@@ -14,15 +14,13 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 import msgspec
 from nats.js.client import JetStreamContext
 from nats.js.errors import KeyNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 
-from jetagent.config import Names
-from jetagent.dead_letter import DeadLetter, publish_dead_letter
+from jetagent.dead_letter import dead_letter, publish_dead_letter
 from jetagent.events import (
     WorkflowEvent,
     decode_events,
@@ -31,6 +29,7 @@ from jetagent.events import (
     subject_tail,
 )
 from jetagent.jetstream import AggregateStream, NewRecord, Record
+from jetagent.subjects import Names
 from jetagent.workflow import WorkflowState, evolve
 
 __all__ = ["Journal", "Loaded"]
@@ -142,17 +141,14 @@ class Journal:
             self._poisoned.add(record.seq)
             self.poisoned += 1
             log.warning("skipping %s (seq %d): %s", record.subject, record.seq, reason)
-            letter = DeadLetter(
+            letter = dead_letter(
                 source="orchestrator",
                 kind="poison",
                 reason=reason,
                 subject=record.subject,
                 stream=self._names.workflows_stream,
                 stream_seq=record.seq,
-                deliveries=1,
-                at=datetime.now(UTC),
                 workflow_id=workflow_id,
-                error=reason,
             )
             await publish_dead_letter(self._js, self._names, letter)
         return []

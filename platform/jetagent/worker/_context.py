@@ -1,33 +1,49 @@
-"""What a capability handler sees and returns: the worker runtime's public surface.
+"""What a capability handler sees and returns: the worker's authoring API.
 
-``StepContext`` is one step as a handler sees it (its input, budget, deadline, how many
-times it was delivered, and :meth:`StepContext.record_call` to report each provider call
-as it completes); ``StepOutput`` is what it returns; ``capability`` declares a handler;
-``CapabilitySpec`` is the registered result. The runtime that runs them is
-:mod:`jetagent.worker`.
+``StepContext`` is one step as a handler sees it: its input, budget and deadline, how
+many times it was delivered, and what it may do besides computing its output — report
+each provider call as it completes (:meth:`StepContext.record_call`), keep data in the
+platform's KV buckets and object store, read a stream's messages, publish live token
+deltas, and tell JetStream it is still running. It exposes no NATS connection and no
+JetStream message: the runtime (:mod:`jetagent.worker._runtime`) alone acks, naks and
+records. ``StepOutput`` is what a handler returns; ``capability`` declares a handler;
+``CapabilitySpec`` is the registered result.
+
+Tests build a ``StepContext`` with :func:`jetagent.testing.step_context`.
 """
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 import msgspec
-from nats.aio.msg import Msg
+from nats.aio.client import Client as NATS
 from nats.errors import Error as NatsError
+from nats.js.api import RawStreamMsg
 from nats.js.client import JetStreamContext
+from nats.js.errors import NotFoundError
 from nats.js.kv import KeyValue
 
-from jetagent.config import Names
+from jetagent.errors import ConfigError, UnavailableError
 from jetagent.events import CallRecord, RoutingDecision, Spend
+from jetagent.jetstream import Record
 from jetagent.payloads import PayloadStore
+from jetagent.subjects import Names
+from jetagent.token_stream import TokenPublisher
 from jetagent.worker.calls import CallJournal
 from jetagent.worker.registry import RegisteredTool
 
-__all__ = ["CapabilitySpec", "Handler", "StepContext", "StepOutput", "capability"]
+__all__ = [
+    "CapabilitySpec",
+    "Handler",
+    "StepContext",
+    "StepOutput",
+    "StepServices",
+    "capability",
+]
 
 
 class StepOutput(msgspec.Struct, kw_only=True):
@@ -36,6 +52,32 @@ class StepOutput(msgspec.Struct, kw_only=True):
     output: dict[str, Any] = msgspec.field(default_factory=dict)
     calls: list[CallRecord] = msgspec.field(default_factory=list)
     routing: list[RoutingDecision] = msgspec.field(default_factory=list)
+
+
+@dataclass(kw_only=True)
+class StepServices:
+    """What every step of one worker shares: its connection, names, payload store, call
+    journal and opened KV buckets. Private to the runtime (and ``jetagent.testing``)."""
+
+    names: Names
+    nc: NATS | None = None
+    """None in a context built for a unit test without a server."""
+    payloads: PayloadStore | None = None
+    journal: CallJournal | None = None
+    js: JetStreamContext | None = None
+    buckets: dict[str, KeyValue] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.js is None and self.nc is not None:
+            self.js = self.nc.jetstream()
+
+    def jetstream(self) -> JetStreamContext:
+        if self.js is None:
+            raise ConfigError(
+                "this step has no NATS connection: build it with "
+                "jetagent.testing.step_context(nc=...) to use KV, payloads or streams"
+            )
+        return self.js
 
 
 @dataclass(kw_only=True)
@@ -53,13 +95,23 @@ class StepContext:
     reservation: Spend
     deadline_at: datetime | None
     deliveries: int
-    js: JetStreamContext
-    """JetStream, for capabilities that keep data in KV or the object store."""
-    payloads: PayloadStore
-    names: Names
-    _msg: Msg | None = field(default=None, repr=False)
-    _journal: CallJournal | None = field(default=None, repr=False)
+    """This delivery's number (1 on the first run; more after a retry or a lost worker)."""
+    _services: StepServices = field(repr=False)
+    _heartbeat: Callable[[], Awaitable[None]] | None = field(default=None, repr=False)
     _recorded: list[CallRecord] = field(default_factory=list, repr=False)
+
+    @property
+    def names(self) -> Names:
+        """The platform's stream, subject and bucket names (its prefix)."""
+        return self._services.names
+
+    @property
+    def payloads(self) -> PayloadStore:
+        """The object store for large payloads (claim checks, ``jetagent.payloads``)."""
+        if self._services.payloads is None:
+            self._services.jetstream()  # says why there is none
+            raise ConfigError("this step has no payload store")
+        return self._services.payloads
 
     async def record_call(self, call: CallRecord) -> None:
         """Report a provider call the moment it completes (succeeded, failed or
@@ -72,18 +124,64 @@ class StepContext:
         if any(c is call for c in self._recorded):
             return
         self._recorded.append(call)
-        if self._journal is not None:
-            await self._journal.record(self.workflow_id, self.step_id, self.deliveries, call)
+        journal = self._services.journal
+        if journal is not None:
+            await journal.record(self.workflow_id, self.step_id, self.deliveries, call)
 
     async def kv(self, bucket: str) -> KeyValue:
-        """A platform KV bucket by its short name (``MEMORY`` → ``JA_MEMORY``)."""
-        return await self.js.key_value(self.names.bucket(bucket))
+        """A platform KV bucket by its short name (``MEMORY`` → ``JA_MEMORY``); opened
+        once per worker (opening costs a request)."""
+        name = self.names.bucket(bucket)
+        found = self._services.buckets.get(name)
+        if found is None:
+            found = await self._services.jetstream().key_value(name)
+            self._services.buckets[name] = found
+        return found
+
+    async def last_message(self, stream: str, subject: str) -> Record | None:
+        """The newest message of ``stream`` on ``subject`` (a wildcard filter allowed), or
+        None. Asked of the stream's leader, never a replica that may lag behind, so a
+        message stored just before is seen. :class:`~jetagent.errors.UnavailableError`
+        when the server does not answer."""
+        return await self._get(stream, subject=subject)
+
+    async def next_message(self, stream: str, subject: str, *, after_seq: int) -> Record | None:
+        """The first message of ``stream`` on ``subject`` after sequence ``after_seq``,
+        or None; from the stream's leader, like :meth:`last_message`."""
+        return await self._get(stream, subject=subject, seq=after_seq + 1, next=True)
+
+    async def _get(
+        self, stream: str, *, subject: str, seq: int | None = None, next: bool = False
+    ) -> Record | None:
+        js = self._services.jetstream()
+        try:
+            raw: RawStreamMsg = await js.get_msg(stream, seq=seq, subject=subject, next=next)
+        except NotFoundError:
+            return None
+        except NatsError as exc:
+            raise UnavailableError(f"could not read {subject} in {stream}: {exc}") from exc
+        return Record(
+            seq=int(raw.seq or 0),
+            subject=str(raw.subject or ""),
+            data=raw.data or b"",
+            headers=dict(raw.headers or {}),
+        )
+
+    def tokens(self) -> TokenPublisher:
+        """A publisher of this step's live token deltas (README "Streaming tokens"): best
+        effort, never part of the record; publishes nothing without a connection."""
+        return TokenPublisher(
+            self._services.nc,
+            self.names,
+            workflow_id=self.workflow_id,
+            step_id=self.step_id,
+            attempt=self.attempt,
+        )
 
     async def heartbeat(self) -> None:
         """Tell JetStream the step is still running (the runtime also does this itself)."""
-        if self._msg is not None:
-            with contextlib.suppress(NatsError):
-                await self._msg.in_progress()
+        if self._heartbeat is not None:
+            await self._heartbeat()
 
 
 Handler = Callable[[StepContext], Awaitable[StepOutput | dict[str, Any]]]

@@ -275,11 +275,9 @@ class ToolBox:
 def _call_in_process(target: tuple[str, str], kwargs: dict[str, Any]) -> Any:
     """Run a process-pool tool by name: ``@tool`` replaced the module's function with the
     Tool, so the function itself cannot be pickled by reference."""
-    import importlib
+    import pkgutil
 
     module, qualname = target
-    found: Any = importlib.import_module(module)
-    for part in qualname.split("."):
-        found = getattr(found, part)
+    found: Any = pkgutil.resolve_name(f"{module}:{qualname}")
     function = found.function if isinstance(found, Tool) else found
     return function(**kwargs)
