@@ -24,7 +24,7 @@ import re
 import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from importlib.metadata import entry_points, version
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -38,6 +38,7 @@ import yaml
 from cloudcoil.models.keda.v1alpha1 import ScaledObject
 from pydantic import AliasChoices
 
+from jetagent import plugins
 from jetagent.cli import app
 from jetagent.config import Settings
 from jetagent.embedded import find_server_binary
@@ -133,13 +134,8 @@ def jetstream_accounts() -> set[str]:
 
 @functools.cache
 def capabilities() -> frozenset[str]:
-    """The capabilities `jetagent worker` knows."""
-    names = {ep.name for ep in entry_points(group="jetagent.capabilities")}
-    if not names:  # before capabilities were entry points (issue #11)
-        from jetagent.cli._services import BUILTIN_CAPABILITIES
-
-        names = set(BUILTIN_CAPABILITIES)
-    return frozenset(names)
+    """The capabilities `jetagent worker` knows: its entry points, as the CLI finds them."""
+    return frozenset(plugins.installed(plugins.CAPABILITIES))
 
 
 @functools.cache
