@@ -8,7 +8,9 @@ import io
 import itertools
 import json
 import logging
+import os
 import re
+import subprocess
 from collections.abc import Iterator
 
 import pytest
@@ -17,6 +19,7 @@ from opentelemetry import trace
 from jetagent import logs
 from jetagent.config import Settings
 from jetagent.correlation import annotate, correlate
+from jetagent.testing import jetagent_command
 from tests.support.platform import InProcessPlatform
 from tests.support.tools import STUMBLES
 from tests.support.tracing import host_tracing
@@ -203,3 +206,63 @@ async def test_retry_lines_state_the_delays_actually_applied(
             # The next run cannot start before the delay applied (a little scheduling
             # slack at most); a loaded machine may start it later.
             assert said - 0.01 <= gap <= said + 1.0, f"said {said} s, waited {gap:.3f} s"
+
+
+async def test_a_models_rate_limit_lines_state_the_waits_applied(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The reasoning gateway waits out 429s within a model call: each line's wait is
+    compared with the gap between the requests the provider received."""
+    from capabilities.reasoning import HttpSettings, ModelGateway
+    from jetagent.errors import PermanentError
+    from jetagent.llm import Message
+    from jetagent.models import ModelCatalog
+    from tests.fakes.llm_servers import FakeOpenAI, model_for, openai_error
+
+    monkeypatch.setenv("JA_TEST_LOGS_KEY", "sk-test")
+    caplog.set_level(logging.INFO, logger="jetagent.reasoning")
+    limited = openai_error(429, "Rate limit reached", headers={"retry-after-ms": "50"})
+    with FakeOpenAI() as openai:
+        openai.always(limited)
+        retry = {"max_attempts": 4, "max_total_s": 30}
+        model = model_for(openai, "gpt-limited", api_key_env="JA_TEST_LOGS_KEY", retry=retry)
+        catalog = ModelCatalog(models={model.name: model}, source="test")
+        settings = HttpSettings(read_timeout_s=5.0, trust_env=False)
+        async with ModelGateway(catalog, http_settings=settings, hedge_factor=None) as gateway:
+            with pytest.raises(PermanentError):
+                await gateway.call(
+                    models=["gpt-limited"],
+                    messages=[Message(role="user", content="hi")],
+                    tools=[],
+                    max_tokens=50,
+                    remaining_tokens=None,
+                    remaining_usd=None,
+                )
+        arrivals = [request.at for request in openai.requests]
+    stated = [
+        float(match.group(1))
+        for record in caplog.records
+        if (match := _STATED.search(record.getMessage()))
+    ]
+    gaps = [later - earlier for earlier, later in itertools.pairwise(arrivals)]
+    assert stated == [0.05, 0.05, 0.05]  # the provider's retry-after, as waited
+    assert len(gaps) == len(stated)
+    for said, gap in zip(stated, gaps, strict=True):
+        assert said - 0.01 <= gap <= said + 1.0, f"said {said} s, waited {gap:.3f} s"
+
+
+def test_a_service_that_cannot_start_says_why_in_a_json_line() -> None:
+    # A log collector reading JSON lines gets the reason a service stopped as one too.
+    done = subprocess.run(
+        [*jetagent_command(), "--log-format", "json", "orchestrator"],
+        env={**os.environ, "NATS_URL": "http://127.0.0.1:4222"},  # not a NATS URL
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert not done.stderr
+    [line] = [json.loads(text) for text in done.stdout.splitlines()]
+    assert line["level"] == "ERROR"
+    assert line["service"] == "jetagent-orchestrator"
+    assert "NATS_URL" in line["message"]

@@ -29,7 +29,7 @@ from pythonjsonlogger.json import JsonFormatter
 
 from jetagent import correlation
 
-__all__ = ["LogFormat", "configure", "handler", "seconds", "set_service"]
+__all__ = ["LogFormat", "configure", "handler", "json_lines", "seconds", "set_service"]
 
 LogFormat = Literal["text", "json"]
 
@@ -139,6 +139,11 @@ def configure(*, log_format: LogFormat = "text", verbose: bool = False, service:
         logging.getLogger(noisy).setLevel(logging.DEBUG if verbose else logging.WARNING)
     # Warnings (a library's DeprecationWarning, say) become log records, in the same format.
     logging.captureWarnings(True)
+
+
+def json_lines() -> bool:
+    """Whether :func:`configure` set up JSON lines (a command's errors then are one too)."""
+    return _handler is not None and isinstance(_handler.formatter, _JsonFormatter)
 
 
 def set_service(service: str) -> None:

@@ -10,6 +10,7 @@ bad arguments) ends a command with one line on stderr and a non-zero status (REA
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 from collections.abc import Awaitable, Callable
@@ -38,9 +39,16 @@ err = Console(stderr=True, soft_wrap=True)
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
-    """Print one error line; return the ``typer.Exit`` to raise."""
+    """Print one error line (a JSON log line when the service logs JSON, so the reason a
+    service stopped reaches the log collector like its other lines); return the
+    ``typer.Exit`` to raise."""
     from rich.markup import escape
 
+    from jetagent import logs
+
+    if logs.json_lines():
+        logging.getLogger("jetagent.cli").error("error: %s", message)
+        return typer.Exit(code)
     err.print(f"[red]error:[/] {escape(message)}", highlight=False)
     return typer.Exit(code)
 

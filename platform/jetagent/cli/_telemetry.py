@@ -3,7 +3,7 @@ from the standard ``OTEL_*`` variables — and only when nothing else in the pro
 
 jetagent's library code only uses the API (:mod:`jetagent.telemetry`); an application
 entry point is where the SDK is configured, once. Which variables are read here and
-which by the SDK's own classes (measured, docs/ARCHITECTURE.md §7):
+which by the SDK's own classes (measured: docs/ARCHITECTURE.md §Traces and logs):
 
 - tracing is on when ``OTEL_TRACES_EXPORTER`` names an exporter (``otlp``, ``console``;
   ``none``) or an OTLP endpoint is set (``OTEL_EXPORTER_OTLP_ENDPOINT``,
