@@ -40,16 +40,14 @@ def span_attributes(ids: Mapping[str, str] | None = None) -> dict[str, str]:
     return {f"jetagent.{key}": value for key, value in (current() if ids is None else ids).items()}
 
 
-def _merged(ids: Mapping[str, str | None]) -> dict[str, str]:
-    merged = dict(_ids.get())
-    merged.update({key: value for key, value in ids.items() if value})
-    return merged
+def _given(**ids: str | None) -> dict[str, str]:
+    return {key: value for key, value in ids.items() if value}
 
 
-def _tag_span(ids: Mapping[str, str | None]) -> None:
+def _tag_span(ids: Mapping[str, str]) -> None:
     span = trace.get_current_span()
     if span.is_recording():
-        span.set_attributes(span_attributes({k: v for k, v in ids.items() if v}))
+        span.set_attributes(span_attributes(ids))
 
 
 @contextmanager
@@ -63,15 +61,12 @@ def correlate(
 ) -> Iterator[None]:
     """A scope for the work in hand, with the ids given (``None``: keep the outer scope's);
     whatever :func:`annotate` adds inside it ends with it."""
-    ids = {
-        "workflow_id": workflow_id,
-        "step_id": step_id,
-        "capability": capability,
-        "tool": tool,
-        "tenant": tenant,
-    }
-    token = _ids.set(_merged(ids))
-    _tag_span(ids)
+    ids = _given(
+        workflow_id=workflow_id, step_id=step_id, capability=capability, tool=tool, tenant=tenant
+    )
+    token = _ids.set({**_ids.get(), **ids})
+    if ids:
+        _tag_span(ids)
     try:
         yield
     finally:
@@ -88,12 +83,9 @@ def annotate(
 ) -> None:
     """Add ids to the current scope (until the enclosing :func:`correlate` ends), and to
     the current span. ``None`` leaves an id as it is."""
-    ids = {
-        "workflow_id": workflow_id,
-        "step_id": step_id,
-        "capability": capability,
-        "tool": tool,
-        "tenant": tenant,
-    }
-    _ids.set(_merged(ids))
-    _tag_span(ids)
+    ids = _given(
+        workflow_id=workflow_id, step_id=step_id, capability=capability, tool=tool, tenant=tenant
+    )
+    if ids:
+        _ids.set({**_ids.get(), **ids})
+        _tag_span(ids)

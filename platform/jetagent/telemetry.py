@@ -67,9 +67,17 @@ def tracer() -> Tracer:
     return _tracer[1]
 
 
-def _fields() -> set[str]:
-    """The headers the global propagator reads and writes (``traceparent``, …)."""
-    return propagate.get_global_textmap().fields
+_fields_of: tuple[object, frozenset[str]] | None = None
+
+
+def _fields() -> frozenset[str]:
+    """The headers the global propagator reads and writes (``traceparent``, …), kept
+    while that propagator is (a composite one builds the set anew on each call)."""
+    global _fields_of
+    textmap = propagate.get_global_textmap()
+    if _fields_of is None or _fields_of[0] is not textmap:
+        _fields_of = (textmap, frozenset(textmap.fields))
+    return _fields_of[1]
 
 
 def inject(headers: dict[str, str], *, parent: Mapping[str, str] | None = None) -> dict[str, str]:
