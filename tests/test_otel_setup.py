@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -179,24 +180,49 @@ def _closed_port() -> int:
     return port
 
 
-def _submit(
-    settings: Settings, env: dict[str, str]
-) -> tuple[float, subprocess.CompletedProcess[str]]:
+@dataclass
+class Submitted:
+    """One run of ``jetagent submit``."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+    total_s: float
+    """From start to exit."""
+    after_id_s: float
+    """From the workflow id on stdout (the request is stored) to the exit: the part that
+    waits for the span exporter (imports and connecting, which a loaded machine makes
+    noisy, come before it)."""
+
+
+def _submit(settings: Settings, env: dict[str, str]) -> Submitted:
     """Run the installed ``jetagent submit`` and time it."""
     started = time.monotonic()
-    done = subprocess.run(
+    process = subprocess.Popen(
         [*jetagent_command(installed=True), "submit", "hello", "--tenant", "acme"],
         env={
             **{k: v for k, v in os.environ.items() if not k.startswith("OTEL_")},
             "NATS_URL": settings.nats_url,
             "JETAGENT_PREFIX": settings.prefix,
+            "PYTHONUNBUFFERED": "1",
             **env,
         },
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=60,
     )
-    return time.monotonic() - started, done
+    assert process.stdout is not None
+    first = process.stdout.readline()
+    printed = time.monotonic()
+    rest, stderr = process.communicate(timeout=60)
+    ended = time.monotonic()
+    return Submitted(
+        returncode=process.returncode,
+        stdout=first + rest,
+        stderr=stderr,
+        total_s=ended - started,
+        after_id_s=ended - printed,
+    )
 
 
 async def test_submit_is_not_slower_when_no_collector_listens(settings: Settings) -> None:
@@ -206,22 +232,28 @@ async def test_submit_is_not_slower_when_no_collector_listens(settings: Settings
     finally:
         await nc.close()
     closed = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{_closed_port()}"}
-    timings: dict[str, list[float]] = {"without": [], "with": []}
-    for _ in range(2):  # a second measurement only when the first looks slow (a loaded
-        # machine): the smallest of each is compared
-        without, plain = await asyncio.to_thread(_submit, settings, {})
-        traced_s, traced = await asyncio.to_thread(_submit, settings, closed)
-        assert plain.returncode == 0, plain.stderr
-        assert traced.returncode == 0, traced.stderr
+    runs: dict[str, list[Submitted]] = {"without": [], "with": []}
+
+    def extra() -> float:
+        # The smallest of each: a loaded machine only ever adds time.
+        return min(r.after_id_s for r in runs["with"]) - min(r.after_id_s for r in runs["without"])
+
+    for _ in range(3):  # more measurements only while the first look slow
+        runs["without"].append(await asyncio.to_thread(_submit, settings, {}))
+        runs["with"].append(await asyncio.to_thread(_submit, settings, closed))
+        for run in (runs["without"][-1], runs["with"][-1]):
+            assert run.returncode == 0, run.stderr
+            assert run.stdout.strip()
         # Nothing visible: the id on stdout, no exporter's retries on stderr.
-        assert traced.stdout.strip()
-        assert not traced.stderr, traced.stderr
-        timings["without"].append(without)
-        timings["with"].append(traced_s)
-        if min(timings["with"]) - min(timings["without"]) < 2.0:
+        assert not runs["with"][-1].stderr, runs["with"][-1].stderr
+        if extra() < 2.0:
             break
-    print(f"\nsubmit, seconds: {timings} (collector at {closed} not listening)")
-    assert min(timings["with"]) - min(timings["without"]) < 2.0, timings
+    report = {
+        way: [f"{r.total_s:.2f} s ({r.after_id_s:.2f} s after the id)" for r in found]
+        for way, found in runs.items()
+    }
+    print(f"\nsubmit without tracing / with a collector not listening: {report}")
+    assert extra() < 2.0, report
 
 
 async def test_submit_exports_by_grpc_when_the_protocol_says_so(settings: Settings) -> None:
@@ -236,7 +268,7 @@ async def test_submit_exports_by_grpc_when_the_protocol_says_so(settings: Settin
             "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
             "OTEL_SERVICE_NAME": "order-intake",
         }
-        _, done = await asyncio.to_thread(_submit, settings, env)
+        done = await asyncio.to_thread(_submit, settings, env)
         assert done.returncode == 0, done.stderr
         wid = done.stdout.strip()
         [span] = collector.wait_for(bool, timeout=10)  # flushed before the command exited
