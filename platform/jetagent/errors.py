@@ -1,5 +1,5 @@
-"""The errors of jetagent, one tree (STYLE.md): everything the client, the CLI and the
-services raise on purpose is a ``JetagentError``::
+"""The errors of jetagent, one tree (docs/ARCHITECTURE.md §6): everything the client,
+the CLI and the services raise on purpose is a ``JetagentError``::
 
     JetagentError
      ├── ConfigError                 bad settings or configuration files, found at start

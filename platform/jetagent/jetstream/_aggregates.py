@@ -6,7 +6,7 @@ server-side). It knows nothing of what the events mean.
 
 Every append carries ``Nats-Expected-Last-Subject-Sequence: <n>`` with
 ``Nats-Expected-Last-Subject-Sequence-Subject: <root>.<id>.>`` — the aggregate's last
-message must still be the one the writer folded (JETSTREAM-FACTS.md, option 2). ``n = 0``
+message must still be the one the writer folded (docs/ARCHITECTURE.md §5.1, option 2). ``n = 0``
 creates the aggregate: a second "first" write can never succeed, whatever the dedup
 window. One message is one write, so an append needs no atomic batch (on an R1 file
 stream a batch costs ~2 ms of server-side staging); several messages are sent as one

@@ -2,7 +2,7 @@
 
 nats-py has no call for a request with many replies, so the store keeps one wildcard
 inbox subscription and routes each reply, by its last subject token, to the read that
-asked for it. A batch read ends at the ``204 EOB`` status message (JETSTREAM-FACTS.md).
+asked for it. A batch read ends at the ``204 EOB`` status message (docs/ARCHITECTURE.md §5.7).
 """
 
 from __future__ import annotations

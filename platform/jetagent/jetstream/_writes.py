@@ -69,7 +69,7 @@ async def _publish(nc: NATS, messages: list[Message], timeout: float) -> PubAck:
         m = messages[0]
         reply = await nc.request(m.subject, m.data, timeout=timeout, headers=m.headers)
         return _decode_ack(reply.data)
-    # JetStream atomic batch: publish 1..n-1, request the commit (JETSTREAM-FACTS.md).
+    # JetStream atomic batch: publish 1..n-1, request the commit (docs/ARCHITECTURE.md §5.3).
     batch_id = uuid.uuid4().hex
     for i, m in enumerate(messages, start=1):
         m.headers["Nats-Batch-Id"] = batch_id

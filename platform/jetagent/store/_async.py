@@ -15,7 +15,7 @@ Writes:
   store's knowledge of the newest tracking id exact, so "tracking ids only grow" is
   checked without a read; the tracking upstream is the last subject token;
 - the first message carries ``Nats-Msg-Id`` = a write id, so a write whose
-  acknowledgement was lost is recognised as landed (JETSTREAM-FACTS.md: the concurrency
+  acknowledgement was lost is recognised as landed (docs/ARCHITECTURE.md §5.2: the concurrency
   check runs before dedup, so a blind retry would report a false conflict).
 """
 

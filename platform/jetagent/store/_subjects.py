@@ -7,7 +7,7 @@ Generic layout (any eventsourcing application)::
     <root>.t._._._.<tracking>                            a tracking record with no events
 
 The version is a subject token so that "no event with this version yet" is one
-server-side check with no read before the write (JETSTREAM-FACTS.md, option 1). The
+server-side check with no read before the write (docs/ARCHITECTURE.md §5.1, option 1). The
 last token names the upstream application whose notification caused the write ("_" when
 none), so the newest tracking record of an upstream is one last-by-subject lookup.
 
