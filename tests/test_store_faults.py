@@ -13,8 +13,15 @@ from eventsourcing.utils import Environment
 from nats.errors import TimeoutError as NatsTimeoutError
 
 from jetagent.embedded import EmbeddedServer
-from jetagent.jetstream import StoreUnavailableError, StreamConfigError, WriteTooLargeError
-from jetagent.store import AsyncStore, NatsFactory, StoreSettings, _writes
+from jetagent.jetstream import _writes
+from jetagent.store import (
+    AsyncStore,
+    NatsFactory,
+    StoreSettings,
+    StoreUnavailableError,
+    StreamConfigError,
+    WriteTooLargeError,
+)
 
 
 def _factory(url: str, stream: str, **extra: str) -> NatsFactory:

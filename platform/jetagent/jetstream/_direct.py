@@ -19,11 +19,10 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.errors import Error as NatsError
 
-from jetagent.jetstream._errors import StoreUnavailableError
+from jetagent.jetstream._errors import JetStreamUnavailableError
+from jetagent.jetstream.headers import Header
 
 __all__ = ["DirectGetter", "Record"]
-
-_STATUS = "Status"
 
 
 @dataclass(slots=True)
@@ -74,18 +73,18 @@ class DirectGetter:
         if read is None or read.done.done():
             return
         headers = msg.headers or {}
-        status = headers.get(_STATUS)
+        status = headers.get(Header.STATUS)
         if status is not None:
             if status == "204":  # end of batch
-                read.pending = int(headers.get("Nats-Num-Pending", "0"))
+                read.pending = int(headers.get(Header.NUM_PENDING, "0"))
             elif status != "404":  # 404: no such message, an empty answer
-                read.error = f"{status} {headers.get('Description', '')}".strip()
+                read.error = f"{status} {headers.get(Header.DESCRIPTION, '')}".strip()
             read.done.set_result(None)
             return
         read.records.append(
             Record(
-                seq=int(headers["Nats-Sequence"]),
-                subject=headers["Nats-Subject"],
+                seq=int(headers[Header.SEQUENCE]),
+                subject=headers[Header.SUBJECT],
                 data=msg.data,
                 headers=headers,
             )
@@ -103,14 +102,14 @@ class DirectGetter:
             await self._nc.publish(self._api, msgspec.json.encode(body), reply=self._prefix + token)
             await asyncio.wait_for(read.done, self._timeout)
         except (TimeoutError, NatsError) as exc:
-            raise StoreUnavailableError(
+            raise JetStreamUnavailableError(
                 f"reading stream via {self._api} failed ({type(exc).__name__}): "
                 "the server did not answer in time"
             ) from exc
         finally:
             del self._reads[token]
         if read.error is not None:
-            raise StoreUnavailableError(f"direct get on {self._api} failed: {read.error}")
+            raise JetStreamUnavailableError(f"direct get on {self._api} failed: {read.error}")
         return read
 
     async def last(self, subject_filter: str) -> Record | None:

@@ -50,7 +50,7 @@ from jetagent.events import (
     WorkflowEvent,
     group_for_messages,
 )
-from jetagent.jetstream import AggregateStream, ConcurrencyConflict, StoreUnavailableError
+from jetagent.jetstream import AggregateStream, ConcurrencyConflict, JetStreamUnavailableError
 from jetagent.jetstream.consume import Puller
 from jetagent.jetstream.provision import provision
 from jetagent.models import ModelCatalog
@@ -207,7 +207,7 @@ class Orchestrator:
             # with a dead letter, never retried.
             log.warning("%s message %s set aside: %s", exc.kind, msg.subject, exc.reason)
             await self._dead_letter(msg, exc.kind, exc.reason, workflow_id=exc.workflow_id)
-        except (StoreUnavailableError, NatsError) as exc:
+        except (JetStreamUnavailableError, NatsError) as exc:
             # Retried until the store answers (the consumers have no delivery limit: a
             # dropped step result or due timer would leave its workflow waiting forever);
             # every second at first, then less often through a long outage.
