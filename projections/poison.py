@@ -25,6 +25,7 @@ from jetagent.config import Names
 from jetagent.dead_letter import DeadLetter, DeadLetterKind
 from jetagent.errors import JetagentError
 from jetagent.events import StepResult, WorkflowEvent
+from jetagent.jetstream.headers import Header
 
 __all__ = ["PoisonMessage", "PoisonReporter", "checked_result", "workflow_of"]
 
@@ -108,7 +109,7 @@ class PoisonReporter:
                     self.names.dlq(SOURCE),
                     _encoder.encode(letter),
                     headers={
-                        "Nats-Msg-Id": f"{SOURCE}:{stream}:{seq}",
-                        "Ja-Dead-Letter-Kind": letter.kind,
+                        Header.MSG_ID: f"{SOURCE}:{stream}:{seq}",
+                        Header.JA_DEAD_LETTER_KIND: letter.kind,
                     },
                 )

@@ -48,6 +48,7 @@ from jetagent.events import (
     decode_step_result,
     encode,
 )
+from jetagent.jetstream.headers import Header
 from jetagent.sessions import SessionView, apply_step_result, apply_workflow_message
 
 if TYPE_CHECKING:
@@ -226,7 +227,7 @@ class Client:
             await self.js.publish(
                 self.names.request(request.tenant),
                 body,
-                headers=telemetry.inject({"Nats-Msg-Id": request.request_id}),
+                headers=telemetry.inject({Header.MSG_ID: request.request_id}),
             )
         return request.request_id
 

@@ -26,6 +26,7 @@ from nats.errors import Error as NatsError
 from nats.js.client import JetStreamContext
 
 from jetagent.config import Names
+from jetagent.jetstream.headers import Header
 
 __all__ = ["DeadLetter", "DeadLetterKind", "dead_letter_of", "publish_dead_letter"]
 
@@ -83,8 +84,8 @@ async def publish_dead_letter(js: JetStreamContext, names: Names, letter: DeadLe
     """Record ``letter`` (idempotent per original message); False if NATS refused it."""
     headers = {
         # A redelivered message is dead-lettered once (within the duplicate window).
-        "Nats-Msg-Id": f"dlq:{letter.stream}:{letter.stream_seq}",
-        "Ja-Dead-Letter-Kind": letter.kind,
+        Header.MSG_ID: f"dlq:{letter.stream}:{letter.stream_seq}",
+        Header.JA_DEAD_LETTER_KIND: letter.kind,
     }
     with contextlib.suppress(NatsError):
         await js.publish(names.dlq(letter.source), _encoder.encode(letter), headers=headers)

@@ -52,6 +52,7 @@ from jetagent.events import (
 )
 from jetagent.jetstream import AggregateStream, ConcurrencyConflict, JetStreamUnavailableError
 from jetagent.jetstream.consume import Puller
+from jetagent.jetstream.headers import Header
 from jetagent.jetstream.provision import provision
 from jetagent.models import ModelCatalog
 from jetagent.orchestrator.journal import Journal, Loaded
@@ -282,7 +283,7 @@ class Orchestrator:
 
     async def _on_workflow_request(self, msg: Msg, tenant: str | None, at: datetime) -> None:
         headers = msg.headers or {}
-        msg_id = headers.get("Nats-Msg-Id")
+        msg_id = headers.get(Header.MSG_ID)
         request, problems = self._validate(msg.data, tenant)
         if request is None and self.settings.tool_wait_s > 0:
             # Start order need not matter: a tool whose worker is still starting is
@@ -391,7 +392,7 @@ class Orchestrator:
         meta = msg.metadata
         # The events continue this decision's trace: workers' spans become its children.
         return telemetry.inject(
-            {"Ja-Causation": f"{meta.stream}:{meta.sequence.stream}"}, parent=msg.headers
+            {Header.JA_CAUSATION: f"{meta.stream}:{meta.sequence.stream}"}, parent=msg.headers
         )
 
     # ---------------------------------------------------------------- deciding

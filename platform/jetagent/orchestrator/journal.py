@@ -31,6 +31,7 @@ from jetagent.events import (
     subject_tail,
 )
 from jetagent.jetstream import AggregateStream, NewRecord, Record
+from jetagent.jetstream.headers import Header
 from jetagent.workflow import WorkflowState, evolve
 
 __all__ = ["Journal", "Loaded"]
@@ -173,8 +174,8 @@ class Journal:
             tail=subject_tail(last),
             data=encode_events(events),
             headers={
-                "Ja-Event": ",".join(event_type(type(e)) for e in events),
-                "Ja-Workflow": workflow_id,
+                Header.JA_EVENT: ",".join(event_type(type(e)) for e in events),
+                Header.JA_WORKFLOW: workflow_id,
                 **headers,
             },
         )

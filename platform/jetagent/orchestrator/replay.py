@@ -35,6 +35,7 @@ from jetagent.events import (
     decode_step_result,
 )
 from jetagent.jetstream import DirectGetter, Record
+from jetagent.jetstream.headers import Header
 from jetagent.payloads import is_ref
 from jetagent.result_check import result_problem, step_problem
 from jetagent.workflow import (
@@ -118,7 +119,7 @@ async def replay_workflow(
                 report.skipped.append(f"seq {record.seq} {record.subject}: {exc}")
                 continue
             report.events.extend(events)
-            cause = record.headers.get("Ja-Causation", "")
+            cause = record.headers.get(Header.JA_CAUSATION, "")
             if groups and groups[-1][0] == cause and cause:
                 groups[-1][1].extend(events)
             else:

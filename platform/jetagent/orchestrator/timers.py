@@ -26,6 +26,7 @@ from nats.js.client import JetStreamContext
 
 from jetagent.config import Names
 from jetagent.contract import Status
+from jetagent.jetstream.headers import Header
 from jetagent.workflow import Begin, Cancel, Input, Signal, Tick, WorkflowState
 
 __all__ = ["DEADLINE", "INPUTS", "DueTimer", "Timers", "due_timer", "keep_early", "timers_for"]
@@ -93,7 +94,7 @@ class Timers:
             headers={
                 "Nats-Schedule": f"@at {at}",
                 "Nats-Schedule-Target": self.names.timer_due(workflow_id, kind),
-                "Ja-Workflow": workflow_id,
+                Header.JA_WORKFLOW: workflow_id,
             },
         )
 

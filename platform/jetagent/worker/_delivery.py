@@ -24,11 +24,11 @@ from jetagent.events import (
     StepScheduled,
     encode,
 )
+from jetagent.jetstream.headers import ErrorCode, Header
 from jetagent.worker.calls import CALLS_RECORDED
 
 __all__ = ["Heartbeat", "billed", "error_of", "publish_result", "routing_of", "what"]
 
-_WRONG_LAST_SEQUENCE = 10071
 _RESULT_PUBLISH_S = 30.0
 """How long a finished step keeps trying to record its result (a server restart, a
 cluster election) before its message is left to be redelivered."""
@@ -44,9 +44,9 @@ async def publish_result(
         {
             # Write-once by subject alone; no Nats-Msg-Id: anyone may set any id, and a
             # forged message with this result's id would have it dropped as a duplicate.
-            "Nats-Expected-Last-Subject-Sequence": "0",
-            "Ja-Event": "StepResult",
-            "Ja-Workflow": result.workflow_id,
+            Header.EXPECTED_LAST_SUBJECT_SEQUENCE: "0",
+            Header.JA_EVENT: "StepResult",
+            Header.JA_WORKFLOW: result.workflow_id,
         },
         parent=parent,
     )
@@ -64,7 +64,7 @@ async def publish_result(
             await asyncio.sleep(pause)
             pause = min(pause * 2, 1.0)
     error = ack.get("error") if isinstance(ack, dict) else None
-    if error and error.get("err_code") != _WRONG_LAST_SEQUENCE:
+    if error and error.get("err_code") != ErrorCode.WRONG_LAST_SEQUENCE:
         raise TransientError(f"could not record the step result: {error.get('description')}")
     # 10071: a result for this step exists already (this run's earlier try landed,
     # or another replica finished it).
