@@ -246,3 +246,39 @@ async def test_an_aggregate_append_with_a_lost_ack_is_resolved(
     assert [r.seq for r in await stream.read("w1")] == [1, 2]
     await stream.close()
     await nc.close()
+
+
+async def test_write_once_stores_a_subject_once_through_a_lost_ack(
+    nats_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from jetagent.jetstream import Message, write_once
+    from jetagent.jetstream._streams import ensure_stream
+
+    nc = await nats.connect(nats_url)
+    name = "ONCE_" + uuid.uuid4().hex[:8]
+    await ensure_stream(nc, {"name": name, "subjects": [f"{name}.>"], "allow_direct": True})
+    publish = _writes._publish
+    lost = {"count": 0}
+
+    async def lose_first_ack(*args):  # type: ignore[no-untyped-def]
+        ack = await publish(*args)
+        if lost["count"] == 0:
+            lost["count"] += 1
+            raise NatsTimeoutError
+        return ack
+
+    monkeypatch.setattr(_writes, "_publish", lose_first_ack)
+    subject = f"{name}.result"
+    # The first try landed but its ack was lost: the retry finds the subject taken.
+    assert not await write_once(
+        nc, Message(subject, b"1"), timeout=2.0, deadline_s=10.0, what="record"
+    )
+    assert await write_once(
+        nc, Message(f"{name}.other", b"2"), timeout=2.0, deadline_s=10.0, what="record"
+    )
+    assert not await write_once(
+        nc, Message(subject, b"3"), timeout=2.0, deadline_s=10.0, what="record"
+    )
+    info = await nc.jetstream().stream_info(name)
+    assert info.state.messages == 2
+    await nc.close()

@@ -112,9 +112,17 @@ class DirectGetter:
             raise JetStreamUnavailableError(f"direct get on {self._api} failed: {read.error}")
         return read
 
-    async def last(self, subject_filter: str) -> Record | None:
-        """The newest message on any subject matching ``subject_filter``."""
-        read = await self._request({"last_by_subj": subject_filter}, single=True)
+    async def last(self, subject_filter: str, *, min_last_seq: int = 0) -> Record | None:
+        """The newest message on any subject matching ``subject_filter``.
+
+        With ``min_last_seq``, only a server whose copy of the stream reaches that
+        sequence answers: a follower that is behind stays silent (ADR-31), so a read
+        that a decision rests on sees at least what the decider knows was written.
+        """
+        body: dict[str, object] = {"last_by_subj": subject_filter}
+        if min_last_seq > 0:
+            body["min_last_seq"] = min_last_seq
+        read = await self._request(body, single=True)
         return read.records[0] if read.records else None
 
     async def scan(

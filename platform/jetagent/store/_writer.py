@@ -108,6 +108,10 @@ class Writer:
                     self._nc, self._settings.stream, timeout=self._settings.request_timeout
                 )
             newest = await self._newest_of(upstream)
+            premise = self._position if by_position else None
+            if premise is None:
+                # Not by position (or an untracked write made it unknown meanwhile).
+                by_position = False
             if newest.notification_id is not None and (
                 tracking.notification_id <= newest.notification_id
             ):
@@ -129,7 +133,7 @@ class Writer:
                     messages,
                     stored_events,
                     kind,
-                    expected_last_seq=self._position if by_position else None,
+                    expected_last_seq=premise,
                 )
             except ConcurrencyConflict:
                 # No version was taken, so the premise failed: the stream moved on (by
@@ -156,7 +160,11 @@ class Writer:
     async def _newest_of(self, upstream: str) -> _Newest:
         newest = self._newest.get(upstream)
         if newest is None:
-            record = await self._reader.last(self._layout.tracking_filter(upstream))
+            # Read from a server that has the known position at least (a follower of a
+            # clustered stream may be behind), or this knowledge would not cover it.
+            record = await self._reader.last(
+                self._layout.tracking_filter(upstream), min_last_seq=self._position or 0
+            )
             if record is None:
                 newest = _Newest(None, 0)
             else:
@@ -209,17 +217,20 @@ class Writer:
                 what=f"write to stream {self._settings.stream!r}",
                 expected_last_seq=expected_last_seq,
             )
-        except ConcurrencyConflict:
-            await self._raise_if_taken(stored_events, kind)
+        except ConcurrencyConflict as exc:
+            await self._raise_if_taken(stored_events, kind, seen=exc.actual or 0)
             raise
 
-    async def _raise_if_taken(self, stored_events: Sequence[StoredEvent], kind: str) -> None:
-        """Raise :class:`StoreConflictError` if a version the write holds is recorded."""
+    async def _raise_if_taken(
+        self, stored_events: Sequence[StoredEvent], kind: str, *, seen: int
+    ) -> None:
+        """Raise :class:`StoreConflictError` if a version the write holds is recorded,
+        as a server that has the stream up to ``seen`` (what the refusal reported) says."""
         for event in stored_events:
-            subject = self._layout.version_filter(
+            version = self._layout.version_filter(
                 kind, event.originator_id, event.originator_version
             )
-            if await self._reader.last(subject) is not None:
+            if await self._reader.last(version, min_last_seq=seen) is not None:
                 raise StoreConflictError(
                     f"version {event.originator_version} of {event.originator_id} "
                     "is already recorded"
