@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 import msgspec
@@ -170,32 +170,22 @@ async def write(
             return None
         return Appended.run(record.seq, len(batch))
 
-    deadline = time.monotonic() + deadline_s
-    while True:
-        try:
-            ack = await _publish(nc, batch, timeout)
-        except _UNANSWERED as exc:
-            found = await landed()
-            if found is not None:
-                return found
-            _give_up_after(deadline, deadline_s, what, exc)
-            await asyncio.sleep(_RETRY_PAUSE_S)
-            continue
-        except NatsError as exc:
-            raise JetStreamUnavailableError(f"could not {what}: {exc}") from exc
-        if ack.error is None:
-            return Appended.run(ack.seq - len(batch) + 1, len(batch))
-        if ack.error.err_code in _CONFLICTS:
-            # A retry of a write that did land (its ack was lost, or the client resent
-            # it after reconnecting) is refused like a conflict: look first.
-            found = await landed()
-            if found is not None:
-                return found
-            raise ConcurrencyConflict(
-                f"could not {what}: {ack.error.description}",
-                actual=actual_sequence(ack.error.description),
-            )
-        raise _refused(ack.error, what)
+    ack = await _send(nc, batch, timeout=timeout, deadline_s=deadline_s, what=what, landed=landed)
+    if isinstance(ack, Appended):
+        return ack
+    if ack.error is None:
+        return Appended.run(ack.seq - len(batch) + 1, len(batch))
+    if ack.error.err_code in _CONFLICTS:
+        # A retry of a write that did land (its ack was lost, or the client resent it
+        # after reconnecting) is refused like a conflict: look first.
+        found = await landed()
+        if found is not None:
+            return found
+        raise ConcurrencyConflict(
+            f"could not {what}: {ack.error.description}",
+            actual=actual_sequence(ack.error.description),
+        )
+    raise _refused(ack.error, what)
 
 
 async def write_once(
@@ -209,28 +199,41 @@ async def write_once(
     anyone could forge would let a stranger's message make this one a "duplicate".
     """
     message.expect_last(0)
+    ack = await _send(nc, [message], timeout=timeout, deadline_s=deadline_s, what=what)
+    assert isinstance(ack, _PubAck)  # nothing to look for: every answer is an ack
+    if ack.error is None:
+        return True
+    if ack.error.err_code == ErrorCode.WRONG_LAST_SEQUENCE:
+        return False
+    raise _refused(ack.error, what)
+
+
+async def _send(
+    nc: NATS,
+    messages: list[Message],
+    *,
+    timeout: float,
+    deadline_s: float,
+    what: str,
+    landed: Callable[[], Awaitable[Appended | None]] | None = None,
+) -> _PubAck | Appended:
+    """Publish until an acknowledgement comes, or until ``landed()`` finds that an
+    unanswered attempt was stored after all; give up after ``deadline_s``."""
     deadline = time.monotonic() + deadline_s
     while True:
         try:
-            ack = await _publish(nc, [message], timeout)
+            return await _publish(nc, messages, timeout)
         except _UNANSWERED as exc:
-            _give_up_after(deadline, deadline_s, what, exc)
+            found = None if landed is None else await landed()
+            if found is not None:
+                return found
+            if time.monotonic() > deadline:
+                raise JetStreamUnavailableError(
+                    f"could not {what} within {deadline_s:.0f} s ({type(exc).__name__})"
+                ) from exc
             await asyncio.sleep(_RETRY_PAUSE_S)
-            continue
         except NatsError as exc:
             raise JetStreamUnavailableError(f"could not {what}: {exc}") from exc
-        if ack.error is None:
-            return True
-        if ack.error.err_code == ErrorCode.WRONG_LAST_SEQUENCE:
-            return False
-        raise _refused(ack.error, what)
-
-
-def _give_up_after(deadline: float, deadline_s: float, what: str, exc: BaseException) -> None:
-    if time.monotonic() > deadline:
-        raise JetStreamUnavailableError(
-            f"could not {what} within {deadline_s:.0f} s ({type(exc).__name__})"
-        ) from exc
 
 
 def _refused(error: _ApiError, what: str) -> Exception:
