@@ -76,7 +76,7 @@ class Message:
         return self
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Appended:
     """The stream sequences a write's messages got, in order."""
 

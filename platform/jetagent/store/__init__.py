@@ -112,7 +112,7 @@ class NatsFactory(InfrastructureFactory[NatsTrackingRecorder]):
         self.loop: LoopThread = shared_loop()
         self.settings = self._settings()
         url = self.env.get(self.NATS_URL) or DEFAULT_URL
-        with translated():
+        with translated:
             self.nc: NATS = self.loop.run(
                 connect(
                     url,

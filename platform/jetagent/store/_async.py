@@ -48,7 +48,7 @@ class AsyncStore:
         async with self._open_lock:
             if self._opened:
                 return
-            with translated():
+            with translated:
                 await ensure_stream(
                     self.nc,
                     self.settings.stream_config(),
@@ -76,8 +76,10 @@ class AsyncStore:
         if not stored_events and tracking is None:
             return []
         await self.open()
-        with translated():
-            return await self._writer.insert(stored_events, tracking, kind)
+        with translated:
+            if tracking is None:
+                return await self._writer.insert(stored_events, kind)
+            return await self._writer.insert_tracked(stored_events, tracking, kind)
 
     async def insert_tracking(self, tracking: Tracking) -> None:
         """Record that ``tracking``'s notification was processed (no events)."""
@@ -99,7 +101,7 @@ class AsyncStore:
         await self.open()
         layout = self.layout
         subject_filter = layout.originator_filter(kind, originator_id)
-        with translated():
+        with translated:
             if desc and limit == 1 and lte is None and gt is None:
                 record = await self._reader.last(subject_filter)
                 return [] if record is None else [self._stored_event(record, originator_id)]
@@ -146,7 +148,7 @@ class AsyncStore:
         seq = first
         while len(out) < limit:
             page = min(max(limit - len(out), 16), 1000)
-            with translated():
+            with translated:
                 records = await self._reader.scan(
                     subject_filter, start_seq=seq, page=page, until=lambda r: True
                 )
@@ -169,14 +171,14 @@ class AsyncStore:
     async def max_notification_id(self) -> int | None:
         """The newest notification id (the stream sequence of the newest event)."""
         await self.open()
-        with translated():
+        with translated:
             record = await self._reader.last(self.layout.kind_filter(EVENTS))
         return None if record is None else record.seq
 
     async def max_tracking_id(self, application_name: str) -> int | None:
         """The newest tracking id recorded for an upstream application."""
         await self.open()
-        with translated():
+        with translated:
             record = await self._reader.last(self.layout.tracking_filter(application_name))
         if record is None:
             return None
@@ -192,7 +194,7 @@ class AsyncStore:
             self.nc, self.settings.stream, self.layout.kind_filter(EVENTS), after_seq=gt or 0
         )
         try:
-            with translated():
+            with translated:
                 async for record in records:
                     notification = self._notification(record)
                     if wanted and notification.topic not in wanted:

@@ -16,7 +16,8 @@ version, so the store proves "nothing newer for this upstream" in one of two way
 - *by upstream*: a marker ``<root>.t._._._.<upstream>`` heads the write, expecting the
   last message on ``<root>.*.*.*.*.<upstream>`` to be the newest tracking record the
   store read. A tracking record alone is just the marker; with events the write becomes
-  an atomic batch. Only a competitor for the same upstream can fail this check.
+  an atomic batch (so it holds at most 999 events). Only a competitor for the same
+  upstream can fail this check.
 - *by position*, for a write of one event: the event alone, with
   ``Nats-Expected-Last-Sequence`` — nothing at all was written to the stream since a
   position that the store's knowledge of the upstream covers (its newest record was read
@@ -44,6 +45,7 @@ from jetagent.jetstream import (
     Appended,
     ConcurrencyConflict,
     DirectGetter,
+    Header,
     Message,
     stream_last_seq,
     write,
@@ -55,7 +57,7 @@ from jetagent.store._subjects import TRACKING_HEADER, SubjectLayout
 __all__ = ["Writer"]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Newest:
     """An upstream's newest tracking record, as this store last knew it."""
 
@@ -81,81 +83,79 @@ class Writer:
         """A stream position that every entry of ``_newest`` covers (None: unknown)."""
         self._newest: dict[str, _Newest] = {}
 
-    async def insert(
-        self, stored_events: Sequence[StoredEvent], tracking: Tracking | None, kind: str
-    ) -> list[int]:
-        """Write events (and a tracking record) atomically; return the events' sequences."""
+    async def insert(self, stored_events: Sequence[StoredEvent], kind: str) -> list[int]:
+        """Write events atomically; return their sequences."""
         _check_unique(stored_events)
-        if tracking is None:
-            messages = self._events(stored_events, None, kind)
-            appended = await self._write(messages, stored_events, kind)
-            self._wrote(appended)
-            return appended.seqs
-        async with self._tracked:
-            return await self._insert_tracked(stored_events, tracking, kind)
+        messages = self._events(stored_events, None, kind)
+        appended = await self._write(messages, stored_events, kind)
+        self._wrote(appended)
+        return appended.seqs
 
-    async def _insert_tracked(
+    async def insert_tracked(
         self, stored_events: Sequence[StoredEvent], tracking: Tracking, kind: str
     ) -> list[int]:
+        """Write events and a tracking record atomically; return the events' sequences."""
+        _check_unique(stored_events)
         upstream = tracking.application_name
         by_position = len(stored_events) == 1
-        deadline = time.monotonic() + self._settings.write_deadline
-        while True:
-            if by_position and self._position is None:
-                # Knowledge read before this position may miss what came since: drop it.
-                self._newest.clear()
-                self._position = await stream_last_seq(
-                    self._nc, self._settings.stream, timeout=self._settings.request_timeout
-                )
-            newest = await self._newest_of(upstream)
-            premise = self._position if by_position else None
-            if premise is None:
-                # Not by position (or an untracked write made it unknown meanwhile).
-                by_position = False
-            if newest.notification_id is not None and (
-                tracking.notification_id <= newest.notification_id
-            ):
-                raise StoreConflictError(
-                    f"tracking record {upstream}:{tracking.notification_id} is not after "
-                    f"the newest one recorded ({newest.notification_id})"
-                )
-            messages = self._events(stored_events, tracking, kind)
-            if not by_position:
-                marker = Message(
-                    self._layout.tracking_marker(upstream),
-                    b"",
-                    {TRACKING_HEADER: str(tracking.notification_id)},
-                )
-                on = self._layout.tracking_filter(upstream)
-                messages.insert(0, marker.expect_last(newest.seq, on=on))
-            try:
-                appended = await self._write(
-                    messages,
-                    stored_events,
-                    kind,
-                    expected_last_seq=premise,
-                )
-            except ConcurrencyConflict:
-                # No version was taken, so the premise failed: the stream moved on (by
-                # position), or another writer recorded this upstream (by upstream).
-                if by_position:
-                    self._position = None
+        async with self._tracked:
+            deadline = time.monotonic() + self._settings.write_deadline
+            while True:
+                if by_position and self._position is None:
+                    # Knowledge read before this position may miss what came since: drop it.
+                    self._newest.clear()
+                    self._position = await stream_last_seq(
+                        self._nc, self._settings.stream, timeout=self._settings.request_timeout
+                    )
+                newest = await self._newest_of(upstream)
+                premise = self._position if by_position else None
+                if premise is None:
+                    # Not by position (or an untracked write made it unknown meanwhile).
                     by_position = False
+                if newest.notification_id is not None and (
+                    tracking.notification_id <= newest.notification_id
+                ):
+                    raise StoreConflictError(
+                        f"tracking record {upstream}:{tracking.notification_id} is not after "
+                        f"the newest one recorded ({newest.notification_id})"
+                    )
+                messages = self._events(stored_events, tracking, kind)
+                if not by_position:
+                    marker = Message(
+                        self._layout.tracking_marker(upstream),
+                        b"",
+                        {TRACKING_HEADER: str(tracking.notification_id)},
+                    )
+                    on = self._layout.tracking_filter(upstream)
+                    messages.insert(0, marker.expect_last(newest.seq, on=on))
+                try:
+                    appended = await self._write(
+                        messages,
+                        stored_events,
+                        kind,
+                        expected_last_seq=premise,
+                    )
+                except ConcurrencyConflict:
+                    # No version was taken, so the premise failed: the stream moved on (by
+                    # position), or another writer recorded this upstream (by upstream).
+                    if by_position:
+                        self._position = None
+                        by_position = False
+                    else:
+                        self._newest.pop(upstream, None)
+                    if time.monotonic() > deadline:
+                        raise StoreUnavailableError(
+                            f"a write with tracking record {upstream}:{tracking.notification_id} "
+                            "kept losing the race to other writers"
+                        ) from None
+                    continue
+                # The upstream's newest tracking record is now the write's last message.
+                self._newest[upstream] = _Newest(tracking.notification_id, appended.last)
+                if by_position:
+                    self._position = appended.last
                 else:
-                    self._newest.pop(upstream, None)
-                if time.monotonic() > deadline:
-                    raise StoreUnavailableError(
-                        f"a write with tracking record {upstream}:{tracking.notification_id} "
-                        "kept losing the race to other writers"
-                    ) from None
-                continue
-            # The upstream's newest tracking record is now the write's last message.
-            self._newest[upstream] = _Newest(tracking.notification_id, appended.last)
-            if by_position:
-                self._position = appended.last
-            else:
-                self._wrote(appended)
-            return appended.seqs[len(messages) - len(stored_events) :]
+                    self._wrote(appended)
+                return appended.seqs[len(messages) - len(stored_events) :]
 
     async def _newest_of(self, upstream: str) -> _Newest:
         newest = self._newest.get(upstream)
@@ -188,15 +188,18 @@ class Writer:
         last = len(stored_events) - 1
         for i, event in enumerate(stored_events):
             upstream = tracking.application_name if tracking is not None and i == last else None
-            subject = layout.record(
-                kind, event.originator_id, event.originator_version, event.topic, upstream
-            )
-            message = Message(subject, event.state).expect_last(
-                0, on=layout.version_filter(kind, event.originator_id, event.originator_version)
-            )
+            originator, version = event.originator_id, event.originator_version
+            headers = {
+                # No event with this version yet (see the module docstring).
+                Header.EXPECTED_LAST_SUBJECT_SEQUENCE: "0",
+                Header.EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT: layout.version_filter(
+                    kind, originator, version
+                ),
+            }
             if upstream is not None and tracking is not None:
-                message.headers[TRACKING_HEADER] = str(tracking.notification_id)
-            messages.append(message)
+                headers[TRACKING_HEADER] = str(tracking.notification_id)
+            subject = layout.record(kind, originator, version, event.topic, upstream)
+            messages.append(Message(subject, event.state, headers))
         return messages
 
     async def _write(
