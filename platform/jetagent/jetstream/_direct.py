@@ -1,6 +1,6 @@
 """Batched direct get (``$JS.API.DIRECT.GET.<stream>``) over one shared inbox subscription.
 
-nats-py has no call for a request with many replies, so the store keeps one wildcard
+nats-py has no call for a request with many replies, so a reader keeps one wildcard
 inbox subscription and routes each reply, by its last subject token, to the read that
 asked for it. A batch read ends at the ``204 EOB`` status message (JETSTREAM-FACTS.md).
 """
