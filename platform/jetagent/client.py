@@ -49,6 +49,7 @@ from jetagent.events import (
     decode_step_result,
     encode,
 )
+from jetagent.jetstream.headers import Header
 from jetagent.result_check import subject_problem
 from jetagent.sessions import SessionView, apply_step_result, apply_workflow_message
 
@@ -247,7 +248,7 @@ class Client:
             await self.js.publish(
                 self.names.request(request.tenant),
                 body,
-                headers=telemetry.inject({"Nats-Msg-Id": request.request_id}),
+                headers=telemetry.inject({Header.MSG_ID: request.request_id}),
             )
         return request.request_id
 

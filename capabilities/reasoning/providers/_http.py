@@ -1,6 +1,6 @@
 """Shared HTTP plumbing of the adapters: one pooled ``httpx.AsyncClient`` per provider,
 explicit timeouts, and the translation of every httpx failure and HTTP error status into
-jetagent's errors (STYLE.md: dependency errors are translated at the boundary).
+jetagent's errors (docs/ARCHITECTURE.md §6: dependency errors are translated at the boundary).
 
 Status mapping::
 

@@ -43,6 +43,7 @@ from jetagent.gateway._problems import (
     ProblemError,
     install_handlers,
 )
+from jetagent.jetstream.headers import Header as NatsHeader
 from jetagent.sessions import SessionView
 
 __all__ = ["create_app"]
@@ -253,7 +254,7 @@ async def _publish(client: Client, request: WorkflowRequest) -> bool:
             correlation.correlate(workflow_id=request.request_id, tenant=request.tenant),
             telemetry.span("jetagent submit", kind=SpanKind.PRODUCER),
         ):
-            headers = telemetry.inject({"Nats-Msg-Id": request.request_id})
+            headers = telemetry.inject({NatsHeader.MSG_ID: request.request_id})
             ack = await client.js.publish(
                 client.names.request(request.tenant), body, headers=headers, timeout=5.0
             )

@@ -39,8 +39,9 @@ from jetagent.dead_letter import DeadLetterKind, dead_letter_of, publish_dead_le
 from jetagent.decoding import PoisonMessage, UntrustedResult
 from jetagent.errors import JetagentError
 from jetagent.events import StepScheduled, WorkflowEvent, group_for_messages
-from jetagent.jetstream import AggregateStream, ConcurrencyConflict, StoreUnavailableError
+from jetagent.jetstream import AggregateStream, ConcurrencyConflict, JetStreamUnavailableError
 from jetagent.jetstream.consume import Puller
+from jetagent.jetstream.headers import Header
 from jetagent.jetstream.provision import provision
 from jetagent.logs import seconds
 from jetagent.models import ModelCatalog
@@ -205,7 +206,7 @@ class Orchestrator:
                 # with a dead letter, never retried.
                 log.warning("%s message %s set aside: %s", exc.kind, msg.subject, exc.reason)
                 await self._dead_letter(msg, exc.kind, exc.reason, workflow_id=exc.workflow_id)
-            except (StoreUnavailableError, NatsError) as exc:
+            except (JetStreamUnavailableError, NatsError) as exc:
                 # Retried until the store answers (the consumers have no delivery limit: a
                 # dropped step result or due timer would leave its workflow waiting forever);
                 # every second at first, then less often through a long outage.
@@ -356,7 +357,7 @@ class Orchestrator:
         if message is None:
             return {}
         # The events continue this decision's trace: workers' spans become its children.
-        return telemetry.inject({"Ja-Causation": message.causation}, parent=message.headers)
+        return telemetry.inject({Header.JA_CAUSATION: message.causation}, parent=message.headers)
 
     # ---------------------------------------------------------------- deciding
 

@@ -36,6 +36,7 @@ from jetagent.decoding import (
     decode_step_result,
 )
 from jetagent.events import RequestRejected
+from jetagent.jetstream.headers import Header
 from jetagent.orchestrator.request_ids import derived_request_id, sequence_id
 from jetagent.orchestrator.timers import due_timer
 from jetagent.subjects import RequestSubject, family, parse
@@ -93,7 +94,7 @@ class Message:
             headers=record.headers,
             stream=stream,
             seq=record.seq,
-            time=_stamp(record.headers.get("Nats-Time-Stamp")),
+            time=_stamp(record.headers.get(Header.TIME_STAMP)),
         )
 
     @property
@@ -227,7 +228,7 @@ def _request(
 ) -> Addressed | Rejection:
     where = parse(message.subject, prefix=prefix)
     tenant = where.tenant if isinstance(where, RequestSubject) else None
-    msg_id = message.headers.get("Nats-Msg-Id")
+    msg_id = message.headers.get(Header.MSG_ID)
     request, problems = admission.check(message.data, tenant)
     if request is not None:
         # No request_id in the body: every delivery must name the same workflow.

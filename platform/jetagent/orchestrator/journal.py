@@ -29,6 +29,7 @@ from jetagent.events import (
     subject_tail,
 )
 from jetagent.jetstream import AggregateStream, NewRecord, Record
+from jetagent.jetstream.headers import Header
 from jetagent.subjects import Names
 from jetagent.workflow import WorkflowState, evolve
 
@@ -169,8 +170,8 @@ class Journal:
             tail=subject_tail(last),
             data=encode_events(events),
             headers={
-                "Ja-Event": ",".join(event_type(type(e)) for e in events),
-                "Ja-Workflow": workflow_id,
+                Header.JA_EVENT: ",".join(event_type(type(e)) for e in events),
+                Header.JA_WORKFLOW: workflow_id,
                 **headers,
             },
         )

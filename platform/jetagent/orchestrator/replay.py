@@ -37,6 +37,7 @@ from jetagent.events import (
     decode_events,
 )
 from jetagent.jetstream import DirectGetter, Record
+from jetagent.jetstream.headers import Header
 from jetagent.orchestrator.inputs import Admission, Message, Rejection, inputs_of
 from jetagent.payloads import is_ref
 from jetagent.result_check import result_problem
@@ -120,7 +121,7 @@ async def replay_workflow(
                 report.skipped.append(f"seq {record.seq} {record.subject}: {exc}")
                 continue
             report.events.extend(events)
-            cause = record.headers.get("Ja-Causation", "")
+            cause = record.headers.get(Header.JA_CAUSATION, "")
             if groups and groups[-1][0] == cause and cause:
                 groups[-1][1].extend(events)
             else:

@@ -25,6 +25,7 @@ from nats.errors import Error as NatsError
 from nats.js.client import JetStreamContext
 
 from jetagent.contract import Status
+from jetagent.jetstream.headers import Header
 from jetagent.subjects import Names
 from jetagent.workflow import Begin, Cancel, Input, Signal, Tick, WorkflowState
 
@@ -86,9 +87,9 @@ class Timers:
             self.names.timer_schedule(workflow_id, kind),
             body,
             headers={
-                "Nats-Schedule": f"@at {at}",
-                "Nats-Schedule-Target": self.names.timer_due(workflow_id, kind),
-                "Ja-Workflow": workflow_id,
+                Header.SCHEDULE: f"@at {at}",
+                Header.SCHEDULE_TARGET: self.names.timer_due(workflow_id, kind),
+                Header.JA_WORKFLOW: workflow_id,
             },
         )
 
