@@ -29,7 +29,15 @@ from pythonjsonlogger.json import JsonFormatter
 
 from jetagent import correlation
 
-__all__ = ["LogFormat", "configure", "handler", "json_lines", "seconds", "set_service"]
+__all__ = [
+    "LogFormat",
+    "configure",
+    "configured",
+    "handler",
+    "json_lines",
+    "seconds",
+    "set_service",
+]
 
 LogFormat = Literal["text", "json"]
 
@@ -141,6 +149,11 @@ def configure(*, log_format: LogFormat = "text", verbose: bool = False, service:
     logging.captureWarnings(True)
 
 
+def configured() -> bool:
+    """Whether :func:`configure` ran in this process (a service's command)."""
+    return _handler is not None
+
+
 def json_lines() -> bool:
     """Whether :func:`configure` set up JSON lines (a command's errors then are one too)."""
     return _handler is not None and isinstance(_handler.formatter, _JsonFormatter)
@@ -149,8 +162,6 @@ def json_lines() -> bool:
 def set_service(service: str) -> None:
     """Name the service on the lines of the handler :func:`configure` installed (the
     command knows its full name, with its capabilities, only once it runs)."""
-    if _handler is None:
-        return
-    for found in _handler.filters:
+    for found in _handler.filters if _handler is not None else []:
         if isinstance(found, _Context):
             found.service = service

@@ -97,7 +97,8 @@ def run(
     from jetagent.cli import _telemetry
 
     default_name = name or (f"jetagent-{service}" if service in _LONG_RUNNING else "jetagent-cli")
-    logs.set_service(_telemetry.service_name(default_name))
+    if logs.configured():  # a service's log lines name it (the name the traces use)
+        logs.set_service(_telemetry.service_name(default_name))
     provider = _telemetry.setup(default_name, short_lived=service not in _LONG_RUNNING)
 
     async def runner() -> int | None:
