@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import re
 from pathlib import Path
+from typing import Literal
 from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, field_validator
@@ -52,7 +53,20 @@ class Settings(BaseSettings):
         description="A file holding the NATS user's password (a Docker secret, say).",
     )
     prefix: str = Field("ja", description="Subject prefix; stream names use it upper-cased.")
-    replicas: int = Field(1, ge=1, le=5, description="Stream replicas (3 in a cluster).")
+    replicas: int | Literal["auto"] = Field(
+        "auto",
+        description="Replicas of every stream, KV bucket and object store: 'auto' (R3 on a "
+        "cluster of three or more servers, R1 on a single server; never shrinks a stream) "
+        "or a count from 1 to 5.",
+    )
+    provision_wait_s: float = Field(
+        60.0,
+        gt=0,
+        le=3600,
+        description="Seconds provisioning (at every service's start and `jetagent "
+        "provision`) waits for JetStream to answer while its cluster elects leaders "
+        "(4-9 s after a server crash) before it gives up.",
+    )
     data_dir: Path = Field(Path(".jetagent"), description="Embedded server's data folder.")
     tenants: str = Field(
         "default,demo", description="Comma-separated tenants accepted; '*' accepts any."
@@ -159,6 +173,20 @@ class Settings(BaseSettings):
         if self.nats_user is None:
             raise ConfigError("NATS_PASSWORD_FILE needs NATS_USER, the user it belongs to")
         return password
+
+    @field_validator("replicas", mode="before")
+    @classmethod
+    def _replicas(cls, value: object) -> object:
+        text = str(value).strip().lower()
+        if text == "auto":
+            return "auto"
+        try:
+            count = int(text)
+        except ValueError:
+            raise ValueError(f"must be 'auto' or a number from 1 to 5, not {value!r}") from None
+        if not 1 <= count <= 5:
+            raise ValueError(f"must be 'auto' or a number from 1 to 5, not {count}")
+        return count
 
     @field_validator("prefix")
     @classmethod
