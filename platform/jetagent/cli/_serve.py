@@ -200,6 +200,8 @@ def _print_provisioned(done: list[Applied], replicas: int, reason: str, *, as_js
         ]
         print(json.dumps({"replicas": replicas, "reason": reason, "applied": rows}, indent=2))
         return
+    if not done:
+        return  # refused before anything was done: the error says it all
     table = Table(title=f"R{replicas} ({escape(reason)})", title_justify="left", box=None)
     for column in ("name", "kind", "replicas", "action", ""):
         table.add_column(column)

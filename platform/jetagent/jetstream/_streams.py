@@ -7,8 +7,8 @@ an existing stream cannot become in place is refused with the reason: nats-serve
 change a stream's storage type or its retention to or from work-queue, and jetagent never
 changes a stream's subjects (removing one would orphan the messages stored under it;
 adding one could merge another application's stream of the same name). Its replicas can
-change in place (nats-server copies the messages to the new peers), and do when the
-caller allows it (``resize``).
+change in place (nats-server copies the messages to the new peers; docs/ARCHITECTURE.md
+§5, fact 13), and do when the caller allows it (``resize``).
 """
 
 from __future__ import annotations
