@@ -17,6 +17,7 @@ from nats.aio.client import Client as NATS
 
 from jetagent.config import Settings
 from jetagent.embedded import EmbeddedCluster, EmbeddedServer, free_port
+from jetagent.jetstream import StreamConfigError
 from jetagent.jetstream._placement import ClusterShape, cluster_shape
 from jetagent.jetstream.provision import provision
 from jetagent.testing import ServiceProcesses, eventually, unique_name
@@ -30,7 +31,8 @@ MISLEADING = "is JetStream enabled on the server?"
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedCluster]:
     """One 3-node cluster for the tests that kill nothing (each under its own prefix)."""
-    with EmbeddedCluster(tmp_path_factory.mktemp("cluster")) as running:
+    tags = [["az:1"], ["az:2"], ["az:3"]]
+    with EmbeddedCluster(tmp_path_factory.mktemp("cluster"), tags=tags) as running:
         yield running
 
 
@@ -113,7 +115,7 @@ async def test_a_deployment_grows_from_r1_to_r3_with_its_data(
         assert {(a.replicas, a.action) for a in seen} == {(1, "in place")}
         warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
         assert len(warned) == 12, warned
-        assert all("R3 asked, not changed here" in w for w in warned)
+        assert all("(replicas 1 → 3 asked, not changed here)" in w for w in warned)
         assert all("`jetagent provision` applies it" in w for w in warned)
 
         # The operator grows it: every stream and bucket R1 → R3, once.
@@ -142,13 +144,75 @@ async def test_a_deployment_grows_from_r1_to_r3_with_its_data(
         assert refused.returncode == 2
         error = refused.stderr.strip()
         assert error.startswith("error: cannot change stream"), error
-        assert "from R3 to R5" in error
+        assert "(replicas 3 → 5)" in error
         assert "R5 needs 5 running servers" in error
-        assert "It was left at R3" in error
+        assert error.endswith("It is unchanged: R3.")
         assert "Traceback" not in refused.stderr
         assert {r for n, r in (await _replicas(nc, grown)).items() if "/" not in n} == {(3, 3)}
     finally:
         await nc.close()
+
+
+async def _placed(nc: NATS, settings: Settings) -> dict[str, tuple[str | None, int, bool]]:
+    """``{stream: (leader, peers, settled)}`` of the prefix's streams, from their leaders."""
+    upper = settings.prefix.upper()
+    found = {}
+    for info in await nc.jetstream().streams_info():
+        name = info.config.name or ""
+        if not name.startswith((f"{upper}_", f"KV_{upper}_", f"OBJ_{upper}_")):
+            continue
+        reply = await nc.request(f"$JS.API.STREAM.INFO.{name}", b"", timeout=5)
+        placed = json.loads(reply.data).get("cluster") or {}
+        peers = 1 + len(placed.get("replicas") or [])
+        # "desired": a move or a resize not settled yet.
+        found[name] = (placed.get("leader"), peers, "desired" not in placed)
+    return found
+
+
+async def test_a_deployment_moves_to_the_servers_its_tags_name(cluster: EmbeddedCluster) -> None:
+    on2 = Settings(nats_url=cluster.url, prefix=_prefix(), replicas=1, placement_tags="AZ:2")
+    on3 = on2.model_copy(update={"placement_tags": "az:3"})
+    nc = await nats.connect(cluster.urls)
+    try:
+        await provision(nc, on2, consumers=False)
+        assert set((await _placed(nc, on2)).values()) == {("jetagent-n2", 1, True)}
+        for i in range(20):
+            await nc.jetstream().publish(f"{on2.prefix}.request.default", f"{i}".encode())
+
+        # A service configured for az:3 leaves the deployment where it is, and says so.
+        seen = await provision(nc, on3, consumers=False)
+        assert {a.action for a in seen} == {"in place"}
+        assert all(a.attention for a in seen)
+        assert {a.detail for a in seen} == {
+            "placement tags az:2 → tags az:3 asked, not changed here"
+        }
+
+        # The operator applies it: every stream moves, its messages with it.
+        moved = await provision(nc, on3, consumers=False, change_existing=True)
+        assert {(a.action, a.detail) for a in moved} == {
+            ("updated", "placement tags az:2 → tags az:3")
+        }
+
+        async def settled() -> bool:
+            return set((await _placed(nc, on3)).values()) == {("jetagent-n3", 1, True)}
+
+        await eventually(settled, timeout=30, what="every stream on jetagent-n3")
+        assert (await nc.jetstream().stream_info(on3.names.requests_stream)).state.messages == 20
+        again = await provision(nc, on3, consumers=False, change_existing=True)
+        assert {a.action for a in again} == {"in place"}
+
+        # Tags no server has: refused with the reason, and nothing moves.
+        nowhere = on3.model_copy(update={"placement_tags": "az:9"})
+        with pytest.raises(StreamConfigError) as raised:
+            await provision(nc, nowhere, consumers=False, change_existing=True)
+        assert set((await _placed(nc, on3)).values()) == {("jetagent-n3", 1, True)}
+    finally:
+        await nc.close()
+    message = str(raised.value)
+    assert message.startswith(f"cannot change stream '{on3.names.requests_stream}'")
+    assert "tags not matched ['az:9']" in message
+    assert "R1 needs 1 running servers with JetStream and the placement (tags az:9)" in message
+    assert message.endswith("It is unchanged: R1, placement tags az:3.")
 
 
 def _meta_leader(servers: list[EmbeddedServer]) -> str | None:

@@ -373,6 +373,9 @@ class EmbeddedCluster:
     name: str = "jetagent"
     max_payload: int | None = None
     ready_timeout: float = 30.0
+    tags: Sequence[Sequence[str]] = ()
+    """Server tags of each node (nats-server ``server_tags``), for stream placement:
+    ``[["az:1"], ["az:2"], ["az:3"]]``; none by default."""
     servers: list[EmbeddedServer] = field(default_factory=list, init=False)
 
     @property
@@ -396,6 +399,7 @@ class EmbeddedCluster:
                 routes=[p for p in cluster_ports if p != port],
                 max_payload=self.max_payload,
                 ready_timeout=self.ready_timeout,
+                extra_config=_server_tags(self.tags[i] if i < len(self.tags) else ()),
             )
             for i, port in enumerate(cluster_ports)
         ]
@@ -449,6 +453,12 @@ class EmbeddedCluster:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _server_tags(tags: Sequence[str]) -> str:
+    if not tags:
+        return ""
+    return "server_tags: [" + ", ".join(json.dumps(t) for t in tags) + "]"
 
 
 def _meta_cluster(server: EmbeddedServer) -> dict[str, Any]:

@@ -6,9 +6,10 @@ reads), so the same files serve ``jetagent provision``, the nats CLI and reviews
 an existing stream cannot become in place is refused with the reason: nats-server cannot
 change a stream's storage type or its retention to or from work-queue, and jetagent never
 changes a stream's subjects (removing one would orphan the messages stored under it;
-adding one could merge another application's stream of the same name). Its replicas can
-change in place (nats-server copies the messages to the new peers; docs/ARCHITECTURE.md
-§5, fact 13), and do when the caller allows it (``resize``).
+adding one could merge another application's stream of the same name). Its replicas and
+its placement can change in place (nats-server copies the messages to the new peers, or
+moves the stream; docs/ARCHITECTURE.md §5, fact 13), and do when the caller allows it
+(``change_existing``).
 """
 
 from __future__ import annotations
@@ -27,17 +28,11 @@ from jetagent.jetstream.headers import ErrorCode
 
 __all__ = [
     "Applied",
-    "Resize",
     "ensure_stream",
     "load_definition",
     "stream_last_seq",
     "stream_problems",
 ]
-
-Resize = Literal["never", "grow", "any"]
-"""What :func:`ensure_stream` may do to an existing stream's replicas: leave them
-(``never``: a service, whose user may not change streams; a difference is reported),
-raise them to the asked count (``grow``), or set them to it (``any``)."""
 
 
 @dataclass(frozen=True)
@@ -151,14 +146,41 @@ def _replicas(config: dict[str, Any]) -> int:
     return int(config.get("num_replicas") or 1)
 
 
-def _hint(err_code: int, replicas: int) -> str:
+def placement_text(placement: dict[str, Any] | None) -> str:
+    """``cluster 'east', tags ssd, az:1`` (``anywhere`` for no placement)."""
+    cluster, tags = _placement(placement)
+    parts = [f"cluster {cluster!r}"] if cluster else []
+    if tags:
+        parts.append("tags " + ", ".join(tags))
+    return ", ".join(parts) or "anywhere"
+
+
+def _placement(placement: dict[str, Any] | None) -> tuple[str | None, tuple[str, ...]]:
+    # nats-server lower-cases server tags, and placement tags with them.
+    placement = placement or {}
+    tags = tuple(sorted(str(t).lower() for t in placement.get("tags") or ()))
+    return placement.get("cluster") or None, tags
+
+
+def _describe(config: dict[str, Any]) -> str:
+    where = config.get("placement")
+    return f"R{_replicas(config)}" + (f", placement {placement_text(where)}" if where else "")
+
+
+def _hint(err_code: int, config: dict[str, Any]) -> str:
+    replicas = _replicas(config)
     if err_code == ErrorCode.NO_SUITABLE_PEERS:
+        where = ""
+        if config.get("placement"):
+            where = f" and the placement ({placement_text(config['placement'])})"
         return (
-            f" (R{replicas} needs {replicas} running servers with JetStream in the cluster: "
-            "is one of them down, or is the cluster smaller?)"
+            f" (R{replicas} needs {replicas} running servers with JetStream{where} in the "
+            "cluster: is one of them down, or are there fewer?)"
         )
     if err_code == ErrorCode.REPLICAS_NOT_SUPPORTED:
         return " (the server runs alone, not in a cluster: it holds R1 streams only)"
+    if err_code == ErrorCode.STREAM_MOVE_IN_PROGRESS:
+        return " (an earlier change is still moving it: try again once it has settled)"
     return ""
 
 
@@ -167,17 +189,19 @@ async def ensure_stream(
     config: dict[str, Any],
     *,
     create: bool = True,
-    resize: Resize = "never",
+    change_existing: bool = False,
     keep_more: bool = False,
     timeout: float = 5.0,
     deadline: ApiDeadline | None = None,
     kind: str = "stream",
     label: str | None = None,
 ) -> Applied:
-    """Create the stream if it is missing, check that an existing one fits ``config``,
-    and bring its replicas to ``config["num_replicas"]`` as far as ``resize`` allows.
-    With ``keep_more`` fewer replicas than the stream has are not asked for ("auto":
-    a node that is down is missing from the servers a cluster advertises).
+    """Create the stream if it is missing, or check that the existing one fits
+    ``config``; with ``change_existing``, bring its replicas (``num_replicas``) and its
+    placement (``placement``, when given) to ``config``'s. Without it a difference is
+    only reported (:attr:`Applied.attention`). With ``keep_more`` fewer replicas than the
+    stream has are not asked for ("auto": a node that is down is missing from the servers
+    a cluster advertises).
 
     Idempotent. Waits up to ``timeout`` seconds in all (or ``deadline``) while leaders
     are elected. ``kind`` and ``label`` name it in the returned :class:`Applied` (a KV
@@ -196,7 +220,7 @@ async def ensure_stream(
     )
     if info.error is None and info.config is not None:
         return await _check_existing(
-            nc, info.config, config, resize, keep_more, deadline, kind, label
+            nc, info.config, config, change_existing, keep_more, deadline, kind, label
         )
     if info.error is not None and info.error.err_code != ErrorCode.STREAM_NOT_FOUND:
         raise StreamConfigError(f"cannot read stream {name!r}: {info.error.description}")
@@ -216,13 +240,13 @@ async def ensure_stream(
                 nc,
                 config,
                 create=False,
-                resize=resize,
+                change_existing=change_existing,
                 keep_more=keep_more,
                 deadline=deadline,
                 kind=kind,
                 label=label,
             )
-        hint = _hint(created.error.err_code, _replicas(config))
+        hint = _hint(created.error.err_code, config)
         raise StreamConfigError(
             f"cannot create {kind} {label!r}: {created.error.description}{hint}"
         )
@@ -241,7 +265,7 @@ async def _check_existing(
     nc: NATS,
     actual: dict[str, Any],
     wanted: dict[str, Any],
-    resize: Resize,
+    change_existing: bool,
     keep_more: bool,
     deadline: ApiDeadline,
     kind: str,
@@ -256,28 +280,47 @@ async def _check_existing(
             + ". Fix or delete the stream, or set NATS_STREAM to another name."
         )
     have = _replicas(actual)
+    changes: dict[str, Any] = {}
+    said: list[str] = []
     want = _replicas(wanted)
-    if "num_replicas" not in wanted or want == have or (want < have and keep_more):
-        return Applied(label, kind, have, "in place")
-    if not (resize == "any" or (resize == "grow" and want > have)):
-        return Applied(
-            label, kind, have, "in place", f"R{want} asked, not changed here", attention=True
+    if "num_replicas" in wanted and want != have and not (want < have and keep_more):
+        changes["num_replicas"] = want
+        said.append(f"replicas {have} → {want}")
+    if "placement" in wanted and _placement(actual.get("placement")) != _placement(
+        wanted["placement"]
+    ):
+        changes["placement"] = wanted["placement"]
+        said.append(
+            f"placement {placement_text(actual.get('placement'))} → "
+            f"{placement_text(wanted['placement'])}"
         )
-    changed = {**actual, "num_replicas": want}
+    if not changes:
+        return Applied(label, kind, have, "in place")
+    if not change_existing:
+        asked = "; ".join(said)
+        return Applied(
+            label, kind, have, "in place", f"{asked} asked, not changed here", attention=True
+        )
     updated = await api_request(
         nc,
         f"$JS.API.STREAM.UPDATE.{name}",
-        json.dumps(changed).encode(),
+        json.dumps({**actual, **changes}).encode(),
         _StreamReply,
         deadline=deadline,
         waiting_for=_leader(name),
     )
     if updated.error is not None:
-        hint = _hint(updated.error.err_code, want)
         raise StreamConfigError(
-            f"cannot change {kind} {label!r} from R{have} to R{want}: "
-            f"{updated.error.description}{hint}. It was left at R{have}."
+            f"cannot change {kind} {label!r} ({'; '.join(said)}): "
+            f"{updated.error.description}{_hint(updated.error.err_code, {**actual, **changes})}"
+            f". It is unchanged: {_describe(actual)}."
         )
     # nats-server answers once the change is agreed; the new peers catch up afterwards
     # (the stream stays available meanwhile).
-    return Applied(label, kind, want, "updated", f"replicas {have} → {want}")
+    return Applied(
+        label,
+        kind,
+        _replicas(changes) if "num_replicas" in changes else have,
+        "updated",
+        "; ".join(said),
+    )

@@ -89,6 +89,8 @@ class ErrorCode(IntEnum):
     """An expected-sequence check failed: ``wrong last sequence: <actual>``."""
     REPLICAS_NOT_SUPPORTED = 10074
     """More than one replica asked of a server that is not in a JetStream cluster."""
+    STREAM_MOVE_IN_PROGRESS = 10124
+    """A stream is still moving to the peers of an earlier placement change."""
     ATOMIC_PUBLISH_DISABLED = 10174
     """A batch was sent to a stream without ``allow_atomic``."""
     BATCH_TOO_LARGE = 10199

@@ -32,8 +32,13 @@ from nats.aio.client import Client as NATS
 from jetagent.config import Settings
 from jetagent.errors import ConfigError
 from jetagent.jetstream._api import ApiDeadline, ApiReply, api_request
-from jetagent.jetstream._placement import ReplicaPlan, cluster_shape, plan_replicas
-from jetagent.jetstream._streams import Applied, Resize, ensure_stream
+from jetagent.jetstream._placement import (
+    ClusterShape,
+    ReplicaPlan,
+    cluster_shape,
+    plan_replicas,
+)
+from jetagent.jetstream._streams import Applied, ensure_stream
 from jetagent.jetstream.headers import ErrorCode
 from jetagent.subjects import Names
 
@@ -77,7 +82,13 @@ def _fill(value: Any, names: Names, extra: dict[str, str]) -> Any:
 def replica_plan(nc: NATS, settings: Settings) -> ReplicaPlan:
     """The replicas the platform's streams get on the deployment ``nc`` is connected to
     (``JETAGENT_REPLICAS``); ConfigError for a count a single server cannot hold."""
-    return plan_replicas(settings.replicas, cluster_shape(nc))
+    shape = cluster_shape(nc)
+    elsewhere = settings.placement_cluster
+    if elsewhere and elsewhere != shape.cluster:
+        # Placed in another cluster of a super-cluster: this server does not advertise
+        # that cluster's servers.
+        shape = ClusterShape(cluster=elsewhere, servers=None)
+    return plan_replicas(settings.replicas, shape)
 
 
 def _count(settings: Settings, replicas: int | None) -> int | None:
@@ -96,6 +107,8 @@ def stream_configs(settings: Settings, *, replicas: int | None = None) -> list[d
         config = _fill(raw, settings.names, {})
         if count is not None:
             config["num_replicas"] = count
+        if settings.placement is not None:
+            config["placement"] = settings.placement
         configs.append(config)
     return configs
 
@@ -150,9 +163,11 @@ def bucket_configs(
             "allow_rollup_hdrs": True,
         }
         out.append(("object store", bucket, config))
-    if count is not None:
-        for _, _, config in out:
+    for _, _, config in out:
+        if count is not None:
             config["num_replicas"] = count
+        if settings.placement is not None:
+            config["placement"] = settings.placement
     return out
 
 
@@ -320,9 +335,6 @@ async def provision(
         " for new streams" if plan.auto else "",
         plan.reason,
     )
-    resize: Resize = "never"
-    if change_existing:
-        resize = "grow" if plan.auto else "any"  # "auto" never shrinks a stream
     # Only the meta leader answers $JS.API.INFO: JetStream is there, and led, or this
     # waits for its election (or says JetStream is off).
     await api_request(nc, "$JS.API.INFO", b"", ApiReply, deadline=deadline)
@@ -336,7 +348,7 @@ async def provision(
     replicas_of: dict[str, int] = {}
     for config in stream_configs(settings, replicas=plan.replicas):
         applied = await ensure_stream(
-            nc, config, resize=resize, keep_more=plan.auto, deadline=deadline
+            nc, config, change_existing=change_existing, keep_more=plan.auto, deadline=deadline
         )
         replicas_of[config["name"]] = applied.replicas
         note(applied)
@@ -345,7 +357,7 @@ async def provision(
             await ensure_stream(
                 nc,
                 config,
-                resize=resize,
+                change_existing=change_existing,
                 keep_more=plan.auto,
                 deadline=deadline,
                 kind=kind,
