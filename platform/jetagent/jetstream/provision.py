@@ -8,11 +8,13 @@ place (one INFO line each, or an :class:`Applied` to whoever asks).
   "auto": R3 on a cluster of three or more servers, R1 on one; see
   :mod:`jetagent.jetstream._placement`). Consumers follow their stream's (a consumer's
   ``num_replicas`` 0), so they change with it.
-- **Changes to an existing deployment** (R1 → R3 when it grows) are applied by
-  ``jetagent provision`` (``change_existing``): "auto" only grows a stream, an explicit
-  count sets it. A service leaves existing streams as they are (its NATS user may not
-  change streams) and warns when one differs from what it was asked. What cannot change
-  in place (storage type, retention, subjects) is refused with the reason
+- **Placement**: ``JETAGENT_PLACEMENT_TAGS`` / ``_CLUSTER`` become every stream's and
+  bucket's ``placement``; unset, a stream's placement is left as it is.
+- **Changes to an existing deployment** (R1 → R3 when it grows, a new placement) are
+  applied by ``jetagent provision`` (``change_existing``): "auto" only grows a stream, an
+  explicit count sets it. A service leaves existing streams as they are (its NATS user
+  may not change streams) and warns when one differs from what it was asked. What cannot
+  change in place (storage type, retention, subjects) is refused with the reason
   (:func:`jetagent.jetstream._streams.stream_problems`).
 - **Elections are waited out**: every request rides leader elections under one deadline
   (``JETAGENT_PROVISION_WAIT_S``) with progress lines, and a server without JetStream is
@@ -32,6 +34,7 @@ from nats.aio.client import Client as NATS
 from jetagent.config import Settings
 from jetagent.errors import ConfigError
 from jetagent.jetstream._api import ApiDeadline, ApiReply, api_request
+from jetagent.jetstream._consumers import ConsumerList, consumer_changes, ensure_consumer, report
 from jetagent.jetstream._placement import (
     ClusterShape,
     ReplicaPlan,
@@ -39,18 +42,19 @@ from jetagent.jetstream._placement import (
     plan_replicas,
 )
 from jetagent.jetstream._streams import Applied, ensure_stream
-from jetagent.jetstream.headers import ErrorCode
 from jetagent.subjects import Names
 
 __all__ = [
     "STREAM_FILES",
     "Applied",
     "bucket_configs",
+    "consumer_changes",
     "consumer_config",
     "ensure_consumer",
     "provision",
     "repair_capability_consumers",
     "replica_plan",
+    "report",
     "stream_configs",
 ]
 
@@ -180,123 +184,6 @@ def consumer_config(settings: Settings, kind: str, **extra: str) -> dict[str, An
     return config
 
 
-def report(applied: Applied) -> None:
-    """Say what provisioning did about one item: an INFO line, or a warning when the
-    item differs from what was asked and was left alone."""
-    if applied.attention:
-        log.warning("provisioning: %s; `jetagent provision` applies it", applied.line())
-    else:
-        log.info("provisioning: %s", applied.line())
-
-
-class _ConsumerReply(ApiReply):
-    config: dict[str, Any] | None = None
-    cluster: dict[str, Any] | None = None
-
-
-class _ConsumerList(ApiReply):
-    consumers: list[dict[str, Any]] | None = None
-    total: int = 0
-
-
-def _filters(config: dict[str, Any]) -> set[str]:
-    # nats-server keeps a single filter as filter_subject, whichever way it was given.
-    found = set(config.get("filter_subjects") or [])
-    if config.get("filter_subject"):
-        found.add(config["filter_subject"])
-    return found
-
-
-def consumer_changes(actual: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
-    """The settings of ``wanted`` an existing consumer (``actual``) does not have."""
-    changes = []
-    if ("filter_subject" in wanted or "filter_subjects" in wanted) and (
-        _filters(actual) != _filters(wanted)
-    ):
-        changes.append("filter subjects")
-    if actual.get("backoff") and not wanted.get("backoff"):
-        changes.append("backoff removed")  # it would replace the ack wait (§5, fact 4)
-    for key, value in wanted.items():
-        if key in ("filter_subject", "filter_subjects", "backoff"):
-            continue
-        have = actual.get(key)
-        if (have or None) != (value or None):
-            changes.append(f"{key} {have!r} → {value!r}")
-    return changes
-
-
-def _consumer_replicas(
-    config: dict[str, Any], reply: _ConsumerReply, stream_replicas: int | None
-) -> int:
-    if config.get("num_replicas"):
-        return int(config["num_replicas"])
-    if stream_replicas is not None:
-        return stream_replicas
-    peers = (reply.cluster or {}).get("replicas") or []
-    return 1 + len(peers)
-
-
-async def ensure_consumer(
-    nc: NATS,
-    config: dict[str, Any],
-    *,
-    timeout: float = 5.0,
-    deadline: ApiDeadline | None = None,
-    stream_replicas: int | None = None,
-    on_applied: Callable[[Applied], None] | None = report,
-) -> Applied:
-    """Create the durable consumer, or update it to ``config``; idempotent. Says what it
-    did (``on_applied``, default: a log line) and returns it. ``stream_replicas`` is its
-    stream's, when known (a consumer with ``num_replicas`` 0 follows it)."""
-    config = dict(config)
-    stream = config.pop("stream")
-    name = config["durable_name"]
-    deadline = deadline or ApiDeadline(timeout, per_try_s=min(2.0, timeout))
-    info = await api_request(
-        nc,
-        f"$JS.API.CONSUMER.INFO.{stream}.{name}",
-        b"",
-        _ConsumerReply,
-        deadline=deadline,
-        waiting_for=f"the leader of consumer {name} on {stream}",
-    )
-    if info.error is None and info.config is not None:
-        changes = consumer_changes(info.config, config)
-        if not changes:
-            applied = Applied(
-                name, "consumer", _consumer_replicas(config, info, stream_replicas), "in place"
-            )
-            if on_applied is not None:
-                on_applied(applied)
-            return applied
-        action, detail = "updated", "; ".join(changes)
-    elif info.error is not None and info.error.err_code == ErrorCode.CONSUMER_NOT_FOUND:
-        action, detail = "created", ""
-    else:
-        reason = info.error.description if info.error is not None else "no config in the reply"
-        raise ConfigError(f"cannot read consumer {name} on {stream}: {reason}")
-    body = json.dumps({"stream_name": stream, "config": config}).encode()
-    reply = await api_request(
-        nc, f"$JS.API.CONSUMER.CREATE.{stream}.{name}", body, _ConsumerReply, deadline=deadline
-    )
-    if reply.error is not None:
-        verb = "create" if action == "created" else "update"
-        raise ConfigError(
-            f"cannot {verb} consumer {name} on {stream}: {reply.error.description}"
-            + (f" (changing {detail})" if detail else "")
-        )
-    applied = Applied(
-        name,
-        "consumer",
-        _consumer_replicas(config, reply, stream_replicas),
-        "created" if action == "created" else "updated",
-        detail,
-    )
-    if on_applied is not None:
-        on_applied(applied)
-    return applied
-
-
 def _deadline(
     settings: Settings, timeout: float, progress: Callable[[str], None] | None
 ) -> ApiDeadline:
@@ -402,7 +289,7 @@ async def repair_capability_consumers(
             nc,
             f"$JS.API.CONSUMER.LIST.{stream}",
             json.dumps({"offset": offset}).encode(),
-            _ConsumerList,
+            ConsumerList,
             deadline=deadline,
         )
         if listing.error is not None:
