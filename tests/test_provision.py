@@ -113,6 +113,8 @@ accounts {
     users: [
       {user: "svc", password: "svc-pw",
        permissions: {publish: {allow: ["$JS.API.INFO"]}, subscribe: {allow: ["_INBOX.>"]}}}
+      {user: "deaf", password: "deaf-pw",
+       permissions: {publish: {allow: [">"]}, subscribe: {deny: ["_INBOX.>"]}}}
     ]
   }
 }
@@ -127,7 +129,15 @@ accounts {
             assert time.monotonic() - started < 3.0
         finally:
             await nc.close()
+        # A user who may not hear replies: every request would time out.
+        nc = await nats.connect(server.url, user="deaf", password="deaf-pw")
+        try:
+            with pytest.raises(NotPermittedError) as deaf:
+                await provision(nc, _settings(server.url, unique), timeout=0.5)
+        finally:
+            await nc.close()
     assert "may not publish to $JS.API.STREAM.INFO." in str(raised.value)
+    assert "may not subscribe to its reply inbox" in str(deaf.value)
 
 
 async def test_one_node_gets_r1_and_each_item_is_said_once_then_found_in_place(

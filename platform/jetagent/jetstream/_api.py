@@ -132,13 +132,20 @@ class ApiDeadline:
 def _denied(nc: NATS, subject: str) -> NotPermittedError | None:
     # nats-py reports a Permissions Violation only to the error callback and as
     # last_error (lower-cased); the request itself just times out.
-    error = nc.last_error
-    text = str(error or "")
-    if "permissions violation" in text and subject.lower() in text:
+    text = str(nc.last_error or "")
+    if "permissions violation" not in text:
+        return None
+    refused = text.removeprefix("nats: ")
+    if subject.lower() in text:
         return NotPermittedError(
-            f"the NATS user may not publish to {subject} (the server refused it: "
-            f"{text.removeprefix('nats: ')}); grant it in the server's permissions "
-            "(nats/accounts.conf)"
+            f"the NATS user may not publish to {subject} (the server refused it: {refused}); "
+            "grant it in the server's permissions (nats/accounts.conf)"
+        )
+    if "subscription" in text and "_inbox." in text:
+        return NotPermittedError(
+            f"the NATS user may not subscribe to its reply inbox, so no JetStream API reply "
+            f"can reach it (the server refused it: {refused}); allow it to subscribe to "
+            "_INBOX.> in the server's permissions (nats/accounts.conf)"
         )
     return None
 

@@ -90,18 +90,20 @@ async def ensure_consumer(
     nc: NATS,
     config: dict[str, Any],
     *,
-    timeout: float = 5.0,
+    timeout: float = 2.0,
+    wait_s: float = 60.0,
     deadline: ApiDeadline | None = None,
     stream_replicas: int | None = None,
     on_applied: Callable[[Applied], None] | None = report,
 ) -> Applied:
     """Create the durable consumer, or update it to ``config``; idempotent. Says what it
     did (``on_applied``, default: a log line) and returns it. ``stream_replicas`` is its
-    stream's, when known (a consumer with ``num_replicas`` 0 follows it)."""
+    stream's, when known (a consumer with ``num_replicas`` 0 follows it). Rides leader
+    elections for up to ``wait_s`` seconds (or ``deadline``), ``timeout`` per try."""
     config = dict(config)
     stream = config.pop("stream")
     name = config["durable_name"]
-    deadline = deadline or ApiDeadline(timeout, per_try_s=min(2.0, timeout))
+    deadline = deadline or ApiDeadline(wait_s, per_try_s=timeout)
     info = await api_request(
         nc,
         f"$JS.API.CONSUMER.INFO.{stream}.{name}",
