@@ -278,7 +278,8 @@ async def repair_capability_consumers(
     no ``backoff`` (the server would use its first value as the ack wait), the ack wait
     ``step_ack_wait_s``, no server-side delivery limit (workers count deliveries), and
     its stream's replicas. Workers do this for their own consumers at start; ``jetagent
-    provision`` does it for all of them. Idempotent; returns what it changed."""
+    provision`` does it for all of them. Idempotent; returns what it changed, and tells
+    ``on_applied`` of every one (changed or in place)."""
     stream = settings.names.workflows_stream
     ack_wait = int(settings.step_ack_wait_s * 1e9)
     deadline = _deadline(settings, timeout, progress)
@@ -306,6 +307,9 @@ async def repair_capability_consumers(
                 and config.get("max_deliver") == -1
                 and not config.get("num_replicas")
             ):
+                if on_applied is not None:
+                    peers = (info.get("cluster") or {}).get("replicas") or []
+                    on_applied(Applied(name, "consumer", 1 + len(peers), "in place"))
                 continue
             config.pop("backoff", None)
             config["ack_wait"] = ack_wait
