@@ -261,6 +261,25 @@ async def ensure_stream(
     return Applied(label, kind, _replicas(created.config), "created")
 
 
+async def _has(nc: NATS, name: str, changes: dict[str, Any], deadline: ApiDeadline) -> bool:
+    """Whether the stream already has ``changes``: an update retried after a lost reply
+    finds its first try applied (a placement change then reports a move in progress)."""
+    info = await api_request(
+        nc,
+        f"$JS.API.STREAM.INFO.{name}",
+        b"",
+        _StreamReply,
+        deadline=deadline,
+        waiting_for=_leader(name),
+    )
+    config = info.config or {}
+    if "num_replicas" in changes and _replicas(config) != changes["num_replicas"]:
+        return False
+    return "placement" not in changes or _placement(config.get("placement")) == _placement(
+        changes["placement"]
+    )
+
+
 async def _check_existing(
     nc: NATS,
     actual: dict[str, Any],
@@ -307,9 +326,8 @@ async def _check_existing(
         json.dumps({**actual, **changes}).encode(),
         _StreamReply,
         deadline=deadline,
-        waiting_for=_leader(name),
     )
-    if updated.error is not None:
+    if updated.error is not None and not await _has(nc, name, changes, deadline):
         raise StreamConfigError(
             f"cannot change {kind} {label!r} ({'; '.join(said)}): "
             f"{updated.error.description}{_hint(updated.error.err_code, {**actual, **changes})}"
