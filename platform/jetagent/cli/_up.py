@@ -15,6 +15,7 @@ import contextlib
 import os
 import signal
 import sys
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -174,14 +175,19 @@ class Platform:
 
     async def _provision(self) -> None:
         from jetagent.jetstream import connect
-        from jetagent.jetstream.provision import provision
+        from jetagent.jetstream.provision import provision, replica_plan
 
         nc = await connect(self.url, name="jetagent.up", creds=self.settings.nats_creds)
         try:
-            done = await provision(nc, self.settings)
+            plan = replica_plan(nc, self.settings)
+            done = await provision(nc, self.settings, change_existing=True, on_applied=None)
         finally:
             await nc.close()
-        self.console.print(f"provisioned {len(done)} streams, buckets and consumers")
+        actions = Counter(a.action for a in done)
+        self.console.print(
+            f"provisioned {len(done)} streams, buckets and consumers, R{plan.replicas} "
+            f"({plan.reason}): " + ", ".join(f"{n} {action}" for action, n in actions.items())
+        )
 
     async def wait_ready(self, timeout: float = 30.0) -> None:
         """Wait until every worker's consumer exists and its tools are registered."""

@@ -3,8 +3,12 @@
     jetagent.errors.JetagentError
      ├── UnavailableError
      │    └── JetStreamUnavailableError   NATS unreachable, no answer in time, or a write
-     │                                    refused for a reason that is not a conflict
-     ├── StreamConfigError                a stream is missing or unusable as configured
+     │         │                          refused for a reason that is not a conflict
+     │         └── JetStreamNotEnabledError   nothing serves the JetStream API (the server
+     │                                        or the account has no JetStream)
+     ├── NotPermittedError                the NATS user may not use a JetStream API subject
+     ├── StreamConfigError                a stream is missing or unusable as configured,
+     │                                    or a change to it cannot be applied
      ├── WriteTooLargeError               more messages than one atomic write may hold
      └── ConcurrencyConflict              an expected-sequence check failed: nothing written
 
@@ -19,7 +23,9 @@ from jetagent.errors import JetagentError, UnavailableError
 
 __all__ = [
     "ConcurrencyConflict",
+    "JetStreamNotEnabledError",
     "JetStreamUnavailableError",
+    "NotPermittedError",
     "StreamConfigError",
     "WriteTooLargeError",
 ]
@@ -30,8 +36,19 @@ class JetStreamUnavailableError(UnavailableError):
     for a reason other than a conflict (a limit, a setting)."""
 
 
+class JetStreamNotEnabledError(JetStreamUnavailableError):
+    """Nothing answers the JetStream API: the server runs without JetStream, or the
+    account the connection logged in to has none. Waiting does not help."""
+
+
+class NotPermittedError(JetagentError):
+    """The server refused a JetStream API request: the connection's NATS user may not
+    publish to its subject (the server's permissions, e.g. ``nats/accounts.conf``)."""
+
+
 class StreamConfigError(JetagentError):
-    """A stream is missing, or has settings the caller cannot work with."""
+    """A stream is missing, has settings the caller cannot work with, or cannot be
+    changed as asked (the message says why)."""
 
 
 class WriteTooLargeError(JetagentError):

@@ -70,6 +70,15 @@ class Header:
 class ErrorCode(IntEnum):
     """JetStream API ``err_code`` values that jetagent acts on."""
 
+    NO_SUITABLE_PEERS = 10005
+    """No servers to place a stream or consumer on (more replicas than servers running,
+    a peer offline, placement tags nobody has)."""
+    CLUSTER_NOT_AVAILABLE = 10008
+    """The JetStream cluster has no meta leader right now (an election): try again."""
+    CONSUMER_NOT_FOUND = 10014
+    """No consumer of this name on the stream."""
+    NOT_ENABLED_FOR_ACCOUNT = 10039
+    """The account the connection logged in to has no JetStream."""
     STREAM_INVALID_CONFIG = 10052
     """The stream configuration is invalid (e.g. async persist mode with atomic batches)."""
     STREAM_NAME_IN_USE = 10058
@@ -78,6 +87,10 @@ class ErrorCode(IntEnum):
     """No stream of this name."""
     WRONG_LAST_SEQUENCE = 10071
     """An expected-sequence check failed: ``wrong last sequence: <actual>``."""
+    REPLICAS_NOT_SUPPORTED = 10074
+    """More than one replica asked of a server that is not in a JetStream cluster."""
+    STREAM_MOVE_IN_PROGRESS = 10124
+    """A stream is still moving to the peers of an earlier placement change."""
     ATOMIC_PUBLISH_DISABLED = 10174
     """A batch was sent to a stream without ``allow_atomic``."""
     BATCH_TOO_LARGE = 10199
