@@ -54,6 +54,13 @@ class Settings(BaseSettings):
     prefix: str = Field("ja", description="Subject prefix; stream names use it upper-cased.")
     replicas: int = Field(1, ge=1, le=5, description="Stream replicas (3 in a cluster).")
     data_dir: Path = Field(Path(".jetagent"), description="Embedded server's data folder.")
+    nats_port: int = Field(
+        4222,
+        ge=0,
+        le=65535,
+        description="Client port of the nats-server `jetagent up` starts (NATS's own "
+        "default, what nats tools and clients assume); 0 picks any free port.",
+    )
     tenants: str = Field(
         "default,demo", description="Comma-separated tenants accepted; '*' accepts any."
     )
