@@ -24,6 +24,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import tomllib
@@ -235,11 +236,20 @@ def test_the_shape_comparison_can_fail() -> None:
 
 def test_the_demo_output_matches_the_readme_sample(tmp_path: Path) -> None:
     [sample] = [b for b in BLOCKS if b.marker == "output" and b.marker_text == "make demo"]
-    env = _user_env(tmp_path)
-    # `make demo` runs `python -m jetagent.cli.demo`, which is `jetagent demo`.
-    demo = subprocess.run(
-        [str(JETAGENT), "demo"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180
-    )
+    # `up`'s port taken (a user's server, a running `up`): the demo takes a free one.
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        env = {**_user_env(tmp_path), "JETAGENT_NATS_PORT": str(taken.getsockname()[1])}
+        # `make demo` runs `python -m jetagent.cli.demo`, which is `jetagent demo`.
+        demo = subprocess.run(
+            [str(JETAGENT), "demo"],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
     assert demo.returncode == 0, demo.stdout + demo.stderr
     missing = matches_in_shape(sample.code, demo.stdout)
     assert not missing, (
