@@ -163,8 +163,8 @@ class Platform:
             for problem in discovery.announce(data_dir, self.url):
                 self.console.print(f"[yellow]warning:[/] {problem}", highlight=False)
             self.console.print(
-                f"NATS_URL={self.url}  (also in {discovery.url_file(data_dir)}: "
-                "`jetagent` commands and Client.connect() find it)",
+                f"NATS_URL={self.url}  (in {discovery.url_file(self.settings.data_dir)}: "
+                "other commands and Client.connect() use it)",
                 highlight=False,
             )
         env = {**os.environ, **self.settings.to_env(), "NATS_URL": self.url}
