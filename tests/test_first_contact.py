@@ -81,11 +81,12 @@ def test_up_keeps_its_port_and_the_commands_find_it(tmp_path: Path) -> None:
                 _commands_find_it(tmp_path, env, data, expected, port)
             up.send_signal(signal.SIGINT, group=True)
             assert up.wait(60) == 0, up.tail()
-        # Stopped: the URL is withdrawn, and no command connects to a stale one.
+        # Stopped: the URL is withdrawn.
         assert not url_file.exists()
-        gone = run_cli("dlq", env={**env, "JETAGENT_DATA_DIR": str(data)}, cwd=tmp_path)
-        assert gone.returncode == 2
-        assert "NATS_URL is not set" in _one_line(gone)
+    # ...and no command connects to a platform that is gone.
+    gone = run_cli("dlq", env={**env, "JETAGENT_DATA_DIR": str(data)}, cwd=tmp_path)
+    assert gone.returncode == 2
+    assert "NATS_URL is not set" in _one_line(gone)
     # Two starts, one URL: an exported NATS_URL stays true.
     assert urls == [expected, expected]
     assert written == [expected + "\n", expected + "\n"]
@@ -148,13 +149,9 @@ def test_a_port_held_by_another_program_is_explained(tmp_path: Path) -> None:
 
 def test_bad_ports_get_one_clear_line(tmp_path: Path) -> None:
     env = _env(tmp_path)
-    for args, expected in (
-        (["--port", "70000"], "70000"),
-        (["--port", "-1"], "-1"),
-    ):
-        result = run_cli("up", *args, "--data-dir", str(tmp_path / "data"), env=env)
-        assert result.returncode == 2, result.stdout
-        assert expected in _one_line(result)
+    result = run_cli("up", "--port", "70000", "--data-dir", str(tmp_path / "data"), env=env)
+    assert result.returncode == 2, result.stdout
+    assert "--port 70000 is not a port" in _one_line(result)
     bad_env = run_cli("up", env={**env, "JETAGENT_NATS_PORT": "http"}, cwd=tmp_path)
     assert bad_env.returncode == 2
     assert "JETAGENT_NATS_PORT" in _one_line(bad_env)
