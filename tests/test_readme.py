@@ -135,6 +135,8 @@ def _user_env(tmp_path: Path) -> dict[str, str]:
     env["XDG_STATE_HOME"] = str(tmp_path / "state")
     env["PYTHONUNBUFFERED"] = "1"
     env["COLUMNS"] = "120"
+    # A block that starts a server of its own never takes NATS's 4222 (a user's, maybe).
+    env["JETAGENT_NATS_PORT"] = "0"
     return env
 
 
