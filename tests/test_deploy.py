@@ -7,6 +7,7 @@ import os
 import subprocess
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import typer
@@ -85,3 +86,38 @@ def test_prometheus_scrapes_the_metrics_port() -> None:
     ]
     port = _compose()["services"]["projections"]["environment"]["JETAGENT_METRICS_PORT"]
     assert f"projections:{port}" in targets
+
+
+# The OTLP ports by protocol (the OpenTelemetry specification's defaults; Jaeger's too).
+OTLP_PORTS = {"http/protobuf": 4318, "grpc": 4317}
+
+
+def test_compose_sends_traces_to_the_trace_backends_otlp_port_for_its_protocol() -> None:
+    services = _compose()["services"]
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    jetagent = {n: s for n, s in services.items() if s.get("image") == "jetagent:latest"}
+    assert jetagent
+    for name, service in jetagent.items():
+        env = service["environment"]
+        endpoint = env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or env.get(
+            "OTEL_EXPORTER_OTLP_ENDPOINT"
+        )
+        assert endpoint, f"{name} exports no traces"
+        protocol = env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or env.get(
+            "OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"
+        )
+        assert protocol in OTLP_PORTS, f"{name}: unknown OTLP protocol {protocol!r}"
+        url = urlsplit(endpoint)
+        # The port is the one of the protocol spoken (HTTP to 4317 fails every export).
+        assert url.port == OTLP_PORTS[protocol], f"{name}: {protocol} to {endpoint}"
+        if protocol == "http/protobuf":
+            assert url.scheme in ("http", "https"), f"{name}: {endpoint}"
+        else:  # the gRPC exporter is an extra: the image must have it
+            assert "otlp-grpc" in dockerfile, f"{name} speaks gRPC; the image lacks the extra"
+        # The trace backend is a service of this file that receives OTLP.
+        backend = services.get(url.hostname or "")
+        assert backend is not None, f"{name}: no service {url.hostname!r} in compose"
+        assert "jaeger" in backend["image"], backend["image"]
+        assert str(backend["environment"]["COLLECTOR_OTLP_ENABLED"]).lower() == "true"
+        # Each service names itself in traces (per service and capability).
+        assert "OTEL_SERVICE_NAME" not in env, f"{name} would share one service name"

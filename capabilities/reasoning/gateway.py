@@ -34,6 +34,7 @@ from jetagent.errors import (
     TransientError,
 )
 from jetagent.llm import Message, ToolSpec
+from jetagent.logs import seconds
 from jetagent.models import ModelCatalog, ModelConfig
 
 from ._failures import exhausted as _exhausted
@@ -280,12 +281,12 @@ class ModelGateway:
                 )
             )
             log.info(
-                "%s%s rate limited (attempt %d of %d); retrying in %.2f s",
+                "%s%s rate limited (attempt %d of %d); retrying in %s s",
                 who,
                 model.name,
                 budget.rounds,
                 model.retry.max_attempts,
-                wait,
+                seconds(wait),
             )
             await asyncio.sleep(wait)
         if (

@@ -24,7 +24,7 @@ from nats.errors import Error as NatsError
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from opentelemetry.trace import SpanKind
 
-from jetagent import telemetry
+from jetagent import correlation, telemetry
 from jetagent._translate import check_nats_url, nats_errors
 from jetagent.config import Settings
 from jetagent.contract import Status, WorkflowRequest
@@ -247,8 +247,12 @@ class Client:
 
     async def _publish_request(self, request: WorkflowRequest) -> str:
         body = request.model_dump_json(exclude_none=True).encode()
-        attributes = {"jetagent.workflow_id": request.request_id, "jetagent.tenant": request.tenant}
-        with telemetry.span("jetagent submit", kind=SpanKind.PRODUCER, attributes=attributes):
+        # The span is a child of the caller's current span (its trace goes on through the
+        # workflow), with the workflow's ids (jetagent.telemetry, jetagent.correlation).
+        with (
+            correlation.correlate(workflow_id=request.request_id, tenant=request.tenant),
+            telemetry.span("jetagent submit", kind=SpanKind.PRODUCER),
+        ):
             await self.js.publish(
                 self.names.request(request.tenant),
                 body,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import re
 from pathlib import Path
+from typing import Literal
 from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, field_validator
@@ -110,6 +111,12 @@ class Settings(BaseSettings):
     )
     worker_concurrency: int = Field(16, ge=1, description="Steps one worker runs at once.")
     shutdown_grace_s: float = Field(20.0, ge=0, description="Seconds to finish steps on stop.")
+    log_format: Literal["text", "json"] = Field(
+        "text",
+        description="Services' log lines: plain text, or JSON objects one per line (for Loki, "
+        "Elastic); both carry the workflow, step, capability, tool and tenant being handled. "
+        "Also `jetagent --log-format`.",
+    )
     metrics_port: int = Field(9464, ge=0, le=65535, description="Prometheus /metrics port.")
     metrics_addr: str = Field("127.0.0.1", description="Address /metrics listens on.")
     models: str | None = Field(None, description="Model catalog TOML (default: built in).")
@@ -166,6 +173,11 @@ class Settings(BaseSettings):
         if self.nats_user is None:
             raise ConfigError("NATS_PASSWORD_FILE needs NATS_USER, the user it belongs to")
         return password
+
+    @field_validator("log_format", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
 
     @field_validator("prefix")
     @classmethod

@@ -1,96 +1,107 @@
-"""OpenTelemetry tracing: one workflow is one trace, across every service.
+"""OpenTelemetry tracing: one workflow is one trace, across every service — and, when the
+application that submits it traces, one trace with the application's own spans.
 
-``traceparent`` (W3C Trace Context) travels in NATS message headers: ``submit()`` starts
-the trace; the orchestrator continues it for each input and stamps its span on the
-events it appends; a worker continues it for the step and stamps its span on the
-``StepResult``; so spans of the client, every orchestrator decision and every step link
-into one trace. Model calls get spans with the GenAI semantic-convention attributes
-(``gen_ai.request.model``, ``gen_ai.usage.input_tokens`` ...).
+jetagent is a library here, and uses only OpenTelemetry's API, by the ecosystem's
+convention: spans come from the global tracer provider (``trace.get_tracer``) and trace
+context travels through the global propagator (``opentelemetry.propagate``). So an
+application that configured OpenTelemetry gets jetagent's spans in its own pipeline,
+under its own current span, with its own propagator; jetagent's service processes
+configure the SDK themselves, only when nothing else did (:mod:`jetagent.cli._telemetry`,
+from the standard ``OTEL_*`` variables).
 
-Off by default (the no-op tracer costs nearly nothing). Export is configured by the
-standard variables: set ``OTEL_EXPORTER_OTLP_ENDPOINT`` (or
-``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``) to send spans by OTLP/HTTP; ``OTEL_SERVICE_NAME``,
-``OTEL_RESOURCE_ATTRIBUTES`` and ``OTEL_SDK_DISABLED`` work as everywhere else.
+The context travels in NATS message headers: ``submit()`` opens a span and injects it
+into the request; the orchestrator continues it for each input and stamps its span on
+the events it appends; a worker continues it for the step and stamps its span on the
+``StepResult``; model calls are child spans of the step with the GenAI semantic-convention
+attributes. Every span carries the ids of the work in hand (``jetagent.workflow_id``,
+``jetagent.step_id``, ``jetagent.capability``, ``jetagent.tool``, ``jetagent.tenant``;
+:mod:`jetagent.correlation`).
+
+With no tracer provider configured anywhere, nothing is recorded and a service still
+passes the trace context it received on to the messages it writes, so the services that
+do trace stay in one trace.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime
+from importlib.metadata import PackageNotFoundError, version
 
-from opentelemetry import trace
+from opentelemetry import propagate, trace
 from opentelemetry.context import Context
-from opentelemetry.sdk.resources import SERVICE_NAME, Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.trace import Span, SpanKind, Tracer
-from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from jetagent import correlation
 
 __all__ = [
-    "configure",
+    "enabled",
     "extract",
     "inject",
     "model_call_span",
-    "setup_from_environment",
     "span",
     "tracer",
 ]
 
-_propagator = TraceContextTextMapPropagator()
-_provider: trace.TracerProvider | None = None
+try:
+    _VERSION = version("jetagent")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    _VERSION = "0"
 
-
-def configure(provider: trace.TracerProvider | None) -> None:
-    """Use ``provider`` for jetagent's spans (tests pass one with an in-memory exporter)."""
-    global _provider
-    _provider = provider
+_tracer: tuple[trace.TracerProvider, Tracer] | None = None
 
 
 def enabled() -> bool:
-    """Whether spans are recorded (a provider is configured)."""
-    return _provider is not None
+    """Whether a tracer provider is configured (the host application's, or the one a
+    jetagent service set up); until then spans cost nothing (none is even created)."""
+    return not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
 
 
 def tracer() -> Tracer:
-    return trace.get_tracer("jetagent", tracer_provider=_provider)
+    """jetagent's tracer from the global tracer provider (kept while that provider is)."""
+    global _tracer
+    provider = trace.get_tracer_provider()
+    if _tracer is None or _tracer[0] is not provider:
+        _tracer = (provider, provider.get_tracer("jetagent", _VERSION))
+    return _tracer[1]
 
 
-def setup_from_environment(service: str) -> TracerProvider | None:
-    """Export spans by OTLP when the standard ``OTEL_*`` variables ask for it."""
-    if os.environ.get("OTEL_SDK_DISABLED", "").lower() == "true":
-        return None
-    endpoint = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or os.environ.get(
-        "OTEL_EXPORTER_OTLP_ENDPOINT"
-    )
-    if not endpoint:
-        return None
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+_fields_of: tuple[object, frozenset[str]] | None = None
 
-    name = os.environ.get("OTEL_SERVICE_NAME") or f"jetagent-{service}"
-    provider = TracerProvider(resource=Resource.create({SERVICE_NAME: name}))
-    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
-    configure(provider)
-    return provider
+
+def _fields() -> frozenset[str]:
+    """The headers the global propagator reads and writes (``traceparent``, …), kept
+    while that propagator is (a composite one builds the set anew on each call)."""
+    global _fields_of
+    textmap = propagate.get_global_textmap()
+    if _fields_of is None or _fields_of[0] is not textmap:
+        _fields_of = (textmap, frozenset(textmap.fields))
+    return _fields_of[1]
 
 
 def inject(headers: dict[str, str], *, parent: Mapping[str, str] | None = None) -> dict[str, str]:
-    """Add the current span's ``traceparent`` to message headers; with tracing off, pass
-    the ``parent`` message's along, so a trace stays connected through this service."""
-    if _provider is None:
-        if parent is not None and "traceparent" in parent:
-            headers["traceparent"] = parent["traceparent"]
-        return headers
-    _propagator.inject(headers)
+    """Add the current trace context to message headers, with the global propagator.
+    With no span to inject (tracing off), pass the ``parent`` message's context along, so
+    a trace stays connected through this service."""
+    if enabled():
+        propagate.inject(headers)
+    if parent is not None:
+        fields = _fields()
+        if not fields.intersection(headers):
+            headers.update({key: parent[key] for key in fields if key in parent})
     return headers
 
 
 def extract(headers: Mapping[str, str] | None) -> Context | None:
-    """The trace context carried by message headers (None if there is none)."""
-    if not headers or "traceparent" not in headers:
+    """The trace context carried by message headers: ``None`` when there are no headers
+    (the current context applies), else the message's context (empty when it carries
+    none: its span then starts a trace of its own)."""
+    if headers is None:
         return None
-    return _propagator.extract(dict(headers))
+    if not _fields().intersection(headers):
+        return Context()
+    return propagate.extract(headers)
 
 
 @contextmanager
@@ -101,12 +112,16 @@ def span(
     kind: SpanKind = SpanKind.INTERNAL,
     attributes: Mapping[str, str | int | float | bool] | None = None,
 ) -> Iterator[Span]:
-    """A span, continuing the trace of ``parent`` message headers when given."""
-    if _provider is None:  # tracing off: not even the API's no-op span (a hot path)
+    """A span with the ids of the work in hand, continuing the trace of the ``parent``
+    message headers when given (else the current span's)."""
+    if not enabled():  # tracing off: not even the API's no-op span (a hot path)
         yield trace.INVALID_SPAN
         return
     with tracer().start_as_current_span(
-        name, context=extract(parent), kind=kind, attributes=dict(attributes or {})
+        name,
+        context=extract(parent),
+        kind=kind,
+        attributes={**correlation.span_attributes(), **(attributes or {})},
     ) as current:
         yield current
 
@@ -124,12 +139,14 @@ def model_call_span(
     ended: datetime,
     error: str | None = None,
 ) -> None:
-    """Record one provider call as a span with the GenAI semantic-convention attributes."""
-    if _provider is None:
+    """Record one provider call as a span (a child of the current one, the step's) with
+    the GenAI semantic-convention attributes: ``chat {model}``, kind CLIENT,
+    ``gen_ai.provider.name`` (which replaced the deprecated ``gen_ai.system``)."""
+    if not enabled():
         return
     attributes: dict[str, str | int] = {
+        **correlation.span_attributes(),
         "gen_ai.operation.name": "chat",
-        "gen_ai.system": provider,
         "gen_ai.provider.name": provider,
         "gen_ai.request.model": request_model,
         "jetagent.call.outcome": outcome,

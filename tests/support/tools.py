@@ -146,3 +146,49 @@ async def down_always(ctx: StepContext, note: str = "") -> str:
 
 
 TEST_TOOLS.append(down_always)
+
+
+def _append(path: str, line: str) -> None:
+    with open(path, "a") as file:
+        file.write(line)
+
+
+STUMBLES: list[tuple[str, int, float, float]] = []
+"""(workflow id, delivery, start, end) of every run of ``stumbling`` in this process, in
+``time.monotonic`` (CLOCK_MONOTONIC: comparable across processes of one machine)."""
+
+
+@tool(
+    description="Fail for now on the first `fails` runs, or be rate limited on the first "
+    "`fails` calls (retry after `retry_after` s, if given)."
+)
+async def stumbling(
+    ctx: StepContext,
+    fails: int,
+    retry_after: float | None = None,
+    log: str = "",
+    rate_limited: bool = False,
+) -> str:
+    import time
+
+    from jetagent import RateLimitedError, TransientError
+
+    started = time.monotonic()
+    try:
+        if rate_limited:  # waited out within the run: each call is one "run" here
+            calls = sum(1 for s in STUMBLES if s[0] == ctx.workflow_id) + 1
+            if calls <= fails:
+                raise RateLimitedError(f"rate limited on call {calls}", retry_after=retry_after)
+            return f"answered on call {calls}"
+        if ctx.deliveries <= fails:
+            raise TransientError(f"stumbled on run {ctx.deliveries}", retry_after=retry_after)
+        return f"stood on run {ctx.deliveries}"
+    finally:
+        ended = time.monotonic()
+        STUMBLES.append((ctx.workflow_id, ctx.deliveries, started, ended))
+        if log:  # a worker in another process: the test reads the runs from this file
+            line = f"{ctx.workflow_id} {ctx.deliveries} {started} {ended}\n"
+            await asyncio.to_thread(_append, log, line)
+
+
+TEST_TOOLS.append(stumbling)

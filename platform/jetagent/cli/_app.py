@@ -10,7 +10,9 @@ they are added here in the order ``jetagent --help`` lists them.
 
 from __future__ import annotations
 
+import os
 import sys
+from typing import Annotated, Literal
 
 import typer
 
@@ -37,6 +39,27 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+@app.callback()
+def _options(
+    log_format: Annotated[
+        Literal["text", "json"] | None,
+        typer.Option(
+            "--log-format",
+            help="Services' log lines: text (default) or json, one object per line with "
+            "the workflow, step, capability, tool and tenant ids (also JETAGENT_LOG_FORMAT). "
+            "Before the command: jetagent --log-format json worker tools",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    # An option of the whole command, so `up` passes it on to the services it starts: they
+    # inherit the environment (README "Logs").
+    if log_format is not None:
+        os.environ["JETAGENT_LOG_FORMAT"] = log_format
+
+
 # Without a name, a group's commands join the top level, in this order.
 app.add_typer(_serve.commands)  # up, orchestrator, worker, gateway, provision
 app.add_typer(_requests.commands)  # submit, watch, schemas, demo

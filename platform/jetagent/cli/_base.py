@@ -13,7 +13,6 @@ import asyncio
 import logging
 import os
 import signal
-import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -40,9 +39,16 @@ err = Console(stderr=True, soft_wrap=True)
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
-    """Print one error line; return the ``typer.Exit`` to raise."""
+    """Print one error line (a JSON log line when the service logs JSON, so the reason a
+    service stopped reaches the log collector like its other lines); return the
+    ``typer.Exit`` to raise."""
     from rich.markup import escape
 
+    from jetagent import logs
+
+    if logs.json_lines():
+        logging.getLogger("jetagent.cli").error("error: %s", message)
+        return typer.Exit(code)
     err.print(f"[red]error:[/] {escape(message)}", highlight=False)
     return typer.Exit(code)
 
@@ -97,23 +103,32 @@ def need_url(settings: Settings) -> str:
 
 
 def configure_logging(verbose: bool = False) -> None:
-    """Log to stdout, as services do (INFO; DEBUG with ``--verbose``)."""
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stdout,
-    )
-    # One INFO line per provider call and per NATS reconnect attempt would bury the
-    # services' own log; their warnings still show (and everything with --verbose).
-    for noisy in ("nats", "httpx", "httpcore"):
-        logging.getLogger(noisy).setLevel(logging.DEBUG if verbose else logging.WARNING)
+    """Log to stdout, as services do (INFO; DEBUG with ``--verbose``), as text or JSON lines
+    (``--log-format`` / ``JETAGENT_LOG_FORMAT``, :mod:`jetagent.logs`); the service's name
+    on each line is set when the command runs (:func:`run`)."""
+    from jetagent import logs
+
+    logs.configure(log_format=load_settings().log_format, verbose=verbose, service="jetagent")
 
 
-def run(main: Callable[[asyncio.Event], Awaitable[int | None]], *, service: str = "cli") -> None:
-    """Run ``main(stop)`` on a fresh loop; SIGINT/SIGTERM set ``stop``."""
-    from jetagent.telemetry import setup_from_environment
+def run(
+    main: Callable[[asyncio.Event], Awaitable[int | None]],
+    *,
+    service: str = "cli",
+    name: str | None = None,
+) -> None:
+    """Run ``main(stop)`` on a fresh loop; SIGINT/SIGTERM set ``stop``.
 
-    provider = setup_from_environment(service)
+    ``name`` names the process in traces and log lines (default ``jetagent-<service>`` for
+    a service, ``jetagent-cli`` for a command; ``OTEL_SERVICE_NAME`` wins): a worker is
+    named by its capabilities."""
+    from jetagent import logs
+    from jetagent.cli import _telemetry
+
+    default_name = name or (f"jetagent-{service}" if service in _LONG_RUNNING else "jetagent-cli")
+    if logs.configured():  # a service's log lines name it (the name the traces use)
+        logs.set_service(_telemetry.service_name(default_name))
+    provider = _telemetry.setup(default_name, short_lived=service not in _LONG_RUNNING)
 
     async def runner() -> int | None:
         stop = asyncio.Event()
@@ -140,13 +155,19 @@ def run(main: Callable[[asyncio.Event], Awaitable[int | None]], *, service: str 
         raise fail(str(translated)) from None
     finally:
         if provider is not None:
-            provider.shutdown()  # flush spans still batched
+            # Flushes the spans still batched; bounded by the exporter's timeout (short
+            # for commands like `submit`, jetagent.cli._telemetry), so an unreachable
+            # collector costs at most that.
+            provider.shutdown()
     raise typer.Exit(code or 0)
 
 
 _SERVICES = frozenset({"up", "orchestrator", "worker", "projections"})
 """Commands that serve, and run on uvloop for throughput; the others are short-lived or
 wait for a person, gain nothing from it, and keep asyncio's own loop."""
+_LONG_RUNNING = _SERVICES | {"gateway"}
+"""Commands that run until stopped: their span exports may take longer (a collector
+that is slow for a while) than those of a short command, whose exit they would delay."""
 
 
 def _fast_event_loop() -> None:

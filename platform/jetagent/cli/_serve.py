@@ -142,7 +142,8 @@ def worker(
             if mcp is not None:
                 await mcp.aclose()
 
-    run(main, service="worker")
+    # A name per capability (and dedicated tool pool) in traces and logs.
+    run(main, service="worker", name="-".join(["jetagent-worker", *capabilities, *(only or [])]))
 
 
 @commands.command()

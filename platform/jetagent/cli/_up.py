@@ -38,6 +38,8 @@ class ServiceProcess:
     name: str
     args: list[str]
     color: str = "white"
+    raw: bool = False
+    """Copy its lines as they are (JSON log lines, which name their service), unprefixed."""
     process: asyncio.subprocess.Process | None = field(default=None, repr=False)
 
     async def start(
@@ -66,6 +68,10 @@ class ServiceProcess:
             async for line in self.process.stdout:
                 if self._log is not None:
                     self._log.write(line)
+                    continue
+                if self.raw:
+                    sys.stdout.buffer.write(line)
+                    sys.stdout.buffer.flush()
                     continue
                 text = line.decode(errors="replace").rstrip()
                 self._console.print(
@@ -172,6 +178,7 @@ class Platform:
         if self.log_dir is not None:
             self.log_dir.mkdir(parents=True, exist_ok=True)
         for service in self.services:
+            service.raw = self.settings.log_format == "json"
             await service.start(env, self.console, self.log_dir)
             pid = service.process.pid if service.process else "?"
             self.console.print(f"started [{service.color}]{service.name}[/] (pid {pid})")

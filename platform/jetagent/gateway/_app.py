@@ -19,9 +19,10 @@ from typing import Annotated, Any
 from fastapi import Body, Depends, FastAPI, Header, Path, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from nats.errors import Error as NatsError
+from opentelemetry.trace import SpanKind
 from pydantic import ValidationError
 
-from jetagent import telemetry
+from jetagent import correlation, telemetry
 from jetagent.client import Client
 from jetagent.contract import ID_PATTERN, Status, WorkflowRequest
 from jetagent.gateway._config import GatewaySettings, TokenMap
@@ -248,11 +249,15 @@ def create_app(client: Client, settings: GatewaySettings) -> FastAPI:
 async def _publish(client: Client, request: WorkflowRequest) -> bool:
     """Publish as ``Client.submit`` does; True when JetStream saw this request_id already."""
     body = request.model_dump_json(exclude_none=True).encode()
-    headers = telemetry.inject({NatsHeader.MSG_ID: request.request_id})
     try:
-        ack = await client.js.publish(
-            client.names.request(request.tenant), body, headers=headers, timeout=5.0
-        )
+        with (
+            correlation.correlate(workflow_id=request.request_id, tenant=request.tenant),
+            telemetry.span("jetagent submit", kind=SpanKind.PRODUCER),
+        ):
+            headers = telemetry.inject({NatsHeader.MSG_ID: request.request_id})
+            ack = await client.js.publish(
+                client.names.request(request.tenant), body, headers=headers, timeout=5.0
+            )
     except (NatsError, TimeoutError) as exc:
         raise ProblemError(
             503,

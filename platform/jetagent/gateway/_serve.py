@@ -54,6 +54,9 @@ class GatewayServer:
             host=settings.addr,
             port=settings.port,
             log_level="warning",
+            # uvicorn's records go to the service's handler (text or JSON lines, with the
+            # service's name: jetagent.logs), not to handlers of uvicorn's own.
+            log_config=None,
             lifespan="off",
             timeout_graceful_shutdown=5,
         )

@@ -32,7 +32,7 @@ from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 from opentelemetry.trace import SpanKind
 
-from jetagent import telemetry
+from jetagent import correlation, telemetry
 from jetagent.config import Settings
 from jetagent.contract import Status
 from jetagent.dead_letter import DeadLetterKind, dead_letter_of, publish_dead_letter
@@ -43,6 +43,7 @@ from jetagent.jetstream import AggregateStream, ConcurrencyConflict, JetStreamUn
 from jetagent.jetstream.consume import Puller
 from jetagent.jetstream.headers import Header
 from jetagent.jetstream.provision import provision
+from jetagent.logs import seconds
 from jetagent.models import ModelCatalog
 from jetagent.orchestrator.inputs import (
     Addressed,
@@ -189,47 +190,64 @@ class Orchestrator:
     async def _handle(
         self, msg: Msg, handle: Callable[[Msg], Awaitable[None]], puller: Puller
     ) -> None:
-        try:
-            kind = family(msg.subject)
-            with telemetry.span(
-                f"jetagent orchestrate {kind}", parent=msg.headers, kind=SpanKind.CONSUMER
-            ):
-                await handle(msg)
-            await msg.ack()
-            self.processed += 1
-        except PoisonMessage as exc:
-            # Permanent (unreadable, an impossible id, an untrusted result): answered once
-            # with a dead letter, never retried.
-            log.warning("%s message %s set aside: %s", exc.kind, msg.subject, exc.reason)
-            await self._dead_letter(msg, exc.kind, exc.reason, workflow_id=exc.workflow_id)
-        except (JetStreamUnavailableError, NatsError) as exc:
-            # Retried until the store answers (the consumers have no delivery limit: a
-            # dropped step result or due timer would leave its workflow waiting forever);
-            # every second at first, then less often through a long outage.
-            deliveries = msg.metadata.num_delivered
-            log.warning("will retry %s (attempt %d): %s", msg.subject, deliveries, exc)
-            with contextlib.suppress(NatsError):
-                await msg.nak(delay=min(2.0 ** max(deliveries - 10, 0), 30.0))
-        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as exc:
-            # Unreadable: no retry can help.
-            log.exception("unreadable message %s goes to the dead-letter queue", msg.subject)
-            await self._dead_letter(msg, "poison", f"unreadable: {exc}")
-        except Exception:
-            # A bug, or a dependency in a bad state: retried a few times with backoff
-            # (maybe another replica, or a restart, gets past it), then dead-lettered.
-            deliveries = msg.metadata.num_delivered
-            if deliveries < _MAX_ATTEMPTS:
-                log.exception(
-                    "failed to process %s (attempt %d); retrying", msg.subject, deliveries
+        # A scope for the ids the handling learns (workflow, tenant, step): on every log
+        # line about this message, the retry lines below included (jetagent.correlation).
+        with correlation.correlate():
+            try:
+                kind = family(msg.subject)
+                with telemetry.span(
+                    f"jetagent orchestrate {kind}", parent=msg.headers, kind=SpanKind.CONSUMER
+                ):
+                    await handle(msg)
+                await msg.ack()
+                self.processed += 1
+            except PoisonMessage as exc:
+                # Permanent (unreadable, an impossible id, an untrusted result): answered once
+                # with a dead letter, never retried.
+                log.warning("%s message %s set aside: %s", exc.kind, msg.subject, exc.reason)
+                await self._dead_letter(msg, exc.kind, exc.reason, workflow_id=exc.workflow_id)
+            except (JetStreamUnavailableError, NatsError) as exc:
+                # Retried until the store answers (the consumers have no delivery limit: a
+                # dropped step result or due timer would leave its workflow waiting forever);
+                # every second at first, then less often through a long outage.
+                deliveries = msg.metadata.num_delivered
+                delay = min(2.0 ** max(deliveries - 10, 0), 30.0)
+                log.warning(
+                    "will retry %s in %s s (delivery %d): %s",
+                    msg.subject,
+                    seconds(delay),
+                    deliveries,
+                    exc,
                 )
                 with contextlib.suppress(NatsError):
-                    await msg.nak(delay=min(2.0**deliveries, 30.0))
-            else:
-                log.exception("failed to process %s; it goes to the dead-letter queue", msg.subject)
-                await self._dead_letter(msg, "failed", "processing failed after retries")
-        finally:
-            self._slots.release()
-            await puller.done()
+                    await msg.nak(delay=delay)
+            except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as exc:
+                # Unreadable: no retry can help.
+                log.exception("unreadable message %s goes to the dead-letter queue", msg.subject)
+                await self._dead_letter(msg, "poison", f"unreadable: {exc}")
+            except Exception:
+                # A bug, or a dependency in a bad state: retried a few times with backoff
+                # (maybe another replica, or a restart, gets past it), then dead-lettered.
+                deliveries = msg.metadata.num_delivered
+                if deliveries < _MAX_ATTEMPTS:
+                    delay = min(2.0**deliveries, 30.0)
+                    log.exception(
+                        "failed to process %s (delivery %d of %d); retrying in %s s",
+                        msg.subject,
+                        deliveries,
+                        _MAX_ATTEMPTS,
+                        seconds(delay),
+                    )
+                    with contextlib.suppress(NatsError):
+                        await msg.nak(delay=delay)
+                else:
+                    log.exception(
+                        "failed to process %s; it goes to the dead-letter queue", msg.subject
+                    )
+                    await self._dead_letter(msg, "failed", "processing failed after retries")
+            finally:
+                self._slots.release()
+                await puller.done()
 
     async def _dead_letter(
         self, msg: Msg, kind: DeadLetterKind, reason: str, *, workflow_id: str | None = None
@@ -298,6 +316,7 @@ class Orchestrator:
 
     async def _reject(self, message: Message, rejection: Rejection) -> None:
         workflow_id, event = rejection.workflow_id, rejection.event()
+        correlation.annotate(workflow_id=workflow_id, tenant=rejection.tenant)
         log.info("rejected request %s: %s", workflow_id, "; ".join(rejection.reasons))
         headers = self._causation(message)
         async with self._locks[workflow_id]:
@@ -356,6 +375,14 @@ class Orchestrator:
         ``trust``: a step result, checked against the workflow (and the message's
         subject) first.
         """
+        correlation.annotate(workflow_id=workflow_id)
+        if isinstance(command, Begin):
+            correlation.annotate(tenant=command.tenant)
+        elif isinstance(command, FoldResult):
+            result = command.result
+            correlation.annotate(
+                step_id=result.step_id, capability=result.capability, tool=result.tool
+            )
         headers = self._causation(message)
         async with self._locks[workflow_id]:
             if isinstance(command, Begin) and not self.journal.is_cached(workflow_id):
@@ -364,6 +391,7 @@ class Orchestrator:
                 loaded = Loaded(WorkflowState(), 0)
             else:
                 loaded = await self.journal.load(workflow_id)
+                correlation.annotate(tenant=loaded.state.tenant or None)
             if trust is not None:
                 subject = message.subject if message is not None else ""
                 await self._check_trusted(workflow_id, loaded, subject, trust)

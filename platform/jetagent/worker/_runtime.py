@@ -43,11 +43,12 @@ from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 from opentelemetry.trace import SpanKind
 
-from jetagent import telemetry
+from jetagent import correlation, telemetry
 from jetagent.config import Settings
 from jetagent.jetstream import DirectGetter
 from jetagent.jetstream.consume import Puller
 from jetagent.jetstream.provision import consumer_config, ensure_consumer, provision
+from jetagent.logs import seconds
 from jetagent.payloads import PayloadStore
 from jetagent.worker._context import CapabilitySpec, StepServices
 from jetagent.worker._results import StepRecords
@@ -59,6 +60,9 @@ from jetagent.worker.retry import RetryPolicy
 __all__ = ["Worker"]
 
 log = logging.getLogger("jetagent.worker")
+
+_UNHANDLED_DELAY_S = 2.0
+"""Delay before a message the runtime itself failed on (a bug) is delivered again."""
 
 
 class Worker:
@@ -221,21 +225,25 @@ class Worker:
     # -------------------------------------------------------------------- steps
 
     async def _run_step(self, spec: CapabilitySpec, msg: Msg, puller: Puller) -> None:
-        try:
-            with telemetry.span(
-                f"jetagent step {spec.name}",
-                parent=msg.headers,
-                kind=SpanKind.CONSUMER,
-                attributes={"jetagent.capability": spec.name},
-            ):
-                await self._steps.run(spec, msg)
-        except asyncio.CancelledError:
-            with contextlib.suppress(NatsError):
-                await msg.nak()
-            raise
-        except Exception:
-            log.exception("step message %s could not be handled", msg.subject)
-            with contextlib.suppress(NatsError):
-                await msg.nak(delay=2.0)
-        finally:
-            await puller.done()
+        # A scope for the step's ids (the runner adds the workflow, step, tool and tenant
+        # once the message is read): on its spans and every log line about it.
+        with correlation.correlate(capability=spec.name):
+            try:
+                with telemetry.span(
+                    f"jetagent step {spec.name}", parent=msg.headers, kind=SpanKind.CONSUMER
+                ):
+                    await self._steps.run(spec, msg)
+            except asyncio.CancelledError:
+                with contextlib.suppress(NatsError):
+                    await msg.nak()
+                raise
+            except Exception:
+                log.exception(
+                    "step message %s could not be handled; delivered again in %s s",
+                    msg.subject,
+                    seconds(_UNHANDLED_DELAY_S),
+                )
+                with contextlib.suppress(NatsError):
+                    await msg.nak(delay=_UNHANDLED_DELAY_S)
+            finally:
+                await puller.done()

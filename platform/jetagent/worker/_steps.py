@@ -26,10 +26,13 @@ from typing import Any
 
 import msgspec
 from nats.aio.msg import Msg
+from opentelemetry import trace
 
+from jetagent import correlation
 from jetagent.config import Settings
 from jetagent.errors import CapabilityError
 from jetagent.events import CallRecord, StepResult, StepScheduled, decode_events
+from jetagent.logs import seconds
 from jetagent.worker._context import CapabilitySpec, StepContext, StepOutput, StepServices
 from jetagent.worker._delivery import Heartbeat
 from jetagent.worker._policy import (
@@ -68,6 +71,22 @@ def what(event: StepScheduled) -> str:
     if isinstance(models, list) and models:
         return f"model {models[0]}"
     return event.capability
+
+
+def _identify(event: StepScheduled, deliveries: int) -> None:
+    """The step's ids on every log line and span of its handling (jetagent.correlation),
+    and on its span what a trace viewer needs to tell its runs apart."""
+    correlation.annotate(
+        workflow_id=event.workflow_id, step_id=event.step_id, tool=event.tool, tenant=event.tenant
+    )
+    span = trace.get_current_span()
+    if span.is_recording():
+        span.set_attributes({"jetagent.attempt": event.attempt, "jetagent.delivery": deliveries})
+        if event.tool:
+            # The GenAI conventions' tool execution (an `execute_tool` span's attributes).
+            span.set_attributes(
+                {"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": event.tool}
+            )
 
 
 @dataclass(kw_only=True)
@@ -128,6 +147,7 @@ class StepRunner:
             await self.apply(self._policy.not_a_step(), spec, msg)
             return
         deliveries = msg.metadata.num_delivered
+        _identify(event, deliveries)
         result_subject = self._names.step_result(event.capability, event.workflow_id, event.step_id)
         interval = max(self._settings.step_ack_wait_s / 4, 0.1)
         step_key = (self._names.prefix, event.workflow_id, event.step_id)
@@ -234,11 +254,11 @@ class StepRunner:
             await self._report(ctx, run, decision.billed)
             waits = decision.waits
             log.info(
-                "step %s/%s (%s) rate limited; retrying in %.1f s (wait %d of %d)",
+                "step %s/%s (%s) rate limited; retrying in %s s (wait %d of %d)",
                 event.workflow_id,
                 event.step_id,
                 what(event),
-                decision.delay_s,
+                seconds(decision.delay_s),
                 waits,
                 self._settings.step_rate_limit_retries,
             )
@@ -282,13 +302,13 @@ class StepRunner:
                 run.calls.extend(billed)
                 event = run.event
                 log.info(
-                    "step %s/%s (%s): %s; run %d again in %.1f s",
+                    "step %s/%s (%s): %s; run %d again in %s s",
                     event.workflow_id,
                     event.step_id,
                     what(event),
                     why,
                     run.deliveries + 1,
-                    delay,
+                    seconds(delay),
                 )
                 # End this run without a result: journal what it was billed, then nak.
                 unrecorded = [c for c in run.calls if not any(c is r for r in run.recorded)]
