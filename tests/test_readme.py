@@ -27,6 +27,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -183,7 +184,9 @@ async def test_the_blocks_run_as_written(tmp_path: Path) -> None:
             )
         failures = []
         for block in RUN:
+            started = time.monotonic()
             result = await asyncio.to_thread(_run, block, project, env)
+            print(f"{block.where}: {time.monotonic() - started:.1f} s")  # shown with -s
             if result.returncode != 0:
                 failures.append(
                     f"{block.where} exited {result.returncode}:\n{block.code}\n"
