@@ -18,6 +18,20 @@ if TYPE_CHECKING:
 pytest_plugins = ["jetagent.testing.pytest_plugin"]
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """What every process a test starts inherits: a `jetagent up` on a free port (never
+    NATS's default 4222, which a user's own server may hold) that announces itself in a
+    state folder of this run's own, not the user's (``jetagent.discovery``)."""
+    import os
+    import shutil
+    import tempfile
+
+    os.environ["JETAGENT_NATS_PORT"] = "0"
+    state = tempfile.mkdtemp(prefix="jetagent-test-state-")
+    os.environ["XDG_STATE_HOME"] = state
+    config.add_cleanup(lambda: shutil.rmtree(state, ignore_errors=True))
+
+
 @pytest.fixture
 def settings(nats_url: str, unique: str) -> Settings:
     """Settings with a prefix of this test's own: its own streams on the shared server."""

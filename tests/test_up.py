@@ -140,6 +140,12 @@ def test_a_second_up_is_refused_and_a_killed_up_leaves_no_children(tmp_path: Pat
             time.sleep(0.1)
         assert not [child for child in children if _alive(child)]
         assert _servers_on(data) == []
+        # Its announcement is left behind (no cleanup ran) and is not believed: a
+        # command without NATS_URL says no `up` runs instead of dialling a dead port.
+        assert (data / "nats.url").exists()
+        stale = run_cli("dlq", env={**env, "JETAGENT_DATA_DIR": str(data)}, timeout=60)
+        assert stale.returncode == 2, stale.stdout
+        assert "no `jetagent up` is running" in stale.stderr, stale.stderr
     finally:
         process.close()
         for child in children:

@@ -168,13 +168,21 @@ class Client:
 
     @classmethod
     async def connect(cls, url: str | None = None, *, settings: Settings | None = None) -> Client:
-        """Connect to NATS (``url``, else ``NATS_URL``)."""
+        """Connect to NATS: ``url``, else ``NATS_URL``, else the server of a running
+        ``jetagent up`` (the URL it announces: ``jetagent.discovery``)."""
+        from jetagent.discovery import discover
         from jetagent.jetstream import connect
 
         settings = settings or Settings()
         target = url or settings.nats_url
         if not target:
-            raise ConfigError("no NATS URL: pass one, or set NATS_URL (see `jetagent up`)")
+            running = discover(settings.data_dir)
+            if running is None:
+                raise ConfigError(
+                    "no NATS URL: pass one, set NATS_URL, or start `jetagent up` (found "
+                    "through its data folder's nats.url while it runs)"
+                )
+            target = running.url
         check_nats_url(target)
         nc = await connect(
             target,

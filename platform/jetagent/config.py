@@ -78,6 +78,13 @@ class Settings(BaseSettings):
         "(4-9 s after a server crash) before it gives up.",
     )
     data_dir: Path = Field(Path(".jetagent"), description="Embedded server's data folder.")
+    nats_port: int = Field(
+        4222,
+        ge=0,
+        le=65535,
+        description="Client port of the nats-server `jetagent up` starts (NATS's own "
+        "default, what nats tools and clients assume); 0 picks any free port.",
+    )
     tenants: str = Field(
         "default,demo", description="Comma-separated tenants accepted; '*' accepts any."
     )

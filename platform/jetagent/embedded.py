@@ -65,9 +65,10 @@ class ServerBinaryNotFoundError(EmbeddedServerError):
 class PortInUseError(EmbeddedServerError):
     """The port asked for is already taken by another process."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, message: str | None = None) -> None:
         super().__init__(
-            f"port {port} on {LOOPBACK} is already in use; choose another port, "
+            message
+            or f"port {port} on {LOOPBACK} is already in use; choose another port, "
             "or leave the port unset to get a free one"
         )
         self.port = port

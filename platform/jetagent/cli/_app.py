@@ -17,14 +17,24 @@ from typing import Annotated, Literal
 import typer
 
 from jetagent.cli import _ops, _projections, _requests, _serve
-from jetagent.cli._base import fail
+from jetagent.cli._base import fail, load_settings
+from jetagent.cli._examples import TOP_LEVEL, add_examples, epilog
 from jetagent.errors import JetagentError
 
 __all__ = ["app", "main"]
 
+HELP = (
+    "AI agents as event-sourced microservices on NATS JetStream.\n\n"
+    "Every command but up, demo and schemas talks to the NATS server at NATS_URL; when it "
+    "is not set, to the server of a running `jetagent up`, which announces its URL in "
+    "<data folder>/nats.url (default .jetagent/nats.url) and in the per-user file "
+    "~/.local/state/jetagent/up.json ($XDG_STATE_HOME)."
+)
+
 app = typer.Typer(
     name="jetagent",
-    help="AI agents as event-sourced microservices on NATS JetStream.",
+    help=HELP,
+    epilog=epilog(TOP_LEVEL),
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -55,12 +65,39 @@ app.add_typer(_serve.commands)  # up, orchestrator, worker, gateway, provision
 app.add_typer(_requests.commands)  # submit, watch, schemas, demo
 app.add_typer(_ops.commands)  # inspect, replay, tail, dlq
 app.add_typer(_projections.commands, name="projections")
+add_examples(app)
 
 
 def main() -> None:
     """The ``jetagent`` executable (and ``python -m jetagent.cli``)."""
+    if sys.argv[1:] in ([], ["--help"]):
+        app.info.help = f"{HELP}\n\n{_now()}"
     try:
         app()
     except JetagentError as exc:  # raised before a command's event loop (settings, args)
         fail(str(exc))
         sys.exit(2)
+
+
+def _now() -> str:
+    """Which server the commands would use now (for the top-level help)."""
+    from rich.markup import escape
+
+    from jetagent.discovery import discover, user_file
+
+    try:
+        settings = load_settings()
+    except JetagentError as exc:
+        return f"Now: {escape(str(exc))}"
+    if settings.nats_url:
+        return f"Now: NATS_URL={escape(settings.nats_url)}"
+    running = discover(settings.data_dir)
+    if running is None:
+        return (
+            f"Now: NATS_URL is not set and no `jetagent up` is running "
+            f"({escape(str(user_file()))} names none)."
+        )
+    return (
+        f"Now: NATS_URL is not set; commands use {escape(running.url)}, the `jetagent up` "
+        f"of {escape(str(running.data_dir))} (pid {running.pid})."
+    )

@@ -54,23 +54,52 @@ def fail(message: str, code: int = 2) -> typer.Exit:
 
 
 def load_settings() -> Settings:
-    """The settings from the environment; ConfigError (one line) when they are invalid."""
+    """The settings from the environment; ConfigError (one line naming each variable and
+    what is wrong with its value) when they are invalid."""
+    import pydantic
+
     try:
         return Settings()
+    except pydantic.ValidationError as exc:
+        problems = "; ".join(
+            f"{_variable(error['loc'])}={error.get('input')!r}: {error['msg']}"
+            for error in exc.errors()
+        )
+        raise ConfigError(f"invalid configuration: {problems}") from exc
     except Exception as exc:
         raise ConfigError(f"invalid configuration: {exc}") from exc
 
 
-def need_url(settings: Settings) -> str:
-    """``NATS_URL``, checked; ConfigError saying how to get one when it is not set."""
-    from jetagent._translate import check_nats_url
+def _variable(loc: tuple[int | str, ...]) -> str:
+    """The environment variable a settings field is read from."""
+    from pydantic import AliasChoices
 
-    if not settings.nats_url:
+    name = str(loc[0]) if loc else "?"
+    if name.isupper():
+        return name  # already the variable (an alias)
+    field = Settings.model_fields.get(name)
+    alias = field.validation_alias if field is not None else None
+    if isinstance(alias, AliasChoices) and alias.choices:
+        return str(alias.choices[0])
+    return f"JETAGENT_{name.upper()}"
+
+
+def need_url(settings: Settings) -> str:
+    """``NATS_URL``, else the URL a running ``jetagent up`` announced
+    (``jetagent.discovery``), checked; ConfigError saying how to get one otherwise."""
+    from jetagent._translate import check_nats_url
+    from jetagent.discovery import discover, url_file
+
+    if settings.nats_url:
+        return check_nats_url(settings.nats_url)
+    running = discover(settings.data_dir)
+    if running is None:
         raise ConfigError(
-            "NATS_URL is not set: start the platform with `jetagent up` (it prints the URL) "
-            "or point NATS_URL at your NATS server"
+            "NATS_URL is not set and no `jetagent up` is running (none announced itself in "
+            f"{url_file(settings.data_dir)} or the per-user file): start the platform with "
+            "`jetagent up`, or point NATS_URL at your NATS server"
         )
-    return check_nats_url(settings.nats_url)
+    return check_nats_url(running.url)
 
 
 def configure_logging(verbose: bool = False) -> None:

@@ -18,6 +18,7 @@ from jetagent.cli._base import (
     connect,
     console,
     err,
+    fail,
     load_settings,
     need_url,
     run,
@@ -38,24 +39,50 @@ def up(
     data_dir: Annotated[
         Path | None, typer.Option(help="Data folder of the embedded server.")
     ] = None,
+    port: Annotated[
+        int | None,
+        typer.Option(
+            help="Client port of the embedded nats-server (default 4222, or "
+            "JETAGENT_NATS_PORT); 0 picks any free port.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
-    """Start the platform: embedded NATS (unless NATS_URL is set) and every service."""
+    """Start the platform: embedded NATS (unless NATS_URL is set) and every service.
+
+    The embedded server listens on 127.0.0.1:4222 (--port); its URL is printed, and
+    written to <data folder>/nats.url while it runs: the other commands (and
+    Client.connect()) use it when NATS_URL is not set. A port already taken is explained
+    (another `jetagent up`, your own nats-server, another program), never shared.
+    """
     from jetagent.cli._services import has_projections
     from jetagent.cli._up import Platform, default_services
 
     settings = load_settings()
     if data_dir is not None:
         settings = settings.model_copy(update={"data_dir": data_dir})
-
+    if port is not None and not 0 <= port <= 65535:
+        raise fail(f"--port {port} is not a port: use 0 to 65535 (0: any free port)")
     if settings.nats_url:
         need_url(settings)  # a bad NATS_URL is said before anything starts
+        if port is not None:
+            raise fail(
+                f"--port is the embedded server's, and with NATS_URL set ({settings.nats_url}) "
+                "`jetagent up` starts none: unset NATS_URL, or leave out --port"
+            )
+    chosen = settings.nats_port if port is None else port
 
     async def main(stop: asyncio.Event) -> int:
         platform = Platform(
-            settings, default_services(replicas=replicas, projections=has_projections())
+            settings,
+            default_services(replicas=replicas, projections=has_projections()),
+            port=chosen or None,  # 0: a free port
+            announce=True,
         )
         await platform.start()
-        console.print("[bold green]jetagent is up[/] — Ctrl-C stops everything")
+        console.print(
+            f"[bold green]jetagent is up[/] at [bold]{platform.url}[/] — Ctrl-C stops everything"
+        )
         return await platform.run(stop)
 
     run(main, service="up")

@@ -22,9 +22,10 @@ from pathlib import Path
 
 from rich.console import Console
 
+from jetagent import discovery
 from jetagent._process import die_with_parent
 from jetagent.config import Settings
-from jetagent.embedded import EmbeddedServer
+from jetagent.embedded import EmbeddedServer, PortInUseError
 
 __all__ = ["Platform", "ServiceProcess", "default_services"]
 
@@ -140,25 +141,39 @@ class Platform:
     console: Console = field(default_factory=Console)
     log_dir: Path | None = None
     """Write each service's output to ``<log_dir>/<service>.log`` instead of the console."""
+    port: int | None = None
+    """The embedded server's client port; ``None`` picks a free one (``make demo``)."""
+    announce: bool = False
+    """Announce the embedded server's URL for other commands (``jetagent up``;
+    ``jetagent.discovery``) while it runs."""
     server: EmbeddedServer | None = None
     url: str = ""
 
     async def start(self) -> None:
+        """Start the server (unless ``NATS_URL`` is set), provision, start the services;
+        whatever started is stopped again if a later part fails."""
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self) -> None:
         if self.settings.nats_url:
             self.url = self.settings.nats_url
             self.console.print(f"using NATS at [bold]{self.url}[/] (NATS_URL)")
         else:
-            data_dir = _absolute(self.settings.data_dir)
-            # Started from this (the main) thread, not a worker thread: the kernel's
-            # parent-death signal follows the thread that forked the server.
-            server = EmbeddedServer(data_dir / "nats", die_with_parent=True)
-            self.server = server.start()
-            self.url = self.server.url
-            self.console.print(
-                f"embedded nats-server: [bold]{self.url}[/]  "
-                f"(monitoring {self.server.monitor_url}, data {data_dir / 'nats'})"
-            )
+            self._start_server()
         await self._provision()
+        if self.server is not None and self.announce:
+            data_dir = _absolute(self.settings.data_dir)
+            for problem in discovery.announce(data_dir, self.url):
+                self.console.print(f"[yellow]warning:[/] {problem}", highlight=False)
+            self.console.print(
+                f"NATS_URL={self.url}  (in {discovery.url_file(self.settings.data_dir)}: "
+                "other commands and Client.connect() use it)",
+                highlight=False,
+            )
         env = {**os.environ, **self.settings.to_env(), "NATS_URL": self.url}
         env["PYTHONUNBUFFERED"] = "1"
         if self.log_dir is not None:
@@ -172,6 +187,30 @@ class Platform:
             self.console.print(f"metrics: http://127.0.0.1:{self.settings.metrics_port}/metrics")
         if any(s.args[0] == "gateway" for s in self.services):
             self.console.print(f"gateway: {_gateway_url()} (JETAGENT_GATEWAY_TOKENS)")
+
+    def _start_server(self) -> None:
+        data_dir = _absolute(self.settings.data_dir)
+        # Started from this (the main) thread, not a worker thread: the kernel's
+        # parent-death signal follows the thread that forked the server.
+        server = EmbeddedServer(
+            data_dir / "nats",
+            port=self.port,
+            server_name=discovery.UP_SERVER_NAME,
+            die_with_parent=True,
+        )
+        try:
+            self.server = server.start()
+        except PortInUseError as exc:
+            if exc.port != self.port:
+                raise  # the monitoring port: free a moment ago, taken since
+            # Never share a port silently: whoever holds it is named, and the user
+            # chooses (docs/ARCHITECTURE.md §2, cli).
+            raise PortInUseError(exc.port, discovery.port_owner(exc.port, data_dir)) from None
+        self.url = self.server.url
+        self.console.print(
+            f"embedded nats-server: [bold]{self.url}[/]  "
+            f"(monitoring {self.server.monitor_url}, data {data_dir / 'nats'})"
+        )
 
     async def _provision(self) -> None:
         from jetagent.jetstream import connect
@@ -237,8 +276,14 @@ class Platform:
         return code
 
     async def stop(self, pumps: dict[asyncio.Task[int], ServiceProcess] | None = None) -> None:
-        self.console.print("stopping services…")
-        for service in self.services:
+        """Stop the services (SIGTERM, SIGKILL after the grace period), then the server."""
+        if self.server is not None and self.announce:
+            # Withdrawn first: no command finds a platform that is going away.
+            discovery.withdraw(_absolute(self.settings.data_dir))
+        started = [s for s in self.services if s.process is not None]
+        if started:
+            self.console.print("stopping services…")
+        for service in started:
             service.terminate()
         if pumps:
             _, late = await asyncio.wait(pumps, timeout=self.settings.shutdown_grace_s + 5)
@@ -246,8 +291,20 @@ class Platform:
                 pumps[task].kill()
             if late:
                 await asyncio.wait(late)
+        else:
+            # Started, never pumped (a later start failed): reap them all the same.
+            for service in started:
+                assert service.process is not None
+                try:
+                    await asyncio.wait_for(
+                        service.process.wait(), self.settings.shutdown_grace_s + 5
+                    )
+                except TimeoutError:
+                    service.kill()
+                    await service.process.wait()
         if self.server is not None:
             await asyncio.to_thread(self.server.stop)
+            self.server = None
             self.console.print("nats-server stopped")
 
 

@@ -70,7 +70,9 @@ async def run_demo(console: Console, data_dir: Path) -> int:
     settings = Settings(nats_url="", data_dir=data_dir, tenants="demo", metrics_port=free_port())
     platform = Platform(
         settings,
-        # No gateway: the demo talks NATS, and a fixed HTTP port could be taken.
+        # No gateway: the demo talks NATS, and a fixed HTTP port could be taken. No port
+        # either: the server takes a free one, so the demo runs beside a `jetagent up`
+        # (or anything else) on 4222, and announces nothing (jetagent.discovery).
         default_services(projections=True, gateway=False),
         console=console,
         log_dir=data_dir / "logs",

@@ -47,9 +47,10 @@ every process gets SIGTERM, then SIGKILL, and what is left of its process group 
 killed, so a failing test leaves no orphans (processes still running at interpreter
 exit are closed then).
 
-**Any command** (:class:`SupervisedProcess`), here ``jetagent up`` and Ctrl-C::
+**Any command** (:class:`SupervisedProcess`), here ``jetagent up`` (on a free port, not
+NATS's default 4222) and Ctrl-C::
 
-    with SupervisedProcess("up", [*jetagent_command(), "up"], log_file=log) as up:
+    with SupervisedProcess("up", [*jetagent_command(), "up", "--port", "0"], log_file=log) as up:
         up.wait_for_output("jetagent is up", timeout=60)
         up.send_signal(signal.SIGINT, group=True)
         assert up.wait(60) == 0
