@@ -126,7 +126,7 @@ def _metrics_targets(output: str) -> dict[str, str]:
     """Service name → ``host:port`` of its /metrics, from what ``up`` printed."""
     found = {}
     for line in output.splitlines():
-        match = re.search(r"(\S+).*?http://(127\.0\.0\.1:\d+)/metrics", line)
+        match = re.match(r"started (\S+) .*metrics http://(127\.0\.0\.1:\d+)/metrics", line)
         if match:
             found[match.group(1)] = match.group(2)
     return found
@@ -155,9 +155,7 @@ async def _workload(client: Client, settings: Settings) -> list[str]:
     return ids
 
 
-async def _empty(
-    prometheus: Prometheus, targets: list[Target], *, start: float
-) -> dict[str, str]:
+async def _empty(prometheus: Prometheus, targets: list[Target], *, start: float) -> dict[str, str]:
     """The targets without data now (and why), as Grafana would ask for them."""
     end = time.time()
     range_s = int(end - start) + 5
@@ -188,7 +186,7 @@ async def test_every_dashboard_query_has_data_from_a_live_platform(
         nats_url,
         prefix,
         JETAGENT_TENANTS="default,acme",
-        JETAGENT_METRICS_PORT=str(free_port()),
+        JETAGENT_METRICS_PORT="0",
         JETAGENT_GATEWAY_PORT=str(free_port()),
         JETAGENT_GATEWAY_TOKENS="tok-dashboard-1=default",
         JETAGENT_TOOLS="tests.support.tools:TEST_TOOLS",
@@ -213,7 +211,9 @@ async def test_every_dashboard_query_has_data_from_a_live_platform(
     with up:
         output = await asyncio.to_thread(up.wait_for_output, "jetagent is up", timeout=120)
         services = _metrics_targets(output)
-        assert services, f"`jetagent up` printed no /metrics URL:\n{output}"
+        expected = {"orchestrator", "reasoning", "tools", "summarize", "memory"}
+        expected |= {"projections", "gateway"}
+        assert set(services) == expected, f"`jetagent up` printed:\n{output}"
         prometheus = Prometheus(tmp_path / "prometheus", sorted(services.values()))
         try:
             await prometheus.start()

@@ -113,10 +113,8 @@ async def test_every_service_serves_its_own_metrics(settings: Settings, tmp_path
         tools = scraped["tools"]
         assert _value(tools, "jetagent_worker_steps_in_flight", capability="tools") == 0
         for outcome in ("completed", "failed", "retried"):
-            assert (
-                _value(tools, "jetagent_worker_deliveries_total", capability="tools", outcome=outcome)
-                == 0
-            ), outcome
+            labels = {"capability": "tools", "outcome": outcome}
+            assert _value(tools, "jetagent_worker_deliveries_total", **labels) == 0, outcome
         assert (
             _value(tools, "jetagent_worker_dead_letters_total", capability="tools", kind="failed")
             == 0
@@ -296,9 +294,10 @@ def test_known_label_sets_start_at_zero() -> None:
         assert _registry_value(registry, "jetagent_step_duration_seconds_count", **labels) == 0
     assert _registry_value(registry, "jetagent_workflows_active", tenant="acme") == 0
     # A capability nobody installed here shows once a step of it is scheduled.
-    assert _registry_value(registry, "jetagent_steps_total", capability="custom", outcome="ok") is None
+    custom = {"capability": "custom", "outcome": "ok"}
+    assert _registry_value(registry, "jetagent_steps_total", **custom) is None
     state.apply_workflow_event(_scheduled("custom"))
-    assert _registry_value(registry, "jetagent_steps_total", capability="custom", outcome="ok") == 0
+    assert _registry_value(registry, "jetagent_steps_total", **custom) == 0
 
 
 def _live():  # type: ignore[no-untyped-def]

@@ -122,10 +122,11 @@ class Prometheus:
     async def targets_up(self) -> dict[str, str]:
         """Each target's scrape health (``up``, ``down``, ``unknown``) and last error."""
         data = await self._get("/api/v1/targets")
-        return {
-            t["labels"]["instance"]: t["health"] + (f" ({t['lastError']})" if t["lastError"] else "")
-            for t in data["activeTargets"]
-        }
+        found = {}
+        for target in data["activeTargets"]:
+            error = f" ({target['lastError']})" if target["lastError"] else ""
+            found[target["labels"]["instance"]] = target["health"] + error
+        return found
 
     async def scraped(self) -> bool:
         """Whether every target has been scraped successfully at least once."""

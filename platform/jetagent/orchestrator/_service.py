@@ -54,6 +54,7 @@ from jetagent.jetstream import AggregateStream, ConcurrencyConflict, StoreUnavai
 from jetagent.jetstream.consume import Puller
 from jetagent.jetstream.provision import provision
 from jetagent.models import ModelCatalog
+from jetagent.orchestrator._metrics import OrchestratorMetrics
 from jetagent.orchestrator.journal import Journal, Loaded
 from jetagent.orchestrator.request_ids import derived_request_id
 from jetagent.orchestrator.timers import Timers, due_timer, keep_early
@@ -120,6 +121,8 @@ class Orchestrator:
         self.timers = Timers(self.js, self.names)
         self._slots = asyncio.Semaphore(settings.orchestrator_concurrency)
         self.processed = 0
+        self.metrics = OrchestratorMetrics()
+        """This replica's own metrics (``jetagent orchestrator`` serves them on /metrics)."""
         self._context: DecideContext | None = None
         self._context_version = -1
         # Loaded once, outside the pure decisions (it may read a file or the network).
@@ -173,6 +176,7 @@ class Orchestrator:
                 tasks.create_task(self._serve(requests, self._on_request, stop))
                 tasks.create_task(self._serve(steps, self._on_step_result, stop))
                 tasks.create_task(self._serve(timers, self._on_timer, stop))
+                tasks.create_task(self.metrics.follow_consumers(self.js, self._consumers(), stop))
                 await stop.wait()
                 await requests.stop()
                 await steps.stop()
@@ -180,6 +184,14 @@ class Orchestrator:
         finally:
             await self.registry.stop()
             await self.aggregates.close()
+
+    def _consumers(self) -> list[tuple[str, str]]:
+        names = self.names
+        return [
+            (names.requests_stream, "orchestrator-requests"),
+            (names.steps_stream, "orchestrator-steps"),
+            (names.timers_stream, "orchestrator-timers"),
+        ]
 
     async def _serve(
         self, puller: Puller, handle: Callable[[Msg], Awaitable[None]], stop: asyncio.Event
@@ -194,6 +206,7 @@ class Orchestrator:
     async def _handle(
         self, msg: Msg, handle: Callable[[Msg], Awaitable[None]], puller: Puller
     ) -> None:
+        measured = self.metrics.input(msg.subject)
         try:
             kind = msg.subject.split(".", 2)[1]
             with telemetry.span(
@@ -206,6 +219,7 @@ class Orchestrator:
             # Permanent (unreadable, an impossible id, an untrusted result): answered once
             # with a dead letter, never retried.
             log.warning("%s message %s set aside: %s", exc.kind, msg.subject, exc.reason)
+            measured.outcome = "dead_lettered"
             await self._dead_letter(msg, exc.kind, exc.reason, workflow_id=exc.workflow_id)
         except (StoreUnavailableError, NatsError) as exc:
             # Retried until the store answers (the consumers have no delivery limit: a
@@ -213,16 +227,19 @@ class Orchestrator:
             # every second at first, then less often through a long outage.
             deliveries = msg.metadata.num_delivered
             log.warning("will retry %s (attempt %d): %s", msg.subject, deliveries, exc)
+            measured.outcome = "retried"
             with contextlib.suppress(NatsError):
                 await msg.nak(delay=min(2.0 ** max(deliveries - 10, 0), 30.0))
         except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as exc:
             # Unreadable: no retry can help.
             log.exception("unreadable message %s goes to the dead-letter queue", msg.subject)
+            measured.outcome = "dead_lettered"
             await self._dead_letter(msg, "poison", f"unreadable: {exc}")
         except Exception:
             # A bug, or a dependency in a bad state: retried a few times with backoff
             # (maybe another replica, or a restart, gets past it), then dead-lettered.
             deliveries = msg.metadata.num_delivered
+            measured.outcome = "retried" if deliveries < _MAX_ATTEMPTS else "dead_lettered"
             if deliveries < _MAX_ATTEMPTS:
                 log.exception(
                     "failed to process %s (attempt %d); retrying", msg.subject, deliveries
@@ -233,6 +250,7 @@ class Orchestrator:
                 log.exception("failed to process %s; it goes to the dead-letter queue", msg.subject)
                 await self._dead_letter(msg, "failed", "processing failed after retries")
         finally:
+            measured.done()
             self._slots.release()
             await puller.done()
 
@@ -346,6 +364,7 @@ class Orchestrator:
             workflow_id=workflow_id, at=at, reasons=problems, tenant=tenant, size=len(msg.data)
         )
         log.info("rejected request %s: %s", workflow_id, "; ".join(problems))
+        self.metrics.rejected()
         async with self._locks[workflow_id]:
             # Expected sequence 0: if the id already names a workflow (or an earlier
             # rejection), the append is refused and the rejection is not recorded again.
@@ -425,6 +444,7 @@ class Orchestrator:
                     await self._decide_and_append(workflow_id, loaded, command, headers)
                     break
                 except ConcurrencyConflict:
+                    self.metrics.conflict(command)
                     await self.journal.catch_up(workflow_id, loaded)
             else:
                 raise JetagentError(f"workflow {workflow_id}: too many concurrent writers")
@@ -449,6 +469,7 @@ class Orchestrator:
         for group in group_for_messages(events):
             checked = [await self._claim_check(e) for e in group]
             await self.journal.append(workflow_id, loaded, checked, headers)
+        self.metrics.decided(command, len(events))
 
     async def _claim_check(self, event: WorkflowEvent) -> WorkflowEvent:
         if isinstance(event, StepScheduled):

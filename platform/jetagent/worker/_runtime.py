@@ -50,6 +50,7 @@ from jetagent.jetstream.consume import Puller
 from jetagent.jetstream.provision import consumer_config, ensure_consumer, provision
 from jetagent.payloads import PayloadStore
 from jetagent.worker._context import CapabilitySpec, StepServices
+from jetagent.worker._metrics import WorkerMetrics
 from jetagent.worker._results import StepRecords
 from jetagent.worker._steps import StepRunner
 from jetagent.worker.calls import CallJournal
@@ -71,7 +72,9 @@ class Worker:
         specs: Sequence[CapabilitySpec],
         *,
         worker_id: str | None = None,
+        metrics: WorkerMetrics | None = None,
     ) -> None:
+        """``metrics``: this worker's own (default: new ones, for ``specs``)."""
         self.nc = nc
         self.settings = settings
         self.names = settings.names
@@ -87,11 +90,19 @@ class Worker:
         self._results = DirectGetter(nc, self.names.steps_stream, timeout=5.0)
         self._calls = DirectGetter(nc, self.names.calls_stream, timeout=5.0)
         journal = CallJournal(self.js, self._calls, self.names, worker=self.worker_id)
+        self.metrics = metrics or WorkerMetrics(spec.name for spec in self.specs)
+        """This process's own metrics (``jetagent worker`` serves them on /metrics)."""
         self._steps = StepRunner(
             settings=settings,
             services=StepServices(
-                names=self.names, nc=nc, js=self.js, payloads=payloads, journal=journal
+                names=self.names,
+                nc=nc,
+                js=self.js,
+                payloads=payloads,
+                journal=journal,
+                metrics=self.metrics,
             ),
+            metrics=self.metrics,
             records=StepRecords(nc, self.js, self.names, self._results),
             journal=journal,
             worker_id=self.worker_id,
@@ -221,6 +232,7 @@ class Worker:
     # -------------------------------------------------------------------- steps
 
     async def _run_step(self, spec: CapabilitySpec, msg: Msg, puller: Puller) -> None:
+        self.metrics.in_flight.labels(spec.name).inc()
         try:
             with telemetry.span(
                 f"jetagent step {spec.name}",
@@ -238,4 +250,5 @@ class Worker:
             with contextlib.suppress(NatsError):
                 await msg.nak(delay=2.0)
         finally:
+            self.metrics.in_flight.labels(spec.name).dec()
             await puller.done()
