@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 
 from jetagent.client import Client
@@ -47,6 +48,12 @@ POSITIVE = {
     ("Provider error ratio by provider", "A"),
     ("Dead letters per minute by source", "A"),
     ("Termination reasons in range", "A"),
+    ("Deliveries/s by outcome", "A"),
+    ("Worker retries/s by reason", "A"),
+    ("Worker dead letters per minute", "A"),
+    ("Provider calls/s of every run by outcome", "A"),
+    ("Decisions/s by input and outcome", "A"),
+    ("Gateway requests/s by status", "A"),
 }
 
 
@@ -132,7 +139,7 @@ def _metrics_targets(output: str) -> dict[str, str]:
     return found
 
 
-async def _workload(client: Client, settings: Settings) -> list[str]:
+async def _workload(client: Client, settings: Settings, gateway: str) -> list[str]:
     """Submit what gives every panel data; return the ids of the workflows."""
     ids = [
         await client.submit(instruction="What is 2 ** 10? Then add 24 to the result"),
@@ -152,6 +159,10 @@ async def _workload(client: Client, settings: Settings) -> list[str]:
     await client.js.publish(
         settings.names.request("default"), b"{not json", headers={"Nats-Msg-Id": "unreadable-1"}
     )
+    # The gateway: an answered request and a refused one.
+    async with httpx.AsyncClient(base_url=gateway, timeout=10) as http:
+        assert (await http.get("/healthz")).status_code == 200
+        assert (await http.get(f"/v1/workflows/{ids[0]}")).status_code == 401
     return ids
 
 
@@ -182,12 +193,13 @@ async def test_every_dashboard_query_has_data_from_a_live_platform(
     prometheus_binary()  # a skip (or on CI a failure) before anything starts
     began = time.monotonic()
     prefix = unique.lower()[:12]
+    gateway_port = free_port()
     env = cli_env(
         nats_url,
         prefix,
         JETAGENT_TENANTS="default,acme",
         JETAGENT_METRICS_PORT="0",
-        JETAGENT_GATEWAY_PORT=str(free_port()),
+        JETAGENT_GATEWAY_PORT=str(gateway_port),
         JETAGENT_GATEWAY_TOKENS="tok-dashboard-1=default",
         JETAGENT_TOOLS="tests.support.tools:TEST_TOOLS",
         JETAGENT_MODELS=str(_catalog(tmp_path)),
@@ -231,7 +243,7 @@ async def test_every_dashboard_query_has_data_from_a_live_platform(
             )
             start = time.time() - 5
             ready_s = time.monotonic() - began
-            ids = await _workload(client, settings)
+            ids = await _workload(client, settings, f"http://127.0.0.1:{gateway_port}")
             for workflow_id in ids:
                 await client.result(workflow_id, timeout=90)
 
@@ -259,8 +271,24 @@ async def test_every_dashboard_query_has_data_from_a_live_platform(
             for name, match in _variables().items():
                 values = await prometheus.label_values(name, match)
                 assert values, f"template variable ${name} ({match}) lists nothing"
+            # The first dead letter of each worker counts in increase() (its series was
+            # there at 0 before it): one each, from the always-down tool and model.
+            window = f"[{int(time.time() - start) + 5}s]"
+            for capability in ("tools", "reasoning"):
+                letters = "jetagent_worker_dead_letters_total"
+                expr = f'sum(increase({letters}{{capability="{capability}"}}{window}))'
+                [series] = await prometheus.query(expr)
+                assert series.values[0] >= 1, (expr, series)
+            # Every call of every run, live (the worker) and recorded (the projection).
+            calls = {}
+            for metric in ("jetagent_worker_provider_calls_total", "jetagent_provider_calls_total"):
+                expr = f'sum({metric}{{model="{DOWN_MODEL}", outcome="failed"}})'
+                [series] = await prometheus.query(expr)
+                calls[metric] = series.values[0]
+            assert calls["jetagent_worker_provider_calls_total"] >= 1, calls
             print(
-                f"{len(targets)} queries with data; services {sorted(services)}; "
+                f"{len(targets)} queries with data; failed calls of {DOWN_MODEL}: {calls}; "
+                f"services {sorted(services)}; "
                 f"ready after {ready_s:.1f} s, total {time.monotonic() - began:.1f} s"
             )
         finally:

@@ -2,8 +2,10 @@
 
 A plain ASGI wrapper around the app. The ``route`` label is the matched route's path
 template (``/v1/workflows/{workflow_id}``), never the requested path, so ids and probes
-of unknown paths cannot grow the series (``unmatched``). Latency is measured to the start
-of the response: an SSE stream's length is the workflow's, not the gateway's.
+of unknown paths cannot grow the series (``unmatched``); ``status`` is the code's class
+(``2xx`` … ``5xx``). Both are known when the app is built, so every series starts at 0
+and a route's first request (its first 5xx) moves ``rate()`` too. Latency is measured to
+the start of the response: an SSE stream's length is the workflow's, not the gateway's.
 """
 
 from __future__ import annotations
@@ -13,9 +15,11 @@ import time
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from jetagent.metrics import LATENCY_BUCKETS, service_registry
+from jetagent.metrics import LATENCY_BUCKETS, preset, service_registry
 
-__all__ = ["GatewayMetrics"]
+__all__ = ["STATUS_CLASSES", "GatewayMetrics"]
+
+STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
 
 
 class GatewayMetrics:
@@ -25,7 +29,7 @@ class GatewayMetrics:
         self.registry = registry if registry is not None else service_registry("gateway")
         self.requests = Counter(
             "jetagent_gateway_requests",
-            "HTTP requests answered, by route template, method and status.",
+            "HTTP requests answered, by route template, method and status class (2xx…5xx).",
             ["route", "method", "status"],
             registry=self.registry,
         )
@@ -38,7 +42,10 @@ class GatewayMetrics:
         )
 
     def wrap(self, app: ASGIApp) -> ASGIApp:
-        """``app``, measured."""
+        """``app``, measured (its routes' series start at 0)."""
+        for path, method in _routes(app):
+            preset(self.requests, *((path, method, code) for code in STATUS_CLASSES))
+            preset(self.latency, (path, method))
 
         async def measured(scope: Scope, receive: Receive, send: Send) -> None:
             if scope["type"] != "http":
@@ -59,9 +66,21 @@ class GatewayMetrics:
             try:
                 await app(scope, receive, sending)
             finally:
-                self.requests.labels(_route(scope), scope["method"], str(status)).inc()
+                code = f"{status // 100}xx" if 100 <= status < 600 else "5xx"
+                self.requests.labels(_route(scope), scope["method"], code).inc()
 
         return measured
+
+
+def _routes(app: ASGIApp) -> list[tuple[str, str]]:
+    """``(path template, method)`` of each route of a Starlette or FastAPI app."""
+    found = []
+    for route in getattr(app, "routes", ()):
+        path = getattr(route, "path", None)
+        for method in sorted(getattr(route, "methods", None) or ()):
+            if isinstance(path, str) and method != "HEAD":
+                found.append((path, method))
+    return found
 
 
 def _route(scope: Scope) -> str:
