@@ -103,7 +103,14 @@ class Settings(BaseSettings):
     )
     worker_concurrency: int = Field(16, ge=1, description="Steps one worker runs at once.")
     shutdown_grace_s: float = Field(20.0, ge=0, description="Seconds to finish steps on stop.")
-    metrics_port: int = Field(9464, ge=0, le=65535, description="Prometheus /metrics port.")
+    metrics_port: int = Field(
+        9464,
+        ge=0,
+        le=65535,
+        description="This service's Prometheus /metrics port (every service serves one); 0: "
+        "any free port (logged). `jetagent up` gives it to the projections and the next "
+        "ports to the other services (0: a free port each).",
+    )
     metrics_addr: str = Field("127.0.0.1", description="Address /metrics listens on.")
     models: str | None = Field(None, description="Model catalog TOML (default: built in).")
     mcp: str | None = Field(
