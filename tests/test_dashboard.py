@@ -103,7 +103,9 @@ VALUES: dict[tuple[str, str], frozenset[str]] = {
     ("jetagent_orchestrator_decisions_total", "outcome"): frozenset(
         {"recorded", "unchanged", "rejected"}
     ),
-    ("jetagent_orchestrator_inputs_total", "outcome"): frozenset({"ok", "retried", "dead_lettered"}),
+    ("jetagent_orchestrator_inputs_total", "outcome"): frozenset(
+        {"ok", "retried", "dead_lettered"}
+    ),
     ("jetagent_gateway_requests_total", "status"): frozenset({"1xx", "2xx", "3xx", "4xx", "5xx"}),
 }
 
