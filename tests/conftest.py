@@ -29,6 +29,7 @@ def settings(nats_url: str, unique: str) -> Settings:
         tenants="*",
         step_ack_wait_s=5.0,
         shutdown_grace_s=5.0,
+        metrics_port=0,  # a service run in the test serves /metrics on a free port
     )
 
 
