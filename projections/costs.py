@@ -238,7 +238,9 @@ class MetricsCollector(Collector):
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily]:
         s, live = self.state, self.live
-        known = {**self.known, **derived_label_sets(s, self.capabilities)}
+        known = dict(self.known)
+        for name, keys in derived_label_sets(s, self.capabilities).items():
+            known[name] = [*known.get(name, ()), *keys]
         caps = known["capabilities"]
         yield _counter(
             "jetagent_tokens",
@@ -252,13 +254,14 @@ class MetricsCollector(Collector):
             "USD billed by providers (catalog prices).",
             ["capability", "model", "provider", "tenant"],
             s.cost_usd,
+            known.get("jetagent_cost_usd"),
         )
         yield _counter(
             "jetagent_provider_calls",
             "Provider calls by outcome.",
             ["capability", "model", "provider", "outcome"],
             s.calls,
-            [*self.known.get("jetagent_provider_calls", ()), *known["jetagent_provider_calls"]],
+            known["jetagent_provider_calls"],
         )
         yield _counter(
             "jetagent_steps",
@@ -316,7 +319,7 @@ class MetricsCollector(Collector):
             "Messages sent to the dead-letter stream.",
             ["source"],
             s.dead_letters,
-            [*known.get("jetagent_dead_letters", ()), *caps],
+            known["jetagent_dead_letters"],
         )
         yield _counter(
             "jetagent_projection_poison_messages",

@@ -8,7 +8,8 @@ empty). So every label set known in advance is exported at 0 from the start:
 - from the configuration (:func:`known_label_sets`, :func:`known_routes`): each
   configured tenant's workflow outcomes and active count, the termination reasons, the
   dead-letter sources of the orchestrator and the projections, the poison count per
-  stream, every outcome of each installed capability's calls of each catalog model;
+  stream, every outcome of each installed capability's calls of each catalog model (and,
+  per configured tenant, their tokens and cost);
 - from the state (:func:`derived_label_sets`), so a rebuild shows the same series: every
   capability installed here or scheduled so far (its step outcomes, retries, repeated
   runs, latency histograms, dead letters), every outcome of each provider route seen,
@@ -66,16 +67,28 @@ def known_label_sets(*, tenants: frozenset[str] | None, streams: list[str]) -> d
 
 
 def known_routes(
-    capabilities: Sequence[str], routes: Sequence[tuple[str, str]]
+    capabilities: Sequence[str],
+    routes: Sequence[tuple[str, str]],
+    tenants: frozenset[str] | None = None,
 ) -> dict[str, list[str]]:
-    """Every outcome of each capability's calls of each ``(model, provider)`` route."""
+    """Every outcome of each capability's calls of each ``(model, provider)`` route, and
+    with configured ``tenants`` each route's tokens (every kind) and cost per tenant (a
+    new tenant's first cost would be missing from ``increase()`` otherwise)."""
+    spenders = [
+        SEP.join((cap, model, provider, tenant))
+        for cap in capabilities
+        for model, provider in routes
+        for tenant in sorted(tenants or ())
+    ]
     return {
         "jetagent_provider_calls": [
             SEP.join((cap, model, provider, outcome))
             for cap in capabilities
             for model, provider in routes
             for outcome in CALL_OUTCOMES
-        ]
+        ],
+        "jetagent_tokens": [SEP.join((key, kind)) for key in spenders for kind in TOKEN_KINDS],
+        "jetagent_cost_usd": spenders,
     }
 
 
@@ -91,4 +104,5 @@ def derived_label_sets(state: MetricsState, capabilities: Sequence[str]) -> dict
             SEP.join((route, outcome)) for route in routes for outcome in CALL_OUTCOMES
         ],
         "jetagent_tokens": [SEP.join((key, kind)) for key in spenders for kind in TOKEN_KINDS],
+        "jetagent_dead_letters": caps,  # workers dead-letter under their capability's name
     }

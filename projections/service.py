@@ -115,7 +115,7 @@ class ProjectionService:
         # Each installed capability's calls of each catalog model, at 0 from the start:
         # a model's first call (its first failure, say) then moves rate() too.
         routes = [(m.name, m.provider) for m in catalog.models.values()] if catalog else []
-        known.update(known_routes(installed, routes))
+        known.update(known_routes(installed, routes, self.labels.tenants))
         collector = MetricsCollector(self.metrics, self.live, known=known, capabilities=installed)
         self.registry.register(collector)
 

@@ -30,7 +30,8 @@ from jetagent.models import ModelCatalog
 from jetagent.orchestrator import Orchestrator
 from jetagent.testing import eventually, tools_registered
 from jetagent.worker._runtime import Worker
-from projections.costs import MetricsCollector, MetricsState, known_label_sets
+from projections.costs import MetricsCollector, MetricsState
+from projections.known import known_label_sets, known_routes
 from projections.service import ProjectionService
 from tests.support.cli import cli_env, run_cli
 from tests.support.platform import service_processes
@@ -280,6 +281,7 @@ def test_known_label_sets_start_at_zero() -> None:
     state = MetricsState()
     registry = CollectorRegistry()
     known = known_label_sets(tenants=frozenset({"acme"}), streams=["JA_WORKFLOWS"])
+    known |= known_routes(["tools", "reasoning"], [("gpt-x", "openai")], frozenset({"acme"}))
     registry.register(
         MetricsCollector(state, _live(), known=known, capabilities=["tools", "reasoning"])
     )
@@ -293,6 +295,15 @@ def test_known_label_sets_start_at_zero() -> None:
         assert _registry_value(registry, "jetagent_step_repeated_runs_total", **labels) == 0
         assert _registry_value(registry, "jetagent_step_duration_seconds_count", **labels) == 0
     assert _registry_value(registry, "jetagent_workflows_active", tenant="acme") == 0
+    # Each catalog model's calls (its first failure), tokens and cost per tenant.
+    route = {"capability": "reasoning", "model": "gpt-x", "provider": "openai"}
+    for outcome in ("ok", "failed", "rate_limited", "cancelled"):
+        labels = {**route, "outcome": outcome}
+        assert _registry_value(registry, "jetagent_provider_calls_total", **labels) == 0
+    assert _registry_value(registry, "jetagent_cost_usd_total", tenant="acme", **route) == 0
+    for kind in ("input", "cached", "output"):
+        labels = {**route, "tenant": "acme", "kind": kind}
+        assert _registry_value(registry, "jetagent_tokens_total", **labels) == 0
     # A capability nobody installed here shows once a step of it is scheduled.
     custom = {"capability": "custom", "outcome": "ok"}
     assert _registry_value(registry, "jetagent_steps_total", **custom) is None

@@ -147,6 +147,9 @@ class OrchestratorMetrics:
                 except (NatsError, NotFoundError, TimeoutError) as exc:
                     log.debug("consumer lag of %s not read: %s", consumer, exc)
                     continue
+                except Exception:  # a gauge must never stop the orchestrator
+                    log.exception("consumer lag of %s not read", consumer)
+                    continue
                 self.pending.labels(consumer).set(info.num_pending or 0)
                 self.ack_pending.labels(consumer).set(info.num_ack_pending or 0)
             with contextlib.suppress(TimeoutError):
