@@ -349,3 +349,24 @@ def test_a_metrics_port_in_use_is_a_clear_error(settings: Settings, taken_port: 
     assert "Traceback" not in result.stdout + result.stderr
     assert f"127.0.0.1:{taken_port}" in result.stderr, result.stderr
     assert "JETAGENT_METRICS_PORT" in result.stderr, result.stderr
+
+
+def test_up_gives_each_service_a_metrics_port() -> None:
+    from jetagent.cli._up import Platform, ServiceProcess
+    from jetagent.errors import ConfigError
+
+    services = [
+        ServiceProcess("orchestrator", ["orchestrator"]),
+        ServiceProcess("tools", ["worker", "tools"]),
+        ServiceProcess("projections", ["projections", "run"]),
+        ServiceProcess("gateway", ["gateway"]),
+    ]
+    # The projections keep the configured port (the documented URL); the others follow.
+    ports = Platform(Settings(metrics_port=9464), services).metrics_ports()
+    assert ports == {"projections": 9464, "orchestrator": 9465, "tools": 9466, "gateway": 9467}
+    # 0: a free port each, all different.
+    free = Platform(Settings(metrics_port=0), services).metrics_ports()
+    assert len(set(free.values())) == 4
+    assert 0 not in free.values()
+    with pytest.raises(ConfigError, match="JETAGENT_METRICS_PORT=65534"):
+        Platform(Settings(metrics_port=65534), services).metrics_ports()
