@@ -90,7 +90,9 @@ class Worker:
         self._results = DirectGetter(nc, self.names.steps_stream, timeout=5.0)
         self._calls = DirectGetter(nc, self.names.calls_stream, timeout=5.0)
         journal = CallJournal(self.js, self._calls, self.names, worker=self.worker_id)
-        self.metrics = metrics or WorkerMetrics(spec.name for spec in self.specs)
+        if metrics is None:
+            metrics = WorkerMetrics(spec.name for spec in self.specs)
+        self.metrics = metrics
         """This process's own metrics (``jetagent worker`` serves them on /metrics)."""
         self._steps = StepRunner(
             settings=settings,
