@@ -29,7 +29,9 @@ def settings(nats_url: str, unique: str) -> Settings:
         tenants="*",
         step_ack_wait_s=5.0,
         shutdown_grace_s=5.0,
-        metrics_port=0,  # a service run in the test serves /metrics on a free port
+        # Any free port: a test must never need the default one (a developer's running
+        # platform, or another test run, may hold it).
+        metrics_port=0,
     )
 
 

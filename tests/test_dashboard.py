@@ -27,9 +27,10 @@ ROOT = Path(__file__).resolve().parents[1]
 GRAFANA = ROOT / "deploy" / "grafana"
 DASHBOARD = GRAFANA / "dashboards" / "jetagent.json"
 
-# What the services expose on /metrics (README "Session views, metrics, dashboards, traces"):
-# name → labels. Kept here, apart from the generator, so that a typo there cannot agree with
-# itself. First projections.costs (derived from the events), then each service's own.
+# What the services expose on /metrics (README "Session views, metrics, dashboards, traces";
+# docs/ARCHITECTURE.md §2): name → labels. Kept here, apart from the generator, so that a
+# typo there cannot agree with itself. First projections.costs (derived from the events),
+# then each service's own.
 METRICS: dict[str, frozenset[str]] = {
     "jetagent_tokens_total": frozenset({"capability", "model", "provider", "tenant", "kind"}),
     "jetagent_cost_usd_total": frozenset({"capability", "model", "provider", "tenant"}),

@@ -3,14 +3,15 @@
     .venv/bin/python deploy/grafana/dashboard.py           # writes dashboards/jetagent.json
     .venv/bin/python deploy/grafana/dashboard.py --check   # exits 1 if that file is stale
 
-The first rows show the projection's metrics (``projections.costs``: derived from the
-recorded events, exact, rebuildable — cost, tokens, outcomes); the last rows each service's
-own live metrics (``jetagent_worker_*``, ``jetagent_orchestrator_*``,
+The first rows show the projection's metrics (``projections.costs``, docs/ARCHITECTURE.md
+§2: derived from the recorded events, exact, rebuildable — cost, tokens, outcomes); the last
+rows each service's own live metrics (``jetagent_worker_*``, ``jetagent_orchestrator_*``,
 ``jetagent_gateway_*``, ``process_*`` joined to ``jetagent_build_info`` for the service
-name). Prometheus scrapes every service (``deploy/prometheus.yml``). Grafana loads the JSON
-through the file provider in ``provisioning/dashboards/jetagent.yml``; the output is
-deterministic (sorted keys, fixed ids), so the checked-in file changes only when this script
-does. One dashboard is one file: a function per row, longer than most modules.
+name); README "Session views, metrics, dashboards, traces" lists them. Prometheus scrapes
+every service (``deploy/prometheus.yml``). Grafana loads the JSON through the file provider
+in ``provisioning/dashboards/jetagent.yml``; the output is deterministic (sorted keys, fixed
+ids), so the checked-in file changes only when this script does. One dashboard is one file:
+a function per row, longer than most modules.
 
 Template variables filter only where the metric has the label: ``$tenant`` applies to tokens,
 cost and workflow counts; ``$model`` to tokens, cost and provider calls; ``$capability`` to

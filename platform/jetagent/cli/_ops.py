@@ -116,7 +116,7 @@ def tail(
         tenants: dict[str, str] = {}
         try:
             sub = await nc.jetstream().subscribe(
-                f"{settings.names.workflow_root}.>",
+                settings.names.all_workflows,
                 stream=settings.names.workflows_stream,
                 ordered_consumer=True,
                 config=ConsumerConfig(deliver_policy=DeliverPolicy.NEW),
@@ -171,7 +171,7 @@ def dlq(
             first = max(info.state.last_seq - limit + 1, 1)
             reader = DirectGetter(nc, settings.names.dlq_stream, timeout=5.0)
             await reader.open()
-            records = await reader.scan(f"{settings.names.prefix}.dlq.>", start_seq=first)
+            records = await reader.scan(settings.names.all_dead_letters, start_seq=first)
             await reader.close()
         finally:
             await nc.close()

@@ -23,6 +23,7 @@ from nats.js.errors import NotFoundError
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from jetagent.metrics import LATENCY_BUCKETS, preset, service_registry
+from jetagent.subjects import family
 from jetagent.workflow import Begin, Cancel, FoldResult, Input, Signal, Tick
 
 __all__ = ["INPUT_KINDS", "InputMeasure", "OrchestratorMetrics"]
@@ -119,8 +120,7 @@ class OrchestratorMetrics:
 
     def input(self, subject: str) -> InputMeasure:
         """Start measuring the input delivered on ``subject``; call ``done()`` at its end."""
-        tokens = subject.split(".", 2)
-        kind = _KIND_OF_SUBJECT.get(tokens[1] if len(tokens) > 1 else "", "other")
+        kind = _KIND_OF_SUBJECT.get(family(subject), "other")
         self.in_flight.inc()
         return InputMeasure(self, kind)
 
