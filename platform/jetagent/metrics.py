@@ -112,6 +112,7 @@ class MetricsServer:
 
     @property
     def url(self) -> str:
+        """Where to scrape it (the real port once started)."""
         return f"http://{printable_host(self.addr)}:{self.port}/metrics"
 
     def start(self) -> MetricsServer:

@@ -56,6 +56,7 @@ class InputMeasure:
     outcome: str = "ok"
 
     def done(self) -> None:
+        """The input was acked, left for a retry or dead-lettered (:attr:`outcome`)."""
         metrics = self.metrics
         metrics.in_flight.dec()
         metrics.inputs.labels(self.kind, self.outcome).inc()
@@ -130,9 +131,11 @@ class OrchestratorMetrics:
         self.decisions.labels(_KIND_OF_INPUT.get(type(command), "other"), outcome).inc()
 
     def rejected(self) -> None:
+        """A request was refused (a ``RequestRejected`` decided)."""
         self.decisions.labels("request", "rejected").inc()
 
     def conflict(self, command: Input) -> None:
+        """Another replica appended to the workflow first while deciding ``command``."""
         self.conflicts.labels(_KIND_OF_INPUT.get(type(command), "other")).inc()
 
     async def follow_consumers(

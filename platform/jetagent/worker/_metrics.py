@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -110,16 +111,33 @@ class WorkerMetrics:
         self._providers = BoundedValues()
         self._outcomes = BoundedValues(CALL_OUTCOMES, limit=0)
         self._routes: set[tuple[str, str, str]] = set()
+        self._children: dict[tuple[str, tuple[str, ...]], Any] = {}
         for cap in caps:
             for model, provider in routes:
                 self._preset_route((cap, self._models(model), self._providers(provider)))
+
+    def _child(self, metric: Counter | Gauge | Histogram, *labels: str) -> Any:
+        """``metric.labels(*labels)``, looked up once (each step touches several)."""
+        key = (metric._name, labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
+    def started(self, capability: str) -> None:
+        """A delivery of ``capability`` is being handled."""
+        self._child(self.in_flight, capability).inc()
+
+    def finished(self, capability: str) -> None:
+        """A delivery of ``capability`` was handled (whatever became of it)."""
+        self._child(self.in_flight, capability).dec()
 
     def call(self, capability: str, call: CallRecord) -> None:
         """One provider call of a run, reported now."""
         route = (capability, self._models(call.model), self._providers(call.provider))
         # Every outcome of a new route at 0: its first failure shows to increase().
         self._preset_route(route)
-        self.calls.labels(*route, self._outcomes(call.outcome)).inc()
+        self._child(self.calls, *route, self._outcomes(call.outcome)).inc()
 
     def _preset_route(self, route: tuple[str, str, str]) -> None:
         if route not in self._routes:
@@ -133,15 +151,15 @@ class WorkerMetrics:
 
     def handled(self, capability: str, outcome: str, started: float) -> None:
         """A handler call that began at ``started`` (``time.monotonic()``) ended."""
-        self.handler.labels(capability, outcome).observe(time.monotonic() - started)
+        self._child(self.handler, capability, outcome).observe(time.monotonic() - started)
 
     def after_error(self, capability: str, exc: Exception, decision: object) -> None:
         """Count the retry a handler's error led to (none when the step fails)."""
         if isinstance(decision, WaitInRun):
-            self.retries.labels(capability, "rate_limited").inc()
+            self._child(self.retries, capability, "rate_limited").inc()
         elif isinstance(decision, RunAgain):
             reason = "transient" if isinstance(exc, TransientError) else "error"
-            self.retries.labels(capability, reason).inc()
+            self._child(self.retries, capability, reason).inc()
 
     def delivered(self, capability: str, decision: Decision) -> None:
         """A delivery's decision was carried out (its message acked, naked or termed)."""
@@ -151,7 +169,7 @@ class WorkerMetrics:
             case Fail(dead_letter=letter):
                 outcome = "failed"
                 if letter is not None:
-                    self.dead_letters.labels(capability, "failed").inc()
+                    self._child(self.dead_letters, capability, "failed").inc()
             case RunAgain():
                 outcome = "retried"
             case Acknowledge():
@@ -159,5 +177,5 @@ class WorkerMetrics:
             case Discard(poison=poison):
                 outcome = "discarded"
                 if poison is not None:
-                    self.dead_letters.labels(capability, "poison").inc()
-        self.deliveries.labels(capability, outcome).inc()
+                    self._child(self.dead_letters, capability, "poison").inc()
+        self._child(self.deliveries, capability, outcome).inc()

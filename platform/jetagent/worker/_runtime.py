@@ -234,7 +234,7 @@ class Worker:
     # -------------------------------------------------------------------- steps
 
     async def _run_step(self, spec: CapabilitySpec, msg: Msg, puller: Puller) -> None:
-        self.metrics.in_flight.labels(spec.name).inc()
+        self.metrics.started(spec.name)
         try:
             with telemetry.span(
                 f"jetagent step {spec.name}",
@@ -252,5 +252,5 @@ class Worker:
             with contextlib.suppress(NatsError):
                 await msg.nak(delay=2.0)
         finally:
-            self.metrics.in_flight.labels(spec.name).dec()
+            self.metrics.finished(spec.name)
             await puller.done()
