@@ -12,7 +12,7 @@ are bounded too (``projections.labels``: tenants and models outside the configur
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import datetime
 from decimal import Decimal
 
@@ -32,6 +32,7 @@ from jetagent.events import (
     Terminated,
     WorkflowEvent,
 )
+from projections.known import SEP, derived_label_sets, known_label_sets
 from projections.labels import LabelPolicy
 
 __all__ = [
@@ -61,7 +62,7 @@ BUCKETS = (
     60.0,
     120.0,
 )
-_SEP = "\x1f"
+_SEP = SEP
 _ZERO = Decimal(0)
 _ANY = LabelPolicy()
 
@@ -121,6 +122,9 @@ class MetricsState(msgspec.Struct):
                 self.open_workflows[event.workflow_id] = label
                 _add(self.active, label, 1)
             case StepScheduled():
+                # A capability is known from its first step on: its series start at 0
+                # before its first result (MetricsCollector), so increase() sees it.
+                labels.free("capability", event.capability, self.admitted)
                 steps = self.open_steps.get(event.workflow_id)
                 if steps is None:
                     steps = self.open_steps[event.workflow_id] = {}
@@ -220,6 +224,7 @@ class MetricsCollector(Collector):
         live: LiveGauges,
         *,
         known: dict[str, list[str]] | None = None,
+        capabilities: Sequence[str] = (),
     ) -> None:
         self.state = state
         self.live = live
@@ -227,49 +232,66 @@ class MetricsCollector(Collector):
         """metric name → label sets (joined keys) shown at 0 before their first event,
         so that ``increase()`` sees the first one (a series that appears at 1 has no
         earlier sample to increase from)."""
+        self.capabilities = tuple(capabilities)
+        """Capabilities shown at 0 from the start (the installed ones); the others from
+        their first scheduled step on."""
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily]:
-        s, live, known = self.state, self.live, self.known
+        s, live = self.state, self.live
+        known = dict(self.known)
+        for name, keys in derived_label_sets(s, self.capabilities).items():
+            known[name] = [*known.get(name, ()), *keys]
+        caps = known["capabilities"]
         yield _counter(
             "jetagent_tokens",
             "Tokens billed by providers.",
             ["capability", "model", "provider", "tenant", "kind"],
             s.tokens,
+            known["jetagent_tokens"],
         )
         yield _counter(
             "jetagent_cost_usd",
             "USD billed by providers (catalog prices).",
             ["capability", "model", "provider", "tenant"],
             s.cost_usd,
+            known.get("jetagent_cost_usd"),
         )
         yield _counter(
             "jetagent_provider_calls",
             "Provider calls by outcome.",
             ["capability", "model", "provider", "outcome"],
             s.calls,
+            known["jetagent_provider_calls"],
         )
         yield _counter(
-            "jetagent_steps", "Step results by outcome.", ["capability", "outcome"], s.steps
+            "jetagent_steps",
+            "Step results by outcome.",
+            ["capability", "outcome"],
+            s.steps,
+            known["jetagent_steps"],
         )
         yield _counter(
             "jetagent_step_retries",
             "Redeliveries and re-attempts of steps.",
             ["capability"],
             s.retries,
+            caps,
         )
         yield _counter(
             "jetagent_step_repeated_runs",
             "Runs of steps that died mid-way (worker lost) and ran again elsewhere.",
             ["capability"],
             s.repeated_runs,
+            caps,
         )
         yield _histogram(
-            "jetagent_step_duration_seconds", "How long capability handlers ran.", s.duration
+            "jetagent_step_duration_seconds", "How long capability handlers ran.", s.duration, caps
         )
         yield _histogram(
             "jetagent_step_turnaround_seconds",
             "From a step's scheduling to its completion, platform included.",
             s.turnaround,
+            caps,
         )
         yield _counter(
             "jetagent_workflows",
@@ -285,13 +307,19 @@ class MetricsCollector(Collector):
             s.terminations,
             known.get("jetagent_workflow_terminations"),
         )
-        yield _gauge("jetagent_workflows_active", "Workflows running now.", ["tenant"], s.active)
+        yield _gauge(
+            "jetagent_workflows_active",
+            "Workflows running now.",
+            ["tenant"],
+            s.active,
+            known.get("jetagent_workflows_active"),
+        )
         yield _counter(
             "jetagent_dead_letters",
             "Messages sent to the dead-letter stream.",
             ["source"],
             s.dead_letters,
-            known.get("jetagent_dead_letters"),
+            known["jetagent_dead_letters"],
         )
         yield _counter(
             "jetagent_projection_poison_messages",
@@ -334,7 +362,7 @@ def _counter(
     doc: str,
     labels: list[str],
     values: dict[str, int] | dict[str, Decimal],
-    known: list[str] | None = None,
+    known: Sequence[str] | None = None,
 ) -> CounterMetricFamily:
     family = CounterMetricFamily(name, doc, labels=labels)
     shown: dict[str, float] = dict.fromkeys(known or (), 0.0)
@@ -344,43 +372,31 @@ def _counter(
     return family
 
 
-def _gauge(name: str, doc: str, labels: list[str], values: dict[str, int]) -> GaugeMetricFamily:
+def _gauge(
+    name: str,
+    doc: str,
+    labels: list[str],
+    values: dict[str, int],
+    known: Sequence[str] | None = None,
+) -> GaugeMetricFamily:
     family = GaugeMetricFamily(name, doc, labels=labels)
-    for key, value in sorted(values.items()):
+    shown: dict[str, int] = dict.fromkeys(known or (), 0)
+    shown.update(values)
+    for key, value in sorted(shown.items()):
         family.add_metric(_split(key), float(value))
     return family
 
 
-def _histogram(name: str, doc: str, values: dict[str, Histogram]) -> HistogramMetricFamily:
+def _histogram(
+    name: str, doc: str, values: dict[str, Histogram], known: Sequence[str] = ()
+) -> HistogramMetricFamily:
     family = HistogramMetricFamily(name, doc, labels=["capability"])
-    for capability, histogram in sorted(values.items()):
+    shown = {capability: Histogram() for capability in known}
+    shown.update(values)
+    for capability, histogram in sorted(shown.items()):
         cumulative, buckets = 0, []
         for bound, count in zip([*map(str, BUCKETS), "+Inf"], histogram.counts, strict=True):
             cumulative += count
             buckets.append((bound, float(cumulative)))
         family.add_metric([capability], buckets, histogram.total)
     return family
-
-
-OUTCOMES = ("finalized", "terminated", "cancelled", "rejected")
-TERMINATION_REASONS = (
-    "token_cap",
-    "cost_cap",
-    "max_iterations",
-    "deadline",
-    "step_failed",
-    "invalid_output",
-)
-DEAD_LETTER_SOURCES = ("orchestrator", "projections")
-
-
-def known_label_sets(*, tenants: frozenset[str] | None, streams: list[str]) -> dict[str, list[str]]:
-    """The label sets every scrape shows, at 0 until their first event."""
-    return {
-        "jetagent_workflows": [
-            _key(tenant, outcome) for tenant in sorted(tenants or ()) for outcome in OUTCOMES
-        ],
-        "jetagent_workflow_terminations": list(TERMINATION_REASONS),
-        "jetagent_dead_letters": list(DEAD_LETTER_SOURCES),
-        "jetagent_projection_poison_messages": list(streams),
-    }

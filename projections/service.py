@@ -27,16 +27,18 @@ from nats.errors import Error as NatsError
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
-from prometheus_client import CollectorRegistry, start_http_server
 
+from jetagent import plugins
 from jetagent.config import Settings
 from jetagent.events import Started, StepResult, decode_events, decode_step_result
 from jetagent.jetstream.provision import provision
+from jetagent.metrics import serve_metrics, service_registry
 from jetagent.models import ModelCatalog
 from jetagent.sessions import HeldResult, SessionView, apply_workflow_message, fold_step_result
 from jetagent.subjects import DeadLetterSubject
 from projections.checkpoints import CheckpointStore
-from projections.costs import LiveGauges, MetricsCollector, MetricsState, known_label_sets
+from projections.costs import LiveGauges, MetricsCollector, MetricsState
+from projections.known import known_label_sets, known_routes
 from projections.labels import LabelPolicy
 from projections.poison import PoisonMessage, PoisonReporter, checked_result, workflow_of
 from projections.trust import Verdict, judge, judge_scheduled
@@ -102,11 +104,21 @@ class ProjectionService:
         self._rebuilding = False
         self._rebuilt: set[str] = set()
         self._stored_until = 1 << 63  # a JA_WORKFLOWS sequence; set when processing starts
-        self.labels = _label_policy(settings, catalog)
+        catalog = _catalog(settings, catalog)
+        self.labels = LabelPolicy(
+            tenants=settings.tenant_set,
+            models=frozenset(catalog.models) if catalog is not None else None,
+        )
         self.poison = PoisonReporter(self.js, self.names)
         known = known_label_sets(tenants=self.labels.tenants, streams=list(self.streams))
-        self.registry = CollectorRegistry()
-        self.registry.register(MetricsCollector(self.metrics, self.live, known=known))
+        self.registry = service_registry("projections")
+        installed = list(plugins.installed(plugins.CAPABILITIES))
+        # Each installed capability's calls of each catalog model, at 0 from the start:
+        # a model's first call (its first failure, say) then moves rate() too.
+        routes = [(m.name, m.provider) for m in catalog.models.values()] if catalog else []
+        known.update(known_routes(installed, routes, self.labels.tenants))
+        collector = MetricsCollector(self.metrics, self.live, known=known, capabilities=installed)
+        self.registry.register(collector)
 
     @property
     def streams(self) -> dict[str, str]:
@@ -427,23 +439,11 @@ class ProjectionService:
         """Serve: resume from the checkpoint, follow the streams, expose /metrics."""
         await provision(self.nc, self.settings, consumers=False)
         await self.load_checkpoint()
-        server, thread = start_http_server(
-            self.settings.metrics_port, addr=self.settings.metrics_addr, registry=self.registry
-        )
-        log.info(
-            "projections serving http://%s:%d/metrics from positions %s",
-            self.settings.metrics_addr,
-            self.settings.metrics_port,
-            self.positions,
-        )
-        try:
+        with serve_metrics(self.registry, self.settings, service="projections") as server:
+            log.info("projections serving %s from positions %s", server.url, self.positions)
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(self.process(stop))
                 tasks.create_task(self._gauges_loop(stop))
-        finally:
-            server.shutdown()
-            server.server_close()
-            thread.join(timeout=5)
 
     async def _gauges_loop(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -480,13 +480,11 @@ class ProjectionService:
         return sum(self.positions.values())
 
 
-def _label_policy(settings: Settings, catalog: ModelCatalog | None) -> LabelPolicy:
+def _catalog(settings: Settings, catalog: ModelCatalog | None) -> ModelCatalog | None:
     try:
-        catalog = catalog or ModelCatalog.load(settings.models)
-        models: frozenset[str] | None = frozenset(catalog.models)
+        return catalog or ModelCatalog.load(settings.models)
     except Exception:  # the services that route already refuse a bad catalog at start
-        models = None
-    return LabelPolicy(tenants=settings.tenant_set, models=models)
+        return None
 
 
 def _describe(exc: BaseException) -> str:

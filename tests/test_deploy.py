@@ -76,16 +76,49 @@ def test_nats_configs_are_valid(config: str) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_prometheus_scrapes_the_metrics_port() -> None:
+def test_prometheus_scrapes_every_service() -> None:
+    """Each compose service that runs jetagent (every replica: DNS discovery) is scraped
+    on the metrics port it listens on."""
     prometheus = yaml.safe_load((ROOT / "deploy" / "prometheus.yml").read_text())
-    targets = [
-        t
+    discovered = {
+        (name, sd["port"])
         for job in prometheus["scrape_configs"]
-        for s in job["static_configs"]
-        for t in s["targets"]
-    ]
-    port = _compose()["services"]["projections"]["environment"]["JETAGENT_METRICS_PORT"]
-    assert f"projections:{port}" in targets
+        for sd in job.get("dns_sd_configs", [])
+        for name in sd["names"]
+        if sd["type"] == "A"
+    }
+    services = {
+        name: service
+        for name, service in _compose()["services"].items()
+        if service.get("image") == "jetagent:latest" and service["command"][0] != "provision"
+    }
+    assert set(services) == {
+        "orchestrator",
+        "reasoning",
+        "tools",
+        "summarize",
+        "memory",
+        "projections",
+        "gateway",
+    }
+    for name, service in services.items():
+        env = service["environment"]
+        assert env["JETAGENT_METRICS_ADDR"] == "0.0.0.0", name
+        assert (name, int(env["JETAGENT_METRICS_PORT"])) in discovered, name
+
+
+def test_prometheus_config_is_valid() -> None:
+    from tests.support.prometheus import prometheus_binary
+
+    _, promtool = prometheus_binary()
+    result = subprocess.run(
+        [promtool, "check", "config", str(ROOT / "deploy" / "prometheus.yml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS" in result.stdout + result.stderr
 
 
 # The OTLP ports by protocol (the OpenTelemetry specification's defaults; Jaeger's too).

@@ -133,6 +133,7 @@ async def test_the_unprivileged_tools_worker_keeps_its_credentials_from_snippets
             "NATS_URL": url,
             "JETAGENT_PREFIX": "ja",
             "JETAGENT_TENANTS": "*",
+            "JETAGENT_METRICS_PORT": "0",
             **login(secrets_dir, "worker-tools"),
         },
         user=NOBODY,

@@ -18,7 +18,6 @@ from capabilities.tools.capability import tools_capability
 from jetagent.cli._services import capability_specs
 from jetagent.client import Client, RequestRejectedError
 from jetagent.config import Settings
-from jetagent.embedded import free_port
 from jetagent.jetstream import connect
 from jetagent.models import ModelCatalog
 from jetagent.orchestrator import Orchestrator
@@ -66,7 +65,7 @@ def _start_up(tmp_path: Path, env: dict[str, str]) -> SupervisedProcess:
 def _up_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("NATS_URL", "JETAGENT_PREFIX")}
     env.update(
-        JETAGENT_METRICS_PORT=str(free_port()),
+        JETAGENT_METRICS_PORT="0",
         JETAGENT_TOOLS="tests.support.dedicated_tools:TOOLS",
         PYTHONPATH=str(ROOT),
         COLUMNS="200",

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_up_starts_everything_and_ctrl_c_stops_it(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "NATS_URL"}
     gateway_port = free_port()
-    env.update(JETAGENT_METRICS_PORT=str(free_port()), COLUMNS="200", PYTHONUNBUFFERED="1")
+    env.update(JETAGENT_METRICS_PORT="0", COLUMNS="200", PYTHONUNBUFFERED="1")
     env.update(
         JETAGENT_GATEWAY_PORT=str(gateway_port), JETAGENT_GATEWAY_TOKENS="tok-up-12345=default"
     )
@@ -101,9 +101,7 @@ def test_a_second_up_is_refused_and_a_killed_up_leaves_no_children(tmp_path: Pat
     from tests.support.cli import JETAGENT, cli_env, run_cli
 
     data = tmp_path / "data"
-    env = cli_env(
-        None, JETAGENT_METRICS_PORT=str(free_port()), JETAGENT_GATEWAY_PORT=str(free_port())
-    )
+    env = cli_env(None, JETAGENT_METRICS_PORT="0", JETAGENT_GATEWAY_PORT=str(free_port()))
     env.pop("JETAGENT_TENANTS")
     process = SupervisedProcess(
         "up",

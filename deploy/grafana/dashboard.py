@@ -3,11 +3,15 @@
     .venv/bin/python deploy/grafana/dashboard.py           # writes dashboards/jetagent.json
     .venv/bin/python deploy/grafana/dashboard.py --check   # exits 1 if that file is stale
 
-The metrics come from ``projections.costs`` (docs/ARCHITECTURE.md §2; README "Session
-views, metrics"), scraped by Prometheus from the projections service. Grafana loads the
-JSON through the file provider in ``provisioning/dashboards/jetagent.yml``; the output is
-deterministic (sorted keys, fixed ids), so the checked-in file changes only when this
-script does.
+The first rows show the projection's metrics (``projections.costs``, docs/ARCHITECTURE.md
+§2: derived from the recorded events, exact, rebuildable — cost, tokens, outcomes); the last
+rows each service's own live metrics (``jetagent_worker_*``, ``jetagent_orchestrator_*``,
+``jetagent_gateway_*``, ``process_*`` joined to ``jetagent_build_info`` for the service
+name); README "Session views, metrics, dashboards, traces" lists them. Prometheus scrapes
+every service (``deploy/prometheus.yml``). Grafana loads the JSON through the file provider
+in ``provisioning/dashboards/jetagent.yml``; the output is deterministic (sorted keys, fixed
+ids), so the checked-in file changes only when this script does. One dashboard is one file:
+a function per row, longer than most modules.
 
 Template variables filter only where the metric has the label: ``$tenant`` applies to tokens,
 cost and workflow counts; ``$model`` to tokens, cost and provider calls; ``$capability`` to
@@ -219,15 +223,26 @@ def circuit_mappings() -> list[ValueMapping]:
     ]
 
 
-def quantiles(histogram: str) -> list[Dataquery]:
-    bucket = sel(f"{histogram}_bucket", CAPABILITY)
+def quantiles(histogram: str, by: str = "capability", *matchers: str) -> list[Dataquery]:
+    """p50, p95 and p99 of ``histogram`` by the label ``by`` (by default per capability,
+    filtered by $capability)."""
+    bucket = sel(
+        f"{histogram}_bucket", *(matchers or ((CAPABILITY,) if by == "capability" else ()))
+    )
     return [
         q(
-            f"histogram_quantile({quantile}, sum by (capability, le) (rate({bucket}{RATE})))",
-            f"{{{{capability}}}} p{name}",
+            f"histogram_quantile({quantile}, sum by ({by}, le) (rate({bucket}{RATE})))",
+            f"{{{{{by}}}}} p{name}",
         )
         for quantile, name in (("0.5", "50"), ("0.95", "95"), ("0.99", "99"))
     ]
+
+
+def per_service(expr: str) -> str:
+    """``expr`` (a process metric of each scraped target) labelled with the service it
+    belongs to, by the target's ``jetagent_build_info``; other exporters' processes
+    (those without build info) drop out."""
+    return f"{expr} * on (instance, job) group_left (service) jetagent_build_info"
 
 
 def mean(histogram: str, legend: str) -> Dataquery:
@@ -678,6 +693,224 @@ def lag_panels() -> list[Timeseries]:
     ]
 
 
+def service_panels() -> list[Timeseries | BarGauge]:
+    return [
+        bargauge(
+            "Processes by service",
+            "jetagent processes Prometheus scrapes now, by service (jetagent_build_info): "
+            "each worker, orchestrator, projection and gateway replica is one.",
+            units.Short,
+            q("sort_desc(count by (service) (jetagent_build_info))", "{{service}}", instant=True),
+            span=6,
+        ),
+        bargauge(
+            "Processes by version",
+            "jetagent processes by release (jetagent_build_info): more than one bar during "
+            "a rolling upgrade, or when a replica was left behind.",
+            units.Short,
+            q("sort_desc(count by (version) (jetagent_build_info))", "{{version}}", instant=True),
+            span=6,
+        ),
+        timeseries(
+            "Resident memory by service",
+            "Resident memory of every process of each service, summed (process_"
+            "resident_memory_bytes, labelled by jetagent_build_info).",
+            units.BytesIEC,
+            [
+                q(
+                    f"sum by (service) ({per_service('process_resident_memory_bytes')})",
+                    "{{service}}",
+                )
+            ],
+            span=6,
+            axis_label="bytes",
+        ),
+        timeseries(
+            "CPU by service",
+            "CPU used by every process of each service, in cores (rate of "
+            "process_cpu_seconds_total, labelled by jetagent_build_info).",
+            units.Short,
+            [
+                q(
+                    f"sum by (service) ({per_service(f'rate(process_cpu_seconds_total{RATE})')})",
+                    "{{service}}",
+                )
+            ],
+            span=6,
+            axis_label="cores",
+        ),
+    ]
+
+
+def worker_panels() -> list[Timeseries]:
+    live = "Live, from each worker process (not rebuilt from the events)."
+    in_flight = sel("jetagent_worker_steps_in_flight", CAPABILITY)
+    deliveries = sel("jetagent_worker_deliveries_total", CAPABILITY)
+    retries = sel("jetagent_worker_retries_total", CAPABILITY)
+    calls = sel("jetagent_worker_provider_calls_total", CAPABILITY, MODEL)
+    letters = sel("jetagent_worker_dead_letters_total", CAPABILITY)
+    return [
+        timeseries(
+            "Steps in flight by capability",
+            f"Step deliveries the workers are handling now, by capability. {live} "
+            "Filtered by $capability.",
+            units.Short,
+            [q(f"sum by (capability) ({in_flight})", "{{capability}}")],
+            axis_label="steps",
+        ),
+        timeseries(
+            "Deliveries/s by outcome",
+            "Step deliveries per second by what became of them: completed, failed, "
+            "retried (run again later), recorded_already (a redelivery of a finished "
+            f"step), discarded (not a step). Stacked. {live} Filtered by $capability.",
+            units.Short,
+            [q(f"sum by (outcome) (rate({deliveries}{RATE}))", "{{outcome}}")],
+            stacked=True,
+            colors={"completed": "green", "failed": "red", "retried": "orange"},
+        ),
+        timeseries(
+            "Worker retries/s by reason",
+            "Runs ended for a retry (transient: a TransientError; error: an unexpected "
+            "exception) and rate-limit waits within a run (rate_limited), per second. "
+            f"{live} Filtered by $capability.",
+            units.Short,
+            [
+                q(
+                    f"sum by (capability, reason) (rate({retries}{RATE}))",
+                    "{{capability}} {{reason}}",
+                )
+            ],
+        ),
+        timeseries(
+            "Handler latency p50/p95/p99 (live)",
+            "How long each call of a capability handler took, as it happened "
+            f"(jetagent_worker_handler_seconds, every run). {live} Filtered by $capability.",
+            units.Seconds,
+            quantiles("jetagent_worker_handler_seconds"),
+            span=12,
+            axis_label="seconds",
+        ),
+        timeseries(
+            "Provider calls/s of every run by outcome",
+            "Provider calls per second as the workers report them, every run of every "
+            "step (a step run three times shows three calls at once). For cost and "
+            "accounting use 'Provider calls by outcome' (the recorded calls, once each). "
+            f"{live} Filtered by $capability and $model.",
+            units.RequestsPerSecond,
+            [q(f"sum by (outcome) (rate({calls}{RATE}))", "{{outcome}}")],
+            span=12,
+            stacked=True,
+            colors={"ok": "green", "failed": "red", "rate_limited": "orange"},
+        ),
+        timeseries(
+            "Worker dead letters per minute",
+            "Step messages the workers sent to the dead-letter stream per minute, by "
+            f"capability and kind (failed: retries ran out; poison: unreadable). {live} "
+            "Filtered by $capability.",
+            units.Short,
+            [
+                q(
+                    f"sum by (capability, kind) (rate({letters}{RATE})) * 60",
+                    "{{capability}} {{kind}}",
+                )
+            ],
+            span=8,
+            axis_label="messages / min",
+            bars=True,
+        ),
+    ]
+
+
+def orchestrator_panels() -> list[Timeseries]:
+    return [
+        timeseries(
+            "Decisions/s by input and outcome",
+            "Orchestrator decisions per second by input (request, step_result, timer, "
+            "cancel, signal) and what they recorded (recorded: events appended; "
+            "unchanged: nothing to do, e.g. a redelivery; rejected: a request refused).",
+            units.Short,
+            [
+                q(
+                    f"sum by (input, outcome) (rate(jetagent_orchestrator_decisions_total{RATE}))",
+                    "{{input}} {{outcome}}",
+                )
+            ],
+        ),
+        timeseries(
+            "Inputs/s by outcome and conflicts/s",
+            "Inputs handled per second by how they ended (ok: acked; retried: left for a "
+            "redelivery; dead_lettered), and concurrency conflicts with other replicas "
+            "per second (each is resolved by catching up and deciding again).",
+            units.Short,
+            [
+                q(
+                    f"sum by (outcome) (rate(jetagent_orchestrator_inputs_total{RATE}))",
+                    "{{outcome}}",
+                ),
+                q(
+                    f"sum(rate(jetagent_orchestrator_conflicts_total{RATE}))",
+                    "conflicts",
+                ),
+            ],
+        ),
+        timeseries(
+            "Input latency p50/p95/p99",
+            "From an input's delivery to its ack, by input kind "
+            "(jetagent_orchestrator_input_seconds).",
+            units.Seconds,
+            quantiles("jetagent_orchestrator_input_seconds", "input"),
+            axis_label="seconds",
+        ),
+        timeseries(
+            "Orchestrator backlog",
+            "Messages not yet delivered to each orchestrator consumer, and not yet "
+            "acknowledged, as the orchestrators read them every 5 s; and inputs in "
+            "progress across replicas.",
+            units.Short,
+            [
+                q(
+                    "max by (consumer) (jetagent_orchestrator_consumer_pending_messages)",
+                    "{{consumer}} pending",
+                ),
+                q(
+                    "max by (consumer) (jetagent_orchestrator_consumer_ack_pending_messages)",
+                    "{{consumer}} ack pending",
+                ),
+                q("sum(jetagent_orchestrator_inputs_in_flight)", "in flight"),
+            ],
+            span=24,
+            axis_label="messages",
+        ),
+    ]
+
+
+def gateway_panels() -> list[Timeseries]:
+    return [
+        timeseries(
+            "Gateway requests/s by status",
+            "HTTP requests the gateways answered per second, by status code. Stacked.",
+            units.RequestsPerSecond,
+            [
+                q(
+                    f"sum by (status) (rate(jetagent_gateway_requests_total{RATE}))",
+                    "{{status}}",
+                )
+            ],
+            span=12,
+            stacked=True,
+        ),
+        timeseries(
+            "Gateway latency p50/p95/p99 by route",
+            "From a request's arrival to the start of its response, by route template "
+            "(an event stream's own length is not counted).",
+            units.Seconds,
+            quantiles("jetagent_gateway_request_seconds", "route"),
+            span=12,
+            axis_label="seconds",
+        ),
+    ]
+
+
 def build_dashboard() -> Dashboard:
     """The dashboard model, with panel ids numbered in layout order."""
     builder = (
@@ -685,7 +918,8 @@ def build_dashboard() -> Dashboard:
         .uid(UID)
         .description(
             "Cost, tokens, step latency, errors, circuit breakers, backlog and workflow "
-            "outcomes of jetagent (metrics of projections.costs)."
+            "outcomes of jetagent (projections.costs, from the events), then each "
+            "service's own live metrics: processes, workers, orchestrators, gateways."
         )
         .tags(["jetagent", "generated"])
         .editable()
@@ -715,6 +949,10 @@ def build_dashboard() -> Dashboard:
         ("Circuit breakers", circuit_panels()),
         ("Workflows", workflow_panels()),
         ("Backlog and lag", lag_panels()),
+        ("Services", service_panels()),
+        ("Workers (live)", worker_panels()),
+        ("Orchestrator", orchestrator_panels()),
+        ("Gateway", gateway_panels()),
     ]
     for title, panels in sections:
         builder = builder.with_row(Row(title))

@@ -140,7 +140,14 @@ class Settings(BaseSettings):
         "Elastic); both carry the workflow, step, capability, tool and tenant being handled. "
         "Also `jetagent --log-format`.",
     )
-    metrics_port: int = Field(9464, ge=0, le=65535, description="Prometheus /metrics port.")
+    metrics_port: int = Field(
+        9464,
+        ge=0,
+        le=65535,
+        description="This service's Prometheus /metrics port (every service serves one); 0: "
+        "any free port (logged). `jetagent up` gives it to the projections and the next "
+        "ports to the other services (0: a free port each).",
+    )
     metrics_addr: str = Field("127.0.0.1", description="Address /metrics listens on.")
     models: str | None = Field(None, description="Model catalog TOML (default: built in).")
     mcp: str | None = Field(

@@ -17,8 +17,15 @@ JETAGENT = Path(jetagent_command(installed=True)[0])
 def cli_env(nats_url: str | None, prefix: str | None = None, **extra: str) -> dict[str, str]:
     """The environment of a user's shell: ``NATS_URL`` only if given."""
     env = {k: v for k, v in os.environ.items() if k != "NATS_URL" and not k.startswith("JETAGENT_")}
-    # JETAGENT_NATS_PORT=0: a `jetagent up` of a test never binds NATS's default 4222.
-    env.update(COLUMNS="200", JETAGENT_TENANTS="*", PYTHONUNBUFFERED="1", JETAGENT_NATS_PORT="0")
+    # JETAGENT_NATS_PORT=0: a `jetagent up` of a test never binds NATS's default 4222;
+    # services started this way serve /metrics on a free port (tests run side by side).
+    env.update(
+        COLUMNS="200",
+        JETAGENT_TENANTS="*",
+        PYTHONUNBUFFERED="1",
+        JETAGENT_NATS_PORT="0",
+        JETAGENT_METRICS_PORT="0",
+    )
     if nats_url is not None:
         env["NATS_URL"] = nats_url
     if prefix is not None:

@@ -192,3 +192,18 @@ async def stumbling(
 
 
 TEST_TOOLS.append(stumbling)
+
+
+@tool(description="Bill a provider call, then fail for now on the first two runs.")
+async def flaky_twice(ctx: StepContext, note: str = "") -> str:
+    from jetagent import TransientError
+
+    await ctx.record_call(
+        CallRecord(model="flaky-model", provider="test", outcome="ok", usage=Usage(output_tokens=5))
+    )
+    if ctx.deliveries <= 2:
+        raise TransientError("the upstream blinked", retry_after=0.05)
+    return f"worked on run {ctx.deliveries}"
+
+
+TEST_TOOLS.append(flaky_twice)

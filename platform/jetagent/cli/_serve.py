@@ -91,6 +91,7 @@ def up(
 @commands.command()
 def orchestrator(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
     """Run one orchestrator replica (any number may run)."""
+    from jetagent.metrics import serve_metrics
     from jetagent.orchestrator import Orchestrator
 
     configure_logging(verbose)
@@ -99,7 +100,9 @@ def orchestrator(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = Fal
     async def main(stop: asyncio.Event) -> None:
         nc = await connect(settings, "jetagent.orchestrator")
         try:
-            await Orchestrator(nc, settings).run(stop)
+            service = Orchestrator(nc, settings)
+            with serve_metrics(service.metrics.registry, settings, service="orchestrator"):
+                await service.run(stop)
         finally:
             await nc.close()
 
@@ -117,8 +120,9 @@ def worker(
 ) -> None:
     """Run a capability worker (scale by running more)."""
     from jetagent.cli._services import capability_specs, mcp_client
+    from jetagent.metrics import serve_metrics
     from jetagent.models import ModelCatalog
-    from jetagent.worker import Worker
+    from jetagent.worker import Worker, WorkerMetrics
 
     configure_logging(verbose)
     settings = load_settings()
@@ -142,7 +146,12 @@ def worker(
             )
             nc = await connect(settings, "jetagent.worker:" + ",".join(capabilities))
             try:
-                await Worker(nc, settings, specs).run(stop)
+                # Calls of every catalog model start at 0 (the models the capabilities call).
+                routes = [(m.name, m.provider) for m in catalog.models.values()]
+                metrics = WorkerMetrics((spec.name for spec in specs), routes=routes)
+                service = Worker(nc, settings, specs, metrics=metrics)
+                with serve_metrics(service.metrics.registry, settings, service="worker"):
+                    await service.run(stop)
             finally:
                 await nc.drain()
         finally:
@@ -156,7 +165,8 @@ def worker(
 @commands.command()
 def gateway(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
     """The HTTP gateway: the request contract, session views and live events over HTTP."""
-    from jetagent.gateway import GatewaySettings, serve
+    from jetagent.gateway import GatewayMetrics, GatewaySettings, serve
+    from jetagent.metrics import serve_metrics
 
     configure_logging(verbose)
     settings = load_settings()
@@ -169,8 +179,10 @@ def gateway(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -
         from jetagent.client import Client
 
         client = Client(await connect(settings, "jetagent.gateway"), settings)
+        metrics = GatewayMetrics()
         try:
-            await serve(client, http, stop)
+            with serve_metrics(metrics.registry, settings, service="gateway"):
+                await serve(client, http, stop, metrics=metrics)
         finally:
             await client.close()
 

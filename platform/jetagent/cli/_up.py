@@ -2,10 +2,12 @@
 
 Each service is its own process (its own failure domain, as in production), started
 with the same ``jetagent`` command a deployment would run; their output is prefixed with
-the service's name. Ctrl-C (or SIGTERM) stops the services first (SIGTERM, so workers
-finish their steps), then the server. The data folder is locked for as long as the
-server runs, and every child gets SIGTERM from the kernel if ``up`` itself is killed
-(``jetagent._process``).
+the service's name. Each serves ``/metrics`` on a port of its own: ``JETAGENT_METRICS_PORT``
+is the first (the projections'), the others follow in the order printed; with ``0`` each
+gets a free port (:meth:`Platform.metrics_ports`). Ctrl-C (or SIGTERM) stops the services
+first (SIGTERM, so workers finish their steps), then the server. The data folder is
+locked for as long as the server runs, and every child gets SIGTERM from the kernel if
+``up`` itself is killed (``jetagent._process``).
 """
 
 from __future__ import annotations
@@ -25,7 +27,9 @@ from rich.console import Console
 from jetagent import discovery
 from jetagent._process import die_with_parent
 from jetagent.config import Settings
-from jetagent.embedded import EmbeddedServer, PortInUseError
+from jetagent.embedded import EmbeddedServer, PortInUseError, free_port
+from jetagent.errors import ConfigError
+from jetagent.metrics import printable_host
 
 __all__ = ["Platform", "ServiceProcess", "default_services"]
 
@@ -41,6 +45,8 @@ class ServiceProcess:
     color: str = "white"
     raw: bool = False
     """Copy its lines as they are (JSON log lines, which name their service), unprefixed."""
+    metrics_port: int | None = None
+    """Its /metrics port (``JETAGENT_METRICS_PORT`` of the process); None: the settings'."""
     process: asyncio.subprocess.Process | None = field(default=None, repr=False)
 
     async def start(
@@ -48,6 +54,8 @@ class ServiceProcess:
     ) -> None:
         self._console = console
         self._log = (log_dir / f"{self.name}.log").open("ab") if log_dir else None
+        if self.metrics_port is not None:
+            env = {**env, "JETAGENT_METRICS_PORT": str(self.metrics_port)}
         self.process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -178,13 +186,19 @@ class Platform:
         env["PYTHONUNBUFFERED"] = "1"
         if self.log_dir is not None:
             self.log_dir.mkdir(parents=True, exist_ok=True)
+        ports = self.metrics_ports()
+        host = printable_host(self.settings.metrics_addr)
+        width = max((len(s.name) for s in self.services), default=0)
         for service in self.services:
             service.raw = self.settings.log_format == "json"
+            service.metrics_port = ports[service.name]
             await service.start(env, self.console, self.log_dir)
             pid = service.process.pid if service.process else "?"
-            self.console.print(f"started [{service.color}]{service.name}[/] (pid {pid})")
-        if any(s.args[0] == "projections" for s in self.services):
-            self.console.print(f"metrics: http://127.0.0.1:{self.settings.metrics_port}/metrics")
+            self.console.print(
+                f"started [{service.color}]{service.name:<{width}}[/] (pid {pid})  "
+                f"metrics http://{host}:{service.metrics_port}/metrics",
+                highlight=False,
+            )
         if any(s.args[0] == "gateway" for s in self.services):
             self.console.print(f"gateway: {_gateway_url()} (JETAGENT_GATEWAY_TOKENS)")
 
@@ -211,6 +225,21 @@ class Platform:
             f"embedded nats-server: [bold]{self.url}[/]  "
             f"(monitoring {self.server.monitor_url}, data {data_dir / 'nats'})"
         )
+
+    def metrics_ports(self) -> dict[str, int]:
+        """Each service's /metrics port: ``JETAGENT_METRICS_PORT`` for the projections (so
+        their URL stays the documented one), the next ports for the others in order; when
+        it is 0, a free port each (the services of one host never share one)."""
+        base = self.settings.metrics_port
+        ordered = sorted(self.services, key=lambda s: s.args[0] != "projections")
+        if base == 0:
+            return {service.name: free_port() for service in ordered}
+        if base + len(ordered) - 1 > 65535:
+            raise ConfigError(
+                f"JETAGENT_METRICS_PORT={base} leaves no room for {len(ordered)} services' "
+                "/metrics ports (each takes the next port); choose a lower one, or 0"
+            )
+        return {service.name: base + i for i, service in enumerate(ordered)}
 
     async def _provision(self) -> None:
         from jetagent.jetstream import connect

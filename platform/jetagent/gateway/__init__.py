@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from jetagent.gateway._app import create_app
 from jetagent.gateway._config import GatewaySettings, TokenMap
+from jetagent.gateway._metrics import GatewayMetrics
 from jetagent.gateway._serve import GatewayServer, openapi_document, serve
 
 __all__ = [
+    "GatewayMetrics",
     "GatewayServer",
     "GatewaySettings",
     "TokenMap",

@@ -15,6 +15,7 @@ from jetagent.client import Client
 from jetagent.config import Settings
 from jetagent.gateway._app import create_app
 from jetagent.gateway._config import GatewaySettings
+from jetagent.gateway._metrics import GatewayMetrics
 
 __all__ = ["GatewayServer", "openapi_document", "serve"]
 
@@ -47,10 +48,13 @@ class _Server(uvicorn.Server):
 class GatewayServer:
     """The app on uvicorn, in the caller's event loop."""
 
-    def __init__(self, client: Client, settings: GatewaySettings) -> None:
+    def __init__(
+        self, client: Client, settings: GatewaySettings, *, metrics: GatewayMetrics | None = None
+    ) -> None:
         self.settings = settings
+        app = create_app(client, settings)
         config = uvicorn.Config(
-            create_app(client, settings),
+            metrics.wrap(app) if metrics is not None else app,
             host=settings.addr,
             port=settings.port,
             log_level="warning",
@@ -82,11 +86,17 @@ class GatewayServer:
             self._task = None
 
 
-async def serve(client: Client, settings: GatewaySettings, stop: asyncio.Event) -> None:
-    """Serve until ``stop`` is set."""
+async def serve(
+    client: Client,
+    settings: GatewaySettings,
+    stop: asyncio.Event,
+    *,
+    metrics: GatewayMetrics | None = None,
+) -> None:
+    """Serve until ``stop`` is set (measured by ``metrics``, if given)."""
     if not len(settings.token_map()):
         log.warning("no bearer tokens configured (JETAGENT_GATEWAY_TOKENS): every call is a 401")
-    server = GatewayServer(client, settings)
+    server = GatewayServer(client, settings, metrics=metrics)
     port = await server.start()
     log.warning("gateway listening on http://%s:%d", settings.addr, port)
     try:

@@ -45,6 +45,7 @@ from jetagent.jetstream.headers import Header
 from jetagent.jetstream.provision import provision
 from jetagent.logs import seconds
 from jetagent.models import ModelCatalog
+from jetagent.orchestrator._metrics import OrchestratorMetrics
 from jetagent.orchestrator.inputs import (
     Addressed,
     Admission,
@@ -116,6 +117,8 @@ class Orchestrator:
         self.timers = Timers(self.js, self.names)
         self._slots = asyncio.Semaphore(settings.orchestrator_concurrency)
         self.processed = 0
+        self.metrics = OrchestratorMetrics()
+        """This replica's own metrics (``jetagent orchestrator`` serves them on /metrics)."""
         self._context: DecideContext | None = None
         self._context_version = -1
         # Loaded once, outside the pure decisions (it may read a file or the network).
@@ -169,6 +172,7 @@ class Orchestrator:
                 tasks.create_task(self._serve(requests, self._on_request, stop))
                 tasks.create_task(self._serve(steps, self._on_input, stop))
                 tasks.create_task(self._serve(timers, self._on_input, stop))
+                tasks.create_task(self.metrics.follow_consumers(self.js, self._consumers(), stop))
                 await stop.wait()
                 await requests.stop()
                 await steps.stop()
@@ -176,6 +180,14 @@ class Orchestrator:
         finally:
             await self.registry.stop()
             await self.aggregates.close()
+
+    def _consumers(self) -> list[tuple[str, str]]:
+        names = self.names
+        return [
+            (names.requests_stream, "orchestrator-requests"),
+            (names.steps_stream, "orchestrator-steps"),
+            (names.timers_stream, "orchestrator-timers"),
+        ]
 
     async def _serve(
         self, puller: Puller, handle: Callable[[Msg], Awaitable[None]], stop: asyncio.Event
@@ -190,6 +202,7 @@ class Orchestrator:
     async def _handle(
         self, msg: Msg, handle: Callable[[Msg], Awaitable[None]], puller: Puller
     ) -> None:
+        measured = self.metrics.input(msg.subject)
         # A scope for the ids the handling learns (workflow, tenant, step): on every log
         # line about this message, the retry lines below included (jetagent.correlation).
         with correlation.correlate():
@@ -205,6 +218,7 @@ class Orchestrator:
                 # Permanent (unreadable, an impossible id, an untrusted result): answered once
                 # with a dead letter, never retried.
                 log.warning("%s message %s set aside: %s", exc.kind, msg.subject, exc.reason)
+                measured.outcome = "dead_lettered"
                 await self._dead_letter(msg, exc.kind, exc.reason, workflow_id=exc.workflow_id)
             except (JetStreamUnavailableError, NatsError) as exc:
                 # Retried until the store answers (the consumers have no delivery limit: a
@@ -219,11 +233,13 @@ class Orchestrator:
                     deliveries,
                     exc,
                 )
+                measured.outcome = "retried"
                 with contextlib.suppress(NatsError):
                     await msg.nak(delay=delay)
             except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as exc:
                 # Unreadable: no retry can help.
                 log.exception("unreadable message %s goes to the dead-letter queue", msg.subject)
+                measured.outcome = "dead_lettered"
                 await self._dead_letter(msg, "poison", f"unreadable: {exc}")
             except Exception:
                 # A bug, or a dependency in a bad state: retried a few times with backoff
@@ -231,6 +247,7 @@ class Orchestrator:
                 deliveries = msg.metadata.num_delivered
                 if deliveries < _MAX_ATTEMPTS:
                     delay = min(2.0**deliveries, 30.0)
+                    measured.outcome = "retried"
                     log.exception(
                         "failed to process %s (delivery %d of %d); retrying in %s s",
                         msg.subject,
@@ -241,11 +258,13 @@ class Orchestrator:
                     with contextlib.suppress(NatsError):
                         await msg.nak(delay=delay)
                 else:
+                    measured.outcome = "dead_lettered"
                     log.exception(
                         "failed to process %s; it goes to the dead-letter queue", msg.subject
                     )
                     await self._dead_letter(msg, "failed", "processing failed after retries")
             finally:
+                measured.done()
                 self._slots.release()
                 await puller.done()
 
@@ -318,6 +337,7 @@ class Orchestrator:
         workflow_id, event = rejection.workflow_id, rejection.event()
         correlation.annotate(workflow_id=workflow_id, tenant=rejection.tenant)
         log.info("rejected request %s: %s", workflow_id, "; ".join(rejection.reasons))
+        self.metrics.rejected()
         headers = self._causation(message)
         async with self._locks[workflow_id]:
             # Expected sequence 0: if the id already names a workflow (or an earlier
@@ -401,6 +421,7 @@ class Orchestrator:
                     await self._decide_and_append(workflow_id, loaded, command, headers)
                     break
                 except ConcurrencyConflict:
+                    self.metrics.conflict(command)
                     await self.journal.catch_up(workflow_id, loaded)
             else:
                 raise JetagentError(f"workflow {workflow_id}: too many concurrent writers")
@@ -425,6 +446,7 @@ class Orchestrator:
         for group in group_for_messages(events):
             checked = [await self._claim_check(e) for e in group]
             await self.journal.append(workflow_id, loaded, checked, headers)
+        self.metrics.decided(command, len(events))
 
     async def _claim_check(self, event: WorkflowEvent) -> WorkflowEvent:
         if isinstance(event, StepScheduled):

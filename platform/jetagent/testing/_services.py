@@ -46,10 +46,12 @@ class ServiceProcesses:
 
     Each runs ``command + args`` (default :func:`jetagent_command`) with this process's
     environment plus ``NATS_URL=url``, ``JETAGENT_PREFIX=prefix``, ``JETAGENT_TENANTS=*``
-    (every tenant), unbuffered output, then :attr:`env`, then the ``env`` given to
-    :meth:`start`. Its output goes to ``<log_dir>/<name>.log``. :attr:`url` and
-    :attr:`env` may be changed between starts (services logging in as different users).
-    Use as a context manager (sync or async), or call :meth:`stop_all` in ``finally``.
+    (every tenant), ``JETAGENT_METRICS_PORT=0`` (each service's /metrics on a free port:
+    services of one test, and of tests running at once, never collide), unbuffered
+    output, then :attr:`env`, then the ``env`` given to :meth:`start`. Its output goes to
+    ``<log_dir>/<name>.log``. :attr:`url` and :attr:`env` may be changed between starts
+    (services logging in as different users). Use as a context manager (sync or async),
+    or call :meth:`stop_all` in ``finally``.
     """
 
     def __init__(
@@ -80,6 +82,7 @@ class ServiceProcesses:
             "NATS_URL": self.url,
             "JETAGENT_PREFIX": self.prefix,
             "JETAGENT_TENANTS": "*",
+            "JETAGENT_METRICS_PORT": "0",
             "PYTHONUNBUFFERED": "1",
             **self.env,
             **(env or {}),

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 from nats.aio.client import Client as NATS
@@ -35,6 +35,9 @@ from jetagent.subjects import Names
 from jetagent.token_stream import TokenPublisher
 from jetagent.worker.calls import CallJournal
 from jetagent.worker.registry import RegisteredTool
+
+if TYPE_CHECKING:
+    from jetagent.worker._metrics import WorkerMetrics
 
 __all__ = [
     "CapabilitySpec",
@@ -66,6 +69,8 @@ class StepServices:
     journal: CallJournal | None = None
     js: JetStreamContext | None = None
     buckets: dict[str, KeyValue] = field(default_factory=dict)
+    metrics: WorkerMetrics | None = None
+    """Counts each call reported with ``record_call`` as it happens."""
 
     def __post_init__(self) -> None:
         if self.js is None and self.nc is not None:
@@ -124,6 +129,8 @@ class StepContext:
         if any(c is call for c in self._recorded):
             return
         self._recorded.append(call)
+        if self._services.metrics is not None:
+            self._services.metrics.call(self.capability, call)
         journal = self._services.journal
         if journal is not None:
             await journal.record(self.workflow_id, self.step_id, self.deliveries, call)

@@ -51,6 +51,7 @@ from jetagent.jetstream.provision import consumer_config, ensure_consumer, provi
 from jetagent.logs import seconds
 from jetagent.payloads import PayloadStore
 from jetagent.worker._context import CapabilitySpec, StepServices
+from jetagent.worker._metrics import WorkerMetrics
 from jetagent.worker._results import StepRecords
 from jetagent.worker._steps import StepRunner
 from jetagent.worker.calls import CallJournal
@@ -75,7 +76,9 @@ class Worker:
         specs: Sequence[CapabilitySpec],
         *,
         worker_id: str | None = None,
+        metrics: WorkerMetrics | None = None,
     ) -> None:
+        """``metrics``: this worker's own (default: new ones, for ``specs``)."""
         self.nc = nc
         self.settings = settings
         self.names = settings.names
@@ -91,11 +94,21 @@ class Worker:
         self._results = DirectGetter(nc, self.names.steps_stream, timeout=5.0)
         self._calls = DirectGetter(nc, self.names.calls_stream, timeout=5.0)
         journal = CallJournal(self.js, self._calls, self.names, worker=self.worker_id)
+        if metrics is None:
+            metrics = WorkerMetrics(spec.name for spec in self.specs)
+        self.metrics = metrics
+        """This process's own metrics (``jetagent worker`` serves them on /metrics)."""
         self._steps = StepRunner(
             settings=settings,
             services=StepServices(
-                names=self.names, nc=nc, js=self.js, payloads=payloads, journal=journal
+                names=self.names,
+                nc=nc,
+                js=self.js,
+                payloads=payloads,
+                journal=journal,
+                metrics=self.metrics,
             ),
+            metrics=self.metrics,
             records=StepRecords(nc, self.js, self.names, self._results),
             journal=journal,
             worker_id=self.worker_id,
@@ -225,6 +238,7 @@ class Worker:
     # -------------------------------------------------------------------- steps
 
     async def _run_step(self, spec: CapabilitySpec, msg: Msg, puller: Puller) -> None:
+        self.metrics.started(spec.name)
         # A scope for the step's ids (the runner adds the workflow, step, tool and tenant
         # once the message is read): on its spans and every log line about it.
         with correlation.correlate(capability=spec.name):
@@ -246,4 +260,5 @@ class Worker:
                 with contextlib.suppress(NatsError):
                     await msg.nak(delay=_UNHANDLED_DELAY_S)
             finally:
+                self.metrics.finished(spec.name)
                 await puller.done()

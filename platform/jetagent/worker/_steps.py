@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -35,6 +36,7 @@ from jetagent.events import CallRecord, StepResult, StepScheduled, decode_events
 from jetagent.logs import seconds
 from jetagent.worker._context import CapabilitySpec, StepContext, StepOutput, StepServices
 from jetagent.worker._delivery import Heartbeat
+from jetagent.worker._metrics import WorkerMetrics
 from jetagent.worker._policy import (
     Acknowledge,
     Complete,
@@ -122,6 +124,7 @@ class StepRunner:
         worker_id: str,
         retry_of: dict[tuple[str, str], RetryPolicy],
         retry: RetryPolicy,
+        metrics: WorkerMetrics,
     ) -> None:
         self._settings = settings
         self._names = settings.names
@@ -131,6 +134,7 @@ class StepRunner:
         self._worker_id = worker_id
         self._retry = retry
         self._tool_retry = retry_of
+        self._metrics = metrics
         self._policy = StepPolicy(rate_limit_waits=settings.step_rate_limit_retries)
         self.completed = 0
         """Deliveries answered with a result of this process (completed or failed)."""
@@ -230,6 +234,7 @@ class StepRunner:
         expand = b'"$ref"' in run.msg.data or b"ja-ref:" in run.msg.data
         waits = 0
         while True:
+            started = time.monotonic()
             try:
                 if expand:
                     ctx.input = await ctx.payloads.expand(event.input)
@@ -237,8 +242,10 @@ class StepRunner:
                 out = await run.spec.handler(ctx)
                 output = out if isinstance(out, StepOutput) else StepOutput(output=out)
                 output.output = await self._shrink(output.output)
+                self._metrics.handled(run.spec.name, "ok", started)
                 return Complete(output)
             except Exception as exc:
+                self._metrics.handled(run.spec.name, "error", started)
                 if not isinstance(exc, CapabilityError):
                     log.error(
                         "capability %s raised on step %s",
@@ -249,6 +256,7 @@ class StepRunner:
                 decision = self._policy.after_error(
                     exc, step=event, retry=retry, run=run.deliveries, waits=waits, now=_now()
                 )
+                self._metrics.after_error(run.spec.name, exc, decision)
             if not isinstance(decision, WaitInRun):
                 return decision
             await self._report(ctx, run, decision.billed)
@@ -312,6 +320,7 @@ class StepRunner:
                 )
                 # End this run without a result: journal what it was billed, then nak.
                 unrecorded = [c for c in run.calls if not any(c is r for r in run.recorded)]
+                self._metrics.calls_of_run(spec.name, unrecorded)
                 await self._journal.end(
                     event.workflow_id, event.step_id, run.deliveries, reason=why, calls=unrecorded
                 )
@@ -330,6 +339,7 @@ class StepRunner:
                         msg, source=spec.name, error=text, workflow_id=run.event.workflow_id
                     )
                 await self._record(run, self._result(run, ok=False, error=decision))
+        self._metrics.delivered(spec.name, decision)
 
     async def _record(self, run: _Run, result: StepResult) -> None:
         """Write the result with every call of the step, then ack."""
@@ -346,6 +356,8 @@ class StepRunner:
         for call in [*run.calls, *result.calls]:
             if not any(call is c for c in mine):
                 mine.append(call)
+        # The ones not reported as they happened (returned, or carried by an error).
+        self._metrics.calls_of_run(run.spec.name, mine[len(run.recorded) :])
         if run.deliveries == 1:
             return msgspec.structs.replace(result, calls=mine)
         earlier = await self._journal.earlier(
