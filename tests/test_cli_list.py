@@ -76,7 +76,8 @@ async def test_list_filters_json_and_the_projection_note(engine: InProcessPlatfo
         # Newest first; every field documented in the README.
         document = json.loads(results["all"].stdout)
         assert _ids(results["all"].stdout) == list(reversed(ALL))
-        assert document["count"] == 4 and document["matched"] == 4
+        assert document["count"] == 4
+        assert document["matched"] == 4
         assert document["projection"]["running"] is True
         first = document["workflows"][0]
         assert set(first) >= {
@@ -101,16 +102,20 @@ async def test_list_filters_json_and_the_projection_note(engine: InProcessPlatfo
         assert _ids(results["paid"].stdout) == [HELLO, SIX_SEVEN]
         two = json.loads(results["two"].stdout)
         assert _ids(results["two"].stdout) == [CANCELLED, HELLO]
-        assert two["matched"] == 4 and two["count"] == 2 and two["truncated"] is True
+        assert two["matched"] == 4
+        assert two["count"] == 2
+        assert two["truncated"] is True
         assert results["ids"].stdout.split() == [TOKEN_CAP, SIX_SEVEN]
 
         # The table: short ids, statuses, tenants; the rest is in --json.
         table = results["table"].stdout
         for wid in ALL:
-            assert wid[:8] in table and wid not in table, table
+            assert wid[:8] in table, table
+            assert wid not in table, table
         for status in ("finalized", "terminated", "cancelled"):
             assert status in table
-        assert "beta" in table and "acme" in table
+        assert "beta" in table
+        assert "acme" in table
 
         # Bad filters: one line each, naming what is wrong.
         bad = await run_many(

@@ -77,7 +77,8 @@ async def test_narrow_terminals(engine: InProcessPlatform) -> None:
             inspected = results[0].stdout
             for whole in ("reasoning", "calculator", "offline-planner", "finalized"):
                 assert whole in inspected, (width, inspected)
-            assert "cafe0001" in results[2].stdout and "finalized" in results[2].stdout
+            assert "cafe0001" in results[2].stdout
+            assert "finalized" in results[2].stdout
 
 
 async def test_tail_short_ids_times_and_tenants(engine: InProcessPlatform, tmp_path: Path) -> None:

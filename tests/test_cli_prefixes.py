@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from tests.support.known import (
     CANCELLED,
     HELLO,
@@ -46,7 +48,8 @@ async def test_prefixes_for_every_command(engine: InProcessPlatform) -> None:
     for name, result in zip(COMMANDS, ambiguous, strict=True):
         line = one_error_line(result, "cafe000", SIX_SEVEN, TOKEN_CAP)
         assert "ambiguous" in line, (name, line)
-        assert HELLO not in line and result.stdout == "", (name, result.stdout)
+        assert HELLO not in line, (name, line)
+        assert result.stdout == "", (name, result.stdout)
 
     # Nothing starts with dead: the usual line (watch waits for it to start, then gives up).
     unknown = await run_many([[*args, "dead"] for args in COMMANDS.values()], env)
@@ -57,7 +60,9 @@ async def test_prefixes_for_every_command(engine: InProcessPlatform) -> None:
             one_error_line(result, "no workflow dead")
 
     # A full id is taken as it is; so is one that is also a prefix of nothing else.
-    exact = await run_many([["inspect", "--json", CANCELLED], ["inspect", "--json", "beef0003"]], env)
+    exact = await run_many(
+        [["inspect", "--json", CANCELLED], ["inspect", "--json", "beef0003"]], env
+    )
     assert json.loads(exact[0].stdout)["workflow_id"] == CANCELLED
     assert json.loads(exact[1].stdout)["workflow_id"] == HELLO
 
@@ -69,16 +74,10 @@ async def test_the_client_resolves_prefixes(engine: InProcessPlatform) -> None:
     client = engine.client
     assert await client.resolve("cafe0001") == SIX_SEVEN
     assert await client.resolve(HELLO) == HELLO
-    try:
+    with pytest.raises(AmbiguousWorkflowIdError) as ambiguous:
         await client.resolve("cafe000")
-    except AmbiguousWorkflowIdError as exc:
-        assert exc.prefix == "cafe000"
-        assert exc.candidates == [SIX_SEVEN, TOKEN_CAP]
-    else:
-        raise AssertionError("an ambiguous prefix resolved")
-    try:
+    assert ambiguous.value.prefix == "cafe000"
+    assert ambiguous.value.candidates == [SIX_SEVEN, TOKEN_CAP]
+    with pytest.raises(WorkflowNotFoundError) as unknown:
         await client.resolve("dead")
-    except WorkflowNotFoundError as exc:
-        assert exc.workflow_id == "dead"
-    else:
-        raise AssertionError("an unknown prefix resolved")
+    assert unknown.value.workflow_id == "dead"

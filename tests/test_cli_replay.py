@@ -68,12 +68,14 @@ async def test_replay_json_and_the_state_at_a_sequence(engine: InProcessPlatform
     assert [(e["seq"], e["type"]) for e in events] == [(seq, kind) for seq, kind, _ in stored]
     for entry in events:
         at = datetime.fromisoformat(entry["at"])
-        assert at.tzinfo is not None and at.year >= 2024, entry
+        assert at.tzinfo is not None, entry
+        assert at.year >= 2024, entry
         assert entry["subject"].startswith(f"{engine.settings.prefix}.wf.{SIX_SEVEN}.")
         assert entry["summary"]
         assert entry["verification"] == "not verified"
     verified = json.loads(results[1].stdout)
-    assert verified["verified"] is True and verified["mismatches"] == []
+    assert verified["verified"] is True
+    assert verified["mismatches"] == []
     assert {e["verification"] for e in verified["events"]} == {"same"}
     assert all(isinstance(e["decision"], int) for e in verified["events"])
 
@@ -92,7 +94,8 @@ async def test_replay_json_and_the_state_at_a_sequence(engine: InProcessPlatform
         assert document["state"] == json.loads(msgspec.json.encode(expected)), seq
         assert document["events_folded"] == sum(1 for s, _, _ in stored if s <= seq)
     final = json.loads(results[5].stdout)["state"]
-    assert final["status"] == "finalized" and final["final_output"]
+    assert final["status"] == "finalized"
+    assert final["final_output"]
     for seq, result in zip(points, results[6:9], strict=True):
         expected = _fold_until(stored, seq)
         assert f"status {expected.status.value}" in result.stdout, result.stdout

@@ -52,7 +52,9 @@ class Known:
 async def submit_known(engine: InProcessPlatform) -> None:
     """Submit the four workflows one after the other, each to its end."""
     client = engine.client
-    await client.submit(WorkflowRequest(request_id=SIX_SEVEN, instruction="What is 6 * 7?", tenant="acme"))
+    await client.submit(
+        WorkflowRequest(request_id=SIX_SEVEN, instruction="What is 6 * 7?", tenant="acme")
+    )
     await client.result(SIX_SEVEN, timeout=30)
     await client.submit(
         WorkflowRequest(
