@@ -79,13 +79,18 @@ def _ago(seconds: float) -> str:
 
 
 def _show(found: Overview) -> None:
-    from jetagent.cli._layout import Column, console_width, fit_table, fold
+    from jetagent.cli._layout import Column, console_width, facts, fit_table, fold
 
     width = console_width(console)
 
-    def say(markup: str, indent: int = 0) -> None:
-        # A line that does not fit goes on under its start, four cells further in.
-        for n, line in enumerate(fold(Text.from_markup(markup), width - indent - 4)):
+    def say(*parts: str, indent: int = 0) -> None:
+        # One part is folded, several are joined with " · " and broken between parts;
+        # a line that does not fit goes on four cells further in.
+        if len(parts) == 1:
+            lines = fold(Text.from_markup(parts[0]), width - indent - 4)
+        else:
+            lines = facts(list(parts), width - indent - 4)
+        for n, line in enumerate(lines):
             console.print(Text(" " * (indent + (4 if n else 0))) + line)
 
     server = found.server
@@ -186,7 +191,7 @@ def _capability(capability: CapabilityState, say: Callable[..., None]) -> None:
     name = capability.name
     if capability.workers:
         count = len(capability.workers)
-        say(f"{name}: {count} worker{'s' if count > 1 else ''} · {backlog}", 2)
+        say(f"{name}: {count} worker{'s' if count > 1 else ''}", backlog, indent=2)
     elif consumer is not None and consumer.waiting:
         # Pull requests wait on the consumer, yet no worker reports: one of a release
         # that wrote no reports, or one that cannot write to the registry bucket.
@@ -196,18 +201,22 @@ def _capability(capability: CapabilityState, say: Callable[..., None]) -> None:
         )
     else:
         style = "red" if consumer is not None and consumer.pending else "yellow"
-        say(f"{name}: [{style}]no worker connected[/] · {backlog}", 2)
+        say(f"{name}: [{style}]no worker connected[/]", backlog, indent=2)
     for worker in capability.workers:
         say(
-            f"{worker.worker} · jetagent {worker.version} · host {worker.host} pid {worker.pid}"
-            f" · concurrency {worker.concurrency} · reported {_ago(worker.last_report_s)}",
-            6,
+            worker.worker,
+            f"jetagent {worker.version}",
+            f"host {worker.host} pid {worker.pid}",
+            f"concurrency {worker.concurrency}",
+            f"reported {_ago(worker.last_report_s)}",
+            indent=6,
         )
     for worker in capability.gone:
         say(
-            f"[dim]gone: {worker.worker} (jetagent {worker.version}), last report "
-            f"{_ago(worker.last_report_s)}[/]",
-            6,
+            f"[dim]gone: {worker.worker}[/]",
+            f"[dim]jetagent {worker.version}[/]",
+            f"[dim]last report {_ago(worker.last_report_s)}[/]",
+            indent=6,
         )
 
 
