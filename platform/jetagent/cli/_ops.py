@@ -84,11 +84,9 @@ class _Tenants:
 def tail(
     tenant: Annotated[str | None, typer.Option(help="Only this tenant's workflows.")] = None,
 ) -> None:
-    """Print every workflow event as it happens, across all workflows.
-
-    Each line: the workflow's short id (its unique prefix), the time (UTC), the tenant,
-    what happened.
-    """
+    """Print every workflow event as it happens, across all workflows."""
+    # Each line: the workflow's short id (its unique prefix), the time (UTC), the
+    # tenant, what happened (README "Command line").
     from nats.js.api import ConsumerConfig, DeliverPolicy
 
     from jetagent.cli._layout import ShortIds, console_width, hang, stamp, utc
