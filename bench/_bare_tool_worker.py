@@ -23,8 +23,8 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig
 
 from capabilities.tools.calculator import evaluate
-from jetagent.config import Names
 from jetagent.events import StepResult, StepScheduled, decode_events, encode
+from jetagent.subjects import Names
 
 from ._engine_baselines import _Standing
 
@@ -43,7 +43,7 @@ async def _serve(url: str, prefix: str) -> None:
             durable_name=CONSUMER,
             ack_policy=AckPolicy.EXPLICIT,
             ack_wait=30.0,
-            filter_subjects=[f"{prefix}.wf.*.StepScheduled.tools.calculator"],
+            filter_subjects=[names.step_scheduled_tool("tools", "calculator")],
         ),
     )
 

@@ -74,7 +74,12 @@ def tool_step(tool: str, arguments: dict[str, Any], *, tenant: str = "bench") ->
         capability="tools",
         tool=tool,
         iteration=1,
-        input={"call_id": "call_1_1", "tool": tool, "arguments": arguments},
+        input={
+            "call_id": "call_1_1",
+            "tool": tool,
+            "arguments": arguments,
+            "session_id": workflow_id,  # a request without a session id is its own session
+        },
         reservation=Spend(),
         tenant=tenant,
     )
@@ -155,7 +160,7 @@ class StepDriver:
 
     async def open(self) -> None:
         names = self.settings.names
-        self._sub = await self.loop.nc.subscribe(f"{names.prefix}.step.>", cb=self._on_result)
+        self._sub = await self.loop.nc.subscribe(names.all_step_results, cb=self._on_result)
 
     async def close(self) -> None:
         if self._sub is not None:

@@ -248,7 +248,7 @@ class ComparisonPlatform:
         reader = DirectGetter(self.client.nc, self.names.steps_stream, timeout=10)
         await reader.open()
         try:
-            records = await reader.scan(f"{self.names.prefix}.step.>", start_seq=first_seq)
+            records = await reader.scan(self.names.all_step_results, start_seq=first_seq)
         finally:
             await reader.close()
         cost: dict[str, Decimal] = {}

@@ -69,7 +69,7 @@ SEGMENTS = (
     "orchestrator: take the input, decide, append the 1st event (StepCompleted or Started)",
     "orchestrator: append StepScheduled (a 2nd round trip to the server)",
     "server → worker: deliver StepScheduled; the worker decodes it, starts the step",
-    "worker: the handler (offline planner or calculator); StepResult built",
+    "worker: the handler (offline deterministic provider or calculator); StepResult built",
     "worker: publish StepResult until the server stored it",
     "server → orchestrator: deliver StepResult; the orchestrator takes it",
 )
@@ -241,8 +241,8 @@ class EnginePlatform:
         self.client = await Client.connect(self.url, settings=self.settings)
         nc = self.client.nc
         self._subs = [
-            await nc.subscribe(f"{self.names.workflow_root}.>", cb=self._on_event),
-            await nc.subscribe(f"{self.names.prefix}.dlq.>", cb=self._on_dead_letter),
+            await nc.subscribe(self.names.all_workflows, cb=self._on_event),
+            await nc.subscribe(self.names.all_dead_letters, cb=self._on_dead_letter),
         ]
         js = self.client.js
         await eventually(
@@ -428,10 +428,9 @@ class EnginePlatform:
         await wf_reader.open()
         await step_reader.open()
         try:
-            root = self.names.workflow_root
-            events = await wf_reader.scan(f"{root}.>", start_seq=start_wf + 1)
-            step_root = f"{self.names.prefix}.step"
-            results = await step_reader.scan(f"{step_root}.>", start_seq=start_steps + 1)
+            events = await wf_reader.scan(self.names.all_workflows, start_seq=start_wf + 1)
+            every_result = self.names.all_step_results
+            results = await step_reader.scan(every_result, start_seq=start_steps + 1)
         finally:
             await wf_reader.close()
             await step_reader.close()

@@ -12,7 +12,8 @@ Each request carries a realistic session context (an agent's system prompt, one 
 exchange, two facts), names one of 20 tenants and one of two offline models (so the
 metrics have label sets to render), and asks for the 7-step calculation the ``engine``
 suite uses, with different numbers: reasoning → calculator → reasoning → calculator →
-reasoning → calculator → reasoning, served by the offline planner and the calculator.
+reasoning → calculator → reasoning, served by the offline deterministic provider and the
+calculator.
 
 - :func:`finished_history`: workflows run to the end until the streams hold at least
   ``events`` events (``orchestrator`` + ``worker reasoning tools``).
@@ -158,11 +159,11 @@ class _Driver:
         self.rng = random.Random(f"bench-history-{settings.prefix}")
 
     async def open(self) -> None:
-        nc, p = self.loop.nc, self.names.prefix
+        nc, names = self.loop.nc, self.names
         self.subs = [
-            await nc.subscribe(f"{p}.wf.>", cb=self._on_event),
-            await nc.subscribe(f"{p}.step.>", cb=self._on_result),
-            await nc.subscribe(f"{p}.dlq.>", cb=self._on_dead_letter),
+            await nc.subscribe(names.all_workflows, cb=self._on_event),
+            await nc.subscribe(names.all_step_results, cb=self._on_result),
+            await nc.subscribe(names.all_dead_letters, cb=self._on_dead_letter),
         ]
 
     async def close(self) -> None:
@@ -320,9 +321,9 @@ async def count_streams(loop: Loop, settings: Settings) -> StreamCounts:
     wf_messages = wf_events = results = dead = size = 0
     reasoning_sizes: list[int] = []
     streams = {
-        names.workflows_stream: f"{names.prefix}.wf.>",
-        names.steps_stream: f"{names.prefix}.step.>",
-        names.dlq_stream: f"{names.prefix}.dlq.>",
+        names.workflows_stream: names.all_workflows,
+        names.steps_stream: names.all_step_results,
+        names.dlq_stream: names.all_dead_letters,
     }
     for stream, subject in streams.items():
         info = await loop.js.stream_info(stream)

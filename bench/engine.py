@@ -4,7 +4,8 @@ The subject is the platform as deployed: ``jetagent orchestrator`` and ``jetagen
 reasoning tools`` as separate processes (``bench._engine_service``: the CLI, profilable
 on a signal) on the suite's nats-server, each run under a prefix of its own, fed by
 ``jetagent.client.Client``. Every workflow is the same 7-step request served by the
-offline planner and the calculator (both instant), so what is measured is the platform.
+offline deterministic provider and the calculator (both instant), so what is measured is
+the platform.
 
 Baselines, in the same run on the same server (``_engine_baselines``): the raw nats-py
 publish → pull consumer → ack round trip, and a bare step loop (one process, in-memory
@@ -290,7 +291,7 @@ SUITE = Suite(
         "`jetagent.client.Client`; each workflow is the 7-step request *“What is 3 * 4? "
         "Then add 2 to the result then add 5 to the result”* (reasoning → calculator → "
         "reasoning → calculator → reasoning → calculator → reasoning), served by the "
-        "offline planner and the calculator, both instant: what "
+        "offline deterministic provider and the calculator, both instant: what "
         "is measured is the platform's own cost per step. Baselines on the same server: the "
         "raw nats-py publish → durable pull consumer → ack round trip, and a bare step loop "
         "(one process, in-memory state, no event store, no aggregate, no tracking: "

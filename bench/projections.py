@@ -94,9 +94,9 @@ async def _read_streams(on: Loop, prefix: Prefix, *, decode: bool) -> None:
     projection does (all three at once), counting them (and decoding, if asked)."""
     names = prefix.settings.names
     streams = {
-        names.workflows_stream: f"{names.prefix}.wf.>",
-        names.steps_stream: f"{names.prefix}.step.>",
-        names.dlq_stream: f"{names.prefix}.dlq.>",
+        names.workflows_stream: names.all_workflows,
+        names.steps_stream: names.all_step_results,
+        names.dlq_stream: names.all_dead_letters,
     }
     left = prefix.counts.messages
     done = asyncio.Event()

@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 
 from nats.js.client import JetStreamContext
 
-from jetagent.config import Names
 from jetagent.dead_letter import DeadLetterKind, dead_letter, publish_dead_letter
 from jetagent.errors import JetagentError
 from jetagent.events import StepResult, WorkflowEvent
+from jetagent.subjects import Names
 
 __all__ = ["PoisonMessage", "PoisonReporter", "checked_result", "workflow_of"]
 

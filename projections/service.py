@@ -35,6 +35,7 @@ from jetagent.jetstream.provision import provision
 from jetagent.models import ModelCatalog
 from jetagent.reports import PROJECTION_KEY, ProjectionReport, identity, keep_reporting
 from jetagent.sessions import HeldResult, SessionView, apply_workflow_message, fold_step_result
+from jetagent.subjects import DeadLetterSubject
 from projections.checkpoints import CheckpointStore
 from projections.costs import LiveGauges, MetricsCollector, MetricsState, known_label_sets
 from projections.labels import LabelPolicy
@@ -114,9 +115,9 @@ class ProjectionService:
     def streams(self) -> dict[str, str]:
         names = self.names
         return {
-            names.workflows_stream: f"{names.prefix}.wf.>",
-            names.steps_stream: f"{names.prefix}.step.>",
-            names.dlq_stream: f"{names.prefix}.dlq.>",
+            names.workflows_stream: names.all_workflows,
+            names.steps_stream: names.all_step_results,
+            names.dlq_stream: names.all_dead_letters,
         }
 
     async def _buckets(self) -> tuple[KeyValue, CheckpointStore]:
@@ -199,7 +200,9 @@ class ProjectionService:
                     return result.workflow_id
                 self._take_result(view, seq, subject, result)
             else:
-                self.metrics.apply_dead_letter(subject.rsplit(".", 1)[-1], self.labels)
+                where = self.names.parse(subject)
+                source = where.source if isinstance(where, DeadLetterSubject) else subject
+                self.metrics.apply_dead_letter(source, self.labels)
         except Exception as exc:
             # Whatever a stored message holds, it must not stop the projection: it is
             # skipped, counted and dead-lettered (projections/poison.py). The checks run

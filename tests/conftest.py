@@ -29,6 +29,9 @@ def settings(nats_url: str, unique: str) -> Settings:
         tenants="*",
         step_ack_wait_s=5.0,
         shutdown_grace_s=5.0,
+        # Any free port: a test must never need the default one (a developer's running
+        # platform, or another test run, may hold it).
+        metrics_port=0,
     )
 
 

@@ -26,8 +26,9 @@ ROOT = Path(__file__).resolve().parents[1]
 GRAFANA = ROOT / "deploy" / "grafana"
 DASHBOARD = GRAFANA / "dashboards" / "jetagent.json"
 
-# What projections.costs exposes on /metrics (DESIGN.md, "Projections and metrics"): name →
-# labels. Kept here, apart from the generator, so that a typo there cannot agree with itself.
+# What projections.costs exposes on /metrics (docs/ARCHITECTURE.md §2; README "Session
+# views, metrics"): name → labels. Kept here, apart from the generator, so that a typo
+# there cannot agree with itself.
 METRICS: dict[str, frozenset[str]] = {
     "jetagent_tokens_total": frozenset({"capability", "model", "provider", "tenant", "kind"}),
     "jetagent_cost_usd_total": frozenset({"capability", "model", "provider", "tenant"}),

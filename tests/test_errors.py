@@ -1,5 +1,6 @@
-"""One error tree: every exception jetagent defines derives from ``JetagentError``
-(issue 9, item 10), so ``except JetagentError`` catches everything raised on purpose."""
+"""One error tree: every exception jetagent, its capabilities and its projections define
+derives from ``JetagentError`` (issue 9, item 10; issue 11, item 4), so
+``except JetagentError`` catches everything raised on purpose."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import importlib
 import inspect
 import pkgutil
 
+import capabilities
 import jetagent
 import projections
 from jetagent.errors import JetagentError
@@ -14,7 +16,7 @@ from jetagent.errors import JetagentError
 
 def _modules() -> list[str]:
     names = []
-    for package in (jetagent, projections):
+    for package in (jetagent, capabilities, projections):
         for info in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
             if info.name.endswith("__main__") or info.name == "jetagent.cli.demo":
                 continue

@@ -23,7 +23,7 @@ from jetagent.contract import rejection_id
 from jetagent.decoding import PoisonMessage, decode_cancel, decode_signal
 from jetagent.jetstream import DirectGetter
 from jetagent.jetstream._loop import LoopThread
-from jetagent.orchestrator._service import _readable_request_id
+from jetagent.orchestrator.inputs import readable_request_id as _readable_request_id
 from jetagent.testing import eventually
 from tests.support.platform import InProcessPlatform
 from tests.test_fuzz_ingress import any_body, nearly_valid_results, request_bodies, result_bodies

@@ -352,11 +352,11 @@ async def test_when_all_attempts_fail_billed_usage_is_kept(
     assert "claude-mid" in error.message
 
 
-# -- injected providers (the offline planner's slot) ---------------------------------------
+# -- injected providers (the offline deterministic provider's slot) ----------------------
 
 
 class ScriptedProvider:
-    """An in-process provider, the way the offline planner plugs in."""
+    """An in-process provider, the way the offline deterministic provider plugs in."""
 
     name = "offline"
 

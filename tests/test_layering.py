@@ -242,7 +242,7 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 def test_no_import_cycles_between_modules_of_the_core() -> None:
     graph = _graph()
     # A package __init__ importing its own private modules, which import sibling modules
-    # through the package's public names, is the curated-surface pattern (STYLE.md):
+    # through the package's public names, is the curated-surface pattern (docs/ARCHITECTURE.md §6):
     # ignore edges from a module to its own package __init__.
     for module, targets in graph.items():
         graph[module] = {t for t in targets if not module.startswith(t + ".")}

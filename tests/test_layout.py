@@ -1,4 +1,4 @@
-"""The repository layout keeps working as DESIGN.md requires."""
+"""The repository layout keeps working as docs/ARCHITECTURE.md §2 requires."""
 
 from __future__ import annotations
 

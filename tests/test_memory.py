@@ -1,8 +1,8 @@
 """The memory capability on a real nats-server: scopes, tenants, idempotence, ranking.
 
 Most tests call the capability's handler with real ``StepContext``s on a real connection
-(a workflow's ``Started`` event is published first, as the orchestrator would, since the
-session comes from it); the first two run whole workflows through the platform.
+(each step carries its workflow's session in its input, as the orchestrator puts it
+there); the first two run whole workflows through the platform.
 """
 
 from __future__ import annotations
@@ -29,15 +29,12 @@ from capabilities.memory import load_retriever_factory as load_factory
 from jetagent import (
     CapabilitySpec,
     ConfigError,
-    SessionContext,
     Settings,
     Status,
     StepContext,
-    WorkflowRequest,
 )
 from jetagent.events import (
     Spend,
-    Started,
     StepCompleted,
     StepScheduled,
     encode,
@@ -55,11 +52,10 @@ from tests.support.platform import InProcessPlatform
 
 @dataclass
 class Steps:
-    """Builds real step contexts, and publishes each workflow's Started event once."""
+    """Builds real step contexts, each carrying its session as the orchestrator's would."""
 
     nc: NATS
     settings: Settings
-    started: set[str] = field(default_factory=set)
     ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     js: Any = None
 
@@ -76,29 +72,20 @@ class Steps:
         arguments: dict[str, Any],
         session: str | None = None,
     ) -> StepContext:
-        names = self.settings.names
-        if workflow not in self.started:
-            request = WorkflowRequest(
-                request_id=workflow,
-                tenant=tenant,
-                instruction="(published by the test)",
-                session_context=SessionContext(session_id=session),
-            )
-            started = Started(
-                workflow_id=workflow,
-                at=datetime.now(UTC),
-                tenant=tenant,
-                request=request.model_dump(mode="json"),
-            )
-            await self.js.publish(f"{names.workflow_root}.{workflow}.Started", encode(started))
-            self.started.add(workflow)
+        # The request's session id, else the workflow's own (jetagent.workflow's rule).
+        session_id = session or workflow
         return step_context(
             workflow_id=workflow,
             step_id=f"step-{next(self.ids)}",
             capability="memory",
             tool=tool,
             tenant=tenant,
-            input={"call_id": call, "tool": tool, "arguments": arguments},
+            input={
+                "call_id": call,
+                "tool": tool,
+                "arguments": arguments,
+                "session_id": session_id,
+            },
             nc=self.nc,
             settings=self.settings,
         )
@@ -226,7 +213,7 @@ async def test_recall_finds_what_was_remembered_in_the_same_workflow(
     assert [r["text"] for r in found] == ["the launch code is 1234"]
     assert found[0]["scope"] == "session"
     assert found[0]["score"] > 0
-    # The planner's final answer carries the recalled text back to the caller.
+    # The offline provider's final answer carries the recalled text back to the caller.
     assert "1234" in (await platform.client.result(wid)).output
 
 
@@ -358,6 +345,30 @@ async def test_a_workflow_without_a_session_id_is_its_own_session(steps: Steps) 
     # A later request continues that session by naming the first request's id.
     assert await recall(spec, steps, "draft folder", workflow="req-2", session="req-1")
     assert await recall(spec, steps, "draft folder", workflow="req-3") == []
+
+
+async def test_a_step_without_a_session_id_reaches_only_the_tenant_scope(steps: Steps) -> None:
+    # A step scheduled before steps carried their session: the tenant scope still works,
+    # and a session-scope call answers why it cannot, instead of guessing a session.
+    spec = memory_capability()
+
+    async def step(tool: str, arguments: dict[str, Any]) -> dict[str, Any]:
+        ctx = await steps.context(
+            tenant="acme", workflow="wf-old", call="c1", tool=tool, arguments=arguments
+        )
+        del ctx.input["session_id"]
+        out = await spec.handler(ctx)
+        output = out.output if not isinstance(out, dict) else out
+        answer: dict[str, Any] = json.loads(str(output["content"]))
+        return answer
+
+    stored = await step("remember", {"text": "the printer is on floor 3", "scope": "tenant"})
+    assert stored["result"]["scope"] == "tenant"
+    found = await step("recall", {"query": "printer", "scope": "tenant"})
+    assert [r["text"] for r in found["result"]] == ["the printer is on floor 3"]
+    refused = await step("remember", {"text": "a session note"})
+    assert "carries no session id" in refused["error"]
+    assert len(await memory_keys(steps)) == 1
 
 
 async def test_bm25_ranks_the_relevant_memory_first(steps: Steps) -> None:

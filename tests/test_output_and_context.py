@@ -70,7 +70,7 @@ async def test_an_answer_still_invalid_after_its_repair_ends_the_workflow(
 
 
 async def test_older_turns_are_summarised_near_the_context_window(settings: Settings) -> None:
-    # A planner with a tiny window: the conversation outgrows it after a few turns.
+    # An offline model with a tiny window: the conversation outgrows it after a few turns.
     text = (
         '[models.offline-tiny]\nprovider = "offline"\ncontext_window = 400\n'
         "max_output_tokens = 64\ninput_per_mtok = 1\noutput_per_mtok = 1\n"

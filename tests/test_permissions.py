@@ -1,4 +1,4 @@
-"""Each service's NATS credentials allow exactly the subjects it needs (DESIGN.md).
+"""Each service's NATS credentials allow exactly the subjects it needs (docs/ARCHITECTURE.md §4).
 
 A server runs with nats/accounts.conf; the platform runs under its per-service users
 (an operator provisions with the admin user); a workflow completes with no permission

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import hashlib
+from datetime import UTC, datetime
 from decimal import Decimal
+from typing import Any
+
+import msgspec
+import pytest
 
 from jetagent.config import Settings
+from jetagent.events import Spend, StepScheduled
 from jetagent.jetstream import AggregateStream
+from jetagent.llm import ToolCall
 from jetagent.models import ModelCatalog
 from jetagent.orchestrator.journal import Journal
 from jetagent.orchestrator.replay import replay_workflow
-from jetagent.workflow import DecideContext, WorkflowState, fold
+from jetagent.workflow import DecideContext, WorkflowState, _decide, as_recorded, fold
 from tests.support.platform import InProcessPlatform
 
 
@@ -56,6 +64,83 @@ async def test_every_decision_replays_to_the_recorded_events(engine: InProcessPl
     report = await replay_workflow(client.nc, engine.settings.names, ids[0], changed)
     assert not report.ok
     assert "reservation" in report.mismatches[0].detail
+
+
+def _tool_steps(events: list[Any]) -> list[StepScheduled]:
+    return [e for e in events if isinstance(e, StepScheduled) and e.capability == "tools"]
+
+
+async def test_a_history_written_before_steps_carried_their_session_still_verifies(
+    engine: InProcessPlatform, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = engine.client
+    instruction = "remember my city is Oslo, then recall city"
+
+    # The orchestrator of before: tool steps carried the call and nothing of the workflow.
+    def call_only(state: WorkflowState, call: ToolCall) -> dict[str, Any]:
+        return {"call_id": call.id, "tool": call.name, "arguments": call.arguments}
+
+    monkeypatch.setattr(_decide, "_tool_input", call_only)
+    old = await client.submit(
+        instruction=instruction, tenant="acme", session_context={"session_id": "s1"}
+    )
+    assert (await client.result(old, timeout=20)).ok
+    monkeypatch.undo()
+    written = _tool_steps(await client.events(old))
+    assert len(written) == 2
+    assert all("session_id" not in step.input for step in written)
+
+    # Today's orchestrator puts the workflow's session in every tool step...
+    new = await client.submit(
+        instruction=instruction, tenant="acme", session_context={"session_id": "s1"}
+    )
+    assert (await client.result(new, timeout=20)).ok
+    assert [s.input["session_id"] for s in _tool_steps(await client.events(new))] == ["s1"] * 2
+
+    # ...and replays both histories to what each recorded.
+    ctx = await _context(engine)
+    for wid in (old, new):
+        report = await replay_workflow(client.nc, engine.settings.names, wid, ctx)
+        assert report.ok, report.mismatches
+        assert report.groups >= 3
+
+
+def _step(input: dict[str, Any]) -> StepScheduled:
+    return StepScheduled(
+        workflow_id="wf",
+        at=datetime(2026, 1, 1, tzinfo=UTC),
+        step_id="2",
+        capability="tools",
+        tool="calculator",
+        iteration=1,
+        input=input,
+        reservation=Spend(),
+        tenant="acme",
+    )
+
+
+def _ref(value: dict[str, Any]) -> dict[str, Any]:
+    """A claim check of ``value``, as the orchestrator's payload store writes one."""
+    data = msgspec.json.Encoder(decimal_format="string").encode(value)
+    digest = hashlib.sha256(data).hexdigest()
+    return {"$ref": f"PAYLOADS/{digest}", "sha256": digest, "size": len(data), "tokens": 0}
+
+
+def test_a_decided_step_compares_in_the_shape_it_was_recorded_in() -> None:
+    call = {"call_id": "call_1_1", "tool": "calculator", "arguments": {"expression": "6 * 7"}}
+    decided = _step({**call, "session_id": "s1"})
+    # Recorded before steps carried their session: compared without it.
+    assert as_recorded(decided, _step(call)) == _step(call)
+    # Recorded since: compared as it is, so another session is still a difference.
+    assert as_recorded(decided, _step({**call, "session_id": "s1"})) == decided
+    assert as_recorded(decided, _step({**call, "session_id": "s2"})) == decided
+    # A claim-checked input is known by its digest, of either shape.
+    assert as_recorded(decided, _step(_ref(call))) == _step(call)
+    assert as_recorded(decided, _step(_ref(decided.input))) == decided
+    other = {**call, "arguments": {"expression": "6 * 8"}}
+    assert as_recorded(decided, _step(_ref(other))) == decided
+    # Nothing to compare with (more decided than recorded): as decided.
+    assert as_recorded(decided, None) == decided
 
 
 async def test_a_workflow_rebuilds_from_its_snapshot(settings: Settings) -> None:

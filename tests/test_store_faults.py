@@ -13,8 +13,15 @@ from eventsourcing.utils import Environment
 from nats.errors import TimeoutError as NatsTimeoutError
 
 from jetagent.embedded import EmbeddedServer
-from jetagent.jetstream import StoreUnavailableError, StreamConfigError, WriteTooLargeError, _writes
-from jetagent.store import AsyncStore, NatsFactory, StoreSettings
+from jetagent.jetstream import _writes
+from jetagent.store import (
+    AsyncStore,
+    NatsFactory,
+    StoreSettings,
+    StoreUnavailableError,
+    StreamConfigError,
+    WriteTooLargeError,
+)
 
 
 def _factory(url: str, stream: str, **extra: str) -> NatsFactory:
@@ -28,6 +35,23 @@ def _events(originator: uuid.UUID, versions: range) -> list[StoredEvent]:
         StoredEvent(originator_id=originator, originator_version=v, topic="t:E", state=b"{}")
         for v in versions
     ]
+
+
+def _lose_acks(monkeypatch: pytest.MonkeyPatch, count: int) -> dict[str, int]:
+    """Make the server store the next ``count`` writes but their acknowledgements never
+    arrive; returns a counter of the acknowledgements lost so far."""
+    publish = _writes._publish
+    lost = {"count": 0}
+
+    async def publish_then_lose_the_ack(*args):  # type: ignore[no-untyped-def]
+        ack = await publish(*args)
+        if lost["count"] < count:
+            lost["count"] += 1
+            raise NatsTimeoutError
+        return ack
+
+    monkeypatch.setattr(_writes, "_publish", publish_then_lose_the_ack)
+    return lost
 
 
 def test_events_survive_sigkill_of_the_server(tmp_path: Path) -> None:
@@ -96,18 +120,8 @@ async def test_a_lost_ack_is_resolved_without_a_false_conflict(
 ) -> None:
     nc = await nats.connect(nats_url)
     store = AsyncStore(nc, StoreSettings(stream="LOSTACK_" + uuid.uuid4().hex[:8], root="lostack"))
-    publish = _writes._publish
-    lost = {"count": 0}
-
-    async def publish_then_lose_the_ack(*args):  # type: ignore[no-untyped-def]
-        # The server stores the write, but its acknowledgement never arrives.
-        ack = await publish(*args)
-        if lost["count"] < 2:
-            lost["count"] += 1
-            raise NatsTimeoutError
-        return ack
-
-    monkeypatch.setattr(_writes, "_publish", publish_then_lose_the_ack)
+    # The server stores each write, but its acknowledgement never arrives.
+    lost = _lose_acks(monkeypatch, 2)
     one, batch = uuid.uuid4(), uuid.uuid4()
     assert await store.insert_events(_events(one, range(1, 2))) == [1]
     assert await store.insert_events(_events(batch, range(1, 4))) == [2, 3, 4]
@@ -129,17 +143,7 @@ async def test_a_lost_ack_on_a_tracked_write(
 ) -> None:
     nc = await nats.connect(nats_url)
     store = AsyncStore(nc, StoreSettings(stream="LOSTTRK_" + uuid.uuid4().hex[:8], root="losttrk"))
-    publish = _writes._publish
-    calls = {"n": 0}
-
-    async def lose_first_ack(*args):  # type: ignore[no-untyped-def]
-        ack = await publish(*args)
-        calls["n"] += 1
-        if calls["n"] == 1:
-            raise NatsTimeoutError
-        return ack
-
-    monkeypatch.setattr(_writes, "_publish", lose_first_ack)
+    _lose_acks(monkeypatch, 1)
     ids = await store.insert_events(_events(uuid.uuid4(), range(1, 2)), tracking=Tracking("up", 7))
     assert ids == [1]
     assert await store.max_tracking_id("up") == 7
@@ -217,17 +221,7 @@ async def test_an_aggregate_append_with_a_lost_ack_is_resolved(
     )
     stream = AggregateStream(nc, stream=name, root=name.lower())
     await stream.open()
-    publish = _writes._publish
-    lost = {"count": 0}
-
-    async def lose_first_ack(*args):  # type: ignore[no-untyped-def]
-        ack = await publish(*args)
-        if lost["count"] == 0:
-            lost["count"] += 1
-            raise NatsTimeoutError
-        return ack
-
-    monkeypatch.setattr(_writes, "_publish", lose_first_ack)
+    _lose_acks(monkeypatch, 1)
     first = await stream.append("w1", [NewRecord("Started", b"{}")], expected_seq=0)
     assert first.seqs == [1]
     # The lost ack was recognised: one message stored, and the CAS chain goes on from it.
@@ -238,4 +232,30 @@ async def test_an_aggregate_append_with_a_lost_ack_is_resolved(
     assert info.value.actual == 2
     assert [r.seq for r in await stream.read("w1")] == [1, 2]
     await stream.close()
+    await nc.close()
+
+
+async def test_write_once_stores_a_subject_once_through_a_lost_ack(
+    nats_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from jetagent.jetstream import Message, write_once
+    from jetagent.jetstream._streams import ensure_stream
+
+    nc = await nats.connect(nats_url)
+    name = "ONCE_" + uuid.uuid4().hex[:8]
+    await ensure_stream(nc, {"name": name, "subjects": [f"{name}.>"], "allow_direct": True})
+    _lose_acks(monkeypatch, 1)
+    subject = f"{name}.result"
+    # The first try landed but its ack was lost: the retry finds the subject taken.
+    assert not await write_once(
+        nc, Message(subject, b"1"), timeout=2.0, deadline_s=10.0, what="record"
+    )
+    assert await write_once(
+        nc, Message(f"{name}.other", b"2"), timeout=2.0, deadline_s=10.0, what="record"
+    )
+    assert not await write_once(
+        nc, Message(subject, b"3"), timeout=2.0, deadline_s=10.0, what="record"
+    )
+    info = await nc.jetstream().stream_info(name)
+    assert info.state.messages == 2
     await nc.close()

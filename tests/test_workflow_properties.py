@@ -10,7 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import event as note
 from hypothesis import strategies as st
 
-from capabilities.reasoning.offline import OfflinePlanner
+from capabilities.reasoning.offline import DeterministicPolicy
+from capabilities.tools.builtin import calculator, memory_lookup, memory_store
 from capabilities.tools.calculator import CalculatorError, evaluate
 from jetagent.contract import Status, WorkflowRequest
 from jetagent.events import (
@@ -41,15 +42,16 @@ from jetagent.workflow import (
 
 CATALOG = ModelCatalog.load()
 TOOLS = {
-    "calculator": ToolInfo(spec=ToolSpec(name="calculator", description="math")),
-    "memory_lookup": ToolInfo(spec=ToolSpec(name="memory_lookup", description="recall")),
-    "memory_store": ToolInfo(spec=ToolSpec(name="memory_store", description="remember")),
+    # The built-in tools as registered: the offline policy fills calls from their schemas.
+    "calculator": ToolInfo(spec=calculator.registration().spec),
+    "memory_lookup": ToolInfo(spec=memory_lookup.registration().spec),
+    "memory_store": ToolInfo(spec=memory_store.registration().spec),
     "burn": ToolInfo(spec=ToolSpec(name="burn", description="tokens"), max_tokens=60),
     "dangerous": ToolInfo(spec=ToolSpec(name="dangerous", description="x"), requires_approval=True),
 }
 CTX = DecideContext(models=CATALOG.models, tools=TOOLS, max_step_attempts=2)
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
-PLANNER = OfflinePlanner()
+PLANNER = DeterministicPolicy()
 
 stage = st.one_of(
     st.builds(lambda a, b: f"what is {a} * {b}", st.integers(0, 99), st.integers(0, 99)),
@@ -66,7 +68,7 @@ stage = st.one_of(
 
 
 def _outcome(step: StepScheduled, draw: st.DrawFn, at: datetime) -> StepResult:
-    """What a capability would answer: the planner for reasoning, tools computed."""
+    """What a capability would answer: the offline policy for reasoning, tools computed."""
     calls: list[CallRecord] = []
     ok = draw(st.integers(0, 9)) > 0  # mostly successes, sometimes a failure
     output: dict[str, object] = {}

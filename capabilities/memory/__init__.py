@@ -9,11 +9,11 @@ Two tools, served by workers of the ``memory`` capability (consumer ``cap-memory
 **Scopes.** ``tenant``: every session of the tenant. ``session``: the workflow's session —
 the request's ``session_context.session_id`` when it has one, else the workflow itself
 (its id, the request id, is then the session id, so a later request continues it by
-passing that id as its ``session_id``). The tool reads the request from the workflow's
-``Started`` event (one get of ``<prefix>.wf.<workflow_id>.Started``, cached per worker);
-a ``session_id`` in the step's input, if an orchestrator puts one there, takes
-precedence. A tenant never sees another tenant's memories: the tenant is the first token
-of every key, taken from the step, and every read is a filter under it.
+passing that id as its ``session_id``). Both come with the step, as every capability's
+inputs do: the orchestrator puts the session in each tool step's input (``session_id``)
+and the tenant on the step, and the tool reads nothing else of the workflow. A tenant
+never sees another tenant's memories: the tenant is the first token of every key, and
+every read is a filter under it.
 
 **Storage.** The ``<PREFIX>_MEMORY`` KV bucket, one key per memory —
 ``<tenant>.t.<id>`` (tenant scope) and ``<tenant>.s-<session_id>.<id>`` (session scope).

@@ -2,7 +2,7 @@
 
 Served like the tools capability — ``ToolBox.serve`` runs the tool a step names, with
 validated arguments, and a tool's failure is an output the model reads, never a failed
-step — but not by importing it: a capability imports only jetagent (DESIGN.md).
+step — but not by importing it: a capability imports only jetagent (docs/ARCHITECTURE.md §2).
 """
 
 from __future__ import annotations

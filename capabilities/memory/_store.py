@@ -6,10 +6,11 @@ Key layout (KV keys are subject-like; every token here is ``[A-Za-z0-9_-]``)::
     <tenant>.s-<session_id>.<memory_id>  session scope: one session
 
 The tenant is always the first token and comes from the step (the orchestrator's
-``StepScheduled``), never from the tool's arguments; every read is a subject filter
-under ``<tenant>.``, so one tenant's reads never even touch another's keys. The simple
-``memory_store`` tool of the tools worker shares the bucket with two-token keys
-(``<tenant>.<key>``), which these three-token filters never match.
+``StepScheduled``), never from the tool's arguments, and so does the session (the step's
+``input.session_id``); every read is a subject filter under ``<tenant>.``, so one
+tenant's reads never even touch another's keys. The simple ``memory_store`` tool of the
+tools worker shares the bucket with two-token keys (``<tenant>.<key>``), which these
+three-token filters never match.
 
 A value is a :class:`MemoryRecord` as JSON. A text above the payload threshold goes to the
 object store (``<PREFIX>_PAYLOADS``, content-addressed) and the record keeps its claim check.
@@ -43,9 +44,7 @@ from nats.js.errors import KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from capabilities.memory._retrieval import BM25Retriever, Retriever, RetrieverFactory
-from jetagent import PermanentError, StepContext, TransientError
-from jetagent.errors import UnavailableError
-from jetagent.events import Started, decode_event
+from jetagent import StepContext, TransientError
 
 __all__ = [
     "MAX_LIMIT",
@@ -195,62 +194,35 @@ class MemoryStore:
         retriever: RetrieverFactory = BM25Retriever,
         max_scopes: int = 1024,
         max_views: int = 256,
-        max_sessions: int = 4096,
         max_changes: int = 32,
     ) -> None:
         self.retriever = retriever
         self._max_scopes = max_scopes
         self._max_views = max_views
-        self._max_sessions = max_sessions
         self._max_changes = max_changes
         self._scopes: OrderedDict[str, _ScopeCache] = OrderedDict()
         self._views: OrderedDict[tuple[str, ...], _View] = OrderedDict()
-        self._sessions: OrderedDict[str, str] = OrderedDict()
         self.reloads = 0
         """How many times a scope was read whole (for tests and diagnostics)."""
 
     # ------------------------------------------------------------------ sessions
 
-    async def session_id(self, ctx: StepContext) -> str:
-        """The session of the step's workflow.
+    @staticmethod
+    def session_id(ctx: StepContext) -> str:
+        """The session of the step's workflow, as the step carries it (``input.session_id``:
+        the request's ``session_context.session_id``, else the workflow's own id, so a
+        later request continues it by naming that id as its session).
 
-        ``session_context.session_id`` of the workflow's request when it has one; else the
-        workflow's own id (so a later request may continue it by naming that id as its
-        session). An orchestrator may also put ``session_id`` in the step's input.
+        A step scheduled before steps carried their session has none: a session-scope
+        call then fails (the model reads why) rather than guess another session.
         """
         given = ctx.input.get("session_id")
-        if isinstance(given, str) and _TOKEN.fullmatch(given):
-            return given
-        cached = self._sessions.get(ctx.workflow_id)
-        if cached is not None:
-            self._sessions.move_to_end(ctx.workflow_id)
-            return cached
-        request = await self._request_of(ctx)
-        context = request.get("session_context") or {}
-        found = context.get("session_id") if isinstance(context, dict) else None
-        session = found if isinstance(found, str) and found else ctx.workflow_id
-        _checked(session, "session id")
-        self._sessions[ctx.workflow_id] = session
-        if len(self._sessions) > self._max_sessions:
-            self._sessions.popitem(last=False)
-        return session
-
-    async def _request_of(self, ctx: StepContext) -> dict[str, Any]:
-        """The workflow's request, from its ``Started`` event (written once, never changed)."""
-        stream = ctx.names.workflows_stream
-        subject = f"{ctx.names.workflow_root}.{ctx.workflow_id}.Started"
-        # Read from the stream's leader: a replica may not have caught up yet.
-        try:
-            raw = await ctx.last_message(stream, subject)
-        except UnavailableError as exc:
-            raise TransientError(f"could not read workflow {ctx.workflow_id}: {exc}") from exc
-        if raw is not None:
-            event = decode_event(raw.data)
-            if isinstance(event, Started):
-                return event.request
-        raise PermanentError(
-            f"workflow {ctx.workflow_id} has no Started event to take a session from"
-        )
+        if not isinstance(given, str) or not given:
+            raise ValueError(
+                "this step carries no session id (scheduled by an orchestrator older "
+                "than session ids in steps); only the tenant scope is available"
+            )
+        return _checked(given, "session id")
 
     # ------------------------------------------------------------------ writing
 
@@ -265,7 +237,7 @@ class MemoryStore:
             raise ValueError(f"the text is longer than {MAX_TEXT_BYTES} bytes")
         if len(tags) > MAX_TAGS or not all(0 < len(t) <= MAX_TAG_CHARS for t in tags):
             raise ValueError(f"at most {MAX_TAGS} tags of 1 to {MAX_TAG_CHARS} characters")
-        session = await self.session_id(ctx) if scope == "session" else None
+        session = self.session_id(ctx) if scope == "session" else None
         call_id = str(ctx.input.get("call_id") or ctx.step_id)
         memory = memory_id(ctx.workflow_id, call_id, text)
         key = memory_key(ctx.tenant, scope, session, memory)
@@ -306,7 +278,7 @@ class MemoryStore:
             raise ValueError(f"limit must be between 1 and {MAX_LIMIT}")
         tokens: list[str] = []
         if scope in ("session", "both"):
-            tokens.append(_scope_token("session", await self.session_id(ctx)))
+            tokens.append(_scope_token("session", self.session_id(ctx)))
         if scope in ("tenant", "both"):
             tokens.append(_TENANT_TOKEN)
         try:

@@ -493,8 +493,9 @@ class HedgedCaller:
             run.permit.release()
             error = exc
         else:
-            # A bug in an injected provider (the offline planner, a test double) must not
-            # crash the worker or lose the other attempts: it fails the step, loudly.
+            # A bug in an injected provider (the offline deterministic provider, a test
+            # double) must not crash the worker or lose the other attempts: it fails the
+            # step, loudly.
             run.permit.release()
             model = run.candidate.model
             error = PermanentError(

@@ -1,13 +1,14 @@
 """The ``reasoning`` and ``summarize`` capabilities: one model call per step.
 
 Both go through :class:`ModelGateway` (routing, circuit breakers, hedging), with the
-offline planner serving ``provider = "offline"`` models. Every provider call the
-gateway made — the winner, failed and cancelled attempts — becomes a ``CallRecord`` of
-the step's result, the one place its usage and cost are recorded. Each is reported
-with ``StepContext.record_call`` the moment it settles (the gateway's ``on_call``), so a
-worker that dies later in the step (in a rate-limit wait, a failover) loses none: the
-run that writes the result carries them (README "Delivery, retries and recovery"). The
-offline planner is local, instant and free; its one call is only in the result.
+offline deterministic provider serving ``provider = "offline"`` models. Every provider
+call the gateway made — the winner, failed and cancelled attempts — becomes a
+``CallRecord`` of the step's result, the one place its usage and cost are recorded. Each
+is reported with ``StepContext.record_call`` the moment it settles (the gateway's
+``on_call``), so a worker that dies later in the step (in a rate-limit wait, a failover)
+loses none: the run that writes the result carries them (README "Delivery, retries and
+recovery"). The offline deterministic provider is local, instant and free; its one call
+is only in the result.
 """
 
 from __future__ import annotations
@@ -170,7 +171,7 @@ def reasoning_capabilities(
         tools = [msgspec.convert(t, ToolSpec) for t in data.get("tools") or []]
         max_tokens = int(data["max_tokens"])
         if _all_offline(catalog, data["models"]):
-            # The planner is local and instant: no breaker, hedge or failover can help,
+            # The offline provider is local and instant: no breaker, hedge or failover can help,
             # so it is called directly (its call is recorded the same way).
             completion, calls, routing = await _offline_call(
                 catalog.get(data["models"][0]), messages, tools, max_tokens
@@ -225,7 +226,8 @@ def reasoning_capabilities(
         if data.get("mode") == "compact":
             return await compact(step, data, messages, models, offline=offline)
         if offline:
-            # The offline planner is not a language model: it summarises by extraction.
+            # The offline deterministic provider is no language model: it summarises by
+            # extraction.
             final = next((m.content for m in reversed(messages) if m.role == "assistant"), "")
             request = next((m.content for m in messages if m.role == "user"), "")
             text = f"Asked: {request.strip()[:300]} Answer: {final.strip()}"

@@ -92,8 +92,8 @@ class ModelGateway:
           budget is below this many times one call's maximum cost.
         - ``max_models_per_call``: how many models one call may fail over across.
         - ``clock``: monotonic seconds for the breakers' cool-downs (tests inject one).
-        - ``providers``: adapters by provider name; the ``offline`` planner must come
-          this way. Missing ``openai``/``anthropic`` adapters are created (and closed by
+        - ``providers``: adapters by provider name; the ``offline`` deterministic provider
+          must come this way. Missing ``openai``/``anthropic`` adapters are created (and closed by
           ``aclose``); injected ones belong to the caller.
         - ``http_settings``: timeouts and pool limits of the created HTTP adapters.
         """

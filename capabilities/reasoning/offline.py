@@ -1,15 +1,32 @@
-"""The offline deterministic planner: a small rule-based planner, not a language model.
+"""The offline deterministic provider: a fixed policy, not a language model.
 
 It serves models whose catalog entry says ``provider = "offline"`` (``offline-planner``),
-so demos and tests run a real multi-step agent loop with no network. Named as what it
-is wherever it appears (``provider: offline``, and its answers say so).
+so the demo and tests run real multi-step agent loops with no network. Named as what it
+is wherever it appears (``provider: offline``, and its answers say so). It decides from
+what any model is given — the conversation, the offered tools with their argument
+schemas, the tool results — and knows no tool, prompt or request by name.
 
-How it plans: the user's instruction is split into stages at "then" (or ";"). Each stage
-asks for tool calls: every arithmetic expression becomes a ``calculator`` call (several
-in one stage run in parallel), "remember K is V" a ``memory_store`` call, "recall K" /
-"look up K" a ``memory_lookup`` call, and ``call NAME {json}`` calls any tool by name. In
-a later stage "the result" (or "it") stands for the previous stage's last result. After
-the last stage it answers with every result and the final one.
+**Its policy.** The request (the last user turn) is read in stages, split at "then" (or
+";"); each stage that asks for something becomes one round of tool calls, in order
+(:mod:`capabilities.reasoning._reading`):
+
+- a call written out, ``call NAME {json}``, is made as written (several: "and");
+- every other thing the stage says goes to the first offered tool whose argument schema
+  it fills exactly: an arithmetic expression (operator words read as symbols: "plus",
+  "multiply A by B", "add A to B" …) fills a tool whose one argument is an
+  ``expression``; a statement "K is V" one that takes a ``key`` and a ``value``; a key
+  stated by an earlier stage, mentioned again, one that takes a ``key``. A thing no
+  offered tool takes asks for nothing;
+- "the result" (or "it") stands for the last result of the round before.
+
+After the last round it answers from the tool results: every call with its result, and
+the final one. Where the conversation asks for JSON (a system turn that mentions JSON and
+ends with a JSON Schema), it answers ``{"answer": ..., "steps": [...]}``; told right
+after that answer that it is not right (a user turn straight after it), it answers again
+with every property the schema requires set to the final result.
+
+**Its summaries.** :func:`compact_rounds` summarises older rounds as
+``earlier rounds: [...]``; reading such a summary back, it counts those rounds as done.
 
 It counts tokens honestly by the stated rule of ``jetagent.tokens`` (input: the whole
 conversation; output: its text and tool calls) and never writes more than ``max_tokens``.
@@ -21,86 +38,17 @@ import contextlib
 import json
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 
+from capabilities.reasoning._reading import EXPRESSION, KEY, read_stage, stages, takes
 from jetagent.llm import Completion, Message, ToolCall, ToolSpec, Usage
 from jetagent.models import ModelConfig
 from jetagent.tokens import count_message_tokens, count_tokens
-from jetagent.workflow import COMPACTION_PREFIX, JSON_INSTRUCTION, REPAIR_INSTRUCTION
 
-__all__ = ["OfflinePlanner", "OfflineProvider", "compact_rounds"]
+__all__ = ["DeterministicPolicy", "OfflineProvider", "compact_rounds"]
 
 PROVIDER = "offline"
 ROUNDS_PREFIX = "earlier rounds: "
-_STAGE_SPLIT = re.compile(r"\bthen\b|;", re.IGNORECASE)
-_EXPRESSION = re.compile(r"[-+]?[\d(][\d\s.()+\-*/%^]*[\d)]")
-_OPERATOR = re.compile(r"[\d)]\s*(?:\*\*|[-+*/%^])\s*[\d(]")
-_NUMBER = r"(\(?-?[\d.]+\)?)"
-_WORDS = [
-    (re.compile(rf"multiply {_NUMBER} by {_NUMBER}", re.I), r"\1 * \2"),
-    (re.compile(rf"divide {_NUMBER} by {_NUMBER}", re.I), r"\1 / \2"),
-    (re.compile(rf"add {_NUMBER} to {_NUMBER}", re.I), r"\2 + \1"),
-    (re.compile(rf"subtract {_NUMBER} from {_NUMBER}", re.I), r"\2 - \1"),
-    (re.compile(r"\s+plus\s+", re.I), " + "),
-    (re.compile(r"\s+minus\s+", re.I), " - "),
-    (re.compile(r"\s+(?:times|multiplied by)\s+", re.I), " * "),
-    (re.compile(r"\s+divided by\s+", re.I), " / "),
-]
-_REMEMBER = re.compile(r"remember(?: that)? (?:my )?([\w ]+?) (?:is|=) (.+?)(?:[.,]|$)", re.I)
-_RECALL = re.compile(r"(?:recall|look up|lookup) (?:my )?([\w ]+?)(?:[.,?]|$)", re.I)
-_CALL = re.compile(r"\bcall ([A-Za-z0-9_-]+)\s*(\{.*?\})(?=\s*(?:and\b|,|$|\bcall\b))", re.I)
-_RESULT_WORDS = re.compile(r"\b(?:the result|that result|the answer|it)\b", re.IGNORECASE)
-
-
-@dataclass(frozen=True)
-class _Task:
-    tool: str
-    arguments: dict[str, object]
-    label: str
-
-
-def _stages(instruction: str) -> list[str]:
-    return [s.strip() for s in _STAGE_SPLIT.split(instruction) if s.strip()]
-
-
-def _tasks(stage: str, previous: str | None, tools: set[str]) -> list[_Task]:
-    if previous is not None:
-        stage = _RESULT_WORDS.sub(f"({previous})" if _is_number(previous) else previous, stage)
-    tasks: list[_Task] = []
-    consumed = stage
-    for match in _CALL.finditer(stage):
-        try:
-            arguments = json.loads(match.group(2))
-        except json.JSONDecodeError:
-            arguments = {"raw": match.group(2)}
-        tasks.append(_Task(match.group(1), arguments, f"{match.group(1)} {match.group(2)}"))
-        consumed = consumed.replace(match.group(0), " ")
-    for match in _REMEMBER.finditer(consumed):
-        key, value = match.group(1).strip(), match.group(2).strip()
-        tasks.append(_Task("memory_store", {"key": key, "value": value}, f"remember {key}"))
-        consumed = consumed.replace(match.group(0), " ")
-    for match in _RECALL.finditer(consumed):
-        key = match.group(1).strip()
-        tasks.append(_Task("memory_lookup", {"key": key}, f"recall {key}"))
-        consumed = consumed.replace(match.group(0), " ")
-    for pattern, replacement in _WORDS:
-        consumed = pattern.sub(replacement, consumed)
-    for match in _EXPRESSION.finditer(consumed):
-        expression = match.group(0).strip()
-        if _OPERATOR.search(expression):
-            tasks.append(_Task("calculator", {"expression": expression}, expression))
-    return [t for t in tasks if t.tool in tools or t.tool not in _BUILTIN_TOOLS]
-
-
-_BUILTIN_TOOLS = {"calculator", "memory_store", "memory_lookup"}
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
+_SCHEMA_WORDS = frozenset({"type", "properties", "required", "items", "enum", "const", "$schema"})
 
 
 def _tool_result_value(content: str) -> str:
@@ -116,8 +64,29 @@ def _tool_result_value(content: str) -> str:
     return content.strip()
 
 
-class OfflinePlanner:
-    """Plans tool calls from the instruction and answers from their results."""
+def _round(call: ToolCall, results: dict[str | None, str]) -> tuple[str, str]:
+    return _label(call), _tool_result_value(results.get(call.id, "(no result)"))
+
+
+def _calls(
+    stage: str, previous: str | None, known: list[str], tools: Sequence[ToolSpec]
+) -> tuple[list[tuple[str, dict[str, object]]], list[str]]:
+    """The ``(tool, arguments)`` a stage calls, and the keys it states."""
+    reading = read_stage(stage, previous, known)
+    calls: list[tuple[str, dict[str, object]]] = []
+    for ask in reading.asks:
+        if ask.tool is not None:
+            calls.append((ask.tool, ask.arguments))
+            continue
+        tool = next((t for t in tools if takes(t, ask.arguments)), None)
+        if tool is not None:
+            calls.append((tool.name, ask.arguments))
+    return calls, reading.stated
+
+
+class DeterministicPolicy:
+    """The offline deterministic provider's policy: tool calls from the request's stages,
+    then an answer from their results (see the module's docstring)."""
 
     name = PROVIDER
 
@@ -129,56 +98,49 @@ class OfflinePlanner:
         tools: Sequence[ToolSpec],
         max_tokens: int,
     ) -> Completion:
+        """The next turn of ``messages``: a round of tool calls, or the answer."""
         usage_in = count_message_tokens(messages)
-        tool_names = {t.name for t in tools}
-        instruction_at = max(
-            (
-                i
-                for i, m in enumerate(messages)
-                if m.role == "user" and not m.content.startswith(REPAIR_INSTRUCTION)
-            ),
-            default=-1,
-        )
-        instruction = messages[instruction_at].content if instruction_at >= 0 else ""
-        after = messages[instruction_at + 1 :]
-        rounds = [m for m in after if m.role == "assistant" and m.tool_calls]
+        schema = _answer_schema(messages)
+        revising = schema is not None and _told_again(messages)
+        last = len(messages) - (2 if revising else 0)
+        request_at = max((i for i in range(last) if messages[i].role == "user"), default=-1)
+        request = messages[request_at].content if request_at >= 0 else ""
+        after = messages[request_at + 1 :]
         results = {m.tool_call_id: m.content for m in after if m.role == "tool"}
-        # Results per finished round, in order; round k answered the k-th stage with tasks.
-        # Rounds summarised away by a compaction come first, from its summary.
+        # Results per finished round, in order; round k answered the k-th stage that asks
+        # for calls. Rounds summarised away by a compaction come first, from its summary.
         finished: list[list[tuple[str, str]]] = [*_compacted_rounds(messages)]
         finished += [
-            [
-                (_label(c), _tool_result_value(results.get(c.id, "(no result)")))
-                for c in r.tool_calls
-            ]
-            for r in rounds
+            [_round(c, results) for c in m.tool_calls]
+            for m in after
+            if m.role == "assistant" and m.tool_calls
         ]
         done = [item for round_results in finished for item in round_results]
-        stages = _stages(instruction)
+        steps = stages(request)
         previous: str | None = None
+        known: list[str] = []
         answered = 0
-        for index, stage in enumerate(stages):
-            tasks = _tasks(stage, previous, tool_names)
-            if not tasks:
+        for index, stage in enumerate(steps):
+            calls, stated = _calls(stage, previous, known, tools)
+            known += [key for key in stated if key not in known]
+            if not calls:
                 continue
             if answered < len(finished):
                 previous = finished[answered][-1][1] if finished[answered] else previous
                 answered += 1
                 continue
-            calls = tuple(
-                ToolCall(id=f"call_{index + 1}_{i + 1}", name=t.tool, arguments=t.arguments)
-                for i, t in enumerate(tasks)
+            tool_calls = tuple(
+                ToolCall(id=f"call_{index + 1}_{i + 1}", name=name, arguments=arguments)
+                for i, (name, arguments) in enumerate(calls)
             )
-            text = f"Stage {index + 1} of {len(stages)}: calling " + ", ".join(
-                t.tool for t in tasks
+            text = f"Stage {index + 1} of {len(steps)}: calling " + ", ".join(
+                name for name, _ in calls
             )
-            return self._answer(model, text, calls, usage_in, max_tokens, "tool_calls")
-        schema = _json_schema(messages)
+            return self._answer(model, text, tool_calls, usage_in, max_tokens, "tool_calls")
         if schema is not None:
-            repairing = bool(messages) and messages[-1].content.startswith(REPAIR_INSTRUCTION)
-            text = _json_answer(done, schema, repairing=repairing)
+            text = _json_answer(done, schema, revising=revising)
         else:
-            text = _final_text(instruction, done)
+            text = _final_text(request, done)
         return self._answer(model, text, (), usage_in, max_tokens, "stop")
 
     def _answer(
@@ -204,40 +166,54 @@ class OfflinePlanner:
         )
 
 
+def _told_again(messages: Sequence[Message]) -> bool:
+    """Whether the last turn is the user's, straight after an answer (no tool calls)."""
+    return (
+        len(messages) >= 2
+        and messages[-1].role == "user"
+        and messages[-2].role == "assistant"
+        and not messages[-2].tool_calls
+    )
+
+
 def _compacted_rounds(messages: Sequence[Message]) -> list[list[tuple[str, str]]]:
-    marker = COMPACTION_PREFIX + ROUNDS_PREFIX
+    """The rounds a summary of its own (:func:`compact_rounds`) stands for."""
     rounds: list[list[tuple[str, str]]] = []
     for message in messages:
-        if message.role == "system" and message.content.startswith(marker):
-            with contextlib.suppress(json.JSONDecodeError, TypeError, ValueError):
-                for round_ in json.loads(message.content[len(marker) :]):
-                    rounds.append([(str(label), str(value)) for label, value in round_])
+        at = message.content.find(ROUNDS_PREFIX) if message.role == "system" else -1
+        if at < 0:
+            continue
+        with contextlib.suppress(json.JSONDecodeError, TypeError, ValueError):
+            for round_ in json.loads(message.content[at + len(ROUNDS_PREFIX) :]):
+                rounds.append([(str(label), str(value)) for label, value in round_])
     return rounds
 
 
 def compact_rounds(messages: Sequence[Message]) -> str:
-    """The planner's summary of older turns: every finished round's results, as JSON."""
+    """The policy's summary of older turns: every finished round's results, as JSON."""
     results = {m.tool_call_id: m.content for m in messages if m.role == "tool"}
     rounds = [*_compacted_rounds(messages)]
     for message in messages:
         if message.role == "assistant" and message.tool_calls:
-            rounds.append(
-                [
-                    (_label(c), _tool_result_value(results.get(c.id, "(no result)")))
-                    for c in message.tool_calls
-                ]
-            )
+            rounds.append([_round(c, results) for c in message.tool_calls])
     return ROUNDS_PREFIX + json.dumps(rounds)
 
 
-def _json_schema(messages: Sequence[Message]) -> dict[str, object] | None:
-    for message in messages:
-        if message.role == "system" and message.content.startswith(JSON_INSTRUCTION):
-            try:
-                schema = json.loads(message.content[len(JSON_INSTRUCTION) :])
-            except json.JSONDecodeError:
-                return {}
-            return schema if isinstance(schema, dict) else {}
+def _answer_schema(messages: Sequence[Message]) -> dict[str, object] | None:
+    """The JSON Schema the answer must satisfy: what a system turn that mentions JSON
+    ends with (None: a text answer)."""
+    for message in reversed(messages):
+        if message.role != "system" or "json" not in message.content.lower():
+            continue
+        start = message.content.find("{")
+        if start < 0:
+            continue
+        try:
+            schema = json.loads(message.content[start:])
+        except json.JSONDecodeError:
+            continue
+        if isinstance(schema, dict) and (not schema or _SCHEMA_WORDS & schema.keys()):
+            return schema
     return None
 
 
@@ -248,33 +224,35 @@ def _value(text: str) -> object:
         return text
 
 
-def _json_answer(done: list[tuple[str, str]], schema: dict[str, object], *, repairing: bool) -> str:
-    """A JSON answer; asked to repair, it also fills the schema's required properties."""
+def _json_answer(done: list[tuple[str, str]], schema: dict[str, object], *, revising: bool) -> str:
+    """A JSON answer; revising, it also fills the schema's required properties."""
     answer: dict[str, object] = {
         "answer": _value(done[-1][1]) if done else None,
         "steps": [{"step": label, "result": _value(value)} for label, value in done],
     }
     required = schema.get("required")
-    if repairing and isinstance(required, list):
+    if revising and isinstance(required, list):
         for name in required:
             answer.setdefault(str(name), answer["answer"])
     return json.dumps(answer)
 
 
 def _label(call: ToolCall) -> str:
-    if call.name == "calculator":
-        return str(call.arguments.get("expression", ""))
-    if call.name in ("memory_lookup", "memory_store"):
-        return f"{call.name}({call.arguments.get('key', '')})"
+    """How the answer names a call: its expression, else the tool and the key it used."""
+    if EXPRESSION in call.arguments:
+        return str(call.arguments[EXPRESSION])
+    if KEY in call.arguments:
+        return f"{call.name}({call.arguments[KEY]})"
     return call.name
 
 
-def _final_text(instruction: str, done: list[tuple[str, str]]) -> str:
+def _final_text(request: str, done: list[tuple[str, str]]) -> str:
     if not done:
         return (
-            "The offline planner found no step it can take for: "
-            f"{instruction.strip()[:200]!r}. It plans arithmetic, memory and explicit "
-            "'call TOOL {json}' steps; configure a real model for open questions."
+            "The offline deterministic provider found nothing an offered tool takes in: "
+            f"{request.strip()[:200]!r}. It calls tools with arithmetic, 'K is V' "
+            "statements, keys stated before and explicit 'call TOOL {json}' steps; "
+            "configure a real model for open questions."
         )
     lines = [f"{label} = {value}" for label, value in done]
     return "Results: " + "; ".join(lines) + f". Final answer: {done[-1][1]}"
@@ -293,10 +271,11 @@ def _truncate(text: str, max_tokens: int) -> tuple[str, bool]:
 
 
 class OfflineProvider:
-    """The planner behind the provider interface of ``ModelGateway`` (``provider = offline``)."""
+    """The offline deterministic provider behind the provider interface of
+    ``ModelGateway`` (``provider = "offline"``)."""
 
     def __init__(self) -> None:
-        self._planner = OfflinePlanner()
+        self._policy = DeterministicPolicy()
 
     @property
     def name(self) -> str:
@@ -310,7 +289,7 @@ class OfflineProvider:
         tools: Sequence[ToolSpec],
         max_tokens: int,
     ) -> Completion:
-        return self._planner.complete(model.name, messages, tools=tools, max_tokens=max_tokens)
+        return self._policy.complete(model.name, messages, tools=tools, max_tokens=max_tokens)
 
     async def aclose(self) -> None:
         return None

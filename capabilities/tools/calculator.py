@@ -8,6 +8,8 @@ import operator
 from collections.abc import Callable
 from typing import Any
 
+from jetagent.errors import JetagentError
+
 __all__ = ["CalculatorError", "evaluate"]
 
 _BINARY: dict[type[ast.operator], Callable[[Any, Any], Any]] = {
@@ -37,8 +39,9 @@ MAX_EXPONENT = 10_000
 MAX_LENGTH = 500
 
 
-class CalculatorError(ValueError):
-    """The expression is not plain arithmetic, or cannot be computed."""
+class CalculatorError(JetagentError, ValueError):
+    """The expression is not plain arithmetic, or cannot be computed (also a
+    ``ValueError``, which callers caught before the one error tree)."""
 
 
 def evaluate(expression: str) -> int | float:

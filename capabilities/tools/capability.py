@@ -15,6 +15,7 @@ from capabilities.tools.builtin import BUILTIN_TOOLS
 from capabilities.tools.sandbox import announce_protections
 from jetagent import CapabilitySpec
 from jetagent.plugins import CapabilityContext
+from jetagent.subjects import TEMPLATE
 from jetagent.worker.tools import Tool, ToolBox
 
 __all__ = ["SERVES_KEY", "dedicated_tools", "tools_capabilities", "tools_capability"]
@@ -82,7 +83,7 @@ def tools_capability(
         handler=box.serve,
         # Every tool is announced (dedicated ones too), so the orchestrator knows them all.
         tools=[t.registration() for t in tools.values()],
-        subjects=[f"{{p}}.wf.*.StepScheduled.{name}.{t.name}" for t in served],
+        subjects=[TEMPLATE.step_scheduled_tool(name, t.name) for t in served],
         consumer=consumer,
         report=report if only is not None else None,
         close=close,

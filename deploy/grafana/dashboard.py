@@ -3,10 +3,11 @@
     .venv/bin/python deploy/grafana/dashboard.py           # writes dashboards/jetagent.json
     .venv/bin/python deploy/grafana/dashboard.py --check   # exits 1 if that file is stale
 
-The metrics come from ``projections.costs`` (DESIGN.md, "Projections and metrics"), scraped
-by Prometheus from the projections service. Grafana loads the JSON through the file provider
-in ``provisioning/dashboards/jetagent.yml``; the output is deterministic (sorted keys, fixed
-ids), so the checked-in file changes only when this script does.
+The metrics come from ``projections.costs`` (docs/ARCHITECTURE.md §2; README "Session
+views, metrics"), scraped by Prometheus from the projections service. Grafana loads the
+JSON through the file provider in ``provisioning/dashboards/jetagent.yml``; the output is
+deterministic (sorted keys, fixed ids), so the checked-in file changes only when this
+script does.
 
 Template variables filter only where the metric has the label: ``$tenant`` applies to tokens,
 cost and workflow counts; ``$model`` to tokens, cost and provider calls; ``$capability`` to

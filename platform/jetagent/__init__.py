@@ -8,9 +8,9 @@ The public names, for services that submit work and for capabilities that do it:
 Everything else is importable from its module but is not promised to stay put.
 """
 
+from jetagent._sync_client import SyncClient as SyncClient
 from jetagent.client import Client as Client
 from jetagent.client import SessionView as SessionView
-from jetagent.client import SyncClient as SyncClient
 from jetagent.client import WorkflowResult as WorkflowResult
 from jetagent.config import Settings as Settings
 from jetagent.contract import CapabilityLimits as CapabilityLimits

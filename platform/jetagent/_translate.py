@@ -15,9 +15,14 @@ from contextlib import contextmanager
 from urllib.parse import urlsplit
 
 import pydantic
+from nats.errors import BadSubjectError, NoRespondersError
 from nats.errors import Error as NatsError
-from nats.errors import NoRespondersError
-from nats.js.errors import BucketNotFoundError, NoStreamResponseError, NotFoundError
+from nats.js.errors import (
+    BucketNotFoundError,
+    InvalidKeyError,
+    NoStreamResponseError,
+    NotFoundError,
+)
 
 from jetagent.errors import (
     ConfigError,
@@ -64,6 +69,9 @@ def translate(exc: BaseException, *, prefix: str) -> JetagentError | None:
         return exc
     if isinstance(exc, pydantic.ValidationError):
         return invalid_request(exc)
+    if isinstance(exc, BadSubjectError | InvalidKeyError):
+        # An id or name that cannot be a subject token or key: the caller's mistake.
+        return InvalidRequestError([f"not a valid subject or key ({_text(exc)})"])
     unprovisioned = NotProvisionedError(
         f"the platform is not provisioned under the prefix {prefix!r} ({_text(exc)}): "
         "run `jetagent provision` (or `jetagent up`), or set JETAGENT_PREFIX"

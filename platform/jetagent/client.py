@@ -7,14 +7,14 @@ Submission is separate from retrieval (the seed article's contract): ``submit()`
 returns the workflow id at once; ``result()``, ``watch()`` and ``session()`` give the
 outcome. Everything about a request appears under ``<prefix>.wf.<request_id>.>``.
 
-``SyncClient`` is the same API for code without an event loop.
+``SyncClient`` (``jetagent._sync_client``) is the same API for code without an event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from collections.abc import AsyncGenerator
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -28,6 +28,7 @@ from jetagent import telemetry
 from jetagent._translate import check_nats_url, nats_errors
 from jetagent.config import Settings
 from jetagent.contract import Status, WorkflowRequest
+from jetagent.decoding import is_token, shown
 from jetagent.errors import (
     ConfigError,
     InvalidRequestError,
@@ -49,16 +50,29 @@ from jetagent.events import (
     decode_step_result,
     encode,
 )
+from jetagent.jetstream.headers import Header
+from jetagent.result_check import subject_problem
 from jetagent.sessions import SessionView, apply_step_result, apply_workflow_message
 
 if TYPE_CHECKING:
     from jetagent.jetstream import DirectGetter
     from jetagent.token_stream import TokenDelta
 
-__all__ = ["Client", "SessionView", "SyncClient", "WorkflowResult"]
+__all__ = ["Client", "SessionView", "WorkflowResult"]
 
 T = TypeVar("T")
 _FINAL = (Finalized, Terminated, Cancelled, RequestRejected)
+
+
+def _token(value: str, what: str = "workflow id") -> str:
+    """``value`` if it can be a subject token, else ``InvalidRequestError``: an id goes
+    into subjects and keys, where a space or a wildcard is the caller's mistake (and
+    ``*`` would follow every workflow), never an unreachable server."""
+    if not is_token(value):
+        raise InvalidRequestError(
+            [f"{what} {shown(value)} is not valid: 1-64 letters, digits, '-' or '_'"]
+        )
+    return value
 
 
 def _readable_events(data: bytes) -> list[WorkflowEvent]:
@@ -70,14 +84,13 @@ def _readable_events(data: bytes) -> list[WorkflowEvent]:
         return []
 
 
-def _readable_result(subject: str, data: bytes) -> StepResult | None:
+def _readable_result(subject: str, data: bytes, *, prefix: str) -> StepResult | None:
     """A step result, unless it is junk or not on its own step's subject (a forgery)."""
     try:
         result = decode_step_result(data)
     except (msgspec.DecodeError, msgspec.ValidationError):
         return None
-    want = ("step", result.capability, result.workflow_id, result.step_id)
-    return result if tuple(subject.split(".")[1:]) == want else None
+    return result if subject_problem(subject, result, prefix=prefix) is None else None
 
 
 class WorkflowResult(msgspec.Struct, frozen=True, kw_only=True):
@@ -174,11 +187,15 @@ class Client:
         return cls(nc, settings)
 
     async def close(self) -> None:
+        """Close the connection (also when the server is gone: closing cannot fail)."""
         for reader in self._readers.values():
             await reader.close()
         self._readers.clear()
         if not self.nc.is_closed:
-            await self.nc.close()
+            # nats-py first flushes what waits for a server that is gone, and raises its
+            # transport's error (ConnectionResetError); the connection is closed all the same.
+            with contextlib.suppress(NatsError, OSError):
+                await self.nc.close()
 
     async def _reader(self, stream: str) -> DirectGetter:
         """A direct-get reader of ``stream``, opened once and kept (one inbox each)."""
@@ -188,8 +205,9 @@ class Client:
         if reader is None:
             with nats_errors(prefix=self.names.prefix):
                 await self.js.stream_info(stream)  # a missing stream, said as such
-            reader = self._readers[stream] = DirectGetter(self.nc, stream, timeout=5.0)
-            await reader.open()
+                reader = DirectGetter(self.nc, stream, timeout=5.0)
+                await reader.open()
+            self._readers[stream] = reader
         return reader
 
     async def __aenter__(self) -> Client:
@@ -227,12 +245,13 @@ class Client:
             await self.js.publish(
                 self.names.request(request.tenant),
                 body,
-                headers=telemetry.inject({"Nats-Msg-Id": request.request_id}),
+                headers=telemetry.inject({Header.MSG_ID: request.request_id}),
             )
         return request.request_id
 
     async def watch(self, workflow_id: str) -> AsyncGenerator[WorkflowEvent, None]:
         """Every event of a workflow, from its first, as they happen; ends after the last."""
+        _token(workflow_id)
         with nats_errors(prefix=self.names.prefix):
             sub = await self.js.subscribe(
                 self.names.workflow(workflow_id),
@@ -259,19 +278,23 @@ class Client:
                 with contextlib.suppress(NatsError, TimeoutError):
                     await self.js.delete_consumer(self.names.workflows_stream, consumer)
 
-    def stream(self, workflow_id: str) -> AsyncIterator[TokenDelta]:
+    async def stream(self, workflow_id: str) -> AsyncGenerator[TokenDelta, None]:
         """The model's text as the workflow's reasoning steps produce it (``TokenDelta``s
         on core NATS, from now on), until the workflow ends. Not part of the record: a
         restart delta means another call's answer replaces what was shown."""
         from jetagent.token_stream import stream_workflow
 
-        return stream_workflow(self, workflow_id)
+        _token(workflow_id)
+        with nats_errors(prefix=self.names.prefix):
+            async with contextlib.aclosing(stream_workflow(self, workflow_id)) as deltas:
+                async for delta in deltas:
+                    yield delta
 
     async def result(self, workflow_id: str, timeout: float | None = 60.0) -> WorkflowResult:
         """Wait for the workflow's end. Raises ``RequestRejectedError`` for a rejected request
         and ``WorkflowTimeoutError`` (a ``TimeoutError``) if it has not ended within
         ``timeout`` seconds."""
-        last = await self._last_event(workflow_id)
+        last = await self._last_event(_token(workflow_id))
         if last is not None and (ended := _ended(last)) is not None:
             return ended  # already ended: one direct get, no consumer
         # aclosing: the watch's consumer is removed now, not when the generator is collected.
@@ -291,7 +314,7 @@ class Client:
 
     async def cancel(self, workflow_id: str, *, reason: str = "", by: str = "") -> None:
         """Ask for the workflow to be cancelled (recorded as ``Cancelled``)."""
-        event = CancelRequested(workflow_id=workflow_id, reason=reason, by=by)
+        event = CancelRequested(workflow_id=_token(workflow_id), reason=reason, by=by)
         with nats_errors(prefix=self.names.prefix):
             await self.js.publish(self.names.cancel(workflow_id), encode(event))
 
@@ -299,6 +322,8 @@ class Client:
         self, workflow_id: str, name: str, payload: dict[str, Any] | None = None, *, by: str = ""
     ) -> None:
         """Send a named signal (``approval`` resolves an ``ApprovalRequested``)."""
+        _token(workflow_id)
+        _token(name, "signal name")
         event = SignalSent(workflow_id=workflow_id, name=name, payload=payload or {}, by=by)
         with nats_errors(prefix=self.names.prefix):
             await self.js.publish(self.names.signal(workflow_id, name), encode(event))
@@ -338,15 +363,17 @@ class Client:
 
     async def events(self, workflow_id: str) -> list[WorkflowEvent]:
         """The workflow's events so far (no waiting)."""
+        _token(workflow_id)
         records = await self._scan(self.names.workflows_stream, self.names.workflow(workflow_id))
         return [event for r in records for event in _readable_events(r.data)]
 
     async def step_results(self, workflow_id: str) -> list[StepResult]:
         """Every step's result so far: its output or error, each provider call with its
         usage and cost, and the routing decisions (which model answered, and why)."""
-        subject = self.names.step_results(workflow_id)
+        subject = self.names.step_results(_token(workflow_id))
         records = await self._scan(self.names.steps_stream, subject)
-        results = (_readable_result(r.subject, r.data) for r in records)
+        prefix = self.names.prefix
+        results = (_readable_result(r.subject, r.data, prefix=prefix) for r in records)
         return [result for result in results if result is not None]
 
     async def _scan(self, stream: str, subject: str) -> list[Any]:
@@ -359,22 +386,27 @@ class Client:
         Read from the ``JA_SESSIONS`` bucket that the projection service maintains; a
         workflow it has not reached yet is folded here from its events.
         """
-        from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NotFoundError
+        from nats.js.errors import NotFoundError
 
+        _token(workflow_id)
         try:
             with nats_errors(prefix=self.names.prefix):
                 kv = await self.js.key_value(self.names.bucket("SESSIONS"))
-                entry = await kv.get(workflow_id)
-            if entry.value:
-                return msgspec.json.decode(entry.value, type=SessionView)
-        except (BucketNotFoundError, KeyNotFoundError, NotFoundError):
-            pass
+                try:
+                    entry = await kv.get(workflow_id)
+                except NotFoundError:  # KeyNotFoundError, KeyDeletedError among them
+                    entry = None  # the projection has not reached it (yet)
         except NotProvisionedError:
-            pass  # no projection bucket: fold the view from the streams
+            entry = None  # no projection bucket: fold the view from the streams
+        if entry is not None and entry.value:
+            # An unreadable view (another version's, a rogue writer's) is folded anew.
+            with contextlib.suppress(msgspec.DecodeError, msgspec.ValidationError):
+                return msgspec.json.decode(entry.value, type=SessionView)
         return await self.fold_session(workflow_id)
 
     async def fold_session(self, workflow_id: str) -> SessionView:
         """The session view computed from the streams now (no projection involved)."""
+        _token(workflow_id)
         view = SessionView(workflow_id=workflow_id)
         for record in await self._scan(
             self.names.workflows_stream, self.names.workflow(workflow_id)
@@ -383,69 +415,7 @@ class Client:
                 apply_workflow_message(view, events, record.seq)
         subject = self.names.step_results(workflow_id)
         for record in await self._scan(self.names.steps_stream, subject):
-            if (result := _readable_result(record.subject, record.data)) is not None:
+            result = _readable_result(record.subject, record.data, prefix=self.names.prefix)
+            if result is not None:
                 apply_step_result(view, result, record.seq)
         return view
-
-
-class SyncClient:
-    """``Client`` for synchronous code (runs the async client on a private loop thread)."""
-
-    def __init__(self, url: str | None = None, *, settings: Settings | None = None) -> None:
-        from jetagent.jetstream._loop import LoopThread
-
-        self._loop = LoopThread(name="jetagent-client-loop")
-        self._client = self._loop.run(Client.connect(url, settings=settings))
-
-    def _run(self, coro: Any) -> Any:
-        return self._loop.run(coro)
-
-    def submit(self, request: WorkflowRequest | None = None, /, **kwargs: Any) -> str:
-        result: str = self._run(self._client.submit(request, **kwargs))
-        return result
-
-    def result(self, workflow_id: str, timeout: float | None = 60.0) -> WorkflowResult:
-        result: WorkflowResult = self._run(self._client.result(workflow_id, timeout))
-        return result
-
-    def cancel(self, workflow_id: str, *, reason: str = "") -> None:
-        self._run(self._client.cancel(workflow_id, reason=reason))
-
-    def signal(self, workflow_id: str, name: str, payload: dict[str, Any] | None = None) -> None:
-        self._run(self._client.signal(workflow_id, name, payload))
-
-    def resolve(self, text: str) -> str:
-        """The workflow id ``text`` names (an id, or a unique prefix of one)."""
-        found: str = self._run(self._client.resolve(text))
-        return found
-
-    def session(self, workflow_id: str) -> SessionView:
-        view: SessionView = self._run(self._client.session(workflow_id))
-        return view
-
-    def events(self, workflow_id: str) -> list[WorkflowEvent]:
-        found: list[WorkflowEvent] = self._run(self._client.events(workflow_id))
-        return found
-
-    def step_results(self, workflow_id: str) -> list[StepResult]:
-        found: list[StepResult] = self._run(self._client.step_results(workflow_id))
-        return found
-
-    def watch(self, workflow_id: str) -> Iterator[WorkflowEvent]:
-        """Events as they happen (each ``next`` waits on the private loop)."""
-        events = self._client.watch(workflow_id).__aiter__()
-        while True:
-            try:
-                yield self._run(events.__anext__())
-            except StopAsyncIteration:
-                return
-
-    def close(self) -> None:
-        self._run(self._client.close())
-        self._loop.stop()
-
-    def __enter__(self) -> SyncClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

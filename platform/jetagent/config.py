@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -18,8 +17,9 @@ from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from jetagent.errors import ConfigError
+from jetagent.subjects import Names
 
-__all__ = ["Names", "Settings"]
+__all__ = ["Settings"]
 
 log = logging.getLogger(__name__)
 
@@ -187,90 +187,5 @@ class Settings(BaseSettings):
 
     @property
     def names(self) -> Names:
+        """Every stream, subject and bucket name under this prefix (``jetagent.subjects``)."""
         return Names(self.prefix)
-
-
-@dataclass(frozen=True)
-class Names:
-    """Stream, subject, consumer and bucket names under one prefix (DESIGN.md)."""
-
-    prefix: str = "ja"
-
-    @property
-    def upper(self) -> str:
-        return self.prefix.upper().replace("-", "_")
-
-    @property
-    def requests_stream(self) -> str:
-        return f"{self.upper}_REQUESTS"
-
-    @property
-    def workflows_stream(self) -> str:
-        return f"{self.upper}_WORKFLOWS"
-
-    @property
-    def steps_stream(self) -> str:
-        return f"{self.upper}_STEPS"
-
-    @property
-    def dlq_stream(self) -> str:
-        return f"{self.upper}_DLQ"
-
-    @property
-    def timers_stream(self) -> str:
-        return f"{self.upper}_TIMERS"
-
-    def timer_schedule(self, workflow_id: str, kind: str) -> str:
-        """Where a workflow's timer of one kind is held (one schedule per subject)."""
-        return f"{self.prefix}.timer.at.{workflow_id}.{kind}"
-
-    def timer_due(self, workflow_id: str, kind: str) -> str:
-        """Where nats-server puts the timer's message when it is due."""
-        return f"{self.prefix}.timer.due.{workflow_id}.{kind}"
-
-    def request(self, tenant: str) -> str:
-        return f"{self.prefix}.request.{tenant}"
-
-    def cancel(self, workflow_id: str) -> str:
-        return f"{self.prefix}.cancel.{workflow_id}"
-
-    def signal(self, workflow_id: str, name: str) -> str:
-        return f"{self.prefix}.signal.{workflow_id}.{name}"
-
-    @property
-    def workflow_root(self) -> str:
-        return f"{self.prefix}.wf"
-
-    def workflow(self, workflow_id: str) -> str:
-        """Every event of one workflow (and its rejection): one subscription."""
-        return f"{self.prefix}.wf.{workflow_id}.>"
-
-    def step_scheduled(self, capability: str) -> list[str]:
-        return [
-            f"{self.prefix}.wf.*.StepScheduled.{capability}",
-            f"{self.prefix}.wf.*.StepScheduled.{capability}.*",
-        ]
-
-    def step_result(self, capability: str, workflow_id: str, step_id: str) -> str:
-        """Where a step's one result goes: the capability first, so that NATS permissions
-        confine each worker's user to its own capability's results."""
-        return f"{self.prefix}.step.{capability}.{workflow_id}.{step_id}"
-
-    def step_results(self, workflow_id: str) -> str:
-        """Every step result of one workflow, of any capability."""
-        return f"{self.prefix}.step.*.{workflow_id}.>"
-
-    @property
-    def calls_stream(self) -> str:
-        return f"{self.upper}_CALLS"
-
-    def step_calls(self, workflow_id: str, step_id: str, delivery: int | str) -> str:
-        """The call journal of one run (delivery) of a step; ``*`` for every run."""
-        return f"{self.prefix}.call.{workflow_id}.{step_id}.{delivery}"
-
-    def dlq(self, source: str) -> str:
-        return f"{self.prefix}.dlq.{source}"
-
-    def bucket(self, name: str) -> str:
-        """``SESSIONS`` → ``JA_SESSIONS``."""
-        return f"{self.upper}_{name}"

@@ -31,7 +31,8 @@ from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 from nats.js.client import JetStreamContext
 
-from jetagent.config import Names
+from jetagent.jetstream.headers import Header
+from jetagent.subjects import Names
 
 __all__ = [
     "DeadLetter",
@@ -133,8 +134,8 @@ async def publish_dead_letter(
     scope = f"{letter.source}:" if per_source else "dlq:"
     headers = {
         # A redelivered (or re-read) message is dead-lettered once (within the duplicate window).
-        "Nats-Msg-Id": f"{scope}{letter.stream}:{letter.stream_seq}",
-        "Ja-Dead-Letter-Kind": letter.kind,
+        Header.MSG_ID: f"{scope}{letter.stream}:{letter.stream_seq}",
+        Header.JA_DEAD_LETTER_KIND: letter.kind,
     }
     with contextlib.suppress(NatsError):
         await js.publish(names.dlq(letter.source), _encoder.encode(letter), headers=headers)

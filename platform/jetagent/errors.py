@@ -1,11 +1,12 @@
-"""The errors of jetagent, one tree (STYLE.md): everything the client, the CLI and the
-services raise on purpose is a ``JetagentError``::
+"""The errors of jetagent, one tree (docs/ARCHITECTURE.md §6): everything the client,
+the CLI and the services raise on purpose is a ``JetagentError``::
 
     JetagentError
      ├── ConfigError                 bad settings or configuration files, found at start
      ├── InvalidRequestError         a request that fails validation before it is sent
      ├── UnavailableError            NATS unreachable, or no answer in time
-     │    └── StoreUnavailableError  (jetagent.store; also eventsourcing's OperationalError)
+     │    └── JetStreamUnavailableError  (jetagent.jetstream)
+     │         └── StoreUnavailableError  (jetagent.store; also eventsourcing's OperationalError)
      ├── NotProvisionedError         a stream or bucket the platform needs does not exist
      ├── WorkflowNotFoundError       no workflow has this id (or an id starting with it)
  ├── AmbiguousWorkflowIdError    an id prefix that more than one workflow's id starts with
@@ -16,8 +17,10 @@ services raise on purpose is a ``JetagentError``::
      │    └── PermanentError         retrying cannot help: the step fails at once
      ├── RequestRejectedError        the platform refused a request (reasons attached)
      ├── WorkflowFailedError         ``Client.result()`` of a terminated workflow
-     ├── (jetagent.store)            StreamConfigError, WriteTooLargeError, StoreConflictError
-     │                               (also eventsourcing's PEP 249 names), ConcurrencyConflict
+     ├── (jetagent.jetstream)        StreamConfigError, WriteTooLargeError, ConcurrencyConflict
+     ├── (jetagent.store)            StoreConflictError, and StreamConfigError and
+     │                               WriteTooLargeError as jetstream's (each also one of
+     │                               eventsourcing's PEP 249 names)
      ├── (jetagent.embedded)         EmbeddedServerError and its kinds (also RuntimeError),
      │                               DataDirLockedError
      └── (projections.checkpoints)   CheckpointError (also RuntimeError)

@@ -23,6 +23,7 @@ from typing import Any, Literal
 import msgspec
 
 from .llm import Usage
+from .subjects import event_tail
 
 __all__ = [
     "CURRENT_VERSIONS",
@@ -461,7 +462,7 @@ def decode_step_result(data: bytes) -> StepResult:
 
 def subject_tail(event: WorkflowEvent) -> str:
     """The subject tokens after ``<prefix>.wf.<workflow_id>.`` for an event."""
-    name = event_type(type(event))
+    name = str(event_type(type(event)))
     if isinstance(event, StepScheduled):
-        return f"{name}.{event.capability}" + (f".{event.tool}" if event.tool else "")
-    return str(name)
+        return event_tail(name, event.capability, event.tool or None)
+    return event_tail(name)

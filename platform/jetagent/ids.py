@@ -25,8 +25,8 @@ from nats.aio.client import Client as NATS
 from nats.js.errors import APIError
 
 from jetagent._translate import nats_errors
-from jetagent.config import Names
 from jetagent.errors import AmbiguousWorkflowIdError, WorkflowNotFoundError
+from jetagent.subjects import Names, WorkflowSubject
 
 __all__ = ["ID_TOKEN", "ids_starting_with", "pick"]
 
@@ -77,11 +77,11 @@ async def ids_starting_with(
     """The ids of the workflows whose id starts with ``prefix``, sorted."""
     found: set[str] = set()
     for event in _FIRST_EVENTS:
-        subject_filter = f"{names.workflow_root}.*.{event}"
+        subject_filter = names.workflow_event("*", event)
         for subject in await _subjects(nc, names, names.workflows_stream, subject_filter, timeout):
-            workflow_id = subject.split(".")[-2]
-            if workflow_id.startswith(prefix):
-                found.add(workflow_id)
+            parsed = names.parse(subject)
+            if isinstance(parsed, WorkflowSubject) and parsed.workflow_id.startswith(prefix):
+                found.add(parsed.workflow_id)
     return sorted(found)
 
 

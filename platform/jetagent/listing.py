@@ -30,10 +30,10 @@ import msgspec
 from nats.aio.client import Client as NATS
 
 from jetagent._translate import nats_errors
-from jetagent.config import Names
 from jetagent.contract import Status
 from jetagent.jetstream import DirectGetter
 from jetagent.sessions import SessionView
+from jetagent.subjects import Names
 
 __all__ = ["CLOCK_MARGIN", "Listing", "ViewFilter", "list_views"]
 

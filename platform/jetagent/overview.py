@@ -16,8 +16,8 @@ from nats.aio.client import Client as NATS
 from nats.js.errors import NotFoundError
 
 from jetagent._translate import nats_errors
-from jetagent.config import Names
 from jetagent.reports import FRESH_S, WorkerReport, age, projection_status, read_reports
+from jetagent.subjects import Names
 
 __all__ = [
     "CapabilityState",

@@ -36,8 +36,8 @@ from nats.errors import Error as NatsError
 from nats.js.client import JetStreamContext
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NotFoundError
 
-from jetagent.config import Names
-from jetagent.jetstream import DirectGetter, StoreUnavailableError
+from jetagent.jetstream import DirectGetter
+from jetagent.subjects import Names
 
 __all__ = [
     "FRESH_S",
@@ -178,7 +178,7 @@ async def read_projection_report(nc: NATS, names: Names) -> ProjectionReport | N
         kv = await nc.jetstream().key_value(names.bucket("PROJECTIONS"))
         entry = await kv.get(PROJECTION_KEY)
         return msgspec.json.decode(entry.value or b"", type=ProjectionReport)
-    except (BucketNotFoundError, KeyNotFoundError, NotFoundError, StoreUnavailableError):
+    except (BucketNotFoundError, KeyNotFoundError, NotFoundError):
         return None
     except (msgspec.DecodeError, msgspec.ValidationError):
         return None

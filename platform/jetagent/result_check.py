@@ -14,28 +14,40 @@ from __future__ import annotations
 from jetagent.contract import Status
 from jetagent.decoding import shown
 from jetagent.events import StepResult
+from jetagent.subjects import Names, StepResultSubject, parse
 from jetagent.workflow import WorkflowState
 
 __all__ = ["result_problem", "step_problem", "subject_problem"]
 
 
-def subject_problem(subject: str, result: StepResult, *, prefix: str) -> str | None:
-    """Why the result's subject does not name the step its body answers (None: it does)."""
-    tokens = subject.split(".")
-    want = [prefix, "step", result.capability, result.workflow_id, result.step_id]
-    if tokens == want:
-        return None
-    if len(tokens) != len(want) or tokens[:2] != want[:2]:
-        return (
-            f"a step result must be on {'.'.join(want)} "
-            f"(<prefix>.step.<capability>.<workflow_id>.<step_id>), not {shown(subject)}"
-        )
-    if tokens[2] != result.capability:
-        return (
-            f"the result says capability {result.capability!r} but was written on the "
-            f"subject of capability {tokens[2]!r}"
-        )
-    return f"the subject {shown(subject)} names another step than the result's body"
+def subject_problem(
+    subject: str, result: StepResult, *, prefix: str, legacy: bool = False
+) -> str | None:
+    """Why the result's subject does not name the step its body answers (None: it does).
+
+    ``legacy``: also accept the layout before capability subjects
+    (``<prefix>.step.<workflow_id>.<step_id>``), which only old histories hold: replay
+    reads those; a live result on it is refused (any worker could write it).
+    """
+    where = parse(subject, prefix=prefix)
+    if isinstance(where, StepResultSubject):
+        names_step = (where.workflow_id, where.step_id) == (result.workflow_id, result.step_id)
+        if where.capability is None and legacy and names_step:
+            return None
+        if where.capability is not None:
+            if where.capability != result.capability:
+                return (
+                    f"the result says capability {result.capability!r} but was written on the "
+                    f"subject of capability {where.capability!r}"
+                )
+            if names_step:
+                return None
+            return f"the subject {shown(subject)} names another step than the result's body"
+    want = Names(prefix).step_result(result.capability, result.workflow_id, result.step_id)
+    return (
+        f"a step result must be on {want} "
+        f"(<prefix>.step.<capability>.<workflow_id>.<step_id>), not {shown(subject)}"
+    )
 
 
 def step_problem(state: WorkflowState, result: StepResult) -> str | None:
@@ -68,7 +80,13 @@ def step_problem(state: WorkflowState, result: StepResult) -> str | None:
 
 
 def result_problem(
-    subject: str, result: StepResult, state: WorkflowState, *, prefix: str
+    subject: str, result: StepResult, state: WorkflowState, *, prefix: str, legacy: bool = False
 ) -> str | None:
-    """The first reason not to trust ``result`` (written on ``subject``), or None."""
-    return subject_problem(subject, result, prefix=prefix) or step_problem(state, result)
+    """The first reason not to trust ``result`` (written on ``subject``), or None.
+
+    The orchestrator checks every result with it before folding, replay every result
+    that was folded, and the session projection (``projections.trust``) its subject part.
+    """
+    return subject_problem(subject, result, prefix=prefix, legacy=legacy) or step_problem(
+        state, result
+    )

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import msgspec
 
-from jetagent.config import Names
+from jetagent.subjects import Names
 
-__all__ = ["TokenDelta", "TokenPublisher", "follow_tokens", "stream_workflow", "token_subject"]
+__all__ = ["TokenDelta", "TokenPublisher", "follow_tokens", "stream_workflow"]
 
 
 class TokenDelta(msgspec.Struct, frozen=True, kw_only=True):
@@ -38,10 +38,6 @@ class TokenDelta(msgspec.Struct, frozen=True, kw_only=True):
     or a retry won; only the winner's text counts)."""
 
 
-def token_subject(names: Names, workflow_id: str, step_id: str = "*") -> str:
-    return f"{names.prefix}.tokens.{workflow_id}.{step_id}"
-
-
 class TokenPublisher:
     """Publishes one call's deltas, numbered. Errors publishing are swallowed: the live
     view is best effort and must never fail the step. A running step's publisher is
@@ -58,7 +54,7 @@ class TokenPublisher:
         model: str = "",
     ) -> None:
         self._nc = nc
-        self._subject = token_subject(names, workflow_id, step_id)
+        self._subject = names.tokens(workflow_id, step_id)
         self._workflow_id, self._step_id = workflow_id, step_id
         self._attempt, self._model = attempt, model
         self._index = 0
@@ -106,7 +102,7 @@ async def follow_tokens(nc: Any, names: Names, workflow_id: str) -> AsyncIterato
         with contextlib.suppress(asyncio.QueueFull):  # a slow reader drops deltas, not memory
             queue.put_nowait(msg.data)
 
-    sub = await nc.subscribe(token_subject(names, workflow_id, "*"), cb=on_message)
+    sub = await nc.subscribe(names.tokens(workflow_id), cb=on_message)
     try:
         while True:
             data = await queue.get()
@@ -117,7 +113,7 @@ async def follow_tokens(nc: Any, names: Names, workflow_id: str) -> AsyncIterato
             await sub.unsubscribe()
 
 
-async def stream_workflow(client: Any, workflow_id: str) -> AsyncIterator[TokenDelta]:
+async def stream_workflow(client: Any, workflow_id: str) -> AsyncGenerator[TokenDelta, None]:
     """``Client.stream``: a workflow's deltas from now on, ending when the workflow ends.
 
     Deltas are published before the step's result, so they arrive before the final event
@@ -131,11 +127,13 @@ async def stream_workflow(client: Any, workflow_id: str) -> AsyncIterator[TokenD
             queue.put_nowait(msgspec.json.decode(msg.data, type=TokenDelta))
 
     async def until_the_end() -> None:
-        with contextlib.suppress(RequestRejectedError):
-            await client.result(workflow_id, timeout=None)
-        await queue.put(None)
+        try:
+            with contextlib.suppress(RequestRejectedError):
+                await client.result(workflow_id, timeout=None)
+        finally:
+            await queue.put(None)  # whatever ended it (the end, an error), the stream ends
 
-    sub = await client.nc.subscribe(token_subject(client.names, workflow_id), cb=on_message)
+    sub = await client.nc.subscribe(client.names.tokens(workflow_id), cb=on_message)
     ending = asyncio.create_task(until_the_end())
     try:
         while (delta := await queue.get()) is not None:

@@ -1,9 +1,9 @@
 """A stated token estimate, used where no provider tokenizer applies.
 
 A token is a run of word characters or one punctuation character (``\\w+|[^\\w\\s]``). The
-offline planner bills exactly this count, so its budgets are exact; for real providers
-the orchestrator reserves with it plus a safety factor, and the provider's reported usage
-settles the reservation.
+offline deterministic provider bills exactly this count, so its budgets are exact; for
+real providers the orchestrator reserves with it plus a safety factor, and the provider's
+reported usage settles the reservation.
 """
 
 from __future__ import annotations

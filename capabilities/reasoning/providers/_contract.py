@@ -25,7 +25,7 @@ ARGUMENTS_ERROR_KEY = "_arguments_error"
 
 @runtime_checkable
 class Provider(Protocol):
-    """One LLM API (OpenAI-compatible, Anthropic, the offline planner, …).
+    """One LLM API (OpenAI-compatible, Anthropic, the offline deterministic provider, …).
 
     ``complete`` raises only jetagent errors: ``RateLimitedError`` (HTTP 429),
     ``TransientError`` (overload, 5xx, network, timeouts, malformed answers) or

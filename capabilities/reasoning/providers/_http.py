@@ -1,6 +1,6 @@
 """Shared HTTP plumbing of the adapters: one pooled ``httpx.AsyncClient`` per provider,
 explicit timeouts, and the translation of every httpx failure and HTTP error status into
-jetagent's errors (STYLE.md: dependency errors are translated at the boundary).
+jetagent's errors (docs/ARCHITECTURE.md §6: dependency errors are translated at the boundary).
 
 Status mapping::
 
@@ -26,7 +26,13 @@ from typing import Any, Literal, Protocol
 import httpx
 import msgspec
 
-from jetagent.errors import CapabilityError, PermanentError, RateLimitedError, TransientError
+from jetagent.errors import (
+    CapabilityError,
+    JetagentError,
+    PermanentError,
+    RateLimitedError,
+    TransientError,
+)
 from jetagent.llm import Completion, Message, ToolSpec, Usage
 from jetagent.models import ModelConfig
 
@@ -83,7 +89,7 @@ class HttpSettings:
     """Honour ``HTTPS_PROXY``/``NO_PROXY`` and ``SSL_CERT_FILE`` from the environment."""
 
 
-class MalformedResponse(Exception):
+class MalformedResponse(JetagentError):
     """Raised by a parser when a 2xx body is not the expected shape; internal, never
     escapes a provider (it becomes a TransientError)."""
 

@@ -71,7 +71,7 @@ class _Tenants:
         wid = event.workflow_id
         tenant = getattr(event, "tenant", None) or self.known.get(wid)
         if tenant is None:
-            record = await self.reader.last(f"{self.names.workflow_root}.{wid}.Started")
+            record = await self.reader.last(self.names.workflow_event(wid, "Started"))
             events = decode_events(record.data) if record is not None else []
             tenant = getattr(events[0], "tenant", "") if events else ""
         if len(self.known) >= self.KEEP:
@@ -102,7 +102,7 @@ def tail(
         day: date | None = None
         try:
             sub = await nc.jetstream().subscribe(
-                f"{settings.names.workflow_root}.>",
+                settings.names.all_workflows,
                 stream=settings.names.workflows_stream,
                 ordered_consumer=True,
                 config=ConsumerConfig(deliver_policy=DeliverPolicy.NEW),
@@ -168,7 +168,7 @@ def dlq(
             first = max(info.state.last_seq - limit + 1, 1)
             reader = DirectGetter(nc, settings.names.dlq_stream, timeout=5.0)
             await reader.open()
-            records = await reader.scan(f"{settings.names.prefix}.dlq.>", start_seq=first)
+            records = await reader.scan(settings.names.all_dead_letters, start_seq=first)
             await reader.close()
         finally:
             await nc.close()

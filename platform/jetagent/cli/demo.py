@@ -2,7 +2,7 @@
 
 Starts the embedded nats-server and every service as its own process (exactly what
 `jetagent up` runs), submits example workflows that need multi-step reasoning with tool
-calls — served by the offline deterministic planner, so no network or API key is
+calls — served by the offline deterministic provider, so no network or API key is
 needed — shows each one's progress live, then its answer, tokens and cost. One
 workflow exceeds its token budget on purpose and ends ``terminated (token_cap)``.
 Everything is stopped before it exits.
@@ -77,8 +77,8 @@ async def run_demo(console: Console, data_dir: Path) -> int:
     )
     console.rule("[bold]jetagent demo[/]")
     console.print(
-        "Models: the [bold]offline deterministic planner[/] (a rule-based planner, not an "
-        "LLM; it counts tokens honestly and bills the catalog price of `offline-planner`)."
+        "Models: the [bold]offline deterministic provider[/] (a fixed policy, not an LLM; "
+        "it counts tokens honestly and bills the catalog price of `offline-planner`)."
     )
     await platform.start()
     pumps = platform.pump()

@@ -42,6 +42,7 @@ from jetagent.gateway._problems import (
     ProblemError,
     install_handlers,
 )
+from jetagent.jetstream.headers import Header as NatsHeader
 from jetagent.sessions import SessionView
 
 __all__ = ["create_app"]
@@ -247,7 +248,7 @@ def create_app(client: Client, settings: GatewaySettings) -> FastAPI:
 async def _publish(client: Client, request: WorkflowRequest) -> bool:
     """Publish as ``Client.submit`` does; True when JetStream saw this request_id already."""
     body = request.model_dump_json(exclude_none=True).encode()
-    headers = telemetry.inject({"Nats-Msg-Id": request.request_id})
+    headers = telemetry.inject({NatsHeader.MSG_ID: request.request_id})
     try:
         ack = await client.js.publish(
             client.names.request(request.tenant), body, headers=headers, timeout=5.0

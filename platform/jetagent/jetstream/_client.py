@@ -15,7 +15,7 @@ import logging
 from nats.aio.client import Client
 from nats.aio.client import Client as NATS
 
-from jetagent.jetstream._errors import StoreUnavailableError
+from jetagent.jetstream._errors import JetStreamUnavailableError
 
 __all__ = ["FastHeaderClient", "connect"]
 
@@ -55,7 +55,7 @@ async def connect(
     connected = False
 
     async def on_error(exc: Exception) -> None:
-        # Before the first connection the raised StoreUnavailableError says it all; a
+        # Before the first connection the raised JetStreamUnavailableError says it all; a
         # warning per attempt would only repeat it.
         if connected:
             log.warning("NATS connection %s: %s", name, exc)
@@ -80,7 +80,7 @@ async def connect(
         connected = True
         return nc
     except Exception as exc:
-        raise StoreUnavailableError(
+        raise JetStreamUnavailableError(
             f"cannot connect to NATS at {url} ({type(exc).__name__}: {exc or 'no answer'}). "
             "Is nats-server running there? Start one with `jetagent up`, or point "
             "NATS_URL at a running server."

@@ -1,8 +1,8 @@
 """Batched direct get (``$JS.API.DIRECT.GET.<stream>``) over one shared inbox subscription.
 
-nats-py has no call for a request with many replies, so the store keeps one wildcard
+nats-py has no call for a request with many replies, so a reader keeps one wildcard
 inbox subscription and routes each reply, by its last subject token, to the read that
-asked for it. A batch read ends at the ``204 EOB`` status message (JETSTREAM-FACTS.md).
+asked for it. A batch read ends at the ``204 EOB`` status message (docs/ARCHITECTURE.md §5.7).
 """
 
 from __future__ import annotations
@@ -19,11 +19,10 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.errors import Error as NatsError
 
-from jetagent.jetstream._errors import StoreUnavailableError
+from jetagent.jetstream._errors import JetStreamUnavailableError
+from jetagent.jetstream.headers import Header
 
 __all__ = ["DirectGetter", "Record"]
-
-_STATUS = "Status"
 
 
 @dataclass(slots=True)
@@ -74,18 +73,18 @@ class DirectGetter:
         if read is None or read.done.done():
             return
         headers = msg.headers or {}
-        status = headers.get(_STATUS)
+        status = headers.get(Header.STATUS)
         if status is not None:
             if status == "204":  # end of batch
-                read.pending = int(headers.get("Nats-Num-Pending", "0"))
+                read.pending = int(headers.get(Header.NUM_PENDING, "0"))
             elif status != "404":  # 404: no such message, an empty answer
-                read.error = f"{status} {headers.get('Description', '')}".strip()
+                read.error = f"{status} {headers.get(Header.DESCRIPTION, '')}".strip()
             read.done.set_result(None)
             return
         read.records.append(
             Record(
-                seq=int(headers["Nats-Sequence"]),
-                subject=headers["Nats-Subject"],
+                seq=int(headers[Header.SEQUENCE]),
+                subject=headers[Header.SUBJECT],
                 data=msg.data,
                 headers=headers,
             )
@@ -103,19 +102,27 @@ class DirectGetter:
             await self._nc.publish(self._api, msgspec.json.encode(body), reply=self._prefix + token)
             await asyncio.wait_for(read.done, self._timeout)
         except (TimeoutError, NatsError) as exc:
-            raise StoreUnavailableError(
+            raise JetStreamUnavailableError(
                 f"reading stream via {self._api} failed ({type(exc).__name__}): "
                 "the server did not answer in time"
             ) from exc
         finally:
             del self._reads[token]
         if read.error is not None:
-            raise StoreUnavailableError(f"direct get on {self._api} failed: {read.error}")
+            raise JetStreamUnavailableError(f"direct get on {self._api} failed: {read.error}")
         return read
 
-    async def last(self, subject_filter: str) -> Record | None:
-        """The newest message on any subject matching ``subject_filter``."""
-        read = await self._request({"last_by_subj": subject_filter}, single=True)
+    async def last(self, subject_filter: str, *, min_last_seq: int = 0) -> Record | None:
+        """The newest message on any subject matching ``subject_filter``.
+
+        With ``min_last_seq``, only a server whose copy of the stream reaches that
+        sequence answers: a follower that is behind stays silent (ADR-31), so a read
+        that a decision rests on sees at least what the decider knows was written.
+        """
+        body: dict[str, object] = {"last_by_subj": subject_filter}
+        if min_last_seq > 0:
+            body["min_last_seq"] = min_last_seq
+        read = await self._request(body, single=True)
         return read.records[0] if read.records else None
 
     async def scan(

@@ -1,46 +1,60 @@
-"""Errors of ``jetagent.store``, as subclasses of the eventsourcing library's PEP 249 names.
+"""Errors of the JetStream primitives, in jetagent's one tree::
 
-::
+    jetagent.errors.JetagentError
+     ├── UnavailableError
+     │    └── JetStreamUnavailableError   NATS unreachable, no answer in time, or a write
+     │                                    refused for a reason that is not a conflict
+     ├── StreamConfigError                a stream is missing or unusable as configured
+     ├── WriteTooLargeError               more messages than one atomic write may hold
+     └── ConcurrencyConflict              an expected-sequence check failed: nothing written
 
-    eventsourcing.persistence.PersistenceError
-     ├── IntegrityError
-     │    └── StoreConflictError         a version or tracking conflict (nothing written)
-     ├── OperationalError
-     │    └── StoreUnavailableError       NATS unreachable, or no answer within the deadline
-     ├── ProgrammingError
-     │    └── StreamConfigError          the stream exists with settings the store cannot use
-     └── DataError
-          └── WriteTooLargeError         more records than one atomic write may hold
-
-Raw nats-py errors never leave this package: they are translated where they happen.
-Each is also a ``jetagent.errors.JetagentError`` (the one tree users catch).
+Raw nats-py errors never leave ``jetagent.jetstream``: they are translated where they
+happen. ``jetagent.store`` translates these in turn into the eventsourcing library's
+PEP 249 names.
 """
 
 from __future__ import annotations
 
-from eventsourcing.persistence import DataError, IntegrityError, OperationalError, ProgrammingError
-
 from jetagent.errors import JetagentError, UnavailableError
 
 __all__ = [
-    "StoreConflictError",
-    "StoreUnavailableError",
+    "ConcurrencyConflict",
+    "JetStreamUnavailableError",
     "StreamConfigError",
     "WriteTooLargeError",
 ]
 
 
-class StoreConflictError(IntegrityError, JetagentError):
-    """A write conflicted with another (a version or tracking conflict): nothing written."""
+class JetStreamUnavailableError(UnavailableError):
+    """The NATS server could not be reached, did not answer in time, or refused a write
+    for a reason other than a conflict (a limit, a setting)."""
 
 
-class StoreUnavailableError(OperationalError, UnavailableError):
-    """The NATS server could not be reached, or did not answer in time."""
+class StreamConfigError(JetagentError):
+    """A stream is missing, or has settings the caller cannot work with."""
 
 
-class StreamConfigError(ProgrammingError, JetagentError):
-    """The application's stream is missing or has settings the store cannot work with."""
-
-
-class WriteTooLargeError(DataError, JetagentError):
+class WriteTooLargeError(JetagentError):
     """One atomic write holds more messages than the server accepts in a batch."""
+
+
+class ConcurrencyConflict(JetagentError):
+    """A write's expected-sequence check failed: another writer got there first, and
+    nothing of the write was stored.
+
+    ``actual`` is the sequence the server reported; an aggregate's append also names
+    the ``aggregate_id`` and the ``expected`` sequence it was written against.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        actual: int | None = None,
+        aggregate_id: str | None = None,
+        expected: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.actual = actual
+        self.aggregate_id = aggregate_id
+        self.expected = expected

@@ -2,7 +2,8 @@
 
 The eventsourcing library calls recorders from ordinary threads. nats-py is asyncio-only,
 so one daemon thread runs one event loop for every synchronous store in the process and
-callers hand it coroutines (STYLE.md: a deliberate bridge, never ``asyncio.run`` per call).
+callers hand it coroutines (docs/ARCHITECTURE.md §6: a deliberate bridge, never
+``asyncio.run`` per call).
 """
 
 from __future__ import annotations

@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import json
 from importlib import resources
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 from nats.aio.client import Client as NATS
 from nats.errors import Error as NatsError
 
-from jetagent.jetstream._errors import StoreUnavailableError, StreamConfigError
+from jetagent.jetstream._errors import JetStreamUnavailableError, StreamConfigError
+from jetagent.jetstream.headers import ErrorCode
 
-__all__ = ["ensure_stream", "load_definition", "stream_problems"]
+__all__ = ["ensure_stream", "load_definition", "stream_last_seq", "stream_problems"]
 
 
 def load_definition(name: str) -> dict[str, Any]:
@@ -71,15 +72,37 @@ class _StreamReply(msgspec.Struct):
     config: dict[str, Any] | None = None
 
 
-async def _api(nc: NATS, subject: str, body: bytes, timeout: float) -> _StreamReply:
+class _StreamState(msgspec.Struct):
+    last_seq: int = 0
+
+
+class _PositionReply(msgspec.Struct):
+    error: _ApiError | None = None
+    state: _StreamState | None = None
+
+
+_Reply = TypeVar("_Reply", _StreamReply, _PositionReply)
+
+
+async def _api(nc: NATS, subject: str, body: bytes, timeout: float, reply: type[_Reply]) -> _Reply:
     try:
         msg = await nc.request(subject, body, timeout=timeout)
-    except NatsError as exc:
-        raise StoreUnavailableError(
+        return msgspec.json.decode(msg.data, type=reply)
+    except (NatsError, msgspec.DecodeError) as exc:
+        raise JetStreamUnavailableError(
             f"the JetStream API did not answer ({type(exc).__name__}: {exc}); "
             "is JetStream enabled on the server?"
         ) from exc
-    return msgspec.json.decode(msg.data, type=_StreamReply)
+
+
+async def stream_last_seq(nc: NATS, stream: str, *, timeout: float = 5.0) -> int:
+    """The stream's last sequence (``0`` while empty), as its leader knows it: what a
+    ``Nats-Expected-Last-Sequence`` check compares with."""
+    info = await _api(nc, f"$JS.API.STREAM.INFO.{stream}", b"", timeout, _PositionReply)
+    if info.error is not None or info.state is None:
+        reason = info.error.description if info.error is not None else "no state in the reply"
+        raise JetStreamUnavailableError(f"cannot read the position of stream {stream!r}: {reason}")
+    return info.state.last_seq
 
 
 async def ensure_stream(
@@ -90,7 +113,7 @@ async def ensure_stream(
     Returns the stream's config as the server reports it. Idempotent.
     """
     name = config["name"]
-    info = await _api(nc, f"$JS.API.STREAM.INFO.{name}", b"", timeout)
+    info = await _api(nc, f"$JS.API.STREAM.INFO.{name}", b"", timeout, _StreamReply)
     if info.error is None and info.config is not None:
         problems = stream_problems(info.config, config)
         if problems:
@@ -100,16 +123,18 @@ async def ensure_stream(
                 + ". Fix or delete the stream, or set NATS_STREAM to another name."
             )
         return info.config
-    if info.error is not None and info.error.err_code != 10059:  # 10059: stream not found
+    if info.error is not None and info.error.err_code != ErrorCode.STREAM_NOT_FOUND:
         raise StreamConfigError(f"cannot read stream {name!r}: {info.error.description}")
     if not create:
         raise StreamConfigError(
             f"stream {name!r} does not exist and creating it is turned off "
             "(run `jetagent provision`, or unset NATS_CREATE_STREAM)"
         )
-    created = await _api(nc, f"$JS.API.STREAM.CREATE.{name}", json.dumps(config).encode(), timeout)
+    body = json.dumps(config).encode()
+    created = await _api(nc, f"$JS.API.STREAM.CREATE.{name}", body, timeout, _StreamReply)
     if created.error is not None:
-        if created.error.err_code == 10058:  # created meanwhile by another process
+        if created.error.err_code == ErrorCode.STREAM_NAME_IN_USE:
+            # Created meanwhile by another process: check what it made.
             return await ensure_stream(nc, config, create=False, timeout=timeout)
         raise StreamConfigError(f"cannot create stream {name!r}: {created.error.description}")
     assert created.config is not None

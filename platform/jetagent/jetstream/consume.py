@@ -27,6 +27,8 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.errors import Error as NatsError
 
+from jetagent.jetstream.headers import Header
+
 __all__ = ["Puller", "on_reconnect"]
 
 log = logging.getLogger("jetagent.consume")
@@ -121,7 +123,7 @@ class Puller:
     async def _on_message(self, msg: Msg) -> None:
         self._last_activity = time.monotonic()
         headers = msg.headers or {}
-        status = headers.get("Status")
+        status = headers.get(Header.STATUS)
         if status is not None:
             if status == "503":
                 # No responders: JetStream is not up yet (restart, election); the
@@ -132,7 +134,7 @@ class Puller:
             if status in ("404", "408", "409"):
                 # A request ended unfulfilled (expired, or the consumer moved):
                 # the server says how many of its messages were not delivered.
-                pending = int(headers.get("Nats-Pending-Messages", "0") or 0)
+                pending = int(headers.get(Header.PENDING_MESSAGES, "0") or 0)
                 self._requested = max(0, self._requested - pending) if pending else 0
                 await self._top_up()
             return  # 100: idle heartbeat

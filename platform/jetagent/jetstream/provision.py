@@ -17,9 +17,10 @@ from nats.errors import Error as NatsError
 from nats.js.api import KeyValueConfig, ObjectStoreConfig, StorageType
 from nats.js.errors import BadRequestError, NotFoundError
 
-from jetagent.config import Names, Settings
+from jetagent.config import Settings
 from jetagent.errors import ConfigError
 from jetagent.jetstream._streams import ensure_stream
+from jetagent.subjects import Names
 
 __all__ = [
     "STREAM_FILES",
@@ -39,7 +40,7 @@ def _definitions() -> Any:
 
 def _fill(value: Any, names: Names, extra: dict[str, str]) -> Any:
     if isinstance(value, str):
-        out = value.replace("{P}", names.upper).replace("{p}", names.prefix)
+        out = names.fill(value)
         for key, text in extra.items():
             out = out.replace("{" + key + "}", text)
         return out

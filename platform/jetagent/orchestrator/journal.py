@@ -20,7 +20,6 @@ from nats.js.client import JetStreamContext
 from nats.js.errors import KeyNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 
-from jetagent.config import Names
 from jetagent.dead_letter import dead_letter, publish_dead_letter
 from jetagent.events import (
     WorkflowEvent,
@@ -30,6 +29,8 @@ from jetagent.events import (
     subject_tail,
 )
 from jetagent.jetstream import AggregateStream, NewRecord, Record
+from jetagent.jetstream.headers import Header
+from jetagent.subjects import Names
 from jetagent.workflow import WorkflowState, evolve
 
 __all__ = ["Journal", "Loaded"]
@@ -169,8 +170,8 @@ class Journal:
             tail=subject_tail(last),
             data=encode_events(events),
             headers={
-                "Ja-Event": ",".join(event_type(type(e)) for e in events),
-                "Ja-Workflow": workflow_id,
+                Header.JA_EVENT: ",".join(event_type(type(e)) for e in events),
+                Header.JA_WORKFLOW: workflow_id,
                 **headers,
             },
         )

@@ -3,10 +3,14 @@
 Every event carries its cause (``Ja-Causation: <stream>:<seq>``): the request, step
 result, cancel, signal or due timer (``JA_TIMERS``: a deadline check) that the
 orchestrator was deciding on (none for a deadline check of older versions). Replaying
-regroups the events by cause, rebuilds each input from the stored message, asks the pure
-``decide`` again from the state before the group, and compares. No model or tool is
-called again: their answers are in the log. A difference means the code or the
-configuration (model catalog, registered tools) changed since — or a bug.
+regroups the events by cause, turns the stored message into its input with the
+orchestrator's own translation (``jetagent.orchestrator.inputs.inputs_of``, requests
+checked against the decision context's models and tools), asks the pure ``decide``
+again from the state before the group, and compares. No model or tool is called again:
+their answers are in the log. A difference means the code or the configuration (model
+catalog, registered tools) changed since — or a bug. A rejected request is not
+compared: its checks ran against the configuration of that moment (tenants, limits,
+the tools served then), which the history does not hold.
 
 Replay trusts nothing it reads: a step result that was folded although it matches no
 step as scheduled (``jetagent.result_check``) is a mismatch; every other untrusted
@@ -18,34 +22,33 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any, Literal
 
 import msgspec
 from nats.aio.client import Client as NATS
 
-from jetagent.config import Names
+from jetagent.decoding import PoisonMessage, decode_step_result
 from jetagent.events import (
-    CancelRequested,
     InputDeferred,
-    SignalSent,
-    Started,
+    RequestRejected,
     StepScheduled,
     WorkflowEvent,
     decode_events,
-    decode_step_result,
 )
 from jetagent.jetstream import DirectGetter, Record
+from jetagent.jetstream.headers import Header
+from jetagent.orchestrator.inputs import Admission, Message, Rejection, inputs_of
 from jetagent.payloads import is_ref
-from jetagent.result_check import result_problem, step_problem
+from jetagent.result_check import result_problem
+from jetagent.subjects import Names
 from jetagent.workflow import (
-    Begin,
-    Cancel,
     DecideContext,
     FoldResult,
     Input,
-    Signal,
     Tick,
     WorkflowState,
+    as_recorded,
     decide,
     evolve,
 )
@@ -150,7 +153,7 @@ async def replay_workflow(
                 report.skipped.append(f"seq {record.seq} {record.subject}: {exc}")
                 continue
             report.events.extend(events)
-            cause = record.headers.get("Ja-Causation", "")
+            cause = record.headers.get(Header.JA_CAUSATION, "")
             if groups and groups[-1][0] == cause and cause:
                 groups[-1][1].extend(events)
             else:
@@ -164,24 +167,28 @@ async def replay_workflow(
             report.groups += 1
             if verify:
                 decision.verdict = "not checked"
-                command, untrusted = await _input(
-                    cause, recorded, sources, report.state, names.prefix
-                )
-                if untrusted is not None:
-                    decision.verdict = "untrusted"
-                    decision.detail = f"folded an untrusted step result: {untrusted}"
+                command, wrong = await _input(cause, recorded, sources, report.state, names, ctx)
+                if wrong is not None:
+                    untrusted = wrong.startswith("folded an untrusted")
+                    decision.verdict = "untrusted" if untrusted else "differs"
+                    decision.detail = wrong
                     report.mismatches.append(
                         Mismatch(
                             cause=cause,
                             recorded=[type(e).__name__ for e in recorded],
                             decided=[],
-                            detail=decision.detail,
+                            detail=wrong,
                         )
                     )
                 elif command is not None:
                     decided = decide(report.state, command, ctx)
                     want = [_comparable(e) for e in recorded]
-                    got = [_comparable(e) for e in decided]
+                    # Compared in the shape each event was recorded in: a history
+                    # written before a step gained an optional input still verifies.
+                    got = [
+                        _comparable(as_recorded(e, recorded[i] if i < len(recorded) else None))
+                        for i, e in enumerate(decided)
+                    ]
                     decision.verdict = "same"
                     if want != got:
                         decision.verdict = "differs"
@@ -212,8 +219,8 @@ async def _untrusted_results(
     for record in await reader.scan(names.step_results(workflow_id)):
         try:
             result = decode_step_result(record.data)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            found.append(f"seq {record.seq} {record.subject}: unreadable ({exc})")
+        except PoisonMessage as exc:
+            found.append(f"seq {record.seq} {record.subject}: unreadable ({exc.reason})")
             continue
         problem = result_problem(record.subject, result, state, prefix=names.prefix)
         if problem is not None:
@@ -226,72 +233,50 @@ async def _input(
     recorded: list[WorkflowEvent],
     sources: dict[str, DirectGetter],
     state: WorkflowState,
-    prefix: str,
+    names: Names,
+    ctx: DecideContext,
 ) -> tuple[Input | None, str | None]:
-    """The input a group of events was decided on, and why it was untrusted (if it was)."""
+    """The input a group of events was decided on, and why deciding on it was wrong (if
+    it was: an untrusted step result, an input that cannot be read or admitted now)."""
     at = recorded[0].at
     if not cause:
         return Tick(at=at), None
     stream, _, seq = cause.rpartition(":")
-    if stream.endswith("_TIMERS"):
+    if stream == names.timers_stream:
         return Tick(at=at), None  # a due timer: time passed (its message is gone once read)
     reader = sources.get(stream)
-    if reader is None or not seq.isdigit():
+    if reader is None or not seq.isdigit() or isinstance(recorded[0], RequestRejected):
         return None, None
-    message = await _message(reader, int(seq))
-    if message is None:
+    record = await _message(reader, int(seq))
+    if record is None:
         return None, None  # the cause is gone (a limit, a purge): nothing to compare against
-    if stream.endswith("_STEPS"):
-        try:
-            result = decode_step_result(message.data)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            return None, f"unreadable ({exc})"
-        if message.subject == f"{prefix}.step.{result.workflow_id}.{result.step_id}":
-            problem = step_problem(state, result)  # the layout before capability subjects
-        else:
-            problem = result_problem(message.subject, result, state, prefix=prefix)
-        return FoldResult(result=result, result_seq=message.seq, at=at), problem
-    return _request_input(message, recorded, state, at), None
-
-
-def _request_input(
-    message: Record, recorded: list[WorkflowEvent], state: WorkflowState, at: Any
-) -> Input | None:
-    kind = message.subject.split(".")[1]
+    message = Message.stored(record, stream=stream)
     # How long an early cancel or signal was kept is configuration: read it from the record.
     kept = recorded[0] if isinstance(recorded[0], InputDeferred) else None
-    expires_at = kept.expires_at if kept is not None else None
-    if kind == "cancel":
-        cancel = msgspec.json.decode(message.data, type=CancelRequested)
-        return Cancel(
-            at=at,
-            reason=cancel.reason,
-            by=cancel.by,
-            workflow_id=cancel.workflow_id,
-            expires_at=expires_at,
-        )
-    if kind == "signal":
-        signal = msgspec.json.decode(message.data, type=SignalSent)
-        return Signal(
-            name=signal.name,
-            payload=signal.payload,
-            by=signal.by,
-            at=at,
-            workflow_id=signal.workflow_id,
-            expires_at=expires_at,
-        )
-    started = next((e for e in recorded if isinstance(e, Started)), None)
-    if started is None:
-        if state.status.value == "queued":
-            return None  # a rejection: decided by validation, not by decide()
-        return Begin(workflow_id=state.workflow_id, tenant=state.tenant, request={}, at=at)
-    return Begin(
-        workflow_id=started.workflow_id,
-        tenant=started.tenant,
-        request=started.request,
-        at=at,
-        deadline_at=started.deadline_at,
+    admission = Admission(
+        models=set(ctx.models),
+        tools=set(ctx.tools),
+        early_input_wait=kept.expires_at - kept.at if kept is not None else timedelta(0),
     )
+    try:
+        made = inputs_of(message, prefix=names.prefix, at=at, admission=admission)
+    except PoisonMessage as exc:
+        if stream == names.steps_stream:
+            return None, f"folded an untrusted step result: unreadable ({exc.reason})"
+        return None, f"its input cannot be read: {exc.reason}"
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        return None, f"its input cannot be read: {exc}"
+    if isinstance(made, Rejection):
+        return None, "its request would be rejected now: " + "; ".join(made.reasons)
+    if made is None:
+        return None, None
+    if isinstance(made.input, FoldResult):
+        # Histories from before capability subjects hold results on the older layout.
+        result = made.input.result
+        problem = result_problem(message.subject, result, state, prefix=names.prefix, legacy=True)
+        if problem is not None:
+            return None, f"folded an untrusted step result: {problem}"
+    return made.input, None
 
 
 def _first_difference(want: list[Any], got: list[Any]) -> str:

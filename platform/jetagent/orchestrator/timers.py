@@ -16,19 +16,20 @@ see that time has passed and end a workflow whose deadline passed.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Protocol
 
 import msgspec
-from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 from nats.js.client import JetStreamContext
 
-from jetagent.config import Names
 from jetagent.contract import Status
+from jetagent.jetstream.headers import Header
+from jetagent.subjects import Names
 from jetagent.workflow import Begin, Cancel, Input, Signal, Tick, WorkflowState
 
-__all__ = ["DEADLINE", "INPUTS", "DueTimer", "Timers", "due_timer", "keep_early", "timers_for"]
+__all__ = ["DEADLINE", "INPUTS", "DueTimer", "Timers", "due_timer", "timers_for"]
 
 log = logging.getLogger("jetagent.timers")
 
@@ -47,19 +48,14 @@ class DueTimer(msgspec.Struct, frozen=True, kw_only=True):
 _decoder = msgspec.json.Decoder(DueTimer)
 
 
-def due_timer(msg: Msg) -> DueTimer:
+class _Body(Protocol):
+    @property
+    def data(self) -> bytes: ...
+
+
+def due_timer(msg: _Body) -> DueTimer:
     """The timer a message of ``<prefix>.timer.due.>`` stands for."""
     return _decoder.decode(msg.data)
-
-
-def keep_early(command: Input, workflow_id: str, wait_s: float) -> Input:
-    """A cancel or signal that is kept for ``wait_s`` if its workflow has not started
-    (it may be starting on another replica at this very moment); other inputs as they are.
-    The ``inputs`` timer answers it when the wait is over."""
-    if isinstance(command, Cancel | Signal) and command.expires_at is None:
-        expires_at = command.at + timedelta(seconds=wait_s)
-        return replace(command, workflow_id=workflow_id, expires_at=expires_at)
-    return command
 
 
 def timers_for(state: WorkflowState) -> dict[str, datetime]:
@@ -91,9 +87,9 @@ class Timers:
             self.names.timer_schedule(workflow_id, kind),
             body,
             headers={
-                "Nats-Schedule": f"@at {at}",
-                "Nats-Schedule-Target": self.names.timer_due(workflow_id, kind),
-                "Ja-Workflow": workflow_id,
+                Header.SCHEDULE: f"@at {at}",
+                Header.SCHEDULE_TARGET: self.names.timer_due(workflow_id, kind),
+                Header.JA_WORKFLOW: workflow_id,
             },
         )
 

@@ -45,12 +45,13 @@ from eventsourcing.utils import Environment, EnvType, resolve_topic, strtobool
 from nats.aio.client import Client as NATS
 
 from jetagent.jetstream import LoopThread, connect, shared_loop
-from jetagent.store._async import EVENTS, SNAPSHOTS, AsyncStore, StoreSettings
+from jetagent.store._async import EVENTS, SNAPSHOTS, AsyncStore
 from jetagent.store._errors import (
     StoreConflictError,
     StoreUnavailableError,
     StreamConfigError,
     WriteTooLargeError,
+    translated,
 )
 from jetagent.store._recorders import (
     NatsAggregateRecorder,
@@ -59,6 +60,7 @@ from jetagent.store._recorders import (
     NatsSubscription,
     NatsTrackingRecorder,
 )
+from jetagent.store._settings import StoreSettings
 from jetagent.store._subjects import encode_token
 from jetagent.store._transcoder import MsgspecTranscoder, TypedMapper
 
@@ -110,14 +112,15 @@ class NatsFactory(InfrastructureFactory[NatsTrackingRecorder]):
         self.loop: LoopThread = shared_loop()
         self.settings = self._settings()
         url = self.env.get(self.NATS_URL) or DEFAULT_URL
-        self.nc: NATS = self.loop.run(
-            connect(
-                url,
-                name=f"jetagent.store:{self.env.name or 'app'}",
-                creds=self.env.get(self.NATS_CREDS) or None,
-                timeout=float(self.env.get(self.NATS_CONNECT_TIMEOUT) or 2.0),
+        with translated:
+            self.nc: NATS = self.loop.run(
+                connect(
+                    url,
+                    name=f"jetagent.store:{self.env.name or 'app'}",
+                    creds=self.env.get(self.NATS_CREDS) or None,
+                    timeout=float(self.env.get(self.NATS_CONNECT_TIMEOUT) or 2.0),
+                )
             )
-        )
         self.store = AsyncStore(self.nc, self.settings)
         try:
             self.loop.run(self.store.open())

@@ -20,7 +20,7 @@ from eventsourcing.persistence import (
     TrackingRecorder,
 )
 
-from jetagent.jetstream._loop import LoopThread
+from jetagent.jetstream import LoopThread
 from jetagent.store._async import EVENTS, AsyncStore
 
 __all__ = [

@@ -4,12 +4,14 @@ Generic layout (any eventsourcing application)::
 
     <root>.e.<originator>.<version>.<topic>.<tracking>   an aggregate event
     <root>.s.<originator>.<version>.<topic>.<tracking>   a snapshot
-    <root>.t._._._.<tracking>                            a tracking record with no events
+    <root>.t._._._.<tracking>                            a tracking marker (a record with
+                                                         no events, or heading a batch)
 
 The version is a subject token so that "no event with this version yet" is one
-server-side check with no read before the write (JETSTREAM-FACTS.md, option 1). The
+server-side check with no read before the write (docs/ARCHITECTURE.md §5.1, option 1). The
 last token names the upstream application whose notification caused the write ("_" when
-none), so the newest tracking record of an upstream is one last-by-subject lookup.
+none), so the newest tracking record of an upstream is one last-by-subject lookup; the
+record's ``Ja-Tracking-Id`` header holds the notification id.
 
 Tokens are readable where possible: ``[A-Za-z0-9_:-]`` stays as it is and ``.`` becomes
 ``,`` (a Python topic ``pkg.mod:Cls.Event`` reads ``pkg,mod:Cls,Event``). Anything else is
@@ -24,9 +26,11 @@ from dataclasses import dataclass
 from functools import lru_cache
 from uuid import UUID
 
-__all__ = ["NONE_TOKEN", "SubjectLayout", "decode_token", "encode_token"]
+__all__ = ["NONE_TOKEN", "TRACKING_HEADER", "SubjectLayout", "decode_token", "encode_token"]
 
 NONE_TOKEN = "_"
+TRACKING_HEADER = "Ja-Tracking-Id"
+"""The header holding a tracking record's notification id."""
 _READABLE = re.compile(r"[A-Za-z0-9_:,-]+")
 _PLAIN = re.compile(r"[A-Za-z0-9_:.-]+")
 _CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")

@@ -12,9 +12,10 @@ from typing import Any
 
 from nats.aio.client import Client as NATS
 
-from jetagent.config import Names, Settings
+from jetagent.config import Settings
 from jetagent.events import CallRecord, Spend
 from jetagent.payloads import PayloadStore
+from jetagent.subjects import Names
 from jetagent.worker._context import StepContext, StepServices
 
 __all__ = ["step_context"]

@@ -27,11 +27,11 @@ from nats.js.client import JetStreamContext
 from nats.js.errors import NotFoundError
 from nats.js.kv import KeyValue
 
-from jetagent.config import Names
 from jetagent.errors import ConfigError, UnavailableError
 from jetagent.events import CallRecord, RoutingDecision, Spend
 from jetagent.jetstream import Record
 from jetagent.payloads import PayloadStore
+from jetagent.subjects import Names
 from jetagent.token_stream import TokenPublisher
 from jetagent.worker.calls import CallJournal
 from jetagent.worker.registry import RegisteredTool

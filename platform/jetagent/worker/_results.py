@@ -2,7 +2,7 @@
 
 A step's result goes to ``<prefix>.step.<capability>.<workflow_id>.<step_id>`` once:
 the publish expects the subject's last sequence to be 0 (write-once by subject), through
-the JetStream layer's write path (:func:`jetagent.jetstream._writes.write`), which
+the JetStream layer's write path (:func:`jetagent.jetstream._writes.write_once`), which
 retries through a server restart or an election until its deadline. It carries no
 ``Nats-Msg-Id``: anyone allowed to publish results may set any id, and a forged message
 with this result's id would have the real one dropped as a duplicate. So a lost ack is
@@ -17,16 +17,15 @@ from nats.aio.msg import Msg
 from nats.js.client import JetStreamContext
 
 from jetagent import telemetry
-from jetagent.config import Names
 from jetagent.dead_letter import DeadLetterKind, dead_letter_of, publish_dead_letter
-from jetagent.errors import TransientError
 from jetagent.events import StepResult, encode
-from jetagent.jetstream import DirectGetter, StoreUnavailableError
-from jetagent.jetstream._writes import WRONG_LAST_SEQUENCE, Message, PubAck, write
+from jetagent.jetstream import DirectGetter
+from jetagent.jetstream._writes import Message, write_once
+from jetagent.jetstream.headers import Header
+from jetagent.subjects import Names
 
 __all__ = ["StepRecords"]
 
-_EXPECTED_LAST_SUBJECT_SEQUENCE = "Nats-Expected-Last-Subject-Sequence"
 _RESULT_TIMEOUT_S = 2.0
 """How long one try of a result's publish waits for its ack."""
 _RESULT_PUBLISH_S = 30.0
@@ -54,32 +53,18 @@ class StepRecords:
         """Write ``result`` unless the step has one already (then there is nothing to do:
         this run's earlier try landed, or another replica finished the step)."""
         headers = telemetry.inject(
-            {
-                _EXPECTED_LAST_SUBJECT_SEQUENCE: "0",
-                "Ja-Event": "StepResult",
-                "Ja-Workflow": result.workflow_id,
-            },
+            {Header.JA_EVENT: "StepResult", Header.JA_WORKFLOW: result.workflow_id},
             parent=parent,
         )
-
-        async def landed() -> bool | None:
-            try:
-                return True if await self.recorded(subject) else None
-            except StoreUnavailableError:
-                return None
-
-        outcome = await write(
+        # False: the subject holds a result already (this write's earlier try whose ack
+        # was lost, or another replica's): the step is recorded either way.
+        await write_once(
             self._nc,
-            [Message(subject, encode(result), headers)],
+            Message(subject, encode(result), headers),
             timeout=_RESULT_TIMEOUT_S,
             deadline_s=_RESULT_PUBLISH_S,
-            landed=landed,
             what=f"record the result of step {result.workflow_id}/{result.step_id}",
         )
-        if not isinstance(outcome, PubAck) or outcome.error is None:
-            return
-        if outcome.error.err_code != WRONG_LAST_SEQUENCE:  # else: the step has its result
-            raise TransientError(f"could not record the step result: {outcome.error.description}")
 
     async def dead_letter(
         self,

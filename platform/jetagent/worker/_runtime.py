@@ -120,7 +120,7 @@ class Worker:
         config = consumer_config(self.settings, "capability", capability=spec.name)
         config["durable_name"] = self._consumer_name(spec)
         subjects = spec.subjects or self.names.step_scheduled(spec.name)
-        config["filter_subjects"] = [s.replace("{p}", self.names.prefix) for s in subjects]
+        config["filter_subjects"] = [self.names.fill(s) for s in subjects]
         config["ack_wait"] = int(self.settings.step_ack_wait_s * 1e9)
         config["max_deliver"] = -1
         config.pop("backoff", None)

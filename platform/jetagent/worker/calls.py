@@ -23,9 +23,9 @@ import msgspec
 from nats.errors import Error as NatsError
 from nats.js.client import JetStreamContext
 
-from jetagent.config import Names
 from jetagent.events import CallRecord
 from jetagent.jetstream import DirectGetter
+from jetagent.subjects import Names
 
 __all__ = ["CALLS_RECORDED", "CallJournal", "EarlierRuns", "JournalEntry"]
 

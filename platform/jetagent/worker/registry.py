@@ -23,9 +23,9 @@ import msgspec
 from nats.js.client import JetStreamContext
 from nats.js.kv import KeyValue
 
-from jetagent.config import Names
 from jetagent.llm import ToolSpec
-from jetagent.workflow import ToolInfo
+from jetagent.subjects import Names
+from jetagent.tool_info import ToolInfo
 
 __all__ = ["SERVED_FRESH_S", "RegisteredTool", "ToolRegistry"]
 

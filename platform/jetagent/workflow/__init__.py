@@ -5,6 +5,10 @@ needs arrives in its input or in the static :class:`DecideContext`, so any histo
 replays to the same state and the same decisions (``jetagent replay --verify``).
 """
 
+# ToolInfo lives below both the worker's registry and this core; re-exported for the
+# core's users (DecideContext.tools holds them).
+from jetagent.tool_info import ToolInfo
+
 from ._decide import (
     Begin,
     Cancel,
@@ -13,13 +17,10 @@ from ._decide import (
     Input,
     Signal,
     Tick,
-    ToolInfo,
     decide,
 )
+from ._recorded import ADDED_STEP_INPUTS, as_recorded
 from ._state import (
-    COMPACTION_PREFIX,
-    JSON_INSTRUCTION,
-    REPAIR_INSTRUCTION,
     Phase,
     StepView,
     WorkflowState,
@@ -28,9 +29,7 @@ from ._state import (
 )
 
 __all__ = [
-    "COMPACTION_PREFIX",
-    "JSON_INSTRUCTION",
-    "REPAIR_INSTRUCTION",
+    "ADDED_STEP_INPUTS",
     "Begin",
     "Cancel",
     "DecideContext",
@@ -42,6 +41,7 @@ __all__ = [
     "Tick",
     "ToolInfo",
     "WorkflowState",
+    "as_recorded",
     "decide",
     "evolve",
     "fold",

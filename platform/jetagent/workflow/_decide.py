@@ -42,12 +42,13 @@ from jetagent.events import (
     Terminated,
     WorkflowEvent,
 )
-from jetagent.llm import ToolCall, ToolSpec
+from jetagent.llm import ToolCall
 from jetagent.models import ModelConfig
 from jetagent.output_schema import InvalidOutputSchema, compile_output_schema
 from jetagent.tokens import Tokenizer, count_message_tokens, count_tokens
+from jetagent.tool_info import ToolInfo
 
-from ._state import REASONING, SUMMARIZE, TOOLS, WorkflowState, compactable, evolve
+from ._state import REASONING, SUMMARIZE, WorkflowState, compactable, evolve
 
 __all__ = [
     "Begin",
@@ -57,30 +58,16 @@ __all__ = [
     "Input",
     "Signal",
     "Tick",
-    "ToolInfo",
     "decide",
 ]
 
 MIN_OUTPUT_TOKENS = 16
+"""A reasoning call is not worth making with fewer output tokens than this."""
 
 
 def _plain(value: Any) -> Any:
     """``value`` exactly as it reads back from the event's JSON (lists, not tuples)."""
     return msgspec.json.decode(msgspec.json.encode(value))
-
-
-"""A reasoning call is not worth making with fewer output tokens than this."""
-
-
-@dataclass(frozen=True, kw_only=True)
-class ToolInfo:
-    """What the orchestrator knows of a registered tool."""
-
-    spec: ToolSpec
-    requires_approval: bool = False
-    max_tokens: int = 0
-    """Tokens one call may use (an LLM-backed tool); reserved against the token cap."""
-    capability: str = TOOLS
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -613,10 +600,19 @@ def _next_tool(state: WorkflowState, at: datetime, ctx: DecideContext) -> Workfl
             tool=call.name,
             attempt=attempt,
             iteration=state.iterations,
-            input={"call_id": call.id, "tool": call.name, "arguments": call.arguments},
+            input=_tool_input(state, call),
             reservation=reservation,
         )
     return None
+
+
+def _tool_input(state: WorkflowState, call: ToolCall) -> dict[str, Any]:
+    """A tool step's input: the call, and what its capability may need of the workflow
+    (its session; the tenant is a field of the step), so that it reads nothing else."""
+    data: dict[str, Any] = {"call_id": call.id, "tool": call.name, "arguments": call.arguments}
+    if state.session_id is not None:
+        data["session_id"] = state.session_id
+    return data
 
 
 def _next_summary(state: WorkflowState, at: datetime, ctx: DecideContext) -> WorkflowEvent | None:

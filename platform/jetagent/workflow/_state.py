@@ -67,6 +67,11 @@ class WorkflowState(msgspec.Struct, frozen=True, kw_only=True):
     workflow_id: str = ""
     status: Status = Status.QUEUED
     tenant: str = ""
+    session_id: str | None = None
+    """The conversation the workflow belongs to: the request's ``session_context.session_id``,
+    else the workflow itself (its id). Every tool step carries it, so a capability that keeps
+    per-session data (memory) needs nothing but its step. None in a state saved before it
+    existed (an older snapshot): its tool steps then go without it."""
     started_at: datetime | None = None
     deadline_at: datetime | None = None
     max_iterations: int = 0
@@ -137,11 +142,13 @@ def _start(state: WorkflowState, event: Started) -> WorkflowState:
     messages.append(Message(role="user", content=request["instruction"]))
     cost_cap = limits.get("cost_cap_usd")
     allowed = request.get("allowed_tools")
+    session = context.get("session_id")
     return _replace(
         state,
         workflow_id=event.workflow_id,
         status=Status.PROCESSING,
         tenant=event.tenant,
+        session_id=session if isinstance(session, str) and session else event.workflow_id,
         started_at=event.at,
         deadline_at=event.deadline_at,
         max_iterations=int(limits.get("max_iterations", 12)),
