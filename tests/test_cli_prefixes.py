@@ -24,12 +24,10 @@ from tests.support.platform import InProcessPlatform
 
 COMMANDS = {
     "inspect": ["inspect"],
-    "inspect --json": ["inspect", "--json"],
     "replay": ["replay"],
-    "replay --verify": ["replay", "--verify"],
     "replay --json": ["replay", "--json"],
     "replay --at": ["replay", "--at", "1"],
-    "watch": ["watch", "--timeout", "5"],
+    "watch": ["watch", "--timeout", "2"],
 }
 """Every command that takes a workflow id, with the options that change its reading."""
 

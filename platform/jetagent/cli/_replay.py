@@ -249,7 +249,7 @@ def _show_state(report: ReplayReport, state: WorkflowState, seq: int, folded: in
         f"state at #{seq}",
         f"{stamp(last.event.at, millis=True)}",
         f"after {folded} of {len(report.entries)} events",
-        f"the last a {type(last.event).__name__} at #{last.seq}",
+        f"last folded: {type(last.event).__name__} (#{last.seq})",
     )
     show(
         f"status [bold]{state.status.value}[/]",

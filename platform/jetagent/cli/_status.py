@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.text import Text
 
 from jetagent.cli._base import connect, console, load_settings, run
-from jetagent.overview import CapabilityState, Overview
+
+if TYPE_CHECKING:
+    from jetagent.overview import CapabilityState, Overview
 
 __all__ = ["commands"]
 
