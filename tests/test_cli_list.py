@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 from datetime import timedelta
 
+import pytest
+
 from jetagent.contract import Status
 from tests.support.known import (
     ALL,
@@ -33,6 +35,7 @@ def _ids(stdout: str) -> list[str]:
     return [item["workflow_id"] for item in document["workflows"]]
 
 
+@pytest.mark.timeout(300)  # a score of CLI processes: slow when the machine is loaded
 async def test_list_filters_json_and_the_projection_note(engine: InProcessPlatform) -> None:
     await submit_known(engine)
     env = env_for(engine.settings)
@@ -61,7 +64,6 @@ async def test_list_filters_json_and_the_projection_note(engine: InProcessPlatfo
             "ended badly": ["list", "--status", "terminated", "--status", "cancelled", "--json"],
             "beta": ["list", "--tenant", "beta", "--json"],
             "tools": ["list", "--capability", "tools", "--json"],
-            "last hour": ["list", "--since", "1h", "--json"],
             "since third": ["list", "--since", since_third, "--json"],
             "until 2000": ["list", "--until", "2000-01-01", "--json"],
             "until an hour ago": ["list", "--until", "60m", "--json"],
@@ -95,7 +97,6 @@ async def test_list_filters_json_and_the_projection_note(engine: InProcessPlatfo
         assert _ids(results["ended badly"].stdout) == [CANCELLED, TOKEN_CAP]
         assert _ids(results["beta"].stdout) == [CANCELLED, HELLO]
         assert _ids(results["tools"].stdout) == [SIX_SEVEN]
-        assert _ids(results["last hour"].stdout) == list(reversed(ALL))
         assert _ids(results["since third"].stdout) == [CANCELLED, HELLO]
         assert _ids(results["until 2000"].stdout) == []
         assert _ids(results["until an hour ago"].stdout) == []
@@ -123,14 +124,12 @@ async def test_list_filters_json_and_the_projection_note(engine: InProcessPlatfo
                 ["list", "--since", "yesterdayish"],
                 ["list", "--status", "sideways"],
                 ["list", "--cost-above", "cheap"],
-                ["list", "--limit", "0"],
             ],
             env,
         )
         one_error_line(bad[0], "yesterdayish")
         one_error_line(bad[1], "sideways")
         one_error_line(bad[2], "cheap")
-        one_error_line(bad[3], "limit")
 
     # The projection service stopped: the views are listed, with a note that they may be
     # stale.

@@ -127,6 +127,7 @@ def show_session(view: SessionView, console: Console) -> None:
     if view.ended_at is not None and view.created_at is not None:
         took = (view.ended_at - view.created_at).total_seconds()
         parts.append(f"ended after {took:.3f} s")
+    parts.append(f"as of event #{view.last_workflow_seq}")  # its stream sequence
     for line in facts([Text.from_markup(p) for p in parts], width):
         console.print(line)
     if view.instruction:
@@ -146,6 +147,7 @@ _STEP_COLUMNS = (
     Column("capability", priority=100, max_width=32),
     Column("model", priority=30, max_width=28),
     Column("status", priority=100),
+    Column("scheduled", priority=35),
     Column("latency", priority=40, justify="right"),
     Column("tokens", priority=50, justify="right"),
     Column("cost", priority=60, justify="right", max_width=12),
@@ -163,6 +165,7 @@ def _steps(view: SessionView, console: Console, width: int) -> None:
                 step.capability + (f" → {step.tool}" if step.tool else ""),
                 step.model or "-",
                 status,
+                stamp(step.scheduled_at, date=False, millis=True),
                 latency,
                 str(step.input_tokens + step.output_tokens),
                 usd(step.cost_usd),
