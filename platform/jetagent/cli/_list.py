@@ -103,7 +103,7 @@ def list_(
 
         jetagent list --tenant acme --capability tools --cost-above 0.01
 
-        jetagent list --since 2026-12-01 --until 2026-12-02 --json | jq '.workflows[].workflow_id'
+        jetagent list --since 2026-12-01 --until 2026-12-02 --json
     """
     from jetagent.cli._moments import parse_moment
     from jetagent.errors import InvalidRequestError

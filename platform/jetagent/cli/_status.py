@@ -35,7 +35,7 @@ def status(
 
         jetagent status
 
-        jetagent status --json | jq '.capabilities[] | {name, pending: .consumer.pending}'
+        jetagent status --json
     """
     import msgspec
 
