@@ -16,6 +16,7 @@ from nats.aio.client import Client as NATS
 from nats.js.errors import NotFoundError
 
 from jetagent._translate import nats_errors
+from jetagent.errors import NotProvisionedError
 from jetagent.reports import FRESH_S, WorkerReport, age, projection_status, read_reports
 from jetagent.subjects import Names
 
@@ -217,6 +218,11 @@ async def overview(nc: NATS, names: Names, *, capabilities: Iterable[str] = ()) 
                         last_active=_iso(delivered.last_active if delivered else None),
                     )
                 )
+        if not streams:  # nothing here at all: the one-line answer every command gives
+            raise NotProvisionedError(
+                f"the platform is not provisioned under the prefix {names.prefix!r}: run "
+                "`jetagent provision` (or `jetagent up`), or set JETAGENT_PREFIX"
+            )
         registry = names.bucket("REGISTRY")
         workers = await _workers(nc, registry)
         circuits = await _circuits(nc, registry)

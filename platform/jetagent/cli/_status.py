@@ -81,7 +81,7 @@ def _ago(seconds: float) -> str:
 
 
 def _show(found: Overview) -> None:
-    from jetagent.cli._layout import Column, console_width, facts, fit_table, fold
+    from jetagent.cli._layout import console_width, facts, fold
 
     width = console_width(console)
 
@@ -102,6 +102,23 @@ def _show(found: Overview) -> None:
         + (f" (cluster {server['cluster']})" if server.get("cluster") else "")
     )
     console.print()
+    _streams(found, width, say)
+    console.print()
+    _consumers(found, width, say)
+    console.print()
+    say("[bold]workers per capability[/]")
+    for capability in found.capabilities:
+        _capability(capability, say)
+    console.print()
+    _projection(found, say)
+    if found.circuits:
+        console.print()
+        _circuits(found, width, say)
+
+
+def _streams(found: Overview, width: int, say: Callable[..., None]) -> None:
+    from jetagent.cli._layout import Column, fit_table
+
     every = len(found.streams) + len(found.missing_streams)
     say(f"[bold]streams[/] ({len(found.streams)} of {every})")
     rows: list[list[Text | str]] = [
@@ -117,7 +134,7 @@ def _show(found: Overview) -> None:
         ]
         for s in found.streams
     ]
-    columns: tuple[Column, ...] = (
+    columns = (
         Column("stream", priority=100),
         Column("messages", priority=100, justify="right"),
         Column("bytes", priority=80, justify="right"),
@@ -129,9 +146,16 @@ def _show(found: Overview) -> None:
     console.print(fit_table(columns, rows, width))
     if found.missing_streams:
         say(f"[red]missing:[/] {', '.join(found.missing_streams)} — run `jetagent provision`")
-    console.print()
+
+
+def _consumers(found: Overview, width: int, say: Callable[..., None]) -> None:
+    from jetagent.cli._layout import Column, fit_table
+
+    if not found.consumers:
+        say("[bold]durable consumers[/]: none (no service has started)")
+        return
     say(f"[bold]durable consumers[/] ({len(found.consumers)})")
-    rows = [
+    rows: list[list[Text | str]] = [
         [
             c.stream,
             c.name,
@@ -153,33 +177,30 @@ def _show(found: Overview) -> None:
         Column("last active", priority=30),
     )
     console.print(fit_table(columns, rows, width))
-    console.print()
-    say("[bold]workers per capability[/]")
-    for capability in found.capabilities:
-        _capability(capability, say)
-    console.print()
-    _projection(found, say)
-    if found.circuits:
-        console.print()
-        say(f"[bold]circuit breakers[/] ({len(found.circuits)})")
-        rows = [
-            [
-                c.provider,
-                Text(c.state, {"closed": "green", "open": "red"}.get(c.state, "yellow")),
-                str(c.consecutive_failures),
-                c.base_url or "-",
-                c.worker,
-            ]
-            for c in found.circuits
+
+
+def _circuits(found: Overview, width: int, say: Callable[..., None]) -> None:
+    from jetagent.cli._layout import Column, fit_table
+
+    say(f"[bold]circuit breakers[/] ({len(found.circuits)})")
+    rows: list[list[Text | str]] = [
+        [
+            c.provider,
+            Text(c.state, {"closed": "green", "open": "red"}.get(c.state, "yellow")),
+            str(c.consecutive_failures),
+            c.base_url or "-",
+            c.worker,
         ]
-        columns = (
-            Column("provider", priority=100),
-            Column("state", priority=100),
-            Column("failures", priority=60, justify="right"),
-            Column("base url", priority=50, flexible=True, min_width=12),
-            Column("worker", priority=40),
-        )
-        console.print(fit_table(columns, rows, width))
+        for c in found.circuits
+    ]
+    columns = (
+        Column("provider", priority=100),
+        Column("state", priority=100),
+        Column("failures", priority=60, justify="right"),
+        Column("base url", priority=50, flexible=True, min_width=12),
+        Column("worker", priority=40),
+    )
+    console.print(fit_table(columns, rows, width))
 
 
 def _capability(capability: CapabilityState, say: Callable[..., None]) -> None:
@@ -225,13 +246,14 @@ def _capability(capability: CapabilityState, say: Callable[..., None]) -> None:
 def _projection(found: Overview, say: Callable[..., None]) -> None:
     projection = found.projection
     lag = ", ".join(f"{stream} {count:,}" for stream, count in projection.lag.items())
+    behind = f"; behind by {lag}" if lag else ""
     if projection.running:
         say(
             f"[bold]projection service[/]: running (jetagent {projection.version} on "
-            f"{projection.host}, pid {projection.pid}); behind by {lag or '-'}"
+            f"{projection.host}, pid {projection.pid}){behind}"
         )
     else:
         say(
-            f"[bold]projection service[/]: [red]not running[/] ({projection.why}); "
-            f"session views behind by {lag or '-'} — `jetagent projections run`"
+            f"[bold]projection service[/]: [red]not running[/] ({projection.why})"
+            f"{behind} — `jetagent projections run`"
         )
