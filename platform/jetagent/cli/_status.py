@@ -15,7 +15,7 @@ from rich.text import Text
 from jetagent.cli._base import connect, console, load_settings, run
 
 if TYPE_CHECKING:
-    from jetagent.overview import CapabilityState, Overview
+    from jetagent.overview import CapabilityState, Overview, StreamState
 
 __all__ = ["commands"]
 
@@ -129,8 +129,7 @@ def _streams(found: Overview, width: int, say: Callable[..., None]) -> None:
             f"{s.last_seq:,}",
             str(s.consumers),
             str(s.replicas),
-            (s.leader or "-")
-            + "".join(f" {p.name}:{'ok' if p.current else f'lag {p.lag}'}" for p in s.peers),
+            _leader(s),
         ]
         for s in found.streams
     ]
@@ -146,6 +145,20 @@ def _streams(found: Overview, width: int, say: Callable[..., None]) -> None:
     console.print(fit_table(columns, rows, width))
     if found.missing_streams:
         say(f"[red]missing:[/] {', '.join(found.missing_streams)} — run `jetagent provision`")
+
+
+def _leader(stream: StreamState) -> str:
+    """``n1`` alone, or ``n1 · 2/2 current`` with the replicas that lag named."""
+    if not stream.peers:
+        return stream.leader or "-"
+    current = sum(p.current for p in stream.peers)
+    behind = [
+        f"{p.name} {'offline' if p.offline else f'lag {p.lag}'}"
+        for p in stream.peers
+        if not p.current
+    ]
+    lagging = f" ({', '.join(behind)})" if behind else ""
+    return f"{stream.leader or '-'} · {current}/{len(stream.peers)} current{lagging}"
 
 
 def _consumers(found: Overview, width: int, say: Callable[..., None]) -> None:
