@@ -190,13 +190,13 @@ def _dead_letter(record: Any, body: Any) -> None:
     each on a line of its own that fits the width."""
     from datetime import datetime
 
-    from jetagent.cli._layout import console_width, fold, labelled, stamp
+    from jetagent.cli._layout import console_width, facts, fold, labelled, stamp
 
     width = console_width(console)
     stored = record.headers.get("Nats-Time-Stamp")
     if not isinstance(body, dict):  # not written by jetagent: shown as it is
-        head = Text.assemble((f"#{record.seq} ", "bold"), f"{record.subject}: not a dead letter")
-        for line in fold(head, width):
+        junk = Text.assemble((f"#{record.seq} ", "bold"), f"{record.subject}: not a dead letter")
+        for line in fold(junk, width):
             console.print(line)
         for line in fold(Text(repr(record.data[:400])), width - 4, max_lines=2):
             console.print(Text("    ") + line)
@@ -205,10 +205,13 @@ def _dead_letter(record: Any, body: Any) -> None:
         at = stamp(datetime.fromisoformat(str(body.get("at") or stored)))
     except ValueError:
         at = "-"
-    who = [str(body.get("source", "?")), str(body.get("kind", ""))]
-    who.append(f"{body.get('deliveries', '?')} deliveries")
-    head = Text.assemble((f"#{record.seq} ", "bold"), (f"{at} ", "dim"), " · ".join(who))
-    for line in fold(head, width):
+    head = [
+        Text.assemble((f"#{record.seq} ", "bold"), (at, "dim")),
+        Text(record.subject),  # names the source: <prefix>.dlq.<source>
+        Text(str(body.get("kind", "?"))),
+        Text(f"{body.get('deliveries', '?')} deliveries"),
+    ]
+    for line in facts(head, width):
         console.print(line)
     inner = width - 4
     reason = str(body.get("reason") or "").strip()
