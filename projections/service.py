@@ -34,6 +34,7 @@ from jetagent.events import Started, StepResult, decode_events, decode_step_resu
 from jetagent.jetstream.provision import provision
 from jetagent.metrics import serve_metrics, service_registry
 from jetagent.models import ModelCatalog
+from jetagent.reports import PROJECTION_KEY, ProjectionReport, identity, keep_reporting
 from jetagent.sessions import HeldResult, SessionView, apply_workflow_message, fold_step_result
 from jetagent.subjects import DeadLetterSubject
 from projections.checkpoints import CheckpointStore
@@ -94,6 +95,8 @@ class ProjectionService:
         self.metrics = MetricsState()
         self.live = LiveGauges()
         self.positions: dict[str, int] = {}
+        self.checkpointed: dict[str, int] = {}
+        """The positions of the last checkpoint: what the stored session views hold."""
         self.views: OrderedDict[str, SessionView] = OrderedDict()
         self._workflows_stream = self.names.workflows_stream
         self._steps_stream = self.names.steps_stream
@@ -269,6 +272,7 @@ class ProjectionService:
         if value:
             saved = _checkpoint_decoder.decode(value)
             self.positions = saved.positions
+            self.checkpointed = dict(saved.positions)
             self._replace_metrics(saved.metrics)
 
     def _replace_metrics(self, metrics: MetricsState) -> None:
@@ -291,6 +295,7 @@ class ProjectionService:
             await asyncio.gather(*acks)
         saved = Checkpoint(positions=dict(self.positions), metrics=self.metrics)
         await checkpoints.save(_encoder.encode(saved))
+        self.checkpointed = saved.positions
         self._since_checkpoint = 0
 
     # -------------------------------------------------------------- following
@@ -444,6 +449,26 @@ class ProjectionService:
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(self.process(stop))
                 tasks.create_task(self._gauges_loop(stop))
+                tasks.create_task(self._report(stop))
+
+    async def _report(self, stop: asyncio.Event) -> None:
+        """Say that this service runs and how far the views are (``jetagent status`` and
+        ``list`` read it, :mod:`jetagent.reports`); marked stopped when it stops."""
+        started, me = time.time(), identity()
+
+        def report(*, stopped: bool = False) -> dict[str, ProjectionReport]:
+            return {
+                PROJECTION_KEY: ProjectionReport(
+                    positions=dict(self.checkpointed),
+                    started_at=started,
+                    at=time.time(),
+                    stopped=stopped,
+                    **me,
+                )
+            }
+
+        bucket = self.names.bucket("PROJECTIONS")
+        await keep_reporting(self.js, bucket, report, stop, last=lambda: report(stopped=True))
 
     async def _gauges_loop(self, stop: asyncio.Event) -> None:
         while not stop.is_set():

@@ -169,6 +169,13 @@ async def test_every_command_against_a_real_server(
 
     # A prefix nothing was provisioned under: an empty platform, said in one line.
     bare = cli_env(settings.nats_url, "bare" + settings.prefix[:8])
-    for command in (["dlq"], ["inspect", workflow_id], ["submit", "hi"], ["tail"]):
+    for command in (
+        ["dlq"],
+        ["inspect", workflow_id],
+        ["submit", "hi"],
+        ["tail"],
+        ["list"],
+        ["status"],
+    ):
         result = await arun_cli(*command, env=bare)
         _one_clear_line(result, "jetagent provision")

@@ -119,6 +119,13 @@ async def test_services_run_with_exactly_their_permissions(
             return (await client.session(wid)).status.value == "finalized"
 
         await eventually(projected, timeout=30)
+        # The client's user lists session views and resolves id prefixes (jetagent list,
+        # the gateway's GET /v1/workflows, every command taking an id).
+        from jetagent.listing import ViewFilter, list_views
+
+        listing = await list_views(client.nc, client.names, ViewFilter(tenant="acme"), limit=10)
+        assert [view.workflow_id for view in listing.views] == [wid]
+        assert await client.resolve(wid[:8]) == wid
     finally:
         await client.close()
         procs.stop_all()

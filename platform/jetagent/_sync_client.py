@@ -44,6 +44,11 @@ class SyncClient:
     def signal(self, workflow_id: str, name: str, payload: dict[str, Any] | None = None) -> None:
         self._run(self._client.signal(workflow_id, name, payload))
 
+    def resolve(self, text: str) -> str:
+        """The workflow id ``text`` names (an id, or a unique prefix of one)."""
+        found: str = self._run(self._client.resolve(text))
+        return found
+
     def session(self, workflow_id: str) -> SessionView:
         view: SessionView = self._run(self._client.session(workflow_id))
         return view

@@ -34,6 +34,7 @@ from jetagent.errors import (
     InvalidRequestError,
     NotProvisionedError,
     RequestRejectedError,
+    WorkflowNotFoundError,
     WorkflowTimeoutError,
 )
 from jetagent.events import (
@@ -351,6 +352,20 @@ class Client:
         """Approve (or deny) a tool call waiting in ``ApprovalRequested``."""
         payload = {"step_id": step_id, "approved": approved, "comment": comment}
         await self.signal(workflow_id, "approval", payload, by=by)
+
+    async def resolve(self, text: str) -> str:
+        """The id of the one workflow ``text`` names: its id, or a unique prefix of it.
+
+        Raises ``AmbiguousWorkflowIdError`` (naming the candidates) when several ids start
+        with ``text`` and ``WorkflowNotFoundError`` when none does (``jetagent.ids``)."""
+        from jetagent.ids import ID_TOKEN, ids_starting_with, pick
+
+        if not ID_TOKEN.fullmatch(text):
+            raise WorkflowNotFoundError(text)  # not even a subject token: no workflow
+        reader = await self._reader(self.names.workflows_stream)
+        if await reader.last(self.names.workflow(text)) is not None:
+            return text  # an id as it is (also when longer ids start with it)
+        return pick(text, await ids_starting_with(self.nc, self.names, text))
 
     async def _last_event(self, workflow_id: str) -> WorkflowEvent | None:
         reader = await self._reader(self.names.workflows_stream)

@@ -8,7 +8,8 @@ the CLI and the services raise on purpose is a ``JetagentError``::
      │    └── JetStreamUnavailableError  (jetagent.jetstream)
      │         └── StoreUnavailableError  (jetagent.store; also eventsourcing's OperationalError)
      ├── NotProvisionedError         a stream or bucket the platform needs does not exist
-     ├── WorkflowNotFoundError       no workflow has this id
+     ├── WorkflowNotFoundError       no workflow has this id (or an id starting with it)
+ ├── AmbiguousWorkflowIdError    an id prefix that more than one workflow's id starts with
      ├── WorkflowTimeoutError        ``Client.result()`` waited ``timeout`` (also TimeoutError)
      ├── CapabilityError             raised by a capability handler; decides the retry
      │    ├── TransientError         try again (after ``retry_after`` seconds, if given)
@@ -39,6 +40,7 @@ from typing import Any
 from .llm import Usage
 
 __all__ = [
+    "AmbiguousWorkflowIdError",
     "CapabilityError",
     "ConfigError",
     "InvalidRequestError",
@@ -88,6 +90,25 @@ class WorkflowNotFoundError(JetagentError, LookupError):
     def __init__(self, workflow_id: str) -> None:
         super().__init__(f"no workflow {workflow_id}")
         self.workflow_id = workflow_id
+
+
+class AmbiguousWorkflowIdError(JetagentError, LookupError):
+    """More than one workflow's id starts with ``prefix``; ``candidates`` are their ids
+    (sorted, at most :attr:`SHOWN` of them), ``matches`` how many there are."""
+
+    SHOWN = 10
+
+    def __init__(self, prefix: str, candidates: list[str], *, matches: int | None = None) -> None:
+        matches = len(candidates) if matches is None else matches
+        shown = sorted(candidates)[: self.SHOWN]
+        more = f" and {matches - len(shown)} more" if matches > len(shown) else ""
+        super().__init__(
+            f"workflow id {prefix!r} is ambiguous: {matches} workflows start with it "
+            f"({', '.join(shown)}{more}); give more of the id"
+        )
+        self.prefix = prefix
+        self.candidates = shown
+        self.matches = matches
 
 
 class WorkflowTimeoutError(JetagentError, TimeoutError):

@@ -2,7 +2,8 @@
 
 ``up`` runs the whole platform locally; ``orchestrator`` and ``worker`` run one service
 (as deployments do); ``submit`` and ``watch`` talk to it; ``provision`` and ``schemas``
-prepare it; ``inspect``, ``replay``, ``tail`` and ``dlq`` operate and debug it. Each
+prepare it; ``list``, ``inspect``, ``replay``, ``tail``, ``dlq`` and ``status`` operate
+and debug it. Each
 command owns one event loop (``asyncio.run``) and stops cleanly on Ctrl-C / SIGTERM
 (``jetagent.cli._base``). Every group is a module of its own with its own ``Typer``;
 they are added here in the order ``jetagent --help`` lists them.
@@ -16,7 +17,7 @@ from typing import Annotated, Literal
 
 import typer
 
-from jetagent.cli import _ops, _projections, _requests, _serve
+from jetagent.cli import _list, _ops, _projections, _replay, _requests, _serve, _status
 from jetagent.cli._base import fail, load_settings
 from jetagent.cli._examples import TOP_LEVEL, add_examples, epilog
 from jetagent.errors import JetagentError
@@ -63,7 +64,10 @@ def _options(
 # Without a name, a group's commands join the top level, in this order.
 app.add_typer(_serve.commands)  # up, orchestrator, worker, gateway, provision
 app.add_typer(_requests.commands)  # submit, watch, schemas, demo
-app.add_typer(_ops.commands)  # inspect, replay, tail, dlq
+app.add_typer(_list.commands)  # list
+app.add_typer(_ops.commands)  # inspect, tail, dlq
+app.add_typer(_replay.commands)  # replay
+app.add_typer(_status.commands)  # status
 app.add_typer(_projections.commands, name="projections")
 add_examples(app)
 

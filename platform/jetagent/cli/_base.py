@@ -30,6 +30,8 @@ __all__ = [
     "fail",
     "load_settings",
     "need_url",
+    "note",
+    "resolve_id",
     "run",
 ]
 
@@ -51,6 +53,17 @@ def fail(message: str, code: int = 2) -> typer.Exit:
         return typer.Exit(code)
     err.print(f"[red]error:[/] {escape(message)}", highlight=False)
     return typer.Exit(code)
+
+
+def note(message: str) -> None:
+    """A remark on stderr (stdout stays the command's output), folded to the width."""
+    from rich.text import Text
+
+    from jetagent.cli._layout import console_width, fold
+
+    text = Text.assemble(("note: ", "yellow"), message)
+    for line in fold(text, console_width(err)):
+        err.print(line, highlight=False)
 
 
 def load_settings() -> Settings:
@@ -180,6 +193,24 @@ def _fast_event_loop() -> None:
     except ImportError:
         return
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+async def resolve_id(client: Any, text: str, *, missing_ok: bool = False) -> str:
+    """The workflow id ``text`` names — the id, or a unique prefix of one — through
+    ``Client.resolve`` (``jetagent.ids``); an unknown or ambiguous one ends the command
+    with one line and status 1. ``missing_ok``: an unknown one is returned as it is (a
+    workflow that may start later)."""
+    from jetagent.errors import AmbiguousWorkflowIdError, WorkflowNotFoundError
+
+    try:
+        resolved: str = await client.resolve(text)
+    except WorkflowNotFoundError as exc:
+        if missing_ok:
+            return text
+        raise fail(str(exc), 1) from None
+    except AmbiguousWorkflowIdError as exc:
+        raise fail(str(exc), 1) from None
+    return resolved
 
 
 async def connect(settings: Settings, name: str) -> Any:

@@ -1,13 +1,20 @@
-"""The ``jetagent`` commands for operating and debugging: inspect, replay, tail, dlq."""
+"""The ``jetagent`` commands for operating and debugging: inspect, tail, dlq (``replay``
+is :mod:`jetagent.cli._replay`, ``list`` and ``status`` have modules of their own).
+
+Output is laid out for the terminal's width (:mod:`jetagent.cli._layout`): times are
+UTC, ids are shown by a short unique prefix where a line is about many workflows.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated
+from datetime import date
+from typing import Annotated, Any
 
 import typer
+from rich.text import Text
 
-from jetagent.cli._base import connect, console, err, fail, load_settings, run
+from jetagent.cli._base import connect, console, err, fail, load_settings, resolve_id, run
 
 __all__ = ["commands"]
 
@@ -16,11 +23,11 @@ commands = typer.Typer()
 
 @commands.command()
 def inspect(
-    workflow_id: str,
+    workflow_id: Annotated[str, typer.Argument(help="A workflow id, or a unique prefix of one.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print the raw view.")] = False,
 ) -> None:
     """Show a workflow's session view: status, steps, models, latency, tokens, cost."""
-    from jetagent.cli._render import session_table
+    from jetagent.cli._render import show_session
     from jetagent.client import Client
 
     settings = load_settings()
@@ -28,75 +35,49 @@ def inspect(
     async def main(stop: asyncio.Event) -> int:
         client = Client(await connect(settings, "jetagent.cli"), settings)
         try:
-            view = await client.session(workflow_id)
+            wid = await resolve_id(client, workflow_id)
+            view = await client.session(wid)
         finally:
             await client.close()
         if view.last_workflow_seq == 0:
-            raise fail(f"no workflow {workflow_id}", 1)
+            raise fail(f"no workflow {wid}", 1)
         if as_json:
             import msgspec
 
             console.print_json(msgspec.json.encode(view).decode())
         else:
-            session_table(view, console)
+            show_session(view, console)
         return 0
 
     run(main)
 
 
-@commands.command()
-def replay(
-    workflow_id: str,
-    verify: Annotated[
-        bool, typer.Option("--verify", help="Re-decide every input and compare.")
-    ] = False,
-) -> None:
-    """Replay a workflow's history (from the log: no model or tool is called again)."""
-    from jetagent.cli._render import describe
-    from jetagent.models import ModelCatalog
-    from jetagent.orchestrator.replay import replay_workflow
-    from jetagent.worker.registry import ToolRegistry
-    from jetagent.workflow import DecideContext
+class _Tenants:
+    """The tenant of each workflow ``tail`` sees: from its ``Started`` event, or — for a
+    workflow that started before ``tail`` did — read once from the stream."""
 
-    settings = load_settings()
+    KEEP = 10_000
 
-    async def main(stop: asyncio.Event) -> int:
-        nc = await connect(settings, "jetagent.replay")
-        try:
-            registry = ToolRegistry(nc.jetstream(), settings.names)
-            await registry.start()
-            await registry.stop()
-            ctx = DecideContext(
-                models=ModelCatalog.load(settings.models).models,
-                tools=registry.tools,
-                max_step_attempts=settings.max_step_attempts,
-            )
-            report = await replay_workflow(nc, settings.names, workflow_id, ctx, verify=verify)
-        finally:
-            await nc.close()
-        if not report.events:
-            invalid = f" ({len(report.skipped)} messages there are not valid events)"
-            raise fail(f"no workflow {workflow_id}" + (invalid if report.skipped else ""), 1)
-        for event in report.events:
-            console.print(f"{event.at:%H:%M:%S.%f} {describe(event)}", highlight=False)
-        if verify:
-            if report.ok:
-                console.print(
-                    f"[green]verified:[/] {report.groups} decisions replay to the recorded events"
-                )
-            for mismatch in report.mismatches:
-                console.print(
-                    f"[red]mismatch[/] after {mismatch.cause}: recorded {mismatch.recorded}, "
-                    f"decided {mismatch.decided} ({mismatch.detail})"
-                )
-        # Set aside, never folded: shown so that a forgery attempt is seen.
-        for line in report.untrusted:
-            console.print(f"[yellow]untrusted step result (not folded)[/] {line}", highlight=False)
-        for line in report.skipped:
-            console.print(f"[yellow]skipped (not an event)[/] {line}", highlight=False)
-        return 0 if report.ok else 1
+    def __init__(self, nc: Any, settings: Any) -> None:
+        from jetagent.jetstream import DirectGetter
 
-    run(main)
+        self.names = settings.names
+        self.reader = DirectGetter(nc, self.names.workflows_stream, timeout=5.0)
+        self.known: dict[str, str] = {}
+
+    async def of(self, event: Any) -> str:
+        from jetagent.events import decode_events
+
+        wid = event.workflow_id
+        tenant = getattr(event, "tenant", None) or self.known.get(wid)
+        if tenant is None:
+            record = await self.reader.last(self.names.workflow_event(wid, "Started"))
+            events = decode_events(record.data) if record is not None else []
+            tenant = getattr(events[0], "tenant", "") if events else ""
+        if len(self.known) >= self.KEEP:
+            self.known.pop(next(iter(self.known)))
+        self.known[wid] = tenant or "-"
+        return self.known[wid]
 
 
 @commands.command()
@@ -104,8 +85,11 @@ def tail(
     tenant: Annotated[str | None, typer.Option(help="Only this tenant's workflows.")] = None,
 ) -> None:
     """Print every workflow event as it happens, across all workflows."""
+    # Each line: the workflow's short id (its unique prefix), the time (UTC), the
+    # tenant, what happened (README "Command line").
     from nats.js.api import ConsumerConfig, DeliverPolicy
 
+    from jetagent.cli._layout import ShortIds, console_width, hang, stamp, utc
     from jetagent.cli._render import describe
     from jetagent.events import decode_events
 
@@ -113,7 +97,9 @@ def tail(
 
     async def main(stop: asyncio.Event) -> int:
         nc = await connect(settings, "jetagent.tail")
-        tenants: dict[str, str] = {}
+        tenants = _Tenants(nc, settings)
+        short = ShortIds()
+        day: date | None = None
         try:
             sub = await nc.jetstream().subscribe(
                 settings.names.all_workflows,
@@ -121,6 +107,7 @@ def tail(
                 ordered_consumer=True,
                 config=ConsumerConfig(deliver_policy=DeliverPolicy.NEW),
             )
+            await tenants.reader.open()
             err.print(
                 f"following every event of {settings.names.workflows_stream} (Ctrl-C stops)",
                 highlight=False,
@@ -139,14 +126,24 @@ def tail(
                         highlight=False,
                     )
                     continue
+                width = console_width(console)
                 for event in events:
-                    who = getattr(event, "tenant", None)
-                    if who:
-                        tenants[event.workflow_id] = who
-                    if tenant and tenants.get(event.workflow_id) != tenant:
+                    who = await tenants.of(event)
+                    if tenant and who != tenant:
                         continue
-                    console.print(f"[dim]{event.workflow_id}[/] {describe(event)}", highlight=False)
+                    moment = utc(event.at)
+                    if moment is not None and moment.date() != day:
+                        day = moment.date()
+                        console.print(f"[bold]{day:%Y-%m-%d}[/] (UTC)")
+                    head = Text.assemble(
+                        (f"{short.of(event.workflow_id)} ", "cyan"),
+                        (f"{stamp(moment, date=False, millis=True)} ", "dim"),
+                        (f"{who} ", "magenta"),
+                    )
+                    for line in hang(head, Text.from_markup(describe(event)), width, max_lines=3):
+                        console.print(line)
         finally:
+            await tenants.reader.close()
             await nc.close()
         return 0
 
@@ -182,14 +179,49 @@ def dlq(
                 body = msgspec.json.decode(record.data)
             except msgspec.DecodeError:
                 body = None
-            if not isinstance(body, dict):  # not written by jetagent: shown as it is
-                console.print(f"[bold]#{record.seq}[/] {record.subject}: {record.data[:200]!r}")
-                continue
-            console.print(
-                f"[bold]#{record.seq}[/] {record.subject}: {body.get('subject', '')} "
-                f"(stream seq {body.get('stream_seq')}, {body.get('deliveries', '?')} deliveries)"
-            )
-            console.print(f"  {str(body.get('error', '')).strip()}", highlight=False)
+            _dead_letter(record, body)
         return 0
 
     run(main)
+
+
+def _dead_letter(record: Any, body: Any) -> None:
+    """One dead letter: who set it aside, when, and why; then where the message is,
+    each on a line of its own that fits the width."""
+    from datetime import datetime
+
+    from jetagent.cli._layout import console_width, facts, fold, labelled, stamp
+
+    width = console_width(console)
+    stored = record.headers.get("Nats-Time-Stamp")
+    if not isinstance(body, dict):  # not written by jetagent: shown as it is
+        junk = Text.assemble((f"#{record.seq} ", "bold"), f"{record.subject}: not a dead letter")
+        for line in fold(junk, width):
+            console.print(line)
+        for line in fold(Text(repr(record.data[:400])), width - 4, max_lines=2):
+            console.print(Text("    ") + line)
+        return
+    try:
+        at = stamp(datetime.fromisoformat(str(body.get("at") or stored)))
+    except ValueError:
+        at = "-"
+    head = [
+        Text.assemble((f"#{record.seq} ", "bold"), (at, "dim")),
+        Text(record.subject),  # names the source: <prefix>.dlq.<source>
+        Text(str(body.get("kind", "?"))),
+        Text(f"{body.get('deliveries', '?')} deliveries"),
+    ]
+    for line in facts(head, width):
+        console.print(line)
+    inner = width - 4
+    reason = str(body.get("reason") or "").strip()
+    error = str(body.get("error") or "").strip()
+    for text, style in ((reason, ""), (error if error != reason else "", "dim")):
+        if text:
+            for line in fold(Text(text, style), inner, max_lines=4):
+                console.print(Text("    ") + line)
+    if body.get("workflow_id"):
+        console.print(Text("    ") + labelled("workflow", str(body["workflow_id"]), inner))
+    where = f"{body.get('stream', '?')} #{body.get('stream_seq', '?')}"
+    console.print(Text("    ") + labelled("message", where, inner))
+    console.print(Text("    ") + labelled("subject", str(body.get("subject", "")), inner))

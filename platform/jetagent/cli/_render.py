@@ -5,8 +5,18 @@ from __future__ import annotations
 from datetime import datetime
 
 from rich.console import Console
-from rich.table import Table
+from rich.text import Text
 
+from jetagent.cli._layout import (
+    Column,
+    console_width,
+    facts,
+    fold,
+    grid_lines,
+    hang,
+    stamp,
+    usd,
+)
 from jetagent.client import Client, result_of
 from jetagent.events import (
     ApprovalRequested,
@@ -25,7 +35,7 @@ from jetagent.events import (
 )
 from jetagent.sessions import SessionView
 
-__all__ = ["describe", "follow", "session_table"]
+__all__ = ["describe", "follow", "show_session"]
 
 
 def describe(event: WorkflowEvent) -> str:
@@ -103,40 +113,86 @@ async def follow(client: Client, workflow_id: str, console: Console, *, prefix: 
     return False
 
 
-def session_table(view: SessionView, console: Console) -> None:
-    """Print a session view: the workflow, then one row per step."""
-    console.print(
-        f"[bold]{view.workflow_id}[/]  tenant {view.tenant}  status [bold]{view.status.value}[/]"
-        + (f" ({view.reason}: {view.detail})" if view.reason else "")
-    )
-    console.print(f"instruction: {view.instruction}", highlight=False)
-    table = Table()
-    for column in (
-        "step",
-        "capability",
-        "model",
-        "attempt",
-        "status",
-        "latency",
-        "tokens",
-        "cost",
-        "output / error",
-    ):
-        table.add_column(column)
+def show_session(view: SessionView, console: Console) -> None:
+    """Print a session view in the console's width: the workflow, then one line per step
+    with its output or error folded under it (``jetagent inspect``)."""
+    width = console_width(console)
+    head = Text.assemble(("workflow ", "dim"), (view.workflow_id, "bold"))
+    for line in fold(head, width):
+        console.print(line)
+    parts = [f"tenant {view.tenant or '-'}", f"status [bold]{view.status.value}[/]"]
+    if view.reason:
+        parts.append(f"{view.reason}: {view.detail}" if view.detail else view.reason)
+    parts.append(f"created {stamp(view.created_at, millis=True)}")
+    if view.ended_at is not None and view.created_at is not None:
+        took = (view.ended_at - view.created_at).total_seconds()
+        parts.append(f"ended after {took:.3f} s")
+    parts.append(f"as of event #{view.last_workflow_seq}")  # its stream sequence
+    for line in facts([Text.from_markup(p) for p in parts], width):
+        console.print(line)
+    if view.instruction:
+        for line in hang(Text("instruction: ", "dim"), Text(view.instruction), width, max_lines=4):
+            console.print(line)
+    if view.steps:
+        _steps(view, console, width)
+    total = f"total: {view.tokens} tokens, {usd(view.cost_usd)} in {len(view.steps)} step(s)"
+    console.print(total, highlight=False)
+    if view.output:
+        for line in hang(Text("output: ", "dim"), Text(view.output), width, max_lines=6):
+            console.print(line)
+
+
+_STEP_COLUMNS = (
+    Column("step", priority=100),
+    Column("capability", priority=100, max_width=32),
+    Column("model", priority=30, max_width=28),
+    Column("status", priority=100),
+    Column("scheduled", priority=35),
+    Column("latency", priority=40, justify="right"),
+    Column("tokens", priority=50, justify="right"),
+    Column("cost", priority=60, justify="right", max_width=12),
+)
+
+
+def _steps(view: SessionView, console: Console, width: int) -> None:
+    rows: list[list[Text | str]] = []
     for step in view.steps:
         latency = f"{step.turnaround_s * 1000:.1f} ms" if step.turnaround_s is not None else "-"
-        table.add_row(
-            step.step_id,
-            step.capability + (f" → {step.tool}" if step.tool else ""),
-            step.model or "-",
-            str(step.attempt),
-            step.status,
-            latency,
-            str(step.input_tokens + step.output_tokens),
-            f"${step.cost_usd}",
-            (step.error or step.output)[:80],
+        status = Text(step.status, _STATUS_STYLES.get(step.status, ""))
+        rows.append(
+            [
+                step.step_id + (f" #{step.attempt}" if step.attempt > 1 else ""),
+                step.capability + (f" → {step.tool}" if step.tool else ""),
+                step.model or "-",
+                status,
+                stamp(step.scheduled_at, date=False, millis=True),
+                latency,
+                str(step.input_tokens + step.output_tokens),
+                usd(step.cost_usd),
+            ]
         )
-    console.print(table)
-    console.print(
-        f"total: {view.tokens} tokens, ${view.cost_usd}; output: {view.output}", highlight=False
-    )
+    shown, lines = grid_lines(_STEP_COLUMNS, rows, width)
+    console.print()
+    console.print(lines[0])
+    for step, line in zip(view.steps, lines[1:], strict=True):
+        console.print(line)
+        # What did not fit as a column, and the step's output or error, under its row.
+        notes = []
+        if "model" not in shown and step.model:
+            notes.append(f"model {step.model}")
+        if "tokens" not in shown:
+            notes.append(f"{step.input_tokens + step.output_tokens} tokens")
+        if "cost" not in shown:
+            notes.append(usd(step.cost_usd))
+        below = Text(" · ".join(notes) + (": " if notes else ""), "dim")
+        if step.error:
+            below.append(step.error, "red")
+        else:
+            below.append(step.output or "")
+        if below.plain.strip(" :"):
+            for folded in fold(below, width - 4, max_lines=3):
+                console.print(Text("    ") + folded)
+    console.print()
+
+
+_STATUS_STYLES = {"completed": "green", "failed": "red", "awaiting_approval": "yellow"}

@@ -140,7 +140,7 @@ async def _follow(
 
 @commands.command()
 def watch(
-    workflow_id: str,
+    workflow_id: Annotated[str, typer.Argument(help="A workflow id, or a unique prefix of one.")],
     timeout: Annotated[
         float | None, typer.Option(help="Give up after this many seconds (default: never).")
     ] = None,
@@ -154,16 +154,22 @@ def watch(
     settings = load_settings()
 
     async def main(stop: asyncio.Event) -> int:
+        from jetagent.cli._base import resolve_id
+
         client = Client(await connect(settings, "jetagent.cli"), settings)
         try:
-            if not await client.events(workflow_id):
+            # An id nothing starts with may be a workflow about to start: waited for.
+            wid = await resolve_id(client, workflow_id, missing_ok=True)
+            if wid != workflow_id:  # a prefix: say which workflow it named
+                console.print(f"workflow {wid}", highlight=False)
+            if not await client.events(wid):
                 limit = f" for up to {timeout:g} s" if timeout is not None else ""
                 console.print(
-                    f"waiting for workflow {workflow_id} to start{limit} "
+                    f"waiting for workflow {wid} to start{limit} "
                     "(nothing recorded under that id yet; Ctrl-C stops)",
                     highlight=False,
                 )
-            return await _follow(client, workflow_id, stop, timeout, tokens=tokens)
+            return await _follow(client, wid, stop, timeout, tokens=tokens)
         finally:
             await client.close()
 

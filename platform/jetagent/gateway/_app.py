@@ -183,7 +183,7 @@ def create_app(client: Client, settings: GatewaySettings) -> FastAPI:
         cursor: Annotated[str | None, Query(pattern=ID_PATTERN)] = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = settings.page_size,
     ) -> WorkflowPage:
-        """This tenant's workflows (from the session views), oldest id first."""
+        """This tenant's workflows (from the session views), newest first."""
         return await list_workflows(
             client, tenant=tenant, state=state, since=since, cursor=cursor, limit=limit
         )

@@ -23,7 +23,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 from nats.aio.client import Client as NATS
@@ -53,7 +53,7 @@ from jetagent.workflow import (
     evolve,
 )
 
-__all__ = ["Mismatch", "ReplayReport", "replay_workflow"]
+__all__ = ["Decision", "Mismatch", "ReplayReport", "ReplayedEvent", "replay_workflow"]
 
 _encoder = msgspec.json.Encoder(decimal_format="string")
 
@@ -66,10 +66,42 @@ class Mismatch:
     detail: str
 
 
+Verdict = Literal["same", "differs", "untrusted", "not checked", "not verified"]
+"""What re-deciding a decision found: the same events, different ones, a decision that
+folded an untrusted step result, one whose input is gone from its stream (or was never
+``decide``'s: a rejection), or no verification asked."""
+
+
+@dataclass(frozen=True)
+class ReplayedEvent:
+    """One stored event, where it is in the stream, and the decision it belongs to."""
+
+    seq: int
+    """Its message's stream sequence (a decision's events in one message share it)."""
+    subject: str
+    cause: str
+    """``<stream>:<seq>`` of the input decided on (``Ja-Causation``), or empty."""
+    decision: int
+    """Index of its decision in :attr:`ReplayReport.decisions`."""
+    event: WorkflowEvent
+
+
+@dataclass
+class Decision:
+    """The events recorded for one input, and what re-deciding it found."""
+
+    cause: str
+    verdict: Verdict = "not verified"
+    detail: str = ""
+
+
 @dataclass
 class ReplayReport:
     workflow_id: str
     events: list[WorkflowEvent] = field(default_factory=list)
+    entries: list[ReplayedEvent] = field(default_factory=list)
+    """Every event with its stream sequence and decision (``jetagent replay --json``)."""
+    decisions: list[Decision] = field(default_factory=list)
     groups: int = 0
     mismatches: list[Mismatch] = field(default_factory=list)
     state: WorkflowState = field(default_factory=WorkflowState)
@@ -126,11 +158,20 @@ async def replay_workflow(
                 groups[-1][1].extend(events)
             else:
                 groups.append((cause, list(events)))
-        for cause, recorded in groups:
+                report.decisions.append(Decision(cause=cause))
+            report.entries.extend(
+                ReplayedEvent(record.seq, record.subject, cause, len(groups) - 1, event)
+                for event in events
+            )
+        for (cause, recorded), decision in zip(groups, report.decisions, strict=True):
             report.groups += 1
             if verify:
+                decision.verdict = "not checked"
                 command, wrong = await _input(cause, recorded, sources, report.state, names, ctx)
                 if wrong is not None:
+                    untrusted = wrong.startswith("folded an untrusted")
+                    decision.verdict = "untrusted" if untrusted else "differs"
+                    decision.detail = wrong
                     report.mismatches.append(
                         Mismatch(
                             cause=cause,
@@ -148,14 +189,16 @@ async def replay_workflow(
                         _comparable(as_recorded(e, recorded[i] if i < len(recorded) else None))
                         for i, e in enumerate(decided)
                     ]
+                    decision.verdict = "same"
                     if want != got:
-                        detail = _first_difference(want, got)
+                        decision.verdict = "differs"
+                        decision.detail = _first_difference(want, got)
                         report.mismatches.append(
                             Mismatch(
                                 cause=cause or "deadline check",
                                 recorded=[type(e).__name__ for e in recorded],
                                 decided=[type(e).__name__ for e in decided],
-                                detail=detail,
+                                detail=decision.detail,
                             )
                         )
             for event in recorded:

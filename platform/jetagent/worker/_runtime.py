@@ -37,7 +37,6 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-import msgspec
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
@@ -50,6 +49,7 @@ from jetagent.jetstream.consume import Puller
 from jetagent.jetstream.provision import consumer_config, ensure_consumer, provision
 from jetagent.logs import seconds
 from jetagent.payloads import PayloadStore
+from jetagent.reports import WorkerReport, identity, keep_reporting, worker_key
 from jetagent.worker._context import CapabilitySpec, StepServices
 from jetagent.worker._metrics import WorkerMetrics
 from jetagent.worker._results import StepRecords
@@ -162,8 +162,7 @@ class Worker:
         async with asyncio.TaskGroup() as tasks:
             for spec in self.specs:
                 tasks.create_task(self._serve(spec, stop))
-            if any(spec.report for spec in self.specs):
-                tasks.create_task(self._report(stop))
+            tasks.create_task(self._report(stop))
         await self._results.close()
         await self._calls.close()
         for close in dict.fromkeys(s.close for s in self.specs if s.close):
@@ -219,21 +218,48 @@ class Worker:
                     await asyncio.wait(late)
 
     async def _report(self, stop: asyncio.Event) -> None:
-        """Publish each capability's status (breaker states) to the registry bucket."""
-        registry = ToolRegistry(self.js, self.names)
+        """Report this worker in the registry bucket every few seconds (``jetagent
+        status``, :mod:`jetagent.reports`): its presence per capability (deleted when it
+        stops) and what a capability reports of itself (breaker states, served tools)."""
+        bucket = self.names.bucket("REGISTRY")
         worker = re.sub(r"[^A-Za-z0-9_-]", "-", self.worker_id)
-        while not stop.is_set():
+        started = time.time()
+        me = identity()
+
+        def presence() -> dict[str, Any]:
+            now = time.time()
+            return {
+                worker_key(spec.name, self.worker_id): WorkerReport(
+                    capability=spec.name,
+                    worker=self.worker_id,
+                    consumer=self._consumer_name(spec),
+                    concurrency=spec.concurrency or self.settings.worker_concurrency,
+                    started_at=started,
+                    at=now,
+                    **me,
+                )
+                for spec in self.specs
+            }
+
+        def statuses() -> dict[str, Any]:
+            found = {}
             for spec in self.specs:
                 if spec.report is None:
                     continue
                 try:
-                    status = {"at": time.time(), "worker": self.worker_id, **spec.report()}
-                    kv = await registry.kv()
-                    await kv.put(f"status.{spec.name}.{worker}", msgspec.json.encode(status))
-                except Exception as exc:
-                    log.warning("could not publish %s status: %s", spec.name, exc)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=5.0)
+                    status = {"at": time.time(), "worker": self.worker_id, **me, **spec.report()}
+                except Exception as exc:  # a capability's report must not stop the worker
+                    log.warning("could not report %s's status: %s", spec.name, exc)
+                    continue
+                found[f"status.{spec.name}.{worker}"] = status
+            return found
+
+        # Status reports stay when the worker stops: the registry ages a dedicated tool's
+        # pool out by them (SERVED_FRESH_S), so a restart does not refuse its requests.
+        await asyncio.gather(
+            keep_reporting(self.js, bucket, presence, stop),
+            keep_reporting(self.js, bucket, statuses, stop, last=dict),
+        )
 
     # -------------------------------------------------------------------- steps
 
