@@ -56,6 +56,17 @@ EXAMPLES: dict[str, list[tuple[str, str]]] = {
     "replay": [
         ("jetagent replay WORKFLOW_ID", "its history, from the log"),
         ("jetagent replay WORKFLOW_ID --verify", "re-decide every input and compare"),
+        ("jetagent replay 8c1aaa02 --at 4", "the state folded up to stream sequence 4"),
+        ("jetagent replay 8c1aaa02 --json", "the history as one JSON document"),
+    ],
+    "list": [
+        ("jetagent list --status terminated --since 2h", "what ended without an answer"),
+        ("jetagent list --tenant acme --capability tools --cost-above 0.01", ""),
+        ("jetagent list --since 2026-12-01 --until 2026-12-02 --json", "one day, as JSON"),
+    ],
+    "status": [
+        ("jetagent status", "streams, consumers, workers, projection lag, circuits"),
+        ("jetagent status --json", "the same as one JSON document"),
     ],
     "tail": [
         ("jetagent tail", "every workflow event as it happens"),

@@ -95,16 +95,7 @@ def list_(
         bool, typer.Option("--ids", help="Print only the full ids, one a line.")
     ] = False,
 ) -> None:
-    """List workflows, newest first, from the session views (times are UTC).
-
-    Examples:
-
-        jetagent list --status terminated --since 2h
-
-        jetagent list --tenant acme --capability tools --cost-above 0.01
-
-        jetagent list --since 2026-12-01 --until 2026-12-02 --json
-    """
+    """List workflows, newest first, from the session views (times are UTC)."""
     from jetagent.cli._moments import parse_moment
     from jetagent.errors import InvalidRequestError
     from jetagent.listing import ViewFilter

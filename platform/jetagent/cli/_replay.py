@@ -54,14 +54,6 @@ def replay(
     """Replay a workflow's history (from the log: no model or tool is called again).
 
     Every event is shown with its JA_WORKFLOWS stream sequence and its time (UTC).
-
-    Examples:
-
-        jetagent replay 8c1aaa02 --verify
-
-        jetagent replay 8c1aaa02 --json | jq '.events[] | [.seq, .type]'
-
-        jetagent replay 8c1aaa02 --at 1234
     """
     from jetagent.client import Client
     from jetagent.models import ModelCatalog

@@ -29,14 +29,7 @@ def status(
     ] = False,
 ) -> None:
     """Show streams, consumers and their backlog, workers per capability, projection lag
-    and circuit breakers.
-
-    Examples:
-
-        jetagent status
-
-        jetagent status --json
-    """
+    and circuit breakers."""
     import msgspec
 
     from jetagent.overview import overview
