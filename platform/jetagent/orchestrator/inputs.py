@@ -177,7 +177,7 @@ def inputs_of(
     ``admission`` may be a function giving the rules as they are now: it is called only
     for a request, cancel or signal (the live rules change as workers come and go).
     Raises ``PoisonMessage`` for a cancel, signal or step result that cannot be read or
-    names an id that cannot be a workflow's, and msgspec's errors for an unreadable timer.
+    names an id that cannot be a workflow's, or a due timer that cannot be read.
     """
     match family(message.subject):
         case "request":

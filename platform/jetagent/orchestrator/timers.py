@@ -25,6 +25,7 @@ from nats.errors import Error as NatsError
 from nats.js.client import JetStreamContext
 
 from jetagent.contract import Status
+from jetagent.decoding import decode_json
 from jetagent.jetstream.headers import Header
 from jetagent.subjects import Names
 from jetagent.workflow import Begin, Cancel, Input, Signal, Tick, WorkflowState
@@ -45,17 +46,18 @@ class DueTimer(msgspec.Struct, frozen=True, kw_only=True):
     due: datetime
 
 
-_decoder = msgspec.json.Decoder(DueTimer)
-
-
 class _Body(Protocol):
     @property
     def data(self) -> bytes: ...
 
 
 def due_timer(msg: _Body) -> DueTimer:
-    """The timer a message of ``<prefix>.timer.due.>`` stands for."""
-    return _decoder.decode(msg.data)
+    """The timer a message of ``<prefix>.timer.due.>`` stands for.
+
+    Raises ``PoisonMessage`` for a body that is not one: anyone allowed to publish on
+    the subject can, so it is read within the limits of every other input.
+    """
+    return decode_json(msg.data, DueTimer, what="due timer")
 
 
 def timers_for(state: WorkflowState) -> dict[str, datetime]:
