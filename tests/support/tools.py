@@ -146,3 +146,28 @@ async def down_always(ctx: StepContext, note: str = "") -> str:
 
 
 TEST_TOOLS.append(down_always)
+
+
+@tool(
+    description="Note this run in `log`, wait until the file `gate` exists, then fail for now on the first run only."
+)
+async def gated(ctx: StepContext, gate: str, log: str) -> str:
+    import os
+    import time
+    from pathlib import Path
+
+    from jetagent import TransientError
+
+    def note() -> None:
+        with open(log, "a") as runs:
+            runs.write(f"{os.getpid()} {ctx.deliveries} {time.time():.3f}\n")
+
+    await asyncio.to_thread(note)
+    while not Path(gate).exists():
+        await asyncio.sleep(0.02)
+    if ctx.deliveries == 1:
+        raise TransientError("the upstream asks to come back in a second", retry_after=1.0)
+    return f"passed the gate on run {ctx.deliveries}"
+
+
+TEST_TOOLS.append(gated)
