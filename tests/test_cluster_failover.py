@@ -8,6 +8,7 @@ still brings the step back after its delay, not after the whole ack wait.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -20,11 +21,16 @@ from jetagent.client import Client
 from jetagent.config import Settings
 from jetagent.embedded import EmbeddedCluster, free_port
 from jetagent.jetstream import connect
-from jetagent.sessions import SessionView
 from jetagent.testing import eventually, tools_registered
-from projections.checkpoints import CheckpointStore
-from projections.service import CHECKPOINT_KEY, Checkpoint, ProjectionService
-from tests.support.cluster import consumer_leader, provision_patiently, stream_leader
+from projections.service import ProjectionService
+from tests.support.cluster import (
+    checkpoint,
+    consumer_leader,
+    node,
+    provision_patiently,
+    session_views,
+    stream_leader,
+)
 from tests.support.platform import service_processes
 
 pytestmark = pytest.mark.cluster
@@ -34,27 +40,6 @@ def _settings(cluster: EmbeddedCluster, unique: str, **extra: Any) -> Settings:
     return Settings(
         nats_url=cluster.url, prefix=unique.lower()[:12], tenants="*", replicas=3, **extra
     )
-
-
-def _node(cluster: EmbeddedCluster, name: str | None) -> Any:
-    return next(s for s in cluster.servers if s.server_name == name)
-
-
-async def _checkpoint(settings: Settings, nc: Any) -> Checkpoint | None:
-    kv = await nc.jetstream().key_value(settings.names.bucket("PROJECTIONS"))
-    value = await CheckpointStore(kv, CHECKPOINT_KEY).load()
-    return msgspec.json.decode(value, type=Checkpoint) if value else None
-
-
-async def _views(settings: Settings, nc: Any) -> dict[str, dict[str, Any]]:
-    bucket = settings.names.bucket("SESSIONS")
-    kv = await nc.jetstream().key_value(bucket)
-    prefix = f"$KV.{bucket}."
-    info = await nc.jetstream().stream_info(f"KV_{bucket}", subjects_filter=prefix + ">")
-    return {
-        key: msgspec.to_builtins(msgspec.json.decode((await kv.get(key)).value, type=SessionView))
-        for key in (subject[len(prefix) :] for subject in info.state.subjects or {})
-    }
 
 
 @pytest.mark.timeout(240)
@@ -91,19 +76,16 @@ async def test_the_projection_service_survives_its_buckets_leader_dying(
             i = 0
             while not stop.is_set():
                 i += 1
-                try:
-                    ids.append(
-                        await client.submit(instruction=f"What is {i} * 9?", tenant="acme")
-                    )
-                except Exception:
-                    pass  # the requests stream is electing: a caller tries again later
+                # While the requests stream elects, a caller tries again later.
+                with contextlib.suppress(Exception):
+                    ids.append(await client.submit(instruction=f"What is {i} * 9?", tenant="acme"))
                 await asyncio.sleep(0.2)
 
         arriving = asyncio.create_task(arrivals())
-        await eventually(lambda: _checkpoint(settings, nc), timeout=60, alive=procs.check_alive)
+        await eventually(lambda: checkpoint(settings, nc), timeout=60, alive=procs.check_alive)
         # SIGKILL the node leading the checkpoint bucket: its next writes meet no leader.
         bucket = f"KV_{names.bucket('PROJECTIONS')}"
-        victim = _node(nats_cluster, await stream_leader(nc, bucket))
+        victim = node(nats_cluster, await stream_leader(nc, bucket))
         await asyncio.to_thread(victim.kill)
         killed_at = time.monotonic()
         # Through the election (4-9 s) and after it, the service lives and checkpoints.
@@ -122,19 +104,21 @@ async def test_the_projection_service_survives_its_buckets_leader_dying(
         }
 
         async def caught_up() -> bool:
-            saved = await _checkpoint(settings, nc)
-            return saved is not None and all(saved.positions.get(s, 0) >= n for s, n in ends.items())
+            saved = await checkpoint(settings, nc)
+            return saved is not None and all(
+                saved.positions.get(s, 0) >= n for s, n in ends.items()
+            )
 
         await eventually(caught_up, timeout=60, alive=procs.check_alive)
         procs.stop("projections")
         assert "Traceback" not in procs.log("projections"), procs.log("projections")[-3000:]
         # What it projected live equals a rebuild from the streams.
-        live_views = await _views(settings, nc)
-        live = await _checkpoint(settings, nc)
+        live_views = await session_views(settings, nc)
+        live = await checkpoint(settings, nc)
         assert live is not None
         rebuilt = ProjectionService(nc, settings)
         await rebuilt.rebuild()
-        assert await _views(settings, nc) == live_views
+        assert await session_views(settings, nc) == live_views
         assert msgspec.to_builtins(rebuilt.metrics) == msgspec.to_builtins(live.metrics)
         assert len(live_views) == len(ids)
     finally:
@@ -147,7 +131,8 @@ def _runs(log: Path) -> list[tuple[int, int, float]]:
     if not log.exists():
         return []
     return [
-        (int(p), int(d), float(t)) for p, d, t in (line.split() for line in log.read_text().split("\n") if line)
+        (int(p), int(d), float(t))
+        for p, d, t in (line.split() for line in log.read_text().split("\n") if line)
     ]
 
 
@@ -191,7 +176,7 @@ async def test_a_nak_sent_while_the_consumer_elects_a_leader_is_not_lost(
         # Kill the node leading the tools consumer, then let the run fail at once: its
         # nak (run again in 1 s) is sent while the consumer has no leader.
         leader = await consumer_leader(nc, names.workflows_stream, "cap-tools")
-        victim = _node(nats_cluster, leader)
+        victim = node(nats_cluster, leader)
         await asyncio.to_thread(victim.kill)
         killed_at = time.time()
         gate.touch()

@@ -3,19 +3,29 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
+from typing import Any
 
+import msgspec
 from nats.aio.client import Client as NATS
 from nats.errors import Error as NatsError
 
 from jetagent.config import Settings
+from jetagent.embedded import EmbeddedCluster, EmbeddedServer
 from jetagent.jetstream.provision import provision
+from jetagent.sessions import SessionView
+from projections.checkpoints import CheckpointStore
+from projections.service import CHECKPOINT_KEY, Checkpoint
 
 __all__ = [
+    "checkpoint",
     "consumer_leader",
     "lead_elsewhere",
+    "node",
     "provision_patiently",
+    "session_views",
     "stream_leader",
     "wait_for_leader",
 ]
@@ -64,10 +74,8 @@ async def lead_elsewhere(
         if leader != avoid and not move:
             return leader
         move = False
-        try:
+        with contextlib.suppress(NatsError):
             await nc.request(f"$JS.API.STREAM.LEADER.STEPDOWN.{stream}", b"", timeout=5)
-        except NatsError:
-            pass
         await asyncio.sleep(0.5)
     raise TimeoutError(f"stream {stream} kept its leader on {avoid}")
 
@@ -83,3 +91,28 @@ async def provision_patiently(nc: NATS, settings: Settings, *, timeout: float = 
             if time.monotonic() > deadline:
                 raise
             await asyncio.sleep(1)
+
+
+def node(cluster: EmbeddedCluster, name: str | None) -> EmbeddedServer:
+    """The cluster's node named ``name``."""
+    return next(s for s in cluster.servers if s.server_name == name)
+
+
+async def checkpoint(settings: Settings, nc: NATS) -> Checkpoint | None:
+    """The projection service's saved checkpoint."""
+    kv = await nc.jetstream().key_value(settings.names.bucket("PROJECTIONS"))
+    value = await CheckpointStore(kv, CHECKPOINT_KEY).load()
+    return msgspec.json.decode(value, type=Checkpoint) if value else None
+
+
+async def session_views(settings: Settings, nc: NATS) -> dict[str, dict[str, Any]]:
+    """Every session view in the bucket, as plain data."""
+    bucket = settings.names.bucket("SESSIONS")
+    kv = await nc.jetstream().key_value(bucket)
+    prefix = f"$KV.{bucket}."
+    info = await nc.jetstream().stream_info(f"KV_{bucket}", subjects_filter=prefix + ">")
+    views = {}
+    for key in (subject[len(prefix) :] for subject in info.state.subjects or {}):
+        entry = await kv.get(key)
+        views[key] = msgspec.to_builtins(msgspec.json.decode(entry.value or b"", type=SessionView))
+    return views

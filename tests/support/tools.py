@@ -148,9 +148,7 @@ async def down_always(ctx: StepContext, note: str = "") -> str:
 TEST_TOOLS.append(down_always)
 
 
-@tool(
-    description="Note this run in `log`, wait until the file `gate` exists, then fail for now on the first run only."
-)
+@tool(description="Note this run in `log`, wait for the file `gate`, fail for now on run 1 only.")
 async def gated(ctx: StepContext, gate: str, log: str) -> str:
     import os
     import time
@@ -163,7 +161,7 @@ async def gated(ctx: StepContext, gate: str, log: str) -> str:
             runs.write(f"{os.getpid()} {ctx.deliveries} {time.time():.3f}\n")
 
     await asyncio.to_thread(note)
-    while not Path(gate).exists():
+    while not await asyncio.to_thread(Path(gate).exists):  # noqa: ASYNC110 (another process opens it)
         await asyncio.sleep(0.02)
     if ctx.deliveries == 1:
         raise TransientError("the upstream asks to come back in a second", retry_after=1.0)
