@@ -84,10 +84,12 @@ class _Chaos:
         await at(started + 6)
         await self.kill_and_restart(first, "a node")
         await at(started + 16)
-        leader = await stream_leader(self.nc, self.workflows_stream)  # type: ignore[arg-type]
-        await self.kill_and_restart(node(self.cluster, leader), "the workflows stream's leader")
+        leader = node(self.cluster, await stream_leader(self.nc, self.workflows_stream))  # type: ignore[arg-type]
+        await self.kill_and_restart(leader, "the workflows stream's leader")
         await at(started + 27)
-        other = next(s for s in self.cluster.servers if s is not first and s.running)
+        # Another node: one not killed yet, if the leader was not the third.
+        spared = [s for s in self.cluster.servers if s is not first and s is not leader]
+        other = spared[0] if spared else next(s for s in self.cluster.servers if s is not first)
         await self.kill_and_restart(other, "another node")
 
 

@@ -20,6 +20,7 @@ import pytest
 from jetagent.config import Settings
 from jetagent.dead_letter import DeadLetter
 from jetagent.jetstream import DirectGetter, connect
+from jetagent.orchestrator import Orchestrator
 from tests.support.checks import assert_no_decision_recorded_twice, assert_one_result_per_step
 from tests.support.cluster import lead_elsewhere, provision_patiently
 from tests.support.lagging_cluster import LaggingCluster
@@ -115,6 +116,16 @@ async def test_a_follower_that_answers_stale_loses_no_step_result(
             assert steps == 5 * WORKFLOWS
             for wid in ids:
                 await assert_no_decision_recorded_twice(client, settings, wid)
+            # The orchestrators did meet replies that were behind, and read on.
+            readers = [
+                s.aggregates.reader for s in platform.services if isinstance(s, Orchestrator)
+            ]
+            retried = sum(r.retried for r in readers)
+            from_leader = sum(r.from_leader for r in readers)
+            print(
+                f"\nstale replies asked again: {retried}; reads the leader answered: {from_leader}"
+            )
+            assert retried > 0
         finally:
             await platform.stop()
             await nc.close()

@@ -22,10 +22,11 @@ import msgspec
 from nats.aio.client import Client as NATS
 from nats.errors import Error as NatsError
 from nats.js.api import ConsumerConfig, DeliverPolicy
+from nats.js.errors import NotFoundError
 from opentelemetry.trace import SpanKind
 
 from jetagent import telemetry
-from jetagent._translate import check_nats_url, nats_errors
+from jetagent._translate import check_nats_url, nats_errors, translate
 from jetagent.config import Settings
 from jetagent.contract import Status, WorkflowRequest
 from jetagent.decoding import is_token, shown
@@ -49,6 +50,7 @@ from jetagent.events import (
     decode_step_result,
     encode,
 )
+from jetagent.jetstream import Message, publish
 from jetagent.jetstream.headers import Header
 from jetagent.result_check import subject_problem
 from jetagent.sessions import SessionView, apply_step_result, apply_workflow_message
@@ -182,6 +184,7 @@ class Client:
             creds=settings.nats_creds,
             user=settings.nats_user,
             password=settings.nats_password(),
+            **settings.connection_options(),
         )
         return cls(nc, settings)
 
@@ -224,9 +227,12 @@ class Client:
         tenant: str = "default",
         **fields: Any,
     ) -> str:
-        """Publish a request and return its workflow id at once.
+        """Publish a request and return its workflow id at once: once it returns, the
+        request is stored (acknowledged) and will run.
 
-        Publishing the same ``request_id`` again starts no second workflow.
+        Publishing the same ``request_id`` again starts no second workflow, so the
+        publish is sent again, with the same id, while the requests stream elects a
+        leader or the connection moves to another node (up to 30 s).
         """
         with nats_errors(prefix=self.names.prefix):
             if request is None:
@@ -241,12 +247,26 @@ class Client:
         body = request.model_dump_json(exclude_none=True).encode()
         attributes = {"jetagent.workflow_id": request.request_id, "jetagent.tenant": request.tenant}
         with telemetry.span("jetagent submit", kind=SpanKind.PRODUCER, attributes=attributes):
-            await self.js.publish(
-                self.names.request(request.tenant),
-                body,
-                headers=telemetry.inject({Header.MSG_ID: request.request_id}),
+            headers = telemetry.inject({Header.MSG_ID: request.request_id})
+            await publish(
+                self.nc,
+                Message(self.names.request(request.tenant), body, headers),
+                timeout=2.0,
+                deadline_s=30.0,
+                what=f"submit request {request.request_id}",
+                no_leader=self._requests_stream_exists,
             )
         return request.request_id
+
+    async def _requests_stream_exists(self) -> None:
+        """Raise ``NotProvisionedError`` if the requests stream does not exist; return
+        if it does, or if that cannot be known now (the cluster is electing)."""
+        try:
+            await self.js.stream_info(self.names.requests_stream)
+        except NotFoundError as exc:
+            raise translate(exc, prefix=self.names.prefix) or exc from exc
+        except (NatsError, TimeoutError):
+            return
 
     async def watch(self, workflow_id: str) -> AsyncGenerator[WorkflowEvent, None]:
         """Every event of a workflow, from its first, as they happen; ends after the last."""

@@ -40,12 +40,11 @@ from typing import Any
 import msgspec
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.errors import Error as NatsError
 from opentelemetry.trace import SpanKind
 
 from jetagent import telemetry
 from jetagent.config import Settings
-from jetagent.jetstream import DirectGetter
+from jetagent.jetstream import DirectGetter, Settler
 from jetagent.jetstream.consume import Puller
 from jetagent.jetstream.provision import consumer_config, ensure_consumer, provision
 from jetagent.payloads import PayloadStore
@@ -86,7 +85,8 @@ class Worker:
         self.retry = RetryPolicy.from_settings(settings)
         self._results = DirectGetter(nc, self.names.steps_stream, timeout=5.0)
         self._calls = DirectGetter(nc, self.names.calls_stream, timeout=5.0)
-        journal = CallJournal(self.js, self._calls, self.names, worker=self.worker_id)
+        self.settler = Settler(nc)
+        journal = CallJournal(nc, self._calls, self.names, worker=self.worker_id)
         self._steps = StepRunner(
             settings=settings,
             services=StepServices(
@@ -94,6 +94,7 @@ class Worker:
             ),
             records=StepRecords(nc, self.js, self.names, self._results),
             journal=journal,
+            settler=self.settler,
             worker_id=self.worker_id,
             retry=self.retry,
             # A tool's own retry budget (its registration) replaces the global one for its steps.
@@ -130,13 +131,14 @@ class Worker:
         """Provision, create or update the consumers and announce the tools (idempotent;
         a consumer provisioned with a ``backoff`` by an older release loses it here)."""
         await provision(self.nc, self.settings, consumers=False)
-        registry = ToolRegistry(self.js, self.names)
+        registry = ToolRegistry(self.js, self.names, nc=self.nc)
         for spec in self.specs:
             await ensure_consumer(self.nc, self.consumer_config(spec))
             for tool in spec.tools:
                 await registry.publish(tool)
         await self._results.open()
         await self._calls.open()
+        await self.settler.start()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve every capability until ``stop`` is set; then let running steps finish
@@ -147,6 +149,8 @@ class Worker:
                 tasks.create_task(self._serve(spec, stop))
             if any(spec.report for spec in self.specs):
                 tasks.create_task(self._report(stop))
+        # The last acks and naks are confirmed before the connection goes.
+        await self.settler.close(timeout=5.0)
         await self._results.close()
         await self._calls.close()
         for close in dict.fromkeys(s.close for s in self.specs if s.close):
@@ -203,7 +207,7 @@ class Worker:
 
     async def _report(self, stop: asyncio.Event) -> None:
         """Publish each capability's status (breaker states) to the registry bucket."""
-        registry = ToolRegistry(self.js, self.names)
+        registry = ToolRegistry(self.js, self.names, nc=self.nc)
         worker = re.sub(r"[^A-Za-z0-9_-]", "-", self.worker_id)
         while not stop.is_set():
             for spec in self.specs:
@@ -211,8 +215,7 @@ class Worker:
                     continue
                 try:
                     status = {"at": time.time(), "worker": self.worker_id, **spec.report()}
-                    kv = await registry.kv()
-                    await kv.put(f"status.{spec.name}.{worker}", msgspec.json.encode(status))
+                    await registry.put(f"status.{spec.name}.{worker}", msgspec.json.encode(status))
                 except Exception as exc:
                     log.warning("could not publish %s status: %s", spec.name, exc)
             with contextlib.suppress(TimeoutError):
@@ -230,12 +233,10 @@ class Worker:
             ):
                 await self._steps.run(spec, msg)
         except asyncio.CancelledError:
-            with contextlib.suppress(NatsError):
-                await msg.nak()
+            await self.settler.nak(msg)
             raise
         except Exception:
             log.exception("step message %s could not be handled", msg.subject)
-            with contextlib.suppress(NatsError):
-                await msg.nak(delay=2.0)
+            await self.settler.nak(msg, delay=2.0)
         finally:
             await puller.done()
