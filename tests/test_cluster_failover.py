@@ -21,13 +21,14 @@ from jetagent.client import Client
 from jetagent.config import Settings
 from jetagent.embedded import EmbeddedCluster, free_port
 from jetagent.jetstream import connect
-from jetagent.testing import eventually, tools_registered
+from jetagent.testing import eventually
 from projections.service import ProjectionService
 from tests.support.cluster import (
     checkpoint,
     consumer_leader,
     node,
     provision_patiently,
+    services_ready,
     session_views,
     stream_leader,
 )
@@ -62,11 +63,7 @@ async def test_the_projection_service_survives_its_buckets_leader_dying(
         procs.start("reasoning", "worker", "reasoning")
         procs.start("tools", "worker", "tools")
         procs.start("projections", "projections", "run")
-        await eventually(
-            lambda: tools_registered(client.js, settings, "calculator"),
-            timeout=60,
-            alive=procs.check_alive,
-        )
+        await services_ready(procs)
         ids: list[str] = []
         stop = asyncio.Event()
 
@@ -159,11 +156,7 @@ async def test_a_nak_sent_while_the_consumer_elects_a_leader_is_not_lost(
         procs.start("orchestrator", "orchestrator")
         procs.start("reasoning", "worker", "reasoning")
         procs.start("tools", "worker", "tools")
-        await eventually(
-            lambda: tools_registered(client.js, settings, "gated"),
-            timeout=60,
-            alive=procs.check_alive,
-        )
+        await services_ready(procs)
         args = json.dumps({"gate": str(gate), "log": str(log)})
         wid = await client.submit(
             instruction=f"call gated {args}", tenant="acme", allowed_tools=["gated"]

@@ -32,13 +32,14 @@ from jetagent.config import Settings
 from jetagent.embedded import EmbeddedCluster, EmbeddedServer, free_port
 from jetagent.events import decode_step_result
 from jetagent.jetstream import DirectGetter, connect
-from jetagent.testing import eventually, tools_registered
+from jetagent.testing import eventually
 from projections.service import ProjectionService
 from tests.support.checks import assert_no_decision_recorded_twice, assert_one_result_per_step
 from tests.support.cluster import (
     checkpoint,
     node,
     provision_patiently,
+    services_ready,
     session_views,
     stream_leader,
 )
@@ -149,11 +150,7 @@ async def test_workflows_keep_completing_while_nodes_are_killed(
     try:
         for name, args in SERVICES.items():
             procs.start(name, *args)
-        await eventually(
-            lambda: tools_registered(client.js, settings, "logged_sleep"),
-            timeout=60,
-            alive=procs.check_alive,
-        )
+        await services_ready(procs)
         chaos = _Chaos(nats_cluster, nc, names.workflows_stream)
         started, started_wall = time.monotonic(), time.time()
         chaos_task = asyncio.create_task(chaos.run(started, _until))

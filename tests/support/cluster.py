@@ -16,6 +16,7 @@ from jetagent.config import Settings
 from jetagent.embedded import EmbeddedCluster, EmbeddedServer
 from jetagent.jetstream.provision import provision
 from jetagent.sessions import SessionView
+from jetagent.testing import ServiceProcesses
 from projections.checkpoints import CheckpointStore
 from projections.service import CHECKPOINT_KEY, Checkpoint
 
@@ -25,6 +26,7 @@ __all__ = [
     "lead_elsewhere",
     "node",
     "provision_patiently",
+    "services_ready",
     "session_views",
     "stream_leader",
     "wait_for_leader",
@@ -116,3 +118,16 @@ async def session_views(settings: Settings, nc: NATS) -> dict[str, dict[str, Any
         entry = await kv.get(key)
         views[key] = msgspec.to_builtins(msgspec.json.decode(entry.value or b"", type=SessionView))
     return views
+
+
+_READY = {"orchestrator": "orchestrator ready", "worker": " serving ", "projections": "serving"}
+
+
+async def services_ready(procs: ServiceProcesses, timeout: float = 90.0) -> None:
+    """Wait until every started service has said it is ready (its log's ready line).
+
+    A service starting while a node dies may fail in its provisioning; the tests of node
+    loss kill nodes only once every service serves."""
+    for process in procs.processes.values():
+        kind = process.argv[process.argv.index("jetagent.cli") + 1]
+        await asyncio.to_thread(process.wait_for_output, _READY[kind], timeout=timeout)
