@@ -2,17 +2,18 @@
 
 On an R3 stream any replica answers a direct get, and one that is behind answers with
 what it has (nats-server 2.15 ignores ``min_last_seq``, docs/ARCHITECTURE.md §5.8). The
-cluster here has such a follower for good: node 3 applies replicated writes 250 ms late
-(tests/support/lagging_cluster.py) while it answers direct gets at once. Two orchestrator
-replicas share the workflows, so one often folds the result of a step the other
-scheduled, reading that step back right after it was written.
+cluster here has such a follower for good: node 3 applies replicated writes 0.4 s late
+(tests/support/lagging_cluster.py) while it answers direct gets at once. The reads the
+platform decides on reach what they must see; two orchestrator replicas share workflows,
+so one often folds the result of a step the other scheduled, reading that step back
+right after it was written, and no result is lost or set aside for it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from pathlib import Path
+from collections.abc import Iterator
 
 import msgspec
 import pytest
@@ -50,84 +51,128 @@ async def _stale_replies(nc: object, stream: str, subject: str, tries: int = 40)
     return stale
 
 
+async def _serving_stale(nc: object, stream: str, probe: str, cluster: LaggingCluster) -> None:
+    """Have ``stream`` led elsewhere than the lagging node, and that node answer direct
+    gets (a follower joins the direct-get group when it is current after a leader
+    change: the leader steps down again until it has)."""
+    await lead_elsewhere(nc, stream, cluster.lagging.server_name)  # type: ignore[arg-type]
+    for _ in range(5):
+        if await _stale_replies(nc, stream, probe) > 0:
+            return
+        await lead_elsewhere(nc, stream, cluster.lagging.server_name, move=True)  # type: ignore[arg-type]
+    pytest.fail(f"the lagging follower never answered a direct get of {stream} stale")
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LaggingCluster]:
+    with LaggingCluster(tmp_path_factory.mktemp("lagging"), delay=LAG_S) as running:
+        yield running
+
+
+@pytest.mark.timeout(120)
+async def test_reads_that_must_see_a_write_see_it(cluster: LaggingCluster, unique: str) -> None:
+    stream = unique.upper()
+    subjects = f"{stream}.>"
+    nc = await connect(cluster.url, name="test-stale-primitives")
+    reader = DirectGetter(nc, stream, timeout=5)
+    try:
+        js = nc.jetstream()
+        await js.add_stream(name=stream, subjects=[subjects], num_replicas=3, allow_direct=True)
+        await _serving_stale(nc, stream, f"{stream}.probe", cluster)
+        await reader.open()
+        plain_stale = 0
+        for i in range(30):
+            subject = f"{stream}.{i % 3}"
+            ack = await js.publish(subject, b"x")
+            await asyncio.sleep(0.05)  # the lagging replica has not applied it yet
+            plain = await reader.last(subject)
+            plain_stale += plain is None or plain.seq < ack.seq
+            # A read that names the sequence it must see gets it, whoever answers.
+            record = await reader.last(subject, need=ack.seq)
+            assert record is not None
+            assert record.seq >= ack.seq
+            scanned = await reader.scan(subjects, start_seq=max(ack.seq - 5, 1), need=ack.seq)
+            assert scanned[-1].seq >= ack.seq
+            # A subject seen for the first time is not "absent" because a replica says so.
+            fresh = f"{stream}.new{i}"
+            ack = await js.publish(fresh, b"y")
+            await asyncio.sleep(0.05)
+            found = await reader.confirmed_last(fresh)
+            assert found is not None
+            assert found.seq == ack.seq
+            assert (await reader.leader_last(fresh)) is not None
+        assert plain_stale > 0, "the lagging replica never answered: this test proved nothing"
+        assert reader.retried > 0
+    finally:
+        await reader.close()
+        await nc.close()
+
+
 @pytest.mark.timeout(240)
 async def test_a_follower_that_answers_stale_loses_no_step_result(
-    tmp_path: Path, unique: str
+    cluster: LaggingCluster, unique: str
 ) -> None:
-    cluster = LaggingCluster(tmp_path / "nats", delay=LAG_S)
-    await asyncio.to_thread(cluster.start)
-    try:
-        settings = Settings(
-            nats_url=cluster.url,
-            prefix=unique.lower()[:12],
-            tenants="*",
-            replicas=3,
-            step_ack_wait_s=30.0,
-        )
-        names = settings.names
-        nc = await connect(cluster.url, name="test-stale")
-        await provision_patiently(nc, settings)
-        # The lagging node follows; the leaders (who are never behind) are elsewhere.
-        for stream in (names.workflows_stream, names.steps_stream, names.dlq_stream):
-            await lead_elsewhere(nc, stream, cluster.lagging.server_name)
-        assert cluster.system_routes_delayed >= 2
-        # The lagging follower serves direct gets of the workflows stream, stale (a
-        # follower joins the direct-get group when it is current after a leader change:
-        # step the leader down again until it has).
-        probe = f"{names.workflow_root}.probe-{unique}.Probe"
-        for _ in range(5):
-            if await _stale_replies(nc, names.workflows_stream, probe) > 0:
-                break
-            await lead_elsewhere(nc, names.workflows_stream, cluster.lagging.server_name, move=True)
-        else:
-            pytest.fail("the lagging follower never answered a direct get stale")
+    settings = Settings(
+        nats_url=cluster.url,
+        prefix=unique.lower()[:12],
+        tenants="*",
+        replicas=3,
+        step_ack_wait_s=30.0,
+        # Small pulls: the two orchestrators take turns (with big ones, whichever asked
+        # first would get every input, and no replica would fold another's step).
+        orchestrator_concurrency=2,
+    )
+    names = settings.names
+    nc = await connect(cluster.url, name="test-stale")
+    await provision_patiently(nc, settings)
+    # The lagging node follows; the leaders (who are never behind) are elsewhere.
+    for stream in (names.workflows_stream, names.steps_stream, names.dlq_stream):
+        await lead_elsewhere(nc, stream, cluster.lagging.server_name)
+    assert cluster.system_routes_delayed >= 2
+    # The lagging follower serves direct gets of the workflows stream, stale.
+    probe = f"{names.workflow_root}.probe-{unique}.Probe"
+    await _serving_stale(nc, names.workflows_stream, probe, cluster)
 
-        platform = await InProcessPlatform(settings, orchestrators=2, workers=1).start()
-        try:
-            client = platform.client
-            ids = {
-                await client.submit(
-                    instruction=f"What is {i} + {i}? Then multiply the result by 3",
-                    tenant="acme",
-                ): i
-                for i in range(1, WORKFLOWS + 1)
-            }
-            deadline = time.monotonic() + 120
-            stuck = []
-            for wid, i in ids.items():
-                try:
-                    result = await client.result(wid, timeout=max(deadline - time.monotonic(), 1))
-                except TimeoutError:
-                    stuck.append(wid)
-                    continue
-                assert result.ok, result
-                assert result.output.endswith(f"Final answer: {(2 * i) * 3}"), result.output
-            # Nothing was set aside: a real result is never taken for an untrusted one.
-            letters = DirectGetter(nc, names.dlq_stream, timeout=5)
-            await letters.open()
-            dead = [
-                msgspec.json.decode(r.data, type=DeadLetter)
-                for r in await letters.scan(names.all_dead_letters)
-            ]
-            await letters.close()
-            assert not dead, [(d.kind, d.reason) for d in dead]
-            assert not stuck, f"{len(stuck)} of {WORKFLOWS} workflows never ended"
-            steps = await assert_one_result_per_step(client, settings, list(ids))
-            assert steps == 5 * WORKFLOWS
-            for wid in ids:
-                await assert_no_decision_recorded_twice(client, settings, wid)
-            # The orchestrators did meet replies that were behind, and read on.
-            readers = [
-                s.aggregates.reader for s in platform.services if isinstance(s, Orchestrator)
-            ]
-            retried = sum(r.retried for r in readers)
-            from_leader = sum(r.from_leader for r in readers)
-            print(
-                f"\nstale replies asked again: {retried}; reads the leader answered: {from_leader}"
-            )
-            assert retried > 0
-        finally:
-            await platform.stop()
-            await nc.close()
+    platform = await InProcessPlatform(settings, orchestrators=2, workers=1).start()
+    try:
+        client = platform.client
+        ids = {
+            await client.submit(
+                instruction=f"What is {i} + {i}? Then multiply the result by 3",
+                tenant="acme",
+            ): i
+            for i in range(1, WORKFLOWS + 1)
+        }
+        deadline = time.monotonic() + 120
+        stuck = []
+        for wid, i in ids.items():
+            try:
+                result = await client.result(wid, timeout=max(deadline - time.monotonic(), 1))
+            except TimeoutError:
+                stuck.append(wid)
+                continue
+            assert result.ok, result
+            assert result.output.endswith(f"Final answer: {(2 * i) * 3}"), result.output
+        # Nothing was set aside: a real result is never taken for an untrusted one.
+        letters = DirectGetter(nc, names.dlq_stream, timeout=5)
+        await letters.open()
+        dead = [
+            msgspec.json.decode(r.data, type=DeadLetter)
+            for r in await letters.scan(names.all_dead_letters)
+        ]
+        await letters.close()
+        assert not dead, [(d.kind, d.reason) for d in dead]
+        assert not stuck, f"{len(stuck)} of {WORKFLOWS} workflows never ended"
+        steps = await assert_one_result_per_step(client, settings, list(ids))
+        assert steps == 5 * WORKFLOWS
+        for wid in ids:
+            await assert_no_decision_recorded_twice(client, settings, wid)
+        # The orchestrators did meet replies that were behind, and read on.
+        readers = [s.aggregates.reader for s in platform.services if isinstance(s, Orchestrator)]
+        retried = sum(r.retried for r in readers)
+        from_leader = sum(r.from_leader for r in readers)
+        print(f"\nstale replies asked again: {retried}; reads the leader answered: {from_leader}")
+        assert retried > 0
     finally:
-        await asyncio.to_thread(cluster.stop)
+        await platform.stop()
+        await nc.close()

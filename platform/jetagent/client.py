@@ -33,6 +33,7 @@ from jetagent.decoding import is_token, shown
 from jetagent.errors import (
     ConfigError,
     InvalidRequestError,
+    JetagentError,
     NotProvisionedError,
     RequestRejectedError,
     WorkflowTimeoutError,
@@ -367,14 +368,16 @@ class Client:
         return events[-1] if events else None
 
     async def events(self, workflow_id: str) -> list[WorkflowEvent]:
-        """The workflow's events so far (no waiting)."""
+        """The workflow's events so far (no waiting): up to the newest its stream's
+        leader knows of, not what a replica that is behind has."""
         _token(workflow_id)
         records = await self._scan(self.names.workflows_stream, self.names.workflow(workflow_id))
         return [event for r in records for event in _readable_events(r.data)]
 
     async def step_results(self, workflow_id: str) -> list[StepResult]:
-        """Every step's result so far: its output or error, each provider call with its
-        usage and cost, and the routing decisions (which model answered, and why)."""
+        """Every step's result so far (up to the newest the stream's leader knows of):
+        its output or error, each provider call with its usage and cost, and the routing
+        decisions (which model answered, and why)."""
         subject = self.names.step_results(_token(workflow_id))
         records = await self._scan(self.names.steps_stream, subject)
         prefix = self.names.prefix
@@ -382,7 +385,15 @@ class Client:
         return [result for result in results if result is not None]
 
     async def _scan(self, stream: str, subject: str) -> list[Any]:
-        return await (await self._reader(stream)).scan(subject)
+        # Any replica answers a direct get, and one that is behind answers with less
+        # (docs/ARCHITECTURE.md §5.8): read up to the leader's newest. While the stream
+        # elects a leader nobody can say what that is; then a replica's answer it is.
+        reader = await self._reader(stream)
+        try:
+            newest = await reader.leader_last(subject)
+        except JetagentError:  # no leader now
+            newest = None
+        return await reader.scan(subject, need=newest.seq if newest is not None else 0)
 
     async def session(self, workflow_id: str) -> SessionView:
         """The workflow's session view: status, each step with its model, attempt,
