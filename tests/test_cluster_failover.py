@@ -1,6 +1,7 @@
 """Services ride a node's death: the projection service keeps its checkpoints through the
-election of its bucket's leader, and a nak sent while its consumer elects a new leader
-still brings the step back after its delay, not after the whole ack wait.
+election of its bucket's leader, a nak sent while its consumer elects a new leader
+still brings the step back after its delay, not after the whole ack wait, and a
+connection leaves a hung node within seconds.
 
 3-node loopback clusters, R3 everywhere, services as processes with every node's URL.
 """
@@ -8,8 +9,9 @@ still brings the step back after its delay, not after the whole ack wait.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
+import os
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,7 @@ from jetagent.client import Client
 from jetagent.config import Settings
 from jetagent.embedded import EmbeddedCluster, free_port
 from jetagent.jetstream import connect
+from jetagent.jetstream.consume import on_reconnect
 from jetagent.testing import eventually
 from projections.service import ProjectionService
 from tests.support.cluster import (
@@ -73,9 +76,8 @@ async def test_the_projection_service_survives_its_buckets_leader_dying(
             i = 0
             while not stop.is_set():
                 i += 1
-                # While the requests stream elects, a caller tries again later.
-                with contextlib.suppress(Exception):
-                    ids.append(await client.submit(instruction=f"What is {i} * 9?", tenant="acme"))
+                # Through the elections too: the client retries with the same id.
+                ids.append(await client.submit(instruction=f"What is {i} * 9?", tenant="acme"))
                 await asyncio.sleep(0.2)
 
         arriving = asyncio.create_task(arrivals())
@@ -188,4 +190,34 @@ async def test_a_nak_sent_while_the_consumer_elects_a_leader_is_not_lost(
     finally:
         procs.stop_all()
         await client.close()
+        await nc.close()
+
+
+@pytest.mark.timeout(120)
+async def test_a_connection_leaves_a_hung_node_within_seconds(
+    nats_cluster: EmbeddedCluster,
+) -> None:
+    # A hung node (a paused process, a partition) resets no socket: only unanswered
+    # pings tell. jetagent's connections ping every second and give up after two
+    # unanswered, so they move to another node in about 3 s (nats-py's own defaults:
+    # about 6 minutes).
+    victim = nats_cluster.servers[0]
+    nc = await connect(victim.url, name="test-hung")  # learns the other nodes from it
+    moved: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+
+    async def reconnected() -> None:
+        if not moved.done():
+            moved.set_result(time.monotonic())
+
+    on_reconnect(nc, reconnected)
+    os.kill(victim.pid or 0, signal.SIGSTOP)
+    paused = time.monotonic()
+    try:
+        after = await asyncio.wait_for(moved, 30) - paused
+        assert nc.connected_url is not None
+        assert nc.connected_url.port != victim.port
+        assert after < 6, f"left the hung node after {after:.1f} s"
+        print(f"left a hung node after {after:.2f} s")
+    finally:
+        os.kill(victim.pid or 0, signal.SIGCONT)
         await nc.close()

@@ -98,19 +98,6 @@ async def _until(moment: float) -> None:
     await asyncio.sleep(max(moment - time.monotonic(), 0))
 
 
-async def _submit(client: Client, request: WorkflowRequest) -> None:
-    """Submit until acknowledged, as a caller does: the same request id every time."""
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            await client.submit(request)
-            return
-        except Exception:
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.2)
-
-
 def _longest_gap(times: list[float]) -> tuple[float, float]:
     """The longest gap between consecutive times, and where it began."""
     ordered = sorted(times)
@@ -164,8 +151,10 @@ async def test_workflows_keep_completing_while_nodes_are_killed(
                 tenant="acme",
                 allowed_tools=["logged_sleep"],
             )
-            await _submit(client, request)
-            ids.append(request.request_id)  # acknowledged
+            # Acknowledged once it returns: the client sends it again, with the same id,
+            # while the requests stream elects a leader.
+            await client.submit(request)
+            ids.append(request.request_id)
             procs.check_alive()
         await chaos_task
         for wid in ids:

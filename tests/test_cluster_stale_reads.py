@@ -13,15 +13,19 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import Iterator
 
 import msgspec
 import pytest
+from eventsourcing.persistence import IntegrityError, StoredEvent, Tracking
 
 from jetagent.config import Settings
 from jetagent.dead_letter import DeadLetter
 from jetagent.jetstream import DirectGetter, connect
 from jetagent.orchestrator import Orchestrator
+from jetagent.store._async import AsyncStore
+from jetagent.store._settings import StoreSettings
 from tests.support.checks import assert_no_decision_recorded_twice, assert_one_result_per_step
 from tests.support.cluster import lead_elsewhere, provision_patiently
 from tests.support.lagging_cluster import LaggingCluster
@@ -106,6 +110,46 @@ async def test_reads_that_must_see_a_write_see_it(cluster: LaggingCluster, uniqu
     finally:
         await reader.close()
         await nc.close()
+
+
+@pytest.mark.timeout(120)
+async def test_the_event_store_reads_what_it_must_from_a_lagging_cluster(
+    cluster: LaggingCluster, unique: str
+) -> None:
+    stream = unique.upper() + "_STORE"
+    settings = StoreSettings(stream=stream, root=stream, replicas=3)
+    writer_nc = await connect(cluster.url, name="test-store-a")
+    reader_nc = await connect(cluster.url, name="test-store-b")
+    a, b = AsyncStore(writer_nc, settings), AsyncStore(reader_nc, settings)
+    try:
+        await a.open()
+        await b.open()
+        await _serving_stale(writer_nc, stream, f"{stream}.probe", cluster)
+        aggregate = uuid.uuid4()
+        for n in range(1, 16):
+            event = StoredEvent(
+                originator_id=aggregate, originator_version=n, topic="t:E", state=b"{}"
+            )
+            # Another store (another process) records that it processed notification n.
+            await a.insert_events([event], tracking=Tracking("upstream", n))
+            # Where a follower resumes is never behind what was recorded.
+            assert await b.max_tracking_id("upstream") == n
+            # A store reads back what it wrote itself.
+            mine = StoredEvent(originator_id=unique, originator_version=n, topic="t:E", state=b"")
+            await b.insert_events([mine])
+            versions = [e.originator_version for e in await b.select_events(unique)]
+            assert versions == list(range(1, n + 1))
+            # And the other store's processing of n again is refused.
+            again = StoredEvent(
+                originator_id=uuid.uuid4(), originator_version=1, topic="t:E", state=b""
+            )
+            with pytest.raises(IntegrityError):
+                await b.insert_events([again], tracking=Tracking("upstream", n))
+    finally:
+        await a.close()
+        await b.close()
+        await writer_nc.close()
+        await reader_nc.close()
 
 
 @pytest.mark.timeout(240)
