@@ -10,7 +10,7 @@ step has exactly one ``StepResult``, no decision was recorded twice, no tool ran
 (no worker died), and the live session views and metrics equal a rebuild. The longest
 time in which no step completed is measured and printed (``pytest -s``).
 
-The suite runs 100 workflows; ``make soak`` runs the 300 of issue #15.
+The 300 workflows of issue #15 take about a minute here (65 s measured).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
@@ -56,8 +57,9 @@ SERVICES = {
     "tools-b": ("worker", "tools"),
     "projections": ("projections", "run"),
 }
+WORKFLOWS = 300
 ARRIVALS_S = 36.0
-"""Requests arrive evenly over this long; the three kills fall inside it."""
+"""Requests arrive evenly over this long (8 a second); the three kills fall inside it."""
 TOOL_S = 2.0
 
 
@@ -98,6 +100,13 @@ async def _until(moment: float) -> None:
     await asyncio.sleep(max(moment - time.monotonic(), 0))
 
 
+def _first_difference(keys: list[str], live: dict[str, Any], rebuilt: dict[str, Any]) -> str:
+    key = keys[0]
+    a, b = live.get(key) or {}, rebuilt.get(key) or {}
+    fields = {f: (a.get(f), b.get(f)) for f in a.keys() | b.keys() if a.get(f) != b.get(f)}
+    return f"{len(keys)} views differ from a rebuild; {key} (live, rebuilt): {fields}"
+
+
 def _longest_gap(times: list[float]) -> tuple[float, float]:
     """The longest gap between consecutive times, and where it began."""
     ordered = sorted(times)
@@ -106,12 +115,10 @@ def _longest_gap(times: list[float]) -> tuple[float, float]:
 
 
 @pytest.mark.timeout(600)
-@pytest.mark.parametrize(
-    "workflows", [100, pytest.param(300, marks=pytest.mark.soak)], ids=["100", "300"]
-)
 async def test_workflows_keep_completing_while_nodes_are_killed(
-    nats_cluster: EmbeddedCluster, unique: str, tmp_path: Path, workflows: int
+    nats_cluster: EmbeddedCluster, unique: str, tmp_path: Path
 ) -> None:
+    workflows = WORKFLOWS
     settings = Settings(
         nats_url=nats_cluster.url,
         prefix=unique.lower()[:12],
@@ -178,10 +185,16 @@ async def test_workflows_keep_completing_while_nodes_are_killed(
             for r in await reader.scan(names.all_step_results)
         ]
         await reader.close()
-        stall, since = _longest_gap([t.timestamp() for t in finished])
+        times = sorted(t.timestamp() for t in finished)
+        stall, since = _longest_gap(times)
         print(f"\n{workflows} workflows, {steps} steps; times from the first arrival:")
         for at, what in chaos.log:
-            print(f"  {at - started_wall:6.1f} s  {what}")
+            after = ""
+            if what.startswith("SIGKILL"):
+                # The longest time without a completed step around this kill.
+                near = [t for t in times if at - 1 <= t <= at + 10]
+                after = f"; no step completed for up to {_longest_gap(near)[0]:.1f} s"
+            print(f"  {at - started_wall:6.1f} s  {what}{after}")
         began = since - started_wall
         print(f"  longest stall: no step completed for {stall:.1f} s from {began:.1f} s")
         assert stall < 25, f"no step completed for {stall:.1f} s"
@@ -206,7 +219,13 @@ async def test_workflows_keep_completing_while_nodes_are_killed(
         assert live is not None
         rebuilt = ProjectionService(nc, settings)
         await rebuilt.rebuild()
-        assert await session_views(settings, nc) == live_views
+        rebuilt_views = await session_views(settings, nc)
+        differ = sorted(
+            k
+            for k in rebuilt_views.keys() | live_views.keys()
+            if rebuilt_views.get(k) != live_views.get(k)
+        )
+        assert not differ, _first_difference(differ, live_views, rebuilt_views)
         assert msgspec.to_builtins(rebuilt.metrics) == msgspec.to_builtins(live.metrics)
         assert {wid for wid in ids} <= set(live_views)
     finally:
