@@ -180,11 +180,9 @@ async def test_workflows_keep_completing_while_nodes_are_killed(
         # The longest stall: the longest time in which no step completed.
         reader = DirectGetter(nc, names.steps_stream, timeout=5)
         await reader.open()
-        finished = [
-            decode_step_result(r.data).finished_at
-            for r in await reader.scan(names.all_step_results)
-        ]
+        results = [decode_step_result(r.data) for r in await reader.scan(names.all_step_results)]
         await reader.close()
+        finished = [r.finished_at for r in results]
         times = sorted(t.timestamp() for t in finished)
         stall, since = _longest_gap(times)
         print(f"\n{workflows} workflows, {steps} steps; times from the first arrival:")
@@ -197,6 +195,19 @@ async def test_workflows_keep_completing_while_nodes_are_killed(
             print(f"  {at - started_wall:6.1f} s  {what}{after}")
         began = since - started_wall
         print(f"  longest stall: no step completed for {stall:.1f} s from {began:.1f} s")
+        # The step that ended it, and its workflow's story (what was waited for).
+        ended = min(
+            (r for r in results if r.finished_at.timestamp() > since),
+            key=lambda r: r.finished_at,
+        )
+        print(
+            f"  ended by step {ended.workflow_id}/{ended.step_id} ({ended.capability}, "
+            f"run {ended.deliveries}, started {ended.started_at.timestamp() - started_wall:.1f} s)"
+        )
+        for event in await client.events(ended.workflow_id):
+            at = getattr(event, "at", None)
+            when = f"{at.timestamp() - started_wall:6.1f} s" if at is not None else "   ?"
+            print(f"    {when}  {type(event).__name__}")
         assert stall < 25, f"no step completed for {stall:.1f} s"
 
         # The live projections equal a rebuild from the streams.

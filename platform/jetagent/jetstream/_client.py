@@ -68,7 +68,7 @@ async def connect(
     once (its sockets reset) and the client moves to another within milliseconds; a
     node that hangs (a paused process, a partition) is noticed when
     ``max_pings_out + 1`` pings of ``ping_interval`` go unanswered — 3 s by default
-    against nats-py's 6 minutes (docs/ARCHITECTURE.md §5.13).
+    against nats-py's 6 minutes (docs/ARCHITECTURE.md §5.14).
     """
 
     connected = False
