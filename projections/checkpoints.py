@@ -7,6 +7,11 @@ one is written in parts to one of two slots (``<key>.a.<i>`` / ``<key>.b.<i>``),
 then the head (``<key>``) names the slot, the part count and the SHA-256 of the whole.
 The head is written last, so a crash in the middle leaves the previous checkpoint whole;
 slots alternate, so the parts the head names are never the ones being overwritten.
+
+With a connection (``nc``), every put is retried through an election of the bucket's
+stream (``jetagent.jetstream.kv_put``): a put repeated after a lost acknowledgement only
+adds a revision, and the order (parts, then head) holds because each put is retried in
+place.
 """
 
 from __future__ import annotations
@@ -15,10 +20,12 @@ import asyncio
 import hashlib
 
 import msgspec
+from nats.aio.client import Client as NATS
 from nats.js.errors import KeyNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 
 from jetagent.errors import JetagentError
+from jetagent.jetstream import kv_put
 
 __all__ = ["PART_BYTES", "CheckpointError", "CheckpointStore"]
 
@@ -42,12 +49,23 @@ _head_encoder = msgspec.json.Encoder()
 
 
 class CheckpointStore:
-    """Saves and loads one checkpoint (encoded bytes) under ``key`` in a KV bucket."""
+    """Saves and loads one checkpoint (encoded bytes) under ``key`` in a KV bucket
+    (``bucket`` names it; with ``nc`` puts are retried through elections)."""
 
-    def __init__(self, kv: KeyValue, key: str, *, part_bytes: int = PART_BYTES) -> None:
+    def __init__(
+        self,
+        kv: KeyValue,
+        key: str,
+        *,
+        part_bytes: int = PART_BYTES,
+        nc: NATS | None = None,
+        bucket: str | None = None,
+    ) -> None:
         self.kv = kv
         self.key = key
         self.part_bytes = part_bytes
+        self._nc = nc
+        self._bucket = bucket
         self._slot = ""  # the slot the current head names, once known
 
     async def load(self) -> bytes | None:
@@ -73,19 +91,27 @@ class CheckpointStore:
         return whole
 
     async def save(self, value: bytes) -> None:
+        """Write ``value`` as the checkpoint (the previous one stays whole until the
+        head is written)."""
         if len(value) <= self.part_bytes:
-            await self.kv.put(self.key, value)
+            await self._put(self.key, value)
             return
         if not self._slot:
             await self.load()  # learn which slot the head names, to write the other one
         slot = "b" if self._slot == "a" else "a"
         chunks = [value[i : i + self.part_bytes] for i in range(0, len(value), self.part_bytes)]
         await asyncio.gather(
-            *(self.kv.put(self._part(slot, i), chunk) for i, chunk in enumerate(chunks))
+            *(self._put(self._part(slot, i), chunk) for i, chunk in enumerate(chunks))
         )
         head = _Head(parts=len(chunks), slot=slot, sha256=hashlib.sha256(value).hexdigest())
-        await self.kv.put(self.key, _head_encoder.encode(head))
+        await self._put(self.key, _head_encoder.encode(head))
         self._slot = slot
+
+    async def _put(self, key: str, value: bytes) -> None:
+        if self._nc is not None and self._bucket is not None:
+            await kv_put(self._nc, self._bucket, key, value)
+        else:
+            await self.kv.put(key, value)
 
     def _part(self, slot: str, index: int) -> str:
         return f"{self.key}.{slot}.{index}"

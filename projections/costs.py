@@ -13,7 +13,7 @@ are bounded too (``projections.labels``: tenants and models outside the configur
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 
 import msgspec
@@ -63,6 +63,7 @@ BUCKETS = (
     120.0,
 )
 _SEP = SEP
+_MICROSECOND = timedelta(microseconds=1)
 _ZERO = Decimal(0)
 _ANY = LabelPolicy()
 
@@ -72,20 +73,36 @@ def _key(*labels: str | None) -> str:
 
 
 class Histogram(msgspec.Struct):
-    """Cumulative-at-render bucket counts, their sum and count."""
+    """Cumulative-at-render bucket counts, their sum and count.
+
+    The sum is kept in whole microseconds (``total_us``; event times have microsecond
+    resolution), so it does not depend on the order of the observations: a live service
+    folds a result later than a rebuild does when the result arrives before its step's
+    schedule (it waits, projections/trust.py), and a float sum would then differ in its
+    last digit. ``total`` (seconds) is derived from it.
+    """
 
     counts: list[int] = msgspec.field(default_factory=lambda: [0] * (len(BUCKETS) + 1))
     total: float = 0.0
     count: int = 0
+    total_us: int = 0
 
-    def observe(self, value: float) -> None:
+    def __post_init__(self) -> None:
+        if self.total and not self.total_us:  # saved before total_us existed
+            self.total_us = round(self.total * 1e6)
+
+    def observe(self, elapsed: timedelta) -> None:
+        """Count one duration (negative ones as zero)."""
+        micros = max(elapsed // _MICROSECOND, 0)
+        value = micros / 1e6
         for i, bound in enumerate(BUCKETS):
             if value <= bound:
                 self.counts[i] += 1
                 break
         else:
             self.counts[-1] += 1
-        self.total += value
+        self.total_us += micros
+        self.total = self.total_us / 1e6
         self.count += 1
 
 
@@ -133,9 +150,8 @@ class MetricsState(msgspec.Struct):
                 steps = self.open_steps.get(event.workflow_id)
                 started = steps.pop(event.step_id, None) if steps else None
                 if started is not None:
-                    seconds = max((event.at - started).total_seconds(), 0.0)
                     capability = labels.free("capability", event.capability, self.admitted)
-                    self.turnaround.setdefault(capability, Histogram()).observe(seconds)
+                    self.turnaround.setdefault(capability, Histogram()).observe(event.at - started)
             case Finalized() | Terminated() | Cancelled():
                 tenant = self.open_workflows.pop(event.workflow_id, None)
                 if tenant is None:
@@ -162,11 +178,10 @@ class MetricsState(msgspec.Struct):
             _add(self.retries, cap, retries)
         if result.interrupted_runs:
             _add(self.repeated_runs, cap, result.interrupted_runs)
-        seconds = max((result.finished_at - result.started_at).total_seconds(), 0.0)
         histogram = self.duration.get(cap)
         if histogram is None:
             histogram = self.duration[cap] = Histogram()
-        histogram.observe(seconds)
+        histogram.observe(result.finished_at - result.started_at)
         tokens, cost = self.tokens, self.cost_usd
         for call in result.calls:
             model = labels.model(call.model, admitted)

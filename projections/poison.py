@@ -15,7 +15,7 @@ import logging
 import re
 from dataclasses import dataclass, field
 
-from nats.js.client import JetStreamContext
+from nats.aio.client import Client as NATS
 
 from jetagent.dead_letter import DeadLetterKind, dead_letter, publish_dead_letter
 from jetagent.errors import JetagentError
@@ -61,7 +61,7 @@ def checked_result(result: StepResult) -> StepResult:
 class PoisonReporter:
     """Dead letters for poison messages, written in batches between applies."""
 
-    js: JetStreamContext
+    nc: NATS
     names: Names
     reported_until: dict[str, int] = field(default_factory=dict)
     """Per stream, the last sequence already reported by an earlier run (a rebuild re-reads
@@ -93,4 +93,4 @@ class PoisonReporter:
             # Its own message id (per source): the orchestrator may dead-letter the same
             # stored message, and each reader's letter is kept. One that cannot be
             # written is logged (above) and counted; the projection must not stop for it.
-            await publish_dead_letter(self.js, self.names, letter, per_source=True)
+            await publish_dead_letter(self.nc, self.names, letter, per_source=True)

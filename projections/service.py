@@ -7,6 +7,12 @@ checkpoint (``JA_PROJECTIONS``) holding the stream positions and the metric tota
 together. Restarting resumes from the checkpoint: views ignore events they applied (each
 remembers its last sequence per stream) and totals were saved at exactly the checkpoint's
 positions, so nothing is reset or counted twice. ``rebuild()`` replays from sequence 0.
+
+It rides a cluster's elections (docs/ARCHITECTURE.md §5.14): every view and checkpoint
+put is retried until the bucket's stream has a leader again, the ordered consumers are
+recreated within two seconds of going quiet, and if the streams stay out of reach longer
+than a write's deadline, following pauses and resumes from the positions in memory —
+the service does not exit.
 """
 
 from __future__ import annotations
@@ -30,14 +36,16 @@ from nats.js.kv import KeyValue
 
 from jetagent import plugins
 from jetagent.config import Settings
+from jetagent.errors import JetagentError
 from jetagent.events import Started, StepResult, decode_events, decode_step_result
+from jetagent.jetstream import kv_put
 from jetagent.jetstream.provision import provision
 from jetagent.metrics import serve_metrics, service_registry
 from jetagent.models import ModelCatalog
 from jetagent.reports import PROJECTION_KEY, ProjectionReport, identity, keep_reporting
 from jetagent.sessions import HeldResult, SessionView, apply_workflow_message, fold_step_result
 from jetagent.subjects import DeadLetterSubject
-from projections.checkpoints import CheckpointStore
+from projections.checkpoints import CheckpointError, CheckpointStore
 from projections.costs import LiveGauges, MetricsCollector, MetricsState
 from projections.known import known_label_sets, known_routes
 from projections.labels import LabelPolicy
@@ -51,6 +59,16 @@ log = logging.getLogger("jetagent.projections")
 CHECKPOINT_KEY = "projection"
 _FINAL_VIEWS_KEPT = 20_000
 _PUT_WINDOW = 4096  # KV puts in flight at once when views are written
+_PUT_ACKS_S = 5.0
+"""How long a window of view puts waits for its acknowledgements before the missing ones
+are put again one by one (a put sent on a connection that died is never answered)."""
+_FOLLOW_HEARTBEAT_S = 1.0
+"""Idle heartbeat of the ordered consumers: nats-py recreates one that missed two (its
+node died), so following resumes within seconds of an election instead of ten."""
+_RESUME_PAUSE_S = 1.0
+"""Pause before following again after the streams were out of reach."""
+_TRANSIENT = (JetagentError, NatsError, TimeoutError, OSError)
+"""What ends a pass of following without ending the service (CheckpointError aside)."""
 
 
 class Checkpoint(msgspec.Struct):
@@ -112,7 +130,7 @@ class ProjectionService:
             tenants=settings.tenant_set,
             models=frozenset(catalog.models) if catalog is not None else None,
         )
-        self.poison = PoisonReporter(self.js, self.names)
+        self.poison = PoisonReporter(self.nc, self.names)
         known = known_label_sets(tenants=self.labels.tenants, streams=list(self.streams))
         self.registry = service_registry("projections")
         installed = list(plugins.installed(plugins.CAPABILITIES))
@@ -135,8 +153,9 @@ class ProjectionService:
     async def _buckets(self) -> tuple[KeyValue, CheckpointStore]:
         if self._sessions is None or self._checkpoints is None:
             self._sessions = await self.js.key_value(self.names.bucket("SESSIONS"))
-            kv = await self.js.key_value(self.names.bucket("PROJECTIONS"))
-            self._checkpoints = CheckpointStore(kv, CHECKPOINT_KEY)
+            bucket = self.names.bucket("PROJECTIONS")
+            kv = await self.js.key_value(bucket)
+            self._checkpoints = CheckpointStore(kv, CHECKPOINT_KEY, nc=self.nc, bucket=bucket)
         return self._sessions, self._checkpoints
 
     # --------------------------------------------------------------- applying
@@ -285,14 +304,27 @@ class ProjectionService:
         dirty, self._dirty = list(self._dirty), set()
         if self._rebuilding:
             self._rebuilt.update(dirty)
-        # Pipelined puts (a KV put is a publish to $KV.<bucket>.<key>), every ack checked.
-        subject = f"$KV.{self.names.bucket('SESSIONS')}."
-        for start in range(0, len(dirty), _PUT_WINDOW):
-            acks = [
-                await self.js.publish_async(subject + wid, _encoder.encode(self.views[wid]))
-                for wid in dirty[start : start + _PUT_WINDOW]
-            ]
-            await asyncio.gather(*acks)
+        # Pipelined puts (a KV put is a publish to $KV.<bucket>.<key>), every ack checked;
+        # one refused (no leader: an election) or unanswered is put again, retried.
+        bucket = self.names.bucket("SESSIONS")
+        subject = f"$KV.{bucket}."
+        try:
+            for start in range(0, len(dirty), _PUT_WINDOW):
+                window = dirty[start : start + _PUT_WINDOW]
+                acks = [
+                    await self.js.publish_async(subject + wid, _encoder.encode(self.views[wid]))
+                    for wid in window
+                ]
+                done, late = await asyncio.wait(acks, timeout=_PUT_ACKS_S) if acks else ((), ())
+                for ack in late:
+                    ack.cancel()
+                for wid, ack in zip(window, acks, strict=True):
+                    if ack in done and not ack.cancelled() and ack.exception() is None:
+                        continue
+                    await kv_put(self.nc, bucket, wid, _encoder.encode(self.views[wid]))
+        except BaseException:
+            self._dirty.update(dirty)  # written by the next checkpoint
+            raise
         saved = Checkpoint(positions=dict(self.positions), metrics=self.metrics)
         await checkpoints.save(_encoder.encode(saved))
         self.checkpointed = saved.positions
@@ -309,6 +341,7 @@ class ProjectionService:
             subject,
             stream=stream,
             ordered_consumer=True,
+            idle_heartbeat=_FOLLOW_HEARTBEAT_S,
             cb=on_message,
             config=ConsumerConfig(
                 deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
@@ -443,11 +476,22 @@ class ProjectionService:
     async def run(self, stop: asyncio.Event) -> None:
         """Serve: resume from the checkpoint, follow the streams, expose /metrics."""
         await provision(self.nc, self.settings, consumers=False)
-        await self.load_checkpoint()
+        while True:
+            try:
+                await self.load_checkpoint()
+                break
+            except CheckpointError:
+                raise
+            except _TRANSIENT as exc:  # the bucket's stream is electing a leader
+                log.warning("reading the checkpoint failed (%s); trying again", exc)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=_RESUME_PAUSE_S)
+                if stop.is_set():
+                    return
         with serve_metrics(self.registry, self.settings, service="projections") as server:
             log.info("projections serving %s from positions %s", server.url, self.positions)
             async with asyncio.TaskGroup() as tasks:
-                tasks.create_task(self.process(stop))
+                tasks.create_task(self._follow_until(stop))
                 tasks.create_task(self._gauges_loop(stop))
                 tasks.create_task(self._report(stop))
 
@@ -469,6 +513,31 @@ class ProjectionService:
 
         bucket = self.names.bucket("PROJECTIONS")
         await keep_reporting(self.js, bucket, report, stop, last=lambda: report(stopped=True))
+
+    async def _follow_until(self, stop: asyncio.Event) -> None:
+        """Follow the streams until ``stop``; a pass that ends because NATS is out of
+        reach (an election, a node's death) is followed by another from the positions
+        in memory, which never lose an applied event."""
+        while True:
+            try:
+                await self.process(stop)
+                return
+            except CheckpointError:
+                raise
+            except _TRANSIENT as exc:
+                log.warning(
+                    "following paused (%s: %s); resuming from positions %s",
+                    type(exc).__name__,
+                    exc,
+                    self.positions,
+                )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=_RESUME_PAUSE_S)
+            if stop.is_set():
+                # What was applied is saved once more (retried) before the service ends.
+                with contextlib.suppress(*_TRANSIENT):
+                    await self.checkpoint()
+                return
 
     async def _gauges_loop(self, stop: asyncio.Event) -> None:
         while not stop.is_set():

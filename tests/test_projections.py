@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import urllib.request
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from jetagent.jetstream import connect
 from jetagent.sessions import SessionView
 from jetagent.testing import eventually
 from projections.checkpoints import CheckpointStore
+from projections.costs import Histogram
 from projections.service import CHECKPOINT_KEY, Checkpoint, ProjectionService
 from tests.support.platform import InProcessPlatform, service_processes
 
@@ -198,3 +200,19 @@ async def _stream_ends(settings: Settings, nc: Any) -> dict[str, int]:
 
 
 _ = json
+
+
+def test_duration_totals_do_not_depend_on_the_order_results_are_folded() -> None:
+    # A live service folds a result that arrived before its step's schedule later than
+    # a rebuild does; the totals must still be equal to the last digit.
+    durations = [timedelta(microseconds=m) for m in (100_003, 251_628, 7, 123_456_789, 1)]
+    forward, backward = Histogram(), Histogram()
+    for elapsed in durations:
+        forward.observe(elapsed)
+    for elapsed in reversed(durations):
+        backward.observe(elapsed)
+    assert forward == backward
+    assert forward.total_us == sum(d // timedelta(microseconds=1) for d in durations)
+    # A checkpoint written before total_us existed is read as it was.
+    old = msgspec.json.decode(b'{"total": 0.351631, "count": 1}', type=Histogram)
+    assert old.total_us == 351_631

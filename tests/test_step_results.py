@@ -61,16 +61,17 @@ async def test_a_result_whose_ack_is_lost_is_recorded_once(
 
         monkeypatch.setattr(_writes, "_publish", store_then_lose_the_ack)
         assert not await records.recorded(subject)
-        await records.record(subject, _result("w1"))
+        await records.record(subject, _result("w1"), scheduled_seq=7)
         assert lost["count"] == 1  # the retry met the write-once check: nothing stored twice
         monkeypatch.setattr(_writes, "_publish", publish)
         # Another replica finishing the same step finds it recorded: nothing happens.
-        await records.record(subject, _result("w2"))
+        await records.record(subject, _result("w2"), scheduled_seq=7)
         stored = await reader.scan(subject)
         assert len(stored) == 1
         assert b'"worker":"w1"' in stored[0].data
         assert "Nats-Msg-Id" not in stored[0].headers
         assert stored[0].headers["Ja-Event"] == "StepResult"
+        assert stored[0].headers["Ja-Scheduled-Seq"] == "7"  # the step it answers
     finally:
         await reader.close()
         await nc.close()

@@ -22,16 +22,18 @@ import msgspec
 from nats.aio.client import Client as NATS
 from nats.errors import Error as NatsError
 from nats.js.api import ConsumerConfig, DeliverPolicy
+from nats.js.errors import NotFoundError
 from opentelemetry.trace import SpanKind
 
 from jetagent import correlation, telemetry
-from jetagent._translate import check_nats_url, nats_errors
+from jetagent._translate import check_nats_url, nats_errors, translate
 from jetagent.config import Settings
 from jetagent.contract import Status, WorkflowRequest
 from jetagent.decoding import is_token, shown
 from jetagent.errors import (
     ConfigError,
     InvalidRequestError,
+    JetagentError,
     NotProvisionedError,
     RequestRejectedError,
     WorkflowNotFoundError,
@@ -50,6 +52,7 @@ from jetagent.events import (
     decode_step_result,
     encode,
 )
+from jetagent.jetstream import Message, publish
 from jetagent.jetstream.headers import Header
 from jetagent.result_check import subject_problem
 from jetagent.sessions import SessionView, apply_step_result, apply_workflow_message
@@ -191,6 +194,7 @@ class Client:
             creds=settings.nats_creds,
             user=settings.nats_user,
             password=settings.nats_password(),
+            **settings.connection_options(),
         )
         return cls(nc, settings)
 
@@ -233,9 +237,12 @@ class Client:
         tenant: str = "default",
         **fields: Any,
     ) -> str:
-        """Publish a request and return its workflow id at once.
+        """Publish a request and return its workflow id at once: once it returns, the
+        request is stored (acknowledged) and will run.
 
-        Publishing the same ``request_id`` again starts no second workflow.
+        Publishing the same ``request_id`` again starts no second workflow, so the
+        publish is sent again, with the same id, while the requests stream elects a
+        leader or the connection moves to another node (up to 30 s).
         """
         with nats_errors(prefix=self.names.prefix):
             if request is None:
@@ -254,12 +261,26 @@ class Client:
             correlation.correlate(workflow_id=request.request_id, tenant=request.tenant),
             telemetry.span("jetagent submit", kind=SpanKind.PRODUCER),
         ):
-            await self.js.publish(
-                self.names.request(request.tenant),
-                body,
-                headers=telemetry.inject({Header.MSG_ID: request.request_id}),
+            headers = telemetry.inject({Header.MSG_ID: request.request_id})
+            await publish(
+                self.nc,
+                Message(self.names.request(request.tenant), body, headers),
+                timeout=2.0,
+                deadline_s=30.0,
+                what=f"submit request {request.request_id}",
+                no_leader=self._requests_stream_exists,
             )
         return request.request_id
+
+    async def _requests_stream_exists(self) -> None:
+        """Raise ``NotProvisionedError`` if the requests stream does not exist; return
+        if it does, or if that cannot be known now (the cluster is electing)."""
+        try:
+            await self.js.stream_info(self.names.requests_stream)
+        except NotFoundError as exc:
+            raise translate(exc, prefix=self.names.prefix) or exc from exc
+        except (NatsError, TimeoutError):
+            return
 
     async def watch(self, workflow_id: str) -> AsyncGenerator[WorkflowEvent, None]:
         """Every event of a workflow, from its first, as they happen; ends after the last."""
@@ -374,14 +395,16 @@ class Client:
         return events[-1] if events else None
 
     async def events(self, workflow_id: str) -> list[WorkflowEvent]:
-        """The workflow's events so far (no waiting)."""
+        """The workflow's events so far (no waiting): up to the newest its stream's
+        leader knows of, not what a replica that is behind has."""
         _token(workflow_id)
         records = await self._scan(self.names.workflows_stream, self.names.workflow(workflow_id))
         return [event for r in records for event in _readable_events(r.data)]
 
     async def step_results(self, workflow_id: str) -> list[StepResult]:
-        """Every step's result so far: its output or error, each provider call with its
-        usage and cost, and the routing decisions (which model answered, and why)."""
+        """Every step's result so far (up to the newest the stream's leader knows of):
+        its output or error, each provider call with its usage and cost, and the routing
+        decisions (which model answered, and why)."""
         subject = self.names.step_results(_token(workflow_id))
         records = await self._scan(self.names.steps_stream, subject)
         prefix = self.names.prefix
@@ -389,7 +412,15 @@ class Client:
         return [result for result in results if result is not None]
 
     async def _scan(self, stream: str, subject: str) -> list[Any]:
-        return await (await self._reader(stream)).scan(subject)
+        # Any replica answers a direct get, and one that is behind answers with less
+        # (docs/ARCHITECTURE.md §5.8): read up to the leader's newest. While the stream
+        # elects a leader nobody can say what that is; then a replica's answer it is.
+        reader = await self._reader(stream)
+        try:
+            newest = await reader.leader_last(subject)
+        except JetagentError:  # no leader now
+            newest = None
+        return await reader.scan(subject, need=newest.seq if newest is not None else 0)
 
     async def session(self, workflow_id: str) -> SessionView:
         """The workflow's session view: status, each step with its model, attempt,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypedDict
 from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, field_validator
@@ -20,11 +20,19 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from jetagent.errors import ConfigError
 from jetagent.subjects import Names
 
-__all__ = ["Settings"]
+__all__ = ["ConnectionOptions", "Settings"]
 
 log = logging.getLogger(__name__)
 
 _MAX_SECRET_BYTES = 4096
+
+
+class ConnectionOptions(TypedDict):
+    """The failure-detection keywords of :func:`jetagent.jetstream.connect`."""
+
+    ping_interval: float
+    max_pings_out: int
+    reconnect_wait: float
 
 
 class Settings(BaseSettings):
@@ -51,6 +59,24 @@ class Settings(BaseSettings):
         None,
         validation_alias=AliasChoices("NATS_PASSWORD_FILE", "JETAGENT_NATS_PASSWORD_FILE"),
         description="A file holding the NATS user's password (a Docker secret, say).",
+    )
+    nats_ping_interval_s: float = Field(
+        1.0,
+        gt=0,
+        le=600,
+        description="Seconds between a service's pings to its NATS server; a server that "
+        "leaves (max pings out + 1) of them unanswered counts as gone and the service "
+        "moves to another node (3 s by default: a hung node is left in about 3 s).",
+    )
+    nats_max_pings_out: int = Field(
+        2, ge=1, le=100, description="Unanswered pings before the NATS server counts as gone."
+    )
+    nats_reconnect_wait_s: float = Field(
+        0.25,
+        ge=0,
+        le=60,
+        description="Seconds before dialing again a NATS server that was tried a moment ago "
+        "(other nodes of a cluster are tried at once).",
     )
     prefix: str = Field("ja", description="Subject prefix; stream names use it upper-cased.")
     replicas: int | Literal["auto"] = Field(
@@ -181,6 +207,15 @@ class Settings(BaseSettings):
                 )
                 break
         return value
+
+    def connection_options(self) -> ConnectionOptions:
+        """The keyword arguments of :func:`jetagent.jetstream.connect` that these
+        settings choose (failure detection and reconnects)."""
+        return {
+            "ping_interval": self.nats_ping_interval_s,
+            "max_pings_out": self.nats_max_pings_out,
+            "reconnect_wait": self.nats_reconnect_wait_s,
+        }
 
     def nats_password(self) -> str | None:
         """The NATS password, read from ``nats_password_file`` now (never kept in the

@@ -22,15 +22,15 @@ dead-letter.schema.json``).
 
 from __future__ import annotations
 
-import contextlib
 from datetime import UTC, datetime
 from typing import Literal
 
 import msgspec
+from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.errors import Error as NatsError
-from nats.js.client import JetStreamContext
 
+from jetagent.errors import JetagentError
+from jetagent.jetstream import Message, publish
 from jetagent.jetstream.headers import Header
 from jetagent.subjects import Names
 
@@ -121,9 +121,11 @@ def dead_letter_of(
 
 
 async def publish_dead_letter(
-    js: JetStreamContext, names: Names, letter: DeadLetter, *, per_source: bool = False
+    nc: NATS, names: Names, letter: DeadLetter, *, per_source: bool = False
 ) -> bool:
-    """Record ``letter`` (idempotent per original message); False if NATS refused it.
+    """Record ``letter`` (idempotent per original message); False if NATS refused it, or
+    did not store it within 10 s (retried through an election of the dead-letter
+    stream meanwhile): the message is then left to come back.
 
     The letters of one stored message share a message id, so whoever sets it aside
     first is the one recorded within the duplicate window (the worker and the
@@ -137,7 +139,9 @@ async def publish_dead_letter(
         Header.MSG_ID: f"{scope}{letter.stream}:{letter.stream_seq}",
         Header.JA_DEAD_LETTER_KIND: letter.kind,
     }
-    with contextlib.suppress(NatsError):
-        await js.publish(names.dlq(letter.source), _encoder.encode(letter), headers=headers)
-        return True
-    return False
+    message = Message(names.dlq(letter.source), _encoder.encode(letter), headers)
+    try:
+        await publish(nc, message, timeout=2.0, deadline_s=10.0, what="record a dead letter")
+    except JetagentError:
+        return False
+    return True

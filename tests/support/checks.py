@@ -28,7 +28,7 @@ from jetagent.events import (
     decode_events,
     decode_step_result,
 )
-from jetagent.jetstream import DirectGetter
+from jetagent.jetstream import DirectGetter, Record
 
 __all__ = ["assert_no_decision_recorded_twice", "assert_one_result_per_step", "ended_once"]
 
@@ -51,7 +51,7 @@ async def assert_one_result_per_step(
         for wid in workflow_ids:
             events = await client.events(wid)
             scheduled = Counter(e.step_id for e in events if isinstance(e, StepScheduled))
-            records = await results.scan(names.step_results(wid))
+            records = await _scan(results, names.step_results(wid))
             recorded = Counter(decode_step_result(r.data).step_id for r in records)
             assert recorded == scheduled, (wid, dict(scheduled), dict(recorded))
             assert set(recorded.values()) <= {1}, (wid, dict(recorded))
@@ -69,7 +69,7 @@ async def assert_no_decision_recorded_twice(
     reader = DirectGetter(client.nc, names.workflows_stream, timeout=5)
     await reader.open()
     try:
-        records = await reader.scan(names.workflow(workflow_id))
+        records = await _scan(reader, names.workflow(workflow_id))
     finally:
         await reader.close()
     runs: list[tuple[str, list[object]]] = []
@@ -87,6 +87,12 @@ async def assert_no_decision_recorded_twice(
         folds = [type(e).__name__ for e in events if isinstance(e, _FOLDS)]
         assert len(folds) <= 1, f"{workflow_id}: cause {cause} folded twice: {folds}"
     assert ended_once([e for _, events in runs for e in events]), workflow_id
+
+
+async def _scan(reader: DirectGetter, subjects: str) -> list[Record]:
+    """Everything the stream's leader has under ``subjects`` (a replica may be behind)."""
+    newest = await reader.leader_last(subjects)
+    return await reader.scan(subjects, need=newest.seq if newest is not None else 0)
 
 
 def ended_once(events: list[object]) -> bool:

@@ -37,6 +37,8 @@ class InProcessPlatform:
     workers: int = 1
     catalog: ModelCatalog | None = None
     client: Client = field(init=False)
+    services: list[Orchestrator | Worker] = field(default_factory=list)
+    """The orchestrators and workers started, in that order."""
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _connections: list[Any] = field(default_factory=list)
@@ -47,11 +49,13 @@ class InProcessPlatform:
             nc = await connect(self.settings.nats_url, name="test-orchestrator")
             self._connections.append(nc)
             orchestrator = Orchestrator(nc, self.settings, catalog=catalog)
+            self.services.append(orchestrator)
             self._tasks.append(asyncio.create_task(orchestrator.run(self._stop)))
         for _ in range(self.workers):
             nc = await connect(self.settings.nats_url, name="test-worker")
             self._connections.append(nc)
             worker = Worker(nc, self.settings, specs_for_tests(catalog))
+            self.services.append(worker)
             await worker.setup()  # tools registered before the first request
             self._tasks.append(asyncio.create_task(worker.run(self._stop)))
         self.client = await Client.connect(self.settings.nats_url, settings=self.settings)

@@ -207,3 +207,26 @@ async def flaky_twice(ctx: StepContext, note: str = "") -> str:
 
 
 TEST_TOOLS.append(flaky_twice)
+
+
+@tool(description="Note this run in `log`, wait for the file `gate`, fail for now on run 1 only.")
+async def gated(ctx: StepContext, gate: str, log: str) -> str:
+    import os
+    import time
+    from pathlib import Path
+
+    from jetagent import TransientError
+
+    def note() -> None:
+        with open(log, "a") as runs:
+            runs.write(f"{os.getpid()} {ctx.deliveries} {time.time():.3f}\n")
+
+    await asyncio.to_thread(note)
+    while not await asyncio.to_thread(Path(gate).exists):  # noqa: ASYNC110 (another process opens it)
+        await asyncio.sleep(0.02)
+    if ctx.deliveries == 1:
+        raise TransientError("the upstream asks to come back in a second", retry_after=1.0)
+    return f"passed the gate on run {ctx.deliveries}"
+
+
+TEST_TOOLS.append(gated)

@@ -223,4 +223,5 @@ async def connect(settings: Settings, name: str) -> Any:
         creds=settings.nats_creds,
         user=settings.nats_user,
         password=settings.nats_password(),
+        **settings.connection_options(),
     )

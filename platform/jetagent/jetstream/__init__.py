@@ -1,14 +1,17 @@
 """The JetStream primitives every part of jetagent shares.
 
 A connection (:func:`connect`, :class:`FastHeaderClient`); batched direct get
-(:class:`DirectGetter`); the one write path (:func:`write` — a message or an atomic
-batch, with expected-sequence checks and lost-acknowledgement resolution — and
-:func:`write_once`); aggregates as subject trees appended with a concurrency check
-(:class:`AggregateStream`); following a stream live (:func:`follow`); stream
-definitions, checks and replica changes (:func:`ensure_stream`, :class:`Applied`);
-JetStream API requests that ride leader elections (:func:`api_request`,
-:class:`ApiDeadline`); header names and API error codes (:mod:`jetagent.jetstream.headers`);
-the loop thread behind synchronous APIs (:class:`LoopThread`); continuous pull
+(:class:`DirectGetter`, checked against the sequence a decision must see, with the
+leader when only it can answer); the one write path (:func:`write` — a message or an
+atomic batch, with expected-sequence checks and lost-acknowledgement resolution —,
+:func:`write_once`, :func:`publish` and :func:`kv_put`, all retried through elections);
+confirmed acks, naks and terms (:class:`Settler`); aggregates as subject trees
+appended with a concurrency check (:class:`AggregateStream`); following a stream live
+(:func:`follow`); stream definitions, checks and replica changes (:func:`ensure_stream`,
+:class:`Applied`); JetStream API requests that ride leader elections
+(:func:`api_request`, :class:`ApiDeadline`); header names and API error codes
+(:mod:`jetagent.jetstream.headers`); the loop thread behind synchronous APIs
+(:class:`LoopThread`); continuous pull
 (:mod:`jetagent.jetstream.consume`) and provisioning (:mod:`jetagent.jetstream.provision`).
 
 The ``eventsourcing`` persistence module (:mod:`jetagent.store`) is built on these; the
@@ -33,6 +36,7 @@ from jetagent.jetstream._errors import WriteTooLargeError as WriteTooLargeError
 from jetagent.jetstream._follow import follow as follow
 from jetagent.jetstream._loop import LoopThread as LoopThread
 from jetagent.jetstream._loop import shared_loop as shared_loop
+from jetagent.jetstream._settle import Settler as Settler
 from jetagent.jetstream._streams import Applied as Applied
 from jetagent.jetstream._streams import ensure_stream as ensure_stream
 from jetagent.jetstream._streams import load_definition as load_definition
@@ -40,6 +44,8 @@ from jetagent.jetstream._streams import stream_last_seq as stream_last_seq
 from jetagent.jetstream._writes import MAX_BATCH as MAX_BATCH
 from jetagent.jetstream._writes import Appended as Appended
 from jetagent.jetstream._writes import Message as Message
+from jetagent.jetstream._writes import kv_put as kv_put
+from jetagent.jetstream._writes import publish as publish
 from jetagent.jetstream._writes import write as write
 from jetagent.jetstream._writes import write_once as write_once
 from jetagent.jetstream.headers import ErrorCode as ErrorCode
@@ -63,13 +69,16 @@ __all__ = [
     "NewRecord",
     "NotPermittedError",
     "Record",
+    "Settler",
     "StreamConfigError",
     "WriteTooLargeError",
     "api_request",
     "connect",
     "ensure_stream",
     "follow",
+    "kv_put",
     "load_definition",
+    "publish",
     "shared_loop",
     "stream_last_seq",
     "write",

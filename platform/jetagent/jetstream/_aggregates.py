@@ -27,6 +27,8 @@ from jetagent.jetstream._writes import Appended, Message, write
 
 __all__ = ["AggregateStream", "Appended", "NewRecord"]
 
+_WRITE_TRY_S = 2.0
+
 
 @dataclass(slots=True)
 class NewRecord:
@@ -91,7 +93,9 @@ class AggregateStream:
                 self.nc,
                 messages,
                 reader=self.reader,
-                timeout=self._timeout,
+                # Short tries: a write sent on a connection that just died is never
+                # answered, and the next try goes out on the new one.
+                timeout=min(self._timeout, _WRITE_TRY_S),
                 deadline_s=self._deadline,
                 what=f"append to {aggregate_id} on stream {self.stream!r}",
             )
@@ -105,10 +109,19 @@ class AggregateStream:
                 expected=expected_seq,
             ) from None
 
-    async def read(self, aggregate_id: str, *, after_seq: int = 0) -> list[Record]:
-        """The aggregate's messages after ``after_seq``, in order."""
-        return await self.reader.scan(f"{self.root}.{aggregate_id}.>", start_seq=after_seq + 1)
+    async def read(self, aggregate_id: str, *, after_seq: int = 0, need: int = 0) -> list[Record]:
+        """The aggregate's messages after ``after_seq``, in order; with ``need``, at least
+        up to that sequence (a replica that is behind is not believed, §5.8)."""
+        return await self.reader.scan(
+            f"{self.root}.{aggregate_id}.>", start_seq=after_seq + 1, need=need
+        )
 
     async def last(self, aggregate_id: str) -> Record | None:
-        """The aggregate's newest message, if any."""
+        """The aggregate's newest message, if any, as a replica knows it."""
         return await self.reader.last(f"{self.root}.{aggregate_id}.>")
+
+    async def head(self, aggregate_id: str) -> int:
+        """The sequence of the aggregate's newest message as the stream's leader knows
+        it (``0``: none): what a read must reach before it may conclude "nothing more"."""
+        record = await self.reader.leader_last(f"{self.root}.{aggregate_id}.>")
+        return 0 if record is None else record.seq

@@ -39,6 +39,14 @@ class FastHeaderClient(Client):
         return out
 
 
+PING_INTERVAL_S = 1.0
+"""Default seconds between the client's pings (``JETAGENT_NATS_PING_INTERVAL_S``)."""
+MAX_PINGS_OUT = 2
+"""Default unanswered pings before the server counts as gone (``JETAGENT_NATS_MAX_PINGS_OUT``)."""
+RECONNECT_WAIT_S = 0.25
+"""Default pause before dialing a server tried a moment ago (``JETAGENT_NATS_RECONNECT_WAIT_S``)."""
+
+
 async def connect(
     url: str,
     *,
@@ -47,10 +55,21 @@ async def connect(
     user: str | None = None,
     password: str | None = None,
     timeout: float = 2.0,
+    ping_interval: float = PING_INTERVAL_S,
+    max_pings_out: int = MAX_PINGS_OUT,
+    reconnect_wait: float = RECONNECT_WAIT_S,
 ) -> NATS:
     """Connect to NATS, failing fast with a message a person can act on. ``creds`` is a
     credentials file; ``user`` and ``password`` (read from a file by the caller) log in
-    to a server with user/password authorization."""
+    to a server with user/password authorization.
+
+    ``url`` may list several servers (``nats://a:4222,nats://b:4222``); the client also
+    learns the cluster's other nodes from the server. A node that dies is noticed at
+    once (its sockets reset) and the client moves to another within milliseconds; a
+    node that hangs (a paused process, a partition) is noticed when
+    ``max_pings_out + 1`` pings of ``ping_interval`` go unanswered — 3 s by default
+    against nats-py's 6 minutes (docs/ARCHITECTURE.md §5.16).
+    """
 
     connected = False
 
@@ -73,7 +92,9 @@ async def connect(
             user=user,
             password=password,
             max_reconnect_attempts=1,
-            reconnect_time_wait=0.5,  # type: ignore[arg-type]
+            reconnect_time_wait=reconnect_wait,  # type: ignore[arg-type]
+            ping_interval=ping_interval,  # type: ignore[arg-type]
+            max_outstanding_pings=max_pings_out,
             error_cb=on_error,
         )
         nc.options["max_reconnect_attempts"] = -1

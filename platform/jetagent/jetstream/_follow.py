@@ -30,6 +30,9 @@ async def follow(
             subject_filter,
             stream=stream,
             ordered_consumer=True,
+            # nats-py recreates an ordered consumer that missed two heartbeats (its node
+            # died): following resumes within seconds of an election, not ten.
+            idle_heartbeat=1.0,
             config=ConsumerConfig(
                 deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=after_seq + 1
             ),

@@ -8,13 +8,18 @@ its expected-sequence checks, retried through outages without writing anything t
   a filter (:meth:`Message.expect_last`); the write may carry an expected last sequence
   of the whole stream.
 - :func:`write` marks its first message with a fresh ``Nats-Msg-Id``. When an
-  acknowledgement does not come (timeout, server restart, election), or a retry is
-  refused as a conflict (the check runs before dedup, so a retry of a write that landed
-  fails its own check), it looks at the first message's subject: if the newest message
-  there carries the write's id, the write landed and its sequences are known. Only
-  otherwise is it sent again, until the deadline (docs/ARCHITECTURE.md, "JetStream facts").
+  acknowledgement does not come (timeout, a connection that died), it looks at the
+  first message's subject: if the newest message there carries the write's id, the
+  write landed and its sequences are known; otherwise it is sent again, until the
+  deadline. A retry of a write that did land is refused as a conflict (the check runs
+  before dedup, §5.2), so a refusal is believed only after the stream's *leader* says
+  the write is not there: a follower that is behind would not know it (§5.8).
+- "No responders" (nats-server's 503: the stream has no leader, it is electing one,
+  §5.14) means nothing was stored: the write is sent again at once, with the same id.
 - :func:`write_once` stores a message on a subject that must still be empty; finding
   it taken is an answer, not an error.
+- :func:`publish` sends a message without checks (idempotent by its ``Nats-Msg-Id``, or
+  by nature, as a key-value put: :func:`kv_put`) the same way, through elections.
 
 Both the platform's :class:`~jetagent.jetstream.AggregateStream` and the eventsourcing
 store (:mod:`jetagent.store`) write through :func:`write`.
@@ -34,7 +39,7 @@ from nats.errors import ConnectionClosedError, NoRespondersError
 from nats.errors import Error as NatsError
 from nats.errors import TimeoutError as NatsTimeoutError
 
-from jetagent.jetstream._direct import DirectGetter
+from jetagent.jetstream._direct import DirectGetter, Record
 from jetagent.jetstream._errors import (
     ConcurrencyConflict,
     JetStreamUnavailableError,
@@ -43,20 +48,22 @@ from jetagent.jetstream._errors import (
 )
 from jetagent.jetstream.headers import ErrorCode, Header
 
-__all__ = ["MAX_BATCH", "Appended", "Message", "write", "write_once"]
+__all__ = ["MAX_BATCH", "Appended", "Message", "kv_put", "publish", "write", "write_once"]
 
 MAX_BATCH = 1000
 """nats-server's default limit on the messages of one atomic batch."""
 
 _RETRY_PAUSE_S = 0.05
+_NO_LEADER_PAUSE_S = 0.1
+"""Pause between tries while a stream elects a leader (4-9 s after a node's death)."""
 _CONFLICTS = (ErrorCode.WRONG_LAST_SEQUENCE, ErrorCode.BATCH_DUPLICATE_MSG_ID)
 _UNANSWERED = (
     NatsTimeoutError,
-    NoRespondersError,
     ConnectionClosedError,
     OSError,
     msgspec.DecodeError,  # an empty or foreign reply: no acknowledgement came
 )
+"""No answer: the write may or may not have been stored."""
 
 
 @dataclass(slots=True)
@@ -162,14 +169,18 @@ async def write(
     if expected_last_seq is not None:
         first.headers[Header.EXPECTED_LAST_SEQUENCE] = str(expected_last_seq)
 
-    async def landed() -> Appended | None:
-        try:
-            record = await reader.last(first.subject)
-        except JetStreamUnavailableError:
-            return None
+    def ours(record: Record | None) -> Appended | None:
         if record is None or record.headers.get(Header.MSG_ID) != write_id:
             return None
         return Appended.run(record.seq, len(batch))
+
+    async def landed() -> Appended | None:
+        # A quick look at any replica between tries: found, it is proof; not found, the
+        # write is sent again (and a refusal of that is checked with the leader below).
+        try:
+            return ours(await reader.last(first.subject))
+        except JetStreamUnavailableError:
+            return None
 
     ack = await _send(nc, batch, timeout=timeout, deadline_s=deadline_s, what=what, landed=landed)
     if isinstance(ack, Appended):
@@ -178,8 +189,9 @@ async def write(
         return Appended.run(ack.seq - len(batch) + 1, len(batch))
     if ack.error.err_code in _CONFLICTS:
         # A retry of a write that did land (its ack was lost, or the client resent it
-        # after reconnecting) is refused like a conflict: look first.
-        found = await landed()
+        # after reconnecting) is refused like a conflict: only the leader can say it
+        # is not there (raises JetStreamUnavailableError when it cannot be asked).
+        found = ours(await reader.confirmed_last(first.subject))
         if found is not None:
             return found
         raise ConcurrencyConflict(
@@ -217,6 +229,7 @@ async def _send(
     deadline_s: float,
     what: str,
     landed: Callable[[], Awaitable[Appended | None]] | None = None,
+    no_leader: Callable[[], Awaitable[None]] | None = None,
 ) -> _PubAck | Appended:
     """Publish until an acknowledgement comes, or until ``landed()`` finds that an
     unanswered attempt was stored after all; give up after ``deadline_s``."""
@@ -224,17 +237,71 @@ async def _send(
     while True:
         try:
             return await _publish(nc, messages, timeout)
+        except NoRespondersError as exc:
+            # The stream has no leader (electing): nothing was stored; send it again.
+            if no_leader is not None:
+                check, no_leader = no_leader, None
+                await check()
+            pause: float = _NO_LEADER_PAUSE_S
+            failure: Exception = exc
         except _UNANSWERED as exc:
             found = None if landed is None else await landed()
             if found is not None:
                 return found
-            if time.monotonic() > deadline:
-                raise JetStreamUnavailableError(
-                    f"could not {what} within {deadline_s:.0f} s ({type(exc).__name__})"
-                ) from exc
-            await asyncio.sleep(_RETRY_PAUSE_S)
+            pause, failure = _RETRY_PAUSE_S, exc
         except NatsError as exc:
             raise JetStreamUnavailableError(f"could not {what}: {exc}") from exc
+        if time.monotonic() > deadline:
+            raise JetStreamUnavailableError(
+                f"could not {what} within {deadline_s:.0f} s ({type(failure).__name__}; "
+                "is the stream electing a leader, or the server unreachable?)"
+            ) from failure
+        await asyncio.sleep(pause)
+
+
+async def publish(
+    nc: NATS,
+    message: Message,
+    *,
+    timeout: float,
+    deadline_s: float,
+    what: str,
+    no_leader: Callable[[], Awaitable[None]] | None = None,
+) -> int:
+    """Store ``message`` (no checks) and return its sequence, retrying through
+    elections and reconnects until ``deadline_s``. A retry may store it again unless it
+    carries a ``Nats-Msg-Id`` (deduplicated) or storing it twice is harmless.
+
+    ``no_leader`` is awaited once, at the first "no responders" (no stream leader, or
+    no stream at all): it may raise to stop at once (the stream does not exist)."""
+    ack = await _send(
+        nc, [message], timeout=timeout, deadline_s=deadline_s, what=what, no_leader=no_leader
+    )
+    assert isinstance(ack, _PubAck)  # nothing to look for: every answer is an ack
+    if ack.error is not None:
+        raise _refused(ack.error, what)
+    return ack.seq
+
+
+async def kv_put(
+    nc: NATS,
+    bucket: str,
+    key: str,
+    value: bytes,
+    *,
+    timeout: float = 2.0,
+    deadline_s: float = 30.0,
+) -> int:
+    """Put ``value`` under ``key`` in the key-value ``bucket`` (a publish to
+    ``$KV.<bucket>.<key>``, as nats-py's ``KeyValue.put``), retried through elections;
+    return the revision. A put repeated by a retry only adds a revision."""
+    return await publish(
+        nc,
+        Message(f"$KV.{bucket}.{key}", value),
+        timeout=timeout,
+        deadline_s=deadline_s,
+        what=f"put {key} in bucket {bucket}",
+    )
 
 
 def _refused(error: _ApiError, what: str) -> Exception:

@@ -8,9 +8,11 @@ finish, so at most ``max_in_flight`` messages are ever held by this process.
 
 Standing requests die with the server: after a restart (or a JetStream that is not yet
 ready, which answers 503) the server no longer knows them. They are re-issued on the
-client's reconnected callback and after a 503, not after missed idle heartbeats, so
-delivery resumes within a reconnect of the server listening again; heartbeat silence
-(a cluster leader moved, no reconnect) is the last resort.
+client's reconnected callback, after a 503 (a pull sent while the consumer has no
+leader), and after a ``409 Leadership Change`` (sent by a newly elected consumer leader
+to the requests its predecessor held), not after missed idle heartbeats, so delivery
+resumes as soon as the consumer has a leader again; heartbeat silence is the last
+resort.
 """
 
 from __future__ import annotations
@@ -34,10 +36,11 @@ __all__ = ["Puller", "on_reconnect"]
 log = logging.getLogger("jetagent.consume")
 
 _EXPIRES_S = 30.0
-_HEARTBEAT_S = 2.0
+_HEARTBEAT_S = 1.0
 """Idle heartbeat of a standing request; three missed ones mean the server lost it (a
-cluster's consumer leader moved without our connection dropping): about an election's
-length, so requests are re-issued once a new leader can answer them."""
+cluster's consumer leader moved without our connection dropping, and no ``409 Leadership
+Change`` came, as for a request sent during the election): the last resort, since a new
+leader sends a 409 to the requests it knows of (docs/ARCHITECTURE.md §5.5)."""
 _NOT_READY_RETRY_S = 0.2
 """Pause before asking again when JetStream answered 503 (restarting, electing)."""
 

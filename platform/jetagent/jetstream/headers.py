@@ -65,6 +65,11 @@ class Header:
     """``<stream>:<seq>`` of the message whose handling wrote this one."""
     JA_DEAD_LETTER_KIND: Final = "Ja-Dead-Letter-Kind"
     """Why a dead letter was set aside."""
+    JA_SCHEDULED_SEQ: Final = "Ja-Scheduled-Seq"
+    """On a ``StepResult``: the workflows stream's sequence of the ``StepScheduled`` it
+    answers, as the worker received it. The orchestrator reads the workflow up to it
+    before it judges the result; a lower bound to wait for, never proof of anything
+    (anyone allowed to publish results can write any number)."""
 
 
 class ErrorCode(IntEnum):
@@ -79,6 +84,8 @@ class ErrorCode(IntEnum):
     """No consumer of this name on the stream."""
     NOT_ENABLED_FOR_ACCOUNT = 10039
     """The account the connection logged in to has no JetStream."""
+    NO_MESSAGE_FOUND = 10037
+    """``STREAM.MSG.GET``: no message matches (an answer, not a failure)."""
     STREAM_INVALID_CONFIG = 10052
     """The stream configuration is invalid (e.g. async persist mode with atomic batches)."""
     STREAM_NAME_IN_USE = 10058

@@ -13,6 +13,16 @@ sequence) in the same message, and the workflow's state knows which inputs it fo
 nothing new. A concurrency conflict (another replica appended first) is resolved by
 catching up and deciding again; a crash between two events of one decision is completed
 by the redelivery, because ``decide`` derives the rest from the state.
+
+Reads that decide are consistent (docs/ARCHITECTURE.md §5.8): a result carries the
+workflows stream's sequence of the step it answers (``Ja-Scheduled-Seq``), and the
+workflow is read at least up to it before the result is judged; a refused append names
+the workflow's true last sequence, and the catch-up reads up to that; and before a
+negative decision — a result that matches no scheduled step, an input with nothing to
+decide — the workflow is read up to the head its stream's *leader* reports, since a
+replica that is behind answers "nothing more" too. Acks, naks and terms are confirmed by
+the server and sent again until they are (:class:`~jetagent.jetstream.Settler`), so
+none is lost while a consumer elects a leader.
 """
 
 from __future__ import annotations
@@ -39,7 +49,12 @@ from jetagent.dead_letter import DeadLetterKind, dead_letter_of, publish_dead_le
 from jetagent.decoding import PoisonMessage, UntrustedResult
 from jetagent.errors import JetagentError
 from jetagent.events import StepScheduled, WorkflowEvent, group_for_messages
-from jetagent.jetstream import AggregateStream, ConcurrencyConflict, JetStreamUnavailableError
+from jetagent.jetstream import (
+    AggregateStream,
+    ConcurrencyConflict,
+    JetStreamUnavailableError,
+    Settler,
+)
 from jetagent.jetstream.consume import Puller
 from jetagent.jetstream.headers import Header
 from jetagent.jetstream.provision import provision
@@ -86,6 +101,16 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+def _scheduled_seq(message: Message) -> int:
+    """The ``Ja-Scheduled-Seq`` a result carries (0: none, or not a sequence). Anyone
+    allowed to write results can write any number here: it only says how far to read
+    before judging, and the leader's answer bounds that read."""
+    value = message.headers.get(Header.JA_SCHEDULED_SEQ, "")
+    if value.isascii() and value.isdigit() and len(value) <= 18:
+        return int(value)
+    return 0
+
+
 class Orchestrator:
     """One orchestrator replica. ``await run(stop)`` until ``stop`` is set."""
 
@@ -114,7 +139,8 @@ class Orchestrator:
         )
         self.registry = ToolRegistry(self.js, self.names)
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
-        self.timers = Timers(self.js, self.names)
+        self.timers = Timers(self.js, self.names, nc=nc)
+        self.settler = Settler(nc)
         self._slots = asyncio.Semaphore(settings.orchestrator_concurrency)
         self.processed = 0
         self.metrics = OrchestratorMetrics()
@@ -140,6 +166,7 @@ class Orchestrator:
     async def run(self, stop: asyncio.Event) -> None:
         await provision(self.nc, self.settings)
         await self.aggregates.open()
+        await self.settler.start()
         await self.registry.start()
         requests = Puller(
             self.nc,
@@ -178,6 +205,7 @@ class Orchestrator:
                 await steps.stop()
                 await timers.stop()
         finally:
+            await self.settler.close(timeout=5.0)
             await self.registry.stop()
             await self.aggregates.close()
 
@@ -212,7 +240,7 @@ class Orchestrator:
                     f"jetagent orchestrate {kind}", parent=msg.headers, kind=SpanKind.CONSUMER
                 ):
                     await handle(msg)
-                await msg.ack()
+                await self.settler.ack(msg)
                 self.processed += 1
             except PoisonMessage as exc:
                 # Permanent (unreadable, an impossible id, an untrusted result): answered once
@@ -234,8 +262,7 @@ class Orchestrator:
                     exc,
                 )
                 measured.outcome = "retried"
-                with contextlib.suppress(NatsError):
-                    await msg.nak(delay=delay)
+                await self.settler.nak(msg, delay=delay)
             except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as exc:
                 # Unreadable: no retry can help.
                 log.exception("unreadable message %s goes to the dead-letter queue", msg.subject)
@@ -255,8 +282,7 @@ class Orchestrator:
                         _MAX_ATTEMPTS,
                         seconds(delay),
                     )
-                    with contextlib.suppress(NatsError):
-                        await msg.nak(delay=delay)
+                    await self.settler.nak(msg, delay=delay)
                 else:
                     measured.outcome = "dead_lettered"
                     log.exception(
@@ -282,9 +308,8 @@ class Orchestrator:
             workflow_id=workflow_id,
             error=error,
         )
-        if await publish_dead_letter(self.js, self.names, letter):
-            with contextlib.suppress(NatsError):
-                await msg.term()
+        if await publish_dead_letter(self.nc, self.names, letter):
+            await self.settler.term(msg)
 
     # ------------------------------------------------------------------ inputs
 
@@ -317,7 +342,9 @@ class Orchestrator:
             case Rejection():
                 await self._reject(message, made)
             case Addressed(workflow_id, FoldResult() as fold):
-                await self.process(workflow_id, fold, message, trust=fold.result)
+                await self.process(
+                    workflow_id, fold, message, trust=fold.result, need=_scheduled_seq(message)
+                )
             case Addressed(workflow_id, command):
                 await self.process(workflow_id, command, message)
 
@@ -347,9 +374,9 @@ class Orchestrator:
                     await self.journal.append(
                         workflow_id, Loaded(WorkflowState(), 0), [event], headers
                     )
-                except ConcurrencyConflict:
+                except ConcurrencyConflict as conflict:
                     # Only cancels or signals kept for it so far: it still never started.
-                    loaded = await self.journal.load(workflow_id)
+                    loaded = await self.journal.load(workflow_id, need=conflict.actual or 0)
                     if loaded.state.status is not Status.QUEUED:
                         raise
                     await self.journal.append(workflow_id, loaded, [event], headers)
@@ -363,8 +390,9 @@ class Orchestrator:
         prefix = self.names.prefix
         problem = result_problem(subject, result, loaded.state, prefix=prefix)
         if problem is not None:
-            # The cache may be behind (another replica scheduled the step): look first.
-            await self.journal.catch_up(workflow_id, loaded)
+            # The cache, or the replica that answered, may be behind (another replica
+            # scheduled the step a moment ago): judge only on what the leader has.
+            await self.journal.catch_up_to_head(workflow_id, loaded)
             problem = result_problem(subject, result, loaded.state, prefix=prefix)
         if problem is not None:
             if loaded.seq == 0:
@@ -388,12 +416,14 @@ class Orchestrator:
         message: Message | None = None,
         *,
         trust: StepResult | None = None,
+        need: int = 0,
     ) -> None:
         """Decide on ``command`` (translated from ``message``) and record the events,
         retrying on conflicts.
 
         ``trust``: a step result, checked against the workflow (and the message's
-        subject) first.
+        subject) first. ``need``: a sequence of the workflow's that the decision must
+        see (a result's ``Ja-Scheduled-Seq``).
         """
         correlation.annotate(workflow_id=workflow_id)
         if isinstance(command, Begin):
@@ -410,7 +440,7 @@ class Orchestrator:
                 # If it exists after all (a redelivery), the append's check says so.
                 loaded = Loaded(WorkflowState(), 0)
             else:
-                loaded = await self.journal.load(workflow_id)
+                loaded = await self.journal.load(workflow_id, need=need)
                 correlation.annotate(tenant=loaded.state.tenant or None)
             if trust is not None:
                 subject = message.subject if message is not None else ""
@@ -420,9 +450,13 @@ class Orchestrator:
                 try:
                     await self._decide_and_append(workflow_id, loaded, command, headers)
                     break
-                except ConcurrencyConflict:
+                except ConcurrencyConflict as conflict:
                     self.metrics.conflict(command)
-                    await self.journal.catch_up(workflow_id, loaded)
+                    # The refusal names the workflow's true last sequence: read up to it.
+                    if conflict.actual:
+                        await self.journal.catch_up(workflow_id, loaded, need=conflict.actual)
+                    else:
+                        await self.journal.catch_up_to_head(workflow_id, loaded)
             else:
                 raise JetagentError(f"workflow {workflow_id}: too many concurrent writers")
             await self.timers.follow(workflow_id, command, before, loaded.state)
@@ -434,11 +468,13 @@ class Orchestrator:
     ) -> None:
         events = decide(loaded.state, command, self.context())
         if not events:
-            # "Nothing to do" from a cached state may only mean the cache is behind
-            # (another replica scheduled the step this result is for): look, then decide
-            # again. Appends need no such look: their concurrency check catches staleness.
+            # "Nothing to do" from a cached state, or from a replica that is behind, may
+            # only mean the state is behind (another replica scheduled the step this
+            # result is for): read up to the leader's head, then decide again. The input
+            # is acknowledged as done only on that. Appends need no such look: their
+            # concurrency check catches staleness.
             seq = loaded.seq
-            await self.journal.catch_up(workflow_id, loaded)
+            await self.journal.catch_up_to_head(workflow_id, loaded)
             if loaded.seq != seq:
                 events = decide(loaded.state, command, self.context())
         # One message per group: a usual step's StepCompleted + next StepScheduled is one

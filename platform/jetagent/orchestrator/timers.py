@@ -21,11 +21,13 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 import msgspec
+from nats.aio.client import Client as NATS
 from nats.errors import Error as NatsError
 from nats.js.client import JetStreamContext
 
 from jetagent.contract import Status
 from jetagent.decoding import decode_json
+from jetagent.jetstream import Message, publish
 from jetagent.jetstream.headers import Header
 from jetagent.subjects import Names
 from jetagent.workflow import Begin, Cancel, Input, Signal, Tick, WorkflowState
@@ -74,10 +76,12 @@ def timers_for(state: WorkflowState) -> dict[str, datetime]:
 
 @dataclass
 class Timers:
-    """Arms the timers of workflows on ``JA_TIMERS``."""
+    """Arms the timers of workflows on ``JA_TIMERS``. With ``nc``, an arming publish is
+    retried through an election of the timers stream (re-arming replaces a schedule)."""
 
     js: JetStreamContext
     names: Names
+    nc: NATS | None = None
 
     async def arm(self, workflow_id: str, kind: str, due: datetime) -> None:
         """Have ``kind`` fire for ``workflow_id`` at ``due`` (a past ``due`` fires at once)."""
@@ -85,14 +89,21 @@ class Timers:
         body = msgspec.json.encode(DueTimer(workflow_id=workflow_id, kind=kind, due=due))
         # RFC 3339 with microseconds: the scheduler fires at the instant, not the second.
         at = due.isoformat(timespec="microseconds").replace("+00:00", "Z")
-        await self.js.publish(
-            self.names.timer_schedule(workflow_id, kind),
-            body,
-            headers={
-                Header.SCHEDULE: f"@at {at}",
-                Header.SCHEDULE_TARGET: self.names.timer_due(workflow_id, kind),
-                Header.JA_WORKFLOW: workflow_id,
-            },
+        subject = self.names.timer_schedule(workflow_id, kind)
+        headers = {
+            Header.SCHEDULE: f"@at {at}",
+            Header.SCHEDULE_TARGET: self.names.timer_due(workflow_id, kind),
+            Header.JA_WORKFLOW: workflow_id,
+        }
+        if self.nc is None:
+            await self.js.publish(subject, body, headers=headers)
+            return
+        await publish(
+            self.nc,
+            Message(subject, body, headers),
+            timeout=2.0,
+            deadline_s=30.0,
+            what=f"arm the {kind} timer of {workflow_id}",
         )
 
     async def arm_for(self, workflow_id: str, state: WorkflowState) -> None:

@@ -6,12 +6,21 @@ snapshots and tracking records, and the checks that make them exclusive); reads 
 here: one aggregate by batched direct get, the notification log by pages of direct get,
 live notifications from an ordered consumer. Every method raises only the store's errors
 (``_errors``), translated from the JetStream primitives' at this boundary.
+
+On a replicated stream any replica answers a direct get, and one that is behind answers
+with less (docs/ARCHITECTURE.md §5.8). ``select_events`` reads an aggregate at least up
+to the last event this store wrote for it (read-your-writes in a process); events another
+process wrote a moment ago may be missing from it, and a decision on that view fails its
+write's version check (the store's writes are all checked by the server) instead of
+overwriting anything. The newest tracking record, which decides where a follower
+resumes, is read from the stream's leader.
 """
 
 from __future__ import annotations
 
 import asyncio
 import uuid
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
 
 from eventsourcing.persistence import Notification, StoredEvent, Tracking
@@ -27,6 +36,8 @@ __all__ = ["EVENTS", "SNAPSHOTS", "AsyncStore"]
 
 EVENTS = "e"
 SNAPSHOTS = "s"
+_WRITTEN_KEPT = 10_000
+"""Aggregates whose last written sequence a store remembers (read-your-writes)."""
 
 
 class AsyncStore:
@@ -38,6 +49,8 @@ class AsyncStore:
         self.layout = SubjectLayout(settings.root)
         self._reader = DirectGetter(nc, settings.stream, timeout=settings.request_timeout)
         self._writer = Writer(nc, settings, self.layout, self._reader)
+        self._written: OrderedDict[tuple[str, str], int] = OrderedDict()
+        """(kind, originator) → the sequence of the last record this store wrote for it."""
         self._opened = False
         self._open_lock = asyncio.Lock()
 
@@ -78,8 +91,16 @@ class AsyncStore:
         await self.open()
         with translated:
             if tracking is None:
-                return await self._writer.insert(stored_events, kind)
-            return await self._writer.insert_tracked(stored_events, tracking, kind)
+                seqs = await self._writer.insert(stored_events, kind)
+            else:
+                seqs = await self._writer.insert_tracked(stored_events, tracking, kind)
+        for event, seq in zip(stored_events, seqs, strict=False):
+            key = (kind, str(event.originator_id))
+            self._written[key] = max(seq, self._written.get(key, 0))
+            self._written.move_to_end(key)
+        while len(self._written) > _WRITTEN_KEPT:
+            self._written.popitem(last=False)
+        return seqs
 
     async def insert_tracking(self, tracking: Tracking) -> None:
         """Record that ``tracking``'s notification was processed (no events)."""
@@ -101,9 +122,10 @@ class AsyncStore:
         await self.open()
         layout = self.layout
         subject_filter = layout.originator_filter(kind, originator_id)
+        written = self._written.get((kind, str(originator_id)), 0)
         with translated:
             if desc and limit == 1 and lte is None and gt is None:
-                record = await self._reader.last(subject_filter)
+                record = await self._reader.last(subject_filter, need=written)
                 return [] if record is None else [self._stored_event(record, originator_id)]
             start = 1
             if gt is not None:
@@ -111,7 +133,7 @@ class AsyncStore:
                 anchor = await self._reader.last(layout.version_filter(kind, originator_id, gt))
                 if anchor is not None:
                     start = anchor.seq + 1
-            records = await self._reader.scan(subject_filter, start_seq=start)
+            records = await self._reader.scan(subject_filter, start_seq=start, need=written)
         events = [self._stored_event(r, originator_id) for r in records]
         if gt is not None:
             events = [e for e in events if e.originator_version > gt]
@@ -176,10 +198,11 @@ class AsyncStore:
         return None if record is None else record.seq
 
     async def max_tracking_id(self, application_name: str) -> int | None:
-        """The newest tracking id recorded for an upstream application."""
+        """The newest tracking id recorded for an upstream application (from the stream's
+        leader: where a follower resumes must not come from a replica that is behind)."""
         await self.open()
         with translated:
-            record = await self._reader.last(self.layout.tracking_filter(application_name))
+            record = await self._reader.leader_last(self.layout.tracking_filter(application_name))
         if record is None:
             return None
         return int(record.headers[TRACKING_HEADER])

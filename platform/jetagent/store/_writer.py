@@ -28,7 +28,10 @@ version, so the store proves "nothing newer for this upstream" in one of two way
 
 Either way the store decides "this notification is after the newest" only on knowledge
 the server checks as it stores the write; a stale view fails the check, is refreshed,
-and the decision is made again.
+and the decision is made again. The newest tracking record is read from the stream's
+*leader*: on a replicated stream a follower that is behind could miss a record written
+before the known position, which the position check would not catch
+(docs/ARCHITECTURE.md §5.8; nats-server 2.15 ignores a direct get's ``min_last_seq``).
 """
 
 from __future__ import annotations
@@ -160,11 +163,9 @@ class Writer:
     async def _newest_of(self, upstream: str) -> _Newest:
         newest = self._newest.get(upstream)
         if newest is None:
-            # Read from a server that has the known position at least (a follower of a
-            # clustered stream may be behind), or this knowledge would not cover it.
-            record = await self._reader.last(
-                self._layout.tracking_filter(upstream), min_last_seq=self._position or 0
-            )
+            # From the leader: a follower may be behind the known position, and this
+            # knowledge must cover it (one read per upstream until the position moves).
+            record = await self._reader.leader_last(self._layout.tracking_filter(upstream))
             if record is None:
                 newest = _Newest(None, 0)
             else:
@@ -220,20 +221,18 @@ class Writer:
                 what=f"write to stream {self._settings.stream!r}",
                 expected_last_seq=expected_last_seq,
             )
-        except ConcurrencyConflict as exc:
-            await self._raise_if_taken(stored_events, kind, seen=exc.actual or 0)
+        except ConcurrencyConflict:
+            await self._raise_if_taken(stored_events, kind)
             raise
 
-    async def _raise_if_taken(
-        self, stored_events: Sequence[StoredEvent], kind: str, *, seen: int
-    ) -> None:
-        """Raise :class:`StoreConflictError` if a version the write holds is recorded,
-        as a server that has the stream up to ``seen`` (what the refusal reported) says."""
+    async def _raise_if_taken(self, stored_events: Sequence[StoredEvent], kind: str) -> None:
+        """Raise :class:`StoreConflictError` if a version the write holds is recorded (a
+        replica that is behind may not have it yet: its "no" is asked of the leader)."""
         for event in stored_events:
             version = self._layout.version_filter(
                 kind, event.originator_id, event.originator_version
             )
-            if await self._reader.last(version, min_last_seq=seen) is not None:
+            if await self._reader.confirmed_last(version) is not None:
                 raise StoreConflictError(
                     f"version {event.originator_version} of {event.originator_id} "
                     "is already recorded"

@@ -8,6 +8,11 @@ retries through a server restart or an election until its deadline. It carries n
 with this result's id would have the real one dropped as a duplicate. So a lost ack is
 resolved by the subject itself: if the step has a result (this write's earlier try, or
 another replica's), the step is recorded, which is all a worker needs to know.
+
+The result carries the workflows stream's sequence of the ``StepScheduled`` it answers
+(``Ja-Scheduled-Seq``), so the orchestrator reads the workflow at least that far before
+it judges the result (docs/ARCHITECTURE.md §5.8). "Has this step a result?" is answered
+"no" only by the stream's leader: a replica that is behind would have the step run again.
 """
 
 from __future__ import annotations
@@ -44,16 +49,27 @@ class StepRecords:
         self._results = results
 
     async def recorded(self, subject: str) -> bool:
-        """Whether the step whose result goes to ``subject`` has one."""
-        return await self._results.last(subject) is not None
+        """Whether the step whose result goes to ``subject`` has one (a replica's "no" is
+        asked of the leader)."""
+        return await self._results.confirmed_last(subject) is not None
 
     async def record(
-        self, subject: str, result: StepResult, *, parent: dict[str, str] | None = None
+        self,
+        subject: str,
+        result: StepResult,
+        *,
+        scheduled_seq: int,
+        parent: dict[str, str] | None = None,
     ) -> None:
         """Write ``result`` unless the step has one already (then there is nothing to do:
-        this run's earlier try landed, or another replica finished the step)."""
+        this run's earlier try landed, or another replica finished the step).
+        ``scheduled_seq``: the workflows stream's sequence of the step's ``StepScheduled``."""
         headers = telemetry.inject(
-            {Header.JA_EVENT: "StepResult", Header.JA_WORKFLOW: result.workflow_id},
+            {
+                Header.JA_EVENT: "StepResult",
+                Header.JA_WORKFLOW: result.workflow_id,
+                Header.JA_SCHEDULED_SEQ: str(scheduled_seq),
+            },
             parent=parent,
         )
         # False: the subject holds a result already (this write's earlier try whose ack
@@ -81,4 +97,4 @@ class StepRecords:
         letter = dead_letter_of(
             msg, source=source, kind=kind, reason=reason, error=error, workflow_id=workflow_id
         )
-        await publish_dead_letter(self._js, self._names, letter)
+        await publish_dead_letter(self._nc, self._names, letter)

@@ -39,12 +39,11 @@ from typing import Any
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.errors import Error as NatsError
 from opentelemetry.trace import SpanKind
 
 from jetagent import correlation, telemetry
 from jetagent.config import Settings
-from jetagent.jetstream import DirectGetter
+from jetagent.jetstream import DirectGetter, Settler
 from jetagent.jetstream.consume import Puller
 from jetagent.jetstream.provision import consumer_config, ensure_consumer, provision
 from jetagent.logs import seconds
@@ -93,7 +92,8 @@ class Worker:
         self.retry = RetryPolicy.from_settings(settings)
         self._results = DirectGetter(nc, self.names.steps_stream, timeout=5.0)
         self._calls = DirectGetter(nc, self.names.calls_stream, timeout=5.0)
-        journal = CallJournal(self.js, self._calls, self.names, worker=self.worker_id)
+        self.settler = Settler(nc)
+        journal = CallJournal(nc, self._calls, self.names, worker=self.worker_id)
         if metrics is None:
             metrics = WorkerMetrics(spec.name for spec in self.specs)
         self.metrics = metrics
@@ -111,6 +111,7 @@ class Worker:
             metrics=self.metrics,
             records=StepRecords(nc, self.js, self.names, self._results),
             journal=journal,
+            settler=self.settler,
             worker_id=self.worker_id,
             retry=self.retry,
             # A tool's own retry budget (its registration) replaces the global one for its steps.
@@ -147,13 +148,14 @@ class Worker:
         """Provision, create or update the consumers and announce the tools (idempotent;
         a consumer provisioned with a ``backoff`` by an older release loses it here)."""
         await provision(self.nc, self.settings, consumers=False)
-        registry = ToolRegistry(self.js, self.names)
+        registry = ToolRegistry(self.js, self.names, nc=self.nc)
         for spec in self.specs:
             await ensure_consumer(self.nc, self.consumer_config(spec))
             for tool in spec.tools:
                 await registry.publish(tool)
         await self._results.open()
         await self._calls.open()
+        await self.settler.start()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve every capability until ``stop`` is set; then let running steps finish
@@ -163,6 +165,8 @@ class Worker:
             for spec in self.specs:
                 tasks.create_task(self._serve(spec, stop))
             tasks.create_task(self._report(stop))
+        # The last acks and naks are confirmed before the connection goes.
+        await self.settler.close(timeout=5.0)
         await self._results.close()
         await self._calls.close()
         for close in dict.fromkeys(s.close for s in self.specs if s.close):
@@ -274,8 +278,7 @@ class Worker:
                 ):
                     await self._steps.run(spec, msg)
             except asyncio.CancelledError:
-                with contextlib.suppress(NatsError):
-                    await msg.nak()
+                await self.settler.nak(msg)
                 raise
             except Exception:
                 log.exception(
@@ -283,8 +286,7 @@ class Worker:
                     msg.subject,
                     seconds(_UNHANDLED_DELAY_S),
                 )
-                with contextlib.suppress(NatsError):
-                    await msg.nak(delay=_UNHANDLED_DELAY_S)
+                await self.settler.nak(msg, delay=_UNHANDLED_DELAY_S)
             finally:
                 self.metrics.finished(spec.name)
                 await puller.done()

@@ -33,6 +33,7 @@ from jetagent import correlation
 from jetagent.config import Settings
 from jetagent.errors import CapabilityError
 from jetagent.events import CallRecord, StepResult, StepScheduled, decode_events
+from jetagent.jetstream import Settler
 from jetagent.logs import seconds
 from jetagent.worker._context import CapabilitySpec, StepContext, StepOutput, StepServices
 from jetagent.worker._delivery import Heartbeat
@@ -121,6 +122,7 @@ class StepRunner:
         services: StepServices,
         records: StepRecords,
         journal: CallJournal,
+        settler: Settler,
         worker_id: str,
         retry_of: dict[tuple[str, str], RetryPolicy],
         retry: RetryPolicy,
@@ -131,6 +133,7 @@ class StepRunner:
         self._services = services
         self._records = records
         self._journal = journal
+        self._settler = settler
         self._worker_id = worker_id
         self._retry = retry
         self._tool_retry = retry_of
@@ -293,16 +296,17 @@ class StepRunner:
     ) -> None:
         """Carry out ``decision`` for a delivery of ``spec`` (``run``: the step's run, for a
         decision that records a result or ends a run): the one place that writes a step's
-        result or dead letter and acks, naks or terms its message."""
+        result or dead letter and acks, naks or terms its message (confirmed by the
+        server, and sent again until they are: :class:`~jetagent.jetstream.Settler`)."""
         match decision:
             case Discard(poison=poison):
                 if poison is not None:
                     await self._records.dead_letter(
                         msg, source=spec.name, error=poison, kind="poison"
                     )
-                await msg.term()
+                await self._settler.term(msg)
             case Acknowledge(answered_here=answered_here):
-                await msg.ack()
+                await self._settler.ack(msg)
                 if answered_here:
                     self.completed += 1
             case RunAgain(delay_s=delay, why=why, billed=billed):
@@ -324,7 +328,7 @@ class StepRunner:
                 await self._journal.end(
                     event.workflow_id, event.step_id, run.deliveries, reason=why, calls=unrecorded
                 )
-                await msg.nak(delay=delay)
+                await self._settler.nak(msg, delay=delay)
             case Complete(output=output):
                 assert run is not None, "only a run has a result"
                 await self._record(run, self._result(run, ok=True, output=output))
@@ -344,8 +348,13 @@ class StepRunner:
     async def _record(self, run: _Run, result: StepResult) -> None:
         """Write the result with every call of the step, then ack."""
         result = await self._with_every_call(result, run)
-        await self._records.record(run.result_subject, result, parent=run.msg.headers)
-        await run.msg.ack()
+        await self._records.record(
+            run.result_subject,
+            result,
+            scheduled_seq=run.msg.metadata.sequence.stream,
+            parent=run.msg.headers,
+        )
+        await self._settler.ack(run.msg)
         self.completed += 1
 
     async def _with_every_call(self, result: StepResult, run: _Run) -> StepResult:

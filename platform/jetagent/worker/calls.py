@@ -17,14 +17,15 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import uuid
 from dataclasses import dataclass
 
 import msgspec
-from nats.errors import Error as NatsError
-from nats.js.client import JetStreamContext
+from nats.aio.client import Client as NATS
 
+from jetagent.errors import JetagentError
 from jetagent.events import CallRecord
-from jetagent.jetstream import DirectGetter
+from jetagent.jetstream import DirectGetter, Header, Message, publish
 from jetagent.subjects import Names
 
 __all__ = ["CALLS_RECORDED", "CallJournal", "EarlierRuns", "JournalEntry"]
@@ -63,10 +64,8 @@ _encoder = msgspec.json.Encoder(decimal_format="string")
 class CallJournal:
     """Appends to and reads the call journal of the steps one worker runs."""
 
-    def __init__(
-        self, js: JetStreamContext, reader: DirectGetter, names: Names, *, worker: str
-    ) -> None:
-        self._js = js
+    def __init__(self, nc: NATS, reader: DirectGetter, names: Names, *, worker: str) -> None:
+        self._nc = nc
         self._reader = reader
         self._names = names
         self._worker = worker
@@ -94,16 +93,24 @@ class CallJournal:
 
     async def _append(self, workflow_id: str, step_id: str, entry: JournalEntry) -> bool:
         subject = self._names.step_calls(workflow_id, step_id, entry.delivery)
+        # Its own id: a try whose acknowledgement was lost is not journaled twice.
+        message = Message(subject, _encoder.encode(entry), {Header.MSG_ID: uuid.uuid4().hex})
         try:
-            await self._js.publish(subject, _encoder.encode(entry), timeout=5.0)
+            await publish(self._nc, message, timeout=2.0, deadline_s=15.0, what="journal a call")
             return True
-        except NatsError as exc:
+        except JetagentError as exc:
             log.warning("could not journal a call of step %s/%s: %s", workflow_id, step_id, exc)
             return False
 
     async def earlier(self, workflow_id: str, step_id: str, delivery: int) -> EarlierRuns:
-        """The calls of runs before ``delivery``, and how many of them were interrupted."""
-        records = await self._reader.scan(self._names.step_calls(workflow_id, step_id, "*"))
+        """The calls of runs before ``delivery``, and how many of them were interrupted
+        (read up to the newest entry the stream's leader knows: a replica that is behind
+        would leave calls uncounted, docs/ARCHITECTURE.md §5.8)."""
+        subjects = self._names.step_calls(workflow_id, step_id, "*")
+        newest = await self._reader.leader_last(subjects)
+        if newest is None:
+            return EarlierRuns(calls=[], interrupted=max(delivery - 1, 0))
+        records = await self._reader.scan(subjects, need=newest.seq)
         calls: list[CallRecord] = []
         ended: set[int] = set()
         for record in records:

@@ -20,9 +20,11 @@ import logging
 import time
 
 import msgspec
+from nats.aio.client import Client as NATS
 from nats.js.client import JetStreamContext
 from nats.js.kv import KeyValue
 
+from jetagent.jetstream import kv_put
 from jetagent.llm import ToolSpec
 from jetagent.subjects import Names
 from jetagent.tool_info import ToolInfo
@@ -68,8 +70,10 @@ class RegisteredTool(msgspec.Struct, frozen=True, kw_only=True):
 class ToolRegistry:
     """A live view of the registered tools."""
 
-    def __init__(self, js: JetStreamContext, names: Names) -> None:
+    def __init__(self, js: JetStreamContext, names: Names, *, nc: NATS | None = None) -> None:
+        """``nc``: writes are retried through an election of the bucket's stream."""
         self._js = js
+        self._nc = nc
         self._bucket_name = names.bucket("REGISTRY")
         self.tools: dict[str, ToolInfo] = {}
         self.version = 0
@@ -89,8 +93,15 @@ class ToolRegistry:
 
     async def publish(self, tool: RegisteredTool) -> None:
         """Announce a tool (a worker does this at start)."""
+        await self.put(f"tool.{tool.spec.name}", msgspec.json.encode(tool))
+
+    async def put(self, key: str, value: bytes) -> None:
+        """Write ``key`` in the registry bucket."""
+        if self._nc is not None:
+            await kv_put(self._nc, self._bucket_name, key, value)
+            return
         kv = await self.kv()
-        await kv.put(f"tool.{tool.spec.name}", msgspec.json.encode(tool))
+        await kv.put(key, value)
 
     async def start(self) -> None:
         """Load the registry and follow its changes."""
