@@ -124,7 +124,7 @@ async def provision(
                     history=kv.get("history", 1),
                     storage=storage,
                     replicas=settings.replicas,
-                    direct=True,
+                    direct=kv.get("direct", True),
                 )
             )
         done.append(f"kv {kv['bucket']}")

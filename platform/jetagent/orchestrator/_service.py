@@ -7,6 +7,10 @@ durable pull consumers shared by every replica. It turns each message into an in
 asks the pure ``decide`` what to record, appends those events with an aggregate-wide
 concurrency check, and only then acknowledges the message.
 
+Tenant quotas (``jetagent.orchestrator._admission`` for concurrency, ``rates`` for tokens per
+minute) are measured here, around the pure decisions, and what they measured goes into the
+decision's input, so the record says why a request was held or a step waited.
+
 Exactly once: every event carries its cause (``Ja-Causation``: the upstream stream and
 sequence) in the same message, and the workflow's state knows which inputs it folded
 (a step completes once, a request starts once), so a redelivered message decides
@@ -43,6 +47,7 @@ from jetagent.jetstream import AggregateStream, ConcurrencyConflict, StoreUnavai
 from jetagent.jetstream.consume import Puller
 from jetagent.jetstream.provision import provision
 from jetagent.models import ModelCatalog
+from jetagent.orchestrator._admission import Admissions, Refusal
 from jetagent.orchestrator.inputs import (
     Addressed,
     Admission,
@@ -52,17 +57,21 @@ from jetagent.orchestrator.inputs import (
     named_tools,
 )
 from jetagent.orchestrator.journal import Journal, Loaded
-from jetagent.orchestrator.timers import Timers
+from jetagent.orchestrator.quotas import Slots
+from jetagent.orchestrator.rates import TokenBuckets, tokens_of
+from jetagent.orchestrator.timers import RATE, Timers
 from jetagent.payloads import PayloadStore
 from jetagent.result_check import result_problem
 from jetagent.subjects import family
 from jetagent.tokens import openai_tokenizer
 from jetagent.worker.registry import ToolRegistry
 from jetagent.workflow import (
+    Admit,
     Begin,
     DecideContext,
     FoldResult,
     Input,
+    RateLimited,
     WorkflowState,
     decide,
 )
@@ -112,6 +121,10 @@ class Orchestrator:
         self.registry = ToolRegistry(self.js, self.names)
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self.timers = Timers(self.js, self.names)
+        self.admissions = Admissions(
+            settings, Slots(self.js, self.names), self.timers, self.aggregates
+        )
+        self.tokens = TokenBuckets(self.js, self.names)
         self._slots = asyncio.Semaphore(settings.orchestrator_concurrency)
         self.processed = 0
         self._context: DecideContext | None = None
@@ -280,11 +293,47 @@ class Orchestrator:
                 await self._reject(message, made)
             case Addressed(workflow_id, FoldResult() as fold):
                 await self.process(workflow_id, fold, message, trust=fold.result)
+            case Addressed(workflow_id, Begin() as begin):
+                await self._begin(workflow_id, begin, message)
+            case Addressed(workflow_id, Admit() as admit):
+                await self._admit(workflow_id, admit, message)
             case Addressed(workflow_id, command):
                 await self.process(workflow_id, command, message)
 
     # The requests consumer's handler by its own name: tests hold requests back with it.
     _on_request = _on_input
+
+    async def _begin(self, workflow_id: str, begin: Begin, message: Message) -> None:
+        """A valid request: started, held or refused by its tenant's quota."""
+        admitted = await self.admissions.begin(begin)
+        if isinstance(admitted, Refusal):
+            refusal = Rejection(
+                workflow_id=workflow_id,
+                tenant=begin.tenant,
+                reasons=[f"{admitted.reason}; try again when one of its workflows has ended"],
+                size=len(message.data),
+                at=_now(),
+                quota=admitted.quota,
+            )
+            await self._reject(message, refusal)
+            return
+        await self.process(workflow_id, admitted, message)
+
+    async def _admit(self, workflow_id: str, admit: Admit, message: Message) -> None:
+        """A held workflow woken (a slot was freed for it) or rechecking: start it if it
+        holds a slot, else look again later."""
+        loaded = await self.journal.load(workflow_id)
+        if loaded.state.held is None:
+            await self.journal.catch_up(workflow_id, loaded)  # the cache may be behind
+        state = loaded.state
+        if state.held is None or state.status is not Status.QUEUED:
+            if state.status.is_final:
+                await self.admissions.end(state.tenant, workflow_id)  # a stale place
+            return
+        if await self.admissions.claim(state.tenant, workflow_id):
+            await self.process(workflow_id, Admit(at=_now()), message)
+        else:
+            await self.admissions.recheck_later(workflow_id)
 
     async def _wait_for_tools(self, msg: Msg, names: set[str]) -> bool:
         deadline = time.monotonic() + self.settings.tool_wait_s
@@ -315,6 +364,9 @@ class Orchestrator:
                     await self.journal.append(workflow_id, loaded, [event], headers)
             # A rejection is final: no lock to keep for it (anyone can send rejections).
             self._locks.pop(workflow_id, None)
+        if rejection.tenant is not None and rejection.quota is None:
+            # A redelivered request refused now may have taken a slot before.
+            await self.admissions.end(rejection.tenant, workflow_id)
 
     async def _check_trusted(
         self, workflow_id: str, loaded: Loaded, subject: str, result: StepResult
@@ -366,7 +418,7 @@ class Orchestrator:
             if trust is not None:
                 subject = message.subject if message is not None else ""
                 await self._check_trusted(workflow_id, loaded, subject, trust)
-            before = loaded.state.status
+            before, was = loaded.state.status, loaded.state
             for _ in range(_MAX_CONFLICT_RETRIES):
                 try:
                     await self._decide_and_append(workflow_id, loaded, command, headers)
@@ -376,8 +428,24 @@ class Orchestrator:
             else:
                 raise JetagentError(f"workflow {workflow_id}: too many concurrent writers")
             await self.timers.follow(workflow_id, command, before, loaded.state)
+            await self._follow_quotas(workflow_id, command, was, loaded.state)
             if loaded.state.status.is_final:
                 self._locks.pop(workflow_id, None)
+
+    async def _follow_quotas(
+        self, workflow_id: str, command: Input, was: WorkflowState, now: WorkflowState
+    ) -> None:
+        """Keep the tenant's slots and the quota timers in step with a decision (before
+        its input is acknowledged: a crash in between is repaired by the redelivery)."""
+        if now.held is not None and was.held is None:
+            await self.admissions.held(workflow_id, now.held)
+        if was.held is not None and now.held is None and not now.status.is_final:
+            await self.admissions.started(workflow_id)
+        if now.paused_until is not None and now.paused_until != was.paused_until:
+            await self.timers.arm(workflow_id, RATE, now.paused_until)
+        ended = now.status.is_final and not was.status.is_final
+        if ended or (now.status.is_final and isinstance(command, Begin | Admit)):
+            await self.admissions.end(now.tenant, workflow_id)
 
     async def _decide_and_append(
         self, workflow_id: str, loaded: Loaded, command: Input, headers: dict[str, str]
@@ -391,11 +459,43 @@ class Orchestrator:
             await self.journal.catch_up(workflow_id, loaded)
             if loaded.seq != seq:
                 events = decide(loaded.state, command, self.context())
-        # One message per group: a usual step's StepCompleted + next StepScheduled is one
-        # write (one acknowledged round trip), each group still checked against the last.
-        for group in group_for_messages(events):
-            checked = [await self._claim_check(e) for e in group]
-            await self.journal.append(workflow_id, loaded, checked, headers)
+        events, charged = await self._rate(loaded.state, command, events)
+        try:
+            # One message per group: a usual step's StepCompleted + next StepScheduled is
+            # one write (one acknowledged round trip), each group checked against the last.
+            for group in group_for_messages(events):
+                checked = [await self._claim_check(e) for e in group]
+                await self.journal.append(workflow_id, loaded, checked, headers)
+        except ConcurrencyConflict:
+            if charged:
+                per_minute = self.settings.quotas_of(loaded.state.tenant).tokens_per_minute
+                await self.tokens.give_back(loaded.state.tenant, charged, per_minute=per_minute)
+            raise
+
+    async def _rate(
+        self, state: WorkflowState, command: Input, events: list[WorkflowEvent]
+    ) -> tuple[list[WorkflowEvent], int]:
+        """The decision under the tenant's tokens per minute: its steps' reservations
+        (and its settlements) taken from the tenant's bucket, or its steps throttled; and
+        the tokens taken (given back if the decision is not recorded)."""
+        per_minute = self.settings.quotas_of(state.tenant).tokens_per_minute
+        reserve, settle = tokens_of(state, events)
+        if not per_minute or not (reserve or settle):
+            return events, 0
+        charge = await self.tokens.charge(
+            state.tenant, reserve=reserve, settle=settle, per_minute=per_minute
+        )
+        if charge.taken:
+            return events, reserve + settle
+        until = _now() + charge.wait
+        limited = RateLimited(quota=charge.quota, needed=reserve, until=until)
+        log.info(
+            "throttling %s until %s: %s",
+            state.workflow_id,
+            until.isoformat(timespec="milliseconds"),
+            charge.quota.describe(state.tenant),
+        )
+        return decide(state, command, self.context(), rate=limited), settle
 
     async def _claim_check(self, event: WorkflowEvent) -> WorkflowEvent:
         if isinstance(event, StepScheduled):

@@ -1,0 +1,265 @@
+"""Tenant concurrency quotas: a tenant over its quota is held or rejected with the quota
+recorded, in arrival order, while other tenants run; deadlines and cancels reach held
+workflows; a slot counted for a workflow that never started is reclaimed from the record."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import msgspec
+import pytest
+
+from jetagent.client import Client
+from jetagent.config import Settings, TenantQuota
+from jetagent.errors import RequestRejectedError
+from jetagent.events import (
+    Cancelled,
+    Finalized,
+    Held,
+    QuotaUse,
+    RequestRejected,
+    Started,
+    Terminated,
+    WorkflowEvent,
+)
+from jetagent.models import ModelCatalog
+from jetagent.orchestrator.quotas import Slots, TenantSlots
+from jetagent.orchestrator.replay import replay_workflow
+from jetagent.testing import eventually
+from jetagent.workflow import DecideContext
+from jetagent.worker.registry import ToolRegistry
+from tests.support.platform import InProcessPlatform
+
+
+def _quota_settings(settings: Settings, **quotas: TenantQuota) -> Settings:
+    return settings.model_copy(update={"tenant_quotas": quotas})
+
+
+@pytest.fixture
+async def held_engine(settings: Settings) -> AsyncIterator[InProcessPlatform]:
+    """acme may run one workflow at once; more are held."""
+    config = _quota_settings(settings, acme=TenantQuota(max_workflows=1, over_quota="hold"))
+    platform = await InProcessPlatform(config).start()
+    try:
+        yield platform
+    finally:
+        await platform.stop()
+
+
+async def _first(client: Client, wid: str, kind: type[WorkflowEvent]) -> WorkflowEvent:
+    async def found() -> WorkflowEvent | None:
+        return next((e for e in await client.events(wid) if isinstance(e, kind)), None)
+
+    event: WorkflowEvent = await eventually(found, timeout=30)
+    return event
+
+
+async def _event(client: Client, wid: str, kind: type[WorkflowEvent]) -> WorkflowEvent | None:
+    return next((e for e in await client.events(wid) if isinstance(e, kind)), None)
+
+
+async def _slow(client: Client, tenant: str, seconds: float, **fields: object) -> str:
+    return await client.submit(
+        instruction=f'call slow {{"seconds": {seconds}}}',
+        tenant=tenant,
+        allowed_tools=["slow"],
+        **fields,  # type: ignore[arg-type]
+    )
+
+
+async def _context(platform: InProcessPlatform) -> DecideContext:
+    registry = ToolRegistry(platform.client.js, platform.settings.names)
+    await registry.start()
+    await registry.stop()
+    return DecideContext(models=ModelCatalog.load().models, tools=registry.tools)
+
+
+async def test_over_its_quota_a_request_is_rejected_with_the_quota_while_others_run(
+    settings: Settings,
+) -> None:
+    config = _quota_settings(settings, acme=TenantQuota(max_workflows=2, over_quota="reject"))
+    platform = await InProcessPlatform(config).start()
+    client = platform.client
+    try:
+        running = [await _slow(client, "acme", 3) for _ in range(2)]
+        for wid in running:
+            await _first(client, wid, Started)
+        # acme's third request meets its quota: refused, with the quota and its use.
+        third = await client.submit(instruction="hello", tenant="acme")
+        with pytest.raises(RequestRejectedError) as refused:
+            await client.result(third, timeout=20)
+        assert "max_workflows=2" in str(refused.value), refused.value
+        rejected = await _event(client, third, RequestRejected)
+        assert isinstance(rejected, RequestRejected)
+        assert rejected.quota == QuotaUse(quota="max_workflows", limit=2, in_use=2)
+        assert rejected.tenant == "acme"
+        assert "2 of 2 concurrent workflows running" in rejected.reasons[0]
+        # Another tenant is not held back by acme's quota: it runs to its end meanwhile.
+        other = await client.submit(instruction="What is 2 + 3?", tenant="beta")
+        assert (await client.result(other, timeout=20)).ok
+        still = [await _event(client, wid, Finalized) for wid in running]
+        assert still == [None, None], "beta ran after acme's workflows, not beside them"
+        # Once acme's workflows end, its slots are free again.
+        for wid in running:
+            assert (await client.result(wid, timeout=30)).ok
+        again = await client.submit(instruction="hello", tenant="acme")
+        assert (await client.result(again, timeout=20)).ok
+    finally:
+        await platform.stop()
+
+
+async def test_held_requests_start_in_arrival_order_when_a_slot_frees(
+    held_engine: InProcessPlatform,
+) -> None:
+    client = held_engine.client
+    first = await _slow(client, "acme", 2)
+    await _first(client, first, Started)
+    held = [await client.submit(instruction=f"What is {i} + 1?", tenant="acme") for i in range(3)]
+    # Each is held, in order, with the quota that held it.
+    for position, wid in enumerate(held, start=1):
+        event = await _first(client, wid, Held)
+        assert isinstance(event, Held)
+        assert event.quota == QuotaUse(quota="max_workflows", limit=1, in_use=1)
+        assert event.position == position
+        assert await _event(client, wid, Started) is None
+    # beta is not held back: it ends while acme's first still runs.
+    beta = await client.submit(instruction="What is 2 + 3?", tenant="beta")
+    assert (await client.result(beta, timeout=20)).ok
+    assert await _event(client, first, Finalized) is None
+    # Each held one starts when the one before it has ended: one at a time, in order.
+    ended_at = [(await client.result(first, timeout=30)) and await _ended_at(client, first)]
+    for wid in held:
+        result = await client.result(wid, timeout=30)
+        assert result.ok, result
+        started = await _event(client, wid, Started)
+        assert isinstance(started, Started)
+        assert started.at >= ended_at[-1], "started before the slot was free"
+        assert started.held_since is not None
+        ended_at.append(await _ended_at(client, wid))
+    # Replay re-decides the hold and the start from the record.
+    ctx = await _context(held_engine)
+    for wid in held:
+        report = await replay_workflow(client.nc, held_engine.settings.names, wid, ctx)
+        assert report.ok, report.mismatches
+        assert [type(e).__name__ for e in report.events][:2] == ["Held", "Started"]
+
+
+async def _ended_at(client: Client, wid: str) -> datetime:
+    events = await client.events(wid)
+    return next(e.at for e in events if isinstance(e, Finalized | Terminated | Cancelled))
+
+
+async def test_a_held_workflow_ends_at_its_deadline_or_cancel_and_frees_its_place(
+    held_engine: InProcessPlatform,
+) -> None:
+    client = held_engine.client
+    first = await _slow(client, "acme", 3)
+    await _first(client, first, Started)
+    late = await client.submit(
+        instruction="hello", tenant="acme", capability_limits={"deadline_s": 1}
+    )
+    dropped = await client.submit(instruction="hello", tenant="acme")
+    after = await client.submit(instruction="hello", tenant="acme")
+    for wid in (late, dropped, after):
+        await _first(client, wid, Held)
+    # The deadline runs while held: it ends Terminated(deadline), never started.
+    result = await client.result(late, timeout=20)
+    assert (result.status.value, result.reason) == ("terminated", "deadline")
+    assert "held" in result.detail
+    assert await _event(client, late, Started) is None
+    # A held workflow can be cancelled; it never starts either.
+    await client.cancel(dropped, reason="not needed")
+    assert (await client.result(dropped, timeout=20)).status.value == "cancelled"
+    # Neither holds up the queue: the next one starts when the slot frees.
+    assert (await client.result(after, timeout=30)).ok
+    assert await _event(client, dropped, Started) is None
+    ctx = await _context(held_engine)
+    for wid in (late, dropped):
+        report = await replay_workflow(client.nc, held_engine.settings.names, wid, ctx)
+        assert report.ok, report.mismatches
+    # The tenant's slots hold nothing once everything ended.
+    slots = Slots(client.js, held_engine.settings.names)
+
+    async def empty() -> bool:
+        left = await slots.read("acme")
+        return not left.running and not left.held
+
+    await eventually(empty, timeout=20)
+
+
+async def test_a_slot_counted_for_a_workflow_that_never_started_is_reclaimed(
+    settings: Settings,
+) -> None:
+    config = _quota_settings(settings, acme=TenantQuota(max_workflows=1))
+    platform = await InProcessPlatform(config).start()
+    client = platform.client
+    try:
+        # As if an orchestrator took a slot and died before recording the start, and the
+        # request then never started (its redelivery refused): the slot was counted long ago.
+        kv = await client.js.key_value(config.names.bucket("QUOTAS"))
+        ghost = TenantSlots(running={"ghost-1": datetime.now(UTC) - timedelta(minutes=10)})
+        await kv.put(Slots.key("acme"), msgspec.json.encode(ghost))
+        wid = await client.submit(instruction="hello", tenant="acme")
+        # The record shows ghost-1 never started: its slot goes to this request.
+        assert (await client.result(wid, timeout=20)).ok
+        assert await _event(client, wid, Held) is None
+        slots = await Slots(client.js, config.names).read("acme")
+        assert "ghost-1" not in slots.running
+    finally:
+        await platform.stop()
+
+
+async def test_a_held_workflow_whose_wake_up_was_lost_starts_on_its_recheck(
+    settings: Settings,
+) -> None:
+    config = _quota_settings(settings, acme=TenantQuota(max_workflows=1)).model_copy(
+        update={"quota_recheck_s": 1.0}
+    )
+    platform = await InProcessPlatform(config).start()
+    client = platform.client
+    try:
+        first = await _slow(client, "acme", 4)
+        await _first(client, first, Started)
+        waiting = await client.submit(instruction="hello", tenant="acme")
+        await _first(client, waiting, Held)
+        # As if a replica promoted it into a freed slot and died before waking it: the
+        # key says it holds the slot, and no wake-up was sent.
+        kv = await client.js.key_value(config.names.bucket("QUOTAS"))
+        promoted = TenantSlots(running={waiting: datetime.now(UTC)})
+        await kv.put(Slots.key("acme"), msgspec.json.encode(promoted))
+        # Its durable recheck finds its slot and starts it (long before `first` ends).
+        assert (await client.result(waiting, timeout=20)).ok
+        assert await _event(client, first, Finalized) is None
+        assert (await client.result(first, timeout=20)).ok
+    finally:
+        await platform.stop()
+
+
+async def test_quotas_of_other_tenants_and_the_default_apply(settings: Settings) -> None:
+    config = settings.model_copy(
+        update={
+            "tenant_max_workflows": 1,
+            "over_quota": "reject",
+            "tenant_quotas": {"big": TenantQuota(max_workflows=0)},
+        }
+    )
+    assert config.quotas_of("anyone").max_workflows == 1
+    assert config.quotas_of("big").max_workflows == 0
+    platform = await InProcessPlatform(config).start()
+    client = platform.client
+    try:
+        # The default (1, reject) for a tenant without an override ...
+        first = await _slow(client, "small", 2)
+        await _first(client, first, Started)
+        with pytest.raises(RequestRejectedError):
+            await client.result(await client.submit(instruction="hello", tenant="small"))
+        # ... and no limit for one whose override says 0.
+        many = [await _slow(client, "big", 1) for _ in range(3)]
+        for wid in many:
+            await _first(client, wid, Started)
+        results = await asyncio.gather(*(client.result(w, timeout=30) for w in many))
+        assert all(r.ok for r in results)
+    finally:
+        await platform.stop()
