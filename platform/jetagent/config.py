@@ -179,6 +179,12 @@ class Settings(BaseSettings):
         description="Seconds between the durable rechecks of a held workflow (it starts as "
         "soon as a slot frees; the recheck only repairs a wake-up lost in a crash).",
     )
+    request_lookahead: int = Field(
+        1000,
+        ge=0,
+        description="Requests an orchestrator holds beyond those it processes, to take "
+        "them round robin across tenants (0: stream order).",
+    )
     worker_lookahead: int = Field(
         64,
         ge=0,

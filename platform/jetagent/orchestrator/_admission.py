@@ -36,8 +36,8 @@ from jetagent.events import (
 )
 from jetagent.jetstream import AggregateStream
 from jetagent.orchestrator.quotas import Granted, Refused, Slots, Waiting
-from jetagent.orchestrator.timers import ADMIT, Timers
-from jetagent.workflow import Begin, Hold
+from jetagent.orchestrator.timers import ADMIT, RATE, Timers
+from jetagent.workflow import Admit, Begin, Hold, Input, WorkflowState
 
 __all__ = ["Admissions", "Refusal"]
 
@@ -72,6 +72,22 @@ class Admissions:
         self.timers = timers
         self.aggregates = aggregates
         self.recheck = timedelta(seconds=settings.quota_recheck_s)
+
+    async def follow(
+        self, workflow_id: str, command: Input, was: WorkflowState, now: WorkflowState
+    ) -> None:
+        """Keep the tenant's slots and the quota timers in step with a decision on
+        ``command`` (before its input is acknowledged: a crash in between is repaired by
+        the redelivery)."""
+        if now.held is not None and was.held is None:
+            await self.timers.arm(workflow_id, ADMIT, now.held.at + self.recheck)
+        if was.held is not None and now.held is None and not now.status.is_final:
+            await self.timers.disarm(workflow_id, ADMIT)  # started: no recheck needed
+        if now.paused_until is not None and now.paused_until != was.paused_until:
+            await self.timers.arm(workflow_id, RATE, now.paused_until)  # throttled
+        ended = now.status.is_final and not was.status.is_final
+        if ended or (now.status.is_final and isinstance(command, Begin | Admit)):
+            await self.end(now.tenant, workflow_id)
 
     def limit(self, tenant: str) -> int:
         """The tenant's max_workflows (0: no limit)."""
@@ -126,48 +142,43 @@ class Admissions:
             return
         await self._wake(await self.slots.release(tenant, workflow_id, limit=limit))
 
-    async def held(self, workflow_id: str, event: Held) -> None:
-        """A workflow was just held: arm its recheck."""
-        await self.timers.arm(workflow_id, ADMIT, event.at + self.recheck)
-
     async def recheck_later(self, workflow_id: str) -> None:
         """A held workflow found no slot: look again after ``quota_recheck_s``."""
         await self.timers.arm(workflow_id, ADMIT, _now() + self.recheck)
-
-    async def started(self, workflow_id: str) -> None:
-        """A held workflow started: its recheck is not needed any more."""
-        await self.timers.disarm(workflow_id, ADMIT)
 
     async def reconcile(self, tenant: str) -> bool:
         """Free the slots the record shows are not in use, wake held workflows that hold a
         slot; True if anything was freed."""
         slots = await self.slots.read(tenant)
         now = _now()
-        stale: list[tuple[str, datetime | None]] = []
+        ended: list[tuple[str, datetime | None]] = []
+        never: list[tuple[str, datetime | None]] = []
         for workflow_id, taken_at in list(slots.running.items()):
             record = await self.aggregates.last(workflow_id)
             if record is None:
                 if now - taken_at > NEVER_STARTED_AFTER:
-                    stale.append((workflow_id, taken_at))
+                    never.append((workflow_id, taken_at))
                 continue
             try:
                 last = decode_events(record.data)[-1]
             except (msgspec.DecodeError, msgspec.ValidationError):
                 continue  # junk under its subjects: the journal deals with it
             if isinstance(last, _FINAL):
-                stale.append((workflow_id, taken_at))
+                # Usually its end is being released right now; a crash may have lost that.
+                ended.append((workflow_id, taken_at))
             elif isinstance(last, Held):
                 # It got a slot but its start was never recorded (its wake-up was lost).
                 await self.timers.wake(workflow_id, ADMIT)
-        if not stale:
+        if never:
+            log.warning(
+                "tenant %s: freeing %d slot(s) of requests that never started: %s",
+                tenant,
+                len(never),
+                ", ".join(w for w, _ in never),
+            )
+        if not ended and not never:
             return False
-        log.warning(
-            "tenant %s: freeing %d slot(s) whose workflows are not running: %s",
-            tenant,
-            len(stale),
-            ", ".join(w for w, _ in stale),
-        )
-        await self._wake(await self.slots.drop(tenant, stale, limit=self.limit(tenant)))
+        await self._wake(await self.slots.drop(tenant, ended + never, limit=self.limit(tenant)))
         return True
 
     def _due_to_reconcile(self, tenant: str) -> bool:

@@ -26,7 +26,6 @@ import contextlib
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -34,20 +33,19 @@ import msgspec
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
-from opentelemetry.trace import SpanKind
 
 from jetagent import telemetry
 from jetagent.config import Settings
 from jetagent.contract import Status
-from jetagent.dead_letter import DeadLetterKind, dead_letter_of, publish_dead_letter
-from jetagent.decoding import PoisonMessage, UntrustedResult
+from jetagent.decoding import UntrustedResult
 from jetagent.errors import JetagentError
 from jetagent.events import StepScheduled, WorkflowEvent, group_for_messages
-from jetagent.jetstream import AggregateStream, ConcurrencyConflict, StoreUnavailableError
+from jetagent.jetstream import AggregateStream, ConcurrencyConflict
 from jetagent.jetstream.consume import Puller
 from jetagent.jetstream.provision import provision
 from jetagent.models import ModelCatalog
 from jetagent.orchestrator._admission import Admissions, Refusal
+from jetagent.orchestrator._serving import Serving
 from jetagent.orchestrator.inputs import (
     Addressed,
     Admission,
@@ -58,11 +56,10 @@ from jetagent.orchestrator.inputs import (
 )
 from jetagent.orchestrator.journal import Journal, Loaded
 from jetagent.orchestrator.quotas import Slots
-from jetagent.orchestrator.rates import TokenBuckets, tokens_of
-from jetagent.orchestrator.timers import RATE, Timers
+from jetagent.orchestrator.rates import TokenBuckets, under_rate
+from jetagent.orchestrator.timers import Timers
 from jetagent.payloads import PayloadStore
 from jetagent.result_check import result_problem
-from jetagent.subjects import family
 from jetagent.tokens import openai_tokenizer
 from jetagent.worker.registry import ToolRegistry
 from jetagent.workflow import (
@@ -84,15 +81,13 @@ __all__ = ["Orchestrator"]
 log = logging.getLogger("jetagent.orchestrator")
 
 _MAX_CONFLICT_RETRIES = 50
-_MAX_ATTEMPTS = 5
-"""Deliveries of an input that fails unexpectedly before it is dead-lettered."""
 
 
 def _now() -> datetime:
     return datetime.now(UTC)
 
 
-class Orchestrator:
+class Orchestrator(Serving):
     """One orchestrator replica. ``await run(stop)`` until ``stop`` is set."""
 
     def __init__(
@@ -153,13 +148,14 @@ class Orchestrator:
             self.nc,
             stream=self.names.requests_stream,
             consumer="orchestrator-requests",
-            max_in_flight=self.settings.orchestrator_concurrency,
+            # A window beyond the inputs in progress, taken round robin across tenants.
+            max_in_flight=self.settings.orchestrator_concurrency + self.settings.request_lookahead,
         )
         steps = Puller(
             self.nc,
             stream=self.names.steps_stream,
             consumer="orchestrator-steps",
-            max_in_flight=self.settings.orchestrator_concurrency,
+            max_in_flight=self.settings.orchestrator_concurrency + self.settings.request_lookahead,
         )
         timers = Puller(
             self.nc,
@@ -177,8 +173,14 @@ class Orchestrator:
         )
         try:
             async with asyncio.TaskGroup() as tasks:
-                tasks.create_task(self._serve(requests, self._on_request, stop))
-                tasks.create_task(self._serve(steps, self._on_input, stop))
+                tasks.create_task(
+                    self._serve_fairly(
+                        requests, self._on_request, stop, consumer="orchestrator-requests"
+                    )
+                )
+                tasks.create_task(
+                    self._serve_fairly(steps, self._on_input, stop, consumer="orchestrator-steps")
+                )
                 tasks.create_task(self._serve(timers, self._on_input, stop))
                 await stop.wait()
                 await requests.stop()
@@ -187,79 +189,6 @@ class Orchestrator:
         finally:
             await self.registry.stop()
             await self.aggregates.close()
-
-    async def _serve(
-        self, puller: Puller, handle: Callable[[Msg], Awaitable[None]], stop: asyncio.Event
-    ) -> None:
-        async with asyncio.TaskGroup() as tasks:
-            async for msg in puller.messages():
-                await self._slots.acquire()
-                tasks.create_task(self._handle(msg, handle, puller))
-                if stop.is_set():
-                    break
-
-    async def _handle(
-        self, msg: Msg, handle: Callable[[Msg], Awaitable[None]], puller: Puller
-    ) -> None:
-        try:
-            kind = family(msg.subject)
-            with telemetry.span(
-                f"jetagent orchestrate {kind}", parent=msg.headers, kind=SpanKind.CONSUMER
-            ):
-                await handle(msg)
-            await msg.ack()
-            self.processed += 1
-        except PoisonMessage as exc:
-            # Permanent (unreadable, an impossible id, an untrusted result): answered once
-            # with a dead letter, never retried.
-            log.warning("%s message %s set aside: %s", exc.kind, msg.subject, exc.reason)
-            await self._dead_letter(msg, exc.kind, exc.reason, workflow_id=exc.workflow_id)
-        except (StoreUnavailableError, NatsError) as exc:
-            # Retried until the store answers (the consumers have no delivery limit: a
-            # dropped step result or due timer would leave its workflow waiting forever);
-            # every second at first, then less often through a long outage.
-            deliveries = msg.metadata.num_delivered
-            log.warning("will retry %s (attempt %d): %s", msg.subject, deliveries, exc)
-            with contextlib.suppress(NatsError):
-                await msg.nak(delay=min(2.0 ** max(deliveries - 10, 0), 30.0))
-        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as exc:
-            # Unreadable: no retry can help.
-            log.exception("unreadable message %s goes to the dead-letter queue", msg.subject)
-            await self._dead_letter(msg, "poison", f"unreadable: {exc}")
-        except Exception:
-            # A bug, or a dependency in a bad state: retried a few times with backoff
-            # (maybe another replica, or a restart, gets past it), then dead-lettered.
-            deliveries = msg.metadata.num_delivered
-            if deliveries < _MAX_ATTEMPTS:
-                log.exception(
-                    "failed to process %s (attempt %d); retrying", msg.subject, deliveries
-                )
-                with contextlib.suppress(NatsError):
-                    await msg.nak(delay=min(2.0**deliveries, 30.0))
-            else:
-                log.exception("failed to process %s; it goes to the dead-letter queue", msg.subject)
-                await self._dead_letter(msg, "failed", "processing failed after retries")
-        finally:
-            self._slots.release()
-            await puller.done()
-
-    async def _dead_letter(
-        self, msg: Msg, kind: DeadLetterKind, reason: str, *, workflow_id: str | None = None
-    ) -> None:
-        import traceback
-
-        error = traceback.format_exc(limit=3) if kind == "failed" else ""
-        letter = dead_letter_of(
-            msg,
-            source="orchestrator",
-            kind=kind,
-            reason=reason,
-            workflow_id=workflow_id,
-            error=error,
-        )
-        if await publish_dead_letter(self.js, self.names, letter):
-            with contextlib.suppress(NatsError):
-                await msg.term()
 
     # ------------------------------------------------------------------ inputs
 
@@ -428,24 +357,9 @@ class Orchestrator:
             else:
                 raise JetagentError(f"workflow {workflow_id}: too many concurrent writers")
             await self.timers.follow(workflow_id, command, before, loaded.state)
-            await self._follow_quotas(workflow_id, command, was, loaded.state)
+            await self.admissions.follow(workflow_id, command, was, loaded.state)
             if loaded.state.status.is_final:
                 self._locks.pop(workflow_id, None)
-
-    async def _follow_quotas(
-        self, workflow_id: str, command: Input, was: WorkflowState, now: WorkflowState
-    ) -> None:
-        """Keep the tenant's slots and the quota timers in step with a decision (before
-        its input is acknowledged: a crash in between is repaired by the redelivery)."""
-        if now.held is not None and was.held is None:
-            await self.admissions.held(workflow_id, now.held)
-        if was.held is not None and now.held is None and not now.status.is_final:
-            await self.admissions.started(workflow_id)
-        if now.paused_until is not None and now.paused_until != was.paused_until:
-            await self.timers.arm(workflow_id, RATE, now.paused_until)
-        ended = now.status.is_final and not was.status.is_final
-        if ended or (now.status.is_final and isinstance(command, Begin | Admit)):
-            await self.admissions.end(now.tenant, workflow_id)
 
     async def _decide_and_append(
         self, workflow_id: str, loaded: Loaded, command: Input, headers: dict[str, str]
@@ -475,27 +389,15 @@ class Orchestrator:
     async def _rate(
         self, state: WorkflowState, command: Input, events: list[WorkflowEvent]
     ) -> tuple[list[WorkflowEvent], int]:
-        """The decision under the tenant's tokens per minute: its steps' reservations
-        (and its settlements) taken from the tenant's bucket, or its steps throttled; and
-        the tokens taken (given back if the decision is not recorded)."""
+        """The decision under its tenant's tokens per minute (``rates.under_rate``)."""
         per_minute = self.settings.quotas_of(state.tenant).tokens_per_minute
-        reserve, settle = tokens_of(state, events)
-        if not per_minute or not (reserve or settle):
+        if not per_minute:
             return events, 0
-        charge = await self.tokens.charge(
-            state.tenant, reserve=reserve, settle=settle, per_minute=per_minute
-        )
-        if charge.taken:
-            return events, reserve + settle
-        until = _now() + charge.wait
-        limited = RateLimited(quota=charge.quota, needed=reserve, until=until)
-        log.info(
-            "throttling %s until %s: %s",
-            state.workflow_id,
-            until.isoformat(timespec="milliseconds"),
-            charge.quota.describe(state.tenant),
-        )
-        return decide(state, command, self.context(), rate=limited), settle
+
+        def throttled(limited: RateLimited) -> list[WorkflowEvent]:
+            return decide(state, command, self.context(), rate=limited)
+
+        return await under_rate(self.tokens, state, events, per_minute, throttled)
 
     async def _claim_check(self, event: WorkflowEvent) -> WorkflowEvent:
         if isinstance(event, StepScheduled):

@@ -14,8 +14,10 @@ the bucket is full and leaves it in debt. docs/ARCHITECTURE.md, "Tenant quotas".
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -28,9 +30,11 @@ from nats.js.kv import KeyValue
 from jetagent.events import QuotaUse, StepCompleted, StepFailed, StepScheduled, WorkflowEvent
 from jetagent.jetstream import StoreUnavailableError
 from jetagent.subjects import Names
-from jetagent.workflow import WorkflowState
+from jetagent.workflow import RateLimited, WorkflowState
 
-__all__ = ["Charge", "TokenBucket", "TokenBuckets", "tokens_of"]
+__all__ = ["Charge", "TokenBucket", "TokenBuckets", "tokens_of", "under_rate"]
+
+log = logging.getLogger("jetagent.quotas")
 
 _MAX_CONFLICTS = 200
 
@@ -157,3 +161,31 @@ class TokenBuckets:
         except NatsError as exc:
             raise StoreUnavailableError(f"cannot write the tokens of {tenant!r}: {exc}") from exc
         return True
+
+
+async def under_rate(
+    buckets: TokenBuckets,
+    state: WorkflowState,
+    events: list[WorkflowEvent],
+    per_minute: int,
+    throttled: Callable[[RateLimited], list[WorkflowEvent]],
+) -> tuple[list[WorkflowEvent], int]:
+    """A decision on ``state`` under its tenant's tokens per minute: its steps'
+    reservations (and its settlements) taken from the tenant's bucket, or the decision
+    again with its steps throttled (``throttled``, the pure decision with the limit); and
+    the tokens taken, to give back if the decision is not recorded after all."""
+    reserve, settle = tokens_of(state, events)
+    if not (reserve or settle):
+        return events, 0
+    tenant = state.tenant
+    charge = await buckets.charge(tenant, reserve=reserve, settle=settle, per_minute=per_minute)
+    if charge.taken:
+        return events, reserve + settle
+    until = datetime.now(UTC) + charge.wait
+    log.info(
+        "throttling %s until %s: %s",
+        state.workflow_id,
+        until.isoformat(timespec="milliseconds"),
+        charge.quota.describe(state.tenant),
+    )
+    return throttled(RateLimited(quota=charge.quota, needed=reserve, until=until)), settle

@@ -58,6 +58,8 @@ class StepRecords:
                 _EXPECTED_LAST_SUBJECT_SEQUENCE: "0",
                 "Ja-Event": "StepResult",
                 "Ja-Workflow": result.workflow_id,
+                # The orchestrator takes results round robin across tenants by it.
+                "Ja-Tenant": result.tenant,
             },
             parent=parent,
         )
