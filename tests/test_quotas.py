@@ -21,15 +21,17 @@ from jetagent.events import (
     QuotaUse,
     RequestRejected,
     Started,
+    StepScheduled,
     Terminated,
+    Throttled,
     WorkflowEvent,
 )
 from jetagent.models import ModelCatalog
 from jetagent.orchestrator.quotas import Slots, TenantSlots
 from jetagent.orchestrator.replay import replay_workflow
 from jetagent.testing import eventually
-from jetagent.workflow import DecideContext
 from jetagent.worker.registry import ToolRegistry
+from jetagent.workflow import DecideContext
 from tests.support.platform import InProcessPlatform
 
 
@@ -261,5 +263,53 @@ async def test_quotas_of_other_tenants_and_the_default_apply(settings: Settings)
             await _first(client, wid, Started)
         results = await asyncio.gather(*(client.result(w, timeout=30) for w in many))
         assert all(r.ok for r in results)
+    finally:
+        await platform.stop()
+
+
+async def test_a_tenant_over_its_tokens_per_minute_waits_on_a_durable_timer(
+    settings: Settings,
+) -> None:
+    config = _quota_settings(settings, acme=TenantQuota(tokens_per_minute=600))
+    platform = await InProcessPlatform(config).start()
+    client = platform.client
+    try:
+        # Each reasoning step reserves its prompt and 64 output tokens (about 75 tokens:
+        # no tools offered); a minute's 600 cover the first ones at once, the rest wait
+        # for the bucket (10 tokens a second, and what settled steps did not spend).
+        ids = [
+            await client.submit(
+                instruction=f"say {i}",
+                tenant="acme",
+                allowed_tools=[],
+                model_preferences={"models": ["offline-planner"], "max_output_tokens": 64},
+            )
+            for i in range(12)
+        ]
+        other = await client.submit(instruction="hello", tenant="beta")
+        assert (await client.result(other, timeout=20)).ok  # beta is not throttled
+        results = await asyncio.gather(*(client.result(w, timeout=60) for w in ids))
+        assert all(r.ok for r in results), results
+        throttled = 0
+        ctx = await _context(platform)
+        for wid in ids:
+            events = await client.events(wid)
+            waits = [e for e in events if isinstance(e, Throttled)]
+            if not waits:
+                continue
+            throttled += 1
+            assert len(waits) <= 3, f"{wid} throttled {len(waits)} times: a busy loop"
+            wait = waits[-1]
+            assert wait.quota.quota == "tokens_per_minute"
+            assert wait.quota.limit == 600
+            assert wait.needed > 0
+            # Its step was scheduled by the timer, not before the bucket allowed it.
+            step = next(e for e in events if isinstance(e, StepScheduled))
+            assert step.at >= wait.until, (step.at, wait.until)
+            report = await replay_workflow(client.nc, config.names, wid, ctx)
+            assert report.ok, report.mismatches
+        print(f"\n{throttled} of {len(ids)} workflows waited for tenant acme's tokens per minute")
+        assert throttled >= 3, throttled
+        assert not any(isinstance(e, Throttled) for e in await client.events(other))
     finally:
         await platform.stop()

@@ -133,6 +133,9 @@ class Admissions:
             return True  # the quota was lifted: start it
         granted, promoted = await self.slots.claim(tenant, workflow_id, limit=limit)
         await self._wake(promoted)
+        if not granted and self._due_to_reconcile(tenant) and await self.reconcile(tenant):
+            granted, promoted = await self.slots.claim(tenant, workflow_id, limit=limit)
+            await self._wake(promoted)
         return granted
 
     async def end(self, tenant: str, workflow_id: str) -> None:

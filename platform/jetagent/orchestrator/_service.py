@@ -56,7 +56,7 @@ from jetagent.orchestrator.inputs import (
 )
 from jetagent.orchestrator.journal import Journal, Loaded
 from jetagent.orchestrator.quotas import Slots
-from jetagent.orchestrator.rates import TokenBuckets, under_rate
+from jetagent.orchestrator.rates import TokenBuckets, tokens_of, under_rate
 from jetagent.orchestrator.timers import Timers
 from jetagent.payloads import PayloadStore
 from jetagent.result_check import result_problem
@@ -373,31 +373,37 @@ class Orchestrator(Serving):
             await self.journal.catch_up(workflow_id, loaded)
             if loaded.seq != seq:
                 events = decide(loaded.state, command, self.context())
-        events, charged = await self._rate(loaded.state, command, events)
+        before = loaded.state
+        tenant = before.tenant or (command.tenant if isinstance(command, Begin) else "")
+        events, charged = await self._rate(tenant, before, command, events)
+        recorded: list[WorkflowEvent] = []
         try:
             # One message per group: a usual step's StepCompleted + next StepScheduled is
             # one write (one acknowledged round trip), each group checked against the last.
             for group in group_for_messages(events):
                 checked = [await self._claim_check(e) for e in group]
                 await self.journal.append(workflow_id, loaded, checked, headers)
+                recorded += group
         except ConcurrencyConflict:
-            if charged:
-                per_minute = self.settings.quotas_of(loaded.state.tenant).tokens_per_minute
-                await self.tokens.give_back(loaded.state.tenant, charged, per_minute=per_minute)
+            # Tokens taken for steps another replica's decision replaces are given back.
+            unused = charged - sum(tokens_of(before, recorded))
+            if charged and unused:
+                per_minute = self.settings.quotas_of(tenant).tokens_per_minute
+                await self.tokens.give_back(tenant, unused, per_minute=per_minute)
             raise
 
     async def _rate(
-        self, state: WorkflowState, command: Input, events: list[WorkflowEvent]
+        self, tenant: str, state: WorkflowState, command: Input, events: list[WorkflowEvent]
     ) -> tuple[list[WorkflowEvent], int]:
         """The decision under its tenant's tokens per minute (``rates.under_rate``)."""
-        per_minute = self.settings.quotas_of(state.tenant).tokens_per_minute
+        per_minute = self.settings.quotas_of(tenant).tokens_per_minute
         if not per_minute:
             return events, 0
 
         def throttled(limited: RateLimited) -> list[WorkflowEvent]:
             return decide(state, command, self.context(), rate=limited)
 
-        return await under_rate(self.tokens, state, events, per_minute, throttled)
+        return await under_rate(self.tokens, tenant, state, events, per_minute, throttled)
 
     async def _claim_check(self, event: WorkflowEvent) -> WorkflowEvent:
         if isinstance(event, StepScheduled):

@@ -165,27 +165,27 @@ class TokenBuckets:
 
 async def under_rate(
     buckets: TokenBuckets,
+    tenant: str,
     state: WorkflowState,
     events: list[WorkflowEvent],
     per_minute: int,
     throttled: Callable[[RateLimited], list[WorkflowEvent]],
 ) -> tuple[list[WorkflowEvent], int]:
-    """A decision on ``state`` under its tenant's tokens per minute: its steps'
+    """A decision on ``state`` under ``tenant``'s tokens per minute: its steps'
     reservations (and its settlements) taken from the tenant's bucket, or the decision
     again with its steps throttled (``throttled``, the pure decision with the limit); and
     the tokens taken, to give back if the decision is not recorded after all."""
     reserve, settle = tokens_of(state, events)
     if not (reserve or settle):
         return events, 0
-    tenant = state.tenant
     charge = await buckets.charge(tenant, reserve=reserve, settle=settle, per_minute=per_minute)
     if charge.taken:
         return events, reserve + settle
     until = datetime.now(UTC) + charge.wait
     log.info(
         "throttling %s until %s: %s",
-        state.workflow_id,
+        events[0].workflow_id,
         until.isoformat(timespec="milliseconds"),
-        charge.quota.describe(state.tenant),
+        charge.quota.describe(tenant),
     )
     return throttled(RateLimited(quota=charge.quota, needed=reserve, until=until)), settle
