@@ -27,6 +27,7 @@ SUITE_MODULES = [
     "bench.capabilities",
     "bench.gateway",
     "bench.delivery",
+    "bench.quotas",
     "bench.comparison",
 ]
 """Every suite, in report order. Add a module exposing ``SUITE: Suite`` to add one."""

@@ -28,6 +28,7 @@ from jetagent.events import (
 )
 from jetagent.models import ModelCatalog
 from jetagent.orchestrator.quotas import Slots, TenantSlots
+from jetagent.orchestrator.rates import TokenBucket, TokenBuckets
 from jetagent.orchestrator.replay import replay_workflow
 from jetagent.testing import eventually
 from jetagent.worker.registry import ToolRegistry
@@ -311,5 +312,30 @@ async def test_a_tenant_over_its_tokens_per_minute_waits_on_a_durable_timer(
         print(f"\n{throttled} of {len(ids)} workflows waited for tenant acme's tokens per minute")
         assert throttled >= 3, throttled
         assert not any(isinstance(e, Throttled) for e in await client.events(other))
+    finally:
+        await platform.stop()
+
+
+async def test_with_reject_a_tenant_whose_tokens_are_spent_is_refused(settings: Settings) -> None:
+    config = _quota_settings(settings, acme=TenantQuota(tokens_per_minute=600, over_quota="reject"))
+    platform = await InProcessPlatform(config).start()
+    client = platform.client
+    try:
+        # acme's steps spent this minute's tokens (and more: the bucket is in debt).
+        kv = await client.js.key_value(config.names.bucket("QUOTAS"))
+        spent = TokenBucket(level=-300.0, at=datetime.now(UTC))
+        await kv.put(TokenBuckets.key("acme"), msgspec.json.encode(spent))
+        second = await client.submit(instruction="hello", tenant="acme")
+        with pytest.raises(RequestRejectedError) as refused:
+            await client.result(second, timeout=20)
+        assert "tokens_per_minute=600" in str(refused.value)
+        rejected = await _event(client, second, RequestRejected)
+        assert isinstance(rejected, RequestRejected)
+        assert rejected.quota is not None
+        assert rejected.quota.quota == "tokens_per_minute"
+        assert rejected.quota.limit == 600
+        assert rejected.quota.in_use > 600
+        # Another tenant is not refused.
+        assert (await client.result(await client.submit(instruction="hi", tenant="beta"))).ok
     finally:
         await platform.stop()

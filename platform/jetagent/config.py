@@ -151,7 +151,7 @@ class Settings(BaseSettings):
         "(default: one per CPU).",
     )
     tenant_max_workflows: int = Field(
-        64,
+        100,
         ge=0,
         description="Workflows one tenant may run at once (0: no limit); requests over it are "
         "held or rejected (JETAGENT_OVER_QUOTA). Per tenant: JETAGENT_TENANT_QUOTAS.",

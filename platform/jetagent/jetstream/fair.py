@@ -6,8 +6,7 @@ of those being handled (``lookahead``), keeps them in one queue per key, and han
 next message round robin across keys — oldest first within a key — at the moment a handler
 is free. So a tenant's message waits behind at most one message of each other tenant once
 it is in the window; it is in the window as soon as fewer than ``lookahead`` messages are
-ahead of it (tenant quotas bound how many one tenant has ahead: docs/ARCHITECTURE.md,
-"Tenant quotas").
+ahead of it (tenant quotas bound how many one tenant has ahead: docs/ARCHITECTURE.md §7).
 
 Messages waiting in the window are the process's: each gets an in-progress ack every
 ``heartbeat_s`` (well inside the consumer's ack wait), so the server redelivers none of

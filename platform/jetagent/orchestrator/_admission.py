@@ -12,13 +12,14 @@ The slots trust the record: when a tenant looks full, the workflows holding its 
 looked up (at most once per ``quota_recheck_s`` per tenant and process). A slot whose
 workflow has ended, or never started long after its request (a crash between "counted"
 and "started" whose request was then refused), is freed; one whose workflow is still
-held is woken. docs/ARCHITECTURE.md, "Tenant quotas".
+held is woken. docs/ARCHITECTURE.md §7.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -36,6 +37,7 @@ from jetagent.events import (
 )
 from jetagent.jetstream import AggregateStream
 from jetagent.orchestrator.quotas import Granted, Refused, Slots, Waiting
+from jetagent.orchestrator.rates import TokenBuckets
 from jetagent.orchestrator.timers import ADMIT, RATE, Timers
 from jetagent.workflow import Admit, Begin, Hold, Input, WorkflowState
 
@@ -65,10 +67,16 @@ class Admissions:
     """Tenant concurrency quotas for one orchestrator replica."""
 
     def __init__(
-        self, settings: Settings, slots: Slots, timers: Timers, aggregates: AggregateStream
+        self,
+        settings: Settings,
+        slots: Slots,
+        tokens: TokenBuckets,
+        timers: Timers,
+        aggregates: AggregateStream,
     ) -> None:
         self.settings = settings
         self.slots = slots
+        self.tokens = tokens
         self.timers = timers
         self.aggregates = aggregates
         self.recheck = timedelta(seconds=settings.quota_recheck_s)
@@ -97,6 +105,14 @@ class Admissions:
         """A new request: the ``Begin`` to decide (started now, or held), or its refusal."""
         tenant = begin.tenant
         quotas = self.settings.quotas_of(tenant)
+        if quotas.over_quota == "reject" and quotas.tokens_per_minute:
+            per_minute = quotas.tokens_per_minute
+            level = await self.tokens.level(tenant, per_minute=per_minute)
+            if level <= 0:
+                # Its tokens for this minute are spent (its bucket is empty or in debt).
+                in_use = math.ceil(per_minute - level)
+                use = QuotaUse(quota="tokens_per_minute", limit=per_minute, in_use=in_use)
+                return Refusal(quota=use, reason=use.describe(tenant))
         if not quotas.max_workflows:
             return begin
         limit, mode = quotas.max_workflows, quotas.over_quota

@@ -116,10 +116,10 @@ class Orchestrator(Serving):
         self.registry = ToolRegistry(self.js, self.names)
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self.timers = Timers(self.js, self.names)
-        self.admissions = Admissions(
-            settings, Slots(self.js, self.names), self.timers, self.aggregates
-        )
         self.tokens = TokenBuckets(self.js, self.names)
+        self.admissions = Admissions(
+            settings, Slots(self.js, self.names), self.tokens, self.timers, self.aggregates
+        )
         self._slots = asyncio.Semaphore(settings.orchestrator_concurrency)
         self.processed = 0
         self._context: DecideContext | None = None
@@ -239,7 +239,7 @@ class Orchestrator(Serving):
             refusal = Rejection(
                 workflow_id=workflow_id,
                 tenant=begin.tenant,
-                reasons=[f"{admitted.reason}; try again when one of its workflows has ended"],
+                reasons=[f"{admitted.reason}; try again later"],
                 size=len(message.data),
                 at=_now(),
                 quota=admitted.quota,

@@ -7,7 +7,7 @@ it answers; an unexpected failure: a few times, then a dead letter) or a dead le
 poison message). Requests and step results are taken in turns across tenants
 (:class:`~jetagent.jetstream.fair.FairFeed`), with at most an eighth of the concurrency for
 one tenant, so one tenant's burst does not hold another tenant's inputs back
-(docs/ARCHITECTURE.md, "Tenant quotas and fairness").
+(docs/ARCHITECTURE.md §7).
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ class Serving:
     ) -> None:
         """Inputs in turns across tenants, not in stream order, at most an eighth of the
         concurrency for one tenant: one tenant's burst does not hold another tenant's
-        requests or results back (jetstream/fair.py, docs/ARCHITECTURE.md)."""
+        requests or results back (jetstream/fair.py, docs/ARCHITECTURE.md §7)."""
         prefix = self.names.prefix
 
         def tenant(msg: Msg) -> str:

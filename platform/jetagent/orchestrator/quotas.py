@@ -5,7 +5,7 @@ a slot (with when they took it) and the ids of held requests in arrival order. E
 orchestrator replica changes it only with a compare-and-set on the key's revision, so two
 replicas can never both take the last slot, and the count survives restarts. The bucket
 is read from its stream leader (no direct gets), so a read that decides is never stale
-(docs/ARCHITECTURE.md, "Tenant quotas").
+(docs/ARCHITECTURE.md §7).
 
 The key changes in step with the workflow's own events: a slot is taken before ``Started``
 is recorded (a crash in between: the request is redelivered and finds its slot taken), and

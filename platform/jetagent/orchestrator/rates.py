@@ -8,7 +8,7 @@ holds up to a minute's worth of tokens and refills continuously at ``tokens_per_
 and a settlement gives back what a step reserved but did not spend (or takes what it
 spent beyond). Steps whose reservations the bucket cannot cover wait (``Throttled``, then a
 durable timer) until it can; a step reserving more than a whole minute's worth runs when
-the bucket is full and leaves it in debt. docs/ARCHITECTURE.md, "Tenant quotas".
+the bucket is full and leaves it in debt. docs/ARCHITECTURE.md §7.
 """
 
 from __future__ import annotations

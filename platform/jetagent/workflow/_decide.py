@@ -11,10 +11,10 @@ only steps whose reservation fits under every cap (with what is spent and reserv
 scheduled. Parallel steps therefore can never overshoot a cap together.
 
 Tenant quotas are the orchestrator's to measure (they span workflows and replicas); what it
-measured arrives in the input, and the decision records it (docs/ARCHITECTURE.md, "Tenant
-quotas"): a ``Begin`` with ``hold`` records ``Held`` instead of ``Started``; ``Admit`` starts
-a held workflow; ``decide(..., rate=...)`` records ``Throttled`` instead of the steps it
-would schedule.
+measured arrives in the input, and the decision records it (docs/ARCHITECTURE.md §7): a
+``Begin`` with ``hold`` records ``Held`` instead of ``Started``; ``Admit`` starts a held
+workflow; ``decide(..., rate=...)`` records ``Throttled`` instead of the steps it would
+schedule.
 """
 
 from __future__ import annotations
