@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 import msgspec
 import pytest
 
+from jetagent.cli._render import describe
 from jetagent.client import Client
 from jetagent.config import Settings, TenantQuota
 from jetagent.errors import RequestRejectedError
@@ -120,13 +121,18 @@ async def test_held_requests_start_in_arrival_order_when_a_slot_frees(
     first = await _slow(client, "acme", 2)
     await _first(client, first, Started)
     held = [await client.submit(instruction=f"What is {i} + 1?", tenant="acme") for i in range(3)]
-    # Each is held, in order, with the quota that held it.
+    # Each is held, in order, with the quota that held it; its session view and
+    # `jetagent watch` say so.
     for position, wid in enumerate(held, start=1):
         event = await _first(client, wid, Held)
         assert isinstance(event, Held)
         assert event.quota == QuotaUse(quota="max_workflows", limit=1, in_use=1)
         assert event.position == position
         assert await _event(client, wid, Started) is None
+        view = await client.fold_session(wid)
+        assert (view.status.value, view.reason) == ("queued", "held")
+        assert "max_workflows=1 (1 of 1 concurrent workflows running)" in view.detail
+        assert f"position {position}" in describe(event)
     # beta is not held back: it ends while acme's first still runs.
     beta = await client.submit(instruction="What is 2 + 3?", tenant="beta")
     assert (await client.result(beta, timeout=20)).ok
@@ -339,3 +345,43 @@ async def test_with_reject_a_tenant_whose_tokens_are_spent_is_refused(settings: 
         assert (await client.result(await client.submit(instruction="hi", tenant="beta"))).ok
     finally:
         await platform.stop()
+
+
+@pytest.mark.parametrize(
+    ("env", "said"),
+    [
+        ({"JETAGENT_TENANT_QUOTAS": "{acme"}, "JETAGENT_TENANT_QUOTAS is not JSON"),
+        ({"JETAGENT_TENANT_QUOTAS": '{"acme": {"max_workflow": 3}}'}, "max_workflow"),
+        ({"JETAGENT_TENANT_QUOTAS": '{"a b": {}}'}, "are not tenant ids"),
+        ({"JETAGENT_TENANT_QUOTAS": '{"acme": {"max_workflows": -1}}'}, "greater than or equal"),
+        ({"JETAGENT_OVER_QUOTA": "drop"}, "'hold' or 'reject'"),
+        ({"JETAGENT_TENANT_MAX_WORKFLOWS": "-1"}, "greater than or equal"),
+        ({"JETAGENT_QUOTA_RECHECK_S": "0"}, "greater than or equal"),
+    ],
+)
+def test_bad_quota_settings_are_refused_with_the_reason(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], said: str
+) -> None:
+    from pydantic import ValidationError
+
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(ValidationError) as refused:
+        Settings()
+    assert said in str(refused.value)
+
+
+def test_quota_settings_round_trip_through_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # `jetagent up` hands its settings to the services it starts as environment variables.
+    quotas = '{"acme": {"max_workflows": 3, "over_quota": "reject"}, "big": {"max_workflows": 0}}'
+    monkeypatch.setenv("JETAGENT_TENANT_QUOTAS", quotas)
+    settings = Settings()
+    for key, value in settings.to_env().items():
+        monkeypatch.setenv(key, value)
+    again = Settings()
+    assert again.quotas_of("acme").max_workflows == 3
+    assert again.quotas_of("acme").over_quota == "reject"
+    assert again.quotas_of("big").max_workflows == 0
+    assert again.quotas_of("other") == settings.quotas_of("other")

@@ -12,11 +12,11 @@ import json
 import logging
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from jetagent.errors import ConfigError
 from jetagent.subjects import Names
@@ -167,7 +167,7 @@ class Settings(BaseSettings):
         description="A request over its tenant's max_workflows: 'hold' (recorded as Held, "
         "started in arrival order when a slot frees) or 'reject' (RequestRejected).",
     )
-    tenant_quotas: dict[str, TenantQuota] = Field(
+    tenant_quotas: Annotated[dict[str, TenantQuota], NoDecode] = Field(
         default_factory=dict,
         description='Per-tenant overrides, as JSON: {"acme": {"max_workflows": 10, '
         '"tokens_per_minute": 50000, "over_quota": "reject"}}.',
@@ -240,6 +240,20 @@ class Settings(BaseSettings):
     def _token(cls, value: str) -> str:
         if not re.fullmatch(r"[a-z][a-z0-9_-]{0,15}", value):
             raise ValueError("must be 1-16 lower-case letters, digits, '-' or '_'")
+        return value
+
+    @field_validator("tenant_quotas", mode="before")
+    @classmethod
+    def _quotas_json(cls, value: Any) -> Any:
+        # Read here rather than by pydantic-settings, so that bad JSON is said as such.
+        if isinstance(value, str):
+            try:
+                return json.loads(value) if value.strip() else {}
+            except json.JSONDecodeError as exc:
+                raise ValueError(
+                    f"JETAGENT_TENANT_QUOTAS is not JSON ({exc.msg} at character {exc.pos}); "
+                    'expected {"<tenant>": {"max_workflows": 10}, ...}'
+                ) from None
         return value
 
     @field_validator("tenant_quotas")
