@@ -33,7 +33,19 @@ from jetagent.orchestrator.rates import TokenBucket, TokenBuckets
 from jetagent.orchestrator.replay import replay_workflow
 from jetagent.testing import eventually
 from jetagent.worker.registry import ToolRegistry
-from jetagent.workflow import DecideContext
+from jetagent.workflow import (
+    Admit,
+    Begin,
+    Cancel,
+    DecideContext,
+    Hold,
+    Input,
+    RateLimited,
+    Tick,
+    WorkflowState,
+    decide,
+    evolve,
+)
 from tests.support.platform import InProcessPlatform
 
 
@@ -385,3 +397,85 @@ def test_quota_settings_round_trip_through_the_environment(
     assert again.quotas_of("acme").over_quota == "reject"
     assert again.quotas_of("big").max_workflows == 0
     assert again.quotas_of("other") == settings.quotas_of("other")
+
+
+# ---------------------------------------------------------------- the pure decisions
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+CTX = DecideContext(models=ModelCatalog.load().models)
+FULL = QuotaUse(quota="max_workflows", limit=2, in_use=2)
+
+
+def _begin(**fields: object) -> Begin:
+    request = {"request_id": "wf", "tenant": "acme", "instruction": "hello"}
+    return Begin(
+        workflow_id="wf",
+        tenant="acme",
+        request=request,
+        at=T0,
+        deadline_at=T0 + timedelta(seconds=30),
+        **fields,  # type: ignore[arg-type]
+    )
+
+
+def _decide_all(state: WorkflowState, command: Input, **rate: object) -> WorkflowState:
+    for event in decide(state, command, CTX, **rate):  # type: ignore[arg-type]
+        state = evolve(state, event)
+    return state
+
+
+def test_a_held_request_starts_on_admit_with_its_deadline_from_the_request() -> None:
+    events = decide(WorkflowState(), _begin(hold=Hold(quota=FULL, position=3)), CTX)
+    assert [type(e).__name__ for e in events] == ["Held"]
+    held = events[0]
+    assert isinstance(held, Held)
+    assert (held.quota, held.position, held.deadline_at) == (FULL, 3, T0 + timedelta(seconds=30))
+    state = evolve(WorkflowState(), held)
+    assert state.status.value == "queued"
+    # A redelivered request decides nothing more; time passing before the deadline neither.
+    assert decide(state, _begin(hold=Hold(quota=FULL, position=3)), CTX) == []
+    assert decide(state, Tick(at=T0 + timedelta(seconds=10)), CTX) == []
+    started = decide(state, Admit(at=T0 + timedelta(seconds=5)), CTX)
+    assert [type(e).__name__ for e in started] == ["Started", "StepScheduled"]
+    first = started[0]
+    assert isinstance(first, Started)
+    assert first.held_since == T0
+    assert first.deadline_at == T0 + timedelta(seconds=30)  # not moved by the wait
+    # Admitting a workflow that is not held decides nothing.
+    assert decide(_decide_all(state, Admit(at=T0)), Admit(at=T0), CTX) == []
+
+
+def test_a_held_workflow_ends_at_its_deadline_or_on_a_cancel_kept_from_before() -> None:
+    state = _decide_all(WorkflowState(), _begin(hold=Hold(quota=FULL, position=1)))
+    ended = decide(state, Tick(at=T0 + timedelta(seconds=30)), CTX)
+    assert [type(e).__name__ for e in ended] == ["Terminated"]
+    assert isinstance(ended[0], Terminated)
+    assert ended[0].reason == "deadline"
+    # A cancel that came before the request was held cancels it as it is held.
+    early = Cancel(
+        at=T0, reason="never mind", workflow_id="wf", expires_at=T0 + timedelta(seconds=60)
+    )
+    state = _decide_all(WorkflowState(), early)
+    events = decide(state, _begin(hold=Hold(quota=FULL, position=1)), CTX)
+    assert [type(e).__name__ for e in events] == ["Held", "Cancelled"]
+    # A cancel while it is held ends it too.
+    state = _decide_all(WorkflowState(), _begin(hold=Hold(quota=FULL, position=1)))
+    assert [type(e).__name__ for e in decide(state, Cancel(at=T0), CTX)] == ["Cancelled"]
+
+
+def test_a_throttled_decision_schedules_its_step_when_the_timer_says() -> None:
+    spent = QuotaUse(quota="tokens_per_minute", limit=1000, in_use=1000)
+    until = T0 + timedelta(seconds=12)
+    rate = RateLimited(quota=spent, needed=600, until=until)
+    events = decide(WorkflowState(), _begin(), CTX, rate=rate)
+    assert [type(e).__name__ for e in events] == ["Started", "Throttled"]
+    throttled = events[-1]
+    assert isinstance(throttled, Throttled)
+    assert (throttled.until, throttled.quota) == (until, spent)
+    assert throttled.needed >= 600
+    state = WorkflowState()
+    for event in events:
+        state = evolve(state, event)
+    assert decide(state, Tick(at=until - timedelta(seconds=1)), CTX) == []  # not yet
+    due = decide(state, Tick(at=until), CTX)
+    assert [type(e).__name__ for e in due] == ["StepScheduled"]

@@ -89,8 +89,8 @@ class Admissions:
         the redelivery)."""
         if now.held is not None and was.held is None:
             await self.timers.arm(workflow_id, ADMIT, now.held.at + self.recheck)
-        if was.held is not None and now.held is None and not now.status.is_final:
-            await self.timers.disarm(workflow_id, ADMIT)  # started: no recheck needed
+        if was.held is not None and now.held is None:
+            await self.timers.disarm(workflow_id, ADMIT)  # started or ended: no recheck
         if now.paused_until is not None and now.paused_until != was.paused_until:
             await self.timers.arm(workflow_id, RATE, now.paused_until)  # throttled
         ended = now.status.is_final and not was.status.is_final

@@ -40,7 +40,7 @@ from jetagent.contract import Status
 from jetagent.decoding import UntrustedResult
 from jetagent.errors import JetagentError
 from jetagent.events import StepScheduled, WorkflowEvent, group_for_messages
-from jetagent.jetstream import AggregateStream, ConcurrencyConflict
+from jetagent.jetstream import AggregateStream, ConcurrencyConflict, StoreUnavailableError
 from jetagent.jetstream.consume import Puller
 from jetagent.jetstream.provision import provision
 from jetagent.models import ModelCatalog
@@ -254,6 +254,11 @@ class Orchestrator(Serving):
         loaded = await self.journal.load(workflow_id)
         if loaded.state.held is None:
             await self.journal.catch_up(workflow_id, loaded)  # the cache may be behind
+        if loaded.seq == 0:
+            # Promoted in the instant between its hold being counted and recorded (or
+            # its orchestrator died in between, and its request comes again): soon.
+            self.journal.forget(workflow_id)
+            raise StoreUnavailableError(f"{workflow_id} was woken before its hold was recorded")
         state = loaded.state
         if state.held is None or state.status is not Status.QUEUED:
             if state.status.is_final:

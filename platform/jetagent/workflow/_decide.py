@@ -427,10 +427,7 @@ def _next(state: WorkflowState, at: datetime, ctx: DecideContext) -> WorkflowEve
     if state.status.is_final:
         return None
     if state.status is Status.QUEUED:
-        if state.held is not None and state.deadline_at is not None and at >= state.deadline_at:
-            detail = f"the deadline {state.deadline_at} passed while held by a tenant quota"
-            return _terminate(state, at, "deadline", detail)
-        return _expire_deferred(state, at)
+        return _held(state, at) if state.held is not None else _expire_deferred(state, at)
     if state.deferred:
         return _apply_deferred(state, at)
     wid = state.workflow_id
@@ -459,6 +456,24 @@ def _next(state: WorkflowState, at: datetime, ctx: DecideContext) -> WorkflowEve
     if state.phase == "summarize":
         return _next_summary(state, at, ctx)
     return None
+
+
+def _held(state: WorkflowState, at: datetime) -> WorkflowEvent | None:
+    """A held workflow ends at its deadline, or on a cancel kept from before its hold;
+    signals kept for it wait for its start (or expire)."""
+    if state.deadline_at is not None and at >= state.deadline_at:
+        detail = f"the deadline {state.deadline_at} passed while held by a tenant quota"
+        return _terminate(state, at, "deadline", detail)
+    cancel = next((d for d in state.deferred if d.kind == "cancel"), None)
+    if cancel is not None:
+        return Cancelled(
+            workflow_id=state.workflow_id,
+            at=at,
+            reason=cancel.reason,
+            by=cancel.by,
+            spent=state.spent,
+        )
+    return _expire_deferred(state, at)
 
 
 def _what(deferred: InputDeferred) -> str:
