@@ -298,9 +298,6 @@ class Orchestrator(Serving):
                     await self.journal.append(workflow_id, loaded, [event], headers)
             # A rejection is final: no lock to keep for it (anyone can send rejections).
             self._locks.pop(workflow_id, None)
-        if rejection.tenant is not None and rejection.quota is None:
-            # A redelivered request refused now may have taken a slot before.
-            await self.admissions.end(rejection.tenant, workflow_id)
 
     async def _check_trusted(
         self, workflow_id: str, loaded: Loaded, subject: str, result: StepResult
