@@ -10,10 +10,10 @@ is read from its stream leader (no direct gets), so a read that decides is never
 The key changes in step with the workflow's own events: a slot is taken before ``Started``
 is recorded (a crash in between: the request is redelivered and finds its slot taken), and
 freed after the final event is recorded (a crash in between: the slot is reclaimed by
-:meth:`Slots.reconcile`, which trusts the record over the key). Freeing a slot promotes the
-oldest held requests in the same write; each promoted workflow is then woken durably
-(``jetagent.orchestrator.timers``), and a held workflow's periodic recheck repairs a
-wake-up lost in a crash.
+``Admissions.reconcile`` in ``jetagent.orchestrator._admission``, which trusts the record
+over the key). Freeing a slot promotes the oldest held requests in the same write; each
+promoted workflow is then woken durably (``jetagent.orchestrator.timers``), and a held
+workflow's periodic recheck repairs a wake-up lost in a crash.
 
 Changes of one tenant in one process are batched: callers queue a change and whoever holds
 the tenant's lock writes every queued change in one compare-and-set, so a burst of one
