@@ -41,7 +41,7 @@ from jetagent.orchestrator.rates import TokenBuckets
 from jetagent.orchestrator.timers import ADMIT, RATE, Timers
 from jetagent.workflow import Admit, Begin, Hold, Input, WorkflowState
 
-__all__ = ["Admissions", "Refusal"]
+__all__ = ["Admissions", "Refusal", "StartNow"]
 
 log = logging.getLogger("jetagent.quotas")
 
@@ -57,6 +57,12 @@ class Refusal:
 
     quota: QuotaUse
     reason: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class StartNow:
+    """The request holds a slot: start it, at a time after the slot was taken (so that
+    its run, from ``Started`` to its end, lies within the slot's)."""
 
 
 def _now() -> datetime:
@@ -101,8 +107,9 @@ class Admissions:
         """The tenant's max_workflows (0: no limit)."""
         return self.settings.quotas_of(tenant).max_workflows
 
-    async def begin(self, begin: Begin) -> Begin | Refusal:
-        """A new request: the ``Begin`` to decide (started now, or held), or its refusal."""
+    async def begin(self, begin: Begin) -> StartNow | Hold | Refusal | None:
+        """What a new request's tenant quotas say: start it now, hold it, refuse it, or
+        nothing (no quota applies: decide it as it is)."""
         tenant = begin.tenant
         quotas = self.settings.quotas_of(tenant)
         if quotas.over_quota == "reject" and quotas.tokens_per_minute:
@@ -114,7 +121,7 @@ class Admissions:
                 use = QuotaUse(quota="tokens_per_minute", limit=per_minute, in_use=in_use)
                 return Refusal(quota=use, reason=use.describe(tenant))
         if not quotas.max_workflows:
-            return begin
+            return None
         limit, mode = quotas.max_workflows, quotas.over_quota
         outcome, promoted = await self.slots.admit(
             tenant, begin.workflow_id, limit=limit, mode=mode
@@ -129,15 +136,11 @@ class Admissions:
             await self._wake(promoted)
         match outcome:
             case Granted():
-                # Started now, after its slot was taken: its run lies within the slot's.
-                now = _now()
-                shift = now - begin.at
-                deadline = begin.deadline_at + shift if begin.deadline_at else None
-                return dataclasses.replace(begin, at=now, deadline_at=deadline)
+                return StartNow()
             case Waiting(position, quota):
                 what = quota.describe(tenant)
                 log.info("holding %s: %s (position %d)", begin.workflow_id, what, position)
-                return dataclasses.replace(begin, hold=Hold(quota=quota, position=position))
+                return Hold(quota=quota, position=position)
             case Refused(quota, reason):
                 log.info("refusing %s: %s", begin.workflow_id, reason)
                 return Refusal(quota=quota, reason=reason)

@@ -9,7 +9,9 @@ concurrency check, and only then acknowledges the message.
 
 Tenant quotas (``jetagent.orchestrator._admission`` for concurrency, ``rates`` for tokens per
 minute) are measured here, around the pure decisions, and what they measured goes into the
-decision's input, so the record says why a request was held or a step waited.
+decision's input, so the record says why a request was held or a step waited. (A little
+over 400 lines: the decision loop with the quota hooks it calls; how inputs are consumed
+is ``_serving``, the quotas themselves ``_admission``, ``quotas`` and ``rates``.)
 
 Exactly once: every event carries its cause (``Ja-Causation``: the upstream stream and
 sequence) in the same message, and the workflow's state knows which inputs it folded
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections import defaultdict
@@ -44,7 +47,7 @@ from jetagent.jetstream import AggregateStream, ConcurrencyConflict, StoreUnavai
 from jetagent.jetstream.consume import Puller
 from jetagent.jetstream.provision import provision
 from jetagent.models import ModelCatalog
-from jetagent.orchestrator._admission import Admissions, Refusal
+from jetagent.orchestrator._admission import Admissions, Refusal, StartNow
 from jetagent.orchestrator._serving import Serving
 from jetagent.orchestrator.inputs import (
     Addressed,
@@ -67,6 +70,7 @@ from jetagent.workflow import (
     Begin,
     DecideContext,
     FoldResult,
+    Hold,
     Input,
     RateLimited,
     WorkflowState,
@@ -235,18 +239,31 @@ class Orchestrator(Serving):
     async def _begin(self, workflow_id: str, begin: Begin, message: Message) -> None:
         """A valid request: started, held or refused by its tenant's quota."""
         admitted = await self.admissions.begin(begin)
-        if isinstance(admitted, Refusal):
-            refusal = Rejection(
-                workflow_id=workflow_id,
-                tenant=begin.tenant,
-                reasons=[f"{admitted.reason}; try again later"],
-                size=len(message.data),
-                at=_now(),
-                quota=admitted.quota,
-            )
-            await self._reject(message, refusal)
-            return
-        await self.process(workflow_id, admitted, message)
+        match admitted:
+            case Refusal(quota, reason):
+                refusal = Rejection(
+                    workflow_id=workflow_id,
+                    tenant=begin.tenant,
+                    reasons=[f"{reason}; try again later"],
+                    size=len(message.data),
+                    at=_now(),
+                    quota=quota,
+                )
+                await self._reject(message, refusal)
+            case Hold():
+                await self.process(workflow_id, dataclasses.replace(begin, hold=admitted), message)
+            case StartNow():
+                # Its slot is taken: translated again now, as replay translates it at its
+                # Started's time (one translation, docs/ARCHITECTURE.md §4).
+                prefix = self.names.prefix
+                made = inputs_of(message, prefix=prefix, at=_now(), admission=self.admission)
+                match made:
+                    case Rejection():
+                        await self._reject(message, made)  # its slot is reclaimed later
+                    case Addressed(_, Begin() as now):
+                        await self.process(workflow_id, now, message)
+            case None:
+                await self.process(workflow_id, begin, message)
 
     async def _admit(self, workflow_id: str, admit: Admit, message: Message) -> None:
         """A held workflow woken (a slot was freed for it) or rechecking: start it if it
