@@ -15,18 +15,19 @@ over the key). Freeing a slot promotes the oldest held requests in the same writ
 promoted workflow is then woken durably (``jetagent.orchestrator.timers``), and a held
 workflow's periodic recheck repairs a wake-up lost in a crash.
 
-Changes of one tenant in one process are batched: callers queue a change and whoever holds
-the tenant's lock writes every queued change in one compare-and-set, so a burst of one
-tenant costs a few writes, not one per request.
+Changes of one tenant in one process are batched: callers queue a change, and one of them
+at a time writes every change queued so far in one compare-and-set while the others wait
+for their result, so a burst of one tenant costs a few writes, not one per request.
 """
 
 from __future__ import annotations
 
 import asyncio
+from asyncio import FIRST_COMPLETED
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TypeVar, cast
+from typing import Any, TypeVar, cast
 
 import msgspec
 from nats.errors import Error as NatsError
@@ -91,8 +92,9 @@ class _Change:
 
 @dataclass
 class _Tenant:
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     queued: list[_Change] = field(default_factory=list)
+    flushing: asyncio.Future[None] | None = None
+    """Set while one caller writes the queued changes; done when it has finished."""
     reconciled: float = -1e9
 
 
@@ -228,21 +230,36 @@ class Slots:
         entry = self._tenants.setdefault(tenant, _Tenant())
         mine = _Change(apply=apply, done=asyncio.get_running_loop().create_future())
         entry.queued.append(mine)
-        async with entry.lock:
-            if not mine.done.done():
-                # Whoever holds the lock writes every change queued meanwhile.
+        while not mine.done.done():
+            if entry.flushing is not None:
+                # Another caller is writing: this change goes in its next write (or,
+                # if it stops, this caller writes).
+                either: list[asyncio.Future[Any]] = [mine.done, entry.flushing]
+                await asyncio.wait(either, return_when=FIRST_COMPLETED)
+            else:
+                await self._flush(tenant, entry)
+        return cast(tuple[T, list[str]], mine.done.result())
+
+    async def _flush(self, tenant: str, entry: _Tenant) -> None:
+        """Write the queued changes, in as few writes as they arrive in."""
+        entry.flushing = asyncio.get_running_loop().create_future()
+        try:
+            while entry.queued:
                 batch, entry.queued = entry.queued, []
                 try:
                     await self._write(tenant, batch)
                 except BaseException as exc:
-                    failure: BaseException = exc
-                    if isinstance(exc, asyncio.CancelledError):
+                    failure = exc
+                    if not isinstance(exc, Exception):  # cancelled: the others learn why
                         failure = StoreUnavailableError("a quota write was interrupted")
                     for change in batch:
-                        if change is not mine and not change.done.done():
+                        if not change.done.done():
                             change.done.set_exception(failure)
-                    raise
-        return cast(tuple[T, list[str]], await mine.done)
+                    if failure is not exc:
+                        raise
+        finally:
+            entry.flushing.set_result(None)
+            entry.flushing = None
 
     async def _write(self, tenant: str, batch: list[_Change]) -> None:
         """Apply every queued change to the key in one compare-and-set (again on a
