@@ -28,6 +28,7 @@ SUITE_MODULES = [
     "bench.gateway",
     "bench.delivery",
     "bench.listing",
+    "bench.quotas",
     "bench.comparison",
 ]
 """Every suite, in report order. Add a module exposing ``SUITE: Suite`` to add one."""

@@ -35,7 +35,11 @@ def bench_services(
     url: str, prefix: str, log_dir: Path, env: Mapping[str, str] | None = None
 ) -> ServiceProcesses:
     """``jetagent`` processes under ``prefix`` on the suite's server; their logs in
-    ``<log_dir>/<prefix>/``. Stop them with ``stop_all()``."""
+    ``<log_dir>/<prefix>/``. Stop them with ``stop_all()``.
+
+    The suites measure the engine with one tenant, not tenant quotas (``bench.quotas``
+    does): no concurrency quota unless ``env`` sets one."""
+    env = {"JETAGENT_TENANT_MAX_WORKFLOWS": "0", **(env or {})}
     return ServiceProcesses(
         url, prefix, log_dir / prefix, env=env, cwd=ROOT, command=SERVICE_COMMAND
     )

@@ -23,6 +23,7 @@ from prometheus_client.registry import Collector
 from jetagent.events import (
     Cancelled,
     Finalized,
+    Held,
     RequestRejected,
     Started,
     StepCompleted,
@@ -30,6 +31,7 @@ from jetagent.events import (
     StepResult,
     StepScheduled,
     Terminated,
+    Throttled,
     WorkflowEvent,
 )
 from projections.known import SEP, derived_label_sets, known_label_sets
@@ -131,10 +133,28 @@ class MetricsState(msgspec.Struct):
     """stream → messages skipped because they are not valid events (projections.poison)."""
     admitted: dict[str, dict[str, bool]] = msgspec.field(default_factory=dict)
     """label dimension → the free values admitted so far (projections.labels)."""
+    quota: dict[str, int] = msgspec.field(default_factory=dict)
+    """tenant, quota, outcome (held, rejected, throttled) → decisions of tenant quotas."""
+    held: dict[str, int] = msgspec.field(default_factory=dict)
+    """tenant → workflows held now."""
+    held_workflows: dict[str, str] = msgspec.field(default_factory=dict)
+    """workflow id → tenant, while it is held."""
 
     def apply_workflow_event(self, event: WorkflowEvent, labels: LabelPolicy = _ANY) -> None:
         match event:
+            case Held():
+                label = labels.tenant(event.tenant, self.admitted)
+                if event.workflow_id not in self.held_workflows:
+                    self.held_workflows[event.workflow_id] = label
+                    _add(self.held, label, 1)
+                    _add(self.quota, _key(label, event.quota.quota, "held"), 1)
+            case Throttled():
+                running = self.open_workflows.get(event.workflow_id)
+                if running is not None:
+                    _add(self.quota, _key(running, event.quota.quota, "throttled"), 1)
             case Started():
+                if (held := self.held_workflows.pop(event.workflow_id, None)) is not None:
+                    _add(self.held, held, -1)
                 label = labels.tenant(event.tenant, self.admitted)
                 self.open_workflows[event.workflow_id] = label
                 _add(self.active, label, 1)
@@ -154,9 +174,12 @@ class MetricsState(msgspec.Struct):
                     self.turnaround.setdefault(capability, Histogram()).observe(event.at - started)
             case Finalized() | Terminated() | Cancelled():
                 tenant = self.open_workflows.pop(event.workflow_id, None)
-                if tenant is None:
+                if tenant is not None:
+                    _add(self.active, tenant, -1)
+                elif (tenant := self.held_workflows.pop(event.workflow_id, None)) is not None:
+                    _add(self.held, tenant, -1)  # it ended while held (cancel, deadline)
+                else:
                     return  # an end without a start (impossible), or already counted
-                _add(self.active, tenant, -1)
                 outcome = type(event).__name__.lower()
                 _add(self.workflows, _key(tenant, outcome), 1)
                 if isinstance(event, Terminated):
@@ -166,6 +189,8 @@ class MetricsState(msgspec.Struct):
             case RequestRejected():
                 tenant = labels.tenant(event.tenant or "unknown", self.admitted)
                 _add(self.workflows, _key(tenant, "rejected"), 1)
+                if event.quota is not None:
+                    _add(self.quota, _key(tenant, event.quota.quota, "rejected"), 1)
 
     def apply_step_result(self, result: StepResult, labels: LabelPolicy = _ANY) -> None:
         # A hot path of rebuilds: label keys are formatted once per call record.
@@ -328,6 +353,20 @@ class MetricsCollector(Collector):
             ["tenant"],
             s.active,
             known.get("jetagent_workflows_active"),
+        )
+        yield _gauge(
+            "jetagent_workflows_held",
+            "Requests held by their tenant's concurrency quota now.",
+            ["tenant"],
+            s.held,
+            known.get("jetagent_workflows_held"),
+        )
+        yield _counter(
+            "jetagent_quota_decisions",
+            "Requests held or rejected, and decisions throttled, by tenant quotas.",
+            ["tenant", "quota", "outcome"],
+            s.quota,
+            known.get("jetagent_quota_decisions"),
         )
         yield _counter(
             "jetagent_dead_letters",

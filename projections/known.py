@@ -24,6 +24,14 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from projections.costs import MetricsState
 
+QUOTA_DECISIONS = (
+    ("max_workflows", "held"),
+    ("max_workflows", "rejected"),
+    ("tokens_per_minute", "throttled"),
+    ("tokens_per_minute", "rejected"),
+)
+"""What a tenant quota can decide (``jetagent_quota_decisions``'s quota and outcome)."""
+
 __all__ = [
     "CALL_OUTCOMES",
     "DEAD_LETTER_SOURCES",
@@ -60,6 +68,12 @@ def known_label_sets(*, tenants: frozenset[str] | None, streams: list[str]) -> d
             SEP.join((tenant, outcome)) for tenant in sorted(tenants or ()) for outcome in OUTCOMES
         ],
         "jetagent_workflows_active": sorted(tenants or ()),
+        "jetagent_workflows_held": sorted(tenants or ()),
+        "jetagent_quota_decisions": [
+            SEP.join((tenant, quota, outcome))
+            for tenant in sorted(tenants or ())
+            for quota, outcome in QUOTA_DECISIONS
+        ],
         "jetagent_workflow_terminations": list(TERMINATION_REASONS),
         "jetagent_dead_letters": list(DEAD_LETTER_SOURCES),
         "jetagent_projection_poison_messages": list(streams),

@@ -37,7 +37,7 @@ from nats.js.kv import KeyValue
 from jetagent import plugins
 from jetagent.config import Settings
 from jetagent.errors import JetagentError
-from jetagent.events import Started, StepResult, decode_events, decode_step_result
+from jetagent.events import Held, Started, StepResult, decode_events, decode_step_result
 from jetagent.jetstream import kv_put
 from jetagent.jetstream.provision import provision
 from jetagent.metrics import serve_metrics, service_registry
@@ -214,7 +214,13 @@ class ProjectionService:
             if stream == self._workflows_stream:
                 events = decode_events(data)
                 workflow_id = workflow_of(events)
-                new = seq > self._stored_until and isinstance(events[0], Started)
+                # A workflow's first message makes a new view: its Started, unless it was
+                # held first (then its Held).
+                first = events[0]
+                new = seq > self._stored_until and (
+                    isinstance(first, Held)
+                    or (isinstance(first, Started) and first.held_since is None)
+                )
                 view = self._view_now(workflow_id, new=new)
                 if view is None:
                     return workflow_id

@@ -16,6 +16,7 @@ from capabilities.tools.calculator import CalculatorError, evaluate
 from jetagent.contract import Status, WorkflowRequest
 from jetagent.events import (
     CallRecord,
+    QuotaUse,
     StepError,
     StepResult,
     StepScheduled,
@@ -26,11 +27,14 @@ from jetagent.events import (
 from jetagent.llm import Message, ToolSpec, Usage
 from jetagent.models import ModelCatalog
 from jetagent.workflow import (
+    Admit,
     Begin,
     Cancel,
     DecideContext,
     FoldResult,
+    Hold,
     Input,
+    RateLimited,
     Signal,
     Tick,
     ToolInfo,
@@ -151,6 +155,11 @@ def test_any_history_replays_to_the_same_state_and_decisions(data: st.DataObject
             pre.append(
                 Signal(name="approval", payload=payload, at=at, workflow_id="wf", expires_at=keep)
             )
+    # Sometimes the tenant's quota holds the request (then a freed slot admits it), and
+    # sometimes its tokens per minute throttle a decision: what the orchestrator
+    # measured, passed in as it would be.
+    full = QuotaUse(quota="max_workflows", limit=1, in_use=1)
+    hold = Hold(quota=full, position=1) if draw(st.integers(0, 3)) == 0 else None
     inputs: list[Input] = [
         *pre,
         Begin(
@@ -161,8 +170,11 @@ def test_any_history_replays_to_the_same_state_and_decisions(data: st.DataObject
             deadline_at=at + timedelta(seconds=30)
             if request.capability_limits.deadline_s
             else None,
+            hold=hold,
         ),
     ]
+    rates: list[RateLimited | None] = [None] * len(inputs)
+    spent = QuotaUse(quota="tokens_per_minute", limit=1000, in_use=1000)
     state = WorkflowState()
     history: list[WorkflowEvent] = []
     delivered: list[FoldResult] = []
@@ -173,7 +185,7 @@ def test_any_history_replays_to_the_same_state_and_decisions(data: st.DataObject
             history.append(event)
     for _ in range(60):
         command = inputs[-1]
-        events = decide(state, command, CTX)
+        events = decide(state, command, CTX, rate=rates[-1])
         for event in events:
             state = evolve(state, event)
             history.append(event)
@@ -192,7 +204,13 @@ def test_any_history_replays_to_the_same_state_and_decisions(data: st.DataObject
             if isinstance(e, StepScheduled) and state.steps[e.step_id].status == "scheduled"
         ]
         choice = draw(st.integers(0, 99))
-        if choice == 0:
+        rate = None
+        if draw(st.integers(0, 9)) == 0:
+            rate = RateLimited(quota=spent, needed=100, until=at + timedelta(seconds=2))
+        rates.append(rate)
+        if state.held is not None and choice > 10:
+            inputs.append(Admit(at=at))  # a slot freed
+        elif choice == 0:
             inputs.append(Cancel(at=at, reason="test"))
         elif choice <= 6 and delivered:
             inputs.append(draw(st.sampled_from(delivered)))  # a redelivery
@@ -218,8 +236,8 @@ def test_any_history_replays_to_the_same_state_and_decisions(data: st.DataObject
     # 3. Deciding the same inputs again gives the same events: decisions are pure.
     replayed: list[WorkflowEvent] = []
     again = WorkflowState()
-    for command in inputs:
-        for event in decide(again, command, CTX):
+    for command, limited in zip(inputs, rates, strict=True):
+        for event in decide(again, command, CTX, rate=limited):
             again = evolve(again, event)
             replayed.append(event)
         if again.status.is_final:

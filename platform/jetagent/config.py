@@ -8,19 +8,52 @@ Secrets are never settings: NATS credentials are files (``NATS_CREDS``,
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from pathlib import Path
-from typing import Literal, TypedDict
+from typing import Annotated, Any, Literal, TypedDict
 from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from jetagent.errors import ConfigError
 from jetagent.subjects import Names
 
-__all__ = ["ConnectionOptions", "Settings"]
+__all__ = ["ConnectionOptions", "OverQuota", "Settings", "TenantQuota", "TenantQuotas"]
+
+OverQuota = Literal["hold", "reject"]
+"""What happens to a request over its tenant's concurrency quota."""
+
+
+class TenantQuota(BaseModel):
+    """One tenant's quotas in ``JETAGENT_TENANT_QUOTAS``; a field left out is the default."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_workflows: int | None = Field(
+        None, ge=0, description="Workflows the tenant may run at once (0: no limit)."
+    )
+    tokens_per_minute: int | None = Field(
+        None, ge=0, description="Tokens the tenant's steps may reserve per minute (0: no limit)."
+    )
+    over_quota: OverQuota | None = Field(
+        None, description="hold or reject a request over max_workflows."
+    )
+
+
+class TenantQuotas(BaseModel):
+    """The quotas in force for one tenant (the defaults with its overrides applied)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    max_workflows: int
+    """0: no limit."""
+    tokens_per_minute: int
+    """0: no limit."""
+    over_quota: OverQuota
+
 
 log = logging.getLogger(__name__)
 
@@ -186,6 +219,47 @@ class Settings(BaseSettings):
         description="Processes of a tools worker's pool for runs_in='process' tools "
         "(default: one per CPU).",
     )
+    tenant_max_workflows: int = Field(
+        100,
+        ge=0,
+        description="Workflows one tenant may run at once (0: no limit); requests over it are "
+        "held or rejected (JETAGENT_OVER_QUOTA). Per tenant: JETAGENT_TENANT_QUOTAS.",
+    )
+    tenant_tokens_per_minute: int = Field(
+        0,
+        ge=0,
+        description="Tokens one tenant's steps may reserve per minute, settled by actual usage "
+        "(0: no limit); a step over it waits on a durable timer.",
+    )
+    over_quota: OverQuota = Field(
+        "hold",
+        description="A request over its tenant's max_workflows: 'hold' (recorded as Held, "
+        "started in arrival order when a slot frees) or 'reject' (RequestRejected).",
+    )
+    tenant_quotas: Annotated[dict[str, TenantQuota], NoDecode] = Field(
+        default_factory=dict,
+        description='Per-tenant overrides, as JSON: {"acme": {"max_workflows": 10, '
+        '"tokens_per_minute": 50000, "over_quota": "reject"}}.',
+    )
+    quota_recheck_s: float = Field(
+        30.0,
+        ge=1,
+        le=3600,
+        description="Seconds between the durable rechecks of a held workflow (it starts as "
+        "soon as a slot frees; the recheck only repairs a wake-up lost in a crash).",
+    )
+    request_lookahead: int = Field(
+        1000,
+        ge=0,
+        description="Requests an orchestrator holds beyond those it processes, to take "
+        "them round robin across tenants (0: stream order).",
+    )
+    worker_lookahead: int = Field(
+        64,
+        ge=0,
+        description="Steps a worker holds beyond those it runs, to start them round robin "
+        "across tenants (0: stream order).",
+    )
     tool_wait_s: float = Field(
         0.0,
         ge=0,
@@ -291,6 +365,37 @@ class Settings(BaseSettings):
             raise ValueError("must be 1-16 lower-case letters, digits, '-' or '_'")
         return value
 
+    @field_validator("tenant_quotas", mode="before")
+    @classmethod
+    def _quotas_json(cls, value: Any) -> Any:
+        # Read here rather than by pydantic-settings, so that bad JSON is said as such.
+        if isinstance(value, str):
+            try:
+                return json.loads(value) if value.strip() else {}
+            except json.JSONDecodeError as exc:
+                raise ValueError(
+                    f"JETAGENT_TENANT_QUOTAS is not JSON ({exc.msg} at character {exc.pos}); "
+                    'expected {"<tenant>": {"max_workflows": 10}, ...}'
+                ) from None
+        return value
+
+    @field_validator("tenant_quotas")
+    @classmethod
+    def _tenant_ids(cls, value: dict[str, TenantQuota]) -> dict[str, TenantQuota]:
+        bad = [t for t in value if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", t)]
+        if bad:
+            raise ValueError(f"tenants {bad} are not tenant ids (1-64 letters, digits, '-' or '_')")
+        return value
+
+    def quotas_of(self, tenant: str) -> TenantQuotas:
+        """The quotas in force for ``tenant``: its overrides, else the defaults."""
+        override = self.tenant_quotas.get(tenant) or TenantQuota()
+        return TenantQuotas(
+            max_workflows=_first(override.max_workflows, self.tenant_max_workflows),
+            tokens_per_minute=_first(override.tokens_per_minute, self.tenant_tokens_per_minute),
+            over_quota=override.over_quota or self.over_quota,
+        )
+
     @property
     def tenant_set(self) -> frozenset[str] | None:
         """Accepted tenants, or None for any."""
@@ -300,16 +405,19 @@ class Settings(BaseSettings):
     def to_env(self) -> dict[str, str]:
         """These settings as environment variables, for the processes a command starts."""
         env = {}
-        for name, value in self.model_dump().items():
-            if value is None:
-                continue
+        for name, value in self.model_dump(mode="json", exclude_none=True).items():
             key = "NATS_URL" if name == "nats_url" else f"JETAGENT_{name.upper()}"
             if name in ("nats_creds", "nats_user", "nats_password_file"):
                 key = name.upper()  # file names and a user name; never a secret itself
-            env[key] = str(value)
+            # Complex settings are JSON, as pydantic-settings reads them back.
+            env[key] = json.dumps(value) if isinstance(value, dict | list) else str(value)
         return env
 
     @property
     def names(self) -> Names:
         """Every stream, subject and bucket name under this prefix (``jetagent.subjects``)."""
         return Names(self.prefix)
+
+
+def _first(value: int | None, default: int) -> int:
+    return default if value is None else value

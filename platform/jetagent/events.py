@@ -7,7 +7,9 @@ and an upcaster from the old one (``UPCASTERS``), so old streams stay readable.
   Started, StepScheduled, StepCompleted, StepFailed, ApprovalRequested, ApprovalResolved,
   Finalized, Terminated, Cancelled, and RequestRejected for a request that never started;
   InputDeferred (a cancel or signal that arrived before its workflow started, kept until it
-  starts) and InputRejected (such inputs answered: the workflow did not start in time).
+  starts) and InputRejected (such inputs answered: the workflow did not start in time);
+  Held (a request over its tenant's concurrency quota, waiting for a slot) and Throttled
+  (steps waiting for the tenant's tokens per minute), each with the ``QuotaUse`` behind it.
 - ``StepResult`` (``JA_STEPS``): what a capability worker produced for one step, with the
   usage and cost of every provider call it made (recorded there and nowhere else).
 - ``CancelRequested`` and ``SignalSent`` (``JA_REQUESTS``), next to the requests.
@@ -34,9 +36,11 @@ __all__ = [
     "CancelRequested",
     "Cancelled",
     "Finalized",
+    "Held",
     "InputDeferred",
     "InputRejected",
     "Money",
+    "QuotaUse",
     "RequestRejected",
     "RoutingDecision",
     "SignalSent",
@@ -48,6 +52,7 @@ __all__ = [
     "StepResult",
     "StepScheduled",
     "Terminated",
+    "Throttled",
     "WorkflowEvent",
     "decode_event",
     "decode_events",
@@ -95,10 +100,13 @@ class _WorkflowEventBase(_Event, frozen=True, kw_only=True):
 
 
 class Started(_WorkflowEventBase, frozen=True, kw_only=True, tag="Started"):
+    v: int = 2
     tenant: str
     request: dict[str, Any]
     """The validated request, as JSON."""
     deadline_at: datetime | None = None
+    held_since: datetime | None = None
+    """When its request was held by its tenant's quota (None: it started at once)."""
 
 
 class StepScheduled(_WorkflowEventBase, frozen=True, kw_only=True, tag="StepScheduled"):
@@ -174,10 +182,54 @@ class Cancelled(_WorkflowEventBase, frozen=True, kw_only=True, tag="Cancelled"):
     spent: Spend
 
 
+class QuotaUse(msgspec.Struct, frozen=True, kw_only=True):
+    """A tenant quota at the moment it decided something: which, its limit, the use."""
+
+    quota: Literal["max_workflows", "tokens_per_minute"]
+    limit: int
+    in_use: int
+    """Workflows running, or tokens spent and reserved in the last minute."""
+
+    def describe(self, tenant: str) -> str:
+        """One sentence for a reason: ``tenant 'acme' is at its quota max_workflows …``."""
+        if self.quota == "max_workflows":
+            use = f"{self.in_use} of {self.limit} concurrent workflows running"
+        else:
+            use = f"{self.in_use} of {self.limit} tokens per minute in use"
+        return f"tenant {tenant!r} is at its quota {self.quota}={self.limit} ({use})"
+
+
 class RequestRejected(_WorkflowEventBase, frozen=True, kw_only=True, tag="RequestRejected"):
+    v: int = 2
     reasons: list[str]
     tenant: str | None = None
     size: int = 0
+    quota: QuotaUse | None = None
+    """The tenant quota that refused it (None: it failed its checks)."""
+
+
+class Held(_WorkflowEventBase, frozen=True, kw_only=True, tag="Held"):
+    """A valid request over its tenant's concurrency quota, held (``JETAGENT_OVER_QUOTA=
+    hold``): it starts, in arrival order per tenant, when a slot frees. Its deadline runs
+    from now; a held workflow whose deadline passes ends ``Terminated(deadline)``."""
+
+    tenant: str
+    request: dict[str, Any]
+    """The validated request, as JSON (``Started`` carries it again when it starts)."""
+    deadline_at: datetime | None = None
+    quota: QuotaUse
+    position: int = 0
+    """Its place in the tenant's queue when it was held (1: next to start)."""
+
+
+class Throttled(_WorkflowEventBase, frozen=True, kw_only=True, tag="Throttled"):
+    """The workflow's next steps wait: its tenant's tokens per minute are spent. They are
+    scheduled at ``until`` (a durable timer), or throttled again then if still over."""
+
+    quota: QuotaUse
+    needed: int
+    """Tokens the waiting steps reserve."""
+    until: datetime
 
 
 class InputDeferred(_WorkflowEventBase, frozen=True, kw_only=True, tag="InputDeferred"):
@@ -213,6 +265,8 @@ WorkflowEvent = (
     | RequestRejected
     | InputDeferred
     | InputRejected
+    | Held
+    | Throttled
 )
 
 
@@ -303,6 +357,8 @@ _EVENT_CLASSES: tuple[type[_Event], ...] = (
     RequestRejected,
     InputDeferred,
     InputRejected,
+    Held,
+    Throttled,
     StepResult,
     CancelRequested,
     SignalSent,
@@ -340,6 +396,24 @@ def _step_scheduled_v1_v2(data: dict[str, Any]) -> dict[str, Any]:
 
 
 UPCASTERS[("StepScheduled", 1)] = _step_scheduled_v1_v2
+
+
+def _started_v1_v2(data: dict[str, Any]) -> dict[str, Any]:
+    # v1 had no held_since (written before tenant quotas existed): it started at once.
+    data.setdefault("held_since", None)
+    return data
+
+
+UPCASTERS[("Started", 1)] = _started_v1_v2
+
+
+def _request_rejected_v1_v2(data: dict[str, Any]) -> dict[str, Any]:
+    # v1 had no quota (written before tenant quotas existed): it failed its checks.
+    data.setdefault("quota", None)
+    return data
+
+
+UPCASTERS[("RequestRejected", 1)] = _request_rejected_v1_v2
 
 
 def _upcast(raw: Any) -> dict[str, Any]:

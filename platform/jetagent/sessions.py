@@ -21,6 +21,7 @@ from jetagent.events import (
     ApprovalResolved,
     Cancelled,
     Finalized,
+    Held,
     RequestRejected,
     Started,
     StepCompleted,
@@ -28,6 +29,7 @@ from jetagent.events import (
     StepResult,
     StepScheduled,
     Terminated,
+    Throttled,
     WorkflowEvent,
 )
 
@@ -136,12 +138,26 @@ def apply_workflow_event(view: SessionView, event: WorkflowEvent, seq: int) -> b
     if view.created_at is None:
         view.created_at = event.at
     match event:
+        case Held():
+            view.tenant = event.tenant
+            view.instruction = _preview(str(event.request.get("instruction", "")))
+            if not view.status.is_final:
+                view.reason = "held"
+                view.detail = f"{event.quota.describe(event.tenant)}; position {event.position}"
         case Started():
             view.tenant = event.tenant
             view.instruction = _preview(str(event.request.get("instruction", "")))
             if not view.status.is_final:
                 view.status = Status.PROCESSING
+                view.reason = view.detail = ""  # no longer held
+        case Throttled():
+            if not view.status.is_final:
+                view.reason = "throttled"
+                until = event.until.isoformat(timespec="seconds")
+                view.detail = f"{event.quota.describe(view.tenant)}; next step at {until}"
         case StepScheduled():
+            if view.reason == "throttled" and not view.status.is_final:
+                view.reason = view.detail = ""
             step = view.step(event.step_id)
             step.capability, step.tool = event.capability, event.tool
             step.attempt, step.iteration = event.attempt, event.iteration

@@ -23,6 +23,7 @@ from jetagent.events import (
     ApprovalResolved,
     Cancelled,
     Finalized,
+    Held,
     InputDeferred,
     InputRejected,
     RequestRejected,
@@ -31,6 +32,7 @@ from jetagent.events import (
     StepFailed,
     StepScheduled,
     Terminated,
+    Throttled,
     WorkflowEvent,
 )
 from jetagent.sessions import SessionView
@@ -90,6 +92,17 @@ def describe(event: WorkflowEvent) -> str:
             return f"{what} kept until the workflow starts (until {event.expires_at:%H:%M:%S})"
         case InputRejected():
             return "[yellow]inputs answered[/]: " + "; ".join(event.reasons)
+        case Held():
+            return (
+                f"[yellow]held[/]: {event.quota.describe(event.tenant)}; "
+                f"position {event.position}, starts when a slot frees"
+            )
+        case Throttled():
+            return (
+                f"[yellow]throttled[/]: the next steps reserve {event.needed} tokens; "
+                f"{event.quota.in_use} of {event.quota.limit} tokens per minute in use, "
+                f"so they wait until {event.until:%H:%M:%S}"
+            )
     return type(event).__name__  # pragma: no cover
 
 

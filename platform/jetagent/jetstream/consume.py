@@ -177,6 +177,18 @@ class Puller:
         """Yield messages until :meth:`stop`; re-issues requests if the server went quiet."""
         while True:
             try:
+                # Messages already here are taken without a turn of the event loop each
+                # (wait_for costs one or two): on a busy loop, a burst would otherwise
+                # arrive at the rate of loop turns, and everything behind it would wait.
+                msg = self._queue.get_nowait()
+            except asyncio.QueueEmpty:
+                pass
+            else:
+                if msg is None:
+                    return
+                yield msg
+                continue
+            try:
                 msg = await asyncio.wait_for(self._queue.get(), timeout=_HEARTBEAT_S)
             except TimeoutError:
                 if time.monotonic() - self._last_activity > 3 * _HEARTBEAT_S:

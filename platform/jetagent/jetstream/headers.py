@@ -70,6 +70,9 @@ class Header:
     answers, as the worker received it. The orchestrator reads the workflow up to it
     before it judges the result; a lower bound to wait for, never proof of anything
     (anyone allowed to publish results can write any number)."""
+    JA_TENANT: Final = "Ja-Tenant"
+    """The tenant a step or a step result is for: workers and the orchestrator take
+    messages round robin across tenants by it (``jetstream/fair.py``)."""
 
 
 class ErrorCode(IntEnum):

@@ -123,7 +123,8 @@ def bucket_configs(
     """``(kind, bucket, stream config)`` of every KV bucket and object store in
     ``nats/kv/buckets.json``. Each is the stream nats-py's ``create_key_value`` /
     ``create_object_store`` makes (``KV_<bucket>``, ``OBJ_<bucket>``), so nats-py opens
-    it as a bucket; KV buckets read directly (``allow_direct``)."""
+    it as a bucket; KV buckets read directly (``allow_direct``) unless
+    defined with ``"direct": false``."""
     count = _count(settings, replicas)
     defined = _fill(
         json.loads(_definitions().joinpath("kv", "buckets.json").read_text()), settings.names, {}
@@ -145,7 +146,9 @@ def bucket_configs(
             "max_msg_size": -1,
             "max_consumers": -1,
             "duplicate_window": 120 * _NS,
-            "allow_direct": True,
+            # A bucket whose reads decide (QUOTAS) has no direct gets: any replica may
+            # answer one, a stale one too (docs/ARCHITECTURE.md §5.8).
+            "allow_direct": kv.get("direct", True),
             "allow_rollup_hdrs": True,
             "allow_msg_ttl": True,
             "deny_delete": True,

@@ -7,6 +7,12 @@ durable pull consumers shared by every replica. It turns each message into an in
 asks the pure ``decide`` what to record, appends those events with an aggregate-wide
 concurrency check, and only then acknowledges the message.
 
+Tenant quotas (``jetagent.orchestrator._admission`` for concurrency, ``rates`` for tokens per
+minute) are measured here, around the pure decisions, and what they measured goes into the
+decision's input, so the record says why a request was held or a step waited. (A little
+over 400 lines: the decision loop with the quota hooks it calls; how inputs are consumed
+is ``_serving``, the quotas themselves ``_admission``, ``quotas`` and ``rates``.)
+
 Exactly once: every event carries its cause (``Ja-Causation``: the upstream stream and
 sequence) in the same message, and the workflow's state knows which inputs it folded
 (a step completes once, a request starts once), so a redelivered message decides
@@ -29,10 +35,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -40,13 +46,11 @@ import msgspec
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
-from opentelemetry.trace import SpanKind
 
 from jetagent import correlation, telemetry
 from jetagent.config import Settings
 from jetagent.contract import Status
-from jetagent.dead_letter import DeadLetterKind, dead_letter_of, publish_dead_letter
-from jetagent.decoding import PoisonMessage, UntrustedResult
+from jetagent.decoding import UntrustedResult
 from jetagent.errors import JetagentError
 from jetagent.events import StepScheduled, WorkflowEvent, group_for_messages
 from jetagent.jetstream import (
@@ -58,9 +62,10 @@ from jetagent.jetstream import (
 from jetagent.jetstream.consume import Puller
 from jetagent.jetstream.headers import Header
 from jetagent.jetstream.provision import provision
-from jetagent.logs import seconds
 from jetagent.models import ModelCatalog
+from jetagent.orchestrator._admission import Admissions, Refusal, StartNow
 from jetagent.orchestrator._metrics import OrchestratorMetrics
+from jetagent.orchestrator._serving import Serving
 from jetagent.orchestrator.inputs import (
     Addressed,
     Admission,
@@ -70,17 +75,21 @@ from jetagent.orchestrator.inputs import (
     named_tools,
 )
 from jetagent.orchestrator.journal import Journal, Loaded
+from jetagent.orchestrator.quotas import Slots
+from jetagent.orchestrator.rates import TokenBuckets, tokens_of, under_rate
 from jetagent.orchestrator.timers import Timers
 from jetagent.payloads import PayloadStore
 from jetagent.result_check import result_problem
-from jetagent.subjects import family
 from jetagent.tokens import openai_tokenizer
 from jetagent.worker.registry import ToolRegistry
 from jetagent.workflow import (
+    Admit,
     Begin,
     DecideContext,
     FoldResult,
+    Hold,
     Input,
+    RateLimited,
     WorkflowState,
     decide,
 )
@@ -93,8 +102,6 @@ __all__ = ["Orchestrator"]
 log = logging.getLogger("jetagent.orchestrator")
 
 _MAX_CONFLICT_RETRIES = 50
-_MAX_ATTEMPTS = 5
-"""Deliveries of an input that fails unexpectedly before it is dead-lettered."""
 
 
 def _now() -> datetime:
@@ -111,7 +118,7 @@ def _scheduled_seq(message: Message) -> int:
     return 0
 
 
-class Orchestrator:
+class Orchestrator(Serving):
     """One orchestrator replica. ``await run(stop)`` until ``stop`` is set."""
 
     def __init__(
@@ -141,6 +148,10 @@ class Orchestrator:
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self.timers = Timers(self.js, self.names, nc=nc)
         self.settler = Settler(nc)
+        self.tokens = TokenBuckets(self.js, self.names)
+        self.admissions = Admissions(
+            settings, Slots(self.js, self.names), self.tokens, self.timers, self.aggregates
+        )
         self._slots = asyncio.Semaphore(settings.orchestrator_concurrency)
         self.processed = 0
         self.metrics = OrchestratorMetrics()
@@ -172,13 +183,14 @@ class Orchestrator:
             self.nc,
             stream=self.names.requests_stream,
             consumer="orchestrator-requests",
-            max_in_flight=self.settings.orchestrator_concurrency,
+            # A window beyond the inputs in progress, taken round robin across tenants.
+            max_in_flight=self.settings.orchestrator_concurrency + self.settings.request_lookahead,
         )
         steps = Puller(
             self.nc,
             stream=self.names.steps_stream,
             consumer="orchestrator-steps",
-            max_in_flight=self.settings.orchestrator_concurrency,
+            max_in_flight=self.settings.orchestrator_concurrency + self.settings.request_lookahead,
         )
         timers = Puller(
             self.nc,
@@ -196,8 +208,14 @@ class Orchestrator:
         )
         try:
             async with asyncio.TaskGroup() as tasks:
-                tasks.create_task(self._serve(requests, self._on_request, stop))
-                tasks.create_task(self._serve(steps, self._on_input, stop))
+                tasks.create_task(
+                    self._serve_fairly(
+                        requests, self._on_request, stop, consumer="orchestrator-requests"
+                    )
+                )
+                tasks.create_task(
+                    self._serve_fairly(steps, self._on_input, stop, consumer="orchestrator-steps")
+                )
                 tasks.create_task(self._serve(timers, self._on_input, stop))
                 tasks.create_task(self.metrics.follow_consumers(self.js, self._consumers(), stop))
                 await stop.wait()
@@ -216,100 +234,6 @@ class Orchestrator:
             (names.steps_stream, "orchestrator-steps"),
             (names.timers_stream, "orchestrator-timers"),
         ]
-
-    async def _serve(
-        self, puller: Puller, handle: Callable[[Msg], Awaitable[None]], stop: asyncio.Event
-    ) -> None:
-        async with asyncio.TaskGroup() as tasks:
-            async for msg in puller.messages():
-                await self._slots.acquire()
-                tasks.create_task(self._handle(msg, handle, puller))
-                if stop.is_set():
-                    break
-
-    async def _handle(
-        self, msg: Msg, handle: Callable[[Msg], Awaitable[None]], puller: Puller
-    ) -> None:
-        measured = self.metrics.input(msg.subject)
-        # A scope for the ids the handling learns (workflow, tenant, step): on every log
-        # line about this message, the retry lines below included (jetagent.correlation).
-        with correlation.correlate():
-            try:
-                kind = family(msg.subject)
-                with telemetry.span(
-                    f"jetagent orchestrate {kind}", parent=msg.headers, kind=SpanKind.CONSUMER
-                ):
-                    await handle(msg)
-                await self.settler.ack(msg)
-                self.processed += 1
-            except PoisonMessage as exc:
-                # Permanent (unreadable, an impossible id, an untrusted result): answered once
-                # with a dead letter, never retried.
-                log.warning("%s message %s set aside: %s", exc.kind, msg.subject, exc.reason)
-                measured.outcome = "dead_lettered"
-                await self._dead_letter(msg, exc.kind, exc.reason, workflow_id=exc.workflow_id)
-            except (JetStreamUnavailableError, NatsError) as exc:
-                # Retried until the store answers (the consumers have no delivery limit: a
-                # dropped step result or due timer would leave its workflow waiting forever);
-                # every second at first, then less often through a long outage.
-                deliveries = msg.metadata.num_delivered
-                delay = min(2.0 ** max(deliveries - 10, 0), 30.0)
-                log.warning(
-                    "will retry %s in %s s (delivery %d): %s",
-                    msg.subject,
-                    seconds(delay),
-                    deliveries,
-                    exc,
-                )
-                measured.outcome = "retried"
-                await self.settler.nak(msg, delay=delay)
-            except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as exc:
-                # Unreadable: no retry can help.
-                log.exception("unreadable message %s goes to the dead-letter queue", msg.subject)
-                measured.outcome = "dead_lettered"
-                await self._dead_letter(msg, "poison", f"unreadable: {exc}")
-            except Exception:
-                # A bug, or a dependency in a bad state: retried a few times with backoff
-                # (maybe another replica, or a restart, gets past it), then dead-lettered.
-                deliveries = msg.metadata.num_delivered
-                if deliveries < _MAX_ATTEMPTS:
-                    delay = min(2.0**deliveries, 30.0)
-                    measured.outcome = "retried"
-                    log.exception(
-                        "failed to process %s (delivery %d of %d); retrying in %s s",
-                        msg.subject,
-                        deliveries,
-                        _MAX_ATTEMPTS,
-                        seconds(delay),
-                    )
-                    await self.settler.nak(msg, delay=delay)
-                else:
-                    measured.outcome = "dead_lettered"
-                    log.exception(
-                        "failed to process %s; it goes to the dead-letter queue", msg.subject
-                    )
-                    await self._dead_letter(msg, "failed", "processing failed after retries")
-            finally:
-                measured.done()
-                self._slots.release()
-                await puller.done()
-
-    async def _dead_letter(
-        self, msg: Msg, kind: DeadLetterKind, reason: str, *, workflow_id: str | None = None
-    ) -> None:
-        import traceback
-
-        error = traceback.format_exc(limit=3) if kind == "failed" else ""
-        letter = dead_letter_of(
-            msg,
-            source="orchestrator",
-            kind=kind,
-            reason=reason,
-            workflow_id=workflow_id,
-            error=error,
-        )
-        if await publish_dead_letter(self.nc, self.names, letter):
-            await self.settler.term(msg)
 
     # ------------------------------------------------------------------ inputs
 
@@ -345,11 +269,65 @@ class Orchestrator:
                 await self.process(
                     workflow_id, fold, message, trust=fold.result, need=_scheduled_seq(message)
                 )
+            case Addressed(workflow_id, Begin() as begin):
+                await self._begin(workflow_id, begin, message)
+            case Addressed(workflow_id, Admit() as admit):
+                await self._admit(workflow_id, admit, message)
             case Addressed(workflow_id, command):
                 await self.process(workflow_id, command, message)
 
     # The requests consumer's handler by its own name: tests hold requests back with it.
     _on_request = _on_input
+
+    async def _begin(self, workflow_id: str, begin: Begin, message: Message) -> None:
+        """A valid request: started, held or refused by its tenant's quota."""
+        admitted = await self.admissions.begin(begin)
+        match admitted:
+            case Refusal(quota, reason):
+                refusal = Rejection(
+                    workflow_id=workflow_id,
+                    tenant=begin.tenant,
+                    reasons=[f"{reason}; try again later"],
+                    size=len(message.data),
+                    at=_now(),
+                    quota=quota,
+                )
+                await self._reject(message, refusal)
+            case Hold():
+                await self.process(workflow_id, dataclasses.replace(begin, hold=admitted), message)
+            case StartNow():
+                # Its slot is taken: translated again now, as replay translates it at its
+                # Started's time (one translation, docs/ARCHITECTURE.md §4).
+                prefix = self.names.prefix
+                made = inputs_of(message, prefix=prefix, at=_now(), admission=self.admission)
+                match made:
+                    case Rejection():
+                        await self._reject(message, made)  # its slot is reclaimed later
+                    case Addressed(_, Begin() as now):
+                        await self.process(workflow_id, now, message)
+            case None:
+                await self.process(workflow_id, begin, message)
+
+    async def _admit(self, workflow_id: str, admit: Admit, message: Message) -> None:
+        """A held workflow woken (a slot was freed for it) or rechecking: start it if it
+        holds a slot, else look again later."""
+        loaded = await self.journal.load(workflow_id)
+        if loaded.state.held is None:
+            await self.journal.catch_up(workflow_id, loaded)  # the cache may be behind
+        if loaded.seq == 0:
+            # Promoted in the instant between its hold being counted and recorded (or
+            # its orchestrator died in between, and its request comes again): soon.
+            self.journal.forget(workflow_id)
+            raise JetStreamUnavailableError(f"{workflow_id} was woken before its hold was recorded")
+        state = loaded.state
+        if state.held is None or state.status is not Status.QUEUED:
+            if state.status.is_final:
+                await self.admissions.end(state.tenant, workflow_id)  # a stale place
+            return
+        if await self.admissions.claim(state.tenant, workflow_id):
+            await self.process(workflow_id, Admit(at=_now()), message)
+        else:
+            await self.admissions.recheck_later(workflow_id)
 
     async def _wait_for_tools(self, msg: Msg, names: set[str]) -> bool:
         deadline = time.monotonic() + self.settings.tool_wait_s
@@ -445,7 +423,7 @@ class Orchestrator:
             if trust is not None:
                 subject = message.subject if message is not None else ""
                 await self._check_trusted(workflow_id, loaded, subject, trust)
-            before = loaded.state.status
+            before, was = loaded.state.status, loaded.state
             for _ in range(_MAX_CONFLICT_RETRIES):
                 try:
                     await self._decide_and_append(workflow_id, loaded, command, headers)
@@ -460,6 +438,7 @@ class Orchestrator:
             else:
                 raise JetagentError(f"workflow {workflow_id}: too many concurrent writers")
             await self.timers.follow(workflow_id, command, before, loaded.state)
+            await self.admissions.follow(workflow_id, command, was, loaded.state)
             if loaded.state.status.is_final:
                 self._locks.pop(workflow_id, None)
 
@@ -477,12 +456,38 @@ class Orchestrator:
             await self.journal.catch_up_to_head(workflow_id, loaded)
             if loaded.seq != seq:
                 events = decide(loaded.state, command, self.context())
-        # One message per group: a usual step's StepCompleted + next StepScheduled is one
-        # write (one acknowledged round trip), each group still checked against the last.
-        for group in group_for_messages(events):
-            checked = [await self._claim_check(e) for e in group]
-            await self.journal.append(workflow_id, loaded, checked, headers)
+        before = loaded.state
+        tenant = before.tenant or (command.tenant if isinstance(command, Begin) else "")
+        events, charged = await self._rate(tenant, before, command, events)
+        recorded: list[WorkflowEvent] = []
+        try:
+            # One message per group: a usual step's StepCompleted + next StepScheduled is
+            # one write (one acknowledged round trip), each group checked against the last.
+            for group in group_for_messages(events):
+                checked = [await self._claim_check(e) for e in group]
+                await self.journal.append(workflow_id, loaded, checked, headers)
+                recorded += group
+        except ConcurrencyConflict:
+            # Tokens taken for steps another replica's decision replaces are given back.
+            unused = charged - sum(tokens_of(before, recorded))
+            if charged and unused:
+                per_minute = self.settings.quotas_of(tenant).tokens_per_minute
+                await self.tokens.give_back(tenant, unused, per_minute=per_minute)
+            raise
         self.metrics.decided(command, len(events))
+
+    async def _rate(
+        self, tenant: str, state: WorkflowState, command: Input, events: list[WorkflowEvent]
+    ) -> tuple[list[WorkflowEvent], int]:
+        """The decision under its tenant's tokens per minute (``rates.under_rate``)."""
+        per_minute = self.settings.quotas_of(tenant).tokens_per_minute
+        if not per_minute:
+            return events, 0
+
+        def throttled(limited: RateLimited) -> list[WorkflowEvent]:
+            return decide(state, command, self.context(), rate=limited)
+
+        return await under_rate(self.tokens, tenant, state, events, per_minute, throttled)
 
     async def _claim_check(self, event: WorkflowEvent) -> WorkflowEvent:
         if isinstance(event, StepScheduled):

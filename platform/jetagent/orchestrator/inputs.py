@@ -35,12 +35,12 @@ from jetagent.decoding import (
     decode_signal,
     decode_step_result,
 )
-from jetagent.events import RequestRejected
+from jetagent.events import QuotaUse, RequestRejected
 from jetagent.jetstream.headers import Header
 from jetagent.orchestrator.request_ids import derived_request_id, sequence_id
-from jetagent.orchestrator.timers import due_timer
+from jetagent.orchestrator.timers import ADMIT, due_timer
 from jetagent.subjects import RequestSubject, family, parse
-from jetagent.workflow import Begin, Cancel, FoldResult, Input, Signal, Tick
+from jetagent.workflow import Admit, Begin, Cancel, FoldResult, Input, Signal, Tick
 
 if TYPE_CHECKING:
     from nats.aio.msg import Msg
@@ -153,6 +153,8 @@ class Rejection:
     reasons: list[str]
     size: int
     at: datetime
+    quota: QuotaUse | None = None
+    """The tenant quota that refused it (None: it failed its checks)."""
 
     def event(self) -> RequestRejected:
         """The event that records it."""
@@ -162,6 +164,7 @@ class Rejection:
             reasons=self.reasons,
             tenant=self.tenant,
             size=self.size,
+            quota=self.quota,
         )
 
 
@@ -214,6 +217,10 @@ def inputs_of(
             )
         case "timer":
             timer = due_timer(message)
+            if timer.kind == ADMIT:
+                # A held workflow's wake-up: decided only once it holds a slot (the
+                # orchestrator asks the tenant's slots first).
+                return Addressed(timer.workflow_id, Admit(at=at))
             # The server's clock said it is due; never decide "not yet" on a clock behind it.
             return Addressed(timer.workflow_id, Tick(at=max(at, timer.due)))
     return None

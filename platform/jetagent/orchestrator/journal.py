@@ -22,6 +22,7 @@ from nats.js.kv import KeyValue
 
 from jetagent.dead_letter import dead_letter, publish_dead_letter
 from jetagent.events import (
+    StepScheduled,
     WorkflowEvent,
     decode_events,
     encode_events,
@@ -190,6 +191,9 @@ class Journal:
                 **headers,
             },
         )
+        if isinstance(last, StepScheduled):
+            # Workers take steps round robin across tenants (jetstream/fair.py) by it.
+            record.headers[Header.JA_TENANT] = last.tenant
         appended = await self.aggregates.append(workflow_id, [record], expected_seq=loaded.seq)
         for event in events:
             loaded.state = evolve(loaded.state, event)

@@ -12,6 +12,11 @@ catalog, registered tools) changed since — or a bug. A rejected request is not
 compared: its checks ran against the configuration of that moment (tenants, limits,
 the tools served then), which the history does not hold.
 
+What tenant quotas measured outside the pure decisions is read from the record, as the
+orchestrator recorded it: a ``Held`` request was decided with that hold, a held
+workflow's ``Started`` on a wake-up (``Admit``: it held a slot), and a ``Throttled`` group
+under that rate limit; replay verifies what the decisions made of it.
+
 Replay trusts nothing it reads: a step result that was folded although it matches no
 step as scheduled (``jetagent.result_check``) is a mismatch; every other untrusted
 result of the workflow is listed in ``untrusted``, and junk under the workflow's
@@ -20,6 +25,7 @@ subjects is skipped and listed in ``skipped``.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -30,9 +36,12 @@ from nats.aio.client import Client as NATS
 
 from jetagent.decoding import PoisonMessage, decode_step_result
 from jetagent.events import (
+    Held,
     InputDeferred,
     RequestRejected,
+    Started,
     StepScheduled,
+    Throttled,
     WorkflowEvent,
     decode_events,
 )
@@ -43,9 +52,13 @@ from jetagent.payloads import is_ref
 from jetagent.result_check import result_problem
 from jetagent.subjects import Names
 from jetagent.workflow import (
+    Admit,
+    Begin,
     DecideContext,
     FoldResult,
+    Hold,
     Input,
+    RateLimited,
     Tick,
     WorkflowState,
     as_recorded,
@@ -181,7 +194,7 @@ async def replay_workflow(
                         )
                     )
                 elif command is not None:
-                    decided = decide(report.state, command, ctx)
+                    decided = decide(report.state, command, ctx, rate=_rate_of(recorded))
                     want = [_comparable(e) for e in recorded]
                     # Compared in the shape each event was recorded in: a history
                     # written before a step gained an optional input still verifies.
@@ -243,6 +256,8 @@ async def _input(
         return Tick(at=at), None
     stream, _, seq = cause.rpartition(":")
     if stream == names.timers_stream:
+        if state.held is not None and isinstance(recorded[0], Started):
+            return Admit(at=at), None  # a held workflow woken, holding a slot
         return Tick(at=at), None  # a due timer: time passed (its message is gone once read)
     reader = sources.get(stream)
     if reader is None or not seq.isdigit() or isinstance(recorded[0], RequestRejected):
@@ -270,6 +285,11 @@ async def _input(
         return None, "its request would be rejected now: " + "; ".join(made.reasons)
     if made is None:
         return None, None
+    held = recorded[0]
+    if isinstance(made.input, Begin) and isinstance(held, Held):
+        # Its tenant's slots held it: what they said is in the record.
+        hold = Hold(quota=held.quota, position=held.position)
+        return dataclasses.replace(made.input, hold=hold), None
     if isinstance(made.input, FoldResult):
         # Histories from before capability subjects hold results on the older layout.
         result = made.input.result
@@ -277,6 +297,14 @@ async def _input(
         if problem is not None:
             return None, f"folded an untrusted step result: {problem}"
     return made.input, None
+
+
+def _rate_of(recorded: list[WorkflowEvent]) -> RateLimited | None:
+    """The tenant's rate limit a group was decided under (its ``Throttled``), if any."""
+    for event in recorded:
+        if isinstance(event, Throttled):
+            return RateLimited(quota=event.quota, needed=event.needed, until=event.until)
+    return None
 
 
 def _first_difference(want: list[Any], got: list[Any]) -> str:

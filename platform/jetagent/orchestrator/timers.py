@@ -1,10 +1,13 @@
 """Durable timers of the orchestrator, held by nats-server's message scheduler (ADR-51).
 
-A timer belongs to one workflow and has a kind: ``deadline`` (its ``deadline_at``) or
+A timer belongs to one workflow and has a kind: ``deadline`` (its ``deadline_at``),
 ``inputs`` (when the cancels and signals kept for a workflow that has not started are
-answered). Arming publishes a schedule ``@at <due>`` on
-``<prefix>.timer.at.<workflow_id>.<kind>`` in ``JA_TIMERS``; a subject holds one schedule,
-so arming again replaces it, and re-arming after a redelivery is harmless. When it is
+answered), ``admit`` (a held workflow rechecks its tenant's slots; a freed slot wakes it at
+once with :meth:`Timers.wake`) or ``rate`` (throttled steps are scheduled again).
+
+Arming publishes a schedule ``@at <due>`` on ``<prefix>.timer.at.<workflow_id>.<kind>`` in
+``JA_TIMERS``; a subject holds one schedule, so arming again replaces it, and re-arming
+after a redelivery is harmless. When it is
 due, the server itself writes the message to ``<prefix>.timer.due.<workflow_id>.<kind>``
 and removes the schedule; the ``orchestrator-timers`` consumer reads it — at once if an
 orchestrator runs, or as soon as one starts: the due message is stored, not lost.
@@ -32,12 +35,23 @@ from jetagent.jetstream.headers import Header
 from jetagent.subjects import Names
 from jetagent.workflow import Begin, Cancel, Input, Signal, Tick, WorkflowState
 
-__all__ = ["DEADLINE", "INPUTS", "DueTimer", "Timers", "due_timer", "timers_for"]
+__all__ = [
+    "ADMIT",
+    "DEADLINE",
+    "INPUTS",
+    "RATE",
+    "DueTimer",
+    "Timers",
+    "due_timer",
+    "timers_for",
+]
 
 log = logging.getLogger("jetagent.timers")
 
 DEADLINE = "deadline"
 INPUTS = "inputs"
+ADMIT = "admit"
+RATE = "rate"
 
 
 class DueTimer(msgspec.Struct, frozen=True, kw_only=True):
@@ -104,6 +118,15 @@ class Timers:
             timeout=2.0,
             deadline_s=30.0,
             what=f"arm the {kind} timer of {workflow_id}",
+        )
+
+    async def wake(self, workflow_id: str, kind: str) -> None:
+        """Have ``kind`` fire for ``workflow_id`` now: its due message is published
+        directly (no schedule), stored in ``JA_TIMERS`` and read like any due timer."""
+        due = datetime.now(UTC)
+        body = msgspec.json.encode(DueTimer(workflow_id=workflow_id, kind=kind, due=due))
+        await self.js.publish(
+            self.names.timer_due(workflow_id, kind), body, headers={"Ja-Workflow": workflow_id}
         )
 
     async def arm_for(self, workflow_id: str, state: WorkflowState) -> None:

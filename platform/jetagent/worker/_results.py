@@ -69,6 +69,8 @@ class StepRecords:
                 Header.JA_EVENT: "StepResult",
                 Header.JA_WORKFLOW: result.workflow_id,
                 Header.JA_SCHEDULED_SEQ: str(scheduled_seq),
+                # The orchestrator takes results round robin across tenants by it.
+                Header.JA_TENANT: result.tenant,
             },
             parent=parent,
         )

@@ -43,8 +43,9 @@ from opentelemetry.trace import SpanKind
 
 from jetagent import correlation, telemetry
 from jetagent.config import Settings
-from jetagent.jetstream import DirectGetter, Settler
+from jetagent.jetstream import DirectGetter, Header, Settler
 from jetagent.jetstream.consume import Puller
+from jetagent.jetstream.fair import FairFeed
 from jetagent.jetstream.provision import consumer_config, ensure_consumer, provision
 from jetagent.logs import seconds
 from jetagent.payloads import PayloadStore
@@ -63,6 +64,11 @@ log = logging.getLogger("jetagent.worker")
 
 _UNHANDLED_DELAY_S = 2.0
 """Delay before a message the runtime itself failed on (a bug) is delivered again."""
+
+
+def _tenant(msg: Msg) -> str:
+    """The tenant of a step (its message's ``Ja-Tenant``; "" before that header existed)."""
+    return (msg.headers or {}).get(Header.JA_TENANT, "")
 
 
 class Worker:
@@ -177,28 +183,42 @@ class Worker:
 
     async def _serve(self, spec: CapabilitySpec, stop: asyncio.Event) -> None:
         concurrency = spec.concurrency or self.settings.worker_concurrency
+        lookahead = self.settings.worker_lookahead
         consumer = self._consumer_name(spec)
         puller = Puller(
             self.nc,
             stream=self.names.workflows_stream,
             consumer=consumer,
-            max_in_flight=concurrency,
+            # Steps held beyond those running are started round robin across tenants.
+            max_in_flight=concurrency + lookahead,
         )
         await puller.start()
         log.info(
-            "worker %s serving %s (consumer %s, concurrency %d)",
+            "worker %s serving %s (consumer %s, concurrency %d, lookahead %d)",
             self.worker_id,
             spec.name,
             consumer,
             concurrency,
+            lookahead,
         )
         running: set[asyncio.Task[None]] = set()
+        slots = asyncio.Semaphore(concurrency)
 
         async def pull() -> None:
-            async for msg in puller.messages():
-                task = asyncio.create_task(self._run_step(spec, msg, puller))
-                running.add(task)
-                task.add_done_callback(running.discard)
+            # Waiting steps get in-progress acks like running ones (a quarter of the ack
+            # wait), so none goes to another replica while this one lives.
+            heartbeat = self.settings.step_ack_wait_s / 4
+            async with FairFeed(puller, key=_tenant, heartbeat_s=heartbeat) as feed:
+                while True:
+                    await slots.acquire()
+                    msg = await feed.next()
+                    if msg is None:
+                        slots.release()
+                        return
+                    task = asyncio.create_task(self._run_step(spec, msg, puller))
+                    running.add(task)
+                    task.add_done_callback(running.discard)
+                    task.add_done_callback(lambda _: slots.release())
 
         pulling = asyncio.create_task(pull())
         try:

@@ -10,11 +10,14 @@ replays to the same state and the same decisions (``jetagent replay --verify``).
 from jetagent.tool_info import ToolInfo
 
 from ._decide import (
+    Admit,
     Begin,
     Cancel,
     DecideContext,
     FoldResult,
+    Hold,
     Input,
+    RateLimited,
     Signal,
     Tick,
     decide,
@@ -30,12 +33,15 @@ from ._state import (
 
 __all__ = [
     "ADDED_STEP_INPUTS",
+    "Admit",
     "Begin",
     "Cancel",
     "DecideContext",
     "FoldResult",
+    "Hold",
     "Input",
     "Phase",
+    "RateLimited",
     "Signal",
     "StepView",
     "Tick",

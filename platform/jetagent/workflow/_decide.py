@@ -9,6 +9,12 @@ events is completed by deciding again on the same input.
 Budgets are race-free: a step reserves the most it can spend when it is scheduled, and
 only steps whose reservation fits under every cap (with what is spent and reserved) are
 scheduled. Parallel steps therefore can never overshoot a cap together.
+
+Tenant quotas are the orchestrator's to measure (they span workflows and replicas); what it
+measured arrives in the input, and the decision records it (docs/ARCHITECTURE.md §9): a
+``Begin`` with ``hold`` records ``Held`` instead of ``Started``; ``Admit`` starts a held
+workflow; ``decide(..., rate=...)`` records ``Throttled`` instead of the steps it would
+schedule.
 """
 
 from __future__ import annotations
@@ -29,8 +35,10 @@ from jetagent.events import (
     ApprovalResolved,
     Cancelled,
     Finalized,
+    Held,
     InputDeferred,
     InputRejected,
+    QuotaUse,
     RoutingDecision,
     Spend,
     Started,
@@ -40,6 +48,7 @@ from jetagent.events import (
     StepResult,
     StepScheduled,
     Terminated,
+    Throttled,
     WorkflowEvent,
 )
 from jetagent.llm import ToolCall
@@ -51,11 +60,14 @@ from jetagent.tool_info import ToolInfo
 from ._state import REASONING, SUMMARIZE, WorkflowState, compactable, evolve
 
 __all__ = [
+    "Admit",
     "Begin",
     "Cancel",
     "DecideContext",
     "FoldResult",
+    "Hold",
     "Input",
+    "RateLimited",
     "Signal",
     "Tick",
     "decide",
@@ -84,12 +96,40 @@ class DecideContext:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Hold:
+    """The tenant is at its concurrency quota: the request waits (``Held``)."""
+
+    quota: QuotaUse
+    position: int
+    """Its place in the tenant's queue (1: next)."""
+
+
+@dataclass(frozen=True, kw_only=True)
 class Begin:
     workflow_id: str
     tenant: str
     request: dict[str, Any]
     at: datetime
     deadline_at: datetime | None = None
+    hold: Hold | None = None
+    """Set when the tenant's concurrency quota holds the request instead of starting it."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Admit:
+    """A held workflow got a slot of its tenant's quota: it starts now."""
+
+    at: datetime
+
+
+@dataclass(frozen=True, kw_only=True)
+class RateLimited:
+    """The tenant's tokens per minute cannot cover the steps a decision would schedule:
+    they wait until ``until`` (``Throttled``)."""
+
+    quota: QuotaUse
+    needed: int
+    until: datetime
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -127,29 +167,70 @@ class Tick:
     at: datetime
 
 
-Input = Begin | FoldResult | Cancel | Signal | Tick
+Input = Begin | FoldResult | Cancel | Signal | Tick | Admit
 
 
-def decide(state: WorkflowState, command: Input, ctx: DecideContext) -> list[WorkflowEvent]:
-    """The events ``command`` calls for, in order."""
+def decide(
+    state: WorkflowState,
+    command: Input,
+    ctx: DecideContext,
+    *,
+    rate: RateLimited | None = None,
+) -> list[WorkflowEvent]:
+    """The events ``command`` calls for, in order.
+
+    ``rate``: the tenant's tokens per minute are spent; a step this decision would
+    schedule is recorded as ``Throttled`` instead (and no step is scheduled before
+    ``rate.until``)."""
     events = _react(state, command, ctx)
     for event in events:
         state = evolve(state, event)
+    at = command.at
     for _ in range(1000):
-        step = _next(state, command.at, ctx)
+        step = _next(state, at, ctx)
         if step is None:
             return events
+        if isinstance(step, StepScheduled):
+            if state.paused_until is not None and at < state.paused_until:
+                return events  # throttled: the rate timer decides again at paused_until
+            if rate is not None:
+                events.append(_throttled(state, step, at, rate))
+                return events
         events.append(step)
         state = evolve(state, step)
     raise RuntimeError("decide did not settle")  # pragma: no cover - a bug guard
+
+
+def _throttled(
+    state: WorkflowState, step: StepScheduled, at: datetime, rate: RateLimited
+) -> Throttled:
+    return Throttled(
+        workflow_id=state.workflow_id,
+        at=at,
+        quota=rate.quota,
+        needed=max(rate.needed, step.reservation.tokens),
+        until=rate.until,
+    )
 
 
 def _react(state: WorkflowState, command: Input, ctx: DecideContext) -> list[WorkflowEvent]:
     wid = state.workflow_id
     match command:
         case Begin():
-            if state.status is not Status.QUEUED:
-                return []  # the request was already accepted
+            if state.status is not Status.QUEUED or state.held is not None:
+                return []  # the request was already accepted (or is held already)
+            if command.hold is not None:
+                return [
+                    Held(
+                        workflow_id=command.workflow_id,
+                        at=command.at,
+                        tenant=command.tenant,
+                        request=command.request,
+                        deadline_at=command.deadline_at,
+                        quota=command.hold.quota,
+                        position=command.hold.position,
+                    )
+                ]
             return [
                 Started(
                     workflow_id=command.workflow_id,
@@ -161,10 +242,24 @@ def _react(state: WorkflowState, command: Input, ctx: DecideContext) -> list[Wor
             ]
         case FoldResult():
             return _fold_result(state, command, ctx)
+        case Admit():
+            held = state.held
+            if state.status is not Status.QUEUED or held is None:
+                return []  # not held: started already, ended, or never requested
+            return [
+                Started(
+                    workflow_id=held.workflow_id,
+                    at=command.at,
+                    tenant=held.tenant,
+                    request=held.request,
+                    deadline_at=held.deadline_at,
+                    held_since=held.at,
+                )
+            ]
         case Cancel():
             if state.status.is_final:
                 return []
-            if state.status is Status.QUEUED:
+            if state.status is Status.QUEUED and state.held is None:
                 return _defer(state, command)
             return [
                 Cancelled(
@@ -332,7 +427,7 @@ def _next(state: WorkflowState, at: datetime, ctx: DecideContext) -> WorkflowEve
     if state.status.is_final:
         return None
     if state.status is Status.QUEUED:
-        return _expire_deferred(state, at)
+        return _held(state, at) if state.held is not None else _expire_deferred(state, at)
     if state.deferred:
         return _apply_deferred(state, at)
     wid = state.workflow_id
@@ -361,6 +456,24 @@ def _next(state: WorkflowState, at: datetime, ctx: DecideContext) -> WorkflowEve
     if state.phase == "summarize":
         return _next_summary(state, at, ctx)
     return None
+
+
+def _held(state: WorkflowState, at: datetime) -> WorkflowEvent | None:
+    """A held workflow ends at its deadline, or on a cancel kept from before its hold;
+    signals kept for it wait for its start (or expire)."""
+    if state.deadline_at is not None and at >= state.deadline_at:
+        detail = f"the deadline {state.deadline_at} passed while held by a tenant quota"
+        return _terminate(state, at, "deadline", detail)
+    cancel = next((d for d in state.deferred if d.kind == "cancel"), None)
+    if cancel is not None:
+        return Cancelled(
+            workflow_id=state.workflow_id,
+            at=at,
+            reason=cancel.reason,
+            by=cancel.by,
+            spent=state.spent,
+        )
+    return _expire_deferred(state, at)
 
 
 def _what(deferred: InputDeferred) -> str:

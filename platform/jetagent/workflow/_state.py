@@ -18,6 +18,7 @@ from jetagent.events import (
     ApprovalResolved,
     Cancelled,
     Finalized,
+    Held,
     InputDeferred,
     InputRejected,
     RequestRejected,
@@ -27,6 +28,7 @@ from jetagent.events import (
     StepFailed,
     StepScheduled,
     Terminated,
+    Throttled,
     WorkflowEvent,
 )
 from jetagent.llm import Message, ToolCall
@@ -105,6 +107,12 @@ class WorkflowState(msgspec.Struct, frozen=True, kw_only=True):
     """Why the workflow cannot go on (a step that failed for good)."""
     deferred: tuple[InputDeferred, ...] = ()
     """Cancels and signals that arrived before the start, not yet applied or answered."""
+    held: Held | None = None
+    """Why a request waits for a slot of its tenant's concurrency quota (None: it is not
+    held). It still has the status ``queued``; ``Started`` ends the wait."""
+    paused_until: datetime | None = None
+    """No step is scheduled before this time: the tenant's tokens per minute were spent
+    (``Throttled``)."""
     version: int = 0
     """How many events were folded."""
 
@@ -162,6 +170,7 @@ def _start(state: WorkflowState, event: Started) -> WorkflowState:
         summarize=bool(output.get("summarize", False)),
         messages=tuple(messages),
         phase="reasoning",
+        held=None,
     )
 
 
@@ -397,9 +406,9 @@ def _evolve(state: WorkflowState, event: WorkflowEvent) -> WorkflowState:
         case Finalized():
             return _replace(state, status=Status.FINALIZED, phase="done", final_output=event.output)
         case Terminated():
-            return _replace(state, status=Status.TERMINATED, phase="done")
+            return _replace(state, status=Status.TERMINATED, phase="done", held=None)
         case Cancelled():
-            return _replace(state, status=Status.CANCELLED, phase="done")
+            return _replace(state, status=Status.CANCELLED, phase="done", held=None)
         case RequestRejected():
             return _replace(
                 state, workflow_id=event.workflow_id, status=Status.REJECTED, phase="done"
@@ -408,6 +417,16 @@ def _evolve(state: WorkflowState, event: WorkflowEvent) -> WorkflowState:
             return _replace(state, workflow_id=event.workflow_id, deferred=(*state.deferred, event))
         case InputRejected():
             return _replace(state, deferred=())
+        case Held():
+            return _replace(
+                state,
+                workflow_id=event.workflow_id,
+                tenant=event.tenant,
+                deadline_at=event.deadline_at,
+                held=event,
+            )
+        case Throttled():
+            return _replace(state, paused_until=event.until)
     raise TypeError(f"not a workflow event: {event!r}")  # pragma: no cover
 
 

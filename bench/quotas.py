@@ -1,0 +1,224 @@
+"""Suite ``quotas``: one tenant's workflow while another tenant bursts.
+
+The platform as deployed (``jetagent orchestrator`` and one ``worker reasoning tools``, as
+processes) on the suite's nats-server. Tenant B submits one workflow of three short
+offline steps (reasoning, the calculator, reasoning) and waits for its end: on the idle
+platform, and right after tenant A submitted a burst of workflows of the same kind — with
+the platform's defaults (tenant quotas and fair turns), and with both off (stream order,
+no quota), in the same run. A round waits for A's burst to end before the next begins.
+The appendix says where B's time went: to its start, per step, and how many of A's steps
+scheduled ahead of each of B's steps it waited for (completed while it was pending).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from jetagent.client import Client
+from jetagent.config import Settings
+from jetagent.events import Started, StepCompleted, StepScheduled, WorkflowEvent
+from jetagent.testing import ServiceProcesses, eventually, tools_registered
+
+from ._harness import Benchmark, Contenders, Env, Suite, Target
+from ._services import Loop, bench_services
+
+__all__ = ["SUITE"]
+
+SUBJECT = "during A's burst, quotas and fair turns (defaults)"
+IDLE = "idle platform"
+STREAM_ORDER = "during A's burst, stream order, no quota"
+BURST = 300
+STEP = "What is 6 * 7?"
+"""Three short steps: reasoning, the built-in calculator, reasoning."""
+OFF = {
+    "JETAGENT_TENANT_MAX_WORKFLOWS": "0",
+    "JETAGENT_WORKER_LOOKAHEAD": "0",
+    "JETAGENT_REQUEST_LOOKAHEAD": "0",
+}
+
+
+@dataclass
+class _Platform:
+    """One orchestrator and one worker under a prefix of their own, and a client."""
+
+    services: ServiceProcesses
+    loop: Loop
+    client: Client
+    burst: int
+    _submitted: datetime = field(default_factory=lambda: datetime.now(UTC))
+    passed: list[int] = field(default_factory=list)
+    """A's steps completed while a B step was pending, over every burst round."""
+    burst_s: list[float] = field(default_factory=list)
+    admitted_s: list[float] = field(default_factory=list)
+    """From B's submit to its ``Started``, in every burst round."""
+    steps_s: list[float] = field(default_factory=list)
+    """Each B step's turnaround (scheduled → completed), in every burst round."""
+
+    def b_latency_ms(self) -> float:
+        latency, _ = self.loop.run(self._run_b())
+        return latency * 1000
+
+    def b_during_burst_ms(self) -> float:
+        return self.loop.run(self._during_burst()) * 1000
+
+    async def _run_b(self) -> tuple[float, str]:
+        began, submitted = time.monotonic(), datetime.now(UTC)
+        wid = await self.client.submit(instruction=STEP, tenant="b")
+        result = await self.client.result(wid, timeout=300)
+        if not result.ok:
+            raise RuntimeError(f"B's workflow did not finalize: {result}")
+        self._submitted = submitted
+        return time.monotonic() - began, wid
+
+    async def _during_burst(self) -> float:
+        client = self.client
+        began = time.monotonic()
+        burst = await asyncio.gather(
+            *(client.submit(instruction=STEP, tenant="a") for _ in range(self.burst))
+        )
+        latency, wid = await self._run_b()
+        results = await asyncio.gather(*(client.result(w, timeout=600) for w in burst))
+        if not all(r.ok for r in results):
+            raise RuntimeError("A's burst did not finalize")
+        self.burst_s.append(time.monotonic() - began)
+        a_events = [await client.events(w) for w in burst]
+        b_events = await client.events(wid)
+        self.passed += _passed(b_events, a_events)
+        started = next(e.at for e in b_events if isinstance(e, Started))
+        self.admitted_s.append((started - self._submitted).total_seconds())
+        scheduled = {e.step_id: e.at for e in b_events if isinstance(e, StepScheduled)}
+        self.steps_s += [
+            (e.at - scheduled[e.step_id]).total_seconds()
+            for e in b_events
+            if isinstance(e, StepCompleted)
+        ]
+        return latency
+
+
+def _passed(b_events: list[WorkflowEvent], a_events: list[list[WorkflowEvent]]) -> list[int]:
+    """For each step of B: A's steps scheduled before it (ahead of it in the stream) that
+    completed while it was pending — the steps it waited behind."""
+    a_steps = []
+    for events in a_events:
+        scheduled = {e.step_id: e.at for e in events if isinstance(e, StepScheduled)}
+        a_steps += [(scheduled[e.step_id], e.at) for e in events if isinstance(e, StepCompleted)]
+    scheduled = {e.step_id: e.at for e in b_events if isinstance(e, StepScheduled)}
+    return [
+        sum(1 for at, done in a_steps if at < scheduled[e.step_id] < done < e.at)
+        for e in b_events
+        if isinstance(e, StepCompleted)
+    ]
+
+
+@contextmanager
+def _platform(env: Env, extra: Mapping[str, str]) -> Iterator[_Platform]:
+    prefix = f"q{uuid.uuid4().hex[:10]}"
+    url = env.nats_url
+    settings = Settings(nats_url=url, prefix=prefix, tenants="*")
+    quotas = {"JETAGENT_TENANT_MAX_WORKFLOWS": str(settings.tenant_max_workflows), **extra}
+    services = bench_services(url, prefix, env.tmp, quotas)
+    with ExitStack() as stack:
+        stack.callback(services.stop_all)
+        services.start("orchestrator", "orchestrator")
+        services.start("worker", "worker", "reasoning", "tools")
+        loop = Loop(url, f"bench-quotas-{prefix}")
+        stack.callback(loop.close)
+        client = Client(loop.nc, settings)
+        loop.run(
+            eventually(
+                lambda: tools_registered(client.js, settings, "calculator"),
+                timeout=60,
+                alive=services.check_alive,
+                what="the tools worker announcing the calculator",
+            )
+        )
+        platform = _Platform(services, loop, client, burst=env.size(BURST, 100))
+        platform.b_latency_ms()  # warm-up
+        yield platform
+
+
+def _shared(env: Env) -> tuple[_Platform, _Platform]:
+    fair = env.shared("quotas-fair", lambda: _platform(env, {}))
+    unfair = env.shared("quotas-stream-order", lambda: _platform(env, OFF))
+    return fair, unfair
+
+
+@contextmanager
+def _contenders(env: Env) -> Iterator[Contenders]:
+    fair, unfair = _shared(env)
+    yield {
+        SUBJECT: fair.b_during_burst_ms,
+        IDLE: fair.b_latency_ms,
+        STREAM_ORDER: unfair.b_during_burst_ms,
+    }
+
+
+def _benchmarks(env: Env) -> list[Benchmark]:
+    burst = env.size(BURST, 100)
+    return [
+        Benchmark(
+            name=f"tenant B's 3-step workflow while tenant A bursts {burst} workflows",
+            unit="ms",
+            better="lower",
+            subject=SUBJECT,
+            baselines=(IDLE, STREAM_ORDER),
+            contenders=_contenders,
+            # B waits behind a few rounds of A's steps, not behind the burst.
+            target=Target("<=", baseline=STREAM_ORDER, factor=0.25),
+            rounds=3,
+            quick_rounds=1,
+            profile_miss=False,
+            note=f"submit → final event seen by the client; A: {burst} such workflows at once",
+        ),
+    ]
+
+
+def _appendix(env: Env) -> str:
+    fair, unfair = _shared(env)
+    lines = [
+        "Where B's time went during the bursts (medians over the rounds):",
+        "",
+        "| platform | B submit → started | B step scheduled → completed | A's steps ahead of "
+        "a B step that it waited for | A's burst |",
+        "|---|--:|--:|---|--:|",
+    ]
+    for name, platform in ((SUBJECT, fair), (STREAM_ORDER, unfair)):
+        passed = platform.passed or [0]
+        lines.append(
+            f"| {name} | {_ms(platform.admitted_s)} | {_ms(platform.steps_s)} "
+            f"| median {statistics.median(passed):.0f}, max {max(passed)} "
+            f"(of {len(platform.passed)} B steps) | {_median(platform.burst_s):.1f} s |"
+        )
+    return "\n".join(lines)
+
+
+def _median(values: list[float]) -> float:
+    return statistics.median(values) if values else 0.0
+
+
+def _ms(values: list[float]) -> str:
+    return f"{_median(values) * 1000:.0f} ms (max {max(values, default=0.0) * 1000:.0f})"
+
+
+SUITE = Suite(
+    name="quotas",
+    title="quotas: one tenant's workflow while another tenant bursts",
+    description=(
+        "Orchestrator and one reasoning+tools worker as processes. Tenant B's workflow of "
+        "three short offline steps (reasoning, the calculator, reasoning), measured from "
+        "submit to its final event: on the idle platform; right after tenant A submitted "
+        "a burst of such workflows, with the defaults (100 concurrent workflows per "
+        "tenant, requests, results and steps taken round robin across tenants); and the "
+        "same with quotas and fair turns off (stream order). Target: at most a quarter of "
+        "B's wait in stream order."
+    ),
+    benchmarks=_benchmarks,
+    appendix=_appendix,
+)
