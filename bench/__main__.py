@@ -27,6 +27,8 @@ SUITE_MODULES = [
     "bench.capabilities",
     "bench.gateway",
     "bench.delivery",
+    "bench.cluster",
+    "bench.scaling",
     "bench.comparison",
 ]
 """Every suite, in report order. Add a module exposing ``SUITE: Suite`` to add one."""
@@ -56,6 +58,14 @@ def _select(suites: list[Suite], only: list[str]) -> list[Suite]:
             param_hint="--only",
         )
     return [s for s in suites if not wanted or s.name in wanted]
+
+
+def _timing_line(result: SuiteResult) -> str:
+    line = f"{result.suite.name}: {result.seconds:.0f} s"
+    if result.load_during is not None:
+        low, mean, high = result.load_during
+        line += f"; 1-minute load average {low:.2f} to {high:.2f} (mean {mean:.2f})"
+    return line
 
 
 @app.command()
@@ -123,6 +133,7 @@ def main(
             result = run_suite(suite, config, progress)
             results.append(result)
             progress.console.print(rich_table(result))
+            progress.console.print(_timing_line(result))
             if result.appendix:
                 progress.console.print(Markdown(result.appendix))
     console.print(f"ran {len(results)} suite(s) in {time.monotonic() - started:.0f} s")

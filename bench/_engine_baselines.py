@@ -36,7 +36,7 @@ __all__ = ["BareLoop", "LoopRun", "raw_round_trips"]
 _EXPIRES_NS = 30 * 1_000_000_000
 
 
-def _stream_config(name: str, subjects: list[str]) -> StreamConfig:
+def _stream_config(name: str, subjects: list[str], replicas: int = 1) -> StreamConfig:
     # As the platform's streams: file storage, direct get, a 2-minute duplicate window.
     return StreamConfig(
         name=name,
@@ -44,14 +44,18 @@ def _stream_config(name: str, subjects: list[str]) -> StreamConfig:
         storage=StorageType.FILE,
         duplicate_window=120.0,
         allow_direct=True,
+        num_replicas=replicas,
     )
 
 
-async def raw_round_trips(raw: RawNats, n: int, *, warmup: int = 20) -> list[float]:
-    """``n`` round trips (ms): publish, receive from a durable pull consumer, ack."""
+async def raw_round_trips(
+    raw: RawNats, n: int, *, warmup: int = 20, replicas: int = 1
+) -> list[float]:
+    """``n`` round trips (ms): publish, receive from a durable pull consumer, ack; on a
+    stream of ``replicas`` replicas (more than one: a cluster)."""
     name = "BENCH_RAW_" + uuid.uuid4().hex[:10]
     subject = name.lower()
-    await raw.js.add_stream(_stream_config(name, [f"{subject}.>"]))
+    await raw.js.add_stream(_stream_config(name, [f"{subject}.>"], replicas))
     psub = await raw.js.pull_subscribe(
         f"{subject}.>",
         durable="raw",

@@ -190,6 +190,13 @@ def _row_lines(row: Row) -> list[str]:
     return lines
 
 
+def _load_during(result: SuiteResult) -> str:
+    if result.load_during is None:
+        return ""
+    low, mean, high = result.load_during
+    return f", during the suite {low:.2f}{EN_DASH}{high:.2f} (mean {mean:.2f})"
+
+
 def _section(result: SuiteResult, m: Machine, command: str, when: str, quick: bool) -> str:
     suite = result.suite
     rounds = sorted({len(v) for r in result.rows for v in r.rounds.values()})
@@ -203,10 +210,12 @@ def _section(result: SuiteResult, m: Machine, command: str, when: str, quick: bo
         + (" — **quick run: smoke test, not representative**" if quick else "")
         + f"; {'/'.join(map(str, rounds))} rounds per contender"
         + (
-            f"; 1-minute load average at the start {result.load:.2f}."
+            f"; 1-minute load average at the start {result.load:.2f}"
             if result.load is not None
-            else "."
-        ),
+            else ""
+        )
+        + _load_during(result)
+        + (f"; the suite took {result.seconds:.0f} s." if result.seconds else "."),
         "",
         f"| benchmark | subject | median | subject's rounds (min{EN_DASH}max) | baseline "
         "| baseline median | subject vs baseline | target | met |",
