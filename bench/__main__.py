@@ -17,7 +17,7 @@ from rich.markdown import Markdown
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from ._harness import RunConfig, Suite, SuiteResult, rich_table, run_suite
-from ._report import command_line, write_report
+from ._report import command_line, refresh_notes, write_report
 
 SUITE_MODULES = [
     "bench.store",
@@ -105,6 +105,14 @@ def main(
     profile_misses: Annotated[
         bool, typer.Option(help="Profile one extra round of each subject that misses its target.")
     ] = True,
+    refresh_notes_only: Annotated[
+        bool,
+        typer.Option(
+            "--refresh-notes",
+            help="Run nothing: put the current bench/notes/ under the selected suites' "
+            "sections of the report (every measured number stays as it is).",
+        ),
+    ] = False,
 ) -> None:
     """Run the benchmark suites and record the results in BENCHMARKS.md."""
     console = Console()
@@ -112,6 +120,13 @@ def main(
         console = Console(width=160)  # a log file gets the whole table
     suites = registered_suites()
     selected = _select(suites, [profile] if profile else [*(suites_named or []), *(only or [])])
+    if refresh_notes_only:
+        path = output or ROOT / "BENCHMARKS.md"
+        if not path.exists():
+            raise typer.BadParameter(f"{path} does not exist", param_hint="--output")
+        names = refresh_notes(path, [s.name for s in selected])
+        console.print(f"refreshed the notes of {', '.join(names) or 'no suite'} in {path}")
+        return
     config = RunConfig(
         quick=quick,
         profile=profile is not None,

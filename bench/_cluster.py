@@ -152,10 +152,14 @@ class Led:
     streams: tuple[str, ...]
     consumers: tuple[str, ...]
 
-    def describe(self) -> str:
+    def describe(self, prefix: str = "") -> str:
+        """``the meta group, 6 streams, consumers STEPS/orchestrator-steps``, without
+        ``prefix`` in the names."""
         parts = ["the meta group"] if self.meta else []
-        parts.append(f"{len(self.streams)} stream(s)")
-        parts.append(f"{len(self.consumers)} consumer(s)")
+        parts.append(f"{len(self.streams)} streams")
+        if self.consumers:
+            short = [c.replace(f"{prefix.upper()}_", "") if prefix else c for c in self.consumers]
+            parts.append("consumers " + ", ".join(short))
         return ", ".join(parts)
 
 

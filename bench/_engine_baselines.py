@@ -240,8 +240,9 @@ class BareLoop:
         )
         await self._orch_js.publish(f"{self._root}.sched.{wf}.{step}", body)
 
-    async def run(self, workflows: int, *, concurrent: bool) -> LoopRun:
-        """Run ``workflows`` workflows, all at once or one after another."""
+    async def run(self, workflows: int, *, concurrent: bool, timeout: float = 60.0) -> LoopRun:
+        """Run ``workflows`` workflows, all at once or one after another (each batch
+        within ``timeout`` s)."""
         self._latencies = []
         started = time.perf_counter()
         batches = [workflows] if concurrent else [1] * workflows
@@ -252,5 +253,5 @@ class BareLoop:
             for wf in ids:
                 self._workflows[wf] = _Workflow(self.steps_per_workflow)
             await asyncio.gather(*(self._schedule(wf, 1, time.perf_counter()) for wf in ids))
-            await asyncio.wait_for(self._all_done.wait(), 60)
+            await asyncio.wait_for(self._all_done.wait(), timeout)
         return LoopRun(self._latencies, time.perf_counter() - started)

@@ -71,6 +71,9 @@ class KillRound:
     """Service processes that exited during the round (each was started again)."""
     current_after_s: float
     """The node started again → every replica of every stream and consumer current."""
+    elections: dict[str, float]
+    """Stream and consumer leaders elected after the kill (their advisories): seconds
+    after the kill, by group (``STEPS``, ``WORKFLOWS/cap-reasoning``, ...)."""
 
 
 class _Load:
@@ -232,6 +235,15 @@ class Failover:
         survivors = [s.url for s in self.cluster.servers if s is not target]
         probe_nc = await nats.connect(servers=survivors, name="bench-failover-probe")
         probe = _Probe(probe_nc)
+        elected: dict[str, list[float]] = {}
+
+        async def on_elected(msg: Msg) -> None:
+            # $JS.EVENT.ADVISORY.STREAM.LEADER_ELECTED.<stream>, or
+            # $JS.EVENT.ADVISORY.CONSUMER.LEADER_ELECTED.<stream>.<consumer>
+            group = "/".join(msg.subject.split(".")[5:])
+            elected.setdefault(group, []).append(time.time())
+
+        await probe_nc.subscribe("$JS.EVENT.ADVISORY.*.LEADER_ELECTED.>", cb=on_elected)
         load = _Load(self.platform, self.in_flight)
         sub = await self._nc.subscribe(names.all_workflows, cb=load.on_event)
         start_seq = (await self._nc.jetstream().stream_info(names.workflows_stream)).state.last_seq
@@ -272,6 +284,11 @@ class Failover:
             unfinished=len(set(load.submitted) - finals),
             exited=tuple(exited),
             current_after_s=current_after,
+            elections={
+                _short(group, self.platform.settings.prefix): min(after) - killed_at
+                for group, times in elected.items()
+                if (after := [t for t in times if t > killed_at])
+            },
         )
 
     def _revive(self, exited: list[str]) -> None:
@@ -328,6 +345,11 @@ class Failover:
         await wait_replicas_current(self._nc, timeout=120)
         self._revive(exited)
         return time.monotonic() - started
+
+
+def _short(group: str, prefix: str) -> str:
+    """A group's name without the deployment's prefix: ``STEPS/orchestrator-steps``."""
+    return group.replace(f"{prefix.upper()}_", "")
 
 
 def _last_line(text: str) -> str:

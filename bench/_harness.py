@@ -192,8 +192,10 @@ class Target:
         else:
             base = baselines.get(self.baseline)
             other = None if base is None else base * self.factor + self.plus
-        if other is None or math.isnan(value):
+        if other is None:
             return None
+        if math.isnan(value):
+            return False  # not measured because the work did not finish: a miss
         return _OPS[self.op](value, other)
 
 

@@ -25,7 +25,7 @@ from jetagent.embedded import find_server_binary
 
 from ._harness import EN_DASH, Row, Suite, SuiteResult, fmt, met_mark
 
-__all__ = ["Machine", "code_state", "command_line", "machine", "write_report"]
+__all__ = ["Machine", "code_state", "command_line", "machine", "refresh_notes", "write_report"]
 
 _HEADER = """\
 # Benchmarks
@@ -241,16 +241,42 @@ def _section(result: SuiteResult, m: Machine, command: str, when: str, quick: bo
             ]
             if row.cpu is not None:
                 lines.append(f"- CPU during an unprofiled round: {row.cpu.describe()}")
-    notes_file = NOTES_DIR / f"{suite.name}.md"
-    if notes_file.exists():
-        lines += [
-            "",
-            f"### Analysis (hand-written: `bench/notes/{suite.name}.md`)",
-            "",
-            notes_file.read_text().strip(),
-        ]
+    lines += _analysis(suite.name)
     lines += [f"<!-- bench:suite:{suite.name}:end -->", ""]
     return "\n".join(lines)
+
+
+def _analysis_heading(name: str) -> str:
+    return f"### Analysis (hand-written: `bench/notes/{name}.md`)"
+
+
+def _analysis(name: str) -> list[str]:
+    """The hand-written ``bench/notes/<name>.md`` as the lines closing a section."""
+    notes_file = NOTES_DIR / f"{name}.md"
+    if not notes_file.exists():
+        return []
+    return ["", _analysis_heading(name), "", notes_file.read_text().strip()]
+
+
+def refresh_notes(path: Path, names: Sequence[str]) -> list[str]:
+    """Put the current ``bench/notes/`` under the sections of the suites ``names`` in
+    ``path``, leaving every measured number as it is; returns the suites refreshed."""
+    text = path.read_text()
+    refreshed = []
+
+    def replace(match: re.Match[str]) -> str:
+        name = match["name"]
+        section = match[0]
+        if name not in names:
+            return section
+        end = f"<!-- bench:suite:{name}:end -->"
+        head = section.split("\n" + _analysis_heading(name), 1)[0]
+        head = head.split(end, 1)[0].rstrip("\n")
+        refreshed.append(name)
+        return "\n".join([head, *_analysis(name), end, ""])
+
+    path.write_text(_SECTION.sub(replace, text))
+    return refreshed
 
 
 def write_report(

@@ -244,7 +244,12 @@ def _seconds(value: float | None, wait: float) -> str:
     return f"≥ {wait:.0f} (none)" if value is None else f"{value:.2f}"
 
 
-def _kills_table(rounds: list[KillRound], wait: float, drain: float) -> str:
+def _elections(elections: dict[str, float]) -> str:
+    ordered = sorted(elections.items(), key=lambda item: item[1])
+    return "; ".join(f"{group} {at:.1f}" for group, at in ordered) or "none seen"
+
+
+def _kills_table(rounds: list[KillRound], wait: float, drain: float, prefix: str) -> str:
     if not rounds:
         return ""
     lines = [
@@ -253,16 +258,17 @@ def _kills_table(rounds: list[KillRound], wait: float, drain: float) -> str:
         "",
         "| kill | node | it led | server failover (s) | platform: next step stored (s) "
         f"| longest gap between stored steps (s) | workflows | not ended {drain:.0f} s "
-        "after the stall | services that exited | restarted → replicas current (s) |",
-        "|--:|---|---|--:|--:|--:|--:|--:|---|--:|",
+        "after the stall | services that exited | restarted → replicas current (s) "
+        "| leaders elected after the kill (s; their advisories) |",
+        "|--:|---|---|--:|--:|--:|--:|--:|---|--:|---|",
     ]
     for i, kill in enumerate(rounds, 1):
         lines.append(
-            f"| {i} | {kill.node} | {kill.led.describe()} "
+            f"| {i} | {kill.node} | {kill.led.describe(prefix)} "
             f"| {_seconds(kill.server_failover_s, wait)} "
             f"| {_seconds(kill.platform_stall_s, wait)} | {kill.longest_gap_s:.2f} "
             f"| {kill.workflows} | {kill.unfinished} | {'; '.join(kill.exited) or 'none'} "
-            f"| {kill.current_after_s:.1f} |"
+            f"| {kill.current_after_s:.1f} | {_elections(kill.elections)} |"
         )
     return "\n".join(lines)
 
@@ -271,7 +277,8 @@ def _appendix(env: Env) -> str:
     parts = [code_state("platform", "capabilities")]
     parts.append(_segments_table(_timelines(env)))
     failover = _failover(env)
-    parts.append(_kills_table(failover.rounds, failover.wait_s, failover.drain_s))
+    prefix = failover.platform.settings.prefix
+    parts.append(_kills_table(failover.rounds, failover.wait_s, failover.drain_s, prefix))
     return "\n\n".join(p for p in parts if p)
 
 

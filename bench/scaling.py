@@ -132,7 +132,7 @@ def _contenders(env: Env, n: int, kind: str) -> Contenders:
         point.run()
 
     def bare_round() -> None:
-        point.bare.append(raw.run(bare.run(n, concurrent=True)))
+        point.bare.append(raw.run(bare.run(n, concurrent=True, timeout=BOUND_S)))
 
     def platform_rounds() -> list[PointRound]:
         return point.rounds
@@ -223,15 +223,15 @@ def _curve(points: list[Point]) -> str:
         "| concurrent workflows | rounds | finished | a round (s) | steps/s | p50 step (ms) "
         "| p99 step (ms) | bare loop steps/s | bare loop p99 (ms) | "
         + " | ".join(f"{p} peak MiB" for p in PROCESSES)
-        + " | CPU ms per step, services | projections caught up after (s) | time at this "
-        "size (s) |"
+        + " | CPU ms per step, services | cores busy, services + server | projections caught "
+        "up after (s) | time at this size (s) |"
     )
     lines = [head, "|" + "--:|" * (head.count("|") - 1)]
     if points:
         idle = points[0].idle_mib
         cells = ["idle (after start-up)", "—", "—", "—", "—", "—", "—", "—", "—"]
         cells += [fmt(idle[p]) if p in idle else "—" for p in PROCESSES]
-        lines.append("| " + " | ".join([*cells, "—", "—", "—"]) + " |")
+        lines.append("| " + " | ".join([*cells, "—", "—", "—", "—"]) + " |")
     for point in points:
         rounds = point.rounds
         finished = sum(r.finished for r in rounds)
@@ -255,6 +255,7 @@ def _curve(points: list[Point]) -> str:
         ]
         cells += [
             fmt(cpu * 1000 / steps) if steps else "—",
+            fmt(_median([sum(r.cpu_s.values()) / r.wall_s for r in rounds if r.wall_s])),
             fmt(_median(lags)) if lags else "—",
             f"{point.seconds:.0f}",
         ]
@@ -307,8 +308,10 @@ def _appendix(env: Env) -> str:
         code_state("platform", "capabilities", "projections"),
         "**The curve** (medians of each size's rounds; memory is each process's peak "
         "resident set during a round, sampled from /proc at 10 Hz; CPU is all four "
-        "services' CPU time from /proc over the rounds / the steps; the projections' lag "
-        "includes their 1 s checkpoint interval):",
+        "services' CPU time from /proc over the rounds / the steps; cores busy is the CPU "
+        "time of the services and the nats-server / a round's wall time — on a machine "
+        "shared with other work, the share this run got; the projections' lag includes "
+        "their 1 s checkpoint interval):",
         _curve(done),
         _plot(done),
     ]
