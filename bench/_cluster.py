@@ -25,12 +25,14 @@ from nats.errors import Error as NatsError
 from jetagent.config import Settings
 from jetagent.embedded import EmbeddedCluster, EmbeddedServer
 from jetagent.errors import JetagentError
+from jetagent.jetstream import connect
 from jetagent.jetstream.provision import provision
 
 __all__ = [
     "Led",
     "groups_led",
     "move_stream_leader",
+    "provision_at",
     "provision_retrying",
     "restart_node",
     "stream_leader",
@@ -60,6 +62,15 @@ async def provision_retrying(nc: NATS, settings: Settings, *, timeout: float = 9
                 raise RuntimeError(f"provisioning {settings.prefix} failed: {exc}") from exc
             await asyncio.sleep(0.5)
     await wait_replicas_current(nc, timeout=max(deadline - time.monotonic(), 10.0))
+
+
+async def provision_at(url: str, settings: Settings) -> None:
+    """:func:`provision_retrying` over a connection of its own to ``url``."""
+    nc = await connect(url, name="bench-provision")
+    try:
+        await provision_retrying(nc, settings)
+    finally:
+        await nc.close()
 
 
 async def _streams(nc: NATS) -> list[dict[str, Any]]:

@@ -57,6 +57,8 @@ class KillRound:
 
     node: str
     led: Led
+    killed_at: float
+    """Wall-clock time of the kill (to read the services' logs against)."""
     server_failover_s: float | None
     """Kill → the bare client's next acknowledged publish (``None``: none within the wait)."""
     platform_stall_s: float | None
@@ -277,6 +279,7 @@ class Failover:
         return KillRound(
             node=node,
             led=led,
+            killed_at=killed_at,
             server_failover_s=None if failover is None else failover - killed_at,
             platform_stall_s=after[0] - killed_at if after else None,
             longest_gap_s=max(gaps, default=self.wait_s),

@@ -28,10 +28,9 @@ from contextlib import contextmanager
 
 from jetagent.config import Settings
 from jetagent.embedded import EmbeddedCluster
-from jetagent.jetstream import connect
 from jetagent.testing import nats_cluster
 
-from ._cluster import provision_retrying
+from ._cluster import provision_at
 from ._engine_baselines import raw_round_trips
 from ._engine_platform import (
     SEGMENTS,
@@ -72,14 +71,6 @@ def _cluster(env: Env) -> EmbeddedCluster:
     return env.shared("cluster:nodes", lambda: nats_cluster(env.tmp / "cluster"))
 
 
-async def _provision(url: str, settings: Settings) -> None:
-    nc = await connect(url, name="bench-provision")
-    try:
-        await provision_retrying(nc, settings)
-    finally:
-        await nc.close()
-
-
 @contextmanager
 def _platform_on(env: Env, url: str, replicas: int) -> Iterator[EnginePlatform]:
     prefix = f"c{replicas}{uuid.uuid4().hex[:8]}"
@@ -87,7 +78,7 @@ def _platform_on(env: Env, url: str, replicas: int) -> Iterator[EnginePlatform]:
         # The services of today give up on a JetStream API request a fresh R3 cluster
         # leaves unanswered under load: the streams exist before they start.
         settings = Settings(nats_url=url, prefix=prefix, replicas=replicas, tenants="*")
-        asyncio.run(_provision(url, settings))
+        asyncio.run(provision_at(url, settings))
     with engine_platform(
         url,
         prefix,
@@ -244,6 +235,21 @@ def _seconds(value: float | None, wait: float) -> str:
     return f"≥ {wait:.0f} (none)" if value is None else f"{value:.2f}"
 
 
+STEP_PATH = ("WORKFLOWS", "STEPS", "STEPS/orchestrator-steps")
+"""The groups every completed step passes through: its result is stored in the steps
+stream, reaches the orchestrator through its consumer, and ``StepCompleted`` is
+appended to the workflows stream (the one whose leader is killed)."""
+
+
+def _step_path(elections: dict[str, float]) -> str:
+    """When the last of :data:`STEP_PATH` that had to be re-elected was."""
+    times = [(elections[g], g) for g in STEP_PATH if g in elections]
+    if not times:
+        return "—"
+    at, group = max(times)
+    return f"{at:.2f} ({group})"
+
+
 def _elections(elections: dict[str, float]) -> str:
     ordered = sorted(elections.items(), key=lambda item: item[1])
     return "; ".join(f"{group} {at:.1f}" for group, at in ordered) or "none seen"
@@ -254,18 +260,21 @@ def _kills_table(rounds: list[KillRound], wait: float, drain: float, prefix: str
         return ""
     lines = [
         "**Each kill** (the node leading the workflows stream, SIGKILL, under a closed loop "
-        "of workflows in flight; then started again):",
+        "of workflows in flight; then started again). *Step path re-elected*: the latest "
+        f"leader election after the kill among {', '.join(STEP_PATH)} — the groups every "
+        "completed step needs; the platform cannot be back before it:",
         "",
-        "| kill | node | it led | server failover (s) | platform: next step stored (s) "
+        "| kill | node | it led | server failover (s) | step path re-elected (s) "
+        "| platform: next step stored (s) "
         f"| longest gap between stored steps (s) | workflows | not ended {drain:.0f} s "
         "after the stall | services that exited | restarted → replicas current (s) "
         "| leaders elected after the kill (s; their advisories) |",
-        "|--:|---|---|--:|--:|--:|--:|--:|---|--:|---|",
+        "|--:|---|---|--:|--:|--:|--:|--:|--:|---|--:|---|",
     ]
     for i, kill in enumerate(rounds, 1):
         lines.append(
             f"| {i} | {kill.node} | {kill.led.describe(prefix)} "
-            f"| {_seconds(kill.server_failover_s, wait)} "
+            f"| {_seconds(kill.server_failover_s, wait)} | {_step_path(kill.elections)} "
             f"| {_seconds(kill.platform_stall_s, wait)} | {kill.longest_gap_s:.2f} "
             f"| {kill.workflows} | {kill.unfinished} | {'; '.join(kill.exited) or 'none'} "
             f"| {kill.current_after_s:.1f} | {_elections(kill.elections)} |"
