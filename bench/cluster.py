@@ -50,6 +50,7 @@ __all__ = ["SUITE"]
 R3 = "jetagent, 3 nodes, R3"
 ONE = "jetagent, 1 node"
 RAW_R3 = "nats-py publish → pull → ack, R3"
+RAW_ONE = "nats-py publish → pull → ack, 1 node"
 STALL = "jetagent: kill → next step stored"
 SERVER = "nats-server failover: kill → next acked publish"
 MARGIN_S = 1.0
@@ -113,6 +114,10 @@ def _raw_r3(env: Env) -> RawNats:
     return env.shared("cluster:raw", lambda: _raw_nats(cluster.servers[0].url))
 
 
+def _raw_one(env: Env) -> RawNats:
+    return env.shared("cluster:raw-one", lambda: _raw_nats(env.nats_url))
+
+
 class _Timelines:
     """The step timelines of the latest latency round of each platform (appendix)."""
 
@@ -132,7 +137,8 @@ def _timelines(env: Env) -> _Timelines:
 
 
 def _latency_contenders(env: Env, q: float) -> Contenders:
-    r3, one, raw, kept = _r3(env), _one(env), _raw_r3(env), _timelines(env)
+    r3, one, kept = _r3(env), _one(env), _timelines(env)
+    raw_r3, raw_one = _raw_r3(env), _raw_one(env)
     workflows = _sequential(env)
 
     def platform_round(name: str, platform: EnginePlatform) -> Round:
@@ -143,11 +149,19 @@ def _latency_contenders(env: Env, q: float) -> Contenders:
 
         return run
 
-    def raw_round() -> float:
-        samples = raw.run(raw_round_trips(raw, workflows * STEPS_PER_WORKFLOW, replicas=3))
-        return percentile(samples, q)
+    def raw_round(raw: RawNats, replicas: int) -> Round:
+        def run() -> float:
+            n = workflows * STEPS_PER_WORKFLOW
+            return percentile(raw.run(raw_round_trips(raw, n, replicas=replicas)), q)
 
-    return {R3: platform_round(R3, r3), ONE: platform_round(ONE, one), RAW_R3: raw_round}
+        return run
+
+    return {
+        R3: platform_round(R3, r3),
+        ONE: platform_round(ONE, one),
+        RAW_R3: raw_round(raw_r3, 3),
+        RAW_ONE: raw_round(raw_one, 1),
+    }
 
 
 @contextmanager
@@ -300,7 +314,8 @@ def _benchmarks(env: Env) -> list[Benchmark]:
     latency_note = (
         f"{workflows} workflows one after another, {steps} steps per round; a step is "
         "`StepScheduled.at` → `StepCompleted.at` (as in the `engine` suite). "
-        f"{RAW_R3}: {steps} messages one at a time through an R3 stream of the cluster."
+        f"{RAW_R3} / {RAW_ONE}: {steps} messages one at a time through an R3 stream of the "
+        "cluster / a stream of the single node: the floor of one hop on each."
     )
     return [
         Benchmark(
@@ -308,7 +323,7 @@ def _benchmarks(env: Env) -> list[Benchmark]:
             unit="ms",
             better="lower",
             subject=R3,
-            baselines=(ONE, RAW_R3),
+            baselines=(ONE, RAW_R3, RAW_ONE),
             contenders=_p50,
             profile_miss=False,
             note=latency_note,
@@ -318,7 +333,7 @@ def _benchmarks(env: Env) -> list[Benchmark]:
             unit="ms",
             better="lower",
             subject=R3,
-            baselines=(ONE, RAW_R3),
+            baselines=(ONE, RAW_R3, RAW_ONE),
             contenders=_p99,
             profile_miss=False,
             note=f"the same workload as p50 (its own rounds), the 99th percentile of {steps}.",
