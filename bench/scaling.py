@@ -263,6 +263,22 @@ def _curve(points: list[Point]) -> str:
     return "\n".join(lines)
 
 
+def _cpu_table(points: list[Point]) -> str:
+    """CPU per step of each process: where the work of a step is done, by size."""
+    lines = [
+        "| concurrent workflows | " + " | ".join(f"{p} CPU ms/step" for p in PROCESSES) + " |",
+        "|" + "--:|" * (len(PROCESSES) + 1),
+    ]
+    for point in points:
+        steps = sum(r.steps for r in point.rounds)
+        cells = [
+            fmt(sum(r.cpu_s.get(p, 0.0) for r in point.rounds) * 1000 / steps) if steps else "—"
+            for p in PROCESSES
+        ]
+        lines.append(f"| {point.workflows:,} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def _bars(title: str, unit: str, values: list[tuple[str, float]], width: int = 40) -> list[str]:
     top = max((v for _, v in values if v == v), default=0.0)
     lines = [title]
@@ -313,6 +329,8 @@ def _appendix(env: Env) -> str:
         "shared with other work, the share this run got; the projections' lag includes "
         "their 1 s checkpoint interval):",
         _curve(done),
+        "**CPU per step, by process** (all rounds of each size; /proc):",
+        _cpu_table(done),
         _plot(done),
     ]
     for point in unfinished:
