@@ -240,10 +240,24 @@ class BareLoop:
         )
         await self._orch_js.publish(f"{self._root}.sched.{wf}.{step}", body)
 
-    async def run(self, workflows: int, *, concurrent: bool, timeout: float = 60.0) -> LoopRun:
+    async def run(
+        self,
+        workflows: int,
+        *,
+        concurrent: bool,
+        timeout: float = 60.0,
+        window: int | None = None,
+    ) -> LoopRun:
         """Run ``workflows`` workflows, all at once or one after another (each batch
-        within ``timeout`` s)."""
+        within ``timeout`` s); ``window``: at most this many first schedules in flight
+        at once (as the platform's submits are windowed)."""
         self._latencies = []
+        gate = asyncio.Semaphore(window or max(workflows, 1))
+
+        async def first(wf: int) -> None:
+            async with gate:
+                await self._schedule(wf, 1, time.perf_counter())
+
         started = time.perf_counter()
         batches = [workflows] if concurrent else [1] * workflows
         for size in batches:
@@ -252,6 +266,6 @@ class BareLoop:
             self._ids += size
             for wf in ids:
                 self._workflows[wf] = _Workflow(self.steps_per_workflow)
-            await asyncio.gather(*(self._schedule(wf, 1, time.perf_counter()) for wf in ids))
+            await asyncio.gather(*(first(wf) for wf in ids))
             await asyncio.wait_for(self._all_done.wait(), timeout)
         return LoopRun(self._latencies, time.perf_counter() - started)

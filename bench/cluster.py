@@ -250,9 +250,9 @@ def _seconds(value: float | None, wait: float) -> str:
 
 
 STEP_PATH = ("WORKFLOWS", "STEPS", "STEPS/orchestrator-steps")
-"""The groups every completed step passes through: its result is stored in the steps
-stream, reaches the orchestrator through its consumer, and ``StepCompleted`` is
-appended to the workflows stream (the one whose leader is killed)."""
+"""The groups a step passes through: its result is stored in the steps stream, reaches
+the orchestrator through its consumer, and ``StepCompleted`` is appended to the
+workflows stream (the one whose leader is killed)."""
 
 
 def _step_path(elections: dict[str, float]) -> str:
@@ -275,8 +275,10 @@ def _kills_table(rounds: list[KillRound], wait: float, drain: float, prefix: str
     lines = [
         "**Each kill** (the node leading the workflows stream, SIGKILL, under a closed loop "
         "of workflows in flight; then started again). *Step path re-elected*: the latest "
-        f"leader election after the kill among {', '.join(STEP_PATH)} — the groups every "
-        "completed step needs; the platform cannot be back before it:",
+        f"leader election after the kill among {', '.join(STEP_PATH)} — the groups a step "
+        "passes through (a result the orchestrator already holds needs only the workflows "
+        "stream; every other step needs all three), so the platform is fully back no "
+        "earlier:",
         "",
         "| kill | node | it led | server failover (s) | step path re-elected (s) "
         "| platform: next step stored (s) "

@@ -132,7 +132,8 @@ def _contenders(env: Env, n: int, kind: str) -> Contenders:
         point.run()
 
     def bare_round() -> None:
-        point.bare.append(raw.run(bare.run(n, concurrent=True, timeout=BOUND_S)))
+        run = bare.run(n, concurrent=True, timeout=BOUND_S, window=SUBMIT_WINDOW)
+        point.bare.append(raw.run(run))
 
     def platform_rounds() -> list[PointRound]:
         return point.rounds
