@@ -12,15 +12,19 @@ loop: a fixed number of workflows in flight, a new one submitted whenever one en
   ``Nats-Time-Stamp``), read from the workflows stream afterwards, so only what was stored
   counts (a core subscriber also sees publishes the stream never stored).
 
-The killed node is then started again, and the round ends when every replica of every
-stream and consumer is current. Each round also records what the node led, the longest
-gap between stored completed steps, the workflows that did not end within the drain
-time, and any service process that exited (it is started again, as a supervisor would).
+The load is kept up until a few steps were acknowledged after the kill and 3 s more,
+then the round's workflows are drained; the killed node is started again, and the round
+ends when every replica of every stream and consumer is current. Each round also records
+what the node led, the leaders elected after the kill (their advisories), the longest
+gap between stored completed steps while the load was fed, the workflows that did not
+end within the drain time, and any service process that exited (it is started again, as
+a supervisor would).
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 import uuid
 from collections.abc import Callable
@@ -48,6 +52,8 @@ PROBE_STREAM = "BENCH_FAILOVER"
 _PROBE_TRY_S = 0.25
 """The bare client's timeout per publish: a publish in flight at the kill is lost with
 the node and waits this long (docs/ARCHITECTURE.md), so it bounds the probe's error."""
+_SUSTAIN_S = 3.0
+"""How long the load is kept up after the first steps stored after the kill."""
 _FINAL = frozenset({"Finalized", "Terminated", "Cancelled", "RequestRejected"})
 
 
@@ -64,7 +70,8 @@ class KillRound:
     platform_stall_s: float | None
     """Kill → the next ``StepCompleted`` stored (``None``: none within the wait)."""
     longest_gap_s: float
-    """The longest gap between consecutive stored ``StepCompleted`` from the kill on."""
+    """The longest gap between consecutive stored ``StepCompleted`` from the kill on,
+    while workflows were being fed (the first one is the stall)."""
     workflows: int
     """Workflows submitted in the round (all acknowledged by the server)."""
     unfinished: int
@@ -246,6 +253,14 @@ class Failover:
             elected.setdefault(group, []).append(time.time())
 
         await probe_nc.subscribe("$JS.EVENT.ADVISORY.*.LEADER_ELECTED.>", cb=on_elected)
+        # The orchestrator acks a step result once its decision is stored: a step done.
+        # (A core subscriber to the workflows' subjects also sees attempts never stored.)
+        acked: list[float] = []
+
+        async def on_ack(msg: Msg) -> None:
+            acked.append(time.time())
+
+        await probe_nc.subscribe(f"$JS.ACK.{names.steps_stream}.orchestrator-steps.>", cb=on_ack)
         load = _Load(self.platform, self.in_flight)
         sub = await self._nc.subscribe(names.all_workflows, cb=load.on_event)
         start_seq = (await self._nc.jetstream().stream_info(names.workflows_stream)).state.last_seq
@@ -257,11 +272,11 @@ class Failover:
             await asyncio.to_thread(target.kill)
             killed_at = time.time()
             await self._until(lambda: probe.first_after(killed_at) is not None, exited)
-            steps_then = load.completed_steps
-            await self._until(lambda: load.completed_steps > steps_then + 3, exited)
-            await asyncio.sleep(2.0)  # the platform under load after the stall
+            await self._until(lambda: sum(t > killed_at for t in acked) >= 3, exited)
+            await asyncio.sleep(_SUSTAIN_S)
             load.stopping = True
             probe.stopping = True
+            fed_until = time.time()
             await self._drain(load, exited)
         finally:
             load.stopping = probe.stopping = True
@@ -274,7 +289,12 @@ class Failover:
         completed, finals = stored
         after = sorted(t for t in completed if t > killed_at)
         failover = probe.first_after(killed_at)
-        gaps = [b - a for a, b in zip([killed_at, *after], after, strict=False)]
+        # Gaps while the load was fed (work was always waiting), and up to the first
+        # step after that if the stall outlasted it; the drain's tail is not a stall.
+        fed = [t for t in after if t <= fed_until]
+        later = [t for t in after if t > fed_until][:1]
+        times = [killed_at, *fed, *later]
+        gaps = [b - a for a, b in itertools.pairwise(times)]
         current_after = await self._restart(target, exited)
         return KillRound(
             node=node,
@@ -287,11 +307,7 @@ class Failover:
             unfinished=len(set(load.submitted) - finals),
             exited=tuple(exited),
             current_after_s=current_after,
-            elections={
-                _short(group, self.platform.settings.prefix): min(after) - killed_at
-                for group, times in elected.items()
-                if (after := [t for t in times if t > killed_at])
-            },
+            elections=_elections(elected, killed_at, self.platform.settings.prefix),
         )
 
     def _revive(self, exited: list[str]) -> None:
@@ -348,6 +364,16 @@ class Failover:
         await wait_replicas_current(self._nc, timeout=120)
         self._revive(exited)
         return time.monotonic() - started
+
+
+def _elections(elected: dict[str, list[float]], killed_at: float, prefix: str) -> dict[str, float]:
+    """Each group's first leader election after the kill, in seconds after it."""
+    out = {}
+    for group, times in elected.items():
+        later = [t for t in times if t > killed_at]
+        if later:
+            out[_short(group, prefix)] = min(later) - killed_at
+    return out
 
 
 def _short(group: str, prefix: str) -> str:

@@ -282,7 +282,7 @@ def _kills_table(rounds: list[KillRound], wait: float, drain: float, prefix: str
         "",
         "| kill | node | it led | server failover (s) | step path re-elected (s) "
         "| platform: next step stored (s) "
-        f"| longest gap between stored steps (s) | workflows | not ended {drain:.0f} s "
+        f"| longest gap between stored steps under load (s) | workflows | not ended {drain:.0f} s "
         "after the stall | services that exited | restarted → replicas current (s) "
         "| leaders elected after the kill (s; their advisories) |",
         "|--:|---|---|--:|--:|--:|--:|--:|--:|---|--:|---|",
