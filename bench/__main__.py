@@ -17,7 +17,7 @@ from rich.markdown import Markdown
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from ._harness import RunConfig, Suite, SuiteResult, rich_table, run_suite
-from ._report import command_line, write_report
+from ._report import command_line, refresh_notes, write_report
 
 SUITE_MODULES = [
     "bench.store",
@@ -29,6 +29,8 @@ SUITE_MODULES = [
     "bench.delivery",
     "bench.listing",
     "bench.quotas",
+    "bench.cluster",
+    "bench.scaling",
     "bench.comparison",
 ]
 """Every suite, in report order. Add a module exposing ``SUITE: Suite`` to add one."""
@@ -58,6 +60,14 @@ def _select(suites: list[Suite], only: list[str]) -> list[Suite]:
             param_hint="--only",
         )
     return [s for s in suites if not wanted or s.name in wanted]
+
+
+def _timing_line(result: SuiteResult) -> str:
+    line = f"{result.suite.name}: {result.seconds:.0f} s"
+    if result.load_during is not None:
+        low, mean, high = result.load_during
+        line += f"; 1-minute load average {low:.2f} to {high:.2f} (mean {mean:.2f})"
+    return line
 
 
 @app.command()
@@ -97,6 +107,14 @@ def main(
     profile_misses: Annotated[
         bool, typer.Option(help="Profile one extra round of each subject that misses its target.")
     ] = True,
+    refresh_notes_only: Annotated[
+        bool,
+        typer.Option(
+            "--refresh-notes",
+            help="Run nothing: put the current bench/notes/ under the selected suites' "
+            "sections of the report (every measured number stays as it is).",
+        ),
+    ] = False,
 ) -> None:
     """Run the benchmark suites and record the results in BENCHMARKS.md."""
     console = Console()
@@ -104,6 +122,13 @@ def main(
         console = Console(width=160)  # a log file gets the whole table
     suites = registered_suites()
     selected = _select(suites, [profile] if profile else [*(suites_named or []), *(only or [])])
+    if refresh_notes_only:
+        path = output or ROOT / "BENCHMARKS.md"
+        if not path.exists():
+            raise typer.BadParameter(f"{path} does not exist", param_hint="--output")
+        names = refresh_notes(path, [s.name for s in selected])
+        console.print(f"refreshed the notes of {', '.join(names) or 'no suite'} in {path}")
+        return
     config = RunConfig(
         quick=quick,
         profile=profile is not None,
@@ -125,6 +150,7 @@ def main(
             result = run_suite(suite, config, progress)
             results.append(result)
             progress.console.print(rich_table(result))
+            progress.console.print(_timing_line(result))
             if result.appendix:
                 progress.console.print(Markdown(result.appendix))
     console.print(f"ran {len(results)} suite(s) in {time.monotonic() - started:.0f} s")

@@ -36,7 +36,7 @@ __all__ = ["BareLoop", "LoopRun", "raw_round_trips"]
 _EXPIRES_NS = 30 * 1_000_000_000
 
 
-def _stream_config(name: str, subjects: list[str]) -> StreamConfig:
+def _stream_config(name: str, subjects: list[str], replicas: int = 1) -> StreamConfig:
     # As the platform's streams: file storage, direct get, a 2-minute duplicate window.
     return StreamConfig(
         name=name,
@@ -44,14 +44,18 @@ def _stream_config(name: str, subjects: list[str]) -> StreamConfig:
         storage=StorageType.FILE,
         duplicate_window=120.0,
         allow_direct=True,
+        num_replicas=replicas,
     )
 
 
-async def raw_round_trips(raw: RawNats, n: int, *, warmup: int = 20) -> list[float]:
-    """``n`` round trips (ms): publish, receive from a durable pull consumer, ack."""
+async def raw_round_trips(
+    raw: RawNats, n: int, *, warmup: int = 20, replicas: int = 1
+) -> list[float]:
+    """``n`` round trips (ms): publish, receive from a durable pull consumer, ack; on a
+    stream of ``replicas`` replicas (more than one: a cluster)."""
     name = "BENCH_RAW_" + uuid.uuid4().hex[:10]
     subject = name.lower()
-    await raw.js.add_stream(_stream_config(name, [f"{subject}.>"]))
+    await raw.js.add_stream(_stream_config(name, [f"{subject}.>"], replicas))
     psub = await raw.js.pull_subscribe(
         f"{subject}.>",
         durable="raw",
@@ -236,9 +240,24 @@ class BareLoop:
         )
         await self._orch_js.publish(f"{self._root}.sched.{wf}.{step}", body)
 
-    async def run(self, workflows: int, *, concurrent: bool) -> LoopRun:
-        """Run ``workflows`` workflows, all at once or one after another."""
+    async def run(
+        self,
+        workflows: int,
+        *,
+        concurrent: bool,
+        timeout: float = 60.0,
+        window: int | None = None,
+    ) -> LoopRun:
+        """Run ``workflows`` workflows, all at once or one after another (each batch
+        within ``timeout`` s); ``window``: at most this many first schedules in flight
+        at once (as the platform's submits are windowed)."""
         self._latencies = []
+        gate = asyncio.Semaphore(window or max(workflows, 1))
+
+        async def first(wf: int) -> None:
+            async with gate:
+                await self._schedule(wf, 1, time.perf_counter())
+
         started = time.perf_counter()
         batches = [workflows] if concurrent else [1] * workflows
         for size in batches:
@@ -247,6 +266,6 @@ class BareLoop:
             self._ids += size
             for wf in ids:
                 self._workflows[wf] = _Workflow(self.steps_per_workflow)
-            await asyncio.gather(*(self._schedule(wf, 1, time.perf_counter()) for wf in ids))
-            await asyncio.wait_for(self._all_done.wait(), 60)
+            await asyncio.gather(*(first(wf) for wf in ids))
+            await asyncio.wait_for(self._all_done.wait(), timeout)
         return LoopRun(self._latencies, time.perf_counter() - started)

@@ -7,7 +7,8 @@ calling thread. Workflows are submitted with ``Client.submit``; their ends are n
 one core-NATS subscription on ``<prefix>.wf.*.*`` (every event but ``StepScheduled``),
 which is lighter for the server than ``Client.result``'s ordered consumer per workflow.
 Step timings are read back from the stream after a run, so the measured window has no
-client-side decoding in it.
+client-side decoding in it. (Over 400 lines: one class and its records — the platform
+as the ``engine``, ``cluster`` and ``scaling`` suites drive it.)
 """
 
 from __future__ import annotations
@@ -46,14 +47,18 @@ from ._profile import process_cpu
 from ._services import bench_services
 
 __all__ = [
+    "ENGINE_WORKLOAD",
     "INSTRUCTION",
     "SEGMENTS",
     "STEPS_PER_WORKFLOW",
     "EnginePlatform",
+    "RoundTimeout",
     "StepTiming",
     "ThroughputRun",
+    "Workload",
     "engine_platform",
     "percentile",
+    "server_time",
 ]
 
 T = TypeVar("T")
@@ -62,6 +67,9 @@ INSTRUCTION = "What is 3 * 4? Then add 2 to the result then add 5 to the result"
 """reasoning → calculator → reasoning → calculator → reasoning → calculator → reasoning."""
 STEPS_PER_WORKFLOW = 7
 ANSWER = "Final answer: 19"
+_READ_BACK_TRIES = 40
+"""Reads of a run's steps before its count is trusted short: on a replicated stream a
+direct get may be answered by a follower a few messages behind (docs/ARCHITECTURE.md)."""
 _FINAL_EVENTS = frozenset({"Finalized", "Terminated", "Cancelled", "RequestRejected"})
 
 
@@ -76,7 +84,7 @@ SEGMENTS = (
 """A step's round trip, cut at each time recorded in the streams (in order)."""
 
 
-def _server_time(record: Record) -> dt.datetime:
+def server_time(record: Record) -> dt.datetime:
     """The time the server stored a record (``Nats-Time-Stamp``, ns → µs)."""
     stamp = record.headers["Nats-Time-Stamp"].removesuffix("Z")
     whole, _, fraction = stamp.partition(".")
@@ -85,6 +93,31 @@ def _server_time(record: Record) -> dt.datetime:
 
 def _ms(a: dt.datetime, b: dt.datetime) -> float:
     return (b - a).total_seconds() * 1000
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What every workflow of a run asks, the end its final output must have, and how
+    many steps that takes (the offline deterministic provider and the calculator)."""
+
+    instruction: str
+    answer: str
+    steps: int
+
+
+ENGINE_WORKLOAD = Workload(instruction=INSTRUCTION, answer=ANSWER, steps=STEPS_PER_WORKFLOW)
+"""The ``engine`` suite's 7-step workflow."""
+
+
+class RoundTimeout(RuntimeError):
+    """Not every workflow of a run ended within its time; how many did is kept."""
+
+    def __init__(self, message: str, *, ended: int, expected: int, steps: int) -> None:
+        super().__init__(message)
+        self.ended = ended
+        self.expected = expected
+        self.steps = steps
+        """Steps completed when the time ran out."""
 
 
 @dataclass(frozen=True)
@@ -130,6 +163,8 @@ class StepTiming:
 class ThroughputRun:
     steps: int
     wall: float
+    timings: Sequence[StepTiming] = ()
+    """Every step's timeline, when the run was asked to read them back."""
 
     @property
     def rate(self) -> float:
@@ -161,8 +196,11 @@ class EnginePlatform:
         workers: int = 1,
         profile_dir: Path | None = None,
         env: Mapping[str, str] | None = None,
+        workload: Workload = ENGINE_WORKLOAD,
+        worker_groups: Sequence[Sequence[str]] = (("reasoning", "tools"),),
     ) -> None:
         self.url = url
+        self.workload = workload
         self.settings = Settings(nats_url=url, prefix=prefix, tenants="*")
         self.names = self.settings.names
         self.log_dir = log_dir
@@ -178,7 +216,10 @@ class EnginePlatform:
             for i in range(orchestrators):
                 self._start(f"orchestrator-{i + 1}", "orchestrator")
             for i in range(workers):
-                self._start(f"worker-{i + 1}", "worker", "reasoning", "tools")
+                for group in worker_groups:
+                    # One group (the default): ``worker-1``; else ``worker-tools-1``, ...
+                    kind = "" if len(worker_groups) == 1 else "-" + "-".join(group)
+                    self._start(f"worker{kind}-{i + 1}", "worker", *group)
             self.run(self._connect())
         except BaseException:
             self.close()
@@ -308,7 +349,7 @@ class EnginePlatform:
             if kind == "StepCompleted":
                 current.completed_steps += 1
             elif kind in _FINAL_EVENTS and workflow_id in current.expected:
-                ok = isinstance(event, Finalized) and event.output.endswith(ANSWER)
+                ok = isinstance(event, Finalized) and event.output.endswith(self.workload.answer)
                 current.finals[workflow_id] = kind if ok else f"{kind}: {event!r}"
                 done = len(current.finals) == len(current.expected)
                 waiter = current.waiter
@@ -317,6 +358,7 @@ class EnginePlatform:
                     waiter.set_result(None)
 
     async def _await(self, current: _Round, workflow_id: str | None, timeout: float) -> None:
+        deadline = self.loop.time() + timeout
         while True:
             if self._dead_letters:
                 raise RuntimeError(
@@ -329,14 +371,17 @@ class EnginePlatform:
             current.waiter = self.loop.create_future()
             current.awaited = workflow_id
             try:
-                await asyncio.wait_for(current.waiter, timeout)
+                await asyncio.wait_for(current.waiter, max(deadline - self.loop.time(), 0.0))
             except TimeoutError:
                 self.services.check_alive()
                 missing = [w for w in current.expected if w not in current.finals]
                 state = await self._diagnose(missing[:3])
-                raise RuntimeError(
+                raise RoundTimeout(
                     f"{len(missing)} workflow(s) did not end within {timeout} s\n"
-                    f"{state}\n{self._problems()}"
+                    f"{state}\n{self._problems()}",
+                    ended=len(current.finals),
+                    expected=len(current.expected),
+                    steps=current.completed_steps,
                 ) from None
 
     @staticmethod
@@ -350,7 +395,7 @@ class EnginePlatform:
         """Submit one workflow, expected before it is published: under load its final
         event can reach this process in the same read as the publish's acknowledgement."""
         assert self.client is not None
-        request = WorkflowRequest(instruction=INSTRUCTION, tenant="bench")
+        request = WorkflowRequest(instruction=self.workload.instruction, tenant="bench")
         current.expected.add(request.request_id)
         return await self.client.submit(request)
 
@@ -385,31 +430,67 @@ class EnginePlatform:
         if ended is not None:
             ended()
         self._check_outcomes(current)
-        timings = await self._timings(start_wf, start_steps, current.expected)
-        if len(timings) != workflows * STEPS_PER_WORKFLOW:
-            expected = workflows * STEPS_PER_WORKFLOW
-            raise RuntimeError(f"expected {expected} steps, read {len(timings)}")
-        return timings
+        return await self._all_timings(start_wf, start_steps, current.expected)
 
-    def concurrent(self, workflows: int) -> ThroughputRun:
-        """Submit ``workflows`` workflows at once; steps done until the last one ends."""
-        return self.run(self._concurrent(workflows))
+    async def _all_timings(
+        self, start_wf: int, start_steps: int, workflow_ids: set[str]
+    ) -> list[StepTiming]:
+        """Every step of ``workflow_ids``, read again while a replica answers short."""
+        expected = len(workflow_ids) * self.workload.steps
+        for _ in range(_READ_BACK_TRIES):
+            timings = await self._timings(start_wf, start_steps, workflow_ids)
+            if len(timings) == expected:
+                return timings
+            await asyncio.sleep(0.05)
+        raise RuntimeError(f"expected {expected} steps, read {len(timings)}")
 
-    async def _concurrent(self, workflows: int) -> ThroughputRun:
+    def concurrent(
+        self,
+        workflows: int,
+        *,
+        timeout: float = 60.0,
+        window: int | None = None,
+        timed: bool = False,
+    ) -> ThroughputRun:
+        """Submit ``workflows`` workflows at once; steps done until the last one ends.
+
+        ``window``: at most this many submits in flight (``None``: all at once); every
+        workflow is submitted without waiting for others to end. ``timeout``: for the
+        whole run (:class:`RoundTimeout` when it runs out). ``timed``: read every step's
+        timeline back from the streams afterwards (:attr:`ThroughputRun.timings`).
+        """
+        return self.run(self._concurrent(workflows, timeout=timeout, window=window, timed=timed))
+
+    async def _concurrent(
+        self, workflows: int, *, timeout: float, window: int | None, timed: bool
+    ) -> ThroughputRun:
+        start_wf, start_steps = await self._last_seqs() if timed else (0, 0)
         current = _Round(expected=set())
         self._round = current
         try:
             started = time.perf_counter()
-            await asyncio.gather(*(self._submit(current) for _ in range(workflows)))
-            await self._await(current, None, 60)
+            if window is None:
+                await asyncio.gather(*(self._submit(current) for _ in range(workflows)))
+            else:
+                gate = asyncio.Semaphore(window)
+
+                async def submit() -> None:
+                    async with gate:
+                        await self._submit(current)
+
+                await asyncio.gather(*(submit() for _ in range(workflows)))
+            await self._await(current, None, timeout - (time.perf_counter() - started))
             wall = time.perf_counter() - started
         finally:
             self._round = None
         self._check_outcomes(current)
         steps = current.completed_steps
-        if steps != workflows * STEPS_PER_WORKFLOW:
-            raise RuntimeError(f"expected {workflows * STEPS_PER_WORKFLOW} steps, saw {steps}")
-        return ThroughputRun(steps=steps, wall=wall)
+        if steps != workflows * self.workload.steps:
+            raise RuntimeError(f"expected {workflows * self.workload.steps} steps, saw {steps}")
+        timings: list[StepTiming] = []
+        if timed:
+            timings = await self._all_timings(start_wf, start_steps, current.expected)
+        return ThroughputRun(steps=steps, wall=wall, timings=timings)
 
     async def _last_seqs(self) -> tuple[int, int]:
         assert self.client is not None
@@ -442,7 +523,7 @@ class EnginePlatform:
             decoded = decode_events(record.data)
             if decoded[0].workflow_id not in workflow_ids:
                 continue
-            stored = _server_time(record)
+            stored = server_time(record)
             wid = decoded[0].workflow_id
             previous, after_start = last.get(wid, (stored, False))
             last[wid] = (stored, any(isinstance(e, Started) for e in decoded))
@@ -458,7 +539,7 @@ class EnginePlatform:
         step_results: dict[tuple[str, str], tuple[StepResult, dt.datetime]] = {}
         for record in results:
             result = decode_step_result(record.data)
-            step_results[result.workflow_id, result.step_id] = (result, _server_time(record))
+            step_results[result.workflow_id, result.step_id] = (result, server_time(record))
         timings = []
         for key, (step, previous, step_stored, first) in scheduled.items():
             if key not in completed or key not in step_results:
@@ -508,6 +589,8 @@ def engine_platform(
     profile_dir: Path | None = None,
     env: Mapping[str, str] | None = None,
     warm_up: int = 10,
+    workload: Workload = ENGINE_WORKLOAD,
+    worker_groups: Sequence[Sequence[str]] = (("reasoning", "tools"),),
 ) -> Iterator[EnginePlatform]:
     platform = EnginePlatform(
         url,
@@ -517,6 +600,8 @@ def engine_platform(
         workers=workers,
         profile_dir=profile_dir,
         env=env,
+        workload=workload,
+        worker_groups=worker_groups,
     )
     try:
         platform.warm_up(warm_up)

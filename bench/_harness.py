@@ -18,11 +18,14 @@ benchmarks (the ``engine`` suite's per-process profile), written under its table
 from __future__ import annotations
 
 import gc
+import math
 import operator
 import os
 import shutil
 import statistics
 import tempfile
+import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass, field
@@ -165,17 +168,20 @@ class Target:
     baseline: str | None = None
     factor: float = 1.0
     """With a baseline: compare with this multiple of it (``<= 2.5x bare loop``)."""
+    plus: float = 0.0
+    """With a baseline: and this much more, in the unit (``<= server failover + 1 s``)."""
 
     def __post_init__(self) -> None:
         if (self.value is None) == (self.baseline is None):
             raise ValueError("a target compares with either a value or a baseline")
-        if self.factor != 1.0 and self.baseline is None:
-            raise ValueError("a factor applies to a baseline")
+        if (self.factor != 1.0 or self.plus) and self.baseline is None:
+            raise ValueError("a factor or a margin applies to a baseline")
 
     def describe(self, unit: str) -> str:
         if self.baseline is not None:
             times = "" if self.factor == 1.0 else f"{self.factor:g}{TIMES} "
-            return f"{self.op} {times}{self.baseline}"
+            plus = f" + {fmt(self.plus)} {unit}" if self.plus else ""
+            return f"{self.op} {times}{self.baseline}{plus}"
         assert self.value is not None
         return f"{self.op} {fmt(self.value)} {unit}"
 
@@ -185,9 +191,11 @@ class Target:
             other = self.value
         else:
             base = baselines.get(self.baseline)
-            other = None if base is None else base * self.factor
+            other = None if base is None else base * self.factor + self.plus
         if other is None:
             return None
+        if math.isnan(value):
+            return False  # not measured because the work did not finish: a miss
         return _OPS[self.op](value, other)
 
 
@@ -289,12 +297,18 @@ class SuiteResult:
     rows: list[Row]
     load: float | None = None
     """1-minute load average when the suite started: other work skews the numbers."""
+    load_during: tuple[float, float, float] | None = None
+    """The 1-minute load average sampled while the suite ran: (lowest, mean, highest)."""
+    seconds: float = 0.0
+    """How long the suite took, set-up and appendix included."""
     appendix: str = ""
     """The suite's appendix (markdown), if it has one."""
 
 
 def fmt(value: float) -> str:
     """A number with as many digits as a benchmark result deserves."""
+    if math.isnan(value):
+        return "n/a"
     if value >= 1000:
         return f"{value:,.0f}"
     if value >= 100:
@@ -308,23 +322,66 @@ def met_mark(met: bool | None) -> str:
     return {True: "✅ met", False: "❌ missed", None: "—"}[met]
 
 
+class _LoadSampler:
+    """The machine's 1-minute load average, sampled in a thread while a suite runs."""
+
+    def __init__(self, interval: float = 5.0) -> None:
+        self.samples: list[float] = []
+        self._stop = threading.Event()
+        self._interval = interval
+        self._thread = threading.Thread(target=self._run, name="bench-load", daemon=True)
+
+    def _run(self) -> None:
+        while True:
+            self.samples.append(os.getloadavg()[0])
+            if self._stop.wait(self._interval):
+                return
+
+    def __enter__(self) -> _LoadSampler:
+        if hasattr(os, "getloadavg"):
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+        if hasattr(os, "getloadavg"):
+            self.samples.append(os.getloadavg()[0])
+
+    @property
+    def summary(self) -> tuple[float, float, float] | None:
+        if not self.samples:
+            return None
+        return min(self.samples), statistics.fmean(self.samples), max(self.samples)
+
+
 def run_suite(suite: Suite, config: RunConfig, progress: Progress) -> SuiteResult:
     """Run every benchmark of ``suite``, showing progress; one server for the suite."""
     env = Env(config)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    started = time.monotonic()
     try:
-        benchmarks = list(suite.benchmarks(env))
-        total = sum(_rounds(b, config) * (1 + len(b.baselines)) for b in benchmarks)
-        task = progress.add_task(f"[bold]{suite.name}[/]", total=total)
-        rows = [_run_benchmark(suite, b, env, progress, task) for b in benchmarks]
-        appendix = ""
-        if suite.appendix is not None:
-            progress.update(task, description=f"[bold]{suite.name}[/] appendix")
-            appendix = suite.appendix(env)
-        progress.update(task, description=f"[bold]{suite.name}[/] done")
-        return SuiteResult(suite=suite, rows=rows, load=load, appendix=appendix)
+        with _LoadSampler() as sampler:
+            benchmarks = list(suite.benchmarks(env))
+            total = sum(_rounds(b, config) * (1 + len(b.baselines)) for b in benchmarks)
+            task = progress.add_task(f"[bold]{suite.name}[/]", total=total)
+            rows = [_run_benchmark(suite, b, env, progress, task) for b in benchmarks]
+            appendix = ""
+            if suite.appendix is not None:
+                progress.update(task, description=f"[bold]{suite.name}[/] appendix")
+                appendix = suite.appendix(env)
+            progress.update(task, description=f"[bold]{suite.name}[/] done")
     finally:
         env.close()
+    return SuiteResult(
+        suite=suite,
+        rows=rows,
+        load=load,
+        load_during=sampler.summary,
+        seconds=time.monotonic() - started,
+        appendix=appendix,
+    )
 
 
 def _rounds(benchmark: Benchmark, config: RunConfig) -> int:

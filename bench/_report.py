@@ -25,7 +25,7 @@ from jetagent.embedded import find_server_binary
 
 from ._harness import EN_DASH, Row, Suite, SuiteResult, fmt, met_mark
 
-__all__ = ["Machine", "code_state", "command_line", "machine", "write_report"]
+__all__ = ["Machine", "code_state", "command_line", "machine", "refresh_notes", "write_report"]
 
 _HEADER = """\
 # Benchmarks
@@ -190,6 +190,13 @@ def _row_lines(row: Row) -> list[str]:
     return lines
 
 
+def _load_during(result: SuiteResult) -> str:
+    if result.load_during is None:
+        return ""
+    low, mean, high = result.load_during
+    return f", during the suite {low:.2f}{EN_DASH}{high:.2f} (mean {mean:.2f})"
+
+
 def _section(result: SuiteResult, m: Machine, command: str, when: str, quick: bool) -> str:
     suite = result.suite
     rounds = sorted({len(v) for r in result.rows for v in r.rounds.values()})
@@ -203,10 +210,12 @@ def _section(result: SuiteResult, m: Machine, command: str, when: str, quick: bo
         + (" — **quick run: smoke test, not representative**" if quick else "")
         + f"; {'/'.join(map(str, rounds))} rounds per contender"
         + (
-            f"; 1-minute load average at the start {result.load:.2f}."
+            f"; 1-minute load average at the start {result.load:.2f}"
             if result.load is not None
-            else "."
-        ),
+            else ""
+        )
+        + _load_during(result)
+        + (f"; the suite took {result.seconds:.0f} s." if result.seconds else "."),
         "",
         f"| benchmark | subject | median | subject's rounds (min{EN_DASH}max) | baseline "
         "| baseline median | subject vs baseline | target | met |",
@@ -232,16 +241,42 @@ def _section(result: SuiteResult, m: Machine, command: str, when: str, quick: bo
             ]
             if row.cpu is not None:
                 lines.append(f"- CPU during an unprofiled round: {row.cpu.describe()}")
-    notes_file = NOTES_DIR / f"{suite.name}.md"
-    if notes_file.exists():
-        lines += [
-            "",
-            f"### Analysis (hand-written: `bench/notes/{suite.name}.md`)",
-            "",
-            notes_file.read_text().strip(),
-        ]
+    lines += _analysis(suite.name)
     lines += [f"<!-- bench:suite:{suite.name}:end -->", ""]
     return "\n".join(lines)
+
+
+def _analysis_heading(name: str) -> str:
+    return f"### Analysis (hand-written: `bench/notes/{name}.md`)"
+
+
+def _analysis(name: str) -> list[str]:
+    """The hand-written ``bench/notes/<name>.md`` as the lines closing a section."""
+    notes_file = NOTES_DIR / f"{name}.md"
+    if not notes_file.exists():
+        return []
+    return ["", _analysis_heading(name), "", notes_file.read_text().strip()]
+
+
+def refresh_notes(path: Path, names: Sequence[str]) -> list[str]:
+    """Put the current ``bench/notes/`` under the sections of the suites ``names`` in
+    ``path``, leaving every measured number as it is; returns the suites refreshed."""
+    text = path.read_text()
+    refreshed = []
+
+    def replace(match: re.Match[str]) -> str:
+        name = match["name"]
+        section = match[0]
+        if name not in names:
+            return section
+        end = f"<!-- bench:suite:{name}:end -->"
+        head = section.split("\n" + _analysis_heading(name), 1)[0]
+        head = head.split(end, 1)[0].rstrip("\n")
+        refreshed.append(name)
+        return "\n".join([head, *_analysis(name), end, ""])
+
+    path.write_text(_SECTION.sub(replace, text))
+    return refreshed
 
 
 def write_report(
