@@ -17,7 +17,7 @@ from jetagent.llm import ToolCall
 from jetagent.models import ModelCatalog
 from jetagent.orchestrator.journal import Journal
 from jetagent.orchestrator.replay import replay_workflow
-from jetagent.workflow import DecideContext, WorkflowState, _decide, as_recorded, fold
+from jetagent.workflow import DecideContext, WorkflowState, _plan, as_recorded, fold
 from tests.support.platform import InProcessPlatform
 
 
@@ -80,7 +80,7 @@ async def test_a_history_written_before_steps_carried_their_session_still_verifi
     def call_only(state: WorkflowState, call: ToolCall) -> dict[str, Any]:
         return {"call_id": call.id, "tool": call.name, "arguments": call.arguments}
 
-    monkeypatch.setattr(_decide, "_tool_input", call_only)
+    monkeypatch.setattr(_plan, "_tool_input", call_only)
     old = await client.submit(
         instruction=instruction, tenant="acme", session_context={"session_id": "s1"}
     )

@@ -9,7 +9,8 @@ replays to the same state and the same decisions (``jetagent replay --verify``).
 # core's users (DecideContext.tools holds them).
 from jetagent.tool_info import ToolInfo
 
-from ._decide import (
+from ._decide import decide
+from ._inputs import (
     Admit,
     Begin,
     Cancel,
@@ -20,7 +21,6 @@ from ._decide import (
     RateLimited,
     Signal,
     Tick,
-    decide,
 )
 from ._recorded import ADDED_STEP_INPUTS, as_recorded
 from ._state import (
