@@ -36,35 +36,12 @@ from jetagent.events import (
 )
 
 from ._ends import cancelled, terminate
-from ._inputs import (
-    Admit,
-    Begin,
-    Cancel,
-    DecideContext,
-    FoldResult,
-    Hold,
-    Input,
-    RateLimited,
-    Signal,
-    Tick,
-)
+from ._inputs import DecideContext, Input, RateLimited
 from ._plan import next_reasoning, next_summary, next_tool
 from ._react import react
 from ._state import WorkflowState, evolve
 
-__all__ = [
-    "Admit",
-    "Begin",
-    "Cancel",
-    "DecideContext",
-    "FoldResult",
-    "Hold",
-    "Input",
-    "RateLimited",
-    "Signal",
-    "Tick",
-    "decide",
-]
+__all__ = ["decide"]
 
 
 def decide(
@@ -139,6 +116,8 @@ def _next(state: WorkflowState, at: datetime, ctx: DecideContext) -> WorkflowEve
             spent=state.spent,
             iterations=state.iterations,
         )
+    if state.phase in ("reasoning", "summarize") and state.open_steps:
+        return None  # a turn over the whole conversation waits for every step in flight
     if state.phase == "reasoning":
         return next_reasoning(state, at, ctx)
     if state.phase == "tools":

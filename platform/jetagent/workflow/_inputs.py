@@ -95,28 +95,29 @@ class FoldResult:
 
 
 @dataclass(frozen=True, kw_only=True)
-class Cancel:
-    """A cancel of the workflow (kept until ``expires_at`` if it has not started yet)."""
+class _Sent:
+    """An input a client sent to one workflow, which may not have started yet."""
 
     at: datetime
-    reason: str = ""
     by: str = ""
     workflow_id: str = ""
     expires_at: datetime | None = None
-    """Until when a cancel for a workflow not started yet is kept (None: not kept)."""
+    """Until when it is kept for a workflow not started yet (None: not kept)."""
 
 
 @dataclass(frozen=True, kw_only=True)
-class Signal:
+class Cancel(_Sent):
+    """A cancel of the workflow (kept until ``expires_at`` if it has not started yet)."""
+
+    reason: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Signal(_Sent):
     """A named signal; ``approval`` resolves a step awaiting approval."""
 
     name: str
     payload: dict[str, Any]
-    at: datetime
-    by: str = ""
-    workflow_id: str = ""
-    expires_at: datetime | None = None
-    """Until when a signal for a workflow not started yet is kept (None: not kept)."""
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -131,9 +131,8 @@ def _schedule(state: WorkflowState, at: datetime, **step: Any) -> StepScheduled:
 
 
 def next_reasoning(state: WorkflowState, at: datetime, ctx: DecideContext) -> WorkflowEvent | None:
-    """The next reasoning turn (or the compaction that must come first, or the end)."""
-    if state.open_steps:
-        return None
+    """The next reasoning turn (or the compaction that must come first, or the end), once
+    no step is in flight."""
     attempt = _attempt(state, REASONING, ctx)
     if (ended := _gave_up(state, at, attempt, ctx, "reasoning")) is not None:
         return ended
@@ -233,9 +232,7 @@ def _tool_input(state: WorkflowState, call: ToolCall) -> dict[str, Any]:
 
 
 def next_summary(state: WorkflowState, at: datetime, ctx: DecideContext) -> WorkflowEvent | None:
-    """The final summary's step (or the end)."""
-    if state.open_steps:
-        return None
+    """The final summary's step (or the end), once no step is in flight."""
     attempt = _attempt(state, SUMMARIZE, ctx)
     if (ended := _gave_up(state, at, attempt, ctx, "summarisation")) is not None:
         return ended
