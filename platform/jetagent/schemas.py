@@ -13,7 +13,8 @@ from typing import Any
 import msgspec
 
 from jetagent.contract import WorkflowRequest
-from jetagent.events import _EVENT_CLASSES, event_type
+from jetagent.events import event_type
+from jetagent.events._types import EVENT_CLASSES
 
 __all__ = ["generate", "stale_files", "write_schemas"]
 
@@ -29,7 +30,7 @@ def generate() -> dict[str, str]:
     request["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     request["$id"] = "https://jetagent.dev/schemas/workflow-request.schema.json"
     files["workflow-request.schema.json"] = _dump(request)
-    for cls in _EVENT_CLASSES:
+    for cls in EVENT_CLASSES:
         name = event_type(cls)
         (schema,), components = msgspec.json.schema_components([cls])
         document = {
