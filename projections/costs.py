@@ -36,6 +36,7 @@ from jetagent.events import (
 )
 from projections.known import SEP, derived_label_sets, known_label_sets
 from projections.labels import LabelPolicy
+from projections.live import LiveGauges
 
 __all__ = [
     "BUCKETS",
@@ -239,16 +240,6 @@ class MetricsState(msgspec.Struct):
 
 def _add(counter: dict[str, int], key: str, amount: int) -> None:
     counter[key] = counter.get(key, 0) + amount
-
-
-class LiveGauges(msgspec.Struct):
-    """Gauges read from the server, not derived from events."""
-
-    pending: dict[str, int] = msgspec.field(default_factory=dict)
-    ack_pending: dict[str, int] = msgspec.field(default_factory=dict)
-    circuits: dict[str, int] = msgspec.field(default_factory=dict)
-    lag: dict[str, int] = msgspec.field(default_factory=dict)
-    applied: dict[str, int] = msgspec.field(default_factory=dict)
 
 
 def _split(key: str) -> list[str]:

@@ -1,5 +1,9 @@
 """The projection service: session views and metrics, live, checkpointed, rebuildable.
 
+(A little over 400 lines: following the streams, checkpointing and rebuilding share the
+positions and the views in memory; the fold itself is ``projections/fold.py``, the live
+gauges ``projections/live.py``, the checkpoint's storage ``projections/checkpoints.py``.)
+
 It reads ``JA_WORKFLOWS``, ``JA_STEPS`` and ``JA_DLQ`` with ordered consumers from its
 checkpoint, folds every event into the session views (``JA_SESSIONS``) and the metric
 totals, and every second (or 5,000 events) writes the changed views, then one
@@ -21,7 +25,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,33 +35,31 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 from nats.js.api import ConsumerConfig, DeliverPolicy
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NotFoundError
+from nats.js.errors import KeyNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 
 from jetagent import plugins
 from jetagent.config import Settings
 from jetagent.errors import JetagentError
-from jetagent.events import Held, Started, StepResult, decode_events, decode_step_result
 from jetagent.jetstream import kv_put
 from jetagent.jetstream.provision import provision
 from jetagent.metrics import serve_metrics, service_registry
 from jetagent.models import ModelCatalog
 from jetagent.reports import PROJECTION_KEY, ProjectionReport, identity, keep_reporting
-from jetagent.sessions import HeldResult, SessionView, apply_workflow_message, fold_step_result
-from jetagent.subjects import DeadLetterSubject
+from jetagent.sessions import SessionView
 from projections.checkpoints import CheckpointError, CheckpointStore
-from projections.costs import LiveGauges, MetricsCollector, MetricsState
+from projections.costs import MetricsCollector, MetricsState
+from projections.fold import ProjectionFold
 from projections.known import known_label_sets, known_routes
 from projections.labels import LabelPolicy
-from projections.poison import PoisonMessage, PoisonReporter, checked_result, workflow_of
-from projections.trust import Verdict, judge, judge_scheduled
+from projections.live import LiveGauges, circuit_states, consumer_backlog
+from projections.poison import PoisonReporter
 
 __all__ = ["Checkpoint", "ProjectionService"]
 
 log = logging.getLogger("jetagent.projections")
 
 CHECKPOINT_KEY = "projection"
-_FINAL_VIEWS_KEPT = 20_000
 _PUT_WINDOW = 4096  # KV puts in flight at once when views are written
 _PUT_ACKS_S = 5.0
 """How long a window of view puts waits for its acknowledgements before the missing ones
@@ -90,8 +92,11 @@ class _Inbox:
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
 
 
-class ProjectionService:
-    """One projection replica (run one; a second would only duplicate the writes)."""
+class ProjectionService(ProjectionFold):
+    """One projection replica (run one; a second would only duplicate the writes).
+
+    The fold (:class:`ProjectionFold`) applies each message; this follows the streams,
+    loads the views the fold needs, writes checkpoints, and serves the metrics."""
 
     def __init__(
         self,
@@ -106,31 +111,20 @@ class ProjectionService:
         ``settings.models`` names, as the workers load it)."""
         self.nc = nc
         self.settings = settings
-        self.names = settings.names
         self.js = nc.jetstream()
         self.checkpoint_events = checkpoint_events
         self.checkpoint_interval_s = checkpoint_interval_s
-        self.metrics = MetricsState()
-        self.live = LiveGauges()
-        self.positions: dict[str, int] = {}
-        self.checkpointed: dict[str, int] = {}
-        """The positions of the last checkpoint: what the stored session views hold."""
-        self.views: OrderedDict[str, SessionView] = OrderedDict()
-        self._workflows_stream = self.names.workflows_stream
-        self._steps_stream = self.names.steps_stream
-        self._dirty: set[str] = set()
-        self._since_checkpoint = 0
-        self._sessions: KeyValue | None = None
-        self._checkpoints: CheckpointStore | None = None
-        self._rebuilding = False
-        self._rebuilt: set[str] = set()
-        self._stored_until = 1 << 63  # a JA_WORKFLOWS sequence; set when processing starts
         catalog = _catalog(settings, catalog)
-        self.labels = LabelPolicy(
+        labels = LabelPolicy(
             tenants=settings.tenant_set,
             models=frozenset(catalog.models) if catalog is not None else None,
         )
-        self.poison = PoisonReporter(self.nc, self.names)
+        super().__init__(settings.names, labels, PoisonReporter(nc, settings.names))
+        self.live = LiveGauges()
+        self.checkpointed: dict[str, int] = {}
+        """The positions of the last checkpoint: what the stored session views hold."""
+        self._sessions: KeyValue | None = None
+        self._checkpoints: CheckpointStore | None = None
         known = known_label_sets(tenants=self.labels.tenants, streams=list(self.streams))
         self.registry = service_registry("projections")
         installed = list(plugins.installed(plugins.CAPABILITIES))
@@ -160,21 +154,6 @@ class ProjectionService:
 
     # --------------------------------------------------------------- applying
 
-    def _view_now(self, workflow_id: str, *, new: bool = False) -> SessionView | None:
-        """The view in memory, a new one, or None if it must be read from the bucket."""
-        view = self.views.get(workflow_id)
-        if view is not None:
-            if not self._rebuilding:  # recency matters for eviction only when live
-                self.views.move_to_end(workflow_id)
-            return view
-        # While rebuilding, the stored view is stale unless this rebuild wrote it; a
-        # workflow that started after this service did has no stored view to read.
-        if new or (self._rebuilding and workflow_id not in self._rebuilt):
-            view = self.views[workflow_id] = SessionView(workflow_id=workflow_id)
-            self._evict()
-            return view
-        return None
-
     async def _load_view(self, workflow_id: str) -> SessionView:
         view = await self._stored_view(workflow_id) or SessionView(workflow_id=workflow_id)
         self._evict()
@@ -188,106 +167,12 @@ class ProjectionService:
             return None
         return _view_decoder.decode(entry.value) if entry.value else None
 
-    def _evict(self) -> None:
-        # Running workflows stay; finished ones are kept up to a bound, oldest out first
-        # (only once flushed, so nothing unsaved is dropped).
-        if len(self.views) <= _FINAL_VIEWS_KEPT:
-            return
-        for workflow_id in list(self.views)[: len(self.views) - _FINAL_VIEWS_KEPT]:
-            view = self.views[workflow_id]
-            if view.status.is_final and workflow_id not in self._dirty:
-                del self.views[workflow_id]
-
     async def apply(self, stream: str, seq: int, subject: str, data: bytes) -> None:
         """Fold one stored message of ``stream`` into views and totals."""
-        missing = self._apply_now(stream, seq, subject, data)
+        missing = self.apply_now(stream, seq, subject, data)
         if missing is not None:
             self.views[missing] = await self._load_view(missing)
-            self._apply_now(stream, seq, subject, data)
-
-    def _apply_now(self, stream: str, seq: int, subject: str, data: bytes) -> str | None:
-        """Apply without waiting; or the id of a view that must be loaded first."""
-        positions = self.positions
-        if seq <= positions.get(stream, 0):
-            return None
-        try:
-            if stream == self._workflows_stream:
-                events = decode_events(data)
-                workflow_id = workflow_of(events)
-                # A workflow's first message makes a new view: its Started, unless it was
-                # held first (then its Held).
-                first = events[0]
-                new = seq > self._stored_until and (
-                    isinstance(first, Held)
-                    or (isinstance(first, Started) and first.held_since is None)
-                )
-                view = self._view_now(workflow_id, new=new)
-                if view is None:
-                    return workflow_id
-                if apply_workflow_message(view, events, seq):
-                    self._dirty.add(workflow_id)
-                    if view.held:
-                        self._release_held(view)
-                for event in events:
-                    self.metrics.apply_workflow_event(event, self.labels)
-            elif stream == self._steps_stream:
-                result = checked_result(decode_step_result(data))
-                view = self._view_now(result.workflow_id)
-                if view is None:
-                    return result.workflow_id
-                self._take_result(view, seq, subject, result)
-            else:
-                where = self.names.parse(subject)
-                source = where.source if isinstance(where, DeadLetterSubject) else subject
-                self.metrics.apply_dead_letter(source, self.labels)
-        except Exception as exc:
-            # Whatever a stored message holds, it must not stop the projection: it is
-            # skipped, counted and dead-lettered (projections/poison.py). The checks run
-            # before a fold changes anything; a fold that fails half-way (a bug, not bad
-            # input) leaves its view unsaved until the next change.
-            reason = str(exc) if isinstance(exc, PoisonMessage) else _describe(exc)
-            self.metrics.apply_poison(stream)
-            self.poison.found(stream, seq, subject, reason)
-        positions[stream] = seq
-        self._since_checkpoint += 1
-        return None
-
-    def _take_result(self, view: SessionView, seq: int, subject: str, result: StepResult) -> None:
-        """Fold a trusted result into its view and the totals; hold or skip the others."""
-        seen = seq <= view.last_step_seq  # the view was saved after this result
-        if seen and any(held.seq == seq for held in view.held):
-            return
-        verdict, reason = judge(view, subject, result, prefix=self.names.prefix)
-        if not seen:
-            view.last_step_seq = seq
-            self._dirty.add(view.workflow_id)
-        if verdict is Verdict.WAIT:
-            if not seen:
-                view.held.append(HeldResult(seq=seq, subject=subject, result=result))
-        elif verdict is Verdict.UNTRUSTED:
-            self._untrusted(seq, subject, reason)
-        else:
-            if not seen:
-                fold_step_result(view, result)
-            self.metrics.apply_step_result(result, self.labels)
-
-    def _release_held(self, view: SessionView) -> None:
-        """Judge again the results that waited for their step to be scheduled."""
-        waiting = []
-        for held in view.held:
-            verdict, reason = judge_scheduled(view, held.result)
-            if verdict is Verdict.WAIT:
-                waiting.append(held)
-            elif verdict is Verdict.UNTRUSTED:
-                self._untrusted(held.seq, held.subject, reason)
-            else:
-                fold_step_result(view, held.result)
-                self.metrics.apply_step_result(held.result, self.labels)
-        view.held = waiting
-
-    def _untrusted(self, seq: int, subject: str, reason: str) -> None:
-        self.metrics.apply_poison(self._steps_stream)
-        self.poison.found(self._steps_stream, seq, subject, reason, kind="untrusted")
+            self.apply_now(stream, seq, subject, data)
 
     # ------------------------------------------------------------ checkpoints
 
@@ -388,10 +273,10 @@ class ProjectionService:
                     while items and budget > 0:
                         stream, msg = items.popleft()
                         args = (stream, _stream_seq(msg.reply), msg.subject, msg.data)
-                        missing = self._apply_now(*args)
+                        missing = self.apply_now(*args)
                         if missing is not None:
                             self.views[missing] = await self._load_view(missing)
-                            self._apply_now(*args)
+                            self.apply_now(*args)
                         done += 1
                         budget -= 1
                     if self.poison.queued:
@@ -429,53 +314,13 @@ class ProjectionService:
     async def refresh_live_gauges(self) -> None:
         """Consumer backlog, projection lag and circuit states, read from the server."""
         names = self.names
-        pending: dict[str, int] = {}
-        ack_pending: dict[str, int] = {}
-        for stream in (names.requests_stream, names.workflows_stream, names.steps_stream):
-            with contextlib.suppress(NatsError, NotFoundError):
-                for info in await self.js.consumers_info(stream):
-                    if info.config.durable_name:
-                        key = f"{stream}\x1f{info.config.durable_name}"
-                        pending[key] = info.num_pending or 0
-                        ack_pending[key] = info.num_ack_pending or 0
-        self.live.pending, self.live.ack_pending = pending, ack_pending
+        streams = (names.requests_stream, names.workflows_stream, names.steps_stream)
+        self.live.pending, self.live.ack_pending = await consumer_backlog(self.js, streams)
         with contextlib.suppress(NatsError, NotFoundError):
             last = await self._last_sequences()
             self.live.lag = {s: max(last[s] - self.positions.get(s, 0), 0) for s in last}
             self.live.applied = {s: self.positions.get(s, 0) for s in last}
-        self.live.circuits = await self._circuits()
-
-    async def _circuits(self) -> dict[str, int]:
-        circuits: dict[str, int] = {}
-        bucket = self.names.bucket("REGISTRY")
-        # The status keys are read from the bucket's stream (one request that lists the
-        # subjects), not with ``kv.keys(filters=…)``: in nats-py 2.16 that raises
-        # NoKeysError when nothing matches and logs a warning on every call.
-        prefix = f"$KV.{bucket}."
-        try:
-            registry = await self.js.key_value(bucket)
-            info = await self.js.stream_info(f"KV_{bucket}", subjects_filter=prefix + "status.>")
-        except (NatsError, NotFoundError, BucketNotFoundError):
-            return circuits
-        keys = [subject[len(prefix) :] for subject in info.state.subjects or {}]
-        now = time.time()
-        for key in keys:
-            # A report that cannot be read (a foreign or old writer) is left out.
-            with contextlib.suppress(
-                KeyNotFoundError,
-                NotFoundError,
-                msgspec.DecodeError,
-                KeyError,
-                TypeError,
-                ValueError,
-            ):
-                report = msgspec.json.decode((await registry.get(key)).value or b"{}")
-                if now - float(report.get("at", 0)) > 60:
-                    continue  # a worker that stopped reporting
-                for breaker in report.get("circuits", []):
-                    label = f"{breaker['provider']}\x1f{breaker['base_url']}"
-                    circuits[label] = max(circuits.get(label, 0), int(breaker["state_value"]))
-        return circuits
+        self.live.circuits = await circuit_states(self.js, names)
 
     # ------------------------------------------------------------------ modes
 
@@ -585,11 +430,6 @@ def _catalog(settings: Settings, catalog: ModelCatalog | None) -> ModelCatalog |
         return catalog or ModelCatalog.load(settings.models)
     except Exception:  # the services that route already refuse a bad catalog at start
         return None
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc).splitlines()[0][:200] if str(exc) else ""
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _stream_seq(reply: str) -> int:
