@@ -13,6 +13,8 @@ Each ``Attempt`` is handed to the call's ``on_call`` hook once, as soon as the c
 settled (after any replacement call has been started, so reporting never delays the
 race), and before the race goes on waiting: a worker that dies later in the step has
 already reported it.
+
+Choosing the next call is ``_hedging``'s; settling a finished one, ``_settle``'s.
 """
 
 from __future__ import annotations
@@ -24,26 +26,21 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from jetagent.errors import (
-    CapabilityError,
-    PermanentError,
-    RateLimitedError,
-    TransientError,
-)
-from jetagent.llm import Completion, Message, ToolSpec, Usage
+from jetagent.errors import CapabilityError, PermanentError, RateLimitedError, TransientError
+from jetagent.llm import Completion, Message, ToolSpec
 from jetagent.models import ModelCatalog, ModelConfig
 
+from ._hedging import Hedging, retry_later
 from ._policy import GatewayDefaults, LatencyWindow, seconds
+from ._settle import Run, settle
 from ._streaming import StreamGate
 from .breakers import BreakerRegistry, Permit
 from .providers import Provider
-from .records import Attempt, AttemptOutcome, RoutingDecision, UsageStatus
-from .routing import Candidate, format_usd
+from .records import Attempt, RoutingDecision
+from .routing import Candidate
 
 OnCall = Callable[[Attempt], Awaitable[None]]
 """Told of each provider call the moment it has settled (see ``CallContext.on_call``)."""
-
-_ORDINALS = {2: "second", 3: "third", 4: "fourth", 5: "fifth", 6: "sixth"}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -75,13 +72,22 @@ class RaceResult:
     errors: list[CapabilityError] = field(default_factory=list)
     models: set[str] = field(default_factory=set)
 
+    def hedged(self, model: ModelConfig, reason: str) -> None:
+        """Record a hedge call started on ``model``."""
+        self.decisions.append(
+            RoutingDecision(kind="hedge", model=model.name, provider=model.provider, reason=reason)
+        )
 
-@dataclass(frozen=True, kw_only=True)
-class _Run:
-    candidate: Candidate
-    permit: Permit
-    hedge: bool
-    started: float
+    def hedge_skipped(self, model: ModelConfig, why: str, but: str) -> None:
+        """Record that ``why`` called for a hedge, ``but`` none could start."""
+        self.decisions.append(
+            RoutingDecision(
+                kind="hedge_skipped",
+                model=model.name,
+                provider=model.provider,
+                reason=f"hedge skipped: {why}, but {but}",
+            )
+        )
 
 
 class HedgedCaller:
@@ -97,12 +103,17 @@ class HedgedCaller:
         latencies: LatencyWindow,
         cheaper_margin: Decimal,
     ) -> None:
-        self._catalog = catalog
         self._providers = providers
         self._breakers = breakers
         self._defaults = defaults
         self._latencies = latencies
-        self._margin = cheaper_margin
+        self._hedging = Hedging(
+            catalog=catalog,
+            providers=providers,
+            breakers=breakers,
+            defaults=defaults,
+            cheaper_margin=cheaper_margin,
+        )
 
     async def run(
         self, first: Candidate, permit: Permit, ctx: CallContext, *, allowance: int
@@ -110,11 +121,11 @@ class HedgedCaller:
         """Call ``first`` (its permit already taken), hedging if it is slow; at most
         ``allowance`` distinct models (``first`` included) are called."""
         result = RaceResult()
-        runs: dict[asyncio.Task[Completion], _Run] = {}
+        runs: dict[asyncio.Task[Completion], Run] = {}
         keys: dict[asyncio.Task[Completion], int] = {}
         settled: dict[asyncio.Task[Completion], Attempt] = {}
         reported: set[asyncio.Task[Completion]] = set()
-        options = self._options(first.model)
+        options = self._hedging.options(first.model)
         failed: set[str] = set()
 
         def start(candidate: Candidate, permit: Permit, *, hedge: bool) -> None:
@@ -126,32 +137,21 @@ class HedgedCaller:
                 name=f"jetagent llm {candidate.model.name}",
             )
             keys[task] = key
-            runs[task] = _Run(
+            runs[task] = Run(
                 candidate=candidate, permit=permit, hedge=hedge, started=time.monotonic()
             )
             result.models.add(candidate.model.name)
 
         def another(reason: str, skipped: str, *, quiet: bool = False) -> bool:
-            chosen = self._next(first, options, runs.values(), ctx, result, allowance, failed)
+            chosen = self._hedging.next(
+                first, options, runs.values(), ctx, result, allowance, failed
+            )
             if isinstance(chosen, str):
-                if quiet:
-                    return False
-                result.decisions.append(
-                    RoutingDecision(
-                        kind="hedge_skipped",
-                        model=first.model.name,
-                        provider=first.model.provider,
-                        reason=f"hedge skipped: {skipped}, but {chosen}",
-                    )
-                )
+                if not quiet:
+                    result.hedge_skipped(first.model, skipped, chosen)
                 return False
             candidate, permit = chosen
-            model = candidate.model
-            result.decisions.append(
-                RoutingDecision(
-                    kind="hedge", model=model.name, provider=model.provider, reason=reason
-                )
-            )
+            result.hedged(candidate.model, reason)
             start(candidate, permit, hedge=True)
             return True
 
@@ -163,7 +163,7 @@ class HedgedCaller:
         timed = 0
         hedge_at = loop.time() + delay.delay_s if delay is not None else None
         # A 429 next to a hung call with no other candidate: a fresh call of the limited
-        # model once its retry-after has passed (see ``_retry_later``).
+        # model once its retry-after has passed (see ``retry_later``).
         retry: tuple[float, ModelConfig, str] | None = None
         retries = 0
         try:
@@ -192,7 +192,7 @@ class HedgedCaller:
                 replace: list[str] = []
                 limited: list[tuple[ModelConfig, float]] = []
                 for task in [t for t in runs if t in done]:
-                    attempt = self._settle(task, runs[task], result)
+                    attempt = settle(task, runs[task], result, self._latencies)
                     settled[task] = attempt
                     if attempt.outcome in ("failed", "rate_limited"):
                         failed.add(attempt.model)
@@ -206,16 +206,9 @@ class HedgedCaller:
                     running = ", ".join(sorted({runs[t].candidate.model.name for t in pending}))
                     why = f"{'; '.join(replace)} while {running} is still running"
                     if not another(f"hedge: {why}", why, quiet=bool(limited)) and limited:
-                        later = self._retry_later(limited, why, retries, ctx, loop.time())
+                        later = retry_later(limited, why, retries, ctx, loop.time())
                         if isinstance(later, str):
-                            result.decisions.append(
-                                RoutingDecision(
-                                    kind="hedge_skipped",
-                                    model=first.model.name,
-                                    provider=first.model.provider,
-                                    reason=f"hedge skipped: {why}, but {later}",
-                                )
-                            )
+                            result.hedge_skipped(first.model, why, later)
                         else:
                             retry = later
                     pending = {t for t in runs if not t.done()}
@@ -230,7 +223,7 @@ class HedgedCaller:
             finally:
                 for task in [t for t in runs if t in pending]:
                     if task.done():
-                        settled[task] = self._settle(task, runs[task], result)
+                        settled[task] = settle(task, runs[task], result, self._latencies)
                     else:
                         # Only if this wait was itself cancelled: the breaker must not be
                         # left waiting for a trial that will never report.
@@ -254,62 +247,26 @@ class HedgedCaller:
             await ctx.stream.settle(winner if result.completion is not None else None)
         return result
 
-    @staticmethod
-    def _retry_later(
-        limited: list[tuple[ModelConfig, float]],
-        why: str,
-        retries: int,
-        ctx: CallContext,
-        now: float,
-    ) -> tuple[float, ModelConfig, str] | str:
-        """When to call a rate-limited model afresh (its retry-after from now), or why
-        not: its ``[retry]`` table or the workflow's deadline forbid the wait. Without
-        this the race would wait out the hung call's whole timeout, and the step's
-        redelivery after it, for an answer a 429 said would be ready in a second."""
-        model, wait = min(limited, key=lambda pair: pair[1])
-        if retries + 1 >= model.retry.max_attempts:
-            return f"retry.max_attempts = {model.retry.max_attempts} of {model.name} is spent"
-        if wait > model.retry.max_wait_s:
-            return (
-                f"its retry-after of {seconds(wait)} s exceeds retry.max_wait_s = "
-                f"{model.retry.max_wait_s} of {model.name}"
-            )
-        if ctx.deadline is not None and now + wait >= ctx.deadline:
-            return f"the workflow's deadline is too close to wait {seconds(wait)} s"
-        reason = f"{why}; a fresh call after its retry-after of {seconds(wait)} s"
-        return now + wait, model, reason
-
     def _retry_now(
         self,
         first: Candidate,
         model: ModelConfig,
         why: str,
-        runs: Iterable[_Run],
+        runs: Iterable[Run],
         ctx: CallContext,
         result: RaceResult,
         start: Callable[..., None],
     ) -> None:
-        """Start the fresh call ``_retry_later`` scheduled, if its breaker and the
+        """Start the fresh call ``retry_later`` scheduled, if its breaker and the
         budget still allow it."""
         cap = min(first.max_tokens, model.max_output_tokens)
         breaker = self._breakers.for_model(model)
-        blocked = self._unaffordable(list(runs), model, cap, ctx)
+        blocked = self._hedging.unaffordable(list(runs), model, cap, ctx)
         permit = breaker.try_acquire() if blocked is None and breaker.state == "closed" else None
         if permit is None:
-            result.decisions.append(
-                RoutingDecision(
-                    kind="hedge_skipped",
-                    model=model.name,
-                    provider=model.provider,
-                    reason=f"hedge skipped: {why}, but {blocked or 'its circuit is open'}",
-                )
-            )
+            result.hedge_skipped(model, why, blocked or "its circuit is open")
             return
-        result.decisions.append(
-            RoutingDecision(
-                kind="hedge", model=model.name, provider=model.provider, reason=f"hedge: {why}"
-            )
-        )
+        result.hedged(model, f"hedge: {why}")
         start(Candidate(model=model, max_tokens=cap), permit, hedge=True)
 
     @staticmethod
@@ -382,172 +339,6 @@ class HedgedCaller:
                 "timeout": f"timeout: {model.name} gave no answer within {limit} s ({source})",
             },
         )
-
-    def _options(self, first: ModelConfig) -> list[ModelConfig]:
-        if first.hedge.models is not None:
-            return [self._catalog.get(name) for name in first.hedge.models]
-        same = [first]
-        fallbacks = [self._catalog.get(name) for name in first.fallbacks]
-        if self._defaults.hedge_target_of(first) == "same_model":
-            return same + fallbacks
-        return fallbacks + same
-
-    def _next(
-        self,
-        first: Candidate,
-        options: list[ModelConfig],
-        runs: Iterable[_Run],
-        ctx: CallContext,
-        result: RaceResult,
-        allowance: int,
-        failed: set[str],
-    ) -> tuple[Candidate, Permit] | str:
-        """The next hedge candidate (taken off ``options``) with its permit, or why
-        there is none."""
-        started = list(runs)
-        why_not = "no model with a closed circuit to hedge with"
-        for model in list(options):
-            if model.name in failed or model.provider not in self._providers:
-                continue
-            if model.name not in result.models and len(result.models) >= allowance:
-                why_not = f"max_models_per_call ({allowance} left) is reached"
-                continue
-            breaker = self._breakers.for_model(model)
-            if breaker.state != "closed":
-                continue
-            cap = min(first.max_tokens, model.max_output_tokens)
-            if (too_much := self._unaffordable(started, model, cap, ctx)) is not None:
-                why_not = too_much
-                continue
-            permit = breaker.try_acquire()
-            if permit is None:
-                continue
-            options.remove(model)
-            return Candidate(model=model, max_tokens=cap), permit
-        return why_not
-
-    def _unaffordable(
-        self, started: list[_Run], model: ModelConfig, cap: int, ctx: CallContext
-    ) -> str | None:
-        # Every call of the race may be billed, so all their maximums must fit what is left.
-        nth = _ORDINALS.get(len(started) + 1, f"{len(started) + 1}th")
-        if ctx.remaining_usd is not None:
-            every = (
-                sum(
-                    (r.candidate.model.max_cost(ctx.input_tokens, r.candidate.max_tokens)
-                     for r in started),
-                    Decimal(0),
-                )
-                + model.max_cost(ctx.input_tokens, cap)
-            ) * self._margin  # fmt: skip
-            if ctx.remaining_usd < every:
-                return (
-                    f"the remaining budget {format_usd(ctx.remaining_usd)} cannot cover a "
-                    f"{nth} call on {model.name} (all calls' max {format_usd(every)})"
-                )
-        if ctx.remaining_tokens is not None:
-            tokens = (len(started) + 1) * ctx.input_tokens + cap
-            tokens += sum(r.candidate.max_tokens for r in started)
-            if ctx.remaining_tokens < tokens:
-                return (
-                    f"the remaining token budget ({ctx.remaining_tokens}) cannot cover a "
-                    f"{nth} call on {model.name} (~{tokens} tokens for all)"
-                )
-        return None
-
-    def _settle(self, task: asyncio.Task[Completion], run: _Run, result: RaceResult) -> Attempt:
-        """Report a finished call to its breaker and turn it into an Attempt."""
-        latency = round(time.monotonic() - run.started, 4)
-        if task.cancelled():
-            run.permit.release()
-            return _attempt(
-                run,
-                "cancelled",
-                latency,
-                usage=None,
-                usage_status="unknown",
-                error="cancelled: another call answered first; usage unknown "
-                "(the provider may still bill it)",
-            )
-        exc = task.exception()
-        if exc is None:
-            run.permit.succeeded()
-            self._latencies.observe(run.candidate.model.name, latency)
-            completion = task.result()
-            won = result.completion is None
-            if won:
-                result.completion = completion
-            return _attempt(
-                run, "ok", latency, usage=completion.usage, usage_status="reported", winner=won
-            )
-        outcome: AttemptOutcome = "failed"
-        error: CapabilityError
-        if isinstance(exc, RateLimitedError):
-            # The provider is working as designed: no verdict on its health.
-            run.permit.release()
-            outcome, error = "rate_limited", exc
-        elif isinstance(exc, TransientError):
-            run.permit.failed()
-            error = exc
-        elif isinstance(exc, CapabilityError):
-            run.permit.release()
-            error = exc
-        else:
-            # A bug in an injected provider (the offline deterministic provider, a test
-            # double) must not crash the worker or lose the other attempts: it fails the
-            # step, loudly.
-            run.permit.release()
-            model = run.candidate.model
-            error = PermanentError(
-                f"provider {model.provider} raised an unexpected "
-                f"{type(exc).__name__} for {model.name}: {exc}",
-                details={"provider": model.provider, "usage_status": "unknown"},
-            )
-            error.__cause__ = exc
-        result.errors.append(error)
-        if isinstance(timeout := error.details.get("timeout"), str):
-            model = run.candidate.model
-            result.decisions.append(
-                RoutingDecision(
-                    kind="timeout", model=model.name, provider=model.provider, reason=timeout
-                )
-            )
-        # An error with usage was billed; otherwise the provider says whether the request
-        # may have been billed unseen ("unknown") or was not ("not_reported").
-        status: UsageStatus = "not_reported"
-        if error.usage is not None:
-            status = "reported"
-        elif error.details.get("usage_status") == "unknown":
-            status = "unknown"
-        return _attempt(
-            run, outcome, latency, usage=error.usage, usage_status=status, error=error.message
-        )
-
-
-def _attempt(
-    run: _Run,
-    outcome: AttemptOutcome,
-    latency: float,
-    *,
-    usage: Usage | None,
-    usage_status: UsageStatus,
-    winner: bool = False,
-    error: str | None = None,
-) -> Attempt:
-    model = run.candidate.model
-    return Attempt(
-        model=model.name,
-        provider=model.provider,
-        outcome=outcome,
-        usage=usage,
-        usage_status=usage_status,
-        cost_usd=str(model.cost(usage)) if usage is not None else None,
-        latency_s=latency,
-        max_tokens=run.candidate.max_tokens,
-        hedge=run.hedge,
-        winner=winner,
-        error=error,
-    )
 
 
 def _short(text: str | None, limit: int = 120) -> str:
