@@ -11,6 +11,7 @@ retry-after only when its ``[retry]`` table and the workflow's deadline allow th
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import TYPE_CHECKING
 
@@ -30,32 +31,24 @@ __all__ = ["Hedging", "retry_later"]
 _ORDINALS = {2: "second", 3: "third", 4: "fourth", 5: "fifth", 6: "sixth"}
 
 
+@dataclass(frozen=True, kw_only=True)
 class Hedging:
     """The choice of hedge candidates over one gateway's models, breakers and budgets."""
 
-    def __init__(
-        self,
-        *,
-        catalog: ModelCatalog,
-        providers: Mapping[str, Provider],
-        breakers: BreakerRegistry,
-        defaults: GatewayDefaults,
-        cheaper_margin: Decimal,
-    ) -> None:
-        """``cheaper_margin``: the safety factor on the calls' maximum cost."""
-        self._catalog = catalog
-        self._providers = providers
-        self._breakers = breakers
-        self._defaults = defaults
-        self._margin = cheaper_margin
+    catalog: ModelCatalog
+    providers: Mapping[str, Provider]
+    breakers: BreakerRegistry
+    defaults: GatewayDefaults
+    cheaper_margin: Decimal
+    """The safety factor on the calls' maximum cost."""
 
     def options(self, first: ModelConfig) -> list[ModelConfig]:
         """The models a race started on ``first`` may hedge with, in order."""
         if first.hedge.models is not None:
-            return [self._catalog.get(name) for name in first.hedge.models]
+            return [self.catalog.get(name) for name in first.hedge.models]
         same = [first]
-        fallbacks = [self._catalog.get(name) for name in first.fallbacks]
-        if self._defaults.hedge_target_of(first) == "same_model":
+        fallbacks = [self.catalog.get(name) for name in first.fallbacks]
+        if self.defaults.hedge_target_of(first) == "same_model":
             return same + fallbacks
         return fallbacks + same
 
@@ -74,12 +67,12 @@ class Hedging:
         started = list(runs)
         why_not = "no model with a closed circuit to hedge with"
         for model in list(options):
-            if model.name in failed or model.provider not in self._providers:
+            if model.name in failed or model.provider not in self.providers:
                 continue
             if model.name not in result.models and len(result.models) >= allowance:
                 why_not = f"max_models_per_call ({allowance} left) is reached"
                 continue
-            breaker = self._breakers.for_model(model)
+            breaker = self.breakers.for_model(model)
             if breaker.state != "closed":
                 continue
             cap = min(first.max_tokens, model.max_output_tokens)
@@ -108,7 +101,7 @@ class Hedging:
                     Decimal(0),
                 )
                 + model.max_cost(ctx.input_tokens, cap)
-            ) * self._margin  # fmt: skip
+            ) * self.cheaper_margin  # fmt: skip
             if ctx.remaining_usd < every:
                 return (
                     f"the remaining budget {format_usd(ctx.remaining_usd)} cannot cover a "

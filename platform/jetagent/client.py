@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncGenerator
-from decimal import Decimal
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
@@ -28,7 +27,7 @@ from opentelemetry.trace import SpanKind
 from jetagent import correlation, telemetry
 from jetagent._translate import check_nats_url, nats_errors, translate
 from jetagent.config import Settings
-from jetagent.contract import Status, WorkflowRequest
+from jetagent.contract import WorkflowRequest
 from jetagent.decoding import is_token, shown
 from jetagent.errors import (
     ConfigError,
@@ -54,6 +53,7 @@ from jetagent.events import (
 )
 from jetagent.jetstream import Message, publish
 from jetagent.jetstream.headers import Header
+from jetagent.outcomes import WorkflowResult, result_of
 from jetagent.result_check import subject_problem
 from jetagent.sessions import SessionView, apply_step_result, apply_workflow_message
 
@@ -94,63 +94,6 @@ def _readable_result(subject: str, data: bytes, *, prefix: str) -> StepResult | 
     except (msgspec.DecodeError, msgspec.ValidationError):
         return None
     return result if subject_problem(subject, result, prefix=prefix) is None else None
-
-
-class WorkflowResult(msgspec.Struct, frozen=True, kw_only=True):
-    """How a workflow ended."""
-
-    workflow_id: str
-    status: Status
-    output: str = ""
-    reason: str = ""
-    """Why it ended without a final answer (token_cap, deadline, cancelled, ...)."""
-    detail: str = ""
-    tokens: int = 0
-    cost_usd: Decimal = Decimal(0)
-
-    @property
-    def ok(self) -> bool:
-        return self.status is Status.FINALIZED
-
-
-def result_of(event: WorkflowEvent) -> WorkflowResult | None:
-    """The result a final event stands for (None for other events)."""
-    wid = event.workflow_id
-    if isinstance(event, Finalized):
-        return WorkflowResult(
-            workflow_id=wid,
-            status=Status.FINALIZED,
-            output=event.output,
-            tokens=event.spent.tokens,
-            cost_usd=event.spent.usd,
-        )
-    if isinstance(event, Terminated):
-        return WorkflowResult(
-            workflow_id=wid,
-            status=Status.TERMINATED,
-            output=event.partial_output,
-            reason=event.reason,
-            detail=event.detail,
-            tokens=event.spent.tokens,
-            cost_usd=event.spent.usd,
-        )
-    if isinstance(event, Cancelled):
-        return WorkflowResult(
-            workflow_id=wid,
-            status=Status.CANCELLED,
-            reason="cancelled",
-            detail=event.reason,
-            tokens=event.spent.tokens,
-            cost_usd=event.spent.usd,
-        )
-    if isinstance(event, RequestRejected):
-        return WorkflowResult(
-            workflow_id=wid,
-            status=Status.REJECTED,
-            reason="rejected",
-            detail="; ".join(event.reasons),
-        )
-    return None
 
 
 def _ended(event: WorkflowEvent) -> WorkflowResult | None:

@@ -17,7 +17,7 @@ from jetagent.cli._layout import (
     stamp,
     usd,
 )
-from jetagent.client import Client, result_of
+from jetagent.client import Client
 from jetagent.events import (
     ApprovalRequested,
     ApprovalResolved,
@@ -35,6 +35,7 @@ from jetagent.events import (
     Throttled,
     WorkflowEvent,
 )
+from jetagent.outcomes import result_of
 from jetagent.sessions import SessionView
 
 __all__ = ["describe", "follow", "show_session"]

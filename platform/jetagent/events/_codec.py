@@ -17,19 +17,6 @@ from jetagent.subjects import event_tail
 
 from ._types import EVENT_CLASSES, Started, StepResult, StepScheduled, WorkflowEvent
 
-__all__ = [
-    "CURRENT_VERSIONS",
-    "UPCASTERS",
-    "decode_event",
-    "decode_events",
-    "decode_step_result",
-    "encode",
-    "encode_events",
-    "event_type",
-    "group_for_messages",
-    "subject_tail",
-]
-
 _encoder = msgspec.json.Encoder(decimal_format="string")
 
 

@@ -13,34 +13,6 @@ import msgspec
 
 from jetagent.llm import Usage
 
-__all__ = [
-    "EVENT_CLASSES",
-    "ApprovalRequested",
-    "ApprovalResolved",
-    "CallRecord",
-    "CancelRequested",
-    "Cancelled",
-    "Finalized",
-    "Held",
-    "InputDeferred",
-    "InputRejected",
-    "Money",
-    "QuotaUse",
-    "RequestRejected",
-    "RoutingDecision",
-    "SignalSent",
-    "Spend",
-    "Started",
-    "StepCompleted",
-    "StepError",
-    "StepFailed",
-    "StepResult",
-    "StepScheduled",
-    "Terminated",
-    "Throttled",
-    "WorkflowEvent",
-]
-
 Money = Decimal
 """USD amounts: exact decimals, written as JSON strings."""
 

@@ -113,12 +113,7 @@ def view_of(view: SessionView) -> WorkflowView:
         for s in view.steps
     ]
     return WorkflowView(
-        workflow_id=view.workflow_id,
-        tenant=view.tenant,
-        state=view.status,
-        created_at=view.created_at,
-        updated_at=view.updated_at,
-        cost_usd=str(view.cost_usd),
+        **dict(summary_of(view)),
         instruction=view.instruction,
         output=view.output,
         reason=view.reason,
