@@ -1,18 +1,7 @@
 """Shared HTTP plumbing of the adapters: one pooled ``httpx.AsyncClient`` per provider,
 explicit timeouts, and the translation of every httpx failure and HTTP error status into
-jetagent's errors (docs/ARCHITECTURE.md §6: dependency errors are translated at the boundary).
-
-Status mapping::
-
-    429                          RateLimitedError (retry_after from the headers)
-    408 409 425, 5xx, 529        TransientError   (529 is Anthropic's "overloaded")
-    other 4xx (400 401 403 …)    PermanentError   with the provider's own message
-    3xx (redirects not followed) PermanentError   the base_url is wrong
-    2xx with an unusable body    TransientError   "malformed response body"
-
-An OpenAI 429 whose error type is ``insufficient_quota`` is a PermanentError: the
-account has no credit left, and a rate-limit retry (which counts as no failure) would
-loop until someone pays.
+jetagent's errors (docs/ARCHITECTURE.md §6: dependency errors are translated at the boundary;
+the mapping is ``_errors``'s).
 """
 
 from __future__ import annotations
@@ -21,22 +10,25 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, TypeVar
 
 import httpx
 import msgspec
 
 from jetagent.errors import (
     CapabilityError,
-    JetagentError,
     PermanentError,
-    RateLimitedError,
-    TransientError,
 )
 from jetagent.llm import Completion, Message, ToolSpec, Usage
 from jetagent.models import ModelConfig
 
-from ._ratelimit import retry_after_s
+from ._errors import (
+    MalformedResponse,
+    malformed,
+    status_error,
+    transport_error,
+    unsendable,
+)
 from ._secrets import Redactor, Secret, read_api_key
 
 __all__ = [
@@ -45,6 +37,7 @@ __all__ = [
     "HttpSettings",
     "MalformedResponse",
     "StreamParser",
+    "WireUsage",
     "decode_any",
 ]
 
@@ -64,9 +57,16 @@ class StreamParser(Protocol):
         ...
 
 
+class WireUsage(Protocol):
+    """An API's usage object, decoded: it knows jetagent's ``Usage`` of itself."""
+
+    def to_usage(self) -> Usage:
+        """The same counts in jetagent's terms."""
+        ...
+
+
+T = TypeVar("T")
 UsageStatus = Literal["reported", "not_reported", "unknown"]
-_MAX_MESSAGE = 500
-_PERMANENT_429_TYPES = frozenset({"insufficient_quota"})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -87,16 +87,6 @@ class HttpSettings:
     """Idle connections kept open for reuse."""
     trust_env: bool = True
     """Honour ``HTTPS_PROXY``/``NO_PROXY`` and ``SSL_CERT_FILE`` from the environment."""
-
-
-class MalformedResponse(JetagentError):
-    """Raised by a parser when a 2xx body is not the expected shape; internal, never
-    escapes a provider (it becomes a TransientError)."""
-
-    def __init__(self, reason: str, usage: Usage | None = None) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.usage = usage
 
 
 class HttpProvider(ABC):
@@ -205,9 +195,26 @@ class HttpProvider(ABC):
     def error_info(self, payload: Any) -> tuple[str | None, str | None]:
         """(message, error type) from a decoded error body, if it has them."""
 
-    @abstractmethod
+    wire_usage: type[WireUsage]
+    """The API's usage object (what ``usage`` holds in its bodies)."""
+
     def usage_of(self, payload: Any) -> Usage | None:
-        """Usage reported in a decoded body, if any."""
+        """The ``usage`` object of a decoded body, when it has a usable one."""
+        if not isinstance(payload, dict) or not isinstance(payload.get("usage"), dict):
+            return None
+        try:
+            usage: WireUsage = msgspec.convert(payload["usage"], self.wire_usage)
+        except msgspec.ValidationError:
+            return None
+        return usage.to_usage()
+
+    def decode_answer(self, content: bytes, answer: type[T]) -> T:
+        """A 2xx body as the API's answer type; one that is not raises
+        ``MalformedResponse`` with whatever usage it reports."""
+        try:
+            return msgspec.json.decode(content, type=answer)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise MalformedResponse(str(exc), self.usage_of(decode_any(content))) from None
 
     # -- sending and mapping ------------------------------------------------------------
 
@@ -229,11 +236,7 @@ class HttpProvider(ABC):
         except httpx.HTTPError as exc:
             error = self._transport_error(model, exc, redact)
         except (httpx.InvalidURL, UnicodeEncodeError) as exc:
-            # A bad base_url, or a header value HTTP cannot carry.
-            error = PermanentError(
-                redact(f"cannot send a request for {model.name} to {self.name}: {exc}"),
-                details=_details(self.name, usage_status="not_reported"),
-            )
+            error = unsendable(self.name, model, exc, redact)
         # Raised outside the except blocks, so no __context__ keeps the httpx error,
         # whose request still holds the key in its headers.
         raise error
@@ -278,25 +281,16 @@ class HttpProvider(ABC):
                             await on_delta(text)
                     return parser.completion()
                 except MalformedResponse as bad:
-                    error = TransientError(
-                        f"{self.name} sent a malformed stream (HTTP {response.status_code}) "
-                        f"for {model.name}: {_clip(redact(bad.reason))}",
-                        usage=bad.usage,
-                        details=_details(
-                            self.name,
-                            status=response.status_code,
-                            usage_status="reported" if bad.usage is not None else "unknown",
-                        ),
+                    what = "sent a malformed stream"
+                    error = malformed(
+                        self.name, model, response.status_code, bad, redact, what=what
                     )
         except httpx.HTTPError as exc:
             # Includes a stream cut mid-way (RemoteProtocolError) and a silent one
             # (ReadTimeout between chunks): usage unknown.
             error = self._transport_error(model, exc, redact)
         except (httpx.InvalidURL, UnicodeEncodeError) as exc:
-            error = PermanentError(
-                redact(f"cannot send a request for {model.name} to {self.name}: {exc}"),
-                details=_details(self.name, usage_status="not_reported"),
-            )
+            error = unsendable(self.name, model, exc, redact)
         raise error
 
     def _timeout(self, model: ModelConfig) -> httpx.Timeout:
@@ -312,31 +306,8 @@ class HttpProvider(ABC):
     def _transport_error(
         self, model: ModelConfig, exc: httpx.HTTPError, redact: Redactor
     ) -> CapabilityError:
-        what = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-        where = f"{self.name} at {model.base_url} for {model.name}"
         read_s = model.timeouts.read_s or self._settings.read_timeout_s
-        if isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout | httpx.ConnectError):
-            # Nothing reached the provider: nothing can have been billed.
-            message = f"{where}: could not connect ({what})"
-            return TransientError(
-                redact(message), details=_details(self.name, usage_status="not_reported")
-            )
-        if isinstance(exc, httpx.ReadTimeout):
-            message = f"{where}: no answer within the read timeout of {read_s} s"
-            return TransientError(
-                redact(message + "; usage unknown"),
-                details=_details(self.name, usage_status="unknown"),
-            )
-        if isinstance(exc, httpx.UnsupportedProtocol | httpx.LocalProtocolError):
-            # The request cannot be sent at all (bad scheme, illegal header value).
-            return PermanentError(
-                redact(f"{where}: cannot send the request ({what})"),
-                details=_details(self.name, usage_status="not_reported"),
-            )
-        return TransientError(
-            redact(f"{where}: {what}; usage unknown"),
-            details=_details(self.name, usage_status="unknown"),
-        )
+        return transport_error(self.name, model, exc, redact, read_s)
 
     def _handle(self, model: ModelConfig, response: httpx.Response, redact: Redactor) -> Completion:
         status = response.status_code
@@ -344,49 +315,21 @@ class HttpProvider(ABC):
             try:
                 return self.parse_completion(model, response.content)
             except MalformedResponse as bad:
-                usage = bad.usage
-                reason = bad.reason
-            raise TransientError(
-                f"{self.name} returned a malformed response body (HTTP {status}) for "
-                f"{model.name}: {_clip(redact(reason))}",
-                usage=usage,
-                details=_details(
-                    self.name,
-                    status=status,
-                    usage_status="reported" if usage is not None else "unknown",
-                ),
-            )
+                what = "returned a malformed response body"
+                failed = malformed(self.name, model, status, bad, redact, what=what)
+            raise failed
         payload = decode_any(response.content)
         message, error_type = self.error_info(payload)
-        usage = self.usage_of(payload)
-        text = message or response.text.strip() or response.reason_phrase or "no message"
-        # Redact before clipping: a clipped key would no longer match.
-        full = f"{self.name} HTTP {status} for {model.name}: {_clip(redact(text))}"
-        details = _details(
+        raise status_error(
             self.name,
-            status=status,
+            model,
+            response,
+            redact,
+            message=message,
             error_type=error_type,
-            usage_status="reported" if usage is not None else "not_reported",
+            usage=self.usage_of(payload),
+            now=self._wall_clock(),
         )
-        retry_after = retry_after_s(response.headers, now=self._wall_clock())
-        if status == 429 and error_type not in _PERMANENT_429_TYPES:
-            return_error: CapabilityError = RateLimitedError(
-                full, retry_after=retry_after, usage=usage, details=details
-            )
-        elif status in (408, 409, 425) or status >= 500:
-            return_error = TransientError(
-                full, retry_after=retry_after, usage=usage, details=details
-            )
-        elif 300 <= status < 400:
-            location = redact(response.headers.get("location", "?"))
-            return_error = PermanentError(
-                f"{full} (redirected to {location}; check base_url)", usage=usage, details=details
-            )
-        elif status < 200:
-            return_error = TransientError(full, usage=usage, details=details)
-        else:
-            return_error = PermanentError(full, usage=usage, details=details)
-        raise return_error
 
 
 def _with_extra(headers: dict[str, str], extra: tuple[tuple[str, str], ...]) -> httpx.Headers:
@@ -398,18 +341,9 @@ def _with_extra(headers: dict[str, str], extra: tuple[tuple[str, str], ...]) -> 
     return merged
 
 
-def _details(provider: str, **fields: Any) -> dict[str, Any]:
-    return {"provider": provider, **{k: v for k, v in fields.items() if v is not None}}
-
-
 def decode_any(content: bytes) -> Any:
     """The JSON value of ``content``, or ``None`` when it is not JSON."""
     try:
         return msgspec.json.decode(content)
     except msgspec.DecodeError:
         return None
-
-
-def _clip(text: str) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= _MAX_MESSAGE else text[: _MAX_MESSAGE - 1] + "…"

@@ -24,7 +24,7 @@ from jetagent.errors import PermanentError
 from jetagent.llm import Completion, Message, ToolCall, ToolSpec, Usage
 from jetagent.models import ModelConfig
 
-from ._http import HttpProvider, MalformedResponse, decode_any
+from ._http import HttpProvider, MalformedResponse
 from ._sse import AnthropicStream
 
 __all__ = ["ANTHROPIC_VERSION", "AnthropicProvider"]
@@ -78,6 +78,7 @@ class AnthropicProvider(HttpProvider):
     """Adapter for the Anthropic Messages API."""
 
     name = "anthropic"
+    wire_usage = _Usage
 
     def url(self, model: ModelConfig) -> str:
         """``{base_url}/v1/messages``."""
@@ -127,10 +128,7 @@ class AnthropicProvider(HttpProvider):
 
     def parse_completion(self, model: ModelConfig, content: bytes) -> Completion:
         """Text blocks joined, ``tool_use`` blocks as tool calls, stop reason, usage."""
-        try:
-            response = msgspec.json.decode(content, type=_Response)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            raise MalformedResponse(str(exc), self.usage_of(decode_any(content))) from None
+        response = self.decode_answer(content, _Response)
         usage = response.usage.to_usage() if response.usage else Usage()
         texts: list[str] = []
         calls: list[ToolCall] = []
@@ -163,15 +161,6 @@ class AnthropicProvider(HttpProvider):
                 str(kind) if kind is not None else None,
             )
         return None, None
-
-    def usage_of(self, payload: Any) -> Usage | None:
-        """The ``usage`` object of a body, when it has a usable one."""
-        if not isinstance(payload, dict) or not isinstance(payload.get("usage"), dict):
-            return None
-        try:
-            return msgspec.convert(payload["usage"], _Usage).to_usage()
-        except msgspec.ValidationError:
-            return None
 
 
 def _turns(messages: Sequence[Message]) -> list[dict[str, Any]]:

@@ -20,7 +20,7 @@ from jetagent.llm import Completion, Message, ToolCall, ToolSpec, Usage
 from jetagent.models import ModelConfig
 
 from ._contract import arguments_text, parse_arguments
-from ._http import HttpProvider, MalformedResponse, decode_any
+from ._http import HttpProvider, MalformedResponse
 from ._sse import OpenAIStream
 
 __all__ = ["OpenAIProvider"]
@@ -74,6 +74,7 @@ class OpenAIProvider(HttpProvider):
     """Adapter for OpenAI-compatible Chat Completions endpoints."""
 
     name = "openai"
+    wire_usage = _Usage
 
     def url(self, model: ModelConfig) -> str:
         """``{base_url}/chat/completions``."""
@@ -128,10 +129,7 @@ class OpenAIProvider(HttpProvider):
 
     def parse_completion(self, model: ModelConfig, content: bytes) -> Completion:
         """The first choice's text, tool calls, finish reason, and the usage."""
-        try:
-            response = msgspec.json.decode(content, type=_Response)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            raise MalformedResponse(str(exc), self.usage_of(decode_any(content))) from None
+        response = self.decode_answer(content, _Response)
         usage = response.usage.to_usage() if response.usage else Usage()
         if not response.choices:
             raise MalformedResponse("the answer has no choices", usage if response.usage else None)
@@ -161,15 +159,6 @@ class OpenAIProvider(HttpProvider):
         if isinstance(error, str):
             return error, None
         return _str(payload.get("message")), _str(payload.get("type"))
-
-    def usage_of(self, payload: Any) -> Usage | None:
-        """The ``usage`` object of a body, when it has a usable one."""
-        if not isinstance(payload, dict) or not isinstance(payload.get("usage"), dict):
-            return None
-        try:
-            return msgspec.convert(payload["usage"], _Usage).to_usage()
-        except msgspec.ValidationError:
-            return None
 
 
 def _wire_message(message: Message) -> dict[str, Any]:
