@@ -163,9 +163,12 @@ class HttpProvider(ABC):
 
     # -- what each API defines ----------------------------------------------------------
 
-    @abstractmethod
+    path: str
+    """The endpoint's path under the model's ``base_url``."""
+
     def url(self, model: ModelConfig) -> str:
-        """The endpoint to POST to."""
+        """The endpoint to POST to: ``{base_url}{path}``."""
+        return f"{(model.base_url or '').rstrip('/')}{self.path}"
 
     @abstractmethod
     def headers(self, key: str | None) -> dict[str, str]:

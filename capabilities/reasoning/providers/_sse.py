@@ -152,7 +152,35 @@ class _Block:
     json: str = ""
 
 
-_FINISH = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length"}
+# Anthropic's stop reasons in the vocabulary of Completion.finish_reason (OpenAI's),
+# so the worker and the metrics see one set of values whichever provider answered.
+_FINISH = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "tool_use": "tool_calls",
+    "max_tokens": "length",
+}
+
+
+def anthropic_completion(
+    texts: list[str],
+    calls: list[ToolCall],
+    usage: Usage,
+    stop: str | None,
+    *,
+    model: str,
+    provider: str,
+) -> Completion:
+    """An Anthropic answer, streamed or not, as a ``Completion``."""
+    stop = stop or ("tool_use" if calls else "end_turn")
+    return Completion(
+        text="".join(texts),
+        tool_calls=tuple(calls),
+        usage=usage,
+        model=model,
+        provider=provider,
+        finish_reason=_FINISH.get(stop, stop),
+    )
 
 
 @dataclass
@@ -240,12 +268,6 @@ class AnthropicStream:
                     raise MalformedResponse("a tool_use block lacks its id or name", usage)
                 arguments = parse_arguments(block.json) if block.json else {}
                 calls.append(ToolCall(id=block.id, name=block.name, arguments=arguments))
-        stop = self._stop or ("tool_use" if calls else "end_turn")
-        return Completion(
-            text="".join(texts),
-            tool_calls=tuple(calls),
-            usage=usage,
-            model=self.model,
-            provider=self.provider,
-            finish_reason=_FINISH.get(stop, "tool_calls" if stop == "tool_use" else stop),
+        return anthropic_completion(
+            texts, calls, usage, self._stop, model=self.model, provider=self.provider
         )

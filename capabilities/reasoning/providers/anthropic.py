@@ -25,21 +25,12 @@ from jetagent.llm import Completion, Message, ToolCall, ToolSpec, Usage
 from jetagent.models import ModelConfig
 
 from ._http import HttpProvider, MalformedResponse
-from ._sse import AnthropicStream
+from ._sse import AnthropicStream, anthropic_completion
 
 __all__ = ["ANTHROPIC_VERSION", "AnthropicProvider"]
 
 ANTHROPIC_VERSION = "2023-06-01"
 """The ``anthropic-version`` header every request carries."""
-
-# Anthropic's stop reasons in the vocabulary of Completion.finish_reason (OpenAI's),
-# so the worker and the metrics see one set of values whichever provider answered.
-_FINISH = {
-    "end_turn": "stop",
-    "stop_sequence": "stop",
-    "tool_use": "tool_calls",
-    "max_tokens": "length",
-}
 
 
 class _Block(msgspec.Struct):
@@ -79,10 +70,7 @@ class AnthropicProvider(HttpProvider):
 
     name = "anthropic"
     wire_usage = _Usage
-
-    def url(self, model: ModelConfig) -> str:
-        """``{base_url}/v1/messages``."""
-        return f"{(model.base_url or '').rstrip('/')}/v1/messages"
+    path = "/v1/messages"
 
     def headers(self, key: str | None) -> dict[str, str]:
         """JSON content type, the API version, and ``x-api-key`` when there is a key."""
@@ -142,15 +130,8 @@ class AnthropicProvider(HttpProvider):
                         usage if response.usage else None,
                     )
                 calls.append(ToolCall(id=block.id, name=block.name, arguments=block.input))
-        stop = response.stop_reason or ("tool_use" if calls else "end_turn")
-        return Completion(
-            text="".join(texts),
-            tool_calls=tuple(calls),
-            usage=usage,
-            model=model.name,
-            provider=self.name,
-            finish_reason=_FINISH.get(stop, stop),
-        )
+        stop = response.stop_reason
+        return anthropic_completion(texts, calls, usage, stop, model=model.name, provider=self.name)
 
     def error_info(self, payload: Any) -> tuple[str | None, str | None]:
         """Message and type from ``{"type": "error", "error": {...}}``."""

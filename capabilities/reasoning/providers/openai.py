@@ -75,10 +75,7 @@ class OpenAIProvider(HttpProvider):
 
     name = "openai"
     wire_usage = _Usage
-
-    def url(self, model: ModelConfig) -> str:
-        """``{base_url}/chat/completions``."""
-        return f"{(model.base_url or '').rstrip('/')}/chat/completions"
+    path = "/chat/completions"
 
     def headers(self, key: str | None) -> dict[str, str]:
         """JSON content type, and the bearer token when there is a key."""
