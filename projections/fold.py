@@ -15,9 +15,9 @@ from collections import OrderedDict
 from jetagent.events import Held, Started, StepResult, decode_events, decode_step_result
 from jetagent.sessions import HeldResult, SessionView, apply_workflow_message, fold_step_result
 from jetagent.subjects import DeadLetterSubject, Names
-from projections.costs import MetricsState
 from projections.labels import LabelPolicy
 from projections.poison import PoisonMessage, PoisonReporter, checked_result, workflow_of
+from projections.totals import MetricsState
 from projections.trust import Verdict, judge, judge_scheduled
 
 __all__ = ["ProjectionFold"]

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from projections.costs import MetricsState
+    from projections.totals import MetricsState
 
 QUOTA_DECISIONS = (
     ("max_workflows", "held"),

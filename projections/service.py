@@ -48,12 +48,13 @@ from jetagent.models import ModelCatalog
 from jetagent.reports import PROJECTION_KEY, ProjectionReport, identity, keep_reporting
 from jetagent.sessions import SessionView
 from projections.checkpoints import CheckpointError, CheckpointStore
-from projections.costs import MetricsCollector, MetricsState
+from projections.costs import MetricsCollector
 from projections.fold import ProjectionFold
 from projections.known import known_label_sets, known_routes
 from projections.labels import LabelPolicy
 from projections.live import LiveGauges, circuit_states, consumer_backlog
 from projections.poison import PoisonReporter
+from projections.totals import MetricsState
 
 __all__ = ["Checkpoint", "ProjectionService"]
 
