@@ -8,7 +8,6 @@ untrusted bytes (size-limited), and how the run ended comes from the kernel.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import functools
 import importlib.util
@@ -16,13 +15,14 @@ import logging
 import math
 import os
 import py_compile
-import shutil
 import signal
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from capabilities.tools._sandbox_folder import folder_usage
 
 if TYPE_CHECKING:
     from capabilities.tools.sandbox import SandboxLimits
@@ -46,7 +46,6 @@ _WATCH_EVERY_S = 0.025
 # next look waits `_WATCH_BACKOFF` times as long as the last one took, so one snippet
 # costs the service at most a fifth of a core however it fills its folder.
 _WATCH_BACKOFF = 4
-_WALKERS = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="sandbox-folder")
 
 
 class SnippetProcess:
@@ -165,8 +164,7 @@ class SnippetProcess:
             full.cancel()
 
     async def folder_is_full(self) -> bool:
-        loop = asyncio.get_running_loop()
-        size, entries = await loop.run_in_executor(_WALKERS, _folder_usage, self.work, MAX_FILES)
+        size, entries = await folder_usage(self.work, MAX_FILES)
         return size > self.limits.disk_bytes or entries > MAX_FILES
 
     def kill(self, why: str) -> str:
@@ -316,96 +314,6 @@ class _Channel:
             if key in ("memory", "disk", "refused", "exception") and len(value) <= 4000:
                 said.append((key, value))
         return first, said
-
-
-_MAX_DEPTH = 64
-_DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-
-
-def _folder_usage(root: str, max_entries: int) -> tuple[int, int]:
-    """Bytes on disk and entries under `root`, counting stops past `max_entries`.
-
-    Walked by descriptor, never by path: a snippet can nest folders past PATH_MAX,
-    where a path no longer opens, and would hide what they hold. A tree deeper than
-    `_MAX_DEPTH` counts as full (a descriptor stays open per level).
-    """
-    try:
-        try:
-            top = os.open(root, _DIRECTORY)
-        except PermissionError:
-            os.chmod(root, 0o700)  # the service made it; the snippet cannot move it
-            top = os.open(root, _DIRECTORY)
-    except OSError:
-        return 0, 0
-    usage = [0, 0]
-    try:
-        _count(top, usage, max_entries, depth=0)
-    finally:
-        os.close(top)
-    return usage[0], usage[1]
-
-
-def _count(folder: int, usage: list[int], max_entries: int, *, depth: int) -> None:
-    if depth > _MAX_DEPTH:
-        usage[1] = max_entries + 1
-        return
-    try:
-        listing = os.scandir(folder)
-    except OSError:
-        return
-    with listing:
-        for entry in listing:
-            usage[1] += 1
-            if usage[1] > max_entries:
-                return
-            try:
-                usage[0] += entry.stat(follow_symlinks=False).st_blocks * 512
-                if not entry.is_dir(follow_symlinks=False):
-                    continue
-                child = _open_folder(folder, entry.name)
-            except OSError:
-                continue
-            try:
-                _count(child, usage, max_entries, depth=depth + 1)
-            finally:
-                os.close(child)
-            if usage[1] > max_entries:
-                return
-
-
-def _open_folder(parent: int, name: str) -> int:
-    try:
-        return os.open(name, _DIRECTORY, dir_fd=parent)
-    except PermissionError:
-        # the snippet made its folder unreadable to hide what it holds; the service
-        # owns it and takes the permission back, on the folder itself (O_PATH without
-        # following a link, chmod through the descriptor), never on a link's target
-        handle = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY, dir_fd=parent)
-        try:
-            os.chmod(f"/proc/self/fd/{handle}", 0o700)
-        finally:
-            os.close(handle)
-        return os.open(name, _DIRECTORY, dir_fd=parent)
-
-
-async def remove_tree_off_loop(path: str) -> None:
-    """`remove_tree` in a thread: a folder of 10,000 entries takes a second to delete.
-    Cancelling the wait does not stop the deletion."""
-    await asyncio.get_running_loop().run_in_executor(_WALKERS, remove_tree, path)
-
-
-def remove_tree(path: str) -> None:
-    def make_writable(function: Callable[..., Any], failed: str, _: object) -> None:
-        # a snippet may chmod its own folders to 0; the service (same user) still has to
-        # delete them
-        os.chmod(os.path.dirname(failed), 0o700)
-        os.chmod(failed, 0o700)
-        function(failed)
-
-    try:
-        shutil.rmtree(path, onerror=make_writable)
-    except OSError:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 @functools.cache

@@ -44,11 +44,11 @@ import signal
 import tempfile
 from dataclasses import dataclass
 
+from capabilities.tools._sandbox_folder import remove_tree_off_loop
 from capabilities.tools._sandbox_process import (
     ALLOW_WEAKER_ENV,
     CHILD,
     SnippetProcess,
-    remove_tree_off_loop,
     size_text,
 )
 
