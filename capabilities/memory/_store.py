@@ -1,4 +1,6 @@
 """Memories in the ``<PREFIX>_MEMORY`` KV bucket, and a per-worker cache of their indexes.
+(A little over 400 lines: the store and its cache are one idea — a recall reads through
+the cache, which follows the bucket's changes — and the key layout below binds both.)
 
 Key layout (KV keys are subject-like; every token here is ``[A-Za-z0-9_-]``)::
 

@@ -2,7 +2,9 @@
 a model, calls it through its circuit breaker with a timeout and hedges, fails over to
 the next usable model when a call fails transiently, retries rate limits within a
 budget, and returns (or raises, with the same records in ``details``) everything that
-happened.
+happened. (A little over 400 lines: the gateway's settings and the failover loop over the
+candidates; one call's hedged race is ``_race``, its breakers ``breakers``, the routing
+``routing``.)
 
 Failure policy: a PermanentError stops the call at once (the request is wrong; another
 model would only spend more). Transient and rate-limit failures move on to the next

@@ -1,4 +1,7 @@
-"""The snippet process of the sandbox; `sandbox.py` runs this file as a script.
+"""The snippet process of the sandbox; `sandbox.py` runs this file as a script. (A little
+over 400 lines: the snippet process imports this one file before any limit is in place,
+with the standard library only, so every layer it sets up stays here; the service's side
+is ``_sandbox_process``, the audit hooks ``_sandbox_guards``.)
 
     python -I -S -B -u -X utf8 _sandbox_child.py result=N control=M work=... cpu=... ...
 

@@ -1,4 +1,6 @@
 """The client SDK: submit requests and follow their workflows.
+(A little over 400 lines: the one ``Client`` class and the reading of a workflow's events
+and results it follows them with; how a workflow ended is ``jetagent.outcomes``.)
 
 Every error it raises is a ``jetagent.errors.JetagentError``: nats-py and pydantic errors
 are translated here, at its edge (``jetagent._translate``).

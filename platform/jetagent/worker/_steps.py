@@ -6,7 +6,9 @@ crash or a lost ack, or by the run of this process it waited for), failed withou
 running when it is past the last allowed run, and otherwise run: the handler is called,
 rate limits are waited out within the run, and the outcome becomes a
 :data:`~jetagent.worker._policy.Decision` that :meth:`StepRunner.apply` carries out —
-the one place that writes results and dead letters, acks, naks and terms.
+the one place that writes results and dead letters, acks, naks and terms. (A little over
+400 lines: reading, running and applying share the delivery's run state; the policy that
+maps outcomes to decisions is ``_policy``.)
 
 While a step runs the runner sends in-progress acks at a quarter of the ack wait, from
 the start of the run until its result is recorded, so a step whose worker lives is never
