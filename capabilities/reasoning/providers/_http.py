@@ -186,9 +186,12 @@ class HttpProvider(ABC):
     ) -> dict[str, Any]:
         """The JSON request body; raises PermanentError for messages the API cannot take."""
 
-    @abstractmethod
+    stream_type: Callable[..., StreamParser]
+    """The parser of this API's stream events (made with ``model`` and ``provider``)."""
+
     def stream_parser(self, model: ModelConfig) -> StreamParser:
         """A fresh parser of this API's stream events."""
+        return self.stream_type(model=model.name, provider=self.name)
 
     @abstractmethod
     def parse_completion(self, model: ModelConfig, content: bytes) -> Completion:

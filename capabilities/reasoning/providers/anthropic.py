@@ -70,6 +70,7 @@ class AnthropicProvider(HttpProvider):
 
     name = "anthropic"
     wire_usage = _Usage
+    stream_type = AnthropicStream
     path = "/v1/messages"
 
     def headers(self, key: str | None) -> dict[str, str]:
@@ -109,10 +110,6 @@ class AnthropicProvider(HttpProvider):
                 for t in tools
             ]
         return body
-
-    def stream_parser(self, model: ModelConfig) -> AnthropicStream:
-        """Folds Messages stream events."""
-        return AnthropicStream(model=model.name, provider=self.name)
 
     def parse_completion(self, model: ModelConfig, content: bytes) -> Completion:
         """Text blocks joined, ``tool_use`` blocks as tool calls, stop reason, usage."""

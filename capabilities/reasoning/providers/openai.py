@@ -75,6 +75,7 @@ class OpenAIProvider(HttpProvider):
 
     name = "openai"
     wire_usage = _Usage
+    stream_type = OpenAIStream
     path = "/chat/completions"
 
     def headers(self, key: str | None) -> dict[str, str]:
@@ -119,10 +120,6 @@ class OpenAIProvider(HttpProvider):
                 for t in tools
             ]
         return body
-
-    def stream_parser(self, model: ModelConfig) -> OpenAIStream:
-        """Folds chat.completion.chunk events."""
-        return OpenAIStream(model=model.name, provider=self.name)
 
     def parse_completion(self, model: ModelConfig, content: bytes) -> Completion:
         """The first choice's text, tool calls, finish reason, and the usage."""

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import msgspec
 from nats.aio.client import Client as NATS
@@ -121,6 +121,17 @@ def _leader(stream: str) -> str:
     return f"the leader of stream {stream}"
 
 
+_Info = TypeVar("_Info", bound=ApiReply)
+
+
+async def _stream_info(nc: NATS, stream: str, reply: type[_Info], deadline: ApiDeadline) -> _Info:
+    """``STREAM.INFO`` of ``stream`` as its leader answers it (riding its election)."""
+    subject = f"$JS.API.STREAM.INFO.{stream}"
+    return await api_request(
+        nc, subject, b"", reply, deadline=deadline, waiting_for=_leader(stream)
+    )
+
+
 async def stream_last_seq(
     nc: NATS, stream: str, *, timeout: float = 5.0, deadline: ApiDeadline | None = None
 ) -> int:
@@ -128,14 +139,7 @@ async def stream_last_seq(
     ``Nats-Expected-Last-Sequence`` check compares with. Waits up to ``timeout`` seconds
     in all (or ``deadline``) while the stream's leader is elected."""
     deadline = deadline or ApiDeadline(timeout, per_try_s=min(2.0, timeout))
-    info = await api_request(
-        nc,
-        f"$JS.API.STREAM.INFO.{stream}",
-        b"",
-        _PositionReply,
-        deadline=deadline,
-        waiting_for=_leader(stream),
-    )
+    info = await _stream_info(nc, stream, _PositionReply, deadline)
     if info.error is not None or info.state is None:
         reason = info.error.description if info.error is not None else "no state in the reply"
         raise JetStreamUnavailableError(f"cannot read the position of stream {stream!r}: {reason}")
@@ -210,14 +214,7 @@ async def ensure_stream(
     name = config["name"]
     label = label or name
     deadline = deadline or ApiDeadline(timeout, per_try_s=min(2.0, timeout))
-    info = await api_request(
-        nc,
-        f"$JS.API.STREAM.INFO.{name}",
-        b"",
-        _StreamReply,
-        deadline=deadline,
-        waiting_for=_leader(name),
-    )
+    info = await _stream_info(nc, name, _StreamReply, deadline)
     if info.error is None and info.config is not None:
         return await _check_existing(
             nc, info.config, config, change_existing, keep_more, deadline, kind, label
@@ -264,14 +261,7 @@ async def ensure_stream(
 async def _has(nc: NATS, name: str, changes: dict[str, Any], deadline: ApiDeadline) -> bool:
     """Whether the stream already has ``changes``: an update retried after a lost reply
     finds its first try applied (a placement change then reports a move in progress)."""
-    info = await api_request(
-        nc,
-        f"$JS.API.STREAM.INFO.{name}",
-        b"",
-        _StreamReply,
-        deadline=deadline,
-        waiting_for=_leader(name),
-    )
+    info = await _stream_info(nc, name, _StreamReply, deadline)
     config = info.config or {}
     if "num_replicas" in changes and _replicas(config) != changes["num_replicas"]:
         return False
