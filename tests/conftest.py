@@ -6,13 +6,14 @@ The servers (``nats_server``, ``nats_url``, ``fresh_server``, ``nats_cluster``) 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING
 
 import pytest
 
 if TYPE_CHECKING:
     from jetagent.config import Settings
+    from tests.fakes.llm_servers import FakeAnthropic, FakeOpenAI
     from tests.support.platform import InProcessPlatform
 
 pytest_plugins = ["jetagent.testing.pytest_plugin"]
@@ -59,3 +60,21 @@ async def engine(settings: Settings) -> AsyncIterator[InProcessPlatform]:
         yield platform
     finally:
         await platform.stop()
+
+
+@pytest.fixture
+def openai_server() -> Iterator[FakeOpenAI]:
+    """A fake OpenAI-compatible server on loopback (``tests.fakes.llm_servers``)."""
+    from tests.fakes.llm_servers import FakeOpenAI
+
+    with FakeOpenAI() as server:
+        yield server
+
+
+@pytest.fixture
+def anthropic_server() -> Iterator[FakeAnthropic]:
+    """A fake Anthropic Messages server on loopback (``tests.fakes.llm_servers``)."""
+    from tests.fakes.llm_servers import FakeAnthropic
+
+    with FakeAnthropic() as server:
+        yield server

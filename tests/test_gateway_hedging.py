@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from decimal import Decimal
 
 import pytest
@@ -28,18 +28,6 @@ from tests.fakes.llm_servers import (
 FAST = HttpSettings(read_timeout_s=5.0, trust_env=False)
 HI = [Message(role="user", content="hi")]
 SLOW_S = 5.0  # a "stuck" provider; the test ends long before, closing cuts it short
-
-
-@pytest.fixture
-def openai_server() -> Iterator[FakeOpenAI]:
-    with FakeOpenAI() as server:
-        yield server
-
-
-@pytest.fixture
-def anthropic_server() -> Iterator[FakeAnthropic]:
-    with FakeAnthropic() as server:
-        yield server
 
 
 @pytest.fixture
