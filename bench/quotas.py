@@ -73,6 +73,10 @@ class _Platform:
     """From B's submit to its ``Started``, in every burst round."""
     steps_s: list[float] = field(default_factory=list)
     """Each B step's turnaround (scheduled → completed), in every burst round."""
+    taken_s: list[float] = field(default_factory=list)
+    """Of it, scheduled → started by a worker."""
+    folded_s: list[float] = field(default_factory=list)
+    """Of it, finished by the worker → completed (its result folded by the orchestrator)."""
 
     def b_latency_ms(self) -> float:
         latency, _ = self.loop.run(self._run_b())
@@ -112,11 +116,14 @@ class _Platform:
         started = next(e.at for e in b_events if isinstance(e, Started))
         self.admitted_s.append((started - self._submitted).total_seconds())
         scheduled = {e.step_id: e.at for e in b_events if isinstance(e, StepScheduled)}
-        self.steps_s += [
-            (e.at - scheduled[e.step_id]).total_seconds()
-            for e in b_events
-            if isinstance(e, StepCompleted)
-        ]
+        ran = {r.step_id: r for r in b_results}
+        for e in b_events:
+            if isinstance(e, StepCompleted):
+                self.steps_s.append((e.at - scheduled[e.step_id]).total_seconds())
+                self.taken_s.append(
+                    (ran[e.step_id].started_at - scheduled[e.step_id]).total_seconds()
+                )
+                self.folded_s.append((e.at - ran[e.step_id].finished_at).total_seconds())
         return latency
 
 
@@ -224,7 +231,8 @@ def _appendix(env: Env) -> str:
     lines = [
         "Where B's time went during the bursts (medians over the rounds), and A's burst:",
         "",
-        "| platform | B submit → started | B step scheduled → completed | A's steps completed "
+        "| platform | B submit → started | B step scheduled → completed (→ started by a "
+        "worker; finished → completed) | A's steps completed "
         "while a B step was pending | … while it waited (not running) | A's burst | A's "
         "steps/s |",
         "|---|--:|--:|---|---|--:|--:|",
@@ -232,6 +240,8 @@ def _appendix(env: Env) -> str:
     for name, platform in _shared(env).items():
         lines.append(
             f"| {name} | {_ms(platform.admitted_s)} | {_ms(platform.steps_s)} "
+            f"({_median(platform.taken_s) * 1000:.0f} ms; "
+            f"{_median(platform.folded_s) * 1000:.0f} ms) "
             f"| {_counts(platform.passed)} | {_counts(platform.waited)} "
             f"| {_median(platform.burst_s):.1f} s | {_median(platform.a_steps_per_s):.0f} |"
         )
