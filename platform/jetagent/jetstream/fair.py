@@ -12,8 +12,9 @@ Turns are not enough where handling is what is contended: a handler shares its p
 (its event loop, its connection) with every other one in progress, so another tenant's
 one input takes as long as the burst's many in progress make it. :class:`Shares` bounds
 how many of one key's messages are handled at once: many for a key alone (throughput),
-a few each while other keys are present (latency: another key's input is handled about
-as fast as on an idle process). Measured in ``bench/quotas.py`` (docs/ARCHITECTURE.md §9).
+a few each while other keys are present (latency: another key's input is handled within
+a small multiple of its time on an idle process). Measured in ``bench/quotas.py``
+(docs/ARCHITECTURE.md §9).
 
 Messages waiting in the window are the process's: each gets an in-progress ack every
 ``heartbeat_s`` (well inside the consumer's ack wait), so the server redelivers none of
@@ -108,8 +109,9 @@ class Shares:
         self._linger_s = linger_s
         self._clock = clock
         self._held: dict[str, int] = {}
-        self._left: dict[str, float] = {}
-        """Keys holding nothing now, with when their last message was handled."""
+        self._left: OrderedDict[str, float] = OrderedDict()
+        """Keys holding nothing now, with when their last message was handled: oldest
+        first (a key enters at the end), so the ones gone are pruned from the front."""
 
     def limit(self) -> int:
         """Messages of one key a feed may hand out at once now."""
@@ -117,11 +119,12 @@ class Shares:
 
     def present(self) -> int:
         """How many keys are present."""
-        if self._left:
+        left = self._left
+        if left:
             gone = self._clock() - self._linger_s
-            for key in [k for k, at in self._left.items() if at < gone]:
-                del self._left[key]
-        return len(self._held) + len(self._left)
+            while left and next(iter(left.values())) < gone:
+                left.popitem(last=False)
+        return len(self._held) + len(left)
 
     def enter(self, key: str) -> None:
         """A feed holds one more message of ``key``."""
