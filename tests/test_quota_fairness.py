@@ -128,9 +128,9 @@ async def test_a_burst_of_one_tenant_does_not_starve_another(
         # nearly all of it; the idle latency is reported, not bounded: the machine is shared).
         assert max(latencies) < burst_s / 3, (latencies, burst_s)
         # Each B step waits behind a few of A's steps, not behind a crowd of them: in turn
-        # (fair turns), and handled beside a few of them, not a burst's worth (shares). In
-        # stream order, or with the fair turns alone, the median is 20 to 60: B waited for
-        # the steps ahead of it, or for a crowded orchestrator to get to its inputs.
+        # (fair turns), and handled beside a few of them, not a burst's worth (shares).
+        # With the fair turns alone the median was 17 to 24 here (B's inputs handled in a
+        # crowd of 32 of A's), in stream order more (B behind every step ahead of it).
         assert statistics.median(waited) <= 6, waited
         assert max(waited) <= 40, waited
     finally:

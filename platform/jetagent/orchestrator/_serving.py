@@ -44,7 +44,7 @@ log = logging.getLogger("jetagent.orchestrator")
 _MAX_ATTEMPTS = 5
 """Deliveries of an input that fails unexpectedly before it is dead-lettered."""
 
-_PRESENT_FOR_S = 1.0
+_PRESENT_FOR_S = 0.5
 """How long a tenant counts as present after its last input was handled: long enough for
 a short step's result to come back (it then finds the others still at their share),
 short enough that a tenant gone leaves the whole concurrency to the one left."""
