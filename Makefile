@@ -26,8 +26,9 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy --strict $(CODE)
 
+# Three workers on two cores: most tests wait on real servers, processes and time, not CPU.
 test: lint typecheck
-	$(BIN)/pytest
+	$(BIN)/pytest -n 3
 
 bench: $(STAMP)
 	$(BIN)/python -m bench

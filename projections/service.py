@@ -421,10 +421,34 @@ class ProjectionService:
             for subscription in subscriptions:
                 with contextlib.suppress(NatsError):
                     await subscription.unsubscribe()
-        await self.poison.flush()
-        await self.checkpoint()
+        if stop.is_set():
+            await self._last_save()
+        else:
+            await self.poison.flush()
+            await self.checkpoint()
         if progress is not None:
             progress(done, total)
+
+    async def _last_save(self) -> None:
+        """On stop, what was applied is saved once more, within ``shutdown_grace_s``: a
+        server that is gone (its node died, or ``jetagent up`` was killed) must not keep
+        a stopping service alive through minutes of retried puts. What is not saved is
+        applied again from the last checkpoint on the next start (views are idempotent)."""
+
+        async def save() -> None:
+            await self.poison.flush()
+            await self.checkpoint()
+
+        try:
+            await asyncio.wait_for(save(), timeout=self.settings.shutdown_grace_s)
+        except (CheckpointError, *_TRANSIENT) as exc:
+            log.warning(
+                "the last checkpoint was not saved (%s: %s); the next start resumes from "
+                "positions %s",
+                type(exc).__name__,
+                exc,
+                self.checkpointed,
+            )
 
     async def refresh_live_gauges(self) -> None:
         """Consumer backlog, projection lag and circuit states, read from the server."""
@@ -540,9 +564,7 @@ class ProjectionService:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=_RESUME_PAUSE_S)
             if stop.is_set():
-                # What was applied is saved once more (retried) before the service ends.
-                with contextlib.suppress(*_TRANSIENT):
-                    await self.checkpoint()
+                await self._last_save()  # what was applied, saved once more
                 return
 
     async def _gauges_loop(self, stop: asyncio.Event) -> None:

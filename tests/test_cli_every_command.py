@@ -21,6 +21,8 @@ from jetagent.testing import SupervisedProcess
 from tests.support.cli import JETAGENT, ROOT, arun_cli, cli_env, run_cli
 from tests.support.platform import InProcessPlatform
 
+pytestmark = pytest.mark.timeout(300)  # dozens of CLI processes each: minutes on a loaded machine
+
 
 def _listed_commands() -> list[list[str]]:
     """The commands and sub-commands the help lists (so a new command cannot be missed)."""

@@ -49,7 +49,7 @@ async def _dead_letters(engine: InProcessPlatform) -> None:
         workflow_id=SIX_SEVEN,
         error=LONG,
     )
-    await publish_dead_letter(engine.client.js, names, letter)
+    await publish_dead_letter(engine.client.nc, names, letter)
     await engine.client.js.publish(names.dlq("someone"), b"not json " * 40)
 
 

@@ -21,7 +21,7 @@ import pytest
 
 from jetagent.client import Client
 from jetagent.config import Settings
-from jetagent.embedded import EmbeddedCluster, free_port
+from jetagent.embedded import EmbeddedCluster
 from jetagent.jetstream import connect
 from jetagent.jetstream.consume import on_reconnect
 from jetagent.testing import eventually
@@ -58,7 +58,7 @@ async def test_the_projection_service_survives_its_buckets_leader_dying(
         settings.nats_url,
         settings.prefix,
         tmp_path,
-        env={"JETAGENT_REPLICAS": "3", "JETAGENT_METRICS_PORT": str(free_port())},
+        env={"JETAGENT_REPLICAS": "3"},
     )
     client = await Client.connect(settings.nats_url, settings=settings)
     try:

@@ -30,7 +30,7 @@ import pytest
 
 from jetagent.client import Client, WorkflowRequest
 from jetagent.config import Settings
-from jetagent.embedded import EmbeddedCluster, EmbeddedServer, free_port
+from jetagent.embedded import EmbeddedCluster, EmbeddedServer
 from jetagent.events import decode_step_result
 from jetagent.jetstream import DirectGetter, connect
 from jetagent.testing import eventually
@@ -136,7 +136,6 @@ async def test_workflows_keep_completing_while_nodes_are_killed(
         env={
             "JETAGENT_REPLICAS": "3",
             "JETAGENT_STEP_ACK_WAIT_S": "30",
-            "JETAGENT_METRICS_PORT": str(free_port()),
         },
     )
     client = await Client.connect(settings.nats_url, settings=settings)

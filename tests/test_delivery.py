@@ -295,8 +295,10 @@ async def test_a_restarted_server_is_caught_up_with_at_once(
         step_ack_wait_s=5.0,
         shutdown_grace_s=5.0,
         # "Under load" below is a backlog not yet delivered: workers take no window of
-        # waiting steps (which would hold the 40 workflows' steps as ack-pending).
+        # waiting steps (which would hold the 40 workflows' steps as ack-pending), and
+        # run few at once, so a backlog forms even when submitting is slow (a loaded box).
         worker_lookahead=0,
+        worker_concurrency=4,
     )
     platform = await InProcessPlatform(settings, workers=2).start()
     try:

@@ -204,7 +204,7 @@ async def test_a_due_deadline_outlives_a_store_that_failed_more_times_than_max_d
             info = await client.js.consumer_info(names.timers_stream, "orchestrator-timers")
             return info.delivered.consumer_seq >= 12  # past the consumer's old max_deliver
 
-        await eventually(delivered_often, timeout=60, interval=0.5)
+        await eventually(delivered_often, timeout=180, interval=0.5)
         readable = (await client.js.stream_info(names.workflows_stream)).config
         readable.allow_direct = True
         await client.js.update_stream(readable)

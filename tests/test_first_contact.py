@@ -21,6 +21,8 @@ from jetagent.embedded import free_port
 from jetagent.testing import SupervisedProcess, nats_server
 from tests.support.cli import JETAGENT, cli_env, run_cli
 
+pytestmark = pytest.mark.timeout(300)  # `jetagent up` and CLI processes: slow on a loaded machine
+
 URL = re.compile(r"embedded nats-server: (nats://127\.0\.0\.1:\d+)")
 
 

@@ -115,16 +115,17 @@ async def test_services_run_with_exactly_their_permissions(
         result = await client.result(wid, timeout=60)
         assert result.ok, procs.log("orchestrator") + procs.log("reasoning") + procs.log("tools")
 
-        async def projected() -> bool:  # the projection service (its own user) caught up
-            return (await client.session(wid)).status.value == "finalized"
-
-        await eventually(projected, timeout=30)
         # The client's user lists session views and resolves id prefixes (jetagent list,
-        # the gateway's GET /v1/workflows, every command taking an id).
+        # the gateway's GET /v1/workflows, every command taking an id). The view is the
+        # projection service's (its own user): listed once that service has written it
+        # (client.session would fold a view the service has not written yet).
         from jetagent.listing import ViewFilter, list_views
 
-        listing = await list_views(client.nc, client.names, ViewFilter(tenant="acme"), limit=10)
-        assert [view.workflow_id for view in listing.views] == [wid]
+        async def listed() -> list[str]:
+            listing = await list_views(client.nc, client.names, ViewFilter(tenant="acme"), limit=10)
+            return [v.workflow_id for v in listing.views if v.status.value == "finalized"]
+
+        assert await eventually(listed, timeout=30) == [wid]
         assert await client.resolve(wid[:8]) == wid
     finally:
         await client.close()

@@ -153,8 +153,8 @@ async def test_one_node_gets_r1_and_each_item_is_said_once_then_found_in_place(
     finally:
         await nc.close()
     names = settings.names
-    # 6 streams, 5 KV buckets, 1 object store, 3 consumers; each said in one INFO line.
-    assert len(first) == 15
+    # 6 streams, 6 KV buckets, 1 object store, 3 consumers; each said in one INFO line.
+    assert len(first) == 16
     assert {a.action for a in first} == {"created"}
     assert {a.replicas for a in first} == {1}
     assert {a.action for a in second} == {"in place"}
@@ -212,7 +212,7 @@ async def test_the_provision_command_prints_a_table_and_json(nats_url: str, uniq
     assert created.returncode == 0, created.stderr
     out = created.stdout
     assert "R1 (auto: a single server)" in out
-    assert out.count("created") == 15
+    assert out.count("created") == 16
     settings = _settings(nats_url, unique)
     for line in out.splitlines():
         if settings.names.steps_stream in line:
@@ -224,7 +224,7 @@ async def test_the_provision_command_prints_a_table_and_json(nats_url: str, uniq
     assert report["reason"] == "auto: a single server"
     kinds = [row["kind"] for row in report["applied"]]
     assert kinds.count("stream") == 6
-    assert kinds.count("kv") == 5
+    assert kinds.count("kv") == 6
     assert kinds.count("object store") == 1
     assert kinds.count("consumer") == 3
     assert {row["action"] for row in report["applied"]} == {"in place"}

@@ -67,8 +67,8 @@ async def test_a_cluster_gets_r3_everywhere_by_default(cluster: EmbeddedCluster)
         found = await _replicas(nc, settings)
     finally:
         await nc.close()
-    # 6 streams, 5 KV buckets, 1 object store, 3 consumers.
-    assert len(found) == 15, found
+    # 6 streams, 6 KV buckets, 1 object store, 3 consumers.
+    assert len(found) == 16, found
     streams = {name: r for name, r in found.items() if "/" not in name}
     consumers = {name: r for name, r in found.items() if "/" in name}
     assert streams == dict.fromkeys(streams, (3, 3)), streams
@@ -114,7 +114,7 @@ async def test_a_deployment_grows_from_r1_to_r3_with_its_data(
             seen = await provision(nc, grown, consumers=False)
         assert {(a.replicas, a.action) for a in seen} == {(1, "in place")}
         warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-        assert len(warned) == 12, warned
+        assert len(warned) == 13, warned
         assert all("(replicas 1 → 3 asked, not changed here)" in w for w in warned)
         assert all("`jetagent provision` applies it" in w for w in warned)
 
@@ -123,7 +123,7 @@ async def test_a_deployment_grows_from_r1_to_r3_with_its_data(
         result = await arun_cli("provision", env=env)
         assert result.returncode == 0, result.stderr
         assert "R3 (auto: cluster 'jetagent' of 3 servers)" in result.stdout
-        assert result.stdout.count("replicas 1 → 3") == 12, result.stdout
+        assert result.stdout.count("replicas 1 → 3") == 13, result.stdout
         await eventually(lambda: _all_current(nc, grown), timeout=30)
         found = await _replicas(nc, grown)
         assert {r for n, r in found.items() if "/" not in n} == {(3, 3)}, found

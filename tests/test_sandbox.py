@@ -28,9 +28,32 @@ pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="the sandbox nee
 FAST = SandboxLimits(cpu_seconds=1, wall_seconds=15)
 
 
+def _parent(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def _another_workers(pid: int) -> bool:
+    """Whether ``pid`` runs under another pytest-xdist worker (its sandbox runs are that
+    worker's to check). A process that reaches init without passing this worker or a
+    sibling is an orphan: counted, wherever it came from."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return False
+    me, controller = os.getpid(), os.getppid()
+    try:
+        while pid > 1 and pid != me:
+            parent = _parent(pid)
+            if parent == controller:
+                return True  # a sibling worker's own process tree
+            pid = parent
+    except (OSError, IndexError, ValueError):
+        return False  # ended meanwhile: counted if it is still listed
+    return False
+
+
 def processes_of_sandbox_runs() -> list[str]:
-    """Live processes started by any sandbox run (they run the child script, and the
-    seccomp filter lets them start nothing else)."""
+    """Live processes started by any sandbox run of this test process, or orphaned by
+    one (they run the child script, and the seccomp filter lets them start nothing
+    else)."""
     found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -40,7 +63,9 @@ def processes_of_sandbox_runs() -> list[str]:
             command = Path(f"/proc/{entry}/cmdline").read_bytes()
         except OSError:
             continue  # ended meanwhile
-        if state not in "ZX" and sandbox._CHILD.encode() in command:
+        if state in "ZX" or sandbox._CHILD.encode() not in command:
+            continue
+        if not _another_workers(int(entry)):
             found.append(f"{entry} {state} {command[:80]!r}")
     return found
 
@@ -83,7 +108,12 @@ async def test_reads_stdin() -> None:
     assert result.stdout == "HELLO\n"
 
 
-async def test_works_with_files_in_its_own_folder_which_is_private_and_deleted() -> None:
+async def test_works_with_files_in_its_own_folder_which_is_private_and_deleted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Runs' folders in a temporary folder of this test's own: other tests may be running
+    # snippets at the same time (pytest-xdist).
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     runs_before = set(glob.glob(os.path.join(tempfile.gettempdir(), "jetagent-sandbox-*")))
     code = """
 import os, tempfile

@@ -77,6 +77,17 @@ def _alive(pid: int) -> bool:
     return "zombie" not in state and "(dead)" not in state
 
 
+def _described(pid: int) -> str:
+    """A process by its pid, state and command line (what a test failure should name)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return f"{pid} (gone)"
+    state = next(line for line in status.splitlines() if line.startswith("State:"))
+    return f"{pid} {state.split(':', 1)[1].strip()} {command}"
+
+
 def _servers_on(folder: Path) -> list[int]:
     """nats-server processes whose configuration lives in ``folder``."""
     pids = []
@@ -136,7 +147,7 @@ def test_a_second_up_is_refused_and_a_killed_up_leaves_no_children(tmp_path: Pat
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and any(_alive(child) for child in children):
             time.sleep(0.1)
-        assert not [child for child in children if _alive(child)]
+        assert not [_described(child) for child in children if _alive(child)]
         assert _servers_on(data) == []
         # Its announcement is left behind (no cleanup ran) and is not believed: a
         # command without NATS_URL says no `up` runs instead of dialling a dead port.
