@@ -1,13 +1,17 @@
 """Suite ``quotas``: one tenant's workflow while another tenant bursts.
 
 The platform as deployed (``jetagent orchestrator`` and one ``worker reasoning tools``, as
-processes) on the suite's nats-server. Tenant B submits one workflow of three short
-offline steps (reasoning, the calculator, reasoning) and waits for its end: on the idle
-platform, and right after tenant A submitted a burst of workflows of the same kind — with
-the platform's defaults (tenant quotas and fair turns), and with both off (stream order,
-no quota), in the same run. A round waits for A's burst to end before the next begins.
-The appendix says where B's time went: to its start, per step, and how many of A's steps
-scheduled ahead of each of B's steps it waited for (completed while it was pending).
+processes) on the suite's nats-server. Tenant B runs workflows of three short offline
+steps (reasoning, the calculator, reasoning), three one after another, each to its end: on
+the idle platform, and from the moment tenant A submitted a burst of workflows of the same
+kind — with
+the platform's defaults (tenant quotas, fair turns, tenant shares of the orchestrator), with
+fair turns but no shares (as before them: a tenant alone or not may have an eighth of the
+orchestrator's concurrency), and with all off (stream order, no quota), in the same run. A
+round waits for A's burst to end before the next begins. The appendix says where B's time
+went: to its start, per step, and how many of A's steps scheduled ahead of each of B's
+steps completed while it was pending — and while it waited, not running on a worker (the
+steps it waited behind, not those run beside it) — and A's burst time and steps/s.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from datetime import UTC, datetime
 
 from jetagent.client import Client
 from jetagent.config import Settings
-from jetagent.events import Started, StepCompleted, StepScheduled, WorkflowEvent
+from jetagent.events import Started, StepCompleted, StepResult, StepScheduled, WorkflowEvent
 from jetagent.testing import ServiceProcesses, eventually, tools_registered
 
 from ._harness import Benchmark, Contenders, Env, Suite, Target
@@ -31,17 +35,27 @@ from ._services import Loop, bench_services
 
 __all__ = ["SUITE"]
 
-SUBJECT = "during A's burst, quotas and fair turns (defaults)"
+SUBJECT = "during A's burst, quotas, fair turns and shares (defaults)"
 IDLE = "idle platform"
+NO_SHARES = "during A's burst, quotas and fair turns, no shares (before)"
 STREAM_ORDER = "during A's burst, stream order, no quota"
 BURST = 300
+B_RUNS = 3
+"""B's workflows per round, one after another (the first right after A's burst was
+submitted); a round's value is their median."""
 STEP = "What is 6 * 7?"
 """Three short steps: reasoning, the built-in calculator, reasoning."""
+UNSHARED = {"JETAGENT_ORCHESTRATOR_TENANT_SHARE": "256"}
+"""A tenant's share as large as its limit alone: what the orchestrator did before shares."""
 OFF = {
     "JETAGENT_TENANT_MAX_WORKFLOWS": "0",
     "JETAGENT_WORKER_LOOKAHEAD": "0",
     "JETAGENT_REQUEST_LOOKAHEAD": "0",
+    **UNSHARED,
 }
+WAITS_TARGET = 4
+"""Issue #15: B is delayed by "a few steps" — the median of A's steps completed while a B
+step waited."""
 
 
 @dataclass
@@ -52,30 +66,35 @@ class _Platform:
     loop: Loop
     client: Client
     burst: int
-    _submitted: datetime = field(default_factory=lambda: datetime.now(UTC))
     passed: list[int] = field(default_factory=list)
     """A's steps completed while a B step was pending, over every burst round."""
+    waited: list[int] = field(default_factory=list)
+    """Of those, the ones completed while it waited (before or after its run)."""
     burst_s: list[float] = field(default_factory=list)
+    a_steps_per_s: list[float] = field(default_factory=list)
     admitted_s: list[float] = field(default_factory=list)
-    """From B's submit to its ``Started``, in every burst round."""
+    """From each B's submit to its ``Started``, in every burst round."""
     steps_s: list[float] = field(default_factory=list)
     """Each B step's turnaround (scheduled → completed), in every burst round."""
+    taken_s: list[float] = field(default_factory=list)
+    """Of it, scheduled → started by a worker."""
+    folded_s: list[float] = field(default_factory=list)
+    """Of it, finished by the worker → completed (its result folded by the orchestrator)."""
 
     def b_latency_ms(self) -> float:
-        latency, _ = self.loop.run(self._run_b())
-        return latency * 1000
+        latencies = [self.loop.run(self._run_b())[0] for _ in range(B_RUNS)]
+        return statistics.median(latencies) * 1000
 
     def b_during_burst_ms(self) -> float:
         return self.loop.run(self._during_burst()) * 1000
 
-    async def _run_b(self) -> tuple[float, str]:
+    async def _run_b(self) -> tuple[float, str, datetime]:
         began, submitted = time.monotonic(), datetime.now(UTC)
         wid = await self.client.submit(instruction=STEP, tenant="b")
         result = await self.client.result(wid, timeout=300)
         if not result.ok:
             raise RuntimeError(f"B's workflow did not finalize: {result}")
-        self._submitted = submitted
-        return time.monotonic() - began, wid
+        return time.monotonic() - began, wid, submitted
 
     async def _during_burst(self) -> float:
         client = self.client
@@ -83,38 +102,72 @@ class _Platform:
         burst = await asyncio.gather(
             *(client.submit(instruction=STEP, tenant="a") for _ in range(self.burst))
         )
-        latency, wid = await self._run_b()
+        runs = [await self._run_b() for _ in range(B_RUNS)]
         results = await asyncio.gather(*(client.result(w, timeout=600) for w in burst))
         if not all(r.ok for r in results):
             raise RuntimeError("A's burst did not finalize")
-        self.burst_s.append(time.monotonic() - began)
-        a_events = [await client.events(w) for w in burst]
-        b_events = await client.events(wid)
-        self.passed += _passed(b_events, a_events)
+        burst_s = time.monotonic() - began
+        self.burst_s.append(burst_s)
+        a_steps = _a_steps([await client.events(w) for w in burst])
+        self.a_steps_per_s.append(len(a_steps) / burst_s)
+        for _, wid, submitted in runs:
+            await self._account(wid, submitted, a_steps)
+        return statistics.median(latency for latency, _, _ in runs)
+
+    async def _account(
+        self, wid: str, submitted: datetime, a_steps: list[tuple[datetime, datetime]]
+    ) -> None:
+        """Where B's workflow ``wid`` spent its time, and the steps of A it waited for."""
+        b_events = await self.client.events(wid)
+        b_results = await self.client.step_results(wid)
+        self.passed += _passed(b_events, a_steps)
+        self.waited += _passed(b_events, a_steps, b_results)
         started = next(e.at for e in b_events if isinstance(e, Started))
-        self.admitted_s.append((started - self._submitted).total_seconds())
+        self.admitted_s.append((started - submitted).total_seconds())
         scheduled = {e.step_id: e.at for e in b_events if isinstance(e, StepScheduled)}
-        self.steps_s += [
-            (e.at - scheduled[e.step_id]).total_seconds()
-            for e in b_events
-            if isinstance(e, StepCompleted)
-        ]
-        return latency
+        ran = {r.step_id: r for r in b_results}
+        for e in b_events:
+            if isinstance(e, StepCompleted):
+                self.steps_s.append((e.at - scheduled[e.step_id]).total_seconds())
+                self.taken_s.append(
+                    (ran[e.step_id].started_at - scheduled[e.step_id]).total_seconds()
+                )
+                self.folded_s.append((e.at - ran[e.step_id].finished_at).total_seconds())
 
 
-def _passed(b_events: list[WorkflowEvent], a_events: list[list[WorkflowEvent]]) -> list[int]:
-    """For each step of B: A's steps scheduled before it (ahead of it in the stream) that
-    completed while it was pending — the steps it waited behind."""
-    a_steps = []
+def _a_steps(a_events: list[list[WorkflowEvent]]) -> list[tuple[datetime, datetime]]:
+    """When each of A's steps was scheduled and completed."""
+    steps = []
     for events in a_events:
         scheduled = {e.step_id: e.at for e in events if isinstance(e, StepScheduled)}
-        a_steps += [(scheduled[e.step_id], e.at) for e in events if isinstance(e, StepCompleted)]
+        steps += [(scheduled[e.step_id], e.at) for e in events if isinstance(e, StepCompleted)]
+    return steps
+
+
+def _passed(
+    b_events: list[WorkflowEvent],
+    a_steps: list[tuple[datetime, datetime]],
+    b_results: list[StepResult] | None = None,
+) -> list[int]:
+    """For each step of B: A's steps scheduled before it (ahead of it in the stream) that
+    completed while it was pending; with ``b_results``, only those completed while it
+    waited (not while it ran on its worker: those ran beside it, not ahead of it)."""
+    ran = {r.step_id: (r.started_at, r.finished_at) for r in b_results or []}
     scheduled = {e.step_id: e.at for e in b_events if isinstance(e, StepScheduled)}
-    return [
-        sum(1 for at, done in a_steps if at < scheduled[e.step_id] < done < e.at)
-        for e in b_events
-        if isinstance(e, StepCompleted)
-    ]
+    counts = []
+    for e in b_events:
+        if not isinstance(e, StepCompleted):
+            continue
+        start, end = scheduled[e.step_id], e.at
+        began, finished = ran.get(e.step_id, (end, end))
+        counts.append(
+            sum(
+                1
+                for at, done in a_steps
+                if at < start < done < end and not (b_results and began <= done < finished)
+            )
+        )
+    return counts
 
 
 @contextmanager
@@ -144,19 +197,20 @@ def _platform(env: Env, extra: Mapping[str, str]) -> Iterator[_Platform]:
         yield platform
 
 
-def _shared(env: Env) -> tuple[_Platform, _Platform]:
-    fair = env.shared("quotas-fair", lambda: _platform(env, {}))
-    unfair = env.shared("quotas-stream-order", lambda: _platform(env, OFF))
-    return fair, unfair
+def _shared(env: Env) -> dict[str, _Platform]:
+    return {
+        SUBJECT: env.shared("quotas-fair", lambda: _platform(env, {})),
+        NO_SHARES: env.shared("quotas-no-shares", lambda: _platform(env, UNSHARED)),
+        STREAM_ORDER: env.shared("quotas-stream-order", lambda: _platform(env, OFF)),
+    }
 
 
 @contextmanager
 def _contenders(env: Env) -> Iterator[Contenders]:
-    fair, unfair = _shared(env)
+    platforms = _shared(env)
     yield {
-        SUBJECT: fair.b_during_burst_ms,
-        IDLE: fair.b_latency_ms,
-        STREAM_ORDER: unfair.b_during_burst_ms,
+        IDLE: platforms[SUBJECT].b_latency_ms,
+        **{name: platform.b_during_burst_ms for name, platform in platforms.items()},
     }
 
 
@@ -168,35 +222,56 @@ def _benchmarks(env: Env) -> list[Benchmark]:
             unit="ms",
             better="lower",
             subject=SUBJECT,
-            baselines=(IDLE, STREAM_ORDER),
+            baselines=(IDLE, NO_SHARES, STREAM_ORDER),
             contenders=_contenders,
-            # B waits behind a few rounds of A's steps, not behind the burst.
-            target=Target("<=", baseline=STREAM_ORDER, factor=0.25),
-            rounds=3,
+            # Issue #15: B's latency measured against an idle platform — a small multiple
+            # of it, whatever the burst (its few steps' wait is in the appendix).
+            target=Target("<=", baseline=IDLE, factor=4),
+            rounds=5,
             quick_rounds=1,
             profile_miss=False,
-            note=f"submit → final event seen by the client; A: {burst} such workflows at once",
+            note=(
+                f"submit → final event seen by the client, the median of {B_RUNS} of B's "
+                f"workflows one after another; A: {burst} such workflows at once"
+            ),
         ),
     ]
 
 
 def _appendix(env: Env) -> str:
-    fair, unfair = _shared(env)
     lines = [
-        "Where B's time went during the bursts (medians over the rounds):",
+        "Where B's time went during the bursts (medians over the rounds), and A's burst:",
         "",
-        "| platform | B submit → started | B step scheduled → completed | A's steps ahead of "
-        "a B step that it waited for | A's burst |",
-        "|---|--:|--:|---|--:|",
+        "| platform | B submit → started | B step scheduled → completed (→ started by a "
+        "worker; finished → completed) | A's steps completed "
+        "while a B step was pending | … while it waited (not running) | A's burst | A's "
+        "steps/s |",
+        "|---|--:|--:|---|---|--:|--:|",
     ]
-    for name, platform in ((SUBJECT, fair), (STREAM_ORDER, unfair)):
-        passed = platform.passed or [0]
+    for name, platform in _shared(env).items():
         lines.append(
             f"| {name} | {_ms(platform.admitted_s)} | {_ms(platform.steps_s)} "
-            f"| median {statistics.median(passed):.0f}, max {max(passed)} "
-            f"(of {len(platform.passed)} B steps) | {_median(platform.burst_s):.1f} s |"
+            f"({_median(platform.taken_s) * 1000:.0f} ms; "
+            f"{_median(platform.folded_s) * 1000:.0f} ms) "
+            f"| {_counts(platform.passed)} | {_counts(platform.waited)} "
+            f"| {_median(platform.burst_s):.1f} s | {_median(platform.a_steps_per_s):.0f} |"
         )
+    waits = _shared(env)[SUBJECT].waited
+    if waits:
+        met = "met" if statistics.median(waits) <= WAITS_TARGET else "missed"
+        lines += [
+            "",
+            f"A few steps (issue #15): the median of A's steps completed while a B step "
+            f"waited, with the defaults, is {statistics.median(waits):g} — target ≤ "
+            f"{WAITS_TARGET}: {met}.",
+        ]
     return "\n".join(lines)
+
+
+def _counts(values: list[int]) -> str:
+    if not values:
+        return "—"
+    return f"median {statistics.median(values):g}, max {max(values)} (of {len(values)} B steps)"
 
 
 def _median(values: list[float]) -> float:
@@ -213,11 +288,13 @@ SUITE = Suite(
     description=(
         "Orchestrator and one reasoning+tools worker as processes. Tenant B's workflow of "
         "three short offline steps (reasoning, the calculator, reasoning), measured from "
-        "submit to its final event: on the idle platform; right after tenant A submitted "
+        "submit to its final event, three one after another: on the idle platform; from "
+        "the moment tenant A submitted "
         "a burst of such workflows, with the defaults (100 concurrent workflows per "
-        "tenant, requests, results and steps taken round robin across tenants); and the "
-        "same with quotas and fair turns off (stream order). Target: at most a quarter of "
-        "B's wait in stream order."
+        "tenant, requests, results and steps taken round robin across tenants, a tenant's "
+        "share of the orchestrator 4 inputs at once while another tenant has inputs); "
+        "with fair turns but no shares (before them); and with all off (stream order). "
+        "Target: at most 4 times B's latency on the idle platform."
     ),
     benchmarks=_benchmarks,
     appendix=_appendix,

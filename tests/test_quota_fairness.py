@@ -2,7 +2,8 @@
 
 - A burst of one tenant does not starve another: tenant B's single workflow, measured idle
   and then during tenant A's burst in the same run, waits behind a few of A's steps, not
-  behind the burst.
+  behind the burst — counted from the streams' records, for each of B's steps: A's steps
+  ahead of it that completed while it waited (docs/ARCHITECTURE.md §9).
 - Two orchestrator replicas, one SIGKILLed mid-burst, keep each tenant's running workflows
   within its quota: the maximum concurrency, computed afterwards from the streams
   (``Started`` to the final event of every workflow), never exceeds it, and every workflow
@@ -26,6 +27,7 @@ from jetagent.events import (
     Held,
     Started,
     StepCompleted,
+    StepResult,
     StepScheduled,
     Terminated,
     WorkflowEvent,
@@ -48,22 +50,35 @@ async def _run_b(client: Client) -> tuple[float, str]:
     return time.monotonic() - began, wid
 
 
-def _steps_passed_by(
-    b_events: list[WorkflowEvent], a_events: dict[str, list[WorkflowEvent]]
-) -> list[int]:
-    """For each step of B: how many of A's steps that were scheduled before it (ahead of
-    it in the stream) completed while it was pending — the steps it waited behind."""
-    a_steps = []
+def _a_steps(a_events: dict[str, list[WorkflowEvent]]) -> list[tuple[datetime, datetime]]:
+    """When each of A's steps was scheduled and completed."""
+    steps = []
     for events in a_events.values():
         scheduled = {e.step_id: e.at for e in events if isinstance(e, StepScheduled)}
-        a_steps += [(scheduled[e.step_id], e.at) for e in events if isinstance(e, StepCompleted)]
+        steps += [(scheduled[e.step_id], e.at) for e in events if isinstance(e, StepCompleted)]
+    return steps
+
+
+def _waits(
+    b_events: list[WorkflowEvent],
+    b_results: list[StepResult],
+    a_steps: list[tuple[datetime, datetime]],
+) -> list[tuple[int, int]]:
+    """For each step of B: how many of A's steps scheduled before it (ahead of it in the
+    stream) completed while it was pending, and how many of those completed while it
+    waited — to be taken by a worker, or its result to be folded — rather than while it
+    ran (those ran beside it, not ahead of it)."""
     scheduled = {e.step_id: e.at for e in b_events if isinstance(e, StepScheduled)}
-    passed = []
+    ran = {r.step_id: (r.started_at, r.finished_at) for r in b_results}
+    counts = []
     for event in b_events:
         if isinstance(event, StepCompleted):
             start, end = scheduled[event.step_id], event.at
-            passed.append(sum(1 for at, done in a_steps if at < start < done < end))
-    return passed
+            began, finished = ran[event.step_id]
+            pending = [done for at, done in a_steps if at < start < done < end]
+            waited = [done for done in pending if not began <= done < finished]
+            counts.append((len(pending), len(waited)))
+    return counts
 
 
 async def test_a_burst_of_one_tenant_does_not_starve_another(
@@ -81,7 +96,7 @@ async def test_a_burst_of_one_tenant_does_not_starve_another(
         )
         await _run_b(client)  # warm-up
         idle = statistics.median([(await _run_b(client))[0] for _ in range(3)])
-        # Tenant A's burst, all at once; then B, three times in a row, while it runs.
+        # Tenant A's burst, all at once; then B, five times in a row, while it runs.
         burst_began = time.monotonic()
         burst = await asyncio.gather(
             *(
@@ -89,29 +104,35 @@ async def test_a_burst_of_one_tenant_does_not_starve_another(
                 for _ in range(300)
             )
         )
-        busy = [await _run_b(client) for _ in range(3)]
+        busy = [await _run_b(client) for _ in range(5)]
         results = await asyncio.gather(*(client.result(w, timeout=180) for w in burst))
         burst_s = time.monotonic() - burst_began
         assert all(r.ok for r in results)
         a_events = {w: await client.events(w) for w in burst}
+        a_steps = _a_steps(a_events)
         last_a = max(e.at for events in a_events.values() for e in events)
-        passed: list[int] = []
+        counts: list[tuple[int, int]] = []
         for _, wid in busy:
             b_events = await client.events(wid)
             assert max(e.at for e in b_events) < last_a, "B ran after the burst, not during it"
-            passed += _steps_passed_by(b_events, a_events)
+            counts += _waits(b_events, await client.step_results(wid), a_steps)
         latencies = [s for s, _ in busy]
+        pending, waited = [p for p, _ in counts], [w for _, w in counts]
         print(
             f"\nB idle {idle * 1000:.0f} ms; B during A's burst of 300 workflows "
-            f"({burst_s:.1f} s): {', '.join(f'{s * 1000:.0f}' for s in latencies)} ms; "
-            f"A's steps ahead of a B step that it waited for: {passed}"
+            f"({burst_s:.1f} s, {len(a_steps) / burst_s:.0f} A steps/s): "
+            f"{', '.join(f'{s * 1000:.0f}' for s in latencies)} ms; A's steps completed while "
+            f"a B step was pending: {pending}, of them while it waited: {waited}"
         )
         # B does not wait for the burst: a small part of it (in stream order B waits for
         # nearly all of it; the idle latency is reported, not bounded: the machine is shared).
         assert max(latencies) < burst_s / 3, (latencies, burst_s)
-        # Each B step waits for a few rounds of A's steps at most (a worker runs 16 at
-        # once), not for every step of A's ahead of it.
-        assert max(passed) <= 64, passed
+        # Each B step waits behind a few of A's steps, not behind a crowd of them: in turn
+        # (fair turns), and handled beside a few of them, not a burst's worth (shares).
+        # With the fair turns alone the median was 17 to 24 here (B's inputs handled in a
+        # crowd of 32 of A's), in stream order more (B behind every step ahead of it).
+        assert statistics.median(waited) <= 6, waited
+        assert max(waited) <= 40, waited
     finally:
         await client.close()
         procs.stop_all()

@@ -169,6 +169,13 @@ class Settings(BaseSettings):
     snapshot_every: int = Field(100, ge=10, description="Events between aggregate snapshots.")
     cache_size: int = Field(10_000, ge=10, description="Workflows cached per orchestrator.")
     orchestrator_concurrency: int = Field(256, ge=1, description="Inputs processed at once.")
+    orchestrator_tenant_share: int = Field(
+        4,
+        ge=1,
+        description="Requests (and step results) of one tenant an orchestrator processes at "
+        "once while other tenants have some too; a tenant alone may use an eighth of "
+        "JETAGENT_ORCHESTRATOR_CONCURRENCY.",
+    )
     step_ack_wait_s: float = Field(
         30.0,
         gt=0,

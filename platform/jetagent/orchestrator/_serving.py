@@ -6,8 +6,9 @@ handler's outcome into an ack, a ``nak(delay)`` (the store is unavailable: retri
 it answers; an unexpected failure: a few times, then a dead letter) or a dead letter (a
 poison message). Requests and step results are taken in turns across tenants
 (:class:`~jetagent.jetstream.fair.FairFeed`), with at most an eighth of the concurrency for
-one tenant, so one tenant's burst does not hold another tenant's inputs back
-(docs/ARCHITECTURE.md §9).
+a tenant alone and ``orchestrator_tenant_share`` each while other tenants have inputs too
+(:class:`~jetagent.jetstream.fair.Shares`), so one tenant's burst neither holds another
+tenant's inputs back nor crowds the process they are handled in (docs/ARCHITECTURE.md §9).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from jetagent.dead_letter import DeadLetterKind, dead_letter_of, publish_dead_le
 from jetagent.decoding import PoisonMessage
 from jetagent.jetstream import Header, JetStreamUnavailableError, Settler
 from jetagent.jetstream.consume import Puller
-from jetagent.jetstream.fair import FairFeed
+from jetagent.jetstream.fair import FairFeed, Shares
 from jetagent.jetstream.provision import consumer_config
 from jetagent.logs import seconds
 from jetagent.orchestrator._metrics import OrchestratorMetrics
@@ -42,6 +43,11 @@ log = logging.getLogger("jetagent.orchestrator")
 
 _MAX_ATTEMPTS = 5
 """Deliveries of an input that fails unexpectedly before it is dead-lettered."""
+
+_PRESENT_FOR_S = 0.5
+"""How long a tenant counts as present after its last input was handled: long enough for
+a short step's result to come back (it then finds the others still at their share),
+short enough that a tenant gone leaves the whole concurrency to the one left."""
 
 
 class Serving:
@@ -55,6 +61,18 @@ class Serving:
     metrics: OrchestratorMetrics
     processed: int
     _slots: asyncio.Semaphore
+    _shares: Shares | None = None
+
+    def shares(self) -> Shares:
+        """The tenants' shares of this orchestrator, one for all its fair feeds: a tenant
+        present in one (a request) is served quickly in the others (its results)."""
+        if self._shares is None:
+            self._shares = Shares(
+                alone=self.settings.orchestrator_concurrency // 8,
+                shared=self.settings.orchestrator_tenant_share,
+                linger_s=_PRESENT_FOR_S,
+            )
+        return self._shares
 
     async def _serve(
         self, puller: Puller, handle: Callable[[Msg], Awaitable[None]], stop: asyncio.Event
@@ -74,9 +92,9 @@ class Serving:
         *,
         consumer: str,
     ) -> None:
-        """Inputs in turns across tenants, not in stream order, at most an eighth of the
-        concurrency for one tenant: one tenant's burst does not hold another tenant's
-        requests or results back (jetstream/fair.py, docs/ARCHITECTURE.md §9)."""
+        """Inputs in turns across tenants, not in stream order, a few at once of each
+        while several tenants have inputs: one tenant's burst does not hold another
+        tenant's requests or results back (jetstream/fair.py, docs/ARCHITECTURE.md §9)."""
         prefix = self.names.prefix
 
         def tenant(msg: Msg) -> str:
@@ -86,10 +104,10 @@ class Serving:
             return (msg.headers or {}).get(Header.JA_TENANT, "")
 
         ack_wait = consumer_config(self.settings, consumer)["ack_wait"] / 1e9
-        per_tenant = max(self.settings.orchestrator_concurrency // 8, 1)
+        shares = self.shares()
         async with (
             asyncio.TaskGroup() as tasks,
-            FairFeed(puller, key=tenant, heartbeat_s=ack_wait / 3, per_key=per_tenant) as feed,
+            FairFeed(puller, key=tenant, heartbeat_s=ack_wait / 3, shares=shares) as feed,
         ):
             while not stop.is_set():
                 await self._slots.acquire()

@@ -40,7 +40,16 @@ from jetagent.events import QuotaUse
 from jetagent.jetstream import JetStreamUnavailableError
 from jetagent.subjects import Names
 
-__all__ = ["MAX_HELD", "Granted", "Outcome", "Refused", "Slots", "TenantSlots", "Waiting"]
+__all__ = [
+    "MAX_HELD",
+    "Granted",
+    "Outcome",
+    "Refused",
+    "Slots",
+    "TenantSlots",
+    "Waiting",
+    "put_at_revision",
+]
 
 MAX_HELD = 10_000
 """Held requests per tenant at most; a request beyond them is rejected (the queue's key
@@ -300,18 +309,24 @@ class Slots:
     async def _put(self, tenant: str, data: bytes, revision: int) -> bool:
         """Write if the key is still at ``revision``; False when another writer was first."""
         kv = await self._bucket()
-        try:
-            if revision:
-                await kv.update(self.key(tenant), data, last=revision)
-            else:
-                await kv.create(self.key(tenant), data)
-        except KeyWrongLastSequenceError:
+        return await put_at_revision(kv, self.key(tenant), data, revision, f"slots of {tenant!r}")
+
+
+async def put_at_revision(kv: KeyValue, key: str, data: bytes, revision: int, what: str) -> bool:
+    """Write ``key`` if it is still at ``revision`` (0: if it does not exist yet): a
+    compare-and-set; False when another writer was first. ``what`` names it in errors."""
+    try:
+        if revision:
+            await kv.update(key, data, last=revision)
+        else:
+            await kv.create(key, data)
+    except KeyWrongLastSequenceError:
+        return False
+    except NatsError as exc:
+        if "wrong last sequence" in str(exc):  # the same refusal, not always typed as such
             return False
-        except NatsError as exc:
-            if "wrong last sequence" in str(exc):
-                return False
-            raise JetStreamUnavailableError(f"cannot write the slots of {tenant!r}: {exc}") from exc
-        return True
+        raise JetStreamUnavailableError(f"cannot write the {what}: {exc}") from exc
+    return True
 
 
 def _promote(slots: TenantSlots, limit: int, promoted: list[str]) -> None:

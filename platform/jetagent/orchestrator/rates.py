@@ -24,11 +24,12 @@ from datetime import UTC, datetime, timedelta
 import msgspec
 from nats.errors import Error as NatsError
 from nats.js.client import JetStreamContext
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
+from nats.js.errors import KeyNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 
 from jetagent.events import QuotaUse, StepCompleted, StepFailed, StepScheduled, WorkflowEvent
 from jetagent.jetstream import JetStreamUnavailableError
+from jetagent.orchestrator.quotas import put_at_revision
 from jetagent.subjects import Names
 from jetagent.workflow import RateLimited, WorkflowState
 
@@ -153,18 +154,7 @@ class TokenBuckets:
 
     async def _put(self, tenant: str, data: bytes, revision: int) -> bool:
         kv = await self._bucket()
-        try:
-            if revision:
-                await kv.update(self.key(tenant), data, last=revision)
-            else:
-                await kv.create(self.key(tenant), data)
-        except KeyWrongLastSequenceError:
-            return False
-        except NatsError as exc:
-            raise JetStreamUnavailableError(
-                f"cannot write the tokens of {tenant!r}: {exc}"
-            ) from exc
-        return True
+        return await put_at_revision(kv, self.key(tenant), data, revision, f"tokens of {tenant!r}")
 
 
 async def under_rate(
