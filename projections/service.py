@@ -1,5 +1,4 @@
 """The projection service: session views and metrics, live, checkpointed, rebuildable.
-
 (A little over 400 lines: following the streams, checkpointing and rebuilding share the
 positions and the views in memory; the fold itself is ``projections/fold.py``, the live
 gauges ``projections/live.py``, the checkpoint's storage ``projections/checkpoints.py``.)

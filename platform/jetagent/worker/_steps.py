@@ -1,4 +1,6 @@
 """One delivery of a step: read it, run its handler, and apply the decision.
+(A little over 400 lines: reading, running and applying share the delivery's run state; the
+policy that maps outcomes to decisions is ``_policy``.)
 
 A delivery is read (:class:`~jetagent.worker._policy.Discard` when it is no step),
 answered without running when the step has its result already (recorded before a
@@ -6,9 +8,7 @@ crash or a lost ack, or by the run of this process it waited for), failed withou
 running when it is past the last allowed run, and otherwise run: the handler is called,
 rate limits are waited out within the run, and the outcome becomes a
 :data:`~jetagent.worker._policy.Decision` that :meth:`StepRunner.apply` carries out —
-the one place that writes results and dead letters, acks, naks and terms. (A little over
-400 lines: reading, running and applying share the delivery's run state; the policy that
-maps outcomes to decisions is ``_policy``.)
+the one place that writes results and dead letters, acks, naks and terms.
 
 While a step runs the runner sends in-progress acks at a quarter of the ack wait, from
 the start of the run until its result is recorded, so a step whose worker lives is never

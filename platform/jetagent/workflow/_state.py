@@ -1,8 +1,8 @@
 """Workflow state and ``evolve``: fold one event into the state. Pure: no I/O, clock, random.
+(A little over 400 lines: the state's shape, then one fold case per event type, which share
+the state's helpers; the decisions over it are ``_decide``, ``_react``, ``_plan``.)
 
 The state is a frozen msgspec Struct (cheap to snapshot); ``evolve`` returns a new one.
-(A little over 400 lines: the state's shape, then one fold case per event type, which
-share the state's helpers; the decisions over it are ``_decide``, ``_react``, ``_plan``.)
 """
 
 from __future__ import annotations
