@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-import warnings
 import uuid
+import warnings
 from collections.abc import Iterator
 
 import msgspec
