@@ -25,6 +25,7 @@ from ._against import CommitBuild, build_commit
 from ._engine_analysis import Sizes, step_breakdown
 from ._engine_baselines import BareLoop, raw_round_trips
 from ._engine_platform import ROOT, STEPS_PER_WORKFLOW, EnginePlatform, engine_platform, percentile
+from ._engine_versus import versus_commits
 from ._fixtures import RawNats, raw_nats
 from ._harness import Benchmark, Contenders, Env, Round, Suite, Target
 from ._profile import unwatch_remote, watch_remote
@@ -227,7 +228,32 @@ def _appendix(env: Env) -> str:
         sizes,
         env.config.profile_dir,
     )
-    return _code_state() + "\n\n" + text
+    parts = [_code_state(), text]
+    commits = _commits(env)
+    if commits:
+        others = {c.label: _commit_platform(env, c) for c in commits}
+        parts.append(
+            versus_commits(
+                (f"this tree ({_head()})", _platform(env)),
+                others,
+                env.server_pid,
+                sizes,
+                repeats=env.size(5, 1),
+            )
+        )
+    return "\n\n".join(parts)
+
+
+def _head() -> str:
+    out = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=False,
+    )
+    return out.stdout.strip() or "unknown commit"
 
 
 def _code_state() -> str:
