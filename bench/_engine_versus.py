@@ -47,6 +47,8 @@ class _Side:
     profiles: dict[str, tuple[ThreadProfile, Path]] = field(default_factory=dict)
     profiled_steps: int = 0
     profiled_wall: float = 0.0
+    idle: dict[str, float] = field(default_factory=dict)
+    """Cores each service process kept busy while nothing was fed."""
 
     def pids(self, server_pid: int | None) -> dict[str, int]:
         # Roles, not process names: the columns of two commits line up.
@@ -75,6 +77,18 @@ def _measure(side: _Side, server_pid: int | None, sizes: Sizes) -> None:
     _add(side.conc, side.conc_waited, meter.used())
     side.conc_steps += run.steps
     side.rates.append(run.rate)
+
+
+def _idle(sides: Sequence[_Side], seconds: float) -> None:
+    """Every side's services metered together while no workflow runs: work a service
+    does by the clock (timers, pings, metrics) is charged to each step of a slow run."""
+    roles = {(i, role): pid for i, s in enumerate(sides) for role, pid in s.pids(None).items()}
+    roles = {key: pid for key, pid in roles.items() if key[1] != _CLIENT}
+    meter = Meter({f"{i}:{role}": pid for (i, role), pid in roles.items()})
+    time.sleep(seconds)
+    for name, usage in meter.used().items():
+        i, role = name.split(":", 1)
+        sides[int(i)].idle[role] = usage.cpu / seconds
 
 
 def _profile(side: _Side, sizes: Sizes) -> None:
@@ -111,6 +125,15 @@ def _cpu_table(sides: Sequence[_Side], concurrent: int) -> list[str]:
     cells += [f"**{_ms(sum(s.conc.values()), s.conc_steps)}**" for s in sides]
     cells += ["" for _ in sides]
     lines.append("| **all processes** | " + " | ".join(cells) + " |")
+    idle = "; ".join(
+        f"{s.name}: " + (", ".join(f"{role} {100 * c:.1f}%" for role, c in s.idle.items()) or "—")
+        for s in sides
+    )
+    lines += [
+        "",
+        "Idle (nothing fed, the same seconds for every commit), the share of a core each "
+        f"service kept busy: {idle}.",
+    ]
     return lines
 
 
@@ -162,6 +185,7 @@ def versus_commits(
     server_pid: int | None,
     sizes: Sizes,
     repeats: int,
+    idle_s: float = 10.0,
 ) -> str:
     """The comparison's markdown: this tree's platform against each other commit's."""
     sides = [_Side(this[0], this[1]), *(_Side(n, p) for n, p in others.items())]
@@ -169,6 +193,7 @@ def versus_commits(
         k = i % len(sides)
         for side in [*sides[k:], *sides[:k]]:
             _measure(side, server_pid, sizes)
+    _idle(sides, idle_s)
     for side in sides:
         _profile(side, sizes)
     names = ", ".join(f"*{s.name}*" for s in sides)

@@ -239,6 +239,7 @@ def _appendix(env: Env) -> str:
                 env.server_pid,
                 sizes,
                 repeats=env.size(5, 1),
+                idle_s=env.size(10, 2),
             )
         )
     return "\n\n".join(parts)
