@@ -12,11 +12,13 @@ service processes, many workflows at once) to say in which packages the differen
 from __future__ import annotations
 
 import os
+import pstats
 import statistics
 import time
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from ._engine_analysis import Meter, Sizes, Usage, process_lines
@@ -24,10 +26,39 @@ from ._engine_platform import SEGMENTS, EnginePlatform, StepTiming, percentile
 from ._harness import fmt
 from ._profile import ThreadProfile, summarise
 
+_RECEIVED = ("nats/aio/client.py", "_process_msg")
+_SENT = ("nats/aio/client.py", "_send_publish")
+
 __all__ = ["versus_commits"]
 
 _CLIENT = "bench client"
 _SERVER = "nats-server"
+
+
+@dataclass(frozen=True)
+class _Profiled:
+    """One profiled run of a commit's services."""
+
+    steps: int
+    wall: float
+    threads: dict[str, tuple[ThreadProfile, Path]]
+    """By role: the service's main thread, and its ``.prof`` file."""
+    messages: dict[str, tuple[int, int]]
+    """By role: NATS messages received and sent (nats-py's calls, counted by cProfile:
+    exact whatever the load)."""
+
+
+def _messages(path: Path) -> tuple[int, int]:
+    stats = pstats.Stats(str(path))
+    raw: dict[tuple[str, int, str], tuple[int, int, float, float, object]]
+    raw = stats.stats  # type: ignore[attr-defined]
+    received = sent = 0
+    for (filename, _, func), (_, calls, _, _, _) in raw.items():
+        if filename.endswith(_RECEIVED[0]) and func == _RECEIVED[1]:
+            received += calls
+        elif filename.endswith(_SENT[0]) and func == _SENT[1]:
+            sent += calls
+    return received, sent
 
 
 @dataclass
@@ -44,9 +75,8 @@ class _Side:
     conc_steps: int = 0
     rates: list[float] = field(default_factory=list)
     timings: list[StepTiming] = field(default_factory=list)
-    profiles: dict[str, tuple[ThreadProfile, Path]] = field(default_factory=dict)
-    profiled_steps: int = 0
-    profiled_wall: float = 0.0
+    profiled: dict[str, _Profiled] = field(default_factory=dict)
+    """By mode: one workflow at a time, many at once."""
     idle: dict[str, float] = field(default_factory=dict)
     """Cores each service process kept busy while nothing was fed."""
 
@@ -91,17 +121,29 @@ def _idle(sides: Sequence[_Side], seconds: float) -> None:
         sides[int(i)].idle[role] = usage.cpu / seconds
 
 
-def _profile(side: _Side, sizes: Sizes) -> None:
+def _profile(side: _Side, mode: str, run: Callable[[], int]) -> None:
     platform = side.platform
     platform.profile_start()
     started = time.perf_counter()
     try:
-        side.profiled_steps = platform.concurrent(sizes.concurrent).steps
+        steps = run()
     finally:
-        side.profiled_wall = time.perf_counter() - started
+        wall = time.perf_counter() - started
         files = platform.profile_stop()
+    threads, messages = {}, {}
     for name, path in files.items():
-        side.profiles[name.split("-")[0]] = (summarise(name, path), path)
+        role = name.split("-")[0]
+        threads[role] = (summarise(name, path), path)
+        messages[role] = _messages(path)
+    side.profiled[mode] = _Profiled(steps=steps, wall=wall, threads=threads, messages=messages)
+
+
+def _one_at_a_time(platform: EnginePlatform, workflows: int) -> int:
+    return len(platform.sequential(workflows))
+
+
+def _at_once(platform: EnginePlatform, workflows: int) -> int:
+    return platform.concurrent(workflows).steps
 
 
 def _ms(total: float, steps: int) -> str:
@@ -154,22 +196,44 @@ def _timeline_table(sides: Sequence[_Side]) -> list[str]:
     return lines
 
 
-def _category_table(sides: Sequence[_Side], role: str, limit: int = 14) -> list[str]:
+def _messages_table(sides: Sequence[_Side]) -> list[str]:
+    """NATS messages each service received and sent per step, in each profiled run."""
+    modes = list(dict.fromkeys(m for s in sides for m in s.profiled))
+    header = ["service: messages per step (received / sent)"]
+    header += [f"{mode}, {s.name}" for mode in modes for s in sides]
+    lines = ["| " + " | ".join(header) + " |", "|---" + "|--:" * (len(header) - 1) + "|"]
+    roles = list(dict.fromkeys(r for s in sides for p in s.profiled.values() for r in p.messages))
+    for role in roles:
+        cells = []
+        for mode in modes:
+            for side in sides:
+                run = side.profiled.get(mode)
+                counts = None if run is None else run.messages.get(role)
+                if run is None or counts is None or not run.steps:
+                    cells.append("—")
+                else:
+                    cells.append(f"{counts[0] / run.steps:.2f} / {counts[1] / run.steps:.2f}")
+        lines.append(f"| {role} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _category_table(sides: Sequence[_Side], mode: str, role: str, limit: int = 14) -> list[str]:
     """µs per step (profiled) by package, for one role, every side; largest first."""
     per: list[dict[str, float]] = []
     for side in sides:
-        entry = side.profiles.get(role)
+        run = side.profiled.get(mode)
+        entry = None if run is None else run.threads.get(role)
         values: dict[str, float] = {}
-        if entry is not None and side.profiled_steps:
+        if run is not None and entry is not None and run.steps:
             thread, _ = entry
             for category, seconds in thread.categories:
                 if not category.startswith("waiting"):
-                    values[category] = 1e6 * seconds / side.profiled_steps
+                    values[category] = 1e6 * seconds / run.steps
         per.append(values)
     categories = sorted(
         {c for values in per for c in values}, key=lambda c: -max(v.get(c, 0.0) for v in per)
     )[:limit]
-    header = [f"{role}: package (profiled µs per step)", *(s.name for s in sides)]
+    header = [f"{role}, {mode}: package (profiled µs per step)", *(s.name for s in sides)]
     lines = ["| " + " | ".join(header) + " |", "|---" + "|--:" * len(sides) + "|"]
     for category in categories:
         lines.append(f"| {category} | " + " | ".join(f"{v.get(category, 0.0):.0f}" for v in per))
@@ -194,8 +258,10 @@ def versus_commits(
         for side in [*sides[k:], *sides[:k]]:
             _measure(side, server_pid, sizes)
     _idle(sides, idle_s)
+    one, many = "1 at a time", f"{sizes.concurrent} at once"
     for side in sides:
-        _profile(side, sizes)
+        _profile(side, one, partial(_one_at_a_time, side.platform, sizes.profiled))
+        _profile(side, many, partial(_at_once, side.platform, sizes.concurrent))
     names = ", ".join(f"*{s.name}*" for s in sides)
     lines = [
         f"### This tree against other commits ({names})",
@@ -214,16 +280,22 @@ def versus_commits(
         "",
         *_timeline_table(sides),
         "",
-        f"cProfile inside the services, {sizes.concurrent} workflows at once, once per "
-        "commit: time by package, profiled µs per step (cProfile inflates Python-level "
-        "costs; compare the columns with each other):",
+        f"cProfile inside the services, once per commit: {sizes.profiled} workflows one at a "
+        f"time, then {sizes.concurrent} at once. NATS messages per step each service "
+        "received and sent (nats-py's `_process_msg` and `_send_publish` calls: exact "
+        "counts, whatever the load):",
         "",
-        *_category_table(sides, "orchestrator"),
+        *_messages_table(sides),
         "",
-        *_category_table(sides, "worker"),
+        "Time by package, profiled µs per step (cProfile inflates Python-level costs; "
+        "compare the columns with each other):",
     ]
+    for mode in (one, many):
+        for role in ("orchestrator", "worker"):
+            lines += ["", *_category_table(sides, mode, role)]
     for side in sides:
         lines += ["", f"*{side.name}*, the services' own code by cumulative time:", ""]
-        for role, (thread, path) in side.profiles.items():
-            lines.append(process_lines(role, thread, path, side.profiled_steps, side.profiled_wall))
+        for mode, run in side.profiled.items():
+            for role, (thread, path) in run.threads.items():
+                lines.append(process_lines(f"{role}, {mode}", thread, path, run.steps, run.wall))
     return "\n".join(lines)

@@ -78,4 +78,5 @@ def test_services_started_as_another_commits_are_compared_with_this_trees(
     assert "| worker |" in text
     assert "whole step, p50" in text
     # Both sides' services were profiled: their own code is named.
-    assert text.count("jetagent code by cumulative time") == 4
+    assert text.count("jetagent code by cumulative time") == 8
+    assert "messages per step" in text
