@@ -107,6 +107,16 @@ def main(
     profile_misses: Annotated[
         bool, typer.Option(help="Profile one extra round of each subject that misses its target.")
     ] = True,
+    against: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="COMMIT",
+            help="Also measure this commit's code (repeat for more): built once into "
+            ".bench-cache/<sha>/ (its tree and a virtualenv with it installed), its services "
+            "run as a baseline of this tree's, on the same server with the same client, "
+            "rounds interleaved. Suites that can: engine.",
+        ),
+    ] = None,
     refresh_notes_only: Annotated[
         bool,
         typer.Option(
@@ -129,7 +139,11 @@ def main(
         names = refresh_notes(path, [s.name for s in selected])
         console.print(f"refreshed the notes of {', '.join(names) or 'no suite'} in {path}")
         return
+    if against and not any(s.compares_commits for s in selected):
+        able = ", ".join(s.name for s in suites if s.compares_commits)
+        raise typer.BadParameter(f"only these suites measure other commits: {able}")
     config = RunConfig(
+        against=tuple(against or ()),
         quick=quick,
         profile=profile is not None,
         profile_misses=profile_misses,

@@ -29,7 +29,7 @@ from ._fixtures import RawNats
 from ._harness import fmt
 from ._profile import ThreadProfile, process_cpu, summarise
 
-__all__ = ["Sizes", "step_breakdown"]
+__all__ = ["Meter", "Sizes", "Usage", "process_lines", "step_breakdown"]
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,7 @@ def _sched(pid: int) -> Usage | None:
     return Usage(cpu / 1e9, waited / 1e9)
 
 
-class _Meter:
+class Meter:
     """What each process used between its creation and :meth:`used`."""
 
     def __init__(self, pids: Mapping[str, int]) -> None:
@@ -236,7 +236,7 @@ def _cumulative(path: Path, steps: int, limit: int) -> list[tuple[str, float]]:
     return [(name, 1e6 * cum / steps) for name, cum in rows[:limit]]
 
 
-def _process_lines(name: str, thread: ThreadProfile, path: Path, steps: int, wall: float) -> str:
+def process_lines(name: str, thread: ThreadProfile, path: Path, steps: int, wall: float) -> str:
     busy = thread.busy or 1e-9
     shares = ", ".join(
         f"{category} {100 * t / busy:.0f}%"
@@ -282,7 +282,7 @@ def _profiled(
     lines = [f"*{label}* — {steps} steps in {wall:.2f} s under the profiler:", ""]
     for name, path in files.items():
         thread = summarise(name, path)
-        lines.append(_process_lines(name, thread, path, steps, wall))
+        lines.append(process_lines(name, thread, path, steps, wall))
     kept = []
     if keep_dir is not None:
         keep_dir.mkdir(parents=True, exist_ok=True)
@@ -304,7 +304,7 @@ def step_breakdown(
     server = {"nats-server": server_pid} if server_pid is not None else {}
     pids = {"bench client (this process)": os.getpid(), **platform.pids, **server}
 
-    meter = _Meter(pids)
+    meter = Meter(pids)
     started = time.perf_counter()
     at_end: list[tuple[dict[str, Usage], float]] = []
     timings = platform.sequential(
@@ -312,16 +312,16 @@ def step_breakdown(
         ended=lambda: at_end.append((meter.used(), time.perf_counter() - started)),
     )
     seq = _Run(at_end[0][0], len(timings), at_end[0][1])
-    meter = _Meter(pids)
+    meter = Meter(pids)
     run = platform.concurrent(sizes.concurrent)
     conc = _Run(meter.used(), run.steps, run.wall)
 
     bare_pids = {"this process (both roles)": os.getpid(), **server}
-    meter = _Meter(bare_pids)
+    meter = Meter(bare_pids)
     loop = raw.run(bare.run(sizes.timeline, concurrent=False))
     bare_seq = _Run(meter.used(), loop.steps, loop.wall)
     # The bare loop is quick: run more workflows so that CPU times are well above noise.
-    meter = _Meter(bare_pids)
+    meter = Meter(bare_pids)
     loop = raw.run(bare.run(5 * sizes.concurrent, concurrent=True))
     bare_conc = _Run(meter.used(), loop.steps, loop.wall)
 

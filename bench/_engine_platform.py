@@ -44,7 +44,7 @@ from jetagent.testing import eventually, tools_registered, wait_until
 
 from ._engine_service import PROFILE_ENV
 from ._profile import process_cpu
-from ._services import bench_services
+from ._services import THIS_CODE, ServiceCode, bench_services
 
 __all__ = [
     "ENGINE_WORKLOAD",
@@ -198,6 +198,7 @@ class EnginePlatform:
         env: Mapping[str, str] | None = None,
         workload: Workload = ENGINE_WORKLOAD,
         worker_groups: Sequence[Sequence[str]] = (("reasoning", "tools"),),
+        code: ServiceCode = THIS_CODE,
     ) -> None:
         self.url = url
         self.workload = workload
@@ -205,7 +206,8 @@ class EnginePlatform:
         self.names = self.settings.names
         self.log_dir = log_dir
         self.profile_dir = profile_dir
-        self.services = bench_services(url, prefix, log_dir, env)
+        self.code = code
+        self.services = bench_services(url, prefix, log_dir, env, code)
         self.loop = asyncio.new_event_loop()
         self._profile_files: dict[str, Path] = {}
         self._round: _Round | None = None
@@ -591,6 +593,7 @@ def engine_platform(
     warm_up: int = 10,
     workload: Workload = ENGINE_WORKLOAD,
     worker_groups: Sequence[Sequence[str]] = (("reasoning", "tools"),),
+    code: ServiceCode = THIS_CODE,
 ) -> Iterator[EnginePlatform]:
     platform = EnginePlatform(
         url,
@@ -602,6 +605,7 @@ def engine_platform(
         env=env,
         workload=workload,
         worker_groups=worker_groups,
+        code=code,
     )
     try:
         platform.warm_up(warm_up)

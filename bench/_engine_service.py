@@ -7,7 +7,8 @@ loop: all of the orchestrator's and worker's own work runs there) and writes
 ``<path>.on``; ``SIGUSR2`` stops it and writes the statistics to ``<path>`` (atomically).
 So the benchmark profiles exactly the window it measures, not the start-up. Without the
 variable it behaves exactly like the CLI: it is how the ``engine`` suite always starts
-the services.
+the services. It imports nothing of the bench or of jetagent before the CLI, so another
+commit's interpreter can run this file as it is (``bench._against``).
 """
 
 from __future__ import annotations
@@ -52,7 +53,10 @@ def main() -> None:
     out = os.environ.get(PROFILE_ENV)
     if out:
         _install_profiling(Path(out))
-    from jetagent.cli._app import main as cli
+    try:
+        from jetagent.cli._app import main as cli
+    except ModuleNotFoundError:  # a commit from before the CLI was a package (``--against``)
+        from jetagent.cli import main as cli  # type: ignore[attr-defined,no-redef,unused-ignore]
 
     sys.argv = ["jetagent", *sys.argv[1:]]
     cli()

@@ -92,6 +92,9 @@ class RunConfig:
     """Profile one extra round of a subject that misses its target."""
     profile_dir: Path | None = None
     """Where ``.prof`` files go (``None``: not written)."""
+    against: tuple[str, ...] = ()
+    """Other commits (``--against 9aab558``) whose code the suites that can measure it
+    (:attr:`Suite.compares_commits`) run as extra baselines, built by ``bench._against``."""
 
 
 @dataclass
@@ -234,6 +237,8 @@ class Suite:
     appendix: Callable[[Env], str] | None = None
     """Run after the benchmarks, on the same ``Env``: markdown written under the suite's
     table (for findings a table of medians cannot hold, such as a profile per process)."""
+    compares_commits: bool = False
+    """The suite measures :attr:`RunConfig.against` commits too (``--against``)."""
 
 
 @dataclass(frozen=True, kw_only=True)

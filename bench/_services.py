@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import sys
 from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -23,7 +24,15 @@ from nats.js.client import JetStreamContext
 from jetagent.jetstream import connect
 from jetagent.testing import ServiceProcesses
 
-__all__ = ["SERVICE_COMMAND", "Loop", "bench_services", "loop_with_nats", "rss_kib"]
+__all__ = [
+    "SERVICE_COMMAND",
+    "THIS_CODE",
+    "Loop",
+    "ServiceCode",
+    "bench_services",
+    "loop_with_nats",
+    "rss_kib",
+]
 
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,17 +40,37 @@ SERVICE_COMMAND = (sys.executable, "-m", "bench._engine_service")
 """The ``jetagent`` CLI, able to profile the window a benchmark measures."""
 
 
+@dataclass(frozen=True)
+class ServiceCode:
+    """Which jetagent the services run: the command that starts its CLI, in which folder.
+
+    :data:`THIS_CODE` is this tree; ``bench._against`` makes one for another commit."""
+
+    command: tuple[str, ...] = SERVICE_COMMAND
+    cwd: Path = ROOT
+    label: str = "this tree"
+    env: Mapping[str, str] = field(default_factory=dict)
+    """Set in the services' environment (under the ``env`` a suite gives)."""
+
+
+THIS_CODE = ServiceCode()
+
+
 def bench_services(
-    url: str, prefix: str, log_dir: Path, env: Mapping[str, str] | None = None
+    url: str,
+    prefix: str,
+    log_dir: Path,
+    env: Mapping[str, str] | None = None,
+    code: ServiceCode = THIS_CODE,
 ) -> ServiceProcesses:
     """``jetagent`` processes under ``prefix`` on the suite's server; their logs in
     ``<log_dir>/<prefix>/``. Stop them with ``stop_all()``.
 
     The suites measure the engine with one tenant, not tenant quotas (``bench.quotas``
     does): no concurrency quota unless ``env`` sets one."""
-    env = {"JETAGENT_TENANT_MAX_WORKFLOWS": "0", **(env or {})}
+    env = {"JETAGENT_TENANT_MAX_WORKFLOWS": "0", **code.env, **(env or {})}
     return ServiceProcesses(
-        url, prefix, log_dir / prefix, env=env, cwd=ROOT, command=SERVICE_COMMAND
+        url, prefix, log_dir / prefix, env=env, cwd=code.cwd, command=code.command
     )
 
 

@@ -19,14 +19,17 @@ from __future__ import annotations
 import subprocess
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
+from ._against import CommitBuild, build_commit
 from ._engine_analysis import Sizes, step_breakdown
 from ._engine_baselines import BareLoop, raw_round_trips
 from ._engine_platform import ROOT, STEPS_PER_WORKFLOW, EnginePlatform, engine_platform, percentile
+from ._engine_versus import versus_commits
 from ._fixtures import RawNats, raw_nats
 from ._harness import Benchmark, Contenders, Env, Round, Suite, Target
 from ._profile import unwatch_remote, watch_remote
+from ._services import THIS_CODE, ServiceCode
 
 __all__ = ["SUITE"]
 
@@ -55,7 +58,9 @@ def _name(orchestrators: int, workers: int) -> str:
 
 
 @contextmanager
-def _services(env: Env, orchestrators: int, workers: int) -> Iterator[EnginePlatform]:
+def _services(
+    env: Env, orchestrators: int, workers: int, code: ServiceCode = THIS_CODE
+) -> Iterator[EnginePlatform]:
     """A platform of its own prefix; profiled with the subject's rounds (``--profile``)."""
     prefix = f"e{orchestrators}x{workers}{uuid.uuid4().hex[:8]}"
     with engine_platform(
@@ -66,6 +71,7 @@ def _services(env: Env, orchestrators: int, workers: int) -> Iterator[EnginePlat
         workers=workers,
         profile_dir=env.tmp / "profiles",
         warm_up=env.size(10, 2),
+        code=code,
     ) as platform:
         platform.concurrent(env.size(50, 10))  # warm-up at load too
         watch_remote(prefix, platform.profile_start, platform.profile_stop)
@@ -78,6 +84,24 @@ def _services(env: Env, orchestrators: int, workers: int) -> Iterator[EnginePlat
 def _platform(env: Env) -> EnginePlatform:
     """The 1 + 1 platform every benchmark and the appendix share."""
     return env.shared("engine:1x1", lambda: _services(env, 1, 1))
+
+
+def _commits(env: Env) -> list[CommitBuild]:
+    """The ``--against`` commits, built (once per commit, cached), one per distinct sha."""
+
+    def build() -> list[CommitBuild]:
+        builds: dict[str, CommitBuild] = {}
+        for ref in env.config.against:
+            commit = build_commit(ref)
+            builds.setdefault(commit.sha, commit)
+        return list(builds.values())
+
+    return env.shared("engine:commits", lambda: nullcontext(build()))
+
+
+def _commit_platform(env: Env, commit: CommitBuild) -> EnginePlatform:
+    """The 1 + 1 platform of another commit's services (``--against``)."""
+    return env.shared(f"engine:{commit.sha}", lambda: _services(env, 1, 1, commit.code))
 
 
 def _raw(env: Env) -> RawNats:
@@ -117,7 +141,11 @@ def _latency_contenders(env: Env, q: float) -> Contenders:
     def raw_round() -> float:
         return percentile(raw.run(raw_round_trips(raw, samples)), q)
 
-    return {PLATFORM: platform_round, BARE: bare_round, RAW: raw_round}
+    def commit_round(other: EnginePlatform) -> Round:
+        return lambda: percentile([t.total_ms for t in other.sequential(workflows)], q)
+
+    commits = {c.label: commit_round(_commit_platform(env, c)) for c in _commits(env)}
+    return {PLATFORM: platform_round, BARE: bare_round, RAW: raw_round, **commits}
 
 
 @contextmanager
@@ -154,6 +182,7 @@ def _throughput_contenders(env: Env) -> Iterator[Contenders]:
     yield {
         PLATFORM: _platform_rate(_platform(env), workflows),
         BARE: _bare_rate(_raw(env), _bare(env), workflows),
+        **{c.label: _platform_rate(_commit_platform(env, c), workflows) for c in _commits(env)},
     }
 
 
@@ -199,7 +228,33 @@ def _appendix(env: Env) -> str:
         sizes,
         env.config.profile_dir,
     )
-    return _code_state() + "\n\n" + text
+    parts = [_code_state(), text]
+    commits = _commits(env)
+    if commits:
+        others = {c.label: _commit_platform(env, c) for c in commits}
+        parts.append(
+            versus_commits(
+                (f"this tree ({_head()})", _platform(env)),
+                others,
+                env.server_pid,
+                sizes,
+                repeats=env.size(5, 1),
+                idle_s=env.size(10, 2),
+            )
+        )
+    return "\n\n".join(parts)
+
+
+def _head() -> str:
+    out = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=False,
+    )
+    return out.stdout.strip() or "unknown commit"
 
 
 def _code_state() -> str:
@@ -228,7 +283,22 @@ def _code_state() -> str:
 # -------------------------------------------------------------- the suite
 
 
+def _commits_note(env: Env) -> str:
+    commits = _commits(env)
+    if not commits:
+        return ""
+    names = ", ".join(c.label for c in commits)
+    return (
+        f" {names}: the same rounds against that commit's own `jetagent orchestrator` and "
+        "`jetagent worker reasoning tools` (its tree and a virtualenv with it installed, "
+        "`--against`), on the same server, fed by the same client, interleaved round by "
+        "round with this tree's."
+    )
+
+
 def _benchmarks(env: Env) -> list[Benchmark]:
+    labels = tuple(c.label for c in _commits(env))
+    commits_note = _commits_note(env)
     workflows = _sequential_workflows(env)
     steps = workflows * STEPS_PER_WORKFLOW
     concurrent = _concurrent_workflows(env)
@@ -238,7 +308,7 @@ def _benchmarks(env: Env) -> list[Benchmark]:
         "event appended → worker pulls it → handler → `StepResult` → orchestrator takes it). "
         f"{BARE}: the same {STEPS_PER_WORKFLOW}-step workflows through the bare loop, result "
         "taken → next schedule published → ... → result taken. "
-        f"{RAW}: {steps} messages one at a time, pull request already waiting."
+        f"{RAW}: {steps} messages one at a time, pull request already waiting." + commits_note
     )
     return [
         Benchmark(
@@ -246,7 +316,7 @@ def _benchmarks(env: Env) -> list[Benchmark]:
             unit="ms",
             better="lower",
             subject=PLATFORM,
-            baselines=(BARE, RAW),
+            baselines=(BARE, RAW, *labels),
             contenders=_p50_contenders,
             target=Target("<=", baseline=BARE, factor=BARE_FACTOR),
             profile_miss=False,
@@ -257,7 +327,7 @@ def _benchmarks(env: Env) -> list[Benchmark]:
             unit="ms",
             better="lower",
             subject=PLATFORM,
-            baselines=(BARE, RAW),
+            baselines=(BARE, RAW, *labels),
             contenders=_p99_contenders,
             target=Target("<=", value=P99_TARGET_MS),
             profile_miss=False,
@@ -268,13 +338,13 @@ def _benchmarks(env: Env) -> list[Benchmark]:
             unit="steps/s",
             better="higher",
             subject=PLATFORM,
-            baselines=(BARE,),
+            baselines=(BARE, *labels),
             contenders=_throughput_contenders,
             target=Target(">=", value=RATE_TARGET),
             profile_miss=False,
             note=f"{concurrent} workflows submitted at once (`Client.submit`, gathered), "
             f"{concurrent * STEPS_PER_WORKFLOW} steps; rate = steps / (first submit → last "
-            f"final event). {BARE}: {concurrent} bare-loop workflows at once.",
+            f"final event). {BARE}: {concurrent} bare-loop workflows at once." + commits_note,
         ),
         _scaled_contenders(1, 2),
         _scaled_contenders(2, 1),
@@ -300,4 +370,5 @@ SUITE = Suite(
     ),
     benchmarks=_benchmarks,
     appendix=_appendix,
+    compares_commits=True,
 )

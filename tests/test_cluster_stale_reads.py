@@ -231,7 +231,7 @@ async def test_a_follower_that_answers_stale_loses_no_step_result(
         )
         # Whether this run met stale replies is nats-server's choice: a follower that
         # falls behind leaves the direct-get group until it is current again, so a run
-        # may meet 0 or dozens (0–32 measured). The primitives' test above meets them
+        # may meet 0 or dozens (0 to 32 measured). The primitives' test above meets them
         # every time; here the guarantees above are what is asserted.
         if retried == 0:
             warnings.warn(
