@@ -45,6 +45,11 @@ class TenantQuota(BaseModel):
     )
 
 
+_NO_OVERRIDE = TenantQuota()
+_QUOTAS_BUILT: dict[tuple[TenantQuota, int, int, str], TenantQuotas] = {}
+"""``Settings.quotas_of``'s answers, by the override and defaults they came from."""
+
+
 class TenantQuotas(BaseModel):
     """The quotas in force for one tenant (the defaults with its overrides applied)."""
 
@@ -398,12 +403,21 @@ class Settings(BaseSettings):
 
     def quotas_of(self, tenant: str) -> TenantQuotas:
         """The quotas in force for ``tenant``: its overrides, else the defaults."""
-        override = self.tenant_quotas.get(tenant) or TenantQuota()
-        return TenantQuotas(
-            max_workflows=_first(override.max_workflows, self.tenant_max_workflows),
-            tokens_per_minute=_first(override.tokens_per_minute, self.tenant_tokens_per_minute),
-            over_quota=override.over_quota or self.over_quota,
-        )
+        # Asked a few times per decision: built once per override and defaults (the key
+        # holds them all, so settings with other quotas never read another's answer).
+        override = self.tenant_quotas.get(tenant) or _NO_OVERRIDE
+        key = (override, self.tenant_max_workflows, self.tenant_tokens_per_minute, self.over_quota)
+        found = _QUOTAS_BUILT.get(key)
+        if found is None:
+            found = TenantQuotas(
+                max_workflows=_first(override.max_workflows, self.tenant_max_workflows),
+                tokens_per_minute=_first(override.tokens_per_minute, self.tenant_tokens_per_minute),
+                over_quota=override.over_quota or self.over_quota,
+            )
+            if len(_QUOTAS_BUILT) >= 1_000:  # settings made in a loop: bounded
+                _QUOTAS_BUILT.clear()
+            _QUOTAS_BUILT[key] = found
+        return found
 
     @property
     def tenant_set(self) -> frozenset[str] | None:
