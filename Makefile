@@ -26,9 +26,10 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy --strict $(CODE)
 
-# Three workers on two cores: most tests wait on real servers, processes and time, not CPU.
+# Three workers on two cores: most tests wait on real servers, processes and time, not CPU;
+# worksteal: a worker left with long tests hands them to idle ones.
 test: lint typecheck
-	$(BIN)/pytest -n 3
+	$(BIN)/pytest -n 3 --dist worksteal
 
 bench: $(STAMP)
 	$(BIN)/python -m bench

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-import warnings
 from collections.abc import Iterator
 
 import msgspec
@@ -233,11 +232,8 @@ async def test_a_follower_that_answers_stale_loses_no_step_result(
         # falls behind leaves the direct-get group until it is current again, so a run
         # may meet 0 or dozens (0 to 32 measured). The primitives' test above meets them
         # every time; here the guarantees above are what is asserted.
-        if retried == 0:
-            warnings.warn(
-                "no stale reply was met in this run (the follower left the direct-get group)",
-                stacklevel=1,
-            )
+        if retried == 0:  # said, not failed: the suite turns warnings into errors
+            print("no stale reply was met in this run (the follower left the direct-get group)")
     finally:
         await platform.stop()
         await nc.close()
