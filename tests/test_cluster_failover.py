@@ -30,6 +30,7 @@ from tests.support.cluster import (
     checkpoint,
     consumer_leader,
     node,
+    projections_caught_up,
     provision_patiently,
     services_ready,
     session_views,
@@ -97,18 +98,7 @@ async def test_the_projection_service_survives_its_buckets_leader_dying(
         await arriving
         for wid in ids:
             assert (await client.result(wid, timeout=90)).ok
-        ends = {
-            stream: (await nc.jetstream().stream_info(stream)).state.last_seq
-            for stream in (names.workflows_stream, names.steps_stream)
-        }
-
-        async def caught_up() -> bool:
-            saved = await checkpoint(settings, nc)
-            return saved is not None and all(
-                saved.positions.get(s, 0) >= n for s, n in ends.items()
-            )
-
-        await eventually(caught_up, timeout=60, alive=procs.check_alive)
+        await projections_caught_up(settings, nc, procs)
         procs.stop("projections")
         assert "Traceback" not in procs.log("projections"), procs.log("projections")[-3000:]
         # What it projected live equals a rebuild from the streams.

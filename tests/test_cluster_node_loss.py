@@ -33,12 +33,12 @@ from jetagent.config import Settings
 from jetagent.embedded import EmbeddedCluster, EmbeddedServer
 from jetagent.events import decode_step_result
 from jetagent.jetstream import DirectGetter, connect
-from jetagent.testing import eventually
 from projections.service import ProjectionService
 from tests.support.checks import assert_no_decision_recorded_twice, assert_one_result_per_step
 from tests.support.cluster import (
     checkpoint,
     node,
+    projections_caught_up,
     provision_patiently,
     services_ready,
     session_views,
@@ -210,18 +210,7 @@ async def test_workflows_keep_completing_while_nodes_are_killed(
         assert stall < 25, f"no step completed for {stall:.1f} s"
 
         # The live projections equal a rebuild from the streams.
-        ends = {
-            stream: (await nc.jetstream().stream_info(stream)).state.last_seq
-            for stream in (names.workflows_stream, names.steps_stream)
-        }
-
-        async def caught_up() -> bool:
-            saved = await checkpoint(settings, nc)
-            return saved is not None and all(
-                saved.positions.get(s, 0) >= n for s, n in ends.items()
-            )
-
-        await eventually(caught_up, timeout=60, alive=procs.check_alive)
+        await projections_caught_up(settings, nc, procs)
         procs.check_alive()  # every service lived through every kill
         procs.stop_all()
         live_views = await session_views(settings, nc)

@@ -107,6 +107,24 @@ async def checkpoint(settings: Settings, nc: NATS) -> Checkpoint | None:
     return msgspec.json.decode(value, type=Checkpoint) if value else None
 
 
+async def projections_caught_up(settings: Settings, nc: NATS, procs: ServiceProcesses) -> None:
+    """Wait until the projection service's checkpoint reaches the workflows and steps
+    streams' last sequences as they are now (every service alive meanwhile)."""
+    from jetagent.testing import eventually
+
+    names = settings.names
+    ends = {
+        stream: (await nc.jetstream().stream_info(stream)).state.last_seq
+        for stream in (names.workflows_stream, names.steps_stream)
+    }
+
+    async def caught_up() -> bool:
+        saved = await checkpoint(settings, nc)
+        return saved is not None and all(saved.positions.get(s, 0) >= n for s, n in ends.items())
+
+    await eventually(caught_up, timeout=60, alive=procs.check_alive)
+
+
 async def session_views(settings: Settings, nc: NATS) -> dict[str, dict[str, Any]]:
     """Every session view in the bucket, as plain data."""
     bucket = settings.names.bucket("SESSIONS")
